@@ -1,0 +1,352 @@
+// SPDX-License-Identifier: Apache-2.0
+/**
+ * `kvmi-bridge doctor`: what this host offers, in a structured report and as text. It only opens
+ * /dev/kvm, asks KVM_GET_API_VERSION and KVM_CHECK_EXTENSION (on the system fd and on a scratch VM),
+ * and reads one sysfs file; it never issues a KVMI ioctl (see `probe.ts` for why those are unsafe to
+ * try). The verdict uses the same rules as the ioctl guard in `kvm.ts`, on the VM fd.
+ */
+import { statSync } from "node:fs";
+import { release } from "node:os";
+import { KvmiError, KvmiRemoteError } from "../errors.js";
+import type { KvmSystem, KvmVm, Libc } from "./kvm.js";
+import { errnoName, openKvm } from "./kvm.js";
+import type { IntrospectionMarker } from "./probe.js";
+import { identifyIntrospection, KVM_INTROSPECTION_PARAM_PATH, probedCapNumbers, readIntrospectionMarker } from "./probe.js";
+import type { KvmiIoctlDialectId } from "./table.js";
+import { KVM_API_VERSION, KVMI_IOCTL_TABLES } from "./table.js";
+
+/** Options of {@link runDoctor}. */
+export interface DoctorOptions {
+  /** @defaultValue `/dev/kvm` */
+  readonly kvmPath?: string;
+  /** @defaultValue `/sys/module/kvm/parameters/introspection` */
+  readonly introspectionParamPath?: string;
+  /** @internal */
+  readonly libc?: Libc;
+}
+
+/** The /dev/kvm check. */
+export interface DoctorDevice {
+  readonly path: string;
+  /** The device node exists. */
+  readonly present: boolean;
+  /** It could be opened read-write. */
+  readonly openable: boolean;
+  /** Host errno of the failed stat/open, else null. */
+  readonly errno: number | null;
+  /** `ENOENT`, `EACCES`, …, else null. */
+  readonly errnoName: string | null;
+  /** One sentence for humans. */
+  readonly detail: string;
+}
+
+/** One CHECK_EXTENSION number asked about. */
+export interface DoctorCapability {
+  readonly cap: number;
+  /** `introspection`: some dialect's KVM_CAP_INTROSPECTION; `newer-mainline`: a dialect-age check (probe.ts). */
+  readonly role: "introspection" | "newer-mainline";
+  /** Dialect labels using this number as KVM_CAP_INTROSPECTION, or checked against it. */
+  readonly dialects: readonly string[];
+  /** The mainline capability with this number, if known. */
+  readonly mainlineName: string | null;
+  /** Answer on the /dev/kvm fd (null: not asked or failed). */
+  readonly system: number | null;
+  /** Answer on the scratch VM fd (null: no VM or failed). */
+  readonly vm: number | null;
+}
+
+/** The KVMI verdict. */
+export interface DoctorKvmi {
+  readonly offered: boolean;
+  readonly dialect: KvmiIoctlDialectId | null;
+  readonly dialectLabel: string | null;
+  /** KVMI version (the CHECK_EXTENSION answer) of the identified dialect. */
+  readonly version: number | null;
+  /** The bridge issues this dialect's ioctls (only v9 today). */
+  readonly bridgeSupported: boolean;
+  /** The `kvm.introspection` module parameter. */
+  readonly marker: IntrospectionMarker;
+  /** Why, in one sentence. */
+  readonly reason: string;
+}
+
+/** Everything `kvmi-bridge doctor` found. */
+export interface DoctorReport {
+  /** `uname -r`. */
+  readonly kernelRelease: string;
+  readonly device: DoctorDevice;
+  /** KVM_GET_API_VERSION (null when /dev/kvm could not be opened). */
+  readonly apiVersion: { readonly value: number | null; readonly expected: number; readonly ok: boolean };
+  /** Whether the scratch VM used for VM-fd checks could be created. */
+  readonly scratchVm: { readonly created: boolean; readonly error: string | null };
+  readonly capabilities: readonly DoctorCapability[];
+  readonly kvmi: DoctorKvmi;
+  /** What the bridge will talk to. */
+  readonly backend: "kernel" | "emulator";
+  /** `this kernel offers KVMI vN` or `this kernel does not offer KVMI; the bridge will serve the built-in emulator`. */
+  readonly conclusion: string;
+  /** What to do about it, most important first. */
+  readonly hints: readonly string[];
+  /** Informative remarks (number collisions seen on this kernel). */
+  readonly notes: readonly string[];
+}
+
+/** The conclusion when KVMI is not usable. */
+export const NO_KVMI_CONCLUSION = "this kernel does not offer KVMI; the bridge will serve the built-in emulator";
+
+const HINT_KERNEL =
+  "KVMI needs a host kernel built with the KVM introspection patches (the v9 series, CONFIG_KVM_INTROSPECTION=y); " +
+  "stock distribution kernels do not carry them";
+const HINT_PARAM =
+  "introspection must also be enabled through the kvm module parameter: boot with kvm.introspection=1 " +
+  "or reload the module with `modprobe kvm introspection=1`";
+
+function describe(err: unknown): string {
+  if (err instanceof KvmiRemoteError) return `${errnoName(err.errno)} (${err.message})`;
+  if (err instanceof Error) return err.message;
+  return String(err);
+}
+
+function deviceDetail(path: string, errno: number): { detail: string; hint: string } {
+  switch (errnoName(errno)) {
+    case "ENOENT":
+      return {
+        detail: `${path} does not exist`,
+        hint:
+          `${path} is missing: load kvm_intel or kvm_amd, enable VT-x/AMD-V in the firmware, ` +
+          "or pass the device into the container (--device /dev/kvm)",
+      };
+    case "EACCES":
+      return {
+        detail: `permission denied opening ${path}`,
+        hint: `permission denied on ${path}: run as a member of the device's group (usually kvm) or as root`,
+      };
+    case "EPERM":
+      return {
+        detail: `opening ${path} is not permitted`,
+        hint: `opening ${path} is not permitted: the container's device cgroup or seccomp profile must allow it`,
+      };
+    case "ENXIO":
+    case "ENODEV":
+      return {
+        detail: `${path} exists but KVM is not usable (${errnoName(errno)})`,
+        hint: "the kvm module is loaded but hardware virtualization is unavailable or disabled",
+      };
+    default:
+      return { detail: `cannot open ${path}: ${errnoName(errno)}`, hint: `cannot open ${path}: ${errnoName(errno)}` };
+  }
+}
+
+/**
+ * Inspects this host. Never throws for host conditions (missing device, no KVMI, no ffi binding):
+ * each becomes part of the report.
+ */
+export async function runDoctor(options: DoctorOptions = {}): Promise<DoctorReport> {
+  const kvmPath = options.kvmPath ?? "/dev/kvm";
+  const hints: string[] = [];
+  const notes: string[] = [];
+
+  let present = false;
+  let statErrno: number | null = null;
+  try {
+    statSync(kvmPath);
+    present = true;
+  } catch (err) {
+    statErrno = (err as NodeJS.ErrnoException).errno !== undefined ? Math.abs((err as NodeJS.ErrnoException).errno!) : null;
+  }
+
+  let device: DoctorDevice;
+  let system: KvmSystem | undefined;
+  let vm: KvmVm | undefined;
+  let apiVersion: number | null = null;
+  let scratchVm: DoctorReport["scratchVm"] = { created: false, error: "/dev/kvm not open" };
+  const systemAnswers = new Map<number, number>();
+  const vmAnswers = new Map<number, number>();
+  const marker = readIntrospectionMarker(options.introspectionParamPath ?? KVM_INTROSPECTION_PARAM_PATH);
+
+  try {
+    try {
+      system = openKvm(kvmPath, options.libc === undefined ? {} : { libc: options.libc });
+      device = { path: kvmPath, present: true, openable: true, errno: null, errnoName: null, detail: `${kvmPath} opened read-write` };
+    } catch (err) {
+      if (err instanceof KvmiRemoteError) {
+        const { detail, hint } = deviceDetail(kvmPath, err.errno);
+        hints.push(hint);
+        device = { path: kvmPath, present, openable: false, errno: err.errno, errnoName: errnoName(err.errno), detail };
+      } else if (err instanceof KvmiError) {
+        hints.push(`the native ioctl binding (ffi-rs) could not be loaded: ${err.message}`);
+        device = { path: kvmPath, present, openable: false, errno: statErrno, errnoName: statErrno === null ? null : errnoName(statErrno), detail: err.message };
+      } else {
+        throw err;
+      }
+    }
+
+    if (system !== undefined) {
+      try {
+        apiVersion = system.getApiVersion();
+      } catch (err) {
+        notes.push(`KVM_GET_API_VERSION failed: ${describe(err)}`);
+      }
+      for (const cap of probedCapNumbers()) {
+        try {
+          systemAnswers.set(cap, system.checkExtension(cap));
+        } catch (err) {
+          notes.push(`KVM_CHECK_EXTENSION(${cap}) on ${kvmPath} failed: ${describe(err)}`);
+        }
+      }
+      try {
+        vm = await system.createVm();
+        scratchVm = { created: true, error: null };
+        for (const cap of probedCapNumbers()) {
+          try {
+            vmAnswers.set(cap, vm.checkExtension(cap));
+          } catch (err) {
+            notes.push(`KVM_CHECK_EXTENSION(${cap}) on the VM fd failed: ${describe(err)}`);
+          }
+        }
+      } catch (err) {
+        scratchVm = { created: false, error: describe(err) };
+      }
+    }
+  } finally {
+    vm?.close();
+    system?.close();
+  }
+
+  if (apiVersion !== null && apiVersion !== KVM_API_VERSION) {
+    hints.push(`KVM_GET_API_VERSION returned ${apiVersion}, expected ${KVM_API_VERSION}: this KVM is not usable`);
+  }
+
+  // The verdict: VM-fd answers when a VM could be created (what the ioctl guard uses), else system-fd answers.
+  const answers = vmAnswers.size > 0 ? vmAnswers : systemAnswers;
+  const probe = identifyIntrospection(marker, (cap) => answers.get(cap) ?? 0);
+  const deviceOk = device.openable && apiVersion === KVM_API_VERSION;
+  const dialect = deviceOk ? probe.dialect : null;
+  const offered = deviceOk && probe.offered;
+  const bridgeSupported = dialect?.bridgeSupported ?? false;
+
+  const capabilities: DoctorCapability[] = probedCapNumbers().map((cap) => {
+    const using = KVMI_IOCTL_TABLES.filter((t) => t.capIntrospection === cap);
+    const checking = KVMI_IOCTL_TABLES.filter((t) => t.newerMainlineCaps.some((n) => n.cap === cap));
+    const role = using.length > 0 ? "introspection" : "newer-mainline";
+    const mainlineName =
+      KVMI_IOCTL_TABLES.find((t) => t.capMainlineCollision?.cap === cap)?.capMainlineCollision?.name ??
+      checking.flatMap((t) => t.newerMainlineCaps).find((n) => n.cap === cap)?.name ??
+      null;
+    return {
+      cap,
+      role,
+      dialects: (role === "introspection" ? using : checking).map((t) => t.label),
+      mainlineName,
+      system: systemAnswers.get(cap) ?? null,
+      vm: vmAnswers.get(cap) ?? null,
+    };
+  });
+
+  if (deviceOk && !marker.present) {
+    const collided = capabilities.filter((c) => c.role === "introspection" && ((c.vm ?? c.system ?? 0) > 0));
+    for (const c of collided) {
+      notes.push(
+        `CHECK_EXTENSION(${c.cap}) = ${c.vm ?? c.system} here means mainline ${c.mainlineName ?? "capability " + c.cap}, ` +
+          `not KVM_CAP_INTROSPECTION of ${c.dialects.join("/")}: the numbers were reused after the KVMI series`,
+      );
+    }
+  }
+
+  let conclusion: string;
+  let backend: DoctorReport["backend"] = "emulator";
+  if (offered && dialect !== null) {
+    conclusion = `this kernel offers KVMI ${dialect.label}`;
+    if (bridgeSupported) {
+      backend = "kernel";
+    } else {
+      hints.push(`the bridge issues only the v9 ioctls today; with KVMI ${dialect.label} it will serve the built-in emulator`);
+    }
+    if (marker.enabled === false) {
+      hints.push(`kvm.introspection is off, so KVM_INTROSPECTION_HOOK will fail with EPERM; ${HINT_PARAM}`);
+    }
+  } else if (offered) {
+    conclusion = `this kernel offers KVMI but its dialect is ambiguous; the bridge will serve the built-in emulator`;
+    hints.push(`cannot tell the dialect apart (${probe.reason}); the bridge only issues KVMI ioctls once the dialect is certain`);
+  } else {
+    conclusion = NO_KVMI_CONCLUSION;
+    if (deviceOk) {
+      if (marker.present) {
+        hints.push(marker.enabled === false ? HINT_PARAM : `the kernel carries KVMI patches but: ${probe.reason}`);
+      } else {
+        hints.push(HINT_KERNEL, HINT_PARAM);
+      }
+    }
+  }
+
+  return {
+    kernelRelease: release(),
+    device,
+    apiVersion: { value: apiVersion, expected: KVM_API_VERSION, ok: apiVersion === KVM_API_VERSION },
+    scratchVm,
+    capabilities,
+    kvmi: {
+      offered,
+      dialect: dialect?.id ?? null,
+      dialectLabel: dialect?.label ?? null,
+      version: dialect === null ? null : probe.kvmiVersion,
+      bridgeSupported,
+      marker,
+      reason: deviceOk ? probe.reason : `KVM itself is not usable: ${device.detail}`,
+    },
+    backend,
+    conclusion,
+    hints,
+    notes,
+  };
+}
+
+function answerText(value: number | null): string {
+  return value === null ? "-" : String(value);
+}
+
+/** Renders a {@link DoctorReport} for a terminal: one finding per line, conclusion and hints last. */
+export function formatDoctorReport(report: DoctorReport): string {
+  const lines: string[] = [];
+  const row = (label: string, value: string): void => {
+    lines.push(`  ${label.padEnd(20)} ${value}`);
+  };
+  lines.push("kvmi-bridge doctor");
+  row("kernel", report.kernelRelease);
+  row(
+    report.device.path,
+    report.device.openable ? `ok (${report.device.detail})` : `FAIL: ${report.device.detail}`,
+  );
+  row(
+    "KVM API version",
+    report.apiVersion.value === null
+      ? "unknown"
+      : `${report.apiVersion.value} (${report.apiVersion.ok ? "ok" : `expected ${report.apiVersion.expected}`})`,
+  );
+  const marker = report.kvmi.marker;
+  row(
+    "kvm.introspection",
+    marker.present
+      ? `present (${marker.enabled === null ? "value unreadable" : marker.enabled ? "Y" : "N"}) at ${marker.path}`
+      : `absent (no ${marker.path})`,
+  );
+  row("scratch VM", report.scratchVm.created ? "created and closed" : `not created (${report.scratchVm.error})`);
+  lines.push("  KVM_CHECK_EXTENSION (system fd / VM fd):");
+  for (const c of report.capabilities) {
+    const who = c.role === "introspection" ? `KVM_CAP_INTROSPECTION of ${c.dialects.join(", ")}` : `age check for ${c.dialects.join(", ")}`;
+    const mainline = c.mainlineName === null ? "" : `  [mainline ${c.mainlineName}]`;
+    lines.push(`    cap ${String(c.cap).padEnd(4)} ${`${answerText(c.system)} / ${answerText(c.vm)}`.padEnd(20)} ${who}${mainline}`);
+  }
+  row("verdict", report.kvmi.reason);
+  lines.push("");
+  lines.push(`conclusion: ${report.conclusion}`);
+  if (report.hints.length > 0) {
+    lines.push("what to do:");
+    for (const hint of report.hints) lines.push(`  - ${hint}`);
+  }
+  if (report.notes.length > 0) {
+    lines.push("notes:");
+    for (const note of report.notes) lines.push(`  - ${note}`);
+  }
+  return lines.join("\n");
+}

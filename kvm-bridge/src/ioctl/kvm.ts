@@ -1,0 +1,539 @@
+// SPDX-License-Identifier: Apache-2.0
+/**
+ * The real KVM ioctls, through ffi-rs (conventions §4: all ffi-rs use lives in `src/ioctl/`).
+ *
+ * - libc's `open`, `close` and `ioctl` are called with `errno: true`; a `-1` return becomes a
+ *   {@link KvmiRemoteError} carrying the host errno.
+ * - Calls that can block (KVM_CREATE_VM, all KVMI ioctls: HOOK starts a kernel thread, UNHOOK waits
+ *   for it to finish, PREUNHOOK writes to the socket) run with `runInNewThread: true`, off the event
+ *   loop. Pure lookups (KVM_GET_API_VERSION, KVM_CHECK_EXTENSION) and `open`/`close` of /dev/kvm
+ *   run synchronously.
+ * - The KVMI ioctls refuse to run unless {@link identifyIntrospection} found exactly the v9 dialect
+ *   on that VM fd: their numbers collide with mainline ioctls (0xAEC7 is KVM_RESET_DIRTY_RINGS) and
+ *   so does the v9 capability number (184 is KVM_CAP_LAST_CPU), see `probe.ts`.
+ *
+ * ffi-rs is loaded lazily, on the first call, so importing this module never loads a native addon.
+ *
+ * @see Documentation/virt/kvm/api.rst §4.1 (KVM_GET_API_VERSION), §4.2 (KVM_CREATE_VM),
+ *      §4.4 (KVM_CHECK_EXTENSION); kvmi-abi §2.2, §2.4 (KVMI ioctls).
+ */
+import { Buffer } from "node:buffer";
+import { createRequire } from "node:module";
+import { constants as osConstants } from "node:os";
+import { KvmiArgumentError, KvmiRemoteError, KvmiTransportError, KvmiUnsupportedError } from "../errors.js";
+import { _IOC_SIZE, formatIoctlNumber } from "./ioc.js";
+import type { IntrospectionProbe } from "./probe.js";
+import { identifyIntrospection, KVM_INTROSPECTION_PARAM_PATH, readIntrospectionMarker } from "./probe.js";
+import type { IoctlSpec, KvmiIoctlName, KvmiIoctlTable } from "./table.js";
+import { KVM_CHECK_EXTENSION, KVM_CREATE_VM, KVM_GET_API_VERSION, KVMI_V9_IOCTLS } from "./table.js";
+
+// ---------------------------------------------------------------------------------------------
+// libc through ffi-rs
+// ---------------------------------------------------------------------------------------------
+
+/** A libc call's return value and the `errno` read right after it, on the same thread. */
+export interface SyscallResult {
+  readonly value: number;
+  /** Meaningful only when `value === -1`. */
+  readonly errno: number;
+}
+
+/**
+ * The three libc entry points the bridge needs. The default implementation is ffi-rs over
+ * `libc.so.6`; tests may wrap it to record what reaches the kernel.
+ * @internal
+ */
+export interface Libc {
+  /** `int open(const char *path, int flags)`. */
+  open(path: string, flags: number): SyscallResult;
+  /** `int close(int fd)`. */
+  close(fd: number): SyscallResult;
+  /** `int ioctl(int fd, unsigned long request, unsigned long arg)` on the calling thread. */
+  ioctl(fd: number, request: number, arg: number): SyscallResult;
+  /**
+   * `ioctl` on a worker thread. `arg` is an integer passed by value, or a buffer whose address is
+   * passed (zero-copy). The buffer must stay untouched until the promise settles.
+   */
+  ioctlAsync(fd: number, request: number, arg: number | Uint8Array): Promise<SyscallResult>;
+}
+
+/** `O_RDWR` and `O_CLOEXEC` from `include/uapi/asm-generic/fcntl.h` (x86_64 uses the generic values). */
+const O_RDWR = 0o2;
+const O_CLOEXEC = 0o2000000;
+
+const LIBC_KEY = "kvmi-bridge:libc";
+const LIBC_PATH = "libc.so.6";
+
+type Ffi = typeof import("ffi-rs");
+
+let defaultLibc: Libc | undefined;
+
+function withCause<E extends Error>(error: E, cause: unknown): E {
+  Object.defineProperty(error, "cause", { value: cause, configurable: true, writable: true });
+  return error;
+}
+
+function toResult(raw: unknown): SyscallResult {
+  const r = raw as { value?: unknown; errnoCode?: unknown } | null;
+  if (r === null || typeof r !== "object" || typeof r.value !== "number" || typeof r.errnoCode !== "number") {
+    throw new KvmiUnsupportedError(`ffi-rs returned an unexpected result shape: ${String(raw)}`);
+  }
+  return { value: r.value, errno: r.errnoCode };
+}
+
+function createFfiLibc(): Libc {
+  let ffi: Ffi;
+  try {
+    const require = createRequire(import.meta.url);
+    ffi = require("ffi-rs") as Ffi;
+    ffi.open({ library: LIBC_KEY, path: LIBC_PATH });
+  } catch (cause) {
+    throw withCause(
+      new KvmiUnsupportedError(
+        `the native ioctl binding is unavailable (ffi-rs could not load ${LIBC_PATH}): ${String(cause)}`,
+      ),
+      cause,
+    );
+  }
+  const { DataType } = ffi;
+  return {
+    open(path, flags) {
+      // SAFETY: `path` is copied by ffi-rs into a NUL-terminated C string it owns for the duration of
+      // the call; open(2) reads it and keeps no reference. No buffer is shared with the kernel.
+      const raw: unknown = ffi.load({
+        library: LIBC_KEY,
+        funcName: "open",
+        retType: DataType.I32,
+        paramsType: [DataType.String, DataType.I32],
+        paramsValue: [path, flags],
+        errno: true,
+      });
+      return toResult(raw);
+    },
+    close(fd) {
+      // SAFETY: integer argument only; the caller owns `fd` and never uses it again after this call.
+      const raw: unknown = ffi.load({
+        library: LIBC_KEY,
+        funcName: "close",
+        retType: DataType.I32,
+        paramsType: [DataType.I32],
+        paramsValue: [fd],
+        errno: true,
+      });
+      return toResult(raw);
+    },
+    ioctl(fd, request, arg) {
+      // SAFETY: `arg` is passed by value as an unsigned long (capability number, machine type or 0);
+      // callers only use this for `_IO` requests, whose size field is 0, so the kernel dereferences
+      // no user memory.
+      const raw: unknown = ffi.load({
+        library: LIBC_KEY,
+        funcName: "ioctl",
+        retType: DataType.I32,
+        paramsType: [DataType.I32, DataType.U64, DataType.U64],
+        paramsValue: [fd, request, arg],
+        errno: true,
+      });
+      return toResult(raw);
+    },
+    async ioctlAsync(fd, request, arg) {
+      if (typeof arg === "number") {
+        // SAFETY: as `ioctl` above: by-value argument for an `_IO` request; nothing is dereferenced.
+        // Runs on an ffi-rs worker thread; errno is read on that same thread.
+        const raw: unknown = await ffi.load({
+          library: LIBC_KEY,
+          funcName: "ioctl",
+          retType: DataType.I32,
+          paramsType: [DataType.I32, DataType.U64, DataType.U64],
+          paramsValue: [fd, request, arg],
+          errno: true,
+          runInNewThread: true,
+        });
+        return toResult(raw);
+      }
+      // A Buffer view over the caller's bytes (no copy): ffi-rs passes the view's data pointer.
+      const view = Buffer.isBuffer(arg) ? arg : Buffer.from(arg.buffer, arg.byteOffset, arg.byteLength);
+      // SAFETY: the kernel reads exactly `_IOC_SIZE(request)` bytes from the pointer; every caller
+      // checks `view.byteLength === _IOC_SIZE(request)` first. The bytes are owned by the caller's
+      // ArrayBuffer, which V8 never moves; `view` stays referenced by this frame until the worker
+      // thread returns, so it cannot be collected mid-call. The kernel keeps no reference after return.
+      const raw: unknown = await ffi.load({
+        library: LIBC_KEY,
+        funcName: "ioctl",
+        retType: DataType.I32,
+        paramsType: [DataType.I32, DataType.U64, DataType.U8Array],
+        paramsValue: [fd, request, view],
+        errno: true,
+        runInNewThread: true,
+      });
+      void view.byteLength; // keep `view` alive until the call has returned
+      return toResult(raw);
+    },
+  };
+}
+
+/**
+ * The ffi-rs libc binding, created (and ffi-rs loaded) on first use.
+ * @throws KvmiUnsupportedError when ffi-rs or libc.so.6 cannot be loaded.
+ * @internal
+ */
+export function ffiLibc(): Libc {
+  defaultLibc ??= createFfiLibc();
+  return defaultLibc;
+}
+
+// ---------------------------------------------------------------------------------------------
+// errno helpers
+// ---------------------------------------------------------------------------------------------
+
+const ERRNO_NAMES = new Map<number, string>(
+  Object.entries(osConstants.errno).map(([name, value]) => [value, name] as const),
+);
+
+/** The symbolic name of a host errno (`ENOENT`), or `errno N`. */
+export function errnoName(errno: number): string {
+  return ERRNO_NAMES.get(errno) ?? `errno ${errno}`;
+}
+
+function remoteError(errno: number, command: string): KvmiRemoteError {
+  return new KvmiRemoteError(errno, { command });
+}
+
+// ---------------------------------------------------------------------------------------------
+// fd ownership
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * Owns one fd. Closing while an async ioctl is in flight defers the close(2) until that call has
+ * returned, so a worker thread can never issue an ioctl on a recycled fd number.
+ */
+class OwnedFd {
+  private inflight = 0;
+  private state: "open" | "closing" | "closed" = "open";
+
+  constructor(
+    private readonly libc: Libc,
+    readonly fd: number,
+    private readonly what: string,
+  ) {}
+
+  get closed(): boolean {
+    return this.state !== "open";
+  }
+
+  check(command: string): number {
+    if (this.state !== "open") {
+      throw new KvmiTransportError(`${command} on a closed ${this.what} fd`, { command });
+    }
+    return this.fd;
+  }
+
+  async run<T>(command: string, fn: (fd: number) => Promise<T>): Promise<T> {
+    const fd = this.check(command);
+    this.inflight++;
+    let outcome: { readonly ok: true; readonly value: T } | { readonly ok: false; readonly error: unknown };
+    try {
+      outcome = { ok: true, value: await fn(fd) };
+    } catch (error) {
+      outcome = { ok: false, error };
+    }
+    this.inflight--;
+    if (this.inflight === 0 && this.state === "closing") {
+      try {
+        this.release();
+      } catch (closeError) {
+        // The ioctl's own failure is the more useful error; a deferred close failure only surfaces alone.
+        if (outcome.ok) throw closeError;
+      }
+    }
+    if (!outcome.ok) throw outcome.error;
+    return outcome.value;
+  }
+
+  close(): void {
+    if (this.state !== "open") return;
+    this.state = "closing";
+    if (this.inflight === 0) this.release();
+  }
+
+  private release(): void {
+    this.state = "closed";
+    // SAFETY: we own `fd` and mark it closed before the call, so it is closed exactly once. On
+    // Linux the fd is released even when close(2) reports EINTR, so it is never retried.
+    const r = this.libc.close(this.fd);
+    if (r.value === -1 && r.errno !== osConstants.errno.EINTR) {
+      throw remoteError(r.errno, `close(${this.what} fd)`);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Public objects
+// ---------------------------------------------------------------------------------------------
+
+/** Options of {@link openKvm}. */
+export interface OpenKvmOptions {
+  /**
+   * The `kvm.introspection` module parameter consulted before any KVMI ioctl.
+   * @defaultValue `/sys/module/kvm/parameters/introspection`
+   * @internal
+   */
+  readonly introspectionParamPath?: string;
+  /**
+   * The libc binding. Defaults to ffi-rs over libc.so.6.
+   * @internal
+   */
+  readonly libc?: Libc;
+}
+
+/** An open `/dev/kvm` (the "system" fd of api.rst). */
+export interface KvmSystem {
+  /** The device path that was opened. */
+  readonly path: string;
+  /** The raw fd (O_RDWR | O_CLOEXEC). */
+  readonly fd: number;
+  readonly closed: boolean;
+  /**
+   * KVM_GET_API_VERSION. Every kernel since 2.6.22 answers {@link KVM_API_VERSION} (12).
+   * @throws KvmiRemoteError with the host errno.
+   */
+  getApiVersion(): number;
+  /**
+   * KVM_CHECK_EXTENSION on the system fd: 0 when `cap` is unsupported, else a capability-specific
+   * positive value. Safe with any number.
+   * @throws KvmiRemoteError with the host errno.
+   */
+  checkExtension(cap: number): number;
+  /**
+   * KVM_CREATE_VM, on a worker thread. The VM lives until its fd is closed.
+   * @param machineType - 0 for a default x86 VM.
+   * @throws KvmiRemoteError with the host errno (e.g. ENOMEM, EINVAL for a bad type).
+   */
+  createVm(machineType?: number): Promise<KvmVm>;
+  /** Closes the fd. Idempotent; VMs created from it stay valid. */
+  close(): void;
+}
+
+/** A VM fd, with the KVMI v9 VM ioctls (kvmi-abi §2.4). */
+export interface KvmVm {
+  readonly fd: number;
+  readonly closed: boolean;
+  /**
+   * KVM_CHECK_EXTENSION on the VM fd (KVM_CAP_CHECK_EXTENSION_VM).
+   * @throws KvmiRemoteError with the host errno.
+   */
+  checkExtension(cap: number): number;
+  /**
+   * Whether this VM's kernel offers KVMI, and which dialect (see `probe.ts`). Computed once per VM
+   * with CHECK_EXTENSION only, then cached.
+   */
+  probeIntrospection(): IntrospectionProbe;
+  /**
+   * KVM_INTROSPECTION_HOOK (0x4018AEC3): hand a connected socket to the kernel.
+   * @param arg - `kvm_introspection_hook` encoded with `encode(kvmIntrospectionHook, …)` (24 bytes).
+   * @throws KvmiUnsupportedError if this kernel does not offer KVMI v9 (nothing reaches the kernel);
+   *   KvmiArgumentError if `arg` is not 24 bytes; KvmiRemoteError with EPERM (kvm.introspection off),
+   *   EINVAL (padding, not a socket), EEXIST (already hooked), EFAULT, ENOMEM.
+   */
+  introspectionHook(arg: Uint8Array): Promise<void>;
+  /**
+   * KVM_INTROSPECTION_UNHOOK (0xAEC4). Blocks in the kernel until the receive thread has exited.
+   * @throws KvmiUnsupportedError (not v9); KvmiRemoteError with EPERM.
+   */
+  introspectionUnhook(): Promise<void>;
+  /**
+   * KVM_INTROSPECTION_COMMAND (0x4008AEC5): allow/disallow a command id (-1 = all).
+   * @param arg - `kvm_introspection_feature` encoded with `encode(kvmIntrospectionFeature, …)` (8 bytes).
+   * @throws KvmiUnsupportedError (not v9); KvmiArgumentError; KvmiRemoteError with EPERM, EINVAL, EFAULT (not hooked).
+   */
+  introspectionCommand(arg: Uint8Array): Promise<void>;
+  /**
+   * KVM_INTROSPECTION_EVENT (0x4008AEC6): allow/disallow an event id (-1 = all).
+   * @param arg - `kvm_introspection_feature` (8 bytes).
+   * @throws KvmiUnsupportedError (not v9); KvmiArgumentError; KvmiRemoteError with EPERM, EINVAL, EFAULT.
+   */
+  introspectionEvent(arg: Uint8Array): Promise<void>;
+  /**
+   * KVM_INTROSPECTION_PREUNHOOK (0xAEC7): ask the kernel to send KVMI_EVENT_UNHOOK.
+   * @throws KvmiUnsupportedError (not v9); KvmiRemoteError with EPERM, EFAULT (not hooked), ENOENT
+   *   (UNHOOK event not enabled by the tool, or the socket write failed).
+   */
+  introspectionPreunhook(): Promise<void>;
+  /**
+   * Closes the VM fd; the kernel destroys the VM when its last reference goes. Idempotent. With an
+   * ioctl in flight, the close(2) happens when that call returns.
+   */
+  close(): void;
+}
+
+function checkExtensionOn(libc: Libc, owned: OwnedFd, cap: number): number {
+  if (!Number.isInteger(cap) || cap < 0 || cap > 0x7fff_ffff) {
+    throw new KvmiArgumentError("cap", `capability number must be a non-negative int, got ${cap}`);
+  }
+  const fd = owned.check(KVM_CHECK_EXTENSION.name);
+  // SAFETY: KVM_CHECK_EXTENSION is `_IO` (size 0); `cap` is passed by value and only compared by
+  // the kernel. Read-only, non-blocking.
+  const r = libc.ioctl(fd, KVM_CHECK_EXTENSION.number, cap);
+  if (r.value === -1) throw remoteError(r.errno, KVM_CHECK_EXTENSION.name);
+  return r.value;
+}
+
+class Vm implements KvmVm {
+  private probe: IntrospectionProbe | undefined;
+  private readonly owned: OwnedFd;
+
+  constructor(
+    private readonly libc: Libc,
+    fd: number,
+    private readonly paramPath: string,
+    private readonly table: KvmiIoctlTable,
+  ) {
+    this.owned = new OwnedFd(libc, fd, "VM");
+  }
+
+  get fd(): number {
+    return this.owned.fd;
+  }
+
+  get closed(): boolean {
+    return this.owned.closed;
+  }
+
+  checkExtension(cap: number): number {
+    return checkExtensionOn(this.libc, this.owned, cap);
+  }
+
+  probeIntrospection(): IntrospectionProbe {
+    this.probe ??= identifyIntrospection(readIntrospectionMarker(this.paramPath), (cap) => this.checkExtension(cap));
+    return this.probe;
+  }
+
+  introspectionHook(arg: Uint8Array): Promise<void> {
+    return this.kvmiIoctl("KVM_INTROSPECTION_HOOK", arg);
+  }
+
+  introspectionUnhook(): Promise<void> {
+    return this.kvmiIoctl("KVM_INTROSPECTION_UNHOOK", null);
+  }
+
+  introspectionCommand(arg: Uint8Array): Promise<void> {
+    return this.kvmiIoctl("KVM_INTROSPECTION_COMMAND", arg);
+  }
+
+  introspectionEvent(arg: Uint8Array): Promise<void> {
+    return this.kvmiIoctl("KVM_INTROSPECTION_EVENT", arg);
+  }
+
+  introspectionPreunhook(): Promise<void> {
+    return this.kvmiIoctl("KVM_INTROSPECTION_PREUNHOOK", null);
+  }
+
+  close(): void {
+    this.owned.close();
+  }
+
+  /** Refuses unless this VM's kernel was identified as this table's dialect (v9). */
+  private requireDialect(spec: IoctlSpec): void {
+    const probe = this.probeIntrospection();
+    if (probe.dialect?.id !== this.table.id) {
+      const found = probe.dialect === null ? "" : ` (it offers KVMI ${probe.dialect.label}, which the bridge does not speak)`;
+      throw new KvmiUnsupportedError(
+        `${spec.name} (${formatIoctlNumber(spec.number)}) refused: this kernel does not offer KVMI ` +
+          `${this.table.label}${found}; ${probe.reason}. The ioctl was not issued because its number ` +
+          `means something else on kernels without KVMI ${this.table.label}.`,
+        { command: spec.name },
+      );
+    }
+  }
+
+  private async kvmiIoctl(name: KvmiIoctlName, arg: Uint8Array | null): Promise<void> {
+    const spec = this.table.ioctls[name];
+    this.owned.check(spec.name);
+    if (spec.arg !== null) {
+      if (!(arg instanceof Uint8Array) || arg.byteLength !== spec.arg.size || arg.byteLength !== _IOC_SIZE(spec.number)) {
+        throw new KvmiArgumentError(
+          "arg",
+          `${spec.name} needs a ${spec.arg.size}-byte ${spec.arg.name}, got ${arg instanceof Uint8Array ? arg.byteLength : typeof arg} bytes`,
+          { command: spec.name },
+        );
+      }
+    }
+    this.requireDialect(spec);
+    const r = await this.owned.run(spec.name, (fd) =>
+      // SAFETY: `_IOW` requests get `arg`, whose byteLength was checked above to equal both the
+      // layout size and `_IOC_SIZE(spec.number)`, so the kernel's copy_from_user stays inside it; the
+      // kernel only reads it and keeps no pointer. `_IO` requests get 0 by value. Worker thread: HOOK
+      // and UNHOOK start/join a kernel thread, PREUNHOOK writes to the introspection socket.
+      this.libc.ioctlAsync(fd, spec.number, spec.arg === null ? 0 : arg!),
+    );
+    if (r.value === -1) throw remoteError(r.errno, spec.name);
+  }
+}
+
+class System implements KvmSystem {
+  private readonly owned: OwnedFd;
+
+  constructor(
+    private readonly libc: Libc,
+    readonly path: string,
+    fd: number,
+    private readonly paramPath: string,
+  ) {
+    this.owned = new OwnedFd(libc, fd, path);
+  }
+
+  get fd(): number {
+    return this.owned.fd;
+  }
+
+  get closed(): boolean {
+    return this.owned.closed;
+  }
+
+  getApiVersion(): number {
+    const fd = this.owned.check(KVM_GET_API_VERSION.name);
+    // SAFETY: `_IO` request without argument (0 passed by value); read-only, non-blocking.
+    const r = this.libc.ioctl(fd, KVM_GET_API_VERSION.number, 0);
+    if (r.value === -1) throw remoteError(r.errno, KVM_GET_API_VERSION.name);
+    return r.value;
+  }
+
+  checkExtension(cap: number): number {
+    return checkExtensionOn(this.libc, this.owned, cap);
+  }
+
+  async createVm(machineType = 0): Promise<KvmVm> {
+    if (!Number.isInteger(machineType) || machineType < 0 || machineType > 0xffff_ffff) {
+      throw new KvmiArgumentError("machineType", `machine type must be a non-negative integer, got ${machineType}`, {
+        command: KVM_CREATE_VM.name,
+      });
+    }
+    const r = await this.owned.run(KVM_CREATE_VM.name, (fd) =>
+      // SAFETY: `_IO` request; the machine type is passed by value, nothing is dereferenced. The
+      // returned fd (O_CLOEXEC, set by the kernel) is owned by the Vm object created below. Worker
+      // thread: VM creation allocates and may sleep.
+      this.libc.ioctlAsync(fd, KVM_CREATE_VM.number, machineType),
+    );
+    if (r.value === -1) throw remoteError(r.errno, KVM_CREATE_VM.name);
+    return new Vm(this.libc, r.value, this.paramPath, KVMI_V9_IOCTLS);
+  }
+
+  close(): void {
+    this.owned.close();
+  }
+}
+
+/**
+ * Opens `/dev/kvm` read-write with O_CLOEXEC. Close it in a `finally` block.
+ * @param path - the KVM device node.
+ * @throws KvmiRemoteError with the host errno: ENOENT (no device node: kvm module not loaded or no
+ *   `--device /dev/kvm` in the container), EACCES (not in the `kvm` group), ENXIO/ENODEV (no hardware
+ *   virtualization). KvmiUnsupportedError when the ffi-rs binding cannot be loaded.
+ */
+export function openKvm(path = "/dev/kvm", options: OpenKvmOptions = {}): KvmSystem {
+  const libc = options.libc ?? ffiLibc();
+  // SAFETY: see Libc.open; the returned fd is owned by the System object created below.
+  const r = libc.open(path, O_RDWR | O_CLOEXEC);
+  if (r.value === -1) throw remoteError(r.errno, `open ${path}`);
+  return new System(libc, path, r.value, options.introspectionParamPath ?? KVM_INTROSPECTION_PARAM_PATH);
+}
