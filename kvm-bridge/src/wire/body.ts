@@ -134,7 +134,9 @@ export function decodeBody(
         throw new KvmiProtocolError(`truncated ${layout.name}: ${length} of ${layout.size} bytes`);
       }
       const padded = new Uint8Array(layout.size);
-      padded.set(new Uint8Array(view.buffer, view.byteOffset + offset, Math.max(0, length)));
+      // Clamp to the view: a short body may end before `offset` itself.
+      const present = Math.max(0, Math.min(length, view.byteLength - offset));
+      if (present > 0) padded.set(new Uint8Array(view.buffer, view.byteOffset + offset, present));
       source = new DataView(padded.buffer);
       sourceOffset = 0;
     }
@@ -161,7 +163,7 @@ export function decodeBody(
   }
   let items: unknown;
   if (tail.element === "bytes") {
-    items = new Uint8Array(view.buffer, view.byteOffset + at, count);
+    items = count === 0 ? new Uint8Array(0) : new Uint8Array(view.buffer, view.byteOffset + at, count);
   } else if (typeof tail.element === "string") {
     const type = tail.element;
     const list: Array<number | bigint> = new Array(count);

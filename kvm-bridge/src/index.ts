@@ -1,0 +1,34 @@
+// SPDX-License-Identifier: Apache-2.0
+/**
+ * `@kvmi/kvm-bridge`: the KVMI tool side without gRPC (conventions §2). The codec is under
+ * `@kvmi/kvm-bridge/wire`, the emulator under `@kvmi/kvm-bridge/emulator`, the ioctls under
+ * `@kvmi/kvm-bridge/ioctl`.
+ */
+
+// Errors (conventions §5).
+export {
+  KvmiArgumentError,
+  KvmiError,
+  KvmiProtocolError,
+  KvmiRemoteError,
+  KvmiTimeoutError,
+  KvmiTransportError,
+  KvmiUnsupportedError,
+} from "./errors.js";
+export type { KvmiErrorContext } from "./errors.js";
+
+// Logging seam.
+export { silentLogger } from "./logger.js";
+export type { Logger } from "./logger.js";
+
+// The per-VM channel.
+export { createKvmiChannel } from "./session/channel.js";
+export type {
+  CommandOptions,
+  CommandReply,
+  CommandRequest,
+  EventSink,
+  KvmiChannel,
+  KvmiChannelOptions,
+  KvmiEvent,
+} from "./session/channel.js";

@@ -1,0 +1,334 @@
+// SPDX-License-Identifier: Apache-2.0
+/**
+ * The tool side of one VM's KVMI socket (kvmi-abi §3): allocates seqs, matches replies by seq (out
+ * of order allowed, kvmi-abi §2.5), hands events to one sink, writes every message with one
+ * `write()`, and fails every pending command with a clear error when the device manager goes away.
+ *
+ * Backpressure, both ways (conventions §4, undici `client-h1.js`): when `write()` returns false,
+ * later commands wait for `drain`; when the event sink says it is full, the socket stops being read
+ * until the sink calls {@link KvmiChannel.resumeEvents}. In-flight commands are bounded.
+ */
+import type { Socket } from "node:net";
+import { KvmiProtocolError, KvmiRemoteError, KvmiTimeoutError, KvmiTransportError } from "../errors.js";
+import type { KvmiErrorContext } from "../errors.js";
+import type { Logger } from "../logger.js";
+import { silentLogger } from "../logger.js";
+import type { BodyInput, BodyValue, CommandSpec, Dialect, EventSpec } from "../wire/dialect.js";
+import { V9_COMMANDS, v9 } from "../wire/dialects/v9.js";
+import type { V9CommandName } from "../wire/dialects/v9.js";
+import { decodeEvent, decodeReply, encodeCommand, encodeEventReply, isEventReplyError } from "../wire/message.js";
+import type { MsgHdr } from "../wire/message.js";
+import { createFramer } from "./framer.js";
+
+type Commands = typeof V9_COMMANDS;
+/** The request body of a v9 command, with its tail's count field optional. */
+export type CommandRequest<N extends V9CommandName> = BodyInput<Commands[N]["request"]>;
+/** The decoded reply data of a v9 command. */
+export type CommandReply<N extends V9CommandName> = BodyValue<Commands[N]["reply"]>;
+
+/** An event as the channel delivers it (kvmi-abi §3.3). */
+export interface KvmiEvent {
+  readonly seq: number;
+  readonly vcpu: number;
+  readonly spec: EventSpec;
+  readonly arch: Record<string, unknown>;
+  readonly payload: Record<string, unknown> | undefined;
+  /** `process.hrtime.bigint()` when the event was decoded, for latency metrics. */
+  readonly receivedAt: bigint;
+}
+
+/**
+ * Receives events. Returns false when it cannot take more: the channel then stops reading the
+ * socket until {@link KvmiChannel.resumeEvents}.
+ */
+export type EventSink = (event: KvmiEvent) => boolean;
+
+/** Per-command options. */
+export interface CommandOptions {
+  /** Fails with KvmiTimeoutError when no reply arrived in time; the entry is removed. */
+  readonly timeoutMs?: number;
+  readonly signal?: AbortSignal;
+}
+
+/** Options of {@link createKvmiChannel}. */
+export interface KvmiChannelOptions {
+  readonly dialect?: Dialect;
+  readonly logger?: Logger;
+  /** VM UUID, for error context. */
+  readonly vm?: string;
+  /** Commands in flight at once; further ones wait their turn. Default 256. */
+  readonly maxInFlight?: number;
+  /** Default command deadline when none is given. Default 30 s. */
+  readonly defaultTimeoutMs?: number;
+}
+
+interface Pending {
+  readonly id: number;
+  readonly spec: CommandSpec;
+  readonly context: KvmiErrorContext;
+  readonly resolve: (value: Record<string, unknown>) => void;
+  readonly reject: (err: Error) => void;
+  readonly timer: NodeJS.Timeout;
+}
+
+/** Remembered seqs of timed-out commands, so their late replies are dropped quietly. */
+const LATE_REPLY_MEMORY = 1024;
+
+/** The tool side of a hooked VM's socket. */
+export class KvmiChannel {
+  readonly dialect: Dialect;
+  private readonly log: Logger;
+  private readonly pending = new Map<number, Pending>();
+  private readonly timedOut = new Set<number>();
+  private nextSeq = 1;
+  private inFlight = 0;
+  private readonly slotWaiters: Array<() => void> = [];
+  private drained: Promise<void> | undefined;
+  private sink: EventSink = () => true;
+  private eventsPaused = false;
+  private closeError: KvmiTransportError | undefined;
+  private readonly closeListeners: Array<(err: KvmiTransportError) => void> = [];
+  private readonly maxInFlight: number;
+  private readonly defaultTimeoutMs: number;
+  private readonly vm: string | undefined;
+
+  constructor(
+    private readonly socket: Socket,
+    options: KvmiChannelOptions = {},
+  ) {
+    this.dialect = options.dialect ?? v9;
+    this.log = options.logger ?? silentLogger;
+    this.maxInFlight = options.maxInFlight ?? 256;
+    this.defaultTimeoutMs = options.defaultTimeoutMs ?? 30_000;
+    this.vm = options.vm;
+    const framer = createFramer({ maxBodyBytes: this.dialect.maxMessageBytes });
+    const onFrame = (hdr: MsgHdr, body: Uint8Array): void => this.onMessage(hdr, body);
+    socket.on("data", (chunk: Buffer) => {
+      try {
+        framer.push(chunk, onFrame);
+      } catch (err) {
+        this.close(`protocol error: ${(err as Error).message}`, err);
+      }
+    });
+    socket.once("close", () => this.close("device manager disconnected"));
+    socket.on("error", (err) => this.log.debug({ err: err.message }, "KVMI socket error"));
+    socket.resume();
+  }
+
+  /** True until the socket closed or {@link close} was called. */
+  get isOpen(): boolean {
+    return this.closeError === undefined;
+  }
+
+  /** Commands waiting for a reply. */
+  get pendingCommands(): number {
+    return this.pending.size;
+  }
+
+  /** Installs the event consumer (one per channel). */
+  setEventSink(sink: EventSink): void {
+    this.sink = sink;
+  }
+
+  /** Called by a sink that returned false once it can take events again. */
+  resumeEvents(): void {
+    if (!this.eventsPaused || !this.isOpen) return;
+    this.eventsPaused = false;
+    this.socket.resume();
+  }
+
+  /** Registers a listener for the channel's end; called at once if already closed. */
+  onClose(listener: (err: KvmiTransportError) => void): void {
+    if (this.closeError !== undefined) listener(this.closeError);
+    else this.closeListeners.push(listener);
+  }
+
+  /**
+   * Sends a v9 command and resolves with its reply data.
+   * @throws KvmiRemoteError when the kernel answers `err != 0` (errno kept as a positive number),
+   *   KvmiTimeoutError after the deadline, KvmiTransportError when the socket goes away,
+   *   KvmiArgumentError when the request cannot be encoded.
+   */
+  async command<N extends V9CommandName>(
+    name: N,
+    request: CommandRequest<N>,
+    vcpu?: number,
+    options: CommandOptions = {},
+  ): Promise<CommandReply<N>> {
+    const spec: CommandSpec = V9_COMMANDS[name];
+    const context: KvmiErrorContext = { command: spec.name, ...(this.vm && { vm: this.vm }), ...(vcpu !== undefined && { vcpu }) };
+    options.signal?.throwIfAborted();
+    await this.acquireSlot();
+    try {
+      this.assertOpen(context);
+      const seq = this.allocateSeq();
+      const message = encodeCommand(this.dialect, spec, seq, request as Record<string, unknown>, vcpu);
+      const reply = new Promise<Record<string, unknown>>((resolve, reject) => {
+        const timeoutMs = options.timeoutMs ?? this.defaultTimeoutMs;
+        const timer = setTimeout(() => this.expire(seq, timeoutMs), timeoutMs);
+        this.pending.set(seq, { id: spec.id, spec, context, resolve, reject, timer });
+      });
+      const onAbort = (): void => this.abandon(seq, options.signal!.reason as Error);
+      options.signal?.addEventListener("abort", onAbort, { once: true });
+      try {
+        await this.write(message);
+        return (await reply) as CommandReply<N>;
+      } finally {
+        options.signal?.removeEventListener("abort", onAbort);
+      }
+    } finally {
+      this.releaseSlot();
+    }
+  }
+
+  /**
+   * Answers an event (kvmi-abi §3.4). Writes are ordered with commands on the same socket.
+   * @throws KvmiTransportError when the socket is gone (the kernel then continues the vCPU itself).
+   */
+  async replyEvent(event: Pick<KvmiEvent, "seq" | "vcpu" | "spec">, action: number, replyData?: Record<string, unknown>): Promise<void> {
+    this.assertOpen({ command: event.spec.name, vcpu: event.vcpu });
+    await this.write(encodeEventReply(this.dialect, event.spec, event.seq, event.vcpu, action, replyData));
+  }
+
+  /** Closes the socket (both directions) and fails everything pending with KvmiTransportError. */
+  close(reason: string, cause?: unknown): void {
+    if (this.closeError !== undefined) return;
+    const err = new KvmiTransportError(reason, { ...(this.vm && { vm: this.vm }) }, { cause });
+    this.closeError = err;
+    this.socket.destroy();
+    for (const [seq, entry] of this.pending) {
+      clearTimeout(entry.timer);
+      entry.reject(new KvmiTransportError(`${reason} while ${entry.spec.name} was in flight`, entry.context, { cause }));
+      this.pending.delete(seq);
+    }
+    for (const waiter of this.slotWaiters.splice(0)) waiter();
+    for (const listener of this.closeListeners.splice(0)) listener(err);
+    this.log.info({ reason }, "KVMI channel closed");
+  }
+
+  // ---------------------------------------------------------------------------------------------
+
+  private assertOpen(context: KvmiErrorContext): void {
+    if (this.closeError !== undefined) {
+      throw new KvmiTransportError(`KVMI session closed: ${this.closeError.message}`, context, { cause: this.closeError });
+    }
+  }
+
+  private allocateSeq(): number {
+    // u32 wrap-around, skipping seqs still in use (a reply must be unambiguous).
+    do {
+      this.nextSeq = (this.nextSeq + 1) >>> 0;
+    } while (this.pending.has(this.nextSeq) || this.nextSeq === 0);
+    return this.nextSeq;
+  }
+
+  private async acquireSlot(): Promise<void> {
+    while (this.inFlight >= this.maxInFlight && this.isOpen) {
+      await new Promise<void>((resolve) => this.slotWaiters.push(resolve));
+    }
+    this.inFlight++;
+  }
+
+  private releaseSlot(): void {
+    this.inFlight--;
+    this.slotWaiters.shift()?.();
+  }
+
+  private async write(message: Uint8Array): Promise<void> {
+    while (this.drained !== undefined) await this.drained;
+    if (!this.socket.write(message)) {
+      this.drained = new Promise<void>((resolve) => {
+        const done = (): void => {
+          this.socket.off("drain", done);
+          this.socket.off("close", done);
+          this.drained = undefined;
+          resolve();
+        };
+        this.socket.once("drain", done);
+        this.socket.once("close", done);
+      });
+    }
+  }
+
+  private expire(seq: number, timeoutMs: number): void {
+    const entry = this.pending.get(seq);
+    if (entry === undefined) return;
+    this.pending.delete(seq);
+    this.rememberLate(seq);
+    entry.reject(new KvmiTimeoutError(`${entry.spec.name} got no reply within ${timeoutMs} ms`, entry.context));
+  }
+
+  private abandon(seq: number, reason: Error): void {
+    const entry = this.pending.get(seq);
+    if (entry === undefined) return;
+    clearTimeout(entry.timer);
+    this.pending.delete(seq);
+    this.rememberLate(seq);
+    entry.reject(reason);
+  }
+
+  private rememberLate(seq: number): void {
+    this.timedOut.add(seq);
+    if (this.timedOut.size > LATE_REPLY_MEMORY) this.timedOut.delete(this.timedOut.values().next().value!);
+  }
+
+  private onMessage(hdr: MsgHdr, body: Uint8Array): void {
+    if (isEventReplyError(this.dialect, hdr)) {
+      const err = new DataView(body.buffer, body.byteOffset, body.byteLength).getInt32(0, true);
+      this.log.warn({ seq: hdr.seq, errno: -err }, "the kernel rejected an event reply");
+      return;
+    }
+    if (hdr.id === this.dialect.eventMessageId) return this.onEvent(hdr, body);
+    const entry = this.pending.get(hdr.seq);
+    if (entry === undefined) {
+      if (this.timedOut.delete(hdr.seq)) return;
+      this.close(`reply seq ${hdr.seq} (id ${hdr.id}) matches no command`, new KvmiProtocolError("unexpected seq"));
+      return;
+    }
+    if (entry.id !== hdr.id) {
+      this.close(`reply seq ${hdr.seq} has id ${hdr.id}, expected ${entry.id}`, new KvmiProtocolError("unexpected id"));
+      return;
+    }
+    this.pending.delete(hdr.seq);
+    clearTimeout(entry.timer);
+    try {
+      const reply = decodeReply(this.dialect, entry.spec, body);
+      if (reply.err !== 0) entry.reject(new KvmiRemoteError(-reply.err, entry.context));
+      else entry.resolve(reply.value ?? {});
+    } catch (err) {
+      entry.reject(err as Error);
+      this.close(`malformed ${entry.spec.name} reply`, err);
+    }
+  }
+
+  private onEvent(hdr: MsgHdr, body: Uint8Array): void {
+    let decoded;
+    try {
+      decoded = decodeEvent(this.dialect, body);
+    } catch (err) {
+      this.close(`malformed event: ${(err as Error).message}`, err);
+      return;
+    }
+    if (decoded.spec === undefined) {
+      this.close(`unknown event id ${decoded.eventId}`, new KvmiProtocolError("unknown event"));
+      return;
+    }
+    const event: KvmiEvent = {
+      seq: hdr.seq,
+      vcpu: decoded.vcpu,
+      spec: decoded.spec,
+      arch: decoded.arch,
+      payload: decoded.payload,
+      receivedAt: process.hrtime.bigint(),
+    };
+    if (!this.sink(event) && !this.eventsPaused) {
+      this.eventsPaused = true;
+      this.socket.pause();
+    }
+  }
+}
+
+/** Wraps a hooked socket (after the handshake) in a channel. */
+export function createKvmiChannel(socket: Socket, options: KvmiChannelOptions = {}): KvmiChannel {
+  return new KvmiChannel(socket, options);
+}
