@@ -32,3 +32,9 @@ export type {
   KvmiChannelOptions,
   KvmiEvent,
 } from "./session/channel.js";
+
+// Accepting device managers and the VM registry.
+export { createKvmiListener } from "./session/listener.js";
+export type { AcceptedVm, KvmiListener, KvmiListenerOptions, ListenEndpoint } from "./session/listener.js";
+export { createVmRegistry } from "./session/registry.js";
+export type { HookedVm, VmChange, VmRecord, VmRegistry, VmRegistryOptions, VmState } from "./session/registry.js";

@@ -1,0 +1,147 @@
+// SPDX-License-Identifier: Apache-2.0
+/**
+ * `kvmi-sim`: runs emulated VMs (QEMU + KVMI v9 kernel side + the built-in workload) against any
+ * KVMI tool until interrupted, logging JSON lines. `--pause-after`, `--migrate-after` and
+ * `--shutdown-after` run the device manager's unhook flow (kvmi-abi §2.6) on every VM.
+ */
+import { readFileSync } from "node:fs";
+import { parseArgs } from "node:util";
+import type { HandshakeVariant } from "../wire/handshake.js";
+import type { KvmiEndpoint, VmAction } from "./device-manager.js";
+import { createJsonLinesLogger, parseLogLevel } from "./json-logger.js";
+import { createSimulator } from "./simulator.js";
+
+const HELP = `Usage: kvmi-sim --connect unix:PATH|tcp:HOST:PORT [options]
+
+Runs emulated VMs that connect to a KVMI tool the way QEMU does, until interrupted.
+
+Options:
+  --connect ENDPOINT        where the tool listens: unix:PATH or tcp:HOST:PORT (required)
+  --vms N                   number of VMs (default 1)
+  --vcpus N                 vCPUs per VM (default 2)
+  --memory-mib N            guest RAM per VM in MiB (default 64)
+  --secret-file FILE        shared secret; QEMU checks SHA-1(secret) against the tool's cookie
+  --handshake VARIANT       base | max-gpa | e820 (default base)
+  --reconnect-ms N          delay between connection attempts, like reconnect=N (default 1000)
+  --unhook-timeout-ms N     how long to wait for the tool after UNHOOK (default 60000)
+  --pause-after SECONDS     pause every VM (through PREUNHOOK/UNHOOK) after SECONDS
+  --migrate-after SECONDS   migrate every VM away after SECONDS, then exit
+  --shutdown-after SECONDS  shut every VM down after SECONDS, then exit
+  --seed N                  seed of the first VM's workload (default 1)
+  --no-workload             do not run the built-in workload
+  --log-level LEVEL         trace | debug | info | warn | error (default info)
+  --help                    print this help
+`;
+
+/** Parses `unix:PATH` or `tcp:HOST:PORT`. */
+export function parseEndpoint(text: string): KvmiEndpoint | undefined {
+  if (text.startsWith("unix:") && text.length > 5) return { kind: "unix", path: text.slice(5) };
+  const tcp = /^tcp:(.+):(\d{1,5})$/.exec(text);
+  if (tcp !== null && Number(tcp[2]) < 65536) return { kind: "tcp", host: tcp[1]!.replace(/^\[|\]$/g, ""), port: Number(tcp[2]) };
+  return undefined;
+}
+
+function positiveInt(name: string, value: string | undefined, fallback: number, errors: string[]): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0) errors.push(`--${name} must be a non-negative integer, got "${value}"`);
+  return n;
+}
+
+/** Runs the CLI; resolves with the process exit code. */
+export async function main(argv: string[]): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      options: {
+        connect: { type: "string" },
+        vms: { type: "string" },
+        vcpus: { type: "string" },
+        "memory-mib": { type: "string" },
+        "secret-file": { type: "string" },
+        handshake: { type: "string" },
+        "reconnect-ms": { type: "string" },
+        "unhook-timeout-ms": { type: "string" },
+        "pause-after": { type: "string" },
+        "migrate-after": { type: "string" },
+        "shutdown-after": { type: "string" },
+        seed: { type: "string" },
+        "no-workload": { type: "boolean" },
+        "log-level": { type: "string" },
+        help: { type: "boolean" },
+      },
+    }).values;
+  } catch (err) {
+    process.stderr.write(`kvmi-sim: ${(err as Error).message}\n\n${HELP}`);
+    return 2;
+  }
+  if (parsed.help === true) {
+    process.stdout.write(HELP);
+    return 0;
+  }
+  const errors: string[] = [];
+  const endpoint = parsed.connect === undefined ? undefined : parseEndpoint(parsed.connect);
+  if (endpoint === undefined) errors.push(`--connect must be unix:PATH or tcp:HOST:PORT, got "${parsed.connect ?? ""}"`);
+  const handshake = parsed.handshake ?? "base";
+  if (!["base", "max-gpa", "e820"].includes(handshake)) errors.push(`--handshake must be base, max-gpa or e820`);
+  const level = parseLogLevel(parsed["log-level"] ?? "info");
+  if (level === undefined) errors.push(`--log-level must be trace, debug, info, warn or error`);
+  let secret: Uint8Array | undefined;
+  if (parsed["secret-file"] !== undefined) {
+    try {
+      secret = new Uint8Array(readFileSync(parsed["secret-file"]));
+    } catch (err) {
+      errors.push(`--secret-file: ${(err as Error).message}`);
+    }
+  }
+  const vms = positiveInt("vms", parsed.vms, 1, errors);
+  const vcpus = positiveInt("vcpus", parsed.vcpus, 2, errors);
+  const memoryMiB = positiveInt("memory-mib", parsed["memory-mib"], 64, errors);
+  const reconnectMs = positiveInt("reconnect-ms", parsed["reconnect-ms"], 1000, errors);
+  const unhookTimeoutMs = positiveInt("unhook-timeout-ms", parsed["unhook-timeout-ms"], 60_000, errors);
+  const seed = positiveInt("seed", parsed.seed, 1, errors);
+  const actions: Array<[VmAction, number]> = [];
+  for (const action of ["pause", "migrate", "shutdown"] as const) {
+    const value = parsed[`${action}-after`];
+    if (value === undefined) continue;
+    const seconds = Number(value);
+    if (!Number.isFinite(seconds) || seconds < 0) errors.push(`--${action}-after must be a number of seconds`);
+    else actions.push([action, seconds]);
+  }
+  if (errors.length > 0) {
+    process.stderr.write(errors.map((e) => `kvmi-sim: ${e}\n`).join("") + "\nRun kvmi-sim --help for usage.\n");
+    return 2;
+  }
+
+  const log = createJsonLinesLogger(process.stdout, level!);
+  const simulator = createSimulator({
+    endpoint: endpoint!,
+    vms,
+    vcpus,
+    memoryMiB,
+    handshake: handshake as HandshakeVariant,
+    reconnectMs,
+    unhookTimeoutMs,
+    seed,
+    workload: parsed["no-workload"] !== true,
+    ...(secret && { secret }),
+    logger: log,
+  });
+  simulator.start();
+  log.info({ vms: simulator.vms.map((vm) => ({ uuid: vm.uuid, name: vm.name })), connect: parsed.connect }, "emulated VMs started");
+
+  return new Promise<number>((resolve) => {
+    const finish = async (code: number): Promise<void> => {
+      await simulator.stop();
+      resolve(code);
+    };
+    for (const signal of ["SIGINT", "SIGTERM"] as const) process.once(signal, () => void finish(0));
+    for (const [action, seconds] of actions) {
+      setTimeout(async () => {
+        for (const outcome of await simulator.runAction(action)) log.info({ ...outcome }, `${action} outcome`);
+        if (action !== "pause") await finish(0);
+      }, seconds * 1000).unref();
+    }
+  });
+}

@@ -1,0 +1,336 @@
+// SPDX-License-Identifier: Apache-2.0
+/**
+ * The emulated v9 kernel side of one VM (`struct kvm_introspection`): the five VM ioctls as an
+ * in-process API (kvmi-abi §2.4), the receive "thread" that reads the tool's messages and
+ * dispatches them (§2.5, §2.9), the close-on-malformed rules (§2.7) and the release on tool
+ * disconnect (§2.8). Command semantics live in `vm-commands.ts` and `vcpu-commands.ts`.
+ */
+import type { Socket } from "node:net";
+import { KvmiProtocolError, KvmiRemoteError } from "../../errors.js";
+import type { Logger } from "../../logger.js";
+import { silentLogger } from "../../logger.js";
+import { createFramer } from "../../session/framer.js";
+import { zeroValue } from "../../wire/codec.js";
+import type { CommandSpec, Dialect, EventSpec } from "../../wire/dialect.js";
+import { commandById } from "../../wire/dialect.js";
+import { KVM_EAGAIN, KVM_EFAULT, KVM_EINVAL, KVM_ENOENT, KVM_ENOSYS, KVM_EPERM } from "../../wire/dialects/errno.js";
+import { v9, V9_EVENTS } from "../../wire/dialects/v9.js";
+import type { MsgHdr } from "../../wire/message.js";
+import { decodeCommand, decodeEventReply, encodeEvent, encodeReply } from "../../wire/message.js";
+import { AllowMasks, validateFeature } from "./allow-masks.js";
+import type { CommandResult, KernelContext } from "./command-context.js";
+import type { GuestPort, HostFeatures } from "./guest-port.js";
+import { DEFAULT_HOST_FEATURES } from "./guest-port.js";
+import { VCPU_COMMAND_HANDLERS } from "./vcpu-commands.js";
+import { VcpuIntrospection } from "./vcpu-introspection.js";
+import { VM_COMMAND_HANDLERS } from "./vm-commands.js";
+
+/** Options of the emulated kernel. */
+export interface KvmiVmOptions {
+  /** Only v9 is emulated today; the table is a parameter so that other dialects can follow. */
+  readonly dialect?: Dialect;
+  readonly features?: Partial<HostFeatures>;
+  /** The `kvm.introspection` module parameter: when false every ioctl fails with EPERM. */
+  readonly introspectionEnabled?: boolean;
+  readonly logger?: Logger;
+}
+
+/** `struct kvm_introspection_hook` as the HOOK ioctl receives it (kvmi-abi §2.4). */
+export interface HookArgs {
+  /** The connected socket QEMU hands over; null models an fd that is not a socket (EINVAL). */
+  readonly fd: Socket | null;
+  readonly padding: number;
+  readonly uuid: Uint8Array;
+}
+
+/** `struct kvm_introspection_feature` (kvmi-abi §2.4). */
+export interface FeatureArgs {
+  readonly allow: number;
+  readonly id: number;
+}
+
+const EEXIST = 17;
+
+/** State that exists only between HOOK and UNHOOK. */
+interface Hooked {
+  readonly socket: Socket;
+  readonly masks: AllowMasks;
+  readonly vcpus: VcpuIntrospection[];
+  readonly vmEvents: Set<number>;
+  eventSeq: number;
+  cleanup: boolean;
+  /** False once the socket was shut down (tool gone, malformed input, unhook). */
+  alive: boolean;
+  /** Resolves when the receive "thread" has finished. */
+  readonly receiveDone: Promise<void>;
+}
+
+/** The emulated KVMI state of one VM. */
+export class KvmiVm implements KernelContext {
+  readonly dialect: Dialect;
+  readonly features: HostFeatures;
+  private readonly log: Logger;
+  private readonly introspectionEnabled: boolean;
+  private hooked: Hooked | undefined;
+  /** vCPUs that still hold leftovers of a failed HOOK (EEXIST until each has run once). */
+  private leftovers = new Set<number>();
+
+  constructor(
+    readonly guest: GuestPort,
+    options: KvmiVmOptions = {},
+  ) {
+    this.dialect = options.dialect ?? v9;
+    this.features = { ...DEFAULT_HOST_FEATURES, ...options.features };
+    this.introspectionEnabled = options.introspectionEnabled ?? true;
+    this.log = options.logger ?? silentLogger;
+  }
+
+  /** True between a successful HOOK and UNHOOK. */
+  get isHooked(): boolean {
+    return this.hooked !== undefined;
+  }
+
+  /** The introspection state of vCPU `index` while hooked. */
+  vcpu(index: number): VcpuIntrospection | undefined {
+    return this.hooked?.vcpus[index];
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // ioctls (kvmi-abi §2.4). Failures throw KvmiRemoteError with the Linux errno.
+
+  private fail(ioctl: string, errno: number): never {
+    throw new KvmiRemoteError(errno, { command: ioctl });
+  }
+
+  private checkModuleParam(ioctl: string): void {
+    if (!this.introspectionEnabled) this.fail(ioctl, KVM_EPERM);
+  }
+
+  /** KVM_INTROSPECTION_HOOK: takes over the socket and starts the receive thread. */
+  hook(args: HookArgs): void {
+    const ioctl = "KVM_INTROSPECTION_HOOK";
+    this.checkModuleParam(ioctl);
+    if (args.padding !== 0) this.fail(ioctl, KVM_EINVAL);
+    if (this.hooked !== undefined || this.leftovers.size > 0) this.fail(ioctl, EEXIST);
+    if (args.fd === null || args.fd.destroyed) {
+      // The per-vCPU state was allocated before the fd lookup failed; each vCPU frees its part
+      // the next time it runs (kvmi-abi §8 step 1).
+      this.guest.vcpus.forEach((v) => this.leftovers.add(v.index));
+      this.fail(ioctl, KVM_EINVAL);
+    }
+    const socket = args.fd;
+    let finishReceive!: () => void;
+    const receiveDone = new Promise<void>((resolve) => (finishReceive = resolve));
+    const hooked: Hooked = {
+      socket,
+      masks: new AllowMasks(this.dialect),
+      vcpus: [],
+      vmEvents: new Set(),
+      eventSeq: 0,
+      cleanup: false,
+      alive: true,
+      receiveDone,
+    };
+    this.hooked = hooked;
+    hooked.vcpus.push(...this.guest.vcpus.map((port) => new VcpuIntrospection(this.vcpuContext(), port)));
+    this.startReceiving(hooked, finishReceive);
+    this.log.info({ vcpus: hooked.vcpus.length }, "introspection hooked");
+  }
+
+  /** KVM_INTROSPECTION_UNHOOK: shuts the socket, waits for the receive thread, frees everything. */
+  async unhook(): Promise<void> {
+    this.checkModuleParam("KVM_INTROSPECTION_UNHOOK");
+    const hooked = this.hooked;
+    if (hooked === undefined) return;
+    this.shutdown(hooked, "unhook");
+    await hooked.receiveDone;
+    this.guest.clearPageAccess();
+    // Interceptions are restored to KVM's own preferences only with cleanup enabled (kvmi-abi §2.6);
+    // here that means dropping the vCPU masks, which we do either way once the state is freed.
+    for (const vcpu of hooked.vcpus) vcpu.dispose();
+    this.hooked = undefined;
+    this.log.info({ cleanup: hooked.cleanup }, "introspection unhooked");
+  }
+
+  /** KVM_INTROSPECTION_COMMAND: allows or disallows a command id (-1 = all). */
+  allowCommand(args: FeatureArgs): void {
+    const ioctl = "KVM_INTROSPECTION_COMMAND";
+    this.checkModuleParam(ioctl);
+    if (validateFeature(args.allow, args.id, this.dialect.numMessages) !== 0) this.fail(ioctl, KVM_EINVAL);
+    if (this.hooked === undefined) this.fail(ioctl, KVM_EFAULT);
+    const result = this.hooked.masks.setCommand(args.allow, args.id);
+    if (result !== 0) this.fail(ioctl, result);
+  }
+
+  /** KVM_INTROSPECTION_EVENT: allows or disallows an event id (-1 = all). */
+  allowEvent(args: FeatureArgs): void {
+    const ioctl = "KVM_INTROSPECTION_EVENT";
+    this.checkModuleParam(ioctl);
+    if (validateFeature(args.allow, args.id, this.dialect.numEvents) !== 0) this.fail(ioctl, KVM_EINVAL);
+    if (this.hooked === undefined) this.fail(ioctl, KVM_EFAULT);
+    this.hooked.masks.setEvent(args.allow, args.id);
+  }
+
+  /** KVM_INTROSPECTION_PREUNHOOK: sends the UNHOOK event if the tool enabled it, else ENOENT. */
+  preunhook(): void {
+    const ioctl = "KVM_INTROSPECTION_PREUNHOOK";
+    this.checkModuleParam(ioctl);
+    const hooked = this.hooked;
+    if (hooked === undefined) this.fail(ioctl, KVM_EFAULT);
+    const unhook = V9_EVENTS.KVMI_EVENT_UNHOOK;
+    if (!hooked.vmEvents.has(unhook.id) || !hooked.alive) this.fail(ioctl, KVM_ENOENT);
+    const arch = this.zeroArch();
+    const sent = this.send(encodeEvent(this.dialect, unhook, ++hooked.eventSeq, 0, arch));
+    if (!sent) this.fail(ioctl, KVM_ENOENT);
+  }
+
+  /** Called on every vCPU entry: the vCPU frees its leftovers of a failed HOOK. */
+  noteEntry(index: number): void {
+    this.leftovers.delete(index);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // KernelContext, used by the command handlers
+
+  masks(): AllowMasks {
+    return this.hooked!.masks;
+  }
+
+  vmEvents(): Set<number> {
+    return this.hooked!.vmEvents;
+  }
+
+  setCleanup(enable: boolean): void {
+    this.hooked!.cleanup = enable;
+  }
+
+  vcpuCount(): number {
+    return this.guest.vcpus.length;
+  }
+
+  private vcpuContext(): ConstructorParameters<typeof VcpuIntrospection>[0] {
+    return {
+      dialect: this.dialect,
+      guest: this.guest,
+      eventSpec: (name) => this.eventSpec(name),
+      canSendEvents: () => this.hooked?.alive === true,
+      nextEventSeq: () => ++this.hooked!.eventSeq,
+      send: (message) => this.send(message),
+    };
+  }
+
+  private eventSpec(name: string): EventSpec {
+    const spec = this.dialect.events.find((e) => e.name === name);
+    if (spec === undefined) throw new KvmiProtocolError(`dialect ${this.dialect.name} has no ${name}`);
+    return spec;
+  }
+
+  private zeroArch(): Record<string, unknown> {
+    const arch = this.dialect.layouts.event.fields["arch"];
+    if (arch?.kind !== "struct") throw new KvmiProtocolError("kvmi_event has no arch struct");
+    return zeroValue(arch.layout) as Record<string, unknown>;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // The receive thread
+
+  private startReceiving(hooked: Hooked, finish: () => void): void {
+    const { socket } = hooked;
+    const framer = createFramer({ maxBodyBytes: this.dialect.maxMessageBytes });
+    const onFrame = (hdr: MsgHdr, body: Uint8Array): void => this.dispatch(hooked, hdr, body);
+    const onData = (chunk: Buffer): void => {
+      if (!hooked.alive) return;
+      try {
+        framer.push(chunk, onFrame);
+      } catch (err) {
+        this.shutdown(hooked, (err as Error).message);
+        return;
+      }
+      // Replies the tool does not read must not pile up: stop reading until they drain.
+      if (socket.writableNeedDrain) {
+        socket.pause();
+        socket.once("drain", () => socket.resume());
+      }
+    };
+    const onGone = (): void => {
+      socket.off("data", onData);
+      this.shutdown(hooked, "tool closed the socket");
+      for (const vcpu of hooked.vcpus) vcpu.release();
+      finish();
+    };
+    socket.on("data", onData);
+    socket.once("close", onGone);
+    socket.on("error", (err) => this.log.debug({ err }, "KVMI socket error"));
+    socket.resume();
+  }
+
+  /** Shuts the socket down in both directions, as the kernel does (kvmi-abi §2.7). */
+  private shutdown(hooked: Hooked, reason: string): void {
+    if (!hooked.alive) return;
+    hooked.alive = false;
+    this.log.info({ reason }, "closing the KVMI socket");
+    hooked.socket.destroy();
+  }
+
+  send(message: Uint8Array): boolean {
+    const hooked = this.hooked;
+    if (hooked === undefined || !hooked.alive || hooked.socket.destroyed) return false;
+    hooked.socket.write(message);
+    return true;
+  }
+
+  private reply(spec: Pick<CommandSpec, "id" | "reply">, seq: number, result: CommandResult): void {
+    this.send(encodeReply(this.dialect, spec, seq, -result.err, "value" in result ? result.value : undefined));
+  }
+
+  private dispatch(hooked: Hooked, hdr: MsgHdr, body: Uint8Array): void {
+    if (!hooked.alive) return;
+    if (hdr.id === this.dialect.eventMessageId) {
+      this.dispatchEventReply(hooked, hdr, body);
+      return;
+    }
+    const spec = commandById(this.dialect, hdr.id);
+    const echo = { id: hdr.id, reply: { layout: null } };
+    if (spec === undefined) return this.reply(echo, hdr.seq, { err: KVM_ENOSYS });
+    if (!hooked.masks.isCommandAllowed(hdr.id)) return this.reply(spec, hdr.seq, { err: KVM_EPERM });
+    let decoded;
+    try {
+      decoded = decodeCommand(this.dialect, spec, body);
+    } catch (err) {
+      // A declared tail longer than the message: fatal for the handlers that check it (§2.7).
+      if (spec.closesOnShortTail) return this.shutdown(hooked, (err as Error).message);
+      return this.reply(spec, hdr.seq, { err: KVM_EINVAL });
+    }
+    if (spec.scope === "vm") {
+      return this.reply(spec, hdr.seq, VM_COMMAND_HANDLERS[spec.name]!(this, decoded, body));
+    }
+    const vcpu = this.checkVcpuTarget(hooked, decoded.vcpu!, decoded.vcpuHdrPadding);
+    if (typeof vcpu === "number") return this.reply(spec, hdr.seq, { err: vcpu });
+    const handler = VCPU_COMMAND_HANDLERS[spec.name]!;
+    if (spec.dispatch === "receive-thread") return this.reply(spec, hdr.seq, handler(this, decoded, vcpu));
+    vcpu.queueJob(() => {
+      if (hooked.alive) this.reply(spec, hdr.seq, handler(this, decoded, vcpu));
+    });
+  }
+
+  /** Dispatch-time checks of a vCPU-scoped message (kvmi-abi §2.9); returns an errno or the vCPU. */
+  private checkVcpuTarget(hooked: Hooked, index: number, padding: boolean): VcpuIntrospection | number {
+    if (padding) return KVM_EINVAL;
+    const vcpu = hooked.vcpus[index];
+    if (vcpu === undefined) return KVM_EINVAL;
+    if (!vcpu.port.initialized && !vcpu.isWaitingForReply) return KVM_EAGAIN;
+    return vcpu;
+  }
+
+  private dispatchEventReply(hooked: Hooked, hdr: MsgHdr, body: Uint8Array): void {
+    const reply = decodeEventReply(this.dialect, body);
+    const vcpu = this.checkVcpuTarget(hooked, reply.vcpu, reply.vcpuHdrPadding);
+    if (typeof vcpu === "number") {
+      // Rejected at dispatch: an ordinary error reply with id 0 and size 8 (kvmi-abi §3.1).
+      return this.reply({ id: hdr.id, reply: { layout: null } }, hdr.seq, { err: vcpu });
+    }
+    if (reply.replyPadding) return this.shutdown(hooked, "non-zero kvmi_event_reply padding");
+    const problem = vcpu.completeEvent(hdr.seq, reply.action, reply.data);
+    if (problem !== undefined) this.shutdown(hooked, problem);
+  }
+}

@@ -1,0 +1,159 @@
+// SPDX-License-Identifier: Apache-2.0
+/**
+ * The emulator as a library: emulated VMs (guest model + v9 kernel side + QEMU device manager)
+ * that connect to any KVMI tool. `kvmi-sim`, the bridge's embedded mode and the tests all use it.
+ */
+import { randomUUID } from "node:crypto";
+import type { Logger } from "../logger.js";
+import { silentLogger } from "../logger.js";
+import type { HandshakeVariant } from "../wire/handshake.js";
+import { DeviceManager } from "./device-manager.js";
+import type { KvmiEndpoint, UnhookOutcome, VmAction } from "./device-manager.js";
+import { createGuest } from "./guest/guest.js";
+import type { Guest } from "./guest/guest.js";
+import type { WorkloadOptions } from "./guest/scheduler.js";
+import { createKvmiExitHandler } from "./kernel/exit-handler.js";
+import { createGuestPort } from "./kernel/guest-adapter.js";
+import type { HostFeatures } from "./kernel/guest-port.js";
+import { KvmiVm } from "./kernel/kvmi-vm.js";
+
+/** Options of one emulated VM. */
+export interface EmulatedVmOptions {
+  readonly uuid?: string;
+  readonly name?: string;
+  /** vCPUs (default 2). */
+  readonly vcpus?: number;
+  /** RAM in MiB (default 64). */
+  readonly memoryMiB?: number;
+  /** Run the built-in workload (default true). */
+  readonly workload?: boolean | WorkloadOptions;
+  readonly seed?: number;
+  readonly handshake?: HandshakeVariant;
+  readonly secret?: Uint8Array;
+  readonly reconnectMs?: number;
+  readonly handshakeTimeoutMs?: number;
+  readonly unhookTimeoutMs?: number;
+  /** Allowed command ids (`command=`), all when absent. */
+  readonly commands?: readonly number[];
+  /** Allowed event ids (`event=`), all when absent. */
+  readonly events?: readonly number[];
+  readonly features?: Partial<HostFeatures>;
+  /** The `kvm.introspection` module parameter (default on). */
+  readonly introspectionEnabled?: boolean;
+  readonly logger?: Logger;
+}
+
+/** One emulated VM. */
+export interface EmulatedVm {
+  readonly uuid: string;
+  readonly name: string;
+  readonly guest: Guest;
+  /** The emulated kernel: the ioctl API and per-vCPU KVMI state. */
+  readonly kernel: KvmiVm;
+  readonly deviceManager: DeviceManager;
+  /** Starts the guest and connects to the tool. */
+  start(): void;
+  /** Drops the connection and stops the guest (QEMU killed). */
+  stop(): Promise<void>;
+  /** Pause, suspend, migrate or shutdown through the unhook flow (kvmi-abi §2.6). */
+  runAction(action: VmAction): Promise<UnhookOutcome>;
+  /** Resumes after pause or suspend. */
+  resume(): void;
+  /** Guest reset: unhook, reset, reconnect with a new start time. */
+  reset(): Promise<void>;
+}
+
+/** Creates one emulated VM connecting to `endpoint` (not started). */
+export function createEmulatedVm(endpoint: KvmiEndpoint, options: EmulatedVmOptions = {}): EmulatedVm {
+  const uuid = options.uuid ?? randomUUID();
+  const name = options.name ?? `vm-${uuid.slice(0, 8)}`;
+  const logger = (options.logger ?? silentLogger).child({ vm: uuid });
+  const guest = createGuest({
+    memoryMiB: options.memoryMiB ?? 64,
+    vcpus: options.vcpus ?? 2,
+    workload: options.workload ?? true,
+    ...(options.seed !== undefined && { seed: options.seed }),
+  });
+  const kernel = new KvmiVm(createGuestPort(guest), {
+    ...(options.features && { features: options.features }),
+    ...(options.introspectionEnabled !== undefined && { introspectionEnabled: options.introspectionEnabled }),
+    logger: logger.child({ component: "kernel" }),
+  });
+  guest.setExitHandler(createKvmiExitHandler(kernel));
+  const { memory } = guest;
+  const deviceManager = new DeviceManager({
+    endpoint,
+    vm: { uuid, name, maxGpa: memory.maxGfn() << 12n, e820: memory.e820() },
+    guest: { stop: () => void guest.stop(), resume: () => guest.resume(), reset: () => guest.reset() },
+    kernel,
+    ...(options.handshake && { handshake: options.handshake }),
+    ...(options.secret && { secret: options.secret }),
+    ...(options.reconnectMs !== undefined && { reconnectMs: options.reconnectMs }),
+    ...(options.handshakeTimeoutMs !== undefined && { handshakeTimeoutMs: options.handshakeTimeoutMs }),
+    ...(options.unhookTimeoutMs !== undefined && { unhookTimeoutMs: options.unhookTimeoutMs }),
+    ...(options.commands && { commands: options.commands }),
+    ...(options.events && { events: options.events }),
+    logger: logger.child({ component: "device-manager" }),
+  });
+  // v9 CRASH kills QEMU (kvmi-abi §3.5): the connection goes away with it.
+  guest.onLifecycle((event) => {
+    if (event.type === "crashed") void deviceManager.stop();
+  });
+  return {
+    uuid,
+    name,
+    guest,
+    kernel,
+    deviceManager,
+    start: () => {
+      if (guest.runState === "created") guest.start();
+      deviceManager.start();
+    },
+    stop: async () => {
+      await deviceManager.stop();
+      if (guest.runState === "running") await guest.stop();
+    },
+    runAction: (action) => deviceManager.runAction(action),
+    resume: () => deviceManager.resume(),
+    reset: () => deviceManager.reset(),
+  };
+}
+
+/** Options of {@link createSimulator}: `vms` VMs sharing the per-VM options. */
+export interface SimulatorOptions extends Omit<EmulatedVmOptions, "uuid" | "name"> {
+  readonly endpoint: KvmiEndpoint;
+  /** Number of VMs (default 1). */
+  readonly vms?: number;
+  /** Names are `${namePrefix}-${i}` (default `emu`). */
+  readonly namePrefix?: string;
+}
+
+/** A set of emulated VMs. */
+export interface Simulator {
+  readonly vms: readonly EmulatedVm[];
+  start(): void;
+  stop(): Promise<void>;
+  /** Runs `action` on every VM at once and returns one outcome per VM. */
+  runAction(action: VmAction): Promise<Array<UnhookOutcome & { readonly vm: string }>>;
+}
+
+/** Creates `vms` emulated VMs pointed at one tool endpoint. */
+export function createSimulator(options: SimulatorOptions): Simulator {
+  const count = options.vms ?? 1;
+  const vms = Array.from({ length: count }, (_, i) =>
+    createEmulatedVm(options.endpoint, {
+      ...options,
+      name: `${options.namePrefix ?? "emu"}-${i}`,
+      seed: (options.seed ?? 1) + i,
+    }),
+  );
+  return {
+    vms,
+    start: () => vms.forEach((vm) => vm.start()),
+    stop: async () => {
+      await Promise.all(vms.map((vm) => vm.stop()));
+    },
+    runAction: (action) =>
+      Promise.all(vms.map(async (vm) => ({ vm: vm.uuid, ...(await vm.runAction(action)) }))),
+  };
+}

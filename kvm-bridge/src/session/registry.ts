@@ -1,0 +1,197 @@
+// SPDX-License-Identifier: Apache-2.0
+/**
+ * The VMs this bridge knows, by UUID: identity from the handshake, what the kernel said at hook
+ * time, lifecycle state, and a generation that increases each time the same VM hooks again (a
+ * reconnect after a guest reset, a QEMU restart, a resume), so clients can tell a fresh hook from
+ * the one they were talking to.
+ */
+import { KvmiRemoteError } from "../errors.js";
+import type { Logger } from "../logger.js";
+import { silentLogger } from "../logger.js";
+import { KVMI_EVENT_UNHOOK } from "../wire/dialects/v9.js";
+import type { E820Entry, HandshakeVariant } from "../wire/handshake.js";
+import type { KvmiChannel } from "./channel.js";
+import type { AcceptedVm } from "./listener.js";
+
+/** Lifecycle of a VM in the registry. */
+export type VmState = "hooked" | "unhook-pending" | "unhooked";
+
+/** A VM as the registry knows it (immutable snapshot; a new one is made on every change). */
+export interface VmRecord {
+  readonly uuid: string;
+  readonly name: string;
+  /** Seconds since the epoch, from the handshake (changes on guest reset). */
+  readonly startTime: bigint;
+  readonly vcpuCount: number;
+  readonly variant: HandshakeVariant;
+  readonly dialect: string;
+  readonly kvmiVersion: number;
+  /** The kernel can single-step (GET_VERSION features). */
+  readonly singlestep: boolean;
+  readonly state: VmState;
+  /** 1 on the first hook, +1 on every later hook of the same UUID. */
+  readonly generation: number;
+  readonly maxGpa?: bigint;
+  readonly cpuType?: number;
+  readonly e820?: readonly E820Entry[];
+  readonly hookedAt: Date;
+  /** When the UNHOOK event arrived, with the deadline the bridge honours. */
+  readonly unhookDeadline?: Date;
+  /** The UNHOOK event could be enabled (it is allowed by the device manager). */
+  readonly unhookEventEnabled: boolean;
+  readonly peer: string;
+}
+
+/** A change, in the order it happened. */
+export interface VmChange {
+  readonly type: "hooked" | "rehooked" | "unhooked" | "state";
+  readonly vm: VmRecord;
+}
+
+/** A hooked VM: its record and its channel. */
+export interface HookedVm {
+  readonly record: VmRecord;
+  readonly channel: KvmiChannel;
+}
+
+/** Options of {@link createVmRegistry}. */
+export interface VmRegistryOptions {
+  readonly logger?: Logger;
+  /** Unhooked VMs remembered for listing, oldest forgotten first. Default 1000. */
+  readonly maxRemembered?: number;
+  /** Deadline of the hook-time commands. Default 10 s. */
+  readonly hookTimeoutMs?: number;
+}
+
+/** The registry. */
+export interface VmRegistry {
+  /** Admits a VM after its handshake: asks its version and vCPU count and enables UNHOOK. */
+  admit(accepted: AcceptedVm): Promise<HookedVm>;
+  get(uuid: string): VmRecord | undefined;
+  /** The channel of a hooked VM. */
+  channel(uuid: string): KvmiChannel | undefined;
+  list(): VmRecord[];
+  /** Records a state change (e.g. UNHOOK received, with its deadline). */
+  update(uuid: string, patch: Partial<Pick<VmRecord, "state" | "unhookDeadline">>): VmRecord | undefined;
+  /** Subscribes to changes; returns the unsubscribe function. */
+  watch(listener: (change: VmChange) => void): () => void;
+}
+
+/** Creates an empty registry. */
+export function createVmRegistry(options: VmRegistryOptions = {}): VmRegistry {
+  return new Registry(options);
+}
+
+class Registry implements VmRegistry {
+  private readonly records = new Map<string, VmRecord>();
+  private readonly channels = new Map<string, KvmiChannel>();
+  private readonly generations = new Map<string, number>();
+  private readonly listeners = new Set<(change: VmChange) => void>();
+  private readonly log: Logger;
+
+  constructor(private readonly options: VmRegistryOptions) {
+    this.log = options.logger ?? silentLogger;
+  }
+
+  async admit(accepted: AcceptedVm): Promise<HookedVm> {
+    const { identity, channel, peer } = accepted;
+    const timeoutMs = this.options.hookTimeoutMs ?? 10_000;
+    // What libkvmi does right after the handshake (kvmi-abi §2.2 step 7).
+    const version = await channel.command("KVMI_GET_VERSION", {}, undefined, { timeoutMs });
+    const info = await channel.command("KVMI_VM_GET_INFO", {}, undefined, { timeoutMs });
+    // Enable UNHOOK so that PREUNHOOK always reaches us (and through us the remote controller).
+    let unhookEventEnabled = false;
+    try {
+      await channel.command("KVMI_VM_CONTROL_EVENTS", { event_id: KVMI_EVENT_UNHOOK, enable: 1 }, undefined, { timeoutMs });
+      unhookEventEnabled = true;
+    } catch (err) {
+      if (!(err instanceof KvmiRemoteError)) throw err;
+      this.log.warn({ vm: identity.uuid, errno: err.errno }, "UNHOOK event not allowed; unhook will not be announced");
+    }
+    const previous = this.channels.get(identity.uuid);
+    if (previous !== undefined && previous !== channel) previous.close("the VM hooked again on a new connection");
+    const generation = (this.generations.get(identity.uuid) ?? 0) + 1;
+    this.generations.set(identity.uuid, generation);
+    const record: VmRecord = {
+      uuid: identity.uuid,
+      name: identity.name,
+      startTime: identity.startTime,
+      vcpuCount: info.vcpu_count,
+      variant: identity.variant,
+      dialect: channel.dialect.name,
+      kvmiVersion: version.version,
+      singlestep: version.features.singlestep === 1,
+      state: "hooked",
+      generation,
+      ...(identity.maxGpa !== undefined && { maxGpa: identity.maxGpa }),
+      ...(identity.cpuType !== undefined && { cpuType: identity.cpuType }),
+      ...(identity.e820 !== undefined && { e820: identity.e820 }),
+      hookedAt: new Date(),
+      unhookEventEnabled,
+      peer,
+    };
+    this.records.delete(identity.uuid);
+    this.records.set(identity.uuid, record);
+    this.channels.set(identity.uuid, channel);
+    this.forgetOld();
+    channel.onClose(() => {
+      if (this.channels.get(identity.uuid) !== channel) return;
+      this.channels.delete(identity.uuid);
+      const current = this.records.get(identity.uuid);
+      if (current === undefined) return;
+      const closed: VmRecord = { ...current, state: "unhooked" };
+      this.records.set(identity.uuid, closed);
+      this.emit({ type: "unhooked", vm: closed });
+    });
+    this.emit({ type: generation === 1 ? "hooked" : "rehooked", vm: record });
+    return { record, channel };
+  }
+
+  get(uuid: string): VmRecord | undefined {
+    return this.records.get(uuid);
+  }
+
+  channel(uuid: string): KvmiChannel | undefined {
+    return this.channels.get(uuid);
+  }
+
+  list(): VmRecord[] {
+    return [...this.records.values()].sort((a, b) => a.uuid.localeCompare(b.uuid));
+  }
+
+  update(uuid: string, patch: Partial<Pick<VmRecord, "state" | "unhookDeadline">>): VmRecord | undefined {
+    const current = this.records.get(uuid);
+    if (current === undefined) return undefined;
+    const next: VmRecord = { ...current, ...patch };
+    this.records.set(uuid, next);
+    this.emit({ type: "state", vm: next });
+    return next;
+  }
+
+  watch(listener: (change: VmChange) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  private emit(change: VmChange): void {
+    for (const listener of this.listeners) {
+      try {
+        listener(change);
+      } catch (err) {
+        this.log.error({ err }, "VM watcher failed");
+      }
+    }
+  }
+
+  /** Keeps memory bounded: unhooked VMs beyond the limit are forgotten, oldest first. */
+  private forgetOld(): void {
+    const limit = this.options.maxRemembered ?? 1000;
+    for (const [uuid, record] of this.records) {
+      if (this.records.size <= limit) break;
+      if (record.state === "unhooked") {
+        this.records.delete(uuid);
+        this.generations.delete(uuid);
+      }
+    }
+  }
+}
