@@ -1,0 +1,121 @@
+// SPDX-License-Identifier: Apache-2.0
+/**
+ * One access-log line per RPC (conventions §9): method, status, duration and peer. grpc-js 1.14
+ * has server interceptors (`new Server({ interceptors })`), so {@link createAccessLogInterceptor}
+ * sees every call of every service, including reflection and health, without touching handlers.
+ * {@link writeAccessLog} is the same line for code paths outside grpc-js (e.g. an in-memory
+ * transport in tests).
+ *
+ * @see https://github.com/grpc/proposal/blob/master/L112-node-server-interceptors.md
+ */
+import { ServerInterceptingCall, status as GrpcStatus } from "@grpc/grpc-js";
+import type { ServerInterceptor, ServerInterceptingCallInterface, ServerListener } from "@grpc/grpc-js";
+import type { Logger } from "@kvmi/kvm-bridge";
+import type { BridgeMetrics } from "../metrics/index.js";
+
+/** What one access-log line says. */
+export interface AccessLogEntry {
+  /** Full method path, e.g. `/kvmi.v1.IntrospectionService/GetVm`. */
+  readonly method: string;
+  /** Final gRPC status code. */
+  readonly code: GrpcStatus;
+  /** Time from the call arriving to its status being sent (or the call being cancelled), in ms. */
+  readonly durationMs: number;
+  /** Client address as grpc-js reports it (`127.0.0.1:54321`, or `unknown` on unix sockets). */
+  readonly peer?: string;
+  /** Messages received from the client (1 for unary calls). */
+  readonly requestMessages?: number;
+  /** Messages sent to the client. */
+  readonly responseMessages?: number;
+}
+
+/**
+ * Status codes that mean the server is at fault (the operator may need to act), logged at `warn`;
+ * every other code, including client errors, is logged at `info`.
+ */
+const SERVER_FAULTS: ReadonlySet<GrpcStatus> = new Set([GrpcStatus.INTERNAL, GrpcStatus.UNKNOWN, GrpcStatus.DATA_LOSS]);
+
+/** The status name used in logs and metric labels: `NOT_FOUND` for 5. */
+export function grpcCodeName(code: number): string {
+  return GrpcStatus[code] ?? `CODE_${code}`;
+}
+
+/**
+ * Writes one access line: `{"method":..,"grpcCode":"NOT_FOUND","durationMs":1.234,"peer":..}
+ * rpc finished`, at `warn` for INTERNAL/UNKNOWN/DATA_LOSS and `info` otherwise.
+ */
+export function writeAccessLog(logger: Logger, entry: AccessLogEntry): void {
+  const fields: Record<string, unknown> = {
+    method: entry.method,
+    grpcCode: grpcCodeName(entry.code),
+    durationMs: Math.round(entry.durationMs * 1000) / 1000,
+  };
+  if (entry.peer !== undefined) fields.peer = entry.peer;
+  if (entry.requestMessages !== undefined) fields.requestMessages = entry.requestMessages;
+  if (entry.responseMessages !== undefined) fields.responseMessages = entry.responseMessages;
+  if (SERVER_FAULTS.has(entry.code)) logger.warn(fields, "rpc finished");
+  else logger.info(fields, "rpc finished");
+}
+
+/** Options of {@link createAccessLogInterceptor}. */
+export interface AccessLogOptions {
+  /** Where lines go; typically `root.child({ component: "grpc" })`. */
+  readonly logger: Logger;
+  /** Also counts `kvmi_bridge_grpc_requests_total{method,code}`. */
+  readonly metrics?: Pick<BridgeMetrics, "grpcRequestsTotal">;
+  /** Methods not logged (still counted), e.g. `/grpc.health.v1.Health/Check` polled by probes. */
+  readonly skipMethods?: readonly string[];
+}
+
+/**
+ * Creates a grpc-js server interceptor that writes one {@link writeAccessLog} line per call when
+ * its status is sent. A call that ends without a status is logged as CANCELLED, or as
+ * DEADLINE_EXCEEDED when its deadline has passed (grpc-js sends that status below the
+ * interceptors).
+ */
+export function createAccessLogInterceptor(options: AccessLogOptions): ServerInterceptor {
+  const skip = new Set(options.skipMethods ?? []);
+  return (methodDescriptor, call: ServerInterceptingCallInterface) => {
+    const method = methodDescriptor.path;
+    const started = process.hrtime.bigint();
+    let requestMessages = 0;
+    let responseMessages = 0;
+    let done = false;
+    const finish = (code: GrpcStatus): void => {
+      if (done) return;
+      done = true;
+      options.metrics?.grpcRequestsTotal.inc({ method, code: grpcCodeName(code) });
+      if (skip.has(method)) return;
+      writeAccessLog(options.logger, {
+        method,
+        code,
+        durationMs: Number(process.hrtime.bigint() - started) / 1e6,
+        peer: call.getPeer(),
+        requestMessages,
+        responseMessages,
+      });
+    };
+    const listener: ServerListener = {
+      onReceiveMessage: (message, next) => {
+        requestMessages++;
+        next(message);
+      },
+      onCancel: () => {
+        const deadline = call.getDeadline();
+        const deadlineMs = deadline instanceof Date ? deadline.getTime() : deadline;
+        finish(Number.isFinite(deadlineMs) && Date.now() >= deadlineMs ? GrpcStatus.DEADLINE_EXCEEDED : GrpcStatus.CANCELLED);
+      },
+    };
+    return new ServerInterceptingCall(call, {
+      start: (next) => next(listener),
+      sendMessage: (message, next) => {
+        responseMessages++;
+        next(message);
+      },
+      sendStatus: (status, next) => {
+        finish(status.code);
+        next(status);
+      },
+    });
+  };
+}
