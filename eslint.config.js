@@ -9,7 +9,7 @@ const crossPackageDeep = ["**/kvm-bridge/src/**", "**/service/src/**", "**/clien
 const forbid = (patterns, message) => ({ group: patterns, message });
 
 export default tseslint.config(
-  { ignores: ["**/node_modules/**", "proto/gen/**", "coverage/**", "**/*.mjs"] },
+  { ignores: ["**/node_modules/**", "proto/gen/**", "coverage/**", "**/*.mjs", "tmp/**"] },
   ...tseslint.configs.recommended,
   {
     rules: {

@@ -48,7 +48,7 @@ export interface KvmiListenerOptions {
 export interface KvmiListener {
   /** Bound addresses, `unix:PATH` or `tcp:HOST:PORT` (with the real port when 0 was asked). */
   readonly addresses: readonly string[];
-  /** Stops accepting; hooked channels stay open. */
+  /** Stops accepting new device managers; hooked channels stay open. */
   close(): Promise<void>;
 }
 
@@ -63,11 +63,8 @@ export async function createKvmiListener(
   const log = options.logger ?? silentLogger;
   const servers: Server[] = [];
   const addresses: string[] = [];
-  const sockets = new Set<Socket>();
   for (const endpoint of options.endpoints) {
     const server = createServer({ pauseOnConnect: true }, (socket) => {
-      sockets.add(socket);
-      socket.once("close", () => sockets.delete(socket));
       void accept(socket, options, log, onVm);
     });
     await listen(server, endpoint);
@@ -78,7 +75,8 @@ export async function createKvmiListener(
   return {
     addresses,
     close: async () => {
-      await Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+      // Stop accepting only: net.Server#close would wait for every hooked VM's socket to end.
+      for (const server of servers) server.close();
       for (const endpoint of options.endpoints) if (endpoint.kind === "unix") rmSync(endpoint.path, { force: true });
     },
   };

@@ -1,0 +1,168 @@
+// SPDX-License-Identifier: Apache-2.0
+/**
+ * The bridge, composed: KVMI listener → VM registry and hosts → gRPC service (with health and
+ * reflection) → metrics endpoint. `main.ts` adds configuration, signals and the embedded
+ * emulator; tests start this directly.
+ */
+import { createKvmiListener, createVmRegistry } from "@kvmi/kvm-bridge";
+import type { KvmiListener, ListenEndpoint, Logger, VmRegistry } from "@kvmi/kvm-bridge";
+import {
+  file_kvmi_v1_command,
+  file_kvmi_v1_event,
+  file_kvmi_v1_introspection_service,
+  file_kvmi_v1_memory,
+  file_kvmi_v1_registers,
+  file_kvmi_v1_session,
+  file_kvmi_v1_vm,
+} from "@kvmi/proto";
+import { parseKvmiListen } from "./config/index.js";
+import type { BridgeConfig } from "./config/index.js";
+import { createBridgeMetrics, startMetricsServer } from "./metrics/index.js";
+import type { AutoReplyReason, BridgeMetrics, CommandStatus, MetricsServer } from "./metrics/index.js";
+import { createIntrospectionService } from "./rpc/introspection-service.js";
+import { createGrpcServer } from "./server/index.js";
+import type { BridgeGrpcServer } from "./server/index.js";
+import type { VmHostMetrics } from "./vm/vm-host.js";
+import { VmHosts } from "./vm/vm-hosts.js";
+
+/** A running bridge. */
+export interface Bridge {
+  /** Where gRPC listens (`127.0.0.1:50051`, `unix:/…`). */
+  readonly grpcTarget: string;
+  /** Where device managers connect (`unix:/…`, `tcp:…`). */
+  readonly kvmiAddresses: readonly string[];
+  /** The metrics URL, unless metrics are off. */
+  readonly metricsUrl: string | undefined;
+  readonly registry: VmRegistry;
+  readonly hosts: VmHosts;
+  readonly metrics: BridgeMetrics;
+  readonly grpc: BridgeGrpcServer;
+  /**
+   * Graceful stop: health goes NOT_SERVING, every VM is released (controllers get the unhook
+   * deadline, the ledger is undone, pending events are answered), then the servers close.
+   */
+  stop(): Promise<void>;
+}
+
+/** Options of {@link startBridge}. */
+export interface StartBridgeOptions {
+  readonly config: BridgeConfig;
+  readonly logger: Logger;
+  /** Directory relative KVMI socket paths resolve against. */
+  readonly cwd?: string;
+  /** The cookie secret (already read from `secretFile`). */
+  readonly secret?: Uint8Array;
+}
+
+const eventLabel = (kernelName: string): string => kernelName.replace(/^KVMI_EVENT_/, "").toLowerCase();
+
+function hostMetrics(metrics: BridgeMetrics): VmHostMetrics {
+  return {
+    command: (name, status, seconds) => metrics.observeCommand(name, (status === "ok" ? "ok" : status) as CommandStatus, seconds),
+    event: (name) => metrics.eventsTotal.inc({ event: eventLabel(name) }),
+    eventRoundTrip: (name, seconds) => metrics.eventRoundTripSeconds.observe({ event: eventLabel(name) }, seconds),
+    autoReply: (name, reason) => metrics.eventAutoRepliesTotal.inc({ event: eventLabel(name), reason: reason as AutoReplyReason }),
+    unhookToClose: (seconds) => metrics.unhookToCloseSeconds.observe(seconds),
+    bytesRead: (bytes) => metrics.bytesReadTotal.inc(bytes),
+  };
+}
+
+function endpoints(config: BridgeConfig, cwd: string): ListenEndpoint[] {
+  return config.kvmiListen.map((text) => {
+    const parsed = parseKvmiListen(text, cwd);
+    if (!parsed.ok) throw new Error(`kvmiListen ${text}: ${parsed.error}`);
+    const address = parsed.value;
+    return address.kind === "unix"
+      ? { kind: "unix", path: address.path, mode: config.kvmiSocketMode }
+      : { kind: "tcp", host: address.host, port: address.port };
+  });
+}
+
+/** Starts every part of the bridge; rejects (after cleaning up) if one cannot start. */
+export async function startBridge(options: StartBridgeOptions): Promise<Bridge> {
+  const { config, logger } = options;
+  const metrics = createBridgeMetrics();
+  const registry = createVmRegistry({ logger: logger.child({ component: "registry" }) });
+  const hosts = new VmHosts(
+    registry,
+    {
+      eventDeadlineMs: config.eventTimeoutMs,
+      eventDeadlines: Object.fromEntries(
+        Object.entries(config.eventTimeouts).map(([name, ms]) => [`KVMI_EVENT_${name.toUpperCase()}`, ms as number]),
+      ),
+      unhookDeadlineMs: config.unhookDeadlineMs,
+      controllerGonePolicy: config.controllerGonePolicy,
+      logger: logger.child({ component: "vm" }),
+      metrics: hostMetrics(metrics),
+    },
+    logger.child({ component: "vm" }),
+  );
+  registry.watch(() => metrics.vmsHooked.set(registry.list().filter((r) => r.state !== "unhooked").length));
+
+  const service = createIntrospectionService({
+    hosts,
+    registry,
+    logger: logger.child({ component: "rpc" }),
+    requestTimeoutMs: config.requestTimeoutMs,
+  });
+  const grpc = createGrpcServer({
+    config,
+    logger: logger.child({ component: "grpc" }),
+    services: [service],
+    protoFileDescriptors: [
+      file_kvmi_v1_introspection_service,
+      file_kvmi_v1_vm,
+      file_kvmi_v1_command,
+      file_kvmi_v1_event,
+      file_kvmi_v1_registers,
+      file_kvmi_v1_session,
+      file_kvmi_v1_memory,
+    ],
+    metrics,
+  });
+  let listener: KvmiListener | undefined;
+  let metricsServer: MetricsServer | undefined;
+  try {
+    const bound = await grpc.listen();
+    listener = await createKvmiListener(
+      {
+        endpoints: endpoints(config, options.cwd ?? process.cwd()),
+        handshakeVariant: config.handshakeVariant,
+        logger: logger.child({ component: "kvmi" }),
+        channel: { defaultTimeoutMs: config.requestTimeoutMs },
+        ...(options.secret && { secret: options.secret }),
+      },
+      (vm) => {
+        if (hosts.all().length >= config.maxVms) {
+          logger.warn({ vm: vm.identity.uuid, maxVms: config.maxVms }, "refusing a VM: maxVms reached");
+          vm.channel.close("the bridge serves maxVms VMs already");
+          return;
+        }
+        void hosts.adopt(vm);
+      },
+    );
+    if (config.metricsListen !== "off") metricsServer = await startMetricsServer(config.metricsListen, metrics.registry);
+    const kvmiListener = listener;
+    const server = metricsServer;
+    return {
+      grpcTarget: bound.target,
+      kvmiAddresses: kvmiListener.addresses,
+      metricsUrl: server?.url,
+      registry,
+      hosts,
+      metrics,
+      grpc,
+      stop: async () => {
+        grpc.health.setServing(false);
+        await kvmiListener.close();
+        await hosts.releaseAll();
+        await grpc.shutdown(config.shutdownGraceMs);
+        await server?.close();
+      },
+    };
+  } catch (err) {
+    await listener?.close();
+    await grpc.shutdown(0).catch(() => undefined);
+    throw err;
+  }
+}

@@ -1,0 +1,63 @@
+// SPDX-License-Identifier: Apache-2.0
+/**
+ * The composition root of `kvmi-bridge` (conventions §2, §10): configuration, the root logger,
+ * the bridge, the embedded emulator when asked, and graceful shutdown on SIGTERM/SIGINT.
+ * `kvmi-bridge doctor` reports whether this host's kernel offers KVMI.
+ */
+import { formatDoctorReport, runDoctor } from "@kvmi/kvm-bridge/ioctl";
+import { startBridge } from "./bridge.js";
+import { applyConfigAction, loadConfig, readSecret } from "./config/index.js";
+import { startEmbeddedVms } from "./embedded.js";
+import { createRootLogger } from "./log/index.js";
+
+/** Runs the bridge until a signal; resolves with the exit code. */
+export async function main(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
+  if (argv[0] === "doctor") {
+    const report = await runDoctor();
+    process.stdout.write(`${formatDoctorReport(report)}\n`);
+    return 0;
+  }
+  const outcome = applyConfigAction(loadConfig({ argv, env, cwd: process.cwd(), pid: process.pid }), {
+    stdout: (text) => process.stdout.write(text),
+    stderr: (text) => process.stderr.write(text),
+  });
+  if ("exitCode" in outcome) return outcome.exitCode;
+  const { config, warnings } = outcome;
+  const logger = createRootLogger(config);
+  for (const warning of warnings) logger.warn({}, warning);
+  logger.info({ config: { ...config, secret: config.secret === undefined ? undefined : "[redacted]" } }, "starting kvmi-bridge");
+  const secret = readSecret(config);
+  const bridge = await startBridge({ config, logger, ...(secret && { secret: new Uint8Array(secret) }) });
+  const embedded = config.embedded
+    ? startEmbeddedVms(config, bridge.kvmiAddresses[0]!, logger.child({ component: "emulator" }), secret && new Uint8Array(secret))
+    : undefined;
+
+  const kvmiSocket = bridge.kvmiAddresses.join(", ");
+  logger.info({ grpc: bridge.grpcTarget, kvmi: bridge.kvmiAddresses, metrics: bridge.metricsUrl }, "kvmi-bridge is serving");
+  process.stderr.write(
+    [
+      "",
+      `kvmi-bridge is serving${embedded ? ` ${config.embeddedVms} emulated VMs` : ""}`,
+      `  gRPC endpoint : ${bridge.grpcTarget} (kvmi.v1.IntrospectionService, health, reflection)`,
+      `  KVMI socket   : ${kvmiSocket} (point QEMU or \`npx kvmi-sim --connect ${bridge.kvmiAddresses[0]}\` here)`,
+      `  metrics       : ${bridge.metricsUrl ?? "off"}`,
+      `  try           : npx kvmictl --target ${bridge.grpcTarget} vms list`,
+      "",
+    ].join("\n") + "\n",
+  );
+
+  return new Promise<number>((resolve) => {
+    let stopping = false;
+    const stop = async (signal: string): Promise<void> => {
+      if (stopping) return;
+      stopping = true;
+      logger.info({ signal }, "shutting down: releasing every VM");
+      await bridge.stop();
+      await embedded?.stop();
+      logger.info({}, "stopped");
+      resolve(0);
+    };
+    process.once("SIGTERM", () => void stop("SIGTERM"));
+    process.once("SIGINT", () => void stop("SIGINT"));
+  });
+}

@@ -1,0 +1,45 @@
+// SPDX-License-Identifier: Apache-2.0
+/**
+ * The 25 unary command RPCs, one per v9 command (kvmi-abi §4), all driven by the mapping table:
+ * parse and check the request (INVALID_ARGUMENT before the socket), resolve the VM and vCPU
+ * (NOT_FOUND / INVALID_ARGUMENT), run the command on the VM's host, map the reply.
+ */
+import type { ServerUnaryCall } from "@grpc/grpc-js";
+import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
+import { checkVcpuIndex } from "../mapping/bridge-error.js";
+import { COMMAND_MAPPINGS, responseFromWire } from "../mapping/commands.js";
+import type { AnyCommandMapping, CommandMapping } from "../mapping/commands.js";
+import type { RpcDeps } from "./call-context.js";
+import { abortSignalOf, callTimeoutMs, sessionIdOf, unary } from "./call-context.js";
+
+/** Who runs a command and with which limits. */
+export interface CommandCaller {
+  readonly sessionId?: string | undefined;
+  readonly timeoutMs: number;
+  readonly signal?: AbortSignal;
+}
+
+/** Runs one mapped command for a client; shared by the unary RPCs and the session stream. */
+export async function runCommand(deps: RpcDeps, mapping: AnyCommandMapping, request: unknown, caller: CommandCaller): Promise<unknown> {
+  const entry = mapping as unknown as CommandMapping<never, DescMessage, DescMessage>;
+  const wire = entry.toWire(request as MessageShape<DescMessage>);
+  const host = deps.hosts.require(wire.vm);
+  if (wire.vcpu !== undefined) checkVcpuIndex(wire.vm, wire.vcpu, host.record.vcpuCount);
+  const reply = await host.command(entry.command, wire.body, wire.vcpu, caller);
+  return responseFromWire(entry, reply);
+}
+
+/** The unary handlers, keyed by method local name (`readPhysicalMemory`). */
+export function commandHandlers(deps: RpcDeps): Record<string, ReturnType<typeof unary>> {
+  const handlers: Record<string, ReturnType<typeof unary>> = {};
+  for (const mapping of Object.values<AnyCommandMapping>(COMMAND_MAPPINGS)) {
+    handlers[mapping.method] = unary(deps, mapping.method, (call: ServerUnaryCall<unknown, unknown>) =>
+      runCommand(deps, mapping, call.request, {
+        sessionId: sessionIdOf(call.metadata),
+        timeoutMs: callTimeoutMs(call, deps.requestTimeoutMs),
+        signal: abortSignalOf(call),
+      }),
+    );
+  }
+  return handlers;
+}

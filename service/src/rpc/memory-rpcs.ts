@@ -1,0 +1,239 @@
+// SPDX-License-Identifier: Apache-2.0
+/**
+ * Bulk memory access built on KVMI_VM_READ_PHYSICAL, which reads at most one page per message
+ * (kvmi-abi §4 id 6): BatchReadMemory (many ranges of any length, physical or virtual, pages read
+ * in parallel on the socket) and DumpMemory (a server stream of chunks with progress).
+ */
+import { create } from "@bufbuild/protobuf";
+import type { ServerUnaryCall, ServerWritableStream } from "@grpc/grpc-js";
+import { KvmiArgumentError, KvmiRemoteError } from "@kvmi/kvm-bridge";
+import { errno } from "@kvmi/kvm-bridge/wire";
+import {
+  AddressSpace,
+  BatchReadMemoryResponseSchema,
+  DumpMemoryResponseSchema,
+  DumpProgressSchema,
+  HoleReason,
+  MemoryHoleSchema,
+  MemoryRangeResultSchema,
+} from "@kvmi/proto";
+import type {
+  BatchReadMemoryRequest,
+  BatchReadMemoryResponse,
+  DumpMemoryRequest,
+  DumpMemoryResponse,
+  MemoryHole,
+  MemoryRange,
+  MemoryRangeResult,
+} from "@kvmi/proto";
+import { checkVcpuIndex } from "../mapping/bridge-error.js";
+import { parseVmName } from "../mapping/resource-names.js";
+import { statusToProto } from "../mapping/status.js";
+import type { VmHost } from "../vm/vm-host.js";
+import type { RpcDeps } from "./call-context.js";
+import { abortSignalOf, callTimeoutMs, failure, unary } from "./call-context.js";
+import type { CommandCaller } from "./command-rpcs.js";
+import { walkPageTables } from "../vm/page-walk.js";
+
+const PAGE = 4096n;
+const MAX_RANGES = 1024;
+/** Default cap of a batch, so the response fits gRPC's 4 MiB default message size. */
+export const MAX_BATCH_BYTES = 3 * 1024 * 1024;
+const DEFAULT_CHUNK = 256 * 1024;
+const MAX_CHUNK = 2 * 1024 * 1024;
+/** Pages a dump keeps in flight on the KVMI socket. */
+const DUMP_WINDOW = 64;
+const UNMAPPED = (1n << 64n) - 1n;
+
+/** One page-bounded piece of a range. */
+interface Piece {
+  readonly address: bigint;
+  readonly offset: number;
+  readonly length: number;
+}
+
+/** Splits [address, address + length) at page boundaries. */
+function pieces(address: bigint, length: number): Piece[] {
+  const out: Piece[] = [];
+  let offset = 0;
+  while (offset < length) {
+    const at = address + BigInt(offset);
+    const room = Number(PAGE - (at % PAGE));
+    const size = Math.min(room, length - offset);
+    out.push({ address: at, offset, length: size });
+    offset += size;
+  }
+  return out;
+}
+
+/** Reads one page piece; undefined for a page guest memory does not back (KVM_ENOENT). */
+async function readPhysical(host: VmHost, gpa: bigint, size: number, caller: CommandCaller): Promise<Uint8Array | undefined> {
+  try {
+    return (await host.command("KVMI_VM_READ_PHYSICAL", { gpa, size }, undefined, caller)).data;
+  } catch (err) {
+    if (err instanceof KvmiRemoteError && err.errno === errno.KVM_ENOENT) return undefined;
+    throw err;
+  }
+}
+
+function hole(address: bigint, length: number, reason: HoleReason): MemoryHole {
+  return create(MemoryHoleSchema, { address, length: BigInt(length), reason });
+}
+
+/** Coalesces adjacent holes of the same reason. */
+function coalesce(holes: MemoryHole[]): MemoryHole[] {
+  const out: MemoryHole[] = [];
+  for (const h of holes.sort((a, b) => (a.address < b.address ? -1 : 1))) {
+    const last = out.at(-1);
+    if (last !== undefined && last.reason === h.reason && last.address + last.length === h.address) last.length += h.length;
+    else out.push(h);
+  }
+  return out;
+}
+
+async function readRange(host: VmHost, range: MemoryRange, index: number, caller: CommandCaller): Promise<MemoryRangeResult> {
+  const length = Number(range.length);
+  const data = new Uint8Array(length);
+  const holes: MemoryHole[] = [];
+  const virtual = range.space === AddressSpace.VIRTUAL;
+  const translation = range.translation;
+  if (virtual && translation.case === "vcpu") checkVcpuIndex(host.uuid, translation.value, host.record.vcpuCount, `ranges[${index}].vcpu`);
+  const translate = async (gva: bigint): Promise<bigint | undefined> => {
+    if (translation.case === "vcpu") {
+      const { gpa } = await host.command("KVMI_VCPU_TRANSLATE_GVA", { gva }, translation.value, caller);
+      return gpa === UNMAPPED ? undefined : gpa;
+    }
+    return walkPageTables((gpa, size) => readPhysical(host, gpa, size, caller), translation.value as bigint, gva);
+  };
+  await Promise.all(
+    pieces(range.address, length).map(async (piece) => {
+      const gpa = virtual ? await translate(piece.address) : piece.address;
+      if (gpa === undefined) return void holes.push(hole(piece.address, piece.length, HoleReason.NOT_MAPPED));
+      const bytes = await readPhysical(host, gpa, piece.length, caller);
+      if (bytes === undefined) return void holes.push(hole(piece.address, piece.length, HoleReason.NOT_PRESENT));
+      data.set(bytes, piece.offset);
+    }),
+  );
+  return create(MemoryRangeResultSchema, { result: { case: "data", value: data }, holes: coalesce(holes) });
+}
+
+function checkRanges(request: BatchReadMemoryRequest): void {
+  const { ranges } = request;
+  if (ranges.length === 0 || ranges.length > MAX_RANGES) {
+    throw new KvmiArgumentError("ranges", `ranges must hold 1 to ${MAX_RANGES} ranges, got ${ranges.length}`);
+  }
+  let total = 0n;
+  ranges.forEach((range, i) => {
+    if (range.length === 0n) throw new KvmiArgumentError(`ranges[${i}].length`, `ranges[${i}].length must be at least 1`);
+    total += range.length;
+    if (range.space === AddressSpace.UNSPECIFIED) throw new KvmiArgumentError(`ranges[${i}].space`, `ranges[${i}].space is required`);
+    const virtual = range.space === AddressSpace.VIRTUAL;
+    if (virtual !== (range.translation.case !== undefined)) {
+      throw new KvmiArgumentError(
+        `ranges[${i}].translation`,
+        virtual ? `ranges[${i}] is virtual: set vcpu or cr3 to say how to translate it` : `ranges[${i}] is physical: leave vcpu and cr3 unset`,
+      );
+    }
+  });
+  if (total > BigInt(MAX_BATCH_BYTES)) {
+    throw new KvmiArgumentError("ranges", `the ranges add up to ${total} bytes, more than ${MAX_BATCH_BYTES}: use DumpMemory for large reads`);
+  }
+}
+
+/** Runs a batch read; shared by the unary RPC and the session stream. */
+export async function batchRead(deps: RpcDeps, request: BatchReadMemoryRequest, caller: CommandCaller): Promise<BatchReadMemoryResponse> {
+  checkRanges(request);
+  const host = deps.hosts.require(parseVmName(request.vm, "vm"));
+  const results = await Promise.all(
+    request.ranges.map((range, i) =>
+      readRange(host, range, i, caller).catch((err: unknown) => {
+        // A transport failure fails the call; anything else fails only its range.
+        if (!host.channel.isOpen) throw err;
+        return create(MemoryRangeResultSchema, { result: { case: "error", value: statusToProto(err, { vm: host.uuid }) } });
+      }),
+    ),
+  );
+  return create(BatchReadMemoryResponseSchema, { results });
+}
+
+/** The unary BatchReadMemory handler. */
+export function batchReadHandler(deps: RpcDeps) {
+  return unary(deps, "batchReadMemory", (call: ServerUnaryCall<BatchReadMemoryRequest, BatchReadMemoryResponse>) =>
+    batchRead(deps, call.request, { timeoutMs: callTimeoutMs(call, deps.requestTimeoutMs), signal: abortSignalOf(call) }),
+  );
+}
+
+/**
+ * DumpMemory: reads pages with a window of {@link DUMP_WINDOW} in flight, emits contiguous readable
+ * runs as chunks, reports holes and progress, and waits for the client to drain before reading on,
+ * so a slow client never makes the bridge buffer more than one window.
+ */
+export function dumpMemoryHandler(deps: RpcDeps) {
+  return (call: ServerWritableStream<DumpMemoryRequest, DumpMemoryResponse>): void => {
+    const signal = abortSignalOf(call);
+    dump(deps, call, signal).then(
+      () => call.end(),
+      (err: unknown) => {
+        if (signal.aborted) return;
+        const status = failure(deps, "dumpMemory", err);
+        call.destroy(Object.assign(new Error(status.details), status));
+      },
+    );
+  };
+}
+
+async function dump(deps: RpcDeps, call: ServerWritableStream<DumpMemoryRequest, DumpMemoryResponse>, signal: AbortSignal): Promise<void> {
+  const request = call.request;
+  const chunkSize = request.chunkSize === 0 ? DEFAULT_CHUNK : request.chunkSize;
+  if (chunkSize % 4096 !== 0 || chunkSize > MAX_CHUNK) {
+    throw new KvmiArgumentError("chunk_size", "chunk_size must be a multiple of 4096 between 4096 and 2097152");
+  }
+  if (request.startGpa % PAGE !== 0n) throw new KvmiArgumentError("start_gpa", "start_gpa must be a multiple of 4096");
+  if (request.length % PAGE !== 0n) throw new KvmiArgumentError("length", "length must be a multiple of 4096");
+  const host = deps.hosts.require(parseVmName(request.vm, "vm"));
+  const caller = { timeoutMs: deps.requestTimeoutMs, signal };
+  const end = request.length === 0n ? (await host.command("KVMI_VM_GET_MAX_GFN", {}, undefined, caller)).gfn * PAGE : request.startGpa + request.length;
+  const total = end > request.startGpa ? end - request.startGpa : 0n;
+  let chunk = new Uint8Array(chunkSize);
+  let chunkStart = request.startGpa;
+  let chunkBytes = 0;
+  let holes: MemoryHole[] = [];
+  let done = 0n;
+  const flush = async (): Promise<void> => {
+    if (chunkBytes === 0 && holes.length === 0) return;
+    const ok = call.write(
+      create(DumpMemoryResponseSchema, {
+        gpa: chunkStart,
+        data: chunk.subarray(0, chunkBytes),
+        progress: create(DumpProgressSchema, { bytesDone: done, bytesTotal: total }),
+        holes: coalesce(holes),
+      }),
+    );
+    chunk = new Uint8Array(chunkSize);
+    chunkBytes = 0;
+    holes = [];
+    if (!ok) await new Promise<void>((resolve) => call.once("drain", resolve));
+  };
+  for (let window = request.startGpa; window < end; window += PAGE * BigInt(DUMP_WINDOW)) {
+    signal.throwIfAborted();
+    const pages: bigint[] = [];
+    for (let gpa = window; gpa < end && pages.length < DUMP_WINDOW; gpa += PAGE) pages.push(gpa);
+    const reads = await Promise.all(pages.map((gpa) => readPhysical(host, gpa, Number(PAGE), caller)));
+    for (let i = 0; i < pages.length; i++) {
+      const gpa = pages[i]!;
+      const bytes = reads[i];
+      done += PAGE;
+      if (bytes === undefined) {
+        holes.push(hole(gpa, Number(PAGE), HoleReason.NOT_PRESENT));
+        continue;
+      }
+      // A chunk holds contiguous bytes only: a hole or a full chunk starts a new one.
+      if (chunkBytes > 0 && (chunkStart + BigInt(chunkBytes) !== gpa || chunkBytes === chunkSize)) await flush();
+      if (chunkBytes === 0) chunkStart = gpa;
+      chunk.set(bytes, chunkBytes);
+      chunkBytes += bytes.length;
+    }
+    if (chunkBytes === chunkSize) await flush();
+  }
+  await flush();
+}

@@ -1,0 +1,218 @@
+// SPDX-License-Identifier: Apache-2.0
+/**
+ * The Session stream (session.proto): attach as controller or observer, run commands tagged with
+ * client ids, receive events, the unhook notice and VM changes, answer events. A round trip here
+ * costs one stream message each way, not a new HTTP/2 stream.
+ */
+import { create } from "@bufbuild/protobuf";
+import { durationFromMs, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import type { ServerDuplexStream } from "@grpc/grpc-js";
+import { KvmiArgumentError } from "@kvmi/kvm-bridge";
+import {
+  AttachedSchema,
+  CommandResultSchema,
+  ReplyRejectedSchema,
+  Role,
+  SessionInfoSchema,
+  SessionResponseSchema,
+  UnhookReason,
+} from "@kvmi/proto";
+import type { Attach, CommandResult, EventReply, SessionCommand, SessionRequest, SessionResponse } from "@kvmi/proto";
+import { BridgeError } from "../mapping/bridge-error.js";
+import { commandMappingByMethod } from "../mapping/commands.js";
+import { eventReplyToWire, eventToProto, unhookNotice } from "../mapping/events.js";
+import { parseVmName } from "../mapping/resource-names.js";
+import { statusToProto } from "../mapping/status.js";
+import { vmChangeToProto, vmToProto } from "../mapping/vm.js";
+import type { Session, UnhookCause } from "../vm/vm-host.js";
+import type { VmHost } from "../vm/vm-host.js";
+import type { RpcDeps } from "./call-context.js";
+import { failure } from "./call-context.js";
+import { runCommand } from "./command-rpcs.js";
+import { batchRead } from "./memory-rpcs.js";
+import { recordOf } from "./registry-rpcs.js";
+
+/** Commands one session may have in flight. */
+export const MAX_INFLIGHT_COMMANDS = 64;
+/** Responses grpc-js may hold for a client before the bridge stops sending it events. */
+const MAX_BUFFERED_RESPONSES = 256;
+const MIN_EVENT_DEADLINE_MS = 10;
+const MAX_EVENT_DEADLINE_MS = 60_000;
+
+const UNHOOK_REASONS: Readonly<Record<UnhookCause, UnhookReason>> = {
+  "device-manager": UnhookReason.DEVICE_MANAGER,
+  operator: UnhookReason.OPERATOR,
+  "bridge-shutdown": UnhookReason.BRIDGE_SHUTDOWN,
+};
+
+type Call = ServerDuplexStream<SessionRequest, SessionResponse>;
+
+/** The Session handler. */
+export function sessionHandler(deps: RpcDeps): (call: Call) => void {
+  return (call) => new SessionStream(deps, call).start();
+}
+
+class SessionStream {
+  private host: VmHost | undefined;
+  private session: Session | undefined;
+  private readonly inflight = new Map<bigint, AbortController>();
+  private stopWatching: (() => void) | undefined;
+  private ended = false;
+
+  constructor(
+    private readonly deps: RpcDeps,
+    private readonly call: Call,
+  ) {}
+
+  start(): void {
+    this.call.on("data", (request: SessionRequest) => this.onRequest(request));
+    this.call.on("end", () => void this.finish("the client closed its side"));
+    this.call.on("cancelled", () => void this.finish("the client cancelled"));
+    this.call.on("error", () => void this.finish("the stream failed"));
+  }
+
+  private write(message: Parameters<typeof create<typeof SessionResponseSchema>>[1]): boolean {
+    if (this.ended) return false;
+    this.call.write(create(SessionResponseSchema, message));
+    return this.call.writableLength <= MAX_BUFFERED_RESPONSES;
+  }
+
+  private fail(err: unknown): void {
+    if (this.ended) return;
+    const status = failure(this.deps, "session", err);
+    void this.finish("ended with an error", false);
+    this.call.destroy(Object.assign(new Error(status.details), status));
+  }
+
+  private onRequest(request: SessionRequest): void {
+    const message = request.message;
+    try {
+      switch (message.case) {
+        case "attach":
+          return this.attach(message.value);
+        case "command":
+          return this.command(message.value);
+        case "eventReply":
+          return this.eventReply(message.value);
+        case "release":
+          void this.finish("the client released the session");
+          return;
+        default:
+          throw new BridgeError("SESSION_STATE", "empty SessionRequest: set attach, command, event_reply or release");
+      }
+    } catch (err) {
+      this.fail(err);
+    }
+  }
+
+  private attach(attach: Attach): void {
+    if (this.session !== undefined) throw new BridgeError("SESSION_STATE", "the session is already attached; attach is sent once");
+    const uuid = parseVmName(attach.vm, "attach.vm");
+    const role = attach.role === Role.CONTROLLER ? "controller" : attach.role === Role.OBSERVER ? "observer" : undefined;
+    if (role === undefined) throw new KvmiArgumentError("attach.role", "attach.role must be ROLE_CONTROLLER or ROLE_OBSERVER");
+    let deadlineMs: number | undefined;
+    if (attach.eventDeadline !== undefined) {
+      deadlineMs = Number(attach.eventDeadline.seconds) * 1000 + attach.eventDeadline.nanos / 1e6;
+      if (deadlineMs < MIN_EVENT_DEADLINE_MS || deadlineMs > MAX_EVENT_DEADLINE_MS) {
+        throw new KvmiArgumentError("attach.event_deadline", "attach.event_deadline must be between 10 ms and 60 s");
+      }
+    }
+    const host = this.deps.hosts.require(uuid);
+    const session = host.attach(
+      role,
+      {
+        event: (event, deadline) => this.write({ message: { case: "event", value: eventToProto(uuid, event, deadline) } }),
+        unhook: (deadline, cause) =>
+          void this.write({ message: { case: "unhook", value: unhookNotice(uuid, deadline, UNHOOK_REASONS[cause]) } }),
+        end: (err) => this.fail(err),
+      },
+      deadlineMs,
+    );
+    this.host = host;
+    this.session = session;
+    this.stopWatching = this.deps.registry.watch((change) => {
+      if (change.vm.uuid !== uuid || change.type === "unhooked") return;
+      const kind = change.type === "state" ? (change.vm.state === "unhook-pending" ? "unhook-pending" : "state-changed") : change.type;
+      this.write({ message: { case: "vmChange", value: vmChangeToProto(kind, recordOf(this.deps, change.vm), new Date()) } });
+    });
+    this.write({
+      message: {
+        case: "attached",
+        value: create(AttachedSchema, {
+          role: attach.role,
+          vm: vmToProto(recordOf(this.deps, host.record)),
+          session: create(SessionInfoSchema, {
+            sessionId: session.id,
+            ...(session.eventDeadlineMs !== undefined && { eventDeadline: durationFromMs(session.eventDeadlineMs) }),
+            ...(role === "controller" && session.eventDeadlineMs === undefined && { eventDeadline: durationFromMs(host.defaultEventDeadlineMs) }),
+            maxInflightCommands: MAX_INFLIGHT_COMMANDS,
+            attachTime: timestampFromDate(new Date()),
+          }),
+        }),
+      },
+    });
+  }
+
+  private command(command: SessionCommand): void {
+    const session = this.requireSession();
+    const id = command.id;
+    const respond = (result: CommandResult["result"]): void => {
+      this.inflight.delete(id);
+      this.write({ message: { case: "commandResult", value: create(CommandResultSchema, { id, result }) } });
+    };
+    const error = (err: unknown): void => respond({ case: "error", value: statusToProto(err) });
+    if (this.inflight.has(id)) return error(new BridgeError("SESSION_STATE", `command id ${id} is still in flight`));
+    if (this.inflight.size >= MAX_INFLIGHT_COMMANDS) {
+      return error(new BridgeError("TOO_MANY_IN_FLIGHT", `at most ${MAX_INFLIGHT_COMMANDS} commands may be in flight per session`));
+    }
+    const request = command.request;
+    if (request.case === undefined) return error(new KvmiArgumentError("command.request", "the command is empty"));
+    const abort = new AbortController();
+    this.inflight.set(id, abort);
+    const caller = { sessionId: session.id, timeoutMs: this.deps.requestTimeoutMs, signal: abort.signal };
+    const vmOf = (value: { vm?: string; name?: string }): string => parseVmName((value.vm ?? value.name ?? "").split("/vcpus/")[0]!, "vm");
+    const run = async (): Promise<unknown> => {
+      if (vmOf(request.value as { vm?: string; name?: string }) !== this.host!.uuid) {
+        throw new KvmiArgumentError("command", "the command names another VM than the session is attached to");
+      }
+      if (request.case === "batchReadMemory") return batchRead(this.deps, request.value, caller);
+      return runCommand(this.deps, commandMappingByMethod(request.case)!, request.value, caller);
+    };
+    run().then(
+      (value) => respond({ case: request.case, value } as never),
+      (err: unknown) => error(err),
+    );
+  }
+
+  private eventReply(reply: EventReply): void {
+    const session = this.requireSession();
+    const reject = (err: unknown): void => {
+      this.write({
+        message: { case: "replyRejected", value: create(ReplyRejectedSchema, { vcpu: reply.vcpu, seq: reply.seq, status: statusToProto(err) }) },
+      });
+    };
+    try {
+      const pending = this.host!.pendingEvent(reply.vcpu, reply.seq);
+      const wire = eventReplyToWire(pending, reply);
+      this.host!.replyEvent(session, reply.vcpu, reply.seq, wire).catch(reject);
+    } catch (err) {
+      reject(err);
+    }
+  }
+
+  private requireSession(): Session {
+    if (this.session === undefined) throw new BridgeError("SESSION_STATE", "send attach first");
+    return this.session;
+  }
+
+  /** Ends the session: aborts its commands, detaches (the host applies the policy), ends the stream. */
+  private async finish(reason: string, endStream = true): Promise<void> {
+    if (this.ended) return;
+    this.ended = true;
+    this.stopWatching?.();
+    for (const abort of this.inflight.values()) abort.abort(new Error(reason));
+    this.inflight.clear();
+    if (this.session !== undefined) await this.host!.detach(this.session, reason);
+    if (endStream) this.call.end();
+  }
+}

@@ -1,0 +1,237 @@
+// SPDX-License-Identifier: Apache-2.0
+/**
+ * The hook ledger: every change a controller makes to a guest through the bridge, so that the
+ * bridge can undo it when the controller vanishes, on unhook and on shutdown. Over a network the
+ * tool can disappear at any moment; v9 itself keeps page restrictions and interceptions until
+ * UNHOOK (kvmi-abi §2.8 step 4) and never restores guest memory, so without this a dead tool
+ * would leave breakpoints in the guest.
+ *
+ * Memory writes are tracked per page with the original bytes, only for bytes not seen before; a
+ * write that puts the original bytes back (a tool removing its own INT3) clears the entry, so the
+ * ledger stays as small as the live modifications.
+ */
+import type { CommandReply, CommandRequest, KvmiChannel } from "@kvmi/kvm-bridge";
+import { v9Ids } from "@kvmi/kvm-bridge/wire";
+import type { V9CommandName } from "@kvmi/kvm-bridge/wire";
+
+const PAGE_BYTES = 4096;
+const PAGE_MASK = BigInt(PAGE_BYTES - 1);
+const ACCESS_RWX = 7;
+/** SET_PAGE_ACCESS carries at most 511 entries per message (kvmi-abi §4 id 23). */
+const MAX_ACCESS_ENTRIES = 511;
+
+/** Original bytes of one guest page the controller wrote to. */
+interface PageOriginal {
+  readonly original: Uint8Array;
+  readonly touched: Uint8Array;
+  touchedCount: number;
+}
+
+/** What an undo did, for logs and tests. */
+export interface UndoReport {
+  readonly commands: number;
+  readonly failures: number;
+  readonly restoredBytes: number;
+}
+
+type Channel = Pick<KvmiChannel, "command">;
+type AnyRequest = Record<string, unknown>;
+
+/** The changes one controller made to one VM. */
+export class HookLedger {
+  /** VM events whose state differs from the bridge's baseline (UNHOOK enabled), and the baseline. */
+  private readonly vmEvents = new Map<number, boolean>();
+  private readonly vcpuEvents = new Map<number, Set<number>>();
+  private readonly crs = new Map<number, Set<number>>();
+  private readonly msrs = new Map<number, Set<number>>();
+  private readonly singlestep = new Set<number>();
+  private readonly pageAccess = new Map<bigint, number>();
+  private readonly pages = new Map<bigint, PageOriginal>();
+  /** GPAs whose bytes the last undo put back (a BREAKPOINT there is answered RETRY, not CONTINUE). */
+  private restored = new Set<bigint>();
+
+  /** True when nothing needs undoing. */
+  get isEmpty(): boolean {
+    return (
+      this.vmEvents.size === 0 &&
+      [this.vcpuEvents, this.crs, this.msrs].every((m) => [...m.values()].every((s) => s.size === 0)) &&
+      this.singlestep.size === 0 &&
+      this.pageAccess.size === 0 &&
+      this.pages.size === 0
+    );
+  }
+
+  /** Number of guest bytes currently differing from what the controller found. */
+  get modifiedBytes(): number {
+    let n = 0;
+    for (const page of this.pages.values()) n += page.touchedCount;
+    return n;
+  }
+
+  /** True if the last undo restored the byte at `gpa`. */
+  wasRestored(gpa: bigint): boolean {
+    return this.restored.has(gpa);
+  }
+
+  /**
+   * Runs a controller command through the ledger: captures what a memory write will replace, sends
+   * the command, and records the change once the kernel accepted it.
+   */
+  async run<N extends V9CommandName>(
+    channel: Channel,
+    name: N,
+    request: CommandRequest<N>,
+    vcpu: number | undefined,
+    send: () => Promise<CommandReply<N>>,
+  ): Promise<CommandReply<N>> {
+    const body = request as AnyRequest;
+    if (name === "KVMI_VM_WRITE_PHYSICAL") await this.captureOriginal(channel, body["gpa"] as bigint, (body["data"] as Uint8Array).length);
+    const reply = await send();
+    this.record(name, body, vcpu);
+    return reply;
+  }
+
+  private async captureOriginal(channel: Channel, gpa: bigint, size: number): Promise<void> {
+    const gfn = gpa & ~PAGE_MASK;
+    const offset = Number(gpa & PAGE_MASK);
+    const page = this.pages.get(gfn);
+    if (page !== undefined && page.touched.subarray(offset, offset + size).every((t) => t === 1)) return;
+    // The write stays inside one page (the kernel refuses others), so one read covers it.
+    const before = await channel.command("KVMI_VM_READ_PHYSICAL", { gpa, size });
+    const entry = page ?? { original: new Uint8Array(PAGE_BYTES), touched: new Uint8Array(PAGE_BYTES), touchedCount: 0 };
+    for (let i = 0; i < size; i++) {
+      if (entry.touched[offset + i] === 0) {
+        entry.original[offset + i] = before.data[i]!;
+        entry.touched[offset + i] = 1;
+        entry.touchedCount++;
+      }
+    }
+    this.pages.set(gfn, entry);
+  }
+
+  private record(name: V9CommandName, body: AnyRequest, vcpu: number | undefined): void {
+    const enable = body["enable"] === 1;
+    switch (name) {
+      case "KVMI_VM_WRITE_PHYSICAL":
+        this.forgetRestoredBytes(body["gpa"] as bigint, body["data"] as Uint8Array);
+        return;
+      case "KVMI_VM_CONTROL_EVENTS": {
+        const id = body["event_id"] as number;
+        const baseline = id === v9Ids.KVMI_EVENT_UNHOOK;
+        if (enable === baseline) this.vmEvents.delete(id);
+        else this.vmEvents.set(id, baseline);
+        return;
+      }
+      case "KVMI_VCPU_CONTROL_EVENTS":
+        return toggle(this.vcpuEvents, vcpu!, body["event_id"] as number, enable);
+      case "KVMI_VCPU_CONTROL_CR":
+        return toggle(this.crs, vcpu!, body["cr"] as number, enable);
+      case "KVMI_VCPU_CONTROL_MSR":
+        return toggle(this.msrs, vcpu!, body["msr"] as number, enable);
+      case "KVMI_VCPU_CONTROL_SINGLESTEP":
+        if (enable) this.singlestep.add(vcpu!);
+        else this.singlestep.delete(vcpu!);
+        return;
+      case "KVMI_VM_SET_PAGE_ACCESS":
+        for (const entry of body["entries"] as Array<{ gpa: bigint; access: number }>) {
+          const gfn = entry.gpa & ~PAGE_MASK;
+          if (entry.access === ACCESS_RWX) this.pageAccess.delete(gfn);
+          else this.pageAccess.set(gfn, entry.access);
+        }
+        return;
+      default:
+        return;
+    }
+  }
+
+  /** A write that puts back original bytes removes them from the ledger. */
+  private forgetRestoredBytes(gpa: bigint, data: Uint8Array): void {
+    const gfn = gpa & ~PAGE_MASK;
+    const page = this.pages.get(gfn);
+    if (page === undefined) return;
+    const offset = Number(gpa & PAGE_MASK);
+    for (let i = 0; i < data.length; i++) {
+      if (page.touched[offset + i] === 1 && page.original[offset + i] === data[i]) {
+        page.touched[offset + i] = 0;
+        page.touchedCount--;
+      }
+    }
+    if (page.touchedCount === 0) this.pages.delete(gfn);
+  }
+
+  /**
+   * Undoes everything, in the order that stops new events first: vCPU events and single-stepping,
+   * CR and MSR interceptions, page restrictions, memory, then VM events. Each command is bounded
+   * by `timeoutMs`; a failure is counted and the rest still runs. The ledger is empty afterwards.
+   */
+  async undo(channel: Channel, timeoutMs: number): Promise<UndoReport> {
+    let commands = 0;
+    let failures = 0;
+    const restored = new Set<bigint>();
+    const send = async <N extends V9CommandName>(name: N, request: CommandRequest<N>, vcpu?: number): Promise<void> => {
+      commands++;
+      try {
+        await channel.command(name, request, vcpu, { timeoutMs });
+      } catch {
+        failures++;
+      }
+    };
+    const jobs: Array<Promise<void>> = [];
+    for (const [vcpu, ids] of this.vcpuEvents) for (const id of ids) jobs.push(send("KVMI_VCPU_CONTROL_EVENTS", { event_id: id, enable: 0 }, vcpu));
+    for (const vcpu of this.singlestep) jobs.push(send("KVMI_VCPU_CONTROL_SINGLESTEP", { enable: 0 }, vcpu));
+    await Promise.all(jobs.splice(0));
+    for (const [vcpu, crs] of this.crs) for (const cr of crs) jobs.push(send("KVMI_VCPU_CONTROL_CR", { cr, enable: 0 }, vcpu));
+    for (const [vcpu, msrs] of this.msrs) for (const msr of msrs) jobs.push(send("KVMI_VCPU_CONTROL_MSR", { msr, enable: 0 }, vcpu));
+    const gfns = [...this.pageAccess.keys()];
+    for (let i = 0; i < gfns.length; i += MAX_ACCESS_ENTRIES) {
+      const entries = gfns.slice(i, i + MAX_ACCESS_ENTRIES).map((gpa) => ({ gpa, access: ACCESS_RWX, visible: 0 }));
+      jobs.push(send("KVMI_VM_SET_PAGE_ACCESS", { entries }));
+    }
+    let restoredBytes = 0;
+    for (const [gfn, page] of this.pages) {
+      for (const [start, end] of touchedRuns(page.touched)) {
+        jobs.push(send("KVMI_VM_WRITE_PHYSICAL", { gpa: gfn + BigInt(start), data: page.original.slice(start, end) }));
+        for (let i = start; i < end; i++) restored.add(gfn + BigInt(i));
+        restoredBytes += end - start;
+      }
+    }
+    for (const [id, baseline] of this.vmEvents) jobs.push(send("KVMI_VM_CONTROL_EVENTS", { event_id: id, enable: baseline ? 1 : 0 }));
+    await Promise.all(jobs);
+    this.clear();
+    this.restored = restored;
+    return { commands, failures, restoredBytes };
+  }
+
+  /** Forgets everything without undoing (policy `keep`, or a closed socket). */
+  clear(): void {
+    this.vmEvents.clear();
+    this.vcpuEvents.clear();
+    this.crs.clear();
+    this.msrs.clear();
+    this.singlestep.clear();
+    this.pageAccess.clear();
+    this.pages.clear();
+  }
+}
+
+function toggle(map: Map<number, Set<number>>, vcpu: number, id: number, enable: boolean): void {
+  let set = map.get(vcpu);
+  if (set === undefined) map.set(vcpu, (set = new Set()));
+  if (enable) set.add(id);
+  else set.delete(id);
+}
+
+/** Contiguous runs of touched bytes: [start, end) pairs. */
+function touchedRuns(touched: Uint8Array): Array<[number, number]> {
+  const runs: Array<[number, number]> = [];
+  let start = -1;
+  for (let i = 0; i <= touched.length; i++) {
+    const on = i < touched.length && touched[i] === 1;
+    if (on && start < 0) start = i;
+    if (!on && start >= 0) {
+      runs.push([start, i]);
+      start = -1;
+    }
+  }
+  return runs;
+}

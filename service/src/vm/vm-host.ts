@@ -1,0 +1,380 @@
+// SPDX-License-Identifier: Apache-2.0
+/**
+ * One hooked VM as the bridge serves it: its KVMI channel, at most one controller and any number
+ * of observers, the events waiting for a reply (each with a deadline), the hook ledger, and the
+ * unhook flow. gRPC-free: the RPC layer turns sessions into streams.
+ *
+ * The rule this file exists for: a vCPU never stays blocked because of a client. Every event is
+ * answered, by the controller or by the bridge (deadline passed, no controller, controller too slow
+ * to read, controller gone, unhook, shutdown) with the safe default.
+ */
+import { randomUUID } from "node:crypto";
+import { KvmiTransportError } from "@kvmi/kvm-bridge";
+import type { CommandReply, CommandRequest, KvmiChannel, KvmiEvent, Logger, VmRecord, VmRegistry } from "@kvmi/kvm-bridge";
+import { v9Ids } from "@kvmi/kvm-bridge/wire";
+import type { V9CommandName } from "@kvmi/kvm-bridge/wire";
+import { BridgeError } from "../mapping/bridge-error.js";
+import { HookLedger } from "./hook-ledger.js";
+import type { UndoReport } from "./hook-ledger.js";
+
+/** Commands that change guest state: controller only (session.proto, SessionCommand). */
+export const MUTATING_COMMANDS: ReadonlySet<V9CommandName> = new Set<V9CommandName>([
+  "KVMI_VM_CONTROL_EVENTS",
+  "KVMI_VM_WRITE_PHYSICAL",
+  "KVMI_VCPU_PAUSE",
+  "KVMI_VCPU_CONTROL_EVENTS",
+  "KVMI_VCPU_SET_REGISTERS",
+  "KVMI_VM_CONTROL_CLEANUP",
+  "KVMI_VCPU_CONTROL_CR",
+  "KVMI_VCPU_INJECT_EXCEPTION",
+  "KVMI_VCPU_SET_XSAVE",
+  "KVMI_VCPU_CONTROL_MSR",
+  "KVMI_VM_SET_PAGE_ACCESS",
+  "KVMI_VCPU_CONTROL_SINGLESTEP",
+]);
+
+/** Why the bridge answered an event itself (a metric label). */
+export type AutoReplyReason = "deadline" | "no_controller" | "controller_gone" | "slow_consumer" | "unhook" | "shutdown";
+
+/** Counters and timings the host reports (implemented with prom-client by the caller). */
+export interface VmHostMetrics {
+  command(name: string, status: string, seconds: number): void;
+  event(name: string): void;
+  eventRoundTrip(name: string, seconds: number): void;
+  autoReply(name: string, reason: AutoReplyReason): void;
+  unhookToClose(seconds: number): void;
+  bytesRead(bytes: number): void;
+}
+
+/** Why the bridge is closing a VM's KVMI socket. */
+export type UnhookCause = "device-manager" | "operator" | "bridge-shutdown";
+
+const UNHOOK_CAUSES: Readonly<Record<UnhookCause, string>> = {
+  "device-manager": "the device manager is unhooking the VM (pause, suspend, migrate or shutdown)",
+  operator: "an operator released the VM",
+  "bridge-shutdown": "the bridge is shutting down",
+};
+
+/** Receives what a session must see. `event` returns false when the client is not keeping up. */
+export interface SessionSink {
+  event(event: KvmiEvent, replyDeadline: Date | undefined): boolean;
+  unhook(deadline: Date, cause: UnhookCause): void;
+  /** The VM's socket closed or the VM hooked again: the session is over. */
+  end(error: Error): void;
+}
+
+/** A client attached to the VM. */
+export interface Session {
+  readonly id: string;
+  readonly role: "controller" | "observer";
+  readonly eventDeadlineMs: number | undefined;
+}
+
+/** Options of a {@link VmHost}. */
+export interface VmHostOptions {
+  /** Default event reply deadline. */
+  readonly eventDeadlineMs: number;
+  /** Per-event overrides by kernel name (`KVMI_EVENT_CR`). */
+  readonly eventDeadlines?: Readonly<Record<string, number>>;
+  /** What the controller gets after UNHOOK (and on release/shutdown) before the bridge undoes hooks. */
+  readonly unhookDeadlineMs: number;
+  /** What happens to hooks when the controller goes away without an unhook. */
+  readonly controllerGonePolicy: "release" | "keep";
+  /** Deadline of the bridge's own undo commands. */
+  readonly undoTimeoutMs?: number;
+  readonly logger: Logger;
+  readonly metrics?: VmHostMetrics;
+}
+
+interface PendingEvent {
+  readonly event: KvmiEvent;
+  readonly timer: NodeJS.Timeout | undefined;
+}
+
+interface Attached extends Session {
+  readonly sink: SessionSink;
+}
+
+/** Serves one hooked VM. */
+export class VmHost {
+  readonly uuid: string;
+  private readonly ledger = new HookLedger();
+  private controller: Attached | undefined;
+  private readonly observers = new Map<string, Attached>();
+  private readonly pending = new Map<number, PendingEvent>();
+  private unhook: { readonly started: bigint; readonly timer: NodeJS.Timeout; readonly done: Promise<void>; finish: () => void } | undefined;
+  private readonly log: Logger;
+
+  constructor(
+    private readonly registry: VmRegistry,
+    readonly channel: KvmiChannel,
+    record: VmRecord,
+    private readonly options: VmHostOptions,
+  ) {
+    this.uuid = record.uuid;
+    this.log = options.logger.child({ vm: record.uuid });
+    channel.setEventSink((event) => this.onEvent(event));
+    channel.onClose((err) => this.onClosed(err));
+  }
+
+  /** The VM's current registry record. */
+  get record(): VmRecord {
+    return this.registry.get(this.uuid)!;
+  }
+
+  /** Sessions attached now (controller first). */
+  get sessions(): Session[] {
+    return [...(this.controller ? [this.controller] : []), ...this.observers.values()];
+  }
+
+  /** True while the channel is open and no unhook is in progress. */
+  get isServing(): boolean {
+    return this.channel.isOpen && this.unhook === undefined;
+  }
+
+  /** The ledger, for tests and metrics. */
+  get hookLedger(): HookLedger {
+    return this.ledger;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Sessions
+
+  /**
+   * Attaches a session.
+   * @throws BridgeError CONTROLLER_PRESENT for a second controller, VM_UNHOOKING during an unhook.
+   */
+  attach(role: Session["role"], sink: SessionSink, eventDeadlineMs?: number): Session {
+    if (!this.isServing) throw new BridgeError("VM_UNHOOKING", `VM ${this.uuid} is being unhooked; attach after it hooks again`, { vm: this.uuid });
+    if (role === "controller" && this.controller !== undefined) {
+      throw new BridgeError(
+        "CONTROLLER_PRESENT",
+        `VM ${this.uuid} already has a controller (session ${this.controller.id}); attach as OBSERVER or retry after it leaves`,
+        { vm: this.uuid },
+      );
+    }
+    const session: Attached = { id: randomUUID(), role, eventDeadlineMs: role === "controller" ? eventDeadlineMs : undefined, sink };
+    if (role === "controller") this.controller = session;
+    else this.observers.set(session.id, session);
+    this.log.info({ session: session.id, role }, "session attached");
+    return session;
+  }
+
+  /**
+   * Detaches a session (Release, stream end, client gone). For the controller: during an unhook the
+   * bridge finishes it now; otherwise the policy applies (`release` undoes the ledger).
+   */
+  async detach(session: Session, reason: string): Promise<void> {
+    if (this.observers.delete(session.id) || this.controller?.id !== session.id) return;
+    this.controller = undefined;
+    this.log.info({ session: session.id, reason }, "controller detached");
+    for (const vcpu of [...this.pending.keys()]) await this.autoReply(vcpu, "controller_gone");
+    if (this.unhook !== undefined) {
+      this.unhook.finish();
+      return;
+    }
+    if (this.options.controllerGonePolicy === "release" && this.channel.isOpen) await this.undoLedger();
+    else this.ledger.clear();
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Commands
+
+  /**
+   * Runs a command for a client. Mutating commands need the controller session; they go through
+   * the hook ledger.
+   * @throws BridgeError NOT_CONTROLLER, VM_UNHOOKING (after the unhook deadline); Kvmi*Error from the channel.
+   */
+  async command<N extends V9CommandName>(
+    name: N,
+    request: CommandRequest<N>,
+    vcpu: number | undefined,
+    caller: { readonly sessionId?: string | undefined; readonly timeoutMs?: number; readonly signal?: AbortSignal },
+  ): Promise<CommandReply<N>> {
+    const mutating = MUTATING_COMMANDS.has(name);
+    if (mutating && (this.controller === undefined || caller.sessionId !== this.controller.id)) {
+      throw new BridgeError(
+        "NOT_CONTROLLER",
+        "only the controller session may change guest state: attach with role CONTROLLER and send the command on its session (or pass its session id in the kvmi-session-id metadata)",
+        { command: name, vm: this.uuid, ...(vcpu !== undefined && { vcpu }) },
+      );
+    }
+    const started = process.hrtime.bigint();
+    const send = (): Promise<CommandReply<N>> =>
+      this.channel.command(name, request, vcpu, {
+        ...(caller.timeoutMs !== undefined && { timeoutMs: caller.timeoutMs }),
+        ...(caller.signal && { signal: caller.signal }),
+      });
+    try {
+      const reply = mutating ? await this.ledger.run(this.channel, name, request, vcpu, send) : await send();
+      this.options.metrics?.command(name, "ok", seconds(started));
+      if (name === "KVMI_VM_READ_PHYSICAL") this.options.metrics?.bytesRead((reply as { data: Uint8Array }).data.length);
+      return reply;
+    } catch (err) {
+      this.options.metrics?.command(name, statusLabel(err), seconds(started));
+      throw err;
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Events
+
+  private deadlineFor(event: KvmiEvent): number {
+    return this.controller?.eventDeadlineMs ?? this.options.eventDeadlines?.[event.spec.name] ?? this.options.eventDeadlineMs;
+  }
+
+  private onEvent(event: KvmiEvent): boolean {
+    this.options.metrics?.event(event.spec.name);
+    if (event.spec.id === v9Ids.KVMI_EVENT_UNHOOK) {
+      this.startUnhook("device-manager");
+      return true;
+    }
+    const controller = this.controller;
+    const deadlineMs = this.deadlineFor(event);
+    const deadline = new Date(Date.now() + deadlineMs);
+    for (const observer of this.observers.values()) observer.sink.event(event, undefined);
+    if (controller === undefined || this.unhook !== undefined) {
+      this.pending.set(event.vcpu, { event, timer: undefined });
+      void this.autoReply(event.vcpu, this.unhook !== undefined ? "unhook" : "no_controller");
+      return true;
+    }
+    const timer = setTimeout(() => void this.autoReply(event.vcpu, "deadline"), deadlineMs);
+    this.pending.set(event.vcpu, { event, timer });
+    if (!controller.sink.event(event, deadline)) void this.autoReply(event.vcpu, "slow_consumer");
+    return true;
+  }
+
+  /**
+   * The controller's reply to an event. Idempotent per (vcpu, seq): a reply to an event that is no
+   * longer pending (already answered, or answered by the bridge) is EVENT_NOT_PENDING.
+   */
+  async replyEvent(
+    session: Session,
+    vcpu: number,
+    seq: number,
+    reply: { readonly action: number; readonly replyData: Record<string, unknown> | undefined; readonly registers?: Record<string, unknown> | undefined },
+  ): Promise<void> {
+    if (this.controller?.id !== session.id) {
+      throw new BridgeError("NOT_CONTROLLER", "only the controller may answer events", { vm: this.uuid, vcpu });
+    }
+    this.pendingEvent(vcpu, seq);
+    const pending = this.pending.get(vcpu)!;
+    // Register changes ride on the reply: the kernel applies them when it processes it (kvmi-abi §3.4).
+    if (reply.registers !== undefined) {
+      await this.channel.command("KVMI_VCPU_SET_REGISTERS", reply.registers as never, vcpu);
+    }
+    await this.send(vcpu, pending, reply.action, reply.replyData);
+  }
+
+  /**
+   * The event a reply answers, for validation before it is sent.
+   * @throws BridgeError EVENT_NOT_PENDING when no such event waits (already answered or timed out).
+   */
+  pendingEvent(vcpu: number, seq: number): KvmiEvent {
+    const pending = this.pending.get(vcpu);
+    if (pending === undefined || pending.event.seq !== seq) {
+      throw new BridgeError("EVENT_NOT_PENDING", `no event seq ${seq} is waiting on vCPU ${vcpu} (already answered or timed out)`, { vm: this.uuid, vcpu });
+    }
+    return pending.event;
+  }
+
+  /** The event reply deadline a controller gets unless it asks for another. */
+  get defaultEventDeadlineMs(): number {
+    return this.options.eventDeadlineMs;
+  }
+
+  /** Event reply data the bridge uses itself: CONTINUE; CR/MSR get the value the guest wrote. */
+  private defaultReply(event: KvmiEvent): { action: number; data: Record<string, unknown> | undefined } {
+    const payload = event.payload;
+    if (event.spec.replyData !== null) return { action: 0, data: { new_val: payload?.["new_value"] ?? 0n } };
+    // A breakpoint whose INT3 the bridge just removed must be re-executed, not re-injected.
+    if (event.spec.id === v9Ids.KVMI_EVENT_BREAKPOINT && this.ledger.wasRestored(payload?.["gpa"] as bigint)) {
+      return { action: 1, data: undefined };
+    }
+    return { action: 0, data: undefined };
+  }
+
+  private async autoReply(vcpu: number, reason: AutoReplyReason): Promise<void> {
+    const pending = this.pending.get(vcpu);
+    if (pending === undefined) return;
+    const { action, data } = this.defaultReply(pending.event);
+    this.options.metrics?.autoReply(pending.event.spec.name, reason);
+    if (reason !== "no_controller") this.log.debug({ vcpu, seq: pending.event.seq, reason }, "bridge answered the event");
+    await this.send(vcpu, pending, action, data).catch(() => undefined);
+  }
+
+  private async send(vcpu: number, pending: PendingEvent, action: number, data: Record<string, unknown> | undefined): Promise<void> {
+    if (this.pending.get(vcpu) !== pending) return;
+    this.pending.delete(vcpu);
+    clearTimeout(pending.timer);
+    await this.channel.replyEvent(pending.event, action, data);
+    const elapsed = Number(process.hrtime.bigint() - pending.event.receivedAt) / 1e9;
+    this.options.metrics?.eventRoundTrip(pending.event.spec.name, elapsed);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Unhook, release, shutdown
+
+  /**
+   * Announces the end of introspection with a deadline, lets the controller clean up and release,
+   * then undoes what is left and closes the KVMI socket (kvmi-abi §2.6 step 4). Used for UNHOOK,
+   * ReleaseVm and bridge shutdown. Resolves when the socket is closed.
+   */
+  release(cause: UnhookCause, graceMs?: number): Promise<void> {
+    this.startUnhook(cause, graceMs);
+    return this.unhook?.done ?? Promise.resolve();
+  }
+
+  private startUnhook(cause: UnhookCause, graceMs = this.options.unhookDeadlineMs): void {
+    if (this.unhook !== undefined || !this.channel.isOpen) return;
+    const deadline = new Date(Date.now() + graceMs);
+    let finish!: () => void;
+    const finished = new Promise<void>((resolve) => (finish = resolve));
+    const timer = setTimeout(finish, graceMs);
+    const started = process.hrtime.bigint();
+    const done = finished.then(() => this.completeUnhook(started));
+    this.unhook = { started, timer, done, finish };
+    this.registry.update(this.uuid, { state: "unhook-pending", unhookDeadline: deadline });
+    this.log.info({ reason: UNHOOK_CAUSES[cause], deadline: deadline.toISOString() }, "unhook pending");
+    for (const session of this.sessions) (session as Attached).sink.unhook(deadline, cause);
+    if (this.controller === undefined) finish();
+  }
+
+  private async completeUnhook(started: bigint): Promise<void> {
+    clearTimeout(this.unhook?.timer);
+    if (this.channel.isOpen) await this.undoLedger();
+    for (const vcpu of [...this.pending.keys()]) await this.autoReply(vcpu, "unhook");
+    this.channel.close("introspection released");
+    this.options.metrics?.unhookToClose(seconds(started));
+  }
+
+  private async undoLedger(): Promise<UndoReport | undefined> {
+    if (this.ledger.isEmpty) return undefined;
+    const report = await this.ledger.undo(this.channel, this.options.undoTimeoutMs ?? 2000);
+    this.log.info({ ...report }, "undid the controller's hooks");
+    return report;
+  }
+
+  private onClosed(err: KvmiTransportError): void {
+    for (const pending of this.pending.values()) clearTimeout(pending.timer);
+    this.pending.clear();
+    this.ledger.clear();
+    if (this.unhook !== undefined) clearTimeout(this.unhook.timer);
+    this.unhook?.finish();
+    const sessions = this.sessions as Attached[];
+    this.controller = undefined;
+    this.observers.clear();
+    for (const session of sessions) session.sink.end(err);
+  }
+}
+
+function seconds(started: bigint): number {
+  return Number(process.hrtime.bigint() - started) / 1e9;
+}
+
+function statusLabel(err: unknown): string {
+  if (err instanceof BridgeError) return err.code;
+  if (err instanceof KvmiTransportError) return "transport";
+  const errno = (err as { errno?: number }).errno;
+  return errno !== undefined ? `errno_${errno}` : "error";
+}
