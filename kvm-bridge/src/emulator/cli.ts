@@ -9,7 +9,9 @@ import { parseArgs } from "node:util";
 import type { HandshakeVariant } from "../wire/handshake.js";
 import type { KvmiEndpoint, VmAction } from "./device-manager.js";
 import { createJsonLinesLogger, parseLogLevel } from "./json-logger.js";
+import { GuestModelError } from "./guest/errors.js";
 import { createSimulator } from "./simulator.js";
+import type { Simulator } from "./simulator.js";
 
 const HELP = `Usage: kvmi-sim --connect unix:PATH|tcp:HOST:PORT [options]
 
@@ -41,10 +43,13 @@ export function parseEndpoint(text: string): KvmiEndpoint | undefined {
   return undefined;
 }
 
-function positiveInt(name: string, value: string | undefined, fallback: number, errors: string[]): number {
+/** An integer flag of at least `min` (0 or 1); every bad value is reported, not just the first. */
+function intFlag(name: string, value: string | undefined, fallback: number, min: 0 | 1, errors: string[]): number {
   if (value === undefined) return fallback;
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 0) errors.push(`--${name} must be a non-negative integer, got "${value}"`);
+  const n = value.trim() === "" ? Number.NaN : Number(value);
+  if (!Number.isInteger(n) || n < min) {
+    errors.push(`--${name} must be a ${min === 0 ? "non-negative" : "positive"} integer, got "${value}"`);
+  }
   return n;
 }
 
@@ -95,17 +100,18 @@ export async function main(argv: string[]): Promise<number> {
       errors.push(`--secret-file: ${(err as Error).message}`);
     }
   }
-  const vms = positiveInt("vms", parsed.vms, 1, errors);
-  const vcpus = positiveInt("vcpus", parsed.vcpus, 2, errors);
-  const memoryMiB = positiveInt("memory-mib", parsed["memory-mib"], 64, errors);
-  const reconnectMs = positiveInt("reconnect-ms", parsed["reconnect-ms"], 1000, errors);
-  const unhookTimeoutMs = positiveInt("unhook-timeout-ms", parsed["unhook-timeout-ms"], 60_000, errors);
-  const seed = positiveInt("seed", parsed.seed, 1, errors);
+  // Zero VMs or vCPUs is no VM at all, and QEMU refuses reconnect=0 (kvmi-abi §2.1).
+  const vms = intFlag("vms", parsed.vms, 1, 1, errors);
+  const vcpus = intFlag("vcpus", parsed.vcpus, 2, 1, errors);
+  const memoryMiB = intFlag("memory-mib", parsed["memory-mib"], 64, 1, errors);
+  const reconnectMs = intFlag("reconnect-ms", parsed["reconnect-ms"], 1000, 1, errors);
+  const unhookTimeoutMs = intFlag("unhook-timeout-ms", parsed["unhook-timeout-ms"], 60_000, 0, errors);
+  const seed = intFlag("seed", parsed.seed, 1, 0, errors);
   const actions: Array<[VmAction, number]> = [];
   for (const action of ["pause", "migrate", "shutdown"] as const) {
     const value = parsed[`${action}-after`];
     if (value === undefined) continue;
-    const seconds = Number(value);
+    const seconds = value.trim() === "" ? Number.NaN : Number(value);
     if (!Number.isFinite(seconds) || seconds < 0) errors.push(`--${action}-after must be a number of seconds`);
     else actions.push([action, seconds]);
   }
@@ -115,19 +121,27 @@ export async function main(argv: string[]): Promise<number> {
   }
 
   const log = createJsonLinesLogger(process.stdout, level!);
-  const simulator = createSimulator({
-    endpoint: endpoint!,
-    vms,
-    vcpus,
-    memoryMiB,
-    handshake: handshake as HandshakeVariant,
-    reconnectMs,
-    unhookTimeoutMs,
-    seed,
-    workload: parsed["no-workload"] !== true,
-    ...(secret && { secret }),
-    logger: log,
-  });
+  let simulator: Simulator;
+  try {
+    simulator = createSimulator({
+      endpoint: endpoint!,
+      vms,
+      vcpus,
+      memoryMiB,
+      handshake: handshake as HandshakeVariant,
+      reconnectMs,
+      unhookTimeoutMs,
+      seed,
+      workload: parsed["no-workload"] !== true,
+      ...(secret && { secret }),
+      logger: log,
+    });
+  } catch (err) {
+    // The guest model validates what the flags cannot know (e.g. at most 64 vCPUs, 8 MiB with the workload).
+    if (!(err instanceof GuestModelError)) throw err;
+    process.stderr.write(`kvmi-sim: ${err.message}\n\nRun kvmi-sim --help for usage.\n`);
+    return 2;
+  }
   simulator.start();
   log.info({ vms: simulator.vms.map((vm) => ({ uuid: vm.uuid, name: vm.name })), connect: parsed.connect }, "emulated VMs started");
 

@@ -144,10 +144,15 @@ export class DeviceManager extends EventEmitter {
     this.state = "handshaking";
     try {
       await this.handshake(socket);
+      // An action (pause, suspend, migrate, shutdown) or stop() came during the handshake: QEMU
+      // does not hook a VM it is taking down, reconnects stay off (kvmi-abi §2.6 step 5).
+      if (!this.reconnectAllowed || this.socket !== socket) throw new HandshakeAbandonedError();
       this.hook(socket);
     } catch (err) {
-      this.log.warn({ err: (err as Error).message }, "handshake refused");
-      this.emit("handshake-refused", err);
+      if (!(err instanceof HandshakeAbandonedError) && socket === this.socket && this.reconnectAllowed) {
+        this.log.warn({ err: (err as Error).message }, "handshake refused");
+        this.emit("handshake-refused", err);
+      }
       socket.destroy();
       await this.options.kernel.unhook();
       this.connectSoon(this.options.reconnectMs ?? 1000);
@@ -238,11 +243,15 @@ export class DeviceManager extends EventEmitter {
       socket.destroy();
       await kernel.unhook();
       this.emit("unhooked");
+    } else {
+      // A connection still in its handshake is dropped: it must not be hooked after the action.
+      socket?.destroy();
     }
     this.state = "stopped";
     this.options.guest.stop();
     const outcome: UnhookOutcome = { action, preunhook, closedBy, durationMs: Math.round(performance.now() - started) };
-    this.log.info({ ...outcome }, `${action} after unhook`);
+    // debug, not info: the caller gets the outcome and logs it once (kvmi-sim: one line per VM).
+    this.log.debug({ ...outcome }, `${action} after unhook`);
     return outcome;
   }
 
@@ -260,7 +269,10 @@ export class DeviceManager extends EventEmitter {
     await this.options.kernel.unhook();
     if (this.state === "hooked") this.emit("unhooked");
     this.options.guest.reset();
-    this.startTime = BigInt(Math.floor(Date.now() / 1000)) + (this.startTime >= BigInt(Math.floor(Date.now() / 1000)) ? 1n : 0n);
+    // start_time has seconds granularity; a tool tells boots apart by it, so a reset within the
+    // same second (or two) must still move it forward (kvmi-abi §2.3, §2.6 step 7).
+    const now = BigInt(Math.floor(Date.now() / 1000));
+    this.startTime = now > this.startTime ? now : this.startTime + 1n;
     this.state = "idle";
     this.start();
   }
@@ -269,6 +281,11 @@ export class DeviceManager extends EventEmitter {
 /** The tool refused or failed the handshake. */
 class HandshakeRefusedError extends Error {
   override readonly name = "HandshakeRefusedError";
+}
+
+/** The device manager itself gave the connection up during the handshake (an action or stop()). */
+class HandshakeAbandonedError extends Error {
+  override readonly name = "HandshakeAbandonedError";
 }
 
 function waitForClose(socket: Socket, timeoutMs: number): Promise<"tool" | "timeout"> {

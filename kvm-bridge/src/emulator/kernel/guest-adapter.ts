@@ -38,6 +38,9 @@ function vcpuPort(guest: Guest, vcpu: Vcpu): VcpuPort {
       const pending = state.pendingException;
       return pending === null ? undefined : { vector: pending.nr, errorCode: pending.error_code, address: pending.address };
     },
+    setSinglestep: (enabled) => {
+      state.singlestep = enabled;
+    },
     kick: () => vcpu.kick(),
     onResume: (listener) => guest.onLifecycle((event) => event.type === "resumed" && listener()),
   };

@@ -46,6 +46,11 @@ export interface VcpuPort {
   queueException(vector: number, errorCode: number, address: bigint): void;
   /** The exception the guest already has pending, if any (e.g. #BP re-injected after CONTINUE). */
   pendingException(): { readonly vector: number; readonly errorCode: number; readonly address: bigint } | undefined;
+  /**
+   * Turns the monitor trap flag on or off: while on, the guest calls the `singleStep` exit after
+   * every instruction (KVMI_VCPU_CONTROL_SINGLESTEP, kvmi-abi §4 id 24).
+   */
+  setSinglestep(enabled: boolean): void;
   /** Forces an entry soon, also from halt (an IPI); no effect while the vCPU is stopped. */
   kick(): void;
   /** Subscribes to the vCPU re-entering KVM_RUN after the device manager stopped it. */

@@ -15,7 +15,7 @@ import type { CommandSpec, Dialect, EventSpec } from "../../wire/dialect.js";
 import { commandById } from "../../wire/dialect.js";
 import { KVM_EAGAIN, KVM_EFAULT, KVM_EINVAL, KVM_ENOENT, KVM_ENOSYS, KVM_EPERM } from "../../wire/dialects/errno.js";
 import { v9, V9_EVENTS } from "../../wire/dialects/v9.js";
-import type { MsgHdr } from "../../wire/message.js";
+import type { DecodedCommand, MsgHdr } from "../../wire/message.js";
 import { decodeCommand, decodeEventReply, encodeEvent, encodeReply } from "../../wire/message.js";
 import { AllowMasks, validateFeature } from "./allow-masks.js";
 import type { CommandResult, KernelContext } from "./command-context.js";
@@ -293,19 +293,31 @@ export class KvmiVm implements KernelContext {
     const echo = { id: hdr.id, reply: { layout: null } };
     if (spec === undefined) return this.reply(echo, hdr.seq, { err: KVM_ENOSYS });
     if (!hooked.masks.isCommandAllowed(hdr.id)) return this.reply(spec, hdr.seq, { err: KVM_EPERM });
-    let decoded;
+    // The variable-length handlers check the message against their fixed part plus the declared
+    // tail and fail with a non-wire error, which closes the socket (kvmi-abi §2.7). A message too
+    // short for `kvmi_vcpu_hdr` + fixed part is as fatal as a truncated tail, even though the
+    // zero-filled receive buffer makes the fixed part decodable.
+    let decoded: DecodedCommand;
+    let fatal: string | undefined;
     try {
       decoded = decodeCommand(this.dialect, spec, body);
     } catch (err) {
-      // A declared tail longer than the message: fatal for the handlers that check it (§2.7).
-      if (spec.closesOnShortTail) return this.shutdown(hooked, (err as Error).message);
-      return this.reply(spec, hdr.seq, { err: KVM_EINVAL });
+      if (!spec.closesOnShortTail) return this.reply(spec, hdr.seq, { err: KVM_EINVAL });
+      fatal = (err as Error).message;
+      decoded = decodeCommand(this.dialect, { ...spec, request: { layout: spec.request.layout } }, body);
+    }
+    if (spec.closesOnShortTail && body.length < this.fixedRequestBytes(spec)) {
+      fatal ??= `${spec.name}: ${body.length}-byte message is shorter than its fixed part`;
     }
     if (spec.scope === "vm") {
+      if (fatal !== undefined) return this.shutdown(hooked, fatal);
       return this.reply(spec, hdr.seq, VM_COMMAND_HANDLERS[spec.name]!(this, decoded, body));
     }
-    const vcpu = this.checkVcpuTarget(hooked, decoded.vcpu!, decoded.vcpuHdrPadding);
+    // VCPU_PAUSE is a receive-thread command: it is never answered EAGAIN (kvmi-abi §4 id 9, §10).
+    const vcpu = this.checkVcpuTarget(hooked, decoded.vcpu!, decoded.vcpuHdrPadding, spec.dispatch === "vcpu-job");
     if (typeof vcpu === "number") return this.reply(spec, hdr.seq, { err: vcpu });
+    // The vCPU handler checks the length once the dispatch checks passed (kvmi-abi §2.9 first).
+    if (fatal !== undefined) return this.shutdown(hooked, fatal);
     const handler = VCPU_COMMAND_HANDLERS[spec.name]!;
     if (spec.dispatch === "receive-thread") return this.reply(spec, hdr.seq, handler(this, decoded, vcpu));
     vcpu.queueJob(() => {
@@ -314,12 +326,17 @@ export class KvmiVm implements KernelContext {
   }
 
   /** Dispatch-time checks of a vCPU-scoped message (kvmi-abi §2.9); returns an errno or the vCPU. */
-  private checkVcpuTarget(hooked: Hooked, index: number, padding: boolean): VcpuIntrospection | number {
+  private checkVcpuTarget(hooked: Hooked, index: number, padding: boolean, needsReady = true): VcpuIntrospection | number {
     if (padding) return KVM_EINVAL;
     const vcpu = hooked.vcpus[index];
     if (vcpu === undefined) return KVM_EINVAL;
-    if (!vcpu.port.initialized && !vcpu.isWaitingForReply) return KVM_EAGAIN;
+    if (needsReady && !vcpu.port.initialized && !vcpu.isWaitingForReply) return KVM_EAGAIN;
     return vcpu;
+  }
+
+  /** `kvmi_vcpu_hdr` (vCPU scope) plus the fixed part of the request body. */
+  private fixedRequestBytes(spec: CommandSpec): number {
+    return (spec.scope === "vcpu" ? this.dialect.layouts.vcpuHdr.size : 0) + (spec.request.layout?.size ?? 0);
   }
 
   private dispatchEventReply(hooked: Hooked, hdr: MsgHdr, body: Uint8Array): void {

@@ -55,7 +55,7 @@ export class VcpuIntrospection {
   readonly crMask = new Set<number>();
   /** MSRs whose writes are intercepted (KVMI_VCPU_CONTROL_MSR). */
   readonly msrWrites = new Set<number>();
-  singlestep = false;
+  private stepping = false;
   /** Successful KVMI_VCPU_PAUSE requests not yet turned into PAUSE_VCPU events. */
   pausePending = 0;
   /** KVMI_VCPU_INJECT_EXCEPTION accepted and not yet reported by its TRAP event (EBUSY meanwhile). */
@@ -71,6 +71,20 @@ export class VcpuIntrospection {
     readonly port: VcpuPort,
   ) {
     this.unsubscribe = port.onResume(() => this.kick());
+  }
+
+  /**
+   * KVMI_VCPU_CONTROL_SINGLESTEP state. Setting it also arms or disarms the vCPU's monitor trap
+   * flag: without that the guest never takes a single-step exit, so no SINGLESTEP event could
+   * fire (kvmi-abi §5 id 10); the release job of §2.8 clears both.
+   */
+  get singlestep(): boolean {
+    return this.stepping;
+  }
+
+  set singlestep(enabled: boolean) {
+    this.stepping = enabled;
+    this.port.setSinglestep(enabled);
   }
 
   get index(): number {
