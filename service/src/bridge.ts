@@ -17,8 +17,8 @@ import {
 } from "@kvmi/proto";
 import { parseKvmiListen } from "./config/index.js";
 import type { BridgeConfig } from "./config/index.js";
-import { createBridgeMetrics, startMetricsServer } from "./metrics/index.js";
-import type { AutoReplyReason, BridgeMetrics, CommandStatus, MetricsServer } from "./metrics/index.js";
+import { commandStatusOf, createBridgeMetrics, startMetricsServer } from "./metrics/index.js";
+import type { AutoReplyReason, BridgeMetrics, MetricsServer } from "./metrics/index.js";
 import { createIntrospectionService } from "./rpc/introspection-service.js";
 import { createGrpcServer } from "./server/index.js";
 import type { BridgeGrpcServer } from "./server/index.js";
@@ -58,7 +58,8 @@ const eventLabel = (kernelName: string): string => kernelName.replace(/^KVMI_EVE
 
 function hostMetrics(metrics: BridgeMetrics): VmHostMetrics {
   return {
-    command: (name, status, seconds) => metrics.observeCommand(name, (status === "ok" ? "ok" : status) as CommandStatus, seconds),
+    // The status label vocabulary of the metrics module (ok, remote_error, timeout, session_lost, …).
+    command: (name, error, seconds) => metrics.observeCommand(name, commandStatusOf(error), seconds),
     event: (name) => metrics.eventsTotal.inc({ event: eventLabel(name) }),
     eventRoundTrip: (name, seconds) => metrics.eventRoundTripSeconds.observe({ event: eventLabel(name) }, seconds),
     autoReply: (name, reason) => metrics.eventAutoRepliesTotal.inc({ event: eventLabel(name), reason: reason as AutoReplyReason }),
@@ -99,11 +100,14 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
   );
   registry.watch(() => metrics.vmsHooked.set(registry.list().filter((r) => r.state !== "unhooked").length));
 
+  // Aborted when the gRPC server starts its graceful shutdown, so that endless streams end.
+  const shuttingDown = new AbortController();
   const service = createIntrospectionService({
     hosts,
     registry,
     logger: logger.child({ component: "rpc" }),
     requestTimeoutMs: config.requestTimeoutMs,
+    shuttingDown: shuttingDown.signal,
   });
   const grpc = createGrpcServer({
     config,
@@ -120,6 +124,7 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
     ],
     metrics,
   });
+  grpc.shuttingDown.addEventListener("abort", () => shuttingDown.abort(), { once: true });
   let listener: KvmiListener | undefined;
   let metricsServer: MetricsServer | undefined;
   try {

@@ -168,10 +168,13 @@ export class KvmiChannel {
         const timer = setTimeout(() => this.expire(seq, timeoutMs), timeoutMs);
         this.pending.set(seq, { id: spec.id, spec, context, resolve, reject, timer });
       });
+      // The reply may be rejected (close, timeout, abort) while the write still waits for its turn;
+      // it is awaited below, this only keeps that early rejection from counting as unhandled.
+      reply.catch(() => undefined);
       const onAbort = (): void => this.abandon(seq, options.signal!.reason as Error);
       options.signal?.addEventListener("abort", onAbort, { once: true });
       try {
-        await this.write(message);
+        await this.write(message, context);
         return (await reply) as CommandReply<N>;
       } finally {
         options.signal?.removeEventListener("abort", onAbort);
@@ -186,8 +189,9 @@ export class KvmiChannel {
    * @throws KvmiTransportError when the socket is gone (the kernel then continues the vCPU itself).
    */
   async replyEvent(event: Pick<KvmiEvent, "seq" | "vcpu" | "spec">, action: number, replyData?: Record<string, unknown>): Promise<void> {
-    this.assertOpen({ command: event.spec.name, vcpu: event.vcpu });
-    await this.write(encodeEventReply(this.dialect, event.spec, event.seq, event.vcpu, action, replyData));
+    const context: KvmiErrorContext = { command: event.spec.name, ...(this.vm && { vm: this.vm }), vcpu: event.vcpu };
+    this.assertOpen(context);
+    await this.write(encodeEventReply(this.dialect, event.spec, event.seq, event.vcpu, action, replyData), context);
   }
 
   /** Closes the socket (both directions) and fails everything pending with KvmiTransportError. */
@@ -234,9 +238,17 @@ export class KvmiChannel {
     this.slotWaiters.shift()?.();
   }
 
-  private async write(message: Uint8Array): Promise<void> {
+  /**
+   * Writes one message, after the writes that wait for `drain` before it.
+   * @throws KvmiTransportError when the channel closed while the write waited for its turn.
+   */
+  private async write(message: Uint8Array, context: KvmiErrorContext): Promise<void> {
     while (this.drained !== undefined) await this.drained;
-    if (!this.socket.write(message)) {
+    // The socket may have closed while this write waited: a 'close' that already fired would never
+    // resolve a new drain promise, and every later write would wait behind it forever.
+    this.assertOpen(context);
+    // A destroyed socket never drains; its 'close' (due now) fails the pending replies.
+    if (!this.socket.write(message) && !this.socket.destroyed) {
       this.drained = new Promise<void>((resolve) => {
         const done = (): void => {
           this.socket.off("drain", done);

@@ -24,6 +24,8 @@ export interface RpcDeps {
   readonly logger: Logger;
   /** Command deadline when the client sets none. */
   readonly requestTimeoutMs: number;
+  /** Aborted when the bridge starts shutting down: endless streams (WatchVms) end then. */
+  readonly shuttingDown?: AbortSignal;
 }
 
 /** Milliseconds left before the call's gRPC deadline, capped by the default. */
@@ -47,6 +49,15 @@ export function sessionIdOf(metadata: Metadata): string | undefined {
   return typeof value === "string" && value.length > 0 ? value : undefined;
 }
 
+/**
+ * Ends a server-streaming or bidi call with an error status. grpc-js sends a stream's status from
+ * its own 'error' listener (which ends the stream, and `_final` writes the trailers); `destroy(err)`
+ * would tear the stream down without ever sending them, and the client would wait forever.
+ */
+export function failStream(call: { emit(event: "error", err: Error): boolean }, status: StatusObject): void {
+  call.emit("error", Object.assign(new Error(status.details), status));
+}
+
 /** Maps an error to a status, logging unknown causes (they never reach the client). */
 export function failure(deps: RpcDeps, method: string, err: unknown, context: ErrorContext = {}): StatusObject {
   const mapped = mapError(err, context);
@@ -54,16 +65,21 @@ export function failure(deps: RpcDeps, method: string, err: unknown, context: Er
   return toGrpcStatus(err, context);
 }
 
-/** Wraps a unary handler: resolves to the response or to the mapped error status. */
+/**
+ * Wraps a unary handler: resolves to the response or to the mapped error status.
+ * @param contextOf what an error of this call is about (command, VM, vCPU), for ErrorInfo metadata
+ *   of errors that do not carry it themselves (argument checks made before the socket).
+ */
 export function unary<Req, Res>(
   deps: RpcDeps,
   method: string,
   handler: (call: ServerUnaryCall<Req, Res>) => Promise<Res>,
+  contextOf?: (request: Req) => ErrorContext,
 ): (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) => void {
   return (call, callback) => {
     handler(call).then(
       (response) => callback(null, response),
-      (err: unknown) => callback(failure(deps, method, err)),
+      (err: unknown) => callback(failure(deps, method, err, contextOf?.(call.request))),
     );
   };
 }

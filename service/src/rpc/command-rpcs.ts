@@ -9,6 +9,8 @@ import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
 import { checkVcpuIndex } from "../mapping/bridge-error.js";
 import { COMMAND_MAPPINGS, responseFromWire } from "../mapping/commands.js";
 import type { AnyCommandMapping, CommandMapping } from "../mapping/commands.js";
+import { parseVcpuName, parseVmName } from "../mapping/resource-names.js";
+import type { ErrorContext } from "../mapping/status.js";
 import type { RpcDeps } from "./call-context.js";
 import { abortSignalOf, callTimeoutMs, sessionIdOf, unary } from "./call-context.js";
 
@@ -29,6 +31,31 @@ export async function runCommand(deps: RpcDeps, mapping: AnyCommandMapping, requ
   return responseFromWire(entry, reply);
 }
 
+/**
+ * What an error of a command is about, for the ErrorInfo metadata (`command`, `vm`, `vcpu`) of
+ * errors raised before the command reached a VM (argument checks, unknown VM or vCPU). Best effort:
+ * a name that does not parse contributes nothing (that name is then the error).
+ */
+export function commandErrorContext(mapping: AnyCommandMapping, request: unknown): ErrorContext {
+  const { vm, name } = request as { vm?: string; name?: string };
+  const attempt = <T>(parse: () => T): T | undefined => {
+    try {
+      return parse();
+    } catch {
+      return undefined;
+    }
+  };
+  if (mapping.scope === "vcpu") {
+    const ref = attempt(() => parseVcpuName(name ?? "", "name"));
+    if (ref !== undefined) return { command: mapping.command, vm: ref.vm, vcpu: ref.vcpu };
+    // A bad vCPU part still names a VM.
+    const uuid = attempt(() => parseVmName((name ?? "").split("/vcpus/")[0]!, "name"));
+    return { command: mapping.command, ...(uuid !== undefined && { vm: uuid }) };
+  }
+  const uuid = attempt(() => parseVmName(vm ?? "", "vm"));
+  return { command: mapping.command, ...(uuid !== undefined && { vm: uuid }) };
+}
+
 /** The unary handlers, keyed by method local name (`readPhysicalMemory`). */
 export function commandHandlers(deps: RpcDeps): Record<string, ReturnType<typeof unary>> {
   const handlers: Record<string, ReturnType<typeof unary>> = {};
@@ -39,6 +66,7 @@ export function commandHandlers(deps: RpcDeps): Record<string, ReturnType<typeof
         timeoutMs: callTimeoutMs(call, deps.requestTimeoutMs),
         signal: abortSignalOf(call),
       }),
+      (request) => commandErrorContext(mapping, request),
     );
   }
   return handlers;

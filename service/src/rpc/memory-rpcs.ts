@@ -31,7 +31,7 @@ import { parseVmName } from "../mapping/resource-names.js";
 import { statusToProto } from "../mapping/status.js";
 import type { VmHost } from "../vm/vm-host.js";
 import type { RpcDeps } from "./call-context.js";
-import { abortSignalOf, callTimeoutMs, failure, unary } from "./call-context.js";
+import { abortSignalOf, callTimeoutMs, failStream, failure, unary } from "./call-context.js";
 import type { CommandCaller } from "./command-rpcs.js";
 import { walkPageTables } from "../vm/page-walk.js";
 
@@ -140,6 +140,15 @@ function checkRanges(request: BatchReadMemoryRequest): void {
   }
 }
 
+/** The VM a memory request names, for ErrorInfo metadata; nothing when the name does not parse. */
+function vmContext(name: string): { vm?: string } {
+  try {
+    return { vm: parseVmName(name, "vm") };
+  } catch {
+    return {};
+  }
+}
+
 /** Runs a batch read; shared by the unary RPC and the session stream. */
 export async function batchRead(deps: RpcDeps, request: BatchReadMemoryRequest, caller: CommandCaller): Promise<BatchReadMemoryResponse> {
   checkRanges(request);
@@ -158,8 +167,12 @@ export async function batchRead(deps: RpcDeps, request: BatchReadMemoryRequest, 
 
 /** The unary BatchReadMemory handler. */
 export function batchReadHandler(deps: RpcDeps) {
-  return unary(deps, "batchReadMemory", (call: ServerUnaryCall<BatchReadMemoryRequest, BatchReadMemoryResponse>) =>
-    batchRead(deps, call.request, { timeoutMs: callTimeoutMs(call, deps.requestTimeoutMs), signal: abortSignalOf(call) }),
+  return unary(
+    deps,
+    "batchReadMemory",
+    (call: ServerUnaryCall<BatchReadMemoryRequest, BatchReadMemoryResponse>) =>
+      batchRead(deps, call.request, { timeoutMs: callTimeoutMs(call, deps.requestTimeoutMs), signal: abortSignalOf(call) }),
+    (request) => vmContext(request.vm),
   );
 }
 
@@ -175,8 +188,8 @@ export function dumpMemoryHandler(deps: RpcDeps) {
       () => call.end(),
       (err: unknown) => {
         if (signal.aborted) return;
-        const status = failure(deps, "dumpMemory", err);
-        call.destroy(Object.assign(new Error(status.details), status));
+        const status = failure(deps, "dumpMemory", err, vmContext(call.request.vm));
+        failStream(call, status);
       },
     );
   };

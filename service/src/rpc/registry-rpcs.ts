@@ -14,12 +14,12 @@ import {
 } from "@kvmi/proto";
 import type { GetVmRequest, ListVmsRequest, ReleaseVmRequest, WatchVmsRequest, WatchVmsResponse } from "@kvmi/proto";
 import { KvmiArgumentError } from "@kvmi/kvm-bridge";
-import { vmNotFound } from "../mapping/bridge-error.js";
-import { parseVmName } from "../mapping/resource-names.js";
+import { BridgeError, vmNotFound } from "../mapping/bridge-error.js";
+import { parseVmName, vmName } from "../mapping/resource-names.js";
 import { vmChangeToProto, vmToProto } from "../mapping/vm.js";
 import type { VmChangeKind, VmRecord } from "../mapping/vm.js";
 import type { RpcDeps } from "./call-context.js";
-import { failure, unary } from "./call-context.js";
+import { failStream, failure, unary } from "./call-context.js";
 
 const DEFAULT_PAGE_SIZE = 100;
 const MAX_PAGE_SIZE = 1000;
@@ -68,6 +68,34 @@ function pageStart(token: string): string {
   return uuid;
 }
 
+/** ReleaseVm's grace period when the request leaves it unset, and the longest one (vm.proto). */
+const DEFAULT_GRACE_MS = 10_000;
+const MAX_GRACE_MS = 300_000;
+
+/**
+ * ReleaseVm's grace period in ms: unset means 10 s, at most 300 s (vm.proto).
+ * @throws KvmiArgumentError for a negative, malformed or too long duration.
+ */
+function gracePeriodMs(request: ReleaseVmRequest): number {
+  const grace = request.gracePeriod;
+  if (grace === undefined) return DEFAULT_GRACE_MS;
+  const valid = grace.seconds >= 0n && grace.nanos >= 0 && grace.nanos < 1e9;
+  const ms = Number(grace.seconds) * 1000 + Math.floor(grace.nanos / 1e6);
+  if (!valid || ms > MAX_GRACE_MS) {
+    throw new KvmiArgumentError("grace_period", "grace_period must be between 0 and 300 s");
+  }
+  return ms;
+}
+
+/** The VM a registry request names, for ErrorInfo metadata; nothing when the name does not parse. */
+function vmContext(name: string): { vm?: string } {
+  try {
+    return { vm: parseVmName(name, "name") };
+  } catch {
+    return {};
+  }
+}
+
 /** The unary registry handlers. */
 export function registryHandlers(deps: RpcDeps) {
   return {
@@ -89,13 +117,23 @@ export function registryHandlers(deps: RpcDeps) {
       });
     }),
 
-    releaseVm: unary(deps, "releaseVm", async (call: { request: ReleaseVmRequest }) => {
-      const record = find(deps, call.request.name, "name");
-      const grace = call.request.gracePeriod;
-      const graceMs = grace === undefined ? undefined : Number(grace.seconds) * 1000 + Math.floor(grace.nanos / 1e6);
-      await deps.hosts.require(record.uuid).release("operator", graceMs);
-      return create(ReleaseVmResponseSchema, { vm: vmToProto(recordOf(deps, deps.registry.get(record.uuid)!)) });
-    }),
+    releaseVm: unary(
+      deps,
+      "releaseVm",
+      async (call: { request: ReleaseVmRequest }) => {
+        const record = find(deps, call.request.name, "name");
+        const graceMs = gracePeriodMs(call.request);
+        const host = deps.hosts.get(record.uuid);
+        // vm.proto: FAILED_PRECONDITION if the VM is already disconnected (not UNAVAILABLE: a retry
+        // cannot succeed until QEMU reconnects, and then it is a new generation).
+        if (record.state === "unhooked" || host === undefined || !host.channel.isOpen) {
+          throw new BridgeError("VM_DISCONNECTED", `VM ${vmName(record.uuid)} is already disconnected; there is nothing to release`, { vm: record.uuid });
+        }
+        await host.release("operator", graceMs);
+        return create(ReleaseVmResponseSchema, { vm: vmToProto(recordOf(deps, deps.registry.get(record.uuid)!)) });
+      },
+      (request) => vmContext(request.name),
+    ),
   };
 }
 
@@ -112,7 +150,7 @@ export function watchVmsHandler(deps: RpcDeps) {
     try {
       only = call.request.name === "" ? undefined : parseVmName(call.request.name, "name");
     } catch (err) {
-      call.destroy(failure(deps, "watchVms", err) as unknown as Error);
+      failStream(call, failure(deps, "watchVms", err));
       return;
     }
     let behind = 0;
@@ -126,7 +164,19 @@ export function watchVmsHandler(deps: RpcDeps) {
     };
     call.on("drain", () => (behind = 0));
     for (const record of deps.registry.list()) send("existing", record);
-    const stop = deps.registry.watch((change) => send(changeKind(change), change.vm));
+    const unwatch = deps.registry.watch((change) => send(changeKind(change), change.vm));
+    // A watch never ends by itself: on shutdown the bridge ends it (retryable UNAVAILABLE), else
+    // the server would wait its whole grace period for the client to cancel.
+    const onShutdown = (): void => {
+      stop();
+      failStream(call, failure(deps, "watchVms", new BridgeError("VM_UNHOOKING", "the bridge is shutting down and has released every VM; watch again when it is back")));
+    };
+    const stop = (): void => {
+      unwatch();
+      deps.shuttingDown?.removeEventListener("abort", onShutdown);
+    };
+    if (deps.shuttingDown?.aborted === true) return onShutdown();
+    deps.shuttingDown?.addEventListener("abort", onShutdown, { once: true });
     call.once("cancelled", stop);
     call.once("close", stop);
   };

@@ -27,8 +27,8 @@ import { vmChangeToProto, vmToProto } from "../mapping/vm.js";
 import type { Session, UnhookCause } from "../vm/vm-host.js";
 import type { VmHost } from "../vm/vm-host.js";
 import type { RpcDeps } from "./call-context.js";
-import { failure } from "./call-context.js";
-import { runCommand } from "./command-rpcs.js";
+import { failStream, failure } from "./call-context.js";
+import { commandErrorContext, runCommand } from "./command-rpcs.js";
 import { batchRead } from "./memory-rpcs.js";
 import { recordOf } from "./registry-rpcs.js";
 
@@ -81,7 +81,7 @@ class SessionStream {
     if (this.ended) return;
     const status = failure(this.deps, "session", err);
     void this.finish("ended with an error", false);
-    this.call.destroy(Object.assign(new Error(status.details), status));
+    failStream(this.call, status);
   }
 
   private onRequest(request: SessionRequest): void {
@@ -156,19 +156,27 @@ class SessionStream {
   private command(command: SessionCommand): void {
     const session = this.requireSession();
     const id = command.id;
-    const respond = (result: CommandResult["result"]): void => {
-      this.inflight.delete(id);
-      this.write({ message: { case: "commandResult", value: create(CommandResultSchema, { id, result }) } });
+    const result = (value: CommandResult["result"]): void => {
+      this.write({ message: { case: "commandResult", value: create(CommandResultSchema, { id, result: value }) } });
     };
-    const error = (err: unknown): void => respond({ case: "error", value: statusToProto(err) });
-    if (this.inflight.has(id)) return error(new BridgeError("SESSION_STATE", `command id ${id} is still in flight`));
+    const mapping = command.request.case === undefined || command.request.case === "batchReadMemory" ? undefined : commandMappingByMethod(command.request.case);
+    const context = mapping === undefined ? {} : commandErrorContext(mapping, command.request.value);
+    const status = (err: unknown): CommandResult["result"] => ({ case: "error", value: statusToProto(err, context) });
+    // Refusals before the command is registered must leave the in-flight entry of the id alone.
+    // session.proto: an id that is still in flight gets an INVALID_ARGUMENT result.
+    if (this.inflight.has(id)) return result(status(new KvmiArgumentError("id", `command id ${id} is still in flight: use a new id`)));
     if (this.inflight.size >= MAX_INFLIGHT_COMMANDS) {
-      return error(new BridgeError("TOO_MANY_IN_FLIGHT", `at most ${MAX_INFLIGHT_COMMANDS} commands may be in flight per session`));
+      return result(status(new BridgeError("TOO_MANY_IN_FLIGHT", `at most ${MAX_INFLIGHT_COMMANDS} commands may be in flight per session`)));
     }
     const request = command.request;
-    if (request.case === undefined) return error(new KvmiArgumentError("command.request", "the command is empty"));
+    if (request.case === undefined) return result(status(new KvmiArgumentError("command.request", "the command is empty")));
     const abort = new AbortController();
     this.inflight.set(id, abort);
+    const respond = (value: CommandResult["result"]): void => {
+      this.inflight.delete(id);
+      result(value);
+    };
+    const error = (err: unknown): void => respond(status(err));
     const caller = { sessionId: session.id, timeoutMs: this.deps.requestTimeoutMs, signal: abort.signal };
     const vmOf = (value: { vm?: string; name?: string }): string => parseVmName((value.vm ?? value.name ?? "").split("/vcpus/")[0]!, "vm");
     const run = async (): Promise<unknown> => {

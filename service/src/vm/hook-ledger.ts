@@ -10,6 +10,7 @@
  * write that puts the original bytes back (a tool removing its own INT3) clears the entry, so the
  * ledger stays as small as the live modifications.
  */
+import { KvmiRemoteError } from "@kvmi/kvm-bridge";
 import type { CommandReply, CommandRequest, KvmiChannel } from "@kvmi/kvm-bridge";
 import { v9Ids } from "@kvmi/kvm-bridge/wire";
 import type { V9CommandName } from "@kvmi/kvm-bridge/wire";
@@ -96,8 +97,16 @@ export class HookLedger {
     const offset = Number(gpa & PAGE_MASK);
     const page = this.pages.get(gfn);
     if (page !== undefined && page.touched.subarray(offset, offset + size).every((t) => t === 1)) return;
-    // The write stays inside one page (the kernel refuses others), so one read covers it.
-    const before = await channel.command("KVMI_VM_READ_PHYSICAL", { gpa, size });
+    // The write stays inside one page (the kernel refuses others), so one read covers it. If the
+    // kernel refuses the read (a page guest memory does not back), it refuses the write for the
+    // same reason: let the write fail with its own error rather than report the read's.
+    let before: { data: Uint8Array };
+    try {
+      before = await channel.command("KVMI_VM_READ_PHYSICAL", { gpa, size });
+    } catch (err) {
+      if (err instanceof KvmiRemoteError) return;
+      throw err;
+    }
     const entry = page ?? { original: new Uint8Array(PAGE_BYTES), touched: new Uint8Array(PAGE_BYTES), touchedCount: 0 };
     for (let i = 0; i < size; i++) {
       if (entry.touched[offset + i] === 0) {

@@ -9,8 +9,7 @@
  * to read, controller gone, unhook, shutdown) with the safe default.
  */
 import { randomUUID } from "node:crypto";
-import { KvmiTransportError } from "@kvmi/kvm-bridge";
-import type { CommandReply, CommandRequest, KvmiChannel, KvmiEvent, Logger, VmRecord, VmRegistry } from "@kvmi/kvm-bridge";
+import type { CommandReply, CommandRequest, KvmiChannel, KvmiEvent, KvmiTransportError, Logger, VmRecord, VmRegistry } from "@kvmi/kvm-bridge";
 import { v9Ids } from "@kvmi/kvm-bridge/wire";
 import type { V9CommandName } from "@kvmi/kvm-bridge/wire";
 import { BridgeError } from "../mapping/bridge-error.js";
@@ -38,7 +37,8 @@ export type AutoReplyReason = "deadline" | "no_controller" | "controller_gone" |
 
 /** Counters and timings the host reports (implemented with prom-client by the caller). */
 export interface VmHostMetrics {
-  command(name: string, status: string, seconds: number): void;
+  /** One command sent on the socket; `error` is what it failed with, undefined when it succeeded. */
+  command(name: string, error: unknown, seconds: number): void;
   event(name: string): void;
   eventRoundTrip(name: string, seconds: number): void;
   autoReply(name: string, reason: AutoReplyReason): void;
@@ -103,6 +103,8 @@ export class VmHost {
   private readonly observers = new Map<string, Attached>();
   private readonly pending = new Map<number, PendingEvent>();
   private unhook: { readonly started: bigint; readonly timer: NodeJS.Timeout; readonly done: Promise<void>; finish: () => void } | undefined;
+  /** Set once the unhook's grace is over and the bridge undoes hooks and closes the socket. */
+  private releasing = false;
   private readonly log: Logger;
 
   constructor(
@@ -127,9 +129,18 @@ export class VmHost {
     return [...(this.controller ? [this.controller] : []), ...this.observers.values()];
   }
 
-  /** True while the channel is open and no unhook is in progress. */
+  /** True while the channel is open and no unhook is in progress: new sessions may attach. */
   get isServing(): boolean {
     return this.channel.isOpen && this.unhook === undefined;
+  }
+
+  /**
+   * True while commands may run: the channel is open and the bridge has not started undoing hooks.
+   * An announced unhook (UNHOOK_PENDING) still accepts commands (vm.proto STATE_UNHOOK_PENDING), so
+   * that the controller can undo its own changes before it releases.
+   */
+  get acceptsCommands(): boolean {
+    return this.channel.isOpen && !this.releasing;
   }
 
   /** The ledger, for tests and metrics. */
@@ -157,7 +168,17 @@ export class VmHost {
     if (role === "controller") this.controller = session;
     else this.observers.set(session.id, session);
     this.log.info({ session: session.id, role }, "session attached");
+    this.sessionsChanged();
     return session;
+  }
+
+  /**
+   * Tells watchers that the snapshot changed (controller_attached, observer_count): a registry
+   * "state" change, which WatchVms and sessions report as VM_CHANGE_TYPE_STATE_CHANGED
+   * (vm.proto). Only while hooked: during an unhook the state changes say more.
+   */
+  private sessionsChanged(): void {
+    if (this.channel.isOpen && this.unhook === undefined && this.registry.get(this.uuid)?.state === "hooked") this.registry.update(this.uuid, {});
   }
 
   /**
@@ -165,8 +186,10 @@ export class VmHost {
    * bridge finishes it now; otherwise the policy applies (`release` undoes the ledger).
    */
   async detach(session: Session, reason: string): Promise<void> {
-    if (this.observers.delete(session.id) || this.controller?.id !== session.id) return;
+    if (this.observers.delete(session.id)) return this.sessionsChanged();
+    if (this.controller?.id !== session.id) return;
     this.controller = undefined;
+    this.sessionsChanged();
     this.log.info({ session: session.id, reason }, "controller detached");
     for (const vcpu of [...this.pending.keys()]) await this.autoReply(vcpu, "controller_gone");
     if (this.unhook !== undefined) {
@@ -207,11 +230,11 @@ export class VmHost {
       });
     try {
       const reply = mutating ? await this.ledger.run(this.channel, name, request, vcpu, send) : await send();
-      this.options.metrics?.command(name, "ok", seconds(started));
+      this.options.metrics?.command(name, undefined, seconds(started));
       if (name === "KVMI_VM_READ_PHYSICAL") this.options.metrics?.bytesRead((reply as { data: Uint8Array }).data.length);
       return reply;
     } catch (err) {
-      this.options.metrics?.command(name, statusLabel(err), seconds(started));
+      this.options.metrics?.command(name, err, seconds(started));
       throw err;
     }
   }
@@ -341,6 +364,7 @@ export class VmHost {
   }
 
   private async completeUnhook(started: bigint): Promise<void> {
+    this.releasing = true;
     clearTimeout(this.unhook?.timer);
     if (this.channel.isOpen) await this.undoLedger();
     for (const vcpu of [...this.pending.keys()]) await this.autoReply(vcpu, "unhook");
@@ -370,11 +394,4 @@ export class VmHost {
 
 function seconds(started: bigint): number {
   return Number(process.hrtime.bigint() - started) / 1e9;
-}
-
-function statusLabel(err: unknown): string {
-  if (err instanceof BridgeError) return err.code;
-  if (err instanceof KvmiTransportError) return "transport";
-  const errno = (err as { errno?: number }).errno;
-  return errno !== undefined ? `errno_${errno}` : "error";
 }

@@ -47,12 +47,12 @@ export class VmHosts {
   }
 
   /**
-   * The host of a VM that is hooked and serving.
-   * @throws BridgeError VM_NOT_FOUND (unknown), VM_UNHOOKING (known, but unhooked or unhooking).
+   * The host of a VM that accepts commands (hooked, or unhook announced but not yet releasing).
+   * @throws BridgeError VM_NOT_FOUND (unknown), VM_UNHOOKING (known, but unhooked or releasing).
    */
   require(uuid: string): VmHost {
     const host = this.hosts.get(uuid);
-    if (host?.isServing === true) return host;
+    if (host?.acceptsCommands === true) return host;
     if (this.registry.get(uuid) === undefined) throw vmNotFound(uuid);
     throw new BridgeError("VM_UNHOOKING", `VM ${uuid} is not hooked right now; retry when it hooks again`, { vm: uuid });
   }

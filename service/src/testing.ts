@@ -1,0 +1,9 @@
+// SPDX-License-Identifier: Apache-2.0
+/**
+ * `@kvmi/service/testing`: TEST-ONLY helpers shared by the service's own tests and the cross-package
+ * tests in `test/`. Nothing here is used by the bridge itself.
+ */
+
+// A throw-away PKI generated with the openssl CLI at test time (no key is ever checked in).
+export { createTestPki, requireOpenssl } from "./server/testdata/test-pki.js";
+export type { TestKeyPair, TestPki } from "./server/testdata/test-pki.js";
