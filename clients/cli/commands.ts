@@ -1,0 +1,364 @@
+// SPDX-License-Identifier: Apache-2.0
+/**
+ * The kvmictl commands: each one is a few SDK calls and a formatter. Mutating commands attach as
+ * the VM's controller for as long as they need and release with `keep_changes`, so a write stays
+ * written; with `--hold` they keep the session until Ctrl-C and then let the bridge undo the change.
+ */
+import { open } from "node:fs/promises";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { MemoryHoleError, UnavailableError, uuidOf } from "@kvmi/clients";
+import type { Session, SessionItem, TranslationTarget, VcpuEvent, VcpuEventName } from "@kvmi/clients";
+import { accessString, parseAccess, parseEventTypes, parseHexBytes, parseIndex, parseLength, parseNumberList, parseSize, parseU64, UsageError } from "./args.js";
+import type { CliContext } from "./context.js";
+import { untilAborted, waitOrAbort } from "./context.js";
+import { changeName, formatBytes, formatRegisters, hex, hexdump, modeName, progressBar, stateName, table, toJson, vmDetails, vmJson, vmTable } from "./format.js";
+
+/** `vms list`. */
+export async function vmsList(ctx: CliContext): Promise<void> {
+  const vms = await ctx.client.listVms({ signal: ctx.io.signal });
+  if (ctx.json) ctx.out(toJson(vms.map(vmJson), 2));
+  else ctx.io.stdout(vmTable(vms));
+}
+
+/** `vms get <vm>`. */
+export async function vmsGet(ctx: CliContext, ref: string): Promise<void> {
+  const vm = await ctx.resolveVm(ref);
+  if (ctx.json) ctx.out(toJson(vmJson(vm), 2));
+  else ctx.io.stdout(vmDetails(vm));
+}
+
+/** `vms watch [vm]`: one line per registry change (JSON lines with --json) until Ctrl-C or --count. */
+export async function vmsWatch(ctx: CliContext, ref: string | undefined, options: { count?: string }): Promise<void> {
+  const max = options.count === undefined ? Infinity : parseIndex(options.count, "--count");
+  // A UUID need not exist yet (watch for it to connect); a display name must.
+  const vm = ref === undefined ? undefined : (uuidOf(ref) ?? (await ctx.resolveVm(ref)).uuid);
+  let seen = 0;
+  const stop = new AbortController();
+  const onAbort = (): void => stop.abort();
+  ctx.io.signal.addEventListener("abort", onAbort, { once: true });
+  try {
+    await untilAborted(stop.signal, async () => {
+      for await (const change of ctx.client.watchVms({ ...(vm !== undefined && { vm }), signal: stop.signal })) {
+        const when = change.changeTime ? timestampDate(change.changeTime).toISOString() : new Date().toISOString();
+        const v = change.vm!;
+        if (ctx.json) ctx.out(toJson({ time: when, type: changeName(change.type), vm: vmJson(v) }));
+        else ctx.out(`${when}  ${changeName(change.type).padEnd(14)}  ${v.uuid}  ${(v.displayName || "-").padEnd(12)}  ${stateName(v.state)}  gen ${v.generation}`);
+        if (++seen >= max) stop.abort();
+      }
+    });
+  } finally {
+    ctx.io.signal.removeEventListener("abort", onAbort);
+  }
+}
+
+/** `info <vm>`: registry data, KVMI version, memory size and a line per vCPU. */
+export async function info(ctx: CliContext, ref: string): Promise<void> {
+  const vm = await ctx.resolveVm(ref);
+  const h = ctx.client.vm(vm.uuid);
+  const signal = ctx.io.signal;
+  const [version, vmInfo, maxGfn] = await Promise.all([h.getVersion({ signal }), h.getVmInfo({ signal }), h.getMaxGfn({ signal })]);
+  const vcpus = await Promise.all(
+    Array.from({ length: vmInfo.vcpuCount }, async (_, i) => {
+      try {
+        const [regs, vcpuInfo] = await Promise.all([h.getRegisters(i, { signal }), h.getVcpuInfo(i, { signal })]);
+        return { vcpu: i, started: true, mode: modeName(regs.mode), rip: regs.regs.rip, cr3: regs.sregs.cr3, tscHz: vcpuInfo.tscSpeed };
+      } catch (err) {
+        // KVM_EAGAIN: the guest has not started this vCPU yet.
+        if (err instanceof UnavailableError && err.reason === "KVMI_TRY_AGAIN") return { vcpu: i, started: false };
+        throw err;
+      }
+    }),
+  );
+  if (ctx.json) {
+    ctx.out(toJson({ vm: vmJson(vm), kvmi: version, vcpuCount: vmInfo.vcpuCount, maxGfn, memoryBytes: maxGfn * 4096n, vcpus }, 2));
+    return;
+  }
+  const rows: string[][] = [
+    ["VM", `${vm.name} (${vm.displayName || "no name"})`],
+    ["state", `${stateName(vm.state)}, generation ${vm.generation}`],
+    ["kvmi", `dialect ${vm.dialect || "?"}, version ${version.version}, singlestep ${version.singlestep ? "yes" : "no"}, max message ${version.maxMsgSize} B`],
+    ["memory", `${formatBytes(maxGfn * 4096n)} (max gfn ${hex(maxGfn)})`],
+    ["sessions", `controller ${vm.controllerAttached ? "attached" : "none"}, ${vm.observerCount} observer(s)`],
+  ];
+  ctx.io.stdout(table(rows));
+  ctx.out("");
+  const vcpuRows = [["VCPU", "MODE", "RIP", "CR3", "TSC"]];
+  for (const v of vcpus) {
+    if (!v.started) vcpuRows.push([String(v.vcpu), "not started", "-", "-", "-"]);
+    else vcpuRows.push([String(v.vcpu), v.mode!, hex(v.rip!, 16), hex(v.cr3!, 16), `${(Number(v.tscHz) / 1e9).toFixed(3)} GHz`]);
+  }
+  ctx.io.stdout(table(vcpuRows));
+}
+
+/** `regs <vm> <vcpu>`. */
+export async function regs(ctx: CliContext, ref: string, vcpuText: string, options: { msr?: string }): Promise<void> {
+  const vcpu = parseIndex(vcpuText, "vcpu");
+  const msrs = options.msr === undefined ? [] : parseNumberList(options.msr, "--msr");
+  const vm = await ctx.resolveVm(ref);
+  const r = await ctx.client.vm(vm.uuid).getRegisters(vcpu, { msrs, signal: ctx.io.signal });
+  if (ctx.json) ctx.out(toJson({ vm: vm.name, vcpu, mode: modeName(r.mode), regs: r.regs, sregs: r.sregs, msrs: r.msrs }, 2));
+  else ctx.io.stdout(formatRegisters(vm.name, vcpu, r));
+}
+
+/** The translation a `--virtual`/`--vcpu`/`--cr3` option set asks for; `undefined` for physical. */
+function translationOf(options: { virtual?: boolean; vcpu?: string; cr3?: string }): TranslationTarget | undefined {
+  if (options.cr3 !== undefined) {
+    if (options.vcpu !== undefined) throw new UsageError("--vcpu and --cr3 are alternatives: translate with one of them");
+    return { cr3: parseU64(options.cr3, "--cr3") };
+  }
+  if (options.vcpu !== undefined) return parseIndex(options.vcpu, "--vcpu");
+  return options.virtual ? 0 : undefined;
+}
+
+/** `read <vm> <addr> <len>`: a hex dump of guest memory. */
+export async function read(ctx: CliContext, ref: string, addrText: string, lenText: string, options: { virtual?: boolean; vcpu?: string; cr3?: string }): Promise<number> {
+  const address = parseU64(addrText, "addr");
+  const length = parseLength(lenText, "len");
+  if (length > 64 * 1024 * 1024) throw new UsageError("len: read at most 64 MiB at once; use `kvmictl dump` for more");
+  const via = translationOf(options);
+  const vm = await ctx.resolveVm(ref);
+  const h = ctx.client.vm(vm.uuid);
+  const signal = ctx.io.signal;
+  let data: Uint8Array;
+  let holes: MemoryHoleError["holes"] = [];
+  try {
+    data = via === undefined ? await h.readPhysical(address, length, { signal }) : await h.readVirtual(via, address, length, { signal });
+  } catch (err) {
+    if (!(err instanceof MemoryHoleError)) throw err;
+    data = err.data;
+    holes = err.holes;
+  }
+  const space = via === undefined ? "physical" : typeof via === "number" ? `virtual (vcpu ${via})` : `virtual (cr3 ${hex(via.cr3)})`;
+  if (ctx.json) {
+    ctx.out(toJson({ vm: vm.name, address, length, space, data, holes }, 2));
+  } else {
+    ctx.io.stdout(hexdump(data, address));
+    for (const h of holes) ctx.err(`hole: ${hex(h.address)}+${hex(h.length)} ${h.reason} (shown as zeros)`);
+  }
+  return holes.length > 0 ? 1 : 0;
+}
+
+/** `dump <vm> --out FILE`: a sparse image of guest physical memory. */
+export async function dump(ctx: CliContext, ref: string, options: { out: string; start?: string; length?: string; chunkSize?: string }): Promise<void> {
+  const start = options.start === undefined ? 0n : parseSize(options.start, "--start");
+  const length = options.length === undefined ? 0n : parseSize(options.length, "--length");
+  const chunkSize = options.chunkSize === undefined ? 0 : parseLength(options.chunkSize, "--chunk-size");
+  if (start % 4096n !== 0n || length % 4096n !== 0n) throw new UsageError("--start and --length must be multiples of 4096");
+  const vm = await ctx.resolveVm(ref);
+  const file = await open(options.out, "w");
+  const started = performance.now();
+  const tty = ctx.io.stderrIsTTY && !ctx.json;
+  let dataBytes = 0;
+  let holeBytes = 0n;
+  let total = 0n;
+  let lastDraw = 0;
+  try {
+    for await (const chunk of ctx.client.vm(vm.uuid).dump({ start, length, ...(chunkSize > 0 && { chunkSize }), signal: ctx.io.signal })) {
+      if (chunk.data.length > 0) await file.write(chunk.data, 0, chunk.data.length, Number(chunk.gpa - start));
+      dataBytes += chunk.data.length;
+      for (const h of chunk.holes) holeBytes += h.length;
+      total = chunk.bytesTotal;
+      const now = performance.now();
+      if (tty && (now - lastDraw > 100 || chunk.bytesDone === chunk.bytesTotal)) {
+        lastDraw = now;
+        const rate = Number(chunk.bytesDone) / Math.max(0.001, (now - started) / 1000);
+        ctx.io.stderr(`\r${progressBar(chunk.bytesDone, chunk.bytesTotal)}  ${formatBytes(rate)}/s `);
+      }
+    }
+    // Unreadable pages at the end still belong to the image: extend the file to the full size.
+    await file.truncate(Number(total));
+  } finally {
+    await file.close();
+  }
+  if (tty) ctx.io.stderr("\n");
+  const seconds = (performance.now() - started) / 1000;
+  const rate = Number(total) / Math.max(0.001, seconds);
+  if (ctx.json) {
+    ctx.out(toJson({ vm: vm.name, file: options.out, start, bytes: total, dataBytes, holeBytes, seconds: Number(seconds.toFixed(3)), bytesPerSecond: Math.round(rate) }));
+  } else {
+    ctx.err(
+      `dumped ${formatBytes(total)} of ${vm.name} to ${options.out} in ${seconds.toFixed(2)} s (${formatBytes(rate)}/s); ` +
+        `${formatBytes(dataBytes)} read, ${formatBytes(holeBytes)} in holes`,
+    );
+  }
+}
+
+/**
+ * Attaches as controller and runs `body`. Without `hold` it releases keeping the change; with `hold`
+ * it waits for Ctrl-C and releases without keeping, so the bridge undoes the change.
+ */
+async function asController(ctx: CliContext, uuid: string, hold: boolean, body: (session: Session) => Promise<void>, eventDeadlineMs?: number): Promise<void> {
+  const session = await ctx.client.attach(uuid, { role: "controller", ...(eventDeadlineMs !== undefined && { eventDeadlineMs }) });
+  try {
+    await body(session);
+    if (hold) {
+      ctx.err("holding the controller session; press Ctrl-C to release it (the bridge then undoes the change)");
+      await waitOrAbort(undefined, ctx.io.signal);
+    }
+  } finally {
+    await session.release({ keepChanges: !hold });
+  }
+}
+
+/** `write <vm> <gpa> <hex> --yes`. */
+export async function write(ctx: CliContext, ref: string, gpaText: string, hexText: string, options: { yes?: boolean; hold?: boolean }): Promise<void> {
+  const gpa = parseU64(gpaText, "gpa");
+  const data = parseHexBytes(hexText, "hex");
+  if (!options.yes) throw new UsageError(`refusing to write ${data.length} byte(s) of guest memory without --yes`);
+  const vm = await ctx.resolveVm(ref);
+  let before: Uint8Array | undefined;
+  await asController(ctx, vm.uuid, options.hold === true, async (session) => {
+    before = await session.readPhysical(gpa, data.length);
+    await session.writePhysical(gpa, data);
+    const after = await session.readPhysical(gpa, data.length);
+    const ok = Buffer.from(after).equals(Buffer.from(data));
+    if (ctx.json) ctx.out(toJson({ vm: vm.name, gpa, written: data.length, verified: ok, previous: before }));
+    else ctx.out(`wrote ${data.length} byte(s) at ${hex(gpa)} of ${vm.name}${ok ? " (verified)" : " (read-back differs!)"}; previous bytes ${Buffer.from(before).toString("hex")}`);
+  });
+}
+
+/** `translate <vm> <vcpu> <gva>`. */
+export async function translate(ctx: CliContext, ref: string, vcpuText: string, gvaText: string): Promise<void> {
+  const vcpu = parseIndex(vcpuText, "vcpu");
+  const gva = parseU64(gvaText, "gva");
+  const vm = await ctx.resolveVm(ref);
+  const gpa = await ctx.client.vm(vm.uuid).translateGva(vcpu, gva, { signal: ctx.io.signal });
+  if (ctx.json) ctx.out(toJson({ vm: vm.name, vcpu, gva, mapped: gpa !== undefined, ...(gpa !== undefined && { gpa }) }));
+  else ctx.out(gpa === undefined ? `${hex(gva, 16)} -> not mapped` : `${hex(gva, 16)} -> ${hex(gpa, 16)}`);
+}
+
+/** The JSON line of a session item. */
+export function itemJson(item: SessionItem): Record<string, unknown> {
+  const time = new Date().toISOString();
+  switch (item.kind) {
+    case "event": {
+      const { message: _m, arch, kind, vm, vcpu, seq, type, replyDeadline: _d, receiveTime, answered: _a, ...payload } = item as VcpuEvent & Record<string, unknown>;
+      const fields = Object.fromEntries(Object.entries(payload).filter(([, v]) => typeof v !== "function"));
+      return {
+        time: receiveTime?.toISOString() ?? time,
+        kind,
+        vm,
+        vcpu,
+        seq,
+        type,
+        ...fields,
+        rip: arch.regs.rip,
+        cr3: arch.sregs.cr3,
+      };
+    }
+    case "unhook":
+      return { time, kind: "unhook", vm: item.vm, reason: item.reason, deadline: item.deadline?.toISOString() };
+    case "vmChange":
+      return { time, kind: "vmChange", type: changeName(item.change.type), vm: item.change.vm && vmJson(item.change.vm) };
+    case "replyRejected":
+      return { time, kind: "replyRejected", vcpu: item.vcpu, seq: item.seq, code: item.error.codeName, reason: item.error.reason, message: item.error.message };
+  }
+}
+
+/** Enables what a controller needs for `types` on `vcpu`. */
+async function enableEvents(session: Session, vcpu: number, types: readonly VcpuEventName[], crs: readonly number[], msrs: readonly number[], enable: boolean): Promise<void> {
+  for (const type of types) {
+    if (type === "cr") for (const cr of crs) await session.controlCr(vcpu, cr as 0 | 3 | 4, enable);
+    if (type === "msr") for (const msr of msrs) await session.controlMsr(vcpu, msr, enable);
+    // PAUSE_VCPU, TRAP and SINGLESTEP need no enabling (kvmi-abi §4 id 10).
+    if (type === "pauseVcpu" || type === "trap") continue;
+    if (type === "singleStep") await session.controlSingleStep(vcpu, enable);
+    else await session.controlVcpuEvents(vcpu, type, enable);
+  }
+}
+
+/** `events watch <vm>`: JSON lines of events (observer by default) and the unhook notice. */
+export async function eventsWatch(
+  ctx: CliContext,
+  ref: string,
+  options: { type?: string; vcpu?: string; controller?: boolean; cr?: string; msr?: string; count?: string; duration?: string },
+): Promise<void> {
+  const types = options.type === undefined ? undefined : parseEventTypes(options.type);
+  const vcpuFilter = options.vcpu === undefined ? undefined : parseIndex(options.vcpu, "--vcpu");
+  const crs = options.cr === undefined ? [3] : parseNumberList(options.cr, "--cr");
+  const msrs = options.msr === undefined ? [] : parseNumberList(options.msr, "--msr");
+  const max = options.count === undefined ? Infinity : parseIndex(options.count, "--count");
+  const durationMs = options.duration === undefined ? undefined : parseIndex(options.duration, "--duration");
+  if (options.controller && types === undefined) throw new UsageError("--controller needs --type: which events should kvmictl enable?");
+  if (types?.includes("msr") && msrs.length === 0 && options.controller) throw new UsageError("--type msr needs --msr <index,...> to select the MSRs");
+  for (const cr of crs) if (![0, 3, 4].includes(cr)) throw new UsageError(`--cr: ${cr} is not 0, 3 or 4`);
+  const vm = await ctx.resolveVm(ref);
+  const session = await ctx.client.attach(vm.uuid, { role: options.controller ? "controller" : "observer" });
+  const stop = new AbortController();
+  const onAbort = (): void => stop.abort();
+  ctx.io.signal.addEventListener("abort", onAbort, { once: true });
+  const timer = durationMs === undefined ? undefined : setTimeout(onAbort, durationMs);
+  const vcpus = vcpuFilter !== undefined ? [vcpuFilter] : Array.from({ length: session.vm.vcpuCount }, (_, i) => i);
+  let shown = 0;
+  try {
+    if (options.controller) for (const v of vcpus) await enableEvents(session, v, types!, crs, msrs, true);
+    ctx.err(`watching ${vm.name} as ${session.role}${types ? ` (${types.join(", ")})` : ""}; Ctrl-C to stop`);
+    await untilAborted(stop.signal, async () => {
+      for await (const item of session.events({ signal: stop.signal })) {
+        if (item.kind === "event") {
+          const wanted = (types === undefined || types.includes(item.type)) && (vcpuFilter === undefined || item.vcpu === vcpuFilter);
+          // A controller answers everything; CONTINUE keeps the guest's behaviour (a CR/MSR write goes through).
+          if (session.role === "controller") await item.continue();
+          if (!wanted) continue;
+        }
+        ctx.out(toJson(itemJson(item)));
+        if (item.kind === "unhook") break;
+        if (++shown >= max) break;
+      }
+    });
+  } finally {
+    clearTimeout(timer);
+    ctx.io.signal.removeEventListener("abort", onAbort);
+    if (options.controller && !session.closed) {
+      for (const v of vcpus) await enableEvents(session, v, types!, crs, msrs, false).catch(() => undefined);
+    }
+    await session.release();
+  }
+}
+
+/** `pause <vm> <vcpu>`: stops a vCPU at its next guest entry and keeps it stopped until Ctrl-C or --duration. */
+export async function pause(ctx: CliContext, ref: string, vcpuText: string, options: { duration?: string }): Promise<void> {
+  const vcpu = parseIndex(vcpuText, "vcpu");
+  const durationMs = options.duration === undefined ? undefined : parseIndex(options.duration, "--duration");
+  if (durationMs !== undefined && durationMs > 55_000) throw new UsageError("--duration: at most 55000 ms (the bridge answers an event after 60 s at the latest)");
+  const vm = await ctx.resolveVm(ref);
+  // The bridge answers a pending event itself after the controller's deadline: ask for the longest one.
+  await asController(ctx, vm.uuid, false, (session) => untilAborted(ctx.io.signal, async () => {
+    const stopped = performance.now();
+    await session.pauseVcpu(vcpu, { wait: true, signal: ctx.io.signal });
+    for await (const item of session.events({ signal: ctx.io.signal })) {
+      if (item.kind === "unhook") {
+        ctx.err(`the bridge is unhooking ${vm.name}; giving up`);
+        return;
+      }
+      if (item.kind !== "event") continue;
+      if (item.type !== "pauseVcpu" || item.vcpu !== vcpu) {
+        await item.continue();
+        continue;
+      }
+      const where = { vm: vm.name, vcpu, rip: item.arch.regs.rip, cr3: item.arch.sregs.cr3, mode: modeName(item.arch.mode) };
+      if (ctx.json) ctx.out(toJson({ event: "paused", ...where }));
+      else ctx.out(`vCPU ${vcpu} of ${vm.name} paused at rip ${hex(where.rip, 16)} (cr3 ${hex(where.cr3)}, ${where.mode})`);
+      if (durationMs === undefined) ctx.err("holding it; press Ctrl-C to resume");
+      await waitOrAbort(durationMs, ctx.io.signal);
+      await item.continue();
+      const seconds = ((performance.now() - stopped) / 1000).toFixed(2);
+      if (ctx.json) ctx.out(toJson({ event: "resumed", ...where, seconds: Number(seconds) }));
+      else ctx.out(`vCPU ${vcpu} resumed after ${seconds} s`);
+      return;
+    }
+  }), 60_000);
+}
+
+/** `page-access <vm> <gpa> <rwx>`. */
+export async function pageAccess(ctx: CliContext, ref: string, gpaText: string, accessText: string, options: { hold?: boolean }): Promise<void> {
+  const gpa = parseU64(gpaText, "gpa");
+  const access = parseAccess(accessText);
+  const vm = await ctx.resolveVm(ref);
+  await asController(ctx, vm.uuid, options.hold === true, async (session) => {
+    await session.setPageAccess([{ gpa, access }]);
+    const page = gpa & ~0xfffn;
+    if (ctx.json) ctx.out(toJson({ vm: vm.name, page, access: accessString(access) }));
+    else ctx.out(`page ${hex(page)} of ${vm.name} is now ${accessString(access)}`);
+  });
+}

@@ -1,0 +1,78 @@
+// SPDX-License-Identifier: Apache-2.0
+/**
+ * cr3-monitor: a process-switch timeline from CR3 writes. Every scheduler switch loads the next
+ * process's page tables into CR3; with CR3 interception on (KVMI_VCPU_CONTROL_CR + the CR event)
+ * each write arrives as an event holding the old and the new value, which the task list maps to
+ * processes. The tool lets every write through unchanged.
+ *
+ *   npx tsx clients/examples/cr3-monitor.ts --target 127.0.0.1:50051 --vm emu-0 --duration 2000
+ */
+import { CancelledError, UnavailableError } from "@kvmi/clients";
+import { fail, setup } from "./example-args.js";
+import { listTasks, TaskIndex } from "./guest-profile.js";
+
+const USAGE = "usage: cr3-monitor.ts --vm <uuid|name> [--target host:port] [--duration ms] [--count n] [--json]";
+
+async function main(): Promise<void> {
+  const { client, vm, json, values } = await setup<{ duration?: string; count?: string }>(USAGE, {
+    duration: { type: "string" },
+    count: { type: "string" },
+  });
+  const stop = new AbortController();
+  for (const signal of ["SIGINT", "SIGTERM"] as const) process.once(signal, () => stop.abort());
+  if (values.duration !== undefined) setTimeout(() => stop.abort(), Number(values.duration)).unref();
+  const max = values.count === undefined ? Infinity : Number(values.count);
+
+  const tasks = new TaskIndex(await listTasks(client.vm(vm.uuid)));
+  const session = await client.attach(vm.uuid, { role: "controller" });
+  const vcpus = Array.from({ length: session.vm.vcpuCount }, (_, i) => i);
+  let switches = 0;
+  try {
+    for (const v of vcpus) {
+      try {
+        await session.controlCr(v, 3, true);
+        await session.controlVcpuEvents(v, "cr", true);
+      } catch (err) {
+        // KVM_EAGAIN: the guest has not started this vCPU yet.
+        if (!(err instanceof UnavailableError)) throw err;
+        process.stderr.write(`vCPU ${v} is not started yet; not monitored\n`);
+      }
+    }
+    process.stderr.write(`monitoring CR3 writes on ${vcpus.length} vCPU(s) of ${vm.name}\n`);
+    if (!json) process.stdout.write(`${"TIME".padEnd(24)}  VCPU  FROM -> TO\n`);
+    for await (const item of session.events({ signal: stop.signal })) {
+      if (item.kind === "unhook") break;
+      if (item.kind !== "event") continue;
+      if (item.type === "cr" && item.cr === 3) {
+        const from = tasks.byPageTable(item.oldValue);
+        const to = tasks.byPageTable(item.newValue);
+        const time = item.receiveTime ?? new Date();
+        if (json) {
+          process.stdout.write(
+            `${JSON.stringify({ time: time.toISOString(), vcpu: item.vcpu, fromPid: from?.pid ?? null, fromComm: from?.comm ?? null, toPid: to?.pid ?? null, toComm: to?.comm ?? null, cr3: `0x${item.newValue.toString(16)}` })}\n`,
+          );
+        } else {
+          process.stdout.write(`${time.toISOString().padEnd(24)}  ${String(item.vcpu).padStart(4)}  ${tasks.describe(item.oldValue)} -> ${tasks.describe(item.newValue)}\n`);
+        }
+        switches++;
+      }
+      await item.continue(); // the write goes through with the guest's value
+      if (switches >= max) break;
+    }
+  } catch (err) {
+    if (!(stop.signal.aborted && err instanceof CancelledError)) throw err;
+  } finally {
+    if (!session.closed) {
+      for (const v of vcpus) {
+        await session.controlVcpuEvents(v, "cr", false).catch(() => undefined);
+        await session.controlCr(v, 3, false).catch(() => undefined);
+      }
+    }
+    // Release answers any CR event still pending with CONTINUE and the guest's value.
+    await session.release();
+    client.close();
+  }
+  process.stderr.write(`${switches} switches\n`);
+}
+
+main().catch(fail);

@@ -1,0 +1,62 @@
+// SPDX-License-Identifier: Apache-2.0
+/**
+ * The command line every example shares: `--target`, `--vm` (UUID, vms/UUID or display name),
+ * `--tls-ca/--tls-cert/--tls-key`, `--json`, plus each example's own options.
+ */
+import { readFileSync } from "node:fs";
+import { parseArgs } from "node:util";
+import type { ParseArgsConfig } from "node:util";
+import { connect } from "@kvmi/clients";
+import type { BridgeClient, Vm } from "@kvmi/clients";
+
+type Options = NonNullable<ParseArgsConfig["options"]>;
+
+/** What an example starts with. */
+export interface ExampleSetup<V> {
+  readonly client: BridgeClient;
+  readonly vm: Vm;
+  readonly json: boolean;
+  /** The example's own option values. */
+  readonly values: V;
+}
+
+const COMMON: Options = {
+  target: { type: "string", default: process.env["KVMI_BRIDGE_TARGET"] ?? "127.0.0.1:50051" },
+  vm: { type: "string" },
+  "tls-ca": { type: "string" },
+  "tls-cert": { type: "string" },
+  "tls-key": { type: "string" },
+  json: { type: "boolean", default: false },
+  help: { type: "boolean", default: false },
+};
+
+/** Parses the command line, connects and finds the VM; prints `usage` and exits 2 on a mistake. */
+export async function setup<V extends Record<string, unknown>>(usage: string, own: Options = {}): Promise<ExampleSetup<V>> {
+  let values: Record<string, unknown>;
+  try {
+    values = parseArgs({ options: { ...COMMON, ...own }, strict: true }).values;
+  } catch (err) {
+    process.stderr.write(`${(err as Error).message}\n${usage}\n`);
+    process.exit(2);
+  }
+  if (values["help"] || typeof values["vm"] !== "string") {
+    process.stderr.write(`${usage}\n`);
+    process.exit(values["help"] ? 0 : 2);
+  }
+  const pem = (key: string): Buffer | undefined => (typeof values[key] === "string" ? readFileSync(values[key] as string) : undefined);
+  const ca = pem("tls-ca");
+  const cert = pem("tls-cert");
+  const key = pem("tls-key");
+  const client = connect({
+    target: values["target"] as string,
+    ...((ca ?? cert ?? key) !== undefined && { tls: { ...(ca && { ca }), ...(cert && { cert }), ...(key && { key }) } }),
+  });
+  const vm = await client.resolveVm(values["vm"] as string);
+  return { client, vm, json: values["json"] === true, values: values as V };
+}
+
+/** Prints a failure as one line and sets exit code 1. */
+export function fail(err: unknown): void {
+  process.stderr.write(`error: ${err instanceof Error ? err.message : String(err)}\n`);
+  process.exitCode = 1;
+}

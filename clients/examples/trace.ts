@@ -1,0 +1,157 @@
+// SPDX-License-Identifier: Apache-2.0
+/**
+ * trace: counts system calls per process with a breakpoint on the kernel's syscall entry, the way
+ * DRAKVUF's syscall tracing works:
+ *
+ * 1. write INT3 (0xCC) over the first byte of `entry_SYSCALL_64`, keeping the original byte;
+ * 2. on each BREAKPOINT there: count it for the running process (its CR3 names the task), then
+ *    step over: restore the original byte, single-step the vCPU, reply RETRY;
+ * 3. on the SINGLESTEP that follows: put the INT3 back, stop single-stepping, reply CONTINUE;
+ * 4. on exit (Ctrl-C, --duration) or on the unhook notice: restore the original byte and release.
+ *
+ * While one vCPU steps over the entry the INT3 is lifted, so a syscall that another vCPU enters in
+ * that window is not counted; production tracers pause the other vCPUs or use EPT views for it.
+ *
+ *   npx tsx clients/examples/trace.ts --target 127.0.0.1:50051 --vm emu-0 --duration 5000
+ */
+import { CancelledError, UnavailableError } from "@kvmi/clients";
+import type { BreakpointEvent, Session, SessionItem } from "@kvmi/clients";
+import { fail, setup } from "./example-args.js";
+import { currentTask, listTasks, SYSCALL_ENTRY_GVA, TaskIndex } from "./guest-profile.js";
+
+const USAGE = "usage: trace.ts --vm <uuid|name> [--target host:port] [--duration ms] [--json]";
+const INT3 = Uint8Array.of(0xcc);
+/** How long the final drain waits for events still on their way. */
+const DRAIN_QUIET_MS = 150;
+
+interface Counter {
+  readonly pid: number;
+  readonly comm: string;
+  count: number;
+}
+
+async function main(): Promise<void> {
+  const { client, vm, json, values } = await setup<{ duration?: string }>(USAGE, { duration: { type: "string" } });
+  const stop = new AbortController();
+  for (const signal of ["SIGINT", "SIGTERM"] as const) process.once(signal, () => stop.abort());
+  if (values.duration !== undefined) setTimeout(() => stop.abort(), Number(values.duration)).unref();
+
+  const tasks = new TaskIndex(await listTasks(client.vm(vm.uuid)));
+  const session = await client.attach(vm.uuid, { role: "controller" });
+  const vcpus = Array.from({ length: session.vm.vcpuCount }, (_, i) => i);
+  const counts = new Map<number, Counter>();
+  const stepping = new Set<number>();
+  let armed = false;
+  let started = 0;
+
+  // The breakpoint goes into guest-physical memory: the kernel image is shared by every address space.
+  const entryGpa = await session.translate(0, SYSCALL_ENTRY_GVA);
+  if (entryGpa === undefined) throw new Error("entry_SYSCALL_64 is not mapped");
+  const original = await session.readPhysical(entryGpa, 1);
+
+  const count = async (item: BreakpointEvent): Promise<void> => {
+    const cr3 = item.arch.sregs.cr3;
+    // Identify the process by its page tables; fall back to the per-CPU `current_task`.
+    const task = tasks.byPageTable(cr3) ?? (await currentTask(session, item.vcpu, item.arch.sregs.gs?.base ?? 0n));
+    const entry = counts.get(task.pid) ?? { pid: task.pid, comm: task.comm, count: 0 };
+    entry.count++;
+    counts.set(task.pid, entry);
+  };
+
+  const handle = async (item: SessionItem): Promise<void> => {
+    if (item.kind !== "event") return;
+    if (item.type === "breakpoint" && item.gpa === entryGpa) {
+      await count(item);
+      if (!armed) return item.retry(); // the original byte is back already: just re-execute it
+      if (stepping.size === 0) await session.writePhysical(entryGpa, original);
+      stepping.add(item.vcpu);
+      await session.controlSingleStep(item.vcpu, true);
+      return item.retry();
+    }
+    if (item.type === "singleStep" && stepping.delete(item.vcpu)) {
+      await session.controlSingleStep(item.vcpu, false);
+      if (armed && stepping.size === 0) await session.writePhysical(entryGpa, INT3);
+      return item.continue();
+    }
+    // Anything else (a guest's own INT3, a pause) goes on unchanged: CONTINUE re-injects a foreign #BP.
+    return item.continue();
+  };
+
+  try {
+    await session.writePhysical(entryGpa, INT3);
+    armed = true;
+    for (const v of vcpus) {
+      // KVM_EAGAIN (UnavailableError): the guest has not started this vCPU yet.
+      await session.controlVcpuEvents(v, "breakpoint", true).catch((err: unknown) => {
+        if (!(err instanceof UnavailableError)) throw err;
+        process.stderr.write(`vCPU ${v} is not started yet; not traced\n`);
+      });
+    }
+    started = performance.now();
+    process.stderr.write(`armed: INT3 at entry_SYSCALL_64 (gva 0x${SYSCALL_ENTRY_GVA.toString(16)}, gpa 0x${entryGpa.toString(16)}), original byte 0x${original[0]!.toString(16)}\n`);
+    await loop(session, stop.signal, handle);
+  } finally {
+    await disarm(session, vcpus, stepping, entryGpa, original, () => (armed = false));
+    // Events the kernel sent before the breakpoint went away still need their reply.
+    await drain(session, handle);
+    const back = await session.readPhysical(entryGpa, 1);
+    process.stderr.write(`disarmed: entry byte is 0x${back[0]!.toString(16)} (${back[0] === original[0] ? "restored" : "NOT restored"})\n`);
+    await session.release();
+    client.close();
+  }
+  report(counts, (performance.now() - started) / 1000, json);
+}
+
+/** Handles items until `signal` fires or the unhook notice comes. */
+async function loop(session: Session, signal: AbortSignal, handle: (item: SessionItem) => Promise<void>): Promise<void> {
+  try {
+    for await (const item of session.events({ signal })) {
+      if (item.kind === "unhook") {
+        process.stderr.write(`unhook notice (${item.reason}): cleaning up before ${item.deadline?.toISOString()}\n`);
+        return;
+      }
+      await handle(item);
+      if (signal.aborted) return;
+    }
+  } catch (err) {
+    if (!(signal.aborted && err instanceof CancelledError)) throw err;
+  }
+}
+
+/** Stops the events and puts the original byte back. */
+async function disarm(session: Session, vcpus: number[], stepping: Set<number>, entryGpa: bigint, original: Uint8Array, disarmed: () => void): Promise<void> {
+  if (session.closed) return;
+  disarmed();
+  for (const v of vcpus) await session.controlVcpuEvents(v, "breakpoint", false).catch(() => undefined);
+  await session.writePhysical(entryGpa, original);
+  for (const v of stepping) await session.controlSingleStep(v, false);
+}
+
+/** Answers what is already buffered or still arriving, until the stream is quiet. */
+async function drain(session: Session, handle: (item: SessionItem) => Promise<void>): Promise<void> {
+  if (session.closed) return;
+  try {
+    for (;;) {
+      const next = await session.events({ signal: AbortSignal.timeout(DRAIN_QUIET_MS) }).next();
+      if (next.done) return;
+      await handle(next.value);
+    }
+  } catch (err) {
+    if (!(err instanceof CancelledError)) throw err;
+  }
+}
+
+function report(counts: Map<number, Counter>, seconds: number, json: boolean): void {
+  const rows = [...counts.values()].sort((a, b) => b.count - a.count || a.pid - b.pid);
+  const total = rows.reduce((n, r) => n + r.count, 0);
+  if (json) {
+    const syscalls = Object.fromEntries(rows.map((r) => [r.pid, r.count]));
+    process.stdout.write(`${JSON.stringify({ syscalls, total, seconds: Number(seconds.toFixed(3)) })}\n`);
+    return;
+  }
+  process.stdout.write(`${"PID".padStart(6)}  ${"COMM".padEnd(16)}  ${"SYSCALLS".padStart(8)}\n`);
+  for (const r of rows) process.stdout.write(`${String(r.pid).padStart(6)}  ${r.comm.padEnd(16)}  ${String(r.count).padStart(8)}\n`);
+  process.stdout.write(`total: ${total} syscalls in ${seconds.toFixed(2)} s\n`);
+}
+
+main().catch(fail);
