@@ -35,6 +35,8 @@ export interface KvmiEvent {
   readonly payload: Record<string, unknown> | undefined;
   /** `process.hrtime.bigint()` when the event was decoded, for latency metrics. */
   readonly receivedAt: bigint;
+  /** Wall-clock `Date.now()` at the same moment, for clients (`Event.receive_time`). */
+  readonly receivedAtMs: number;
 }
 
 /**
@@ -332,6 +334,7 @@ export class KvmiChannel {
       arch: decoded.arch,
       payload: decoded.payload,
       receivedAt: process.hrtime.bigint(),
+      receivedAtMs: Date.now(),
     };
     if (!this.sink(event) && !this.eventsPaused) {
       this.eventsPaused = true;

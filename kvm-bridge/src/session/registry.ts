@@ -14,7 +14,13 @@ import type { KvmiChannel } from "./channel.js";
 import type { AcceptedVm } from "./listener.js";
 
 /** Lifecycle of a VM in the registry. */
-export type VmState = "hooked" | "unhook-pending" | "unhooked";
+export type VmState =
+  | "hooked"
+  /** UNHOOK announced: the controller is removing its hooks before the deadline. */
+  | "unhook-pending"
+  /** The bridge is undoing what is left and closing the socket. */
+  | "releasing"
+  | "unhooked";
 
 /** A VM as the registry knows it (immutable snapshot; a new one is made on every change). */
 export interface VmRecord {

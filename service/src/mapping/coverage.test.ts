@@ -273,6 +273,7 @@ describe.each(EVENT_SPECS.filter((e) => e.scope === "vcpu").map((e) => e.name))(
       arch: trackBody(decoded.arch, { layout: layouts.kvmiEventArch }, "arch", reads),
       payload: decoded.payload && spec.payload ? trackBody(decoded.payload, { layout: spec.payload }, "payload", reads) : undefined,
       receivedAt: 0n,
+      receivedAtMs: 0,
     };
   }
 

@@ -25,7 +25,19 @@ export type CommandStatus =
   | "error";
 
 /** Why the bridge answered an event itself instead of the controller (the `reason` label). */
-export type AutoReplyReason = "deadline" | "controller_gone" | "shutdown";
+export type AutoReplyReason =
+  /** The controller did not answer in time. */
+  | "deadline"
+  /** No controller is attached. */
+  | "no_controller"
+  /** The controller left with events pending. */
+  | "controller_gone"
+  /** The controller's stream is too far behind to take more events. */
+  | "slow_consumer"
+  /** The VM is being unhooked (device manager or operator). */
+  | "unhook"
+  /** The bridge is shutting down. */
+  | "shutdown";
 
 /**
  * Buckets for one KVMI command round trip on a local socket: 20 µs (a cached reply) to 1 s

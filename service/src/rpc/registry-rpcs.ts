@@ -159,7 +159,10 @@ export function watchVmsHandler(deps: RpcDeps) {
       const ok = call.write(create(WatchVmsResponseSchema, { change: vmChangeToProto(kind, recordOf(deps, record), new Date()) }));
       if (!ok && ++behind > MAX_BUFFERED_WRITES) {
         stop();
-        call.destroy(Object.assign(new Error("watcher is not reading"), { code: 8 /* RESOURCE_EXHAUSTED */ }));
+        failStream(
+          call,
+          failure(deps, "watchVms", new BridgeError("TOO_MANY_IN_FLIGHT", `the watcher fell ${MAX_BUFFERED_WRITES} changes behind; watch again and read faster`)),
+        );
       }
     };
     call.on("drain", () => (behind = 0));

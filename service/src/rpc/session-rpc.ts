@@ -95,7 +95,7 @@ class SessionStream {
         case "eventReply":
           return this.eventReply(message.value);
         case "release":
-          void this.finish("the client released the session");
+          void this.finish("the client released the session", true, message.value.keepChanges);
           return;
         default:
           throw new BridgeError("SESSION_STATE", "empty SessionRequest: set attach, command, event_reply or release");
@@ -121,7 +121,13 @@ class SessionStream {
     const session = host.attach(
       role,
       {
-        event: (event, deadline) => this.write({ message: { case: "event", value: eventToProto(uuid, event, deadline) } }),
+        // A client too far behind gets no more events: the controller's are answered by the bridge
+        // ("slow_consumer"), an observer's copies are dropped. Memory stays bounded either way.
+        event: (event, deadline) => {
+          if (this.call.writableLength > MAX_BUFFERED_RESPONSES) return false;
+          this.write({ message: { case: "event", value: eventToProto(uuid, event, deadline, new Date(event.receivedAtMs)) } });
+          return true;
+        },
         unhook: (deadline, cause) =>
           void this.write({ message: { case: "unhook", value: unhookNotice(uuid, deadline, UNHOOK_REASONS[cause]) } }),
         end: (err) => this.fail(err),
@@ -213,14 +219,17 @@ class SessionStream {
     return this.session;
   }
 
-  /** Ends the session: aborts its commands, detaches (the host applies the policy), ends the stream. */
-  private async finish(reason: string, endStream = true): Promise<void> {
+  /**
+   * Ends the session: aborts its commands, detaches (the host applies the policy, or keeps the
+   * controller's changes when it released with `keep_changes`), ends the stream.
+   */
+  private async finish(reason: string, endStream = true, keepChanges = false): Promise<void> {
     if (this.ended) return;
     this.ended = true;
     this.stopWatching?.();
     for (const abort of this.inflight.values()) abort.abort(new Error(reason));
     this.inflight.clear();
-    if (this.session !== undefined) await this.host!.detach(this.session, reason);
+    if (this.session !== undefined) await this.host!.detach(this.session, reason, { keepChanges });
     if (endStream) this.call.end();
   }
 }

@@ -13,6 +13,7 @@ import type { CommandReply, CommandRequest, KvmiChannel, KvmiEvent, KvmiTranspor
 import { v9Ids } from "@kvmi/kvm-bridge/wire";
 import type { V9CommandName } from "@kvmi/kvm-bridge/wire";
 import { BridgeError } from "../mapping/bridge-error.js";
+import type { AutoReplyReason } from "../metrics/index.js";
 import { HookLedger } from "./hook-ledger.js";
 import type { UndoReport } from "./hook-ledger.js";
 
@@ -33,7 +34,7 @@ export const MUTATING_COMMANDS: ReadonlySet<V9CommandName> = new Set<V9CommandNa
 ]);
 
 /** Why the bridge answered an event itself (a metric label). */
-export type AutoReplyReason = "deadline" | "no_controller" | "controller_gone" | "slow_consumer" | "unhook" | "shutdown";
+export type { AutoReplyReason };
 
 /** Counters and timings the host reports (implemented with prom-client by the caller). */
 export interface VmHostMetrics {
@@ -102,7 +103,9 @@ export class VmHost {
   private controller: Attached | undefined;
   private readonly observers = new Map<string, Attached>();
   private readonly pending = new Map<number, PendingEvent>();
-  private unhook: { readonly started: bigint; readonly timer: NodeJS.Timeout; readonly done: Promise<void>; finish: () => void } | undefined;
+  private unhook:
+    | { readonly cause: UnhookCause; readonly started: bigint; readonly timer: NodeJS.Timeout; readonly done: Promise<void>; finish: () => void }
+    | undefined;
   /** Set once the unhook's grace is over and the bridge undoes hooks and closes the socket. */
   private releasing = false;
   private readonly log: Logger;
@@ -183,9 +186,10 @@ export class VmHost {
 
   /**
    * Detaches a session (Release, stream end, client gone). For the controller: during an unhook the
-   * bridge finishes it now; otherwise the policy applies (`release` undoes the ledger).
+   * bridge finishes it now; otherwise the policy applies (`release` undoes the ledger), unless the
+   * controller released asking to keep its changes.
    */
-  async detach(session: Session, reason: string): Promise<void> {
+  async detach(session: Session, reason: string, options: { readonly keepChanges?: boolean } = {}): Promise<void> {
     if (this.observers.delete(session.id)) return this.sessionsChanged();
     if (this.controller?.id !== session.id) return;
     this.controller = undefined;
@@ -196,7 +200,8 @@ export class VmHost {
       this.unhook.finish();
       return;
     }
-    if (this.options.controllerGonePolicy === "release" && this.channel.isOpen) await this.undoLedger();
+    const undo = this.options.controllerGonePolicy === "release" && options.keepChanges !== true;
+    if (undo && this.channel.isOpen) await this.undoLedger();
     else this.ledger.clear();
   }
 
@@ -256,9 +261,11 @@ export class VmHost {
     const deadlineMs = this.deadlineFor(event);
     const deadline = new Date(Date.now() + deadlineMs);
     for (const observer of this.observers.values()) observer.sink.event(event, undefined);
-    if (controller === undefined || this.unhook !== undefined) {
+    // During an announced unhook the controller is still in charge (it may be removing its own
+    // breakpoints); only once the bridge releases does it answer by itself.
+    if (controller === undefined || this.releasing) {
       this.pending.set(event.vcpu, { event, timer: undefined });
-      void this.autoReply(event.vcpu, this.unhook !== undefined ? "unhook" : "no_controller");
+      void this.autoReply(event.vcpu, this.releasing ? this.releaseReason() : "no_controller");
       return true;
     }
     const timer = setTimeout(() => void this.autoReply(event.vcpu, "deadline"), deadlineMs);
@@ -356,18 +363,24 @@ export class VmHost {
     const timer = setTimeout(finish, graceMs);
     const started = process.hrtime.bigint();
     const done = finished.then(() => this.completeUnhook(started));
-    this.unhook = { started, timer, done, finish };
+    this.unhook = { cause, started, timer, done, finish };
     this.registry.update(this.uuid, { state: "unhook-pending", unhookDeadline: deadline });
     this.log.info({ reason: UNHOOK_CAUSES[cause], deadline: deadline.toISOString() }, "unhook pending");
     for (const session of this.sessions) (session as Attached).sink.unhook(deadline, cause);
     if (this.controller === undefined) finish();
   }
 
+  /** The metric label of the bridge's own replies while it releases the VM. */
+  private releaseReason(): AutoReplyReason {
+    return this.unhook?.cause === "bridge-shutdown" ? "shutdown" : "unhook";
+  }
+
   private async completeUnhook(started: bigint): Promise<void> {
     this.releasing = true;
     clearTimeout(this.unhook?.timer);
+    if (this.channel.isOpen) this.registry.update(this.uuid, { state: "releasing" });
     if (this.channel.isOpen) await this.undoLedger();
-    for (const vcpu of [...this.pending.keys()]) await this.autoReply(vcpu, "unhook");
+    for (const vcpu of [...this.pending.keys()]) await this.autoReply(vcpu, this.releaseReason());
     this.channel.close("introspection released");
     this.options.metrics?.unhookToClose(seconds(started));
   }

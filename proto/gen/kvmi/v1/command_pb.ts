@@ -616,8 +616,8 @@ export const GetRegistersResponseSchema: GenMessage<GetRegistersResponse> = /*@_
  * Sets the general purpose registers (KVMI_VCPU_SET_REGISTERS, id 12). They
  * take effect when the pending event of this vCPU is answered, so this works
  * only while the vCPU waits for an event reply; otherwise it fails with
- * UNIMPLEMENTED (KVM_EOPNOTSUPP). EventReply.registers does the same in one
- * step.
+ * FAILED_PRECONDITION (reason KVMI_NO_EVENT_PENDING, KVM_EOPNOTSUPP).
+ * EventReply.registers does the same in one step.
  *
  * @generated from message kvmi.v1.SetRegistersRequest
  */

@@ -212,7 +212,7 @@ export const IntrospectionService: GenService<{
     output: typeof GetRegistersResponseSchema;
   },
   /**
-   * Sets the general purpose registers of a vCPU that waits for an event reply (KVMI_VCPU_SET_REGISTERS). Fails with UNIMPLEMENTED (KVM_EOPNOTSUPP) otherwise.
+   * Sets the general purpose registers of a vCPU that waits for an event reply (KVMI_VCPU_SET_REGISTERS). Fails with FAILED_PRECONDITION (reason KVMI_NO_EVENT_PENDING, KVM_EOPNOTSUPP) otherwise.
    *
    * @generated from rpc kvmi.v1.IntrospectionService.SetRegisters
    */
