@@ -86,6 +86,7 @@ export class KvmiChannel {
   private inFlight = 0;
   private readonly slotWaiters: Array<() => void> = [];
   private drained: Promise<void> | undefined;
+  private corked = false;
   private sink: EventSink = () => true;
   private eventsPaused = false;
   private closeError: KvmiTransportError | undefined;
@@ -249,6 +250,7 @@ export class KvmiChannel {
     // The socket may have closed while this write waited: a 'close' that already fired would never
     // resolve a new drain promise, and every later write would wait behind it forever.
     this.assertOpen(context);
+    this.corkUntilNextTick();
     // A destroyed socket never drains; its 'close' (due now) fails the pending replies.
     if (!this.socket.write(message) && !this.socket.destroyed) {
       this.drained = new Promise<void>((resolve) => {
@@ -262,6 +264,21 @@ export class KvmiChannel {
         this.socket.once("close", done);
       });
     }
+  }
+
+  /**
+   * Messages written in the same tick leave in one syscall: a batch read queues dozens of page
+   * reads at once. Each message still lies whole inside the write, which is all the kernel needs
+   * (it reads a header, then its body, kvmi-abi §3.1).
+   */
+  private corkUntilNextTick(): void {
+    if (this.corked) return;
+    this.corked = true;
+    this.socket.cork();
+    process.nextTick(() => {
+      this.corked = false;
+      this.socket.uncork();
+    });
   }
 
   private expire(seq: number, timeoutMs: number): void {

@@ -41,8 +41,11 @@ const MAX_RANGES = 1024;
 export const MAX_BATCH_BYTES = 3 * 1024 * 1024;
 const DEFAULT_CHUNK = 256 * 1024;
 const MAX_CHUNK = 2 * 1024 * 1024;
-/** Pages a dump keeps in flight on the KVMI socket. */
-const DUMP_WINDOW = 64;
+/**
+ * Page reads a dump or a batch keeps in flight on the KVMI socket: enough to keep the socket busy,
+ * few enough that a large batch does not queue thousands of commands at once.
+ */
+const PAGE_WINDOW = 64;
 const UNMAPPED = (1n << 64n) - 1n;
 
 /** One page-bounded piece of a range. */
@@ -66,10 +69,14 @@ function pieces(address: bigint, length: number): Piece[] {
   return out;
 }
 
-/** Reads one page piece; undefined for a page guest memory does not back (KVM_ENOENT). */
+/**
+ * Reads one page piece; undefined for a page guest memory does not back (KVM_ENOENT). The caller's
+ * AbortSignal is checked here rather than handed to every page command: a batch has thousands.
+ */
 async function readPhysical(host: VmHost, gpa: bigint, size: number, caller: CommandCaller): Promise<Uint8Array | undefined> {
+  caller.signal?.throwIfAborted();
   try {
-    return (await host.command("KVMI_VM_READ_PHYSICAL", { gpa, size }, undefined, caller)).data;
+    return (await host.command("KVMI_VM_READ_PHYSICAL", { gpa, size }, undefined, { timeoutMs: caller.timeoutMs })).data;
   } catch (err) {
     if (err instanceof KvmiRemoteError && err.errno === errno.KVM_ENOENT) return undefined;
     throw err;
@@ -91,7 +98,25 @@ function coalesce(holes: MemoryHole[]): MemoryHole[] {
   return out;
 }
 
-async function readRange(host: VmHost, range: MemoryRange, index: number, caller: CommandCaller): Promise<MemoryRangeResult> {
+/** Runs async work with at most `limit` tasks at once, in submission order. */
+function createLimiter(limit: number): <T>(task: () => Promise<T>) => Promise<T> {
+  let running = 0;
+  const queue: Array<() => void> = [];
+  return async (task) => {
+    if (running >= limit) await new Promise<void>((resolve) => queue.push(resolve));
+    running++;
+    try {
+      return await task();
+    } finally {
+      running--;
+      queue.shift()?.();
+    }
+  };
+}
+
+type Limiter = ReturnType<typeof createLimiter>;
+
+async function readRange(host: VmHost, range: MemoryRange, index: number, caller: CommandCaller, limit: Limiter): Promise<MemoryRangeResult> {
   const length = Number(range.length);
   const data = new Uint8Array(length);
   const holes: MemoryHole[] = [];
@@ -100,19 +125,21 @@ async function readRange(host: VmHost, range: MemoryRange, index: number, caller
   if (virtual && translation.case === "vcpu") checkVcpuIndex(host.uuid, translation.value, host.record.vcpuCount, `ranges[${index}].vcpu`);
   const translate = async (gva: bigint): Promise<bigint | undefined> => {
     if (translation.case === "vcpu") {
-      const { gpa } = await host.command("KVMI_VCPU_TRANSLATE_GVA", { gva }, translation.value, caller);
+      const { gpa } = await host.command("KVMI_VCPU_TRANSLATE_GVA", { gva }, translation.value, { timeoutMs: caller.timeoutMs });
       return gpa === UNMAPPED ? undefined : gpa;
     }
     return walkPageTables((gpa, size) => readPhysical(host, gpa, size, caller), translation.value as bigint, gva);
   };
   await Promise.all(
-    pieces(range.address, length).map(async (piece) => {
-      const gpa = virtual ? await translate(piece.address) : piece.address;
-      if (gpa === undefined) return void holes.push(hole(piece.address, piece.length, HoleReason.NOT_MAPPED));
-      const bytes = await readPhysical(host, gpa, piece.length, caller);
-      if (bytes === undefined) return void holes.push(hole(piece.address, piece.length, HoleReason.NOT_PRESENT));
-      data.set(bytes, piece.offset);
-    }),
+    pieces(range.address, length).map((piece) =>
+      limit(async () => {
+        const gpa = virtual ? await translate(piece.address) : piece.address;
+        if (gpa === undefined) return void holes.push(hole(piece.address, piece.length, HoleReason.NOT_MAPPED));
+        const bytes = await readPhysical(host, gpa, piece.length, caller);
+        if (bytes === undefined) return void holes.push(hole(piece.address, piece.length, HoleReason.NOT_PRESENT));
+        data.set(bytes, piece.offset);
+      }),
+    ),
   );
   return create(MemoryRangeResultSchema, { result: { case: "data", value: data }, holes: coalesce(holes) });
 }
@@ -153,9 +180,10 @@ function vmContext(name: string): { vm?: string } {
 export async function batchRead(deps: RpcDeps, request: BatchReadMemoryRequest, caller: CommandCaller): Promise<BatchReadMemoryResponse> {
   checkRanges(request);
   const host = deps.hosts.require(parseVmName(request.vm, "vm"));
+  const limit = createLimiter(PAGE_WINDOW);
   const results = await Promise.all(
     request.ranges.map((range, i) =>
-      readRange(host, range, i, caller).catch((err: unknown) => {
+      readRange(host, range, i, caller, limit).catch((err: unknown) => {
         // A transport failure fails the call; anything else fails only its range.
         if (!host.channel.isOpen) throw err;
         return create(MemoryRangeResultSchema, { result: { case: "error", value: statusToProto(err, { vm: host.uuid }) } });
@@ -177,7 +205,7 @@ export function batchReadHandler(deps: RpcDeps) {
 }
 
 /**
- * DumpMemory: reads pages with a window of {@link DUMP_WINDOW} in flight, emits contiguous readable
+ * DumpMemory: reads pages with a window of {@link PAGE_WINDOW} in flight, emits contiguous readable
  * runs as chunks, reports holes and progress, and waits for the client to drain before reading on,
  * so a slow client never makes the bridge buffer more than one window.
  */
@@ -227,10 +255,10 @@ async function dump(deps: RpcDeps, call: ServerWritableStream<DumpMemoryRequest,
     holes = [];
     if (!ok) await new Promise<void>((resolve) => call.once("drain", resolve));
   };
-  for (let window = request.startGpa; window < end; window += PAGE * BigInt(DUMP_WINDOW)) {
+  for (let window = request.startGpa; window < end; window += PAGE * BigInt(PAGE_WINDOW)) {
     signal.throwIfAborted();
     const pages: bigint[] = [];
-    for (let gpa = window; gpa < end && pages.length < DUMP_WINDOW; gpa += PAGE) pages.push(gpa);
+    for (let gpa = window; gpa < end && pages.length < PAGE_WINDOW; gpa += PAGE) pages.push(gpa);
     const reads = await Promise.all(pages.map((gpa) => readPhysical(host, gpa, Number(PAGE), caller)));
     for (let i = 0; i < pages.length; i++) {
       const gpa = pages[i]!;

@@ -74,6 +74,7 @@ export class KvmiVm implements KernelContext {
   private hooked: Hooked | undefined;
   /** vCPUs that still hold leftovers of a failed HOOK (EEXIST until each has run once). */
   private leftovers = new Set<number>();
+  private corked = false;
 
   constructor(
     readonly guest: GuestPort,
@@ -275,6 +276,17 @@ export class KvmiVm implements KernelContext {
   send(message: Uint8Array): boolean {
     const hooked = this.hooked;
     if (hooked === undefined || !hooked.alive || hooked.socket.destroyed) return false;
+    // Replies produced in one tick (a burst of page reads) leave in one syscall; each message is
+    // still whole inside the write, as the kernel's single kernel_sendmsg per message is.
+    if (!this.corked) {
+      this.corked = true;
+      const socket = hooked.socket;
+      socket.cork();
+      process.nextTick(() => {
+        this.corked = false;
+        socket.uncork();
+      });
+    }
     hooked.socket.write(message);
     return true;
   }
