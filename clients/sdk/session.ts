@@ -64,7 +64,8 @@ export interface ReleaseOptions {
   readonly timeoutMs?: number;
   /**
    * Leave this controller's guest modifications in place instead of letting the bridge undo them
-   * (ignored while an unhook is pending: the bridge then always undoes them). Default false.
+   * now. The bridge still undoes them before it closes the VM's KVMI socket (unhook, ReleaseVm,
+   * shutdown) and when a later controller leaves under the `release` policy. Default false.
    */
   readonly keepChanges?: boolean;
 }

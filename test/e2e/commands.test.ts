@@ -231,11 +231,12 @@ describe("GetVmInfo", () => {
 });
 
 describe("ControlVmEvents", () => {
-  it("toggles the UNHOOK event for the controller", async () => {
+  it("enables UNHOOK for the controller, and keeps it enabled when the controller disables it", async () => {
     const vmEvents = h.vms[MAIN]!.kernel.vmEvents();
-    await h.client.unary("controlVmEvents", { vm: vm(), event: EventType.UNHOOK, enable: false }, asController());
-    expect(vmEvents.has(v9Ids.KVMI_EVENT_UNHOOK)).toBe(false);
     await h.client.unary("controlVmEvents", { vm: vm(), event: EventType.UNHOOK, enable: true }, asController());
+    expect(vmEvents.has(v9Ids.KVMI_EVENT_UNHOOK)).toBe(true);
+    // The bridge needs UNHOOK to announce unhooks: disabling it succeeds and changes nothing.
+    await h.client.unary("controlVmEvents", { vm: vm(), event: EventType.UNHOOK, enable: false }, asController());
     expect(vmEvents.has(v9Ids.KVMI_EVENT_UNHOOK)).toBe(true);
   });
 

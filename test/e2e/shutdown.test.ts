@@ -10,7 +10,7 @@
 import { afterEach, describe, expect, it } from "vitest";
 import { Metadata } from "@grpc/grpc-js";
 import { service as healthService } from "grpc-health-check";
-import { EventType, UnhookReason, VmChangeType } from "@kvmi/proto";
+import { EventType, UnhookReason, State, VmChangeType } from "@kvmi/proto";
 import { GrpcStatus, MetricsScrape, RETRY, Role, settle, startHarness, streamFailure, WAIT_MS } from "../support/bridge-harness.js";
 import type { Harness, SessionClient } from "../support/bridge-harness.js";
 
@@ -96,12 +96,13 @@ describe("bridge.stop()", () => {
     expect(Date.now() - started).toBeLessThan(5000); // not the 10 s gRPC grace period
     // Watchers saw the VM go and then the stream ended, retryable.
     expect((await watch.queue.take(() => true, "UNHOOK_PENDING")).change?.type).toBe(VmChangeType.UNHOOK_PENDING);
+    expect((await watch.queue.take(() => true, "RELEASING")).change?.vm?.state).toBe(State.RELEASING);
     expect((await watch.queue.take(() => true, "UNHOOKED")).change?.type).toBe(VmChangeType.UNHOOKED);
     const watchEnd = streamFailure(await watch.queue.closed());
     expect(watchEnd.code).toBe(GrpcStatus.UNAVAILABLE);
     expect(watchEnd.message).toMatch(/shutting down/);
     const scrape = new MetricsScrape(await harness.bridge.metrics.registry.metrics());
-    expect(scrape.value("kvmi_bridge_event_auto_replies_total", { event: "breakpoint", reason: "unhook" })).toBe(1);
+    expect(scrape.value("kvmi_bridge_event_auto_replies_total", { event: "breakpoint", reason: "shutdown" })).toBe(1);
     expect(scrape.value("kvmi_bridge_commands_total", { command: "KVMI_VM_WRITE_PHYSICAL" })).toBe(1); // the controller's; the undo writes directly
     expect(harness.bridge.hosts.all()).toEqual([]);
   });

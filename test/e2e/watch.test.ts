@@ -70,6 +70,8 @@ describe("WatchVms", () => {
     expect(sessionChange).toMatchObject({ type: VmChangeType.UNHOOK_PENDING, vm: { uuid: h.vms[A]!.uuid } });
     controller.release();
     expect((await controller.closed()).code).toBe(GrpcStatus.OK);
+    // The controller released: the bridge undoes what is left (RELEASING), then closes the socket.
+    expect(await nextChange(all.queue, A)).toMatchObject({ type: VmChangeType.STATE_CHANGED, vm: { state: State.RELEASING } });
     const unhooked = await nextChange(all.queue, A);
     expect(unhooked).toMatchObject({ type: VmChangeType.UNHOOKED, vm: { state: State.DISCONNECTED, generation: 1n } });
     expect(await settle(pausing, "the pause")).toMatchObject({ action: "pause", preunhook: "ok", closedBy: "tool" });
@@ -88,6 +90,7 @@ describe("WatchVms", () => {
     // No grace_period in the request: 10 s (vm.proto), whatever the bridge's own unhook deadline.
     expect(ms(operator.unhookDeadline) - ms(operator.changeTime)).toBeGreaterThan(9_900);
     expect(ms(operator.unhookDeadline) - ms(operator.changeTime)).toBeLessThanOrEqual(10_100);
+    expect(await nextChange(all.queue, A)).toMatchObject({ type: VmChangeType.STATE_CHANGED, vm: { state: State.RELEASING } });
     expect((await nextChange(all.queue, A)).type).toBe(VmChangeType.UNHOOKED);
     expect(await nextChange(all.queue, A)).toMatchObject({ type: VmChangeType.REHOOKED, vm: { state: State.HOOKED, generation: 3n } });
 

@@ -202,6 +202,8 @@ export class KvmiChannel {
     if (this.closeError !== undefined) return;
     const err = new KvmiTransportError(reason, { ...(this.vm && { vm: this.vm }) }, { cause });
     this.closeError = err;
+    // Flush what this tick corked (e.g. the last event reply of an unhook) before tearing down.
+    if (this.corked) this.socket.uncork();
     this.socket.destroy();
     for (const [seq, entry] of this.pending) {
       clearTimeout(entry.timer);

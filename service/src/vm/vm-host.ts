@@ -195,14 +195,16 @@ export class VmHost {
     this.controller = undefined;
     this.sessionsChanged();
     this.log.info({ session: session.id, reason }, "controller detached");
-    for (const vcpu of [...this.pending.keys()]) await this.autoReply(vcpu, "controller_gone");
     if (this.unhook !== undefined) {
       this.unhook.finish();
       return;
     }
+    // Undo first, answer after: a breakpoint event whose INT3 is gone is answered RETRY, never
+    // CONTINUE (which would inject #BP into the guest). Kept changes stay in the ledger, because
+    // unhook and shutdown always undo it before the socket closes.
     const undo = this.options.controllerGonePolicy === "release" && options.keepChanges !== true;
     if (undo && this.channel.isOpen) await this.undoLedger();
-    else this.ledger.clear();
+    for (const vcpu of [...this.pending.keys()]) await this.autoReply(vcpu, "controller_gone");
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -226,6 +228,12 @@ export class VmHost {
         "only the controller session may change guest state: attach with role CONTROLLER and send the command on its session (or pass its session id in the kvmi-session-id metadata)",
         { command: name, vm: this.uuid, ...(vcpu !== undefined && { vcpu }) },
       );
+    }
+    if (name === "KVMI_VM_CONTROL_EVENTS" && isUnhookDisable(request)) {
+      // The bridge keeps UNHOOK enabled so that PREUNHOOK always reaches it and, through it, the
+      // controller; a tool that disables every event on cleanup gets a success that changes nothing.
+      this.log.debug({ command: name }, "kept the UNHOOK event enabled");
+      return {} as CommandReply<N>;
     }
     const started = process.hrtime.bigint();
     const send = (): Promise<CommandReply<N>> =>
@@ -395,7 +403,6 @@ export class VmHost {
   private onClosed(err: KvmiTransportError): void {
     for (const pending of this.pending.values()) clearTimeout(pending.timer);
     this.pending.clear();
-    this.ledger.clear();
     if (this.unhook !== undefined) clearTimeout(this.unhook.timer);
     this.unhook?.finish();
     const sessions = this.sessions as Attached[];
@@ -403,6 +410,11 @@ export class VmHost {
     this.observers.clear();
     for (const session of sessions) session.sink.end(err);
   }
+}
+
+function isUnhookDisable(request: unknown): boolean {
+  const body = request as { event_id?: number; enable?: number };
+  return body.event_id === v9Ids.KVMI_EVENT_UNHOOK && body.enable === 0;
 }
 
 function seconds(started: bigint): number {

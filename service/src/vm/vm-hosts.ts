@@ -4,15 +4,23 @@
  * registry, keeps one {@link VmHost} per hooked VM (replacing it on re-hook), and resolves a VM
  * UUID for the RPC layer with the right error when it is unknown or not hooked.
  */
-import type { AcceptedVm, Logger, VmRegistry } from "@kvmi/kvm-bridge";
+import type { AcceptedVm, KvmiChannel, Logger, VmRegistry } from "@kvmi/kvm-bridge";
+import type { HookLedger } from "./hook-ledger.js";
 import { BridgeError, vmNotFound } from "../mapping/bridge-error.js";
 import { VmHost } from "./vm-host.js";
 import type { VmHostOptions } from "./vm-host.js";
+
+/** Orphaned ledgers kept at most (one per VM whose connection dropped mid-introspection). */
+const MAX_ORPHANS = 1024;
 
 /** The hosts of all hooked VMs. */
 export class VmHosts {
   private readonly hosts = new Map<string, VmHost>();
   private closing = false;
+  /** Channels between handshake and hook-time commands; shutdown closes them too. */
+  private readonly admitting = new Set<KvmiChannel>();
+  /** Ledgers of connections that dropped with changes in place, by VM UUID. */
+  private readonly orphans = new Map<string, { readonly startTime: bigint; readonly ledger: HookLedger }>();
 
   constructor(
     readonly registry: VmRegistry,
@@ -20,25 +28,50 @@ export class VmHosts {
     private readonly log: Logger,
   ) {}
 
-  /** Admits a VM after its handshake; a failure closes only that connection. */
+  /**
+   * Admits a VM after its handshake; a failure closes only that connection. If the previous
+   * connection of the same boot (same UUID and start time) dropped while a controller's memory
+   * writes were in place, they are put back before anyone can attach: v9 never restores guest
+   * memory, and a breakpoint left behind would crash the guest.
+   */
   async adopt(accepted: AcceptedVm): Promise<VmHost | undefined> {
     if (this.closing) {
       accepted.channel.close("the bridge is shutting down");
       return undefined;
     }
+    this.admitting.add(accepted.channel);
     try {
       const { record, channel } = await this.registry.admit(accepted);
+      const orphan = this.orphans.get(record.uuid);
+      this.orphans.delete(record.uuid);
+      if (orphan !== undefined && orphan.startTime === record.startTime) {
+        const report = await orphan.ledger.undo(channel, this.options.undoTimeoutMs ?? 2000);
+        this.log.info({ vm: record.uuid, ...report }, "restored what a controller left in guest memory before the connection dropped");
+      }
+      if (this.closing) {
+        channel.close("the bridge is shutting down");
+        return undefined;
+      }
       const host = new VmHost(this.registry, channel, record, this.options);
       this.hosts.set(record.uuid, host);
       channel.onClose(() => {
         if (this.hosts.get(record.uuid) === host) this.hosts.delete(record.uuid);
+        if (!host.hookLedger.isEmpty) this.rememberOrphan(record.uuid, record.startTime, host);
       });
       return host;
     } catch (err) {
       this.log.warn({ vm: accepted.identity.uuid, err: (err as Error).message }, "could not hook the VM");
       accepted.channel.close("hook-time commands failed", err);
       return undefined;
+    } finally {
+      this.admitting.delete(accepted.channel);
     }
+  }
+
+  private rememberOrphan(uuid: string, startTime: bigint, host: VmHost): void {
+    this.orphans.set(uuid, { startTime, ledger: host.hookLedger });
+    // Bounded: the oldest orphan is forgotten first (its VM never came back).
+    if (this.orphans.size > MAX_ORPHANS) this.orphans.delete(this.orphans.keys().next().value!);
   }
 
   /** The host of a hooked VM, if any. */
@@ -65,6 +98,7 @@ export class VmHosts {
   /** Shutdown: stops admitting and releases every VM (controllers get the unhook deadline). */
   async releaseAll(): Promise<void> {
     this.closing = true;
+    for (const channel of this.admitting) channel.close("the bridge is shutting down");
     await Promise.all(this.all().map((host) => host.release("bridge-shutdown")));
   }
 }

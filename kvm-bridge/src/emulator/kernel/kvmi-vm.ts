@@ -270,6 +270,7 @@ export class KvmiVm implements KernelContext {
     if (!hooked.alive) return;
     hooked.alive = false;
     this.log.info({ reason }, "closing the KVMI socket");
+    if (this.corked) hooked.socket.uncork();
     hooked.socket.destroy();
   }
 

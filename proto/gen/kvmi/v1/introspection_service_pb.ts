@@ -143,6 +143,8 @@ export const IntrospectionService: GenService<{
   },
   /**
    * Enables or disables a VM event; only UNHOOK qualifies (KVMI_VM_CONTROL_EVENTS).
+   * The bridge keeps UNHOOK enabled so that it can announce unhooks: disabling it
+   * succeeds and changes nothing.
    *
    * @generated from rpc kvmi.v1.IntrospectionService.ControlVmEvents
    */

@@ -218,11 +218,12 @@ export const AttachSchema: GenMessage<Attach> = /*@__PURE__*/
  */
 export type Release = Message<"kvmi.v1.Release"> & {
   /**
-   * Leaves the guest modifications this controller made in place (the bridge
-   * forgets them) instead of undoing them, as if the bridge ran with the
-   * `keep` controller-gone policy for this one release. Ignored while an
-   * unhook is pending: before the KVMI socket closes the bridge always undoes
-   * what is left. Default false.
+   * Leaves the guest modifications this controller made in place instead of
+   * undoing them now, as if the bridge ran with the `keep` controller-gone
+   * policy for this one release. The bridge still tracks them: it undoes them
+   * before it closes the VM's KVMI socket (unhook, ReleaseVm, shutdown) and
+   * when a later controller leaves under the `release` policy. Ignored while
+   * an unhook is pending. Default false.
    *
    * @generated from field: bool keep_changes = 1;
    */
