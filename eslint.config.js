@@ -9,7 +9,7 @@ const crossPackageDeep = ["**/kvm-bridge/src/**", "**/service/src/**", "**/clien
 const forbid = (patterns, message) => ({ group: patterns, message });
 
 export default tseslint.config(
-  { ignores: ["**/node_modules/**", "proto/gen/**", "coverage/**", "**/*.mjs", "tmp/**"] },
+  { ignores: ["**/node_modules/**", "proto/gen/**", "coverage/**", "**/*.mjs", "tmp/**", "service/src/kubevirt/gen/**"] },
   ...tseslint.configs.recommended,
   {
     rules: {

@@ -5,4 +5,5 @@ import { register } from "tsx/esm/api";
 
 register();
 const { main } = await import("../src/emulator/cli.ts");
-process.exitCode = await main(process.argv.slice(2));
+// Exit explicitly: a VM still waiting to reconnect must not keep the process alive after stop.
+process.exit(await main(process.argv.slice(2)));

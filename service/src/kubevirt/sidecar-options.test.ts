@@ -1,0 +1,152 @@
+// SPDX-License-Identifier: Apache-2.0
+// The sidecar's options, its two views of the hook volume, the container name from the VMI, and
+// the QEMU introspection arguments (kvmi-abi.md §2.1).
+import { readFileSync } from "node:fs";
+import { describe, expect, it } from "vitest";
+import { INTROSPECTION_OWNED_ARGS, introspectionQemuArgs, resolveKvmiIds } from "./introspection-args.js";
+import { HOOKS_DIR, computePaths, containerNameFromVmi, parseSidecarArgs, sidecarPaths } from "./sidecar-options.js";
+
+const vmi = JSON.parse(readFileSync(new URL("./testdata/vmi.json", import.meta.url), "utf8")) as Record<string, unknown>;
+const withSidecars = (list: unknown): unknown => ({ metadata: { annotations: { "hooks.kubevirt.io/hookSidecars": JSON.stringify(list) } } });
+
+describe("parseSidecarArgs", () => {
+  it("has KubeVirt's defaults and passes everything after -- to the bridge", () => {
+    const parsed = parseSidecarArgs(["--", "--grpc-listen", "0.0.0.0:50051", "--allow-insecure"]);
+    expect(parsed).toEqual({
+      action: "run",
+      options: {
+        hooksDir: HOOKS_DIR,
+        computeHooksDir: HOOKS_DIR,
+        hookSocket: "kvmi-bridge.sock",
+        socketSubdir: "kvmi",
+        containerName: undefined,
+        hookName: "kvmi-bridge",
+        hookPriority: 0,
+        commands: undefined,
+        events: undefined,
+        reconnectSeconds: 1,
+        handshakeTimeoutSeconds: 10,
+        unhookTimeoutSeconds: 60,
+        asyncUnhook: true,
+        bridgeArgs: ["--grpc-listen", "0.0.0.0:50051", "--allow-insecure"],
+      },
+    });
+  });
+
+  it("takes names and ids for the allow lists, repeated or comma-separated", () => {
+    const parsed = parseSidecarArgs([
+      "--container-name", "hook-sidecar-2",
+      "--allow-command", "KVMI_VM_READ_PHYSICAL,vcpu_get_registers",
+      "--allow-command", "4",
+      "--allow-event", "pf,KVMI_EVENT_BREAKPOINT",
+      "--async-unhook", "off",
+      "--unhook-timeout-seconds", "30",
+    ]);
+    expect(parsed.action).toBe("run");
+    if (parsed.action !== "run") return;
+    expect(parsed.options.containerName).toBe("hook-sidecar-2");
+    expect(parsed.options.commands).toEqual([6, 11, 4]);
+    expect(parsed.options.events).toEqual([0, 9, 3]); // UNHOOK first, always
+    expect(parsed.options.asyncUnhook).toBe(false);
+    expect(parsed.options.unhookTimeoutSeconds).toBe(30);
+  });
+
+  it("reports every problem at once", () => {
+    const parsed = parseSidecarArgs([
+      "--container-name", "Hook_Sidecar",
+      "--hooks-dir", "relative/dir",
+      "--hook-socket", "../escape.sock",
+      "--reconnect-seconds", "0",
+      "--async-unhook", "maybe",
+      "--allow-command", "KVMI_NOPE,99",
+      "--allow-event", "bogus",
+    ]);
+    expect(parsed.action).toBe("fail");
+    if (parsed.action !== "fail") return;
+    expect(parsed.errors).toHaveLength(7);
+    expect(parsed.errors.join("\n")).toMatch(/container-name "Hook_Sidecar"/);
+    expect(parsed.errors.join("\n")).toMatch(/unknown KVMI commands "KVMI_NOPE", "99"/);
+    expect(parsed.errors.join("\n")).toMatch(/unknown KVMI event "bogus"/);
+  });
+
+  it("points bridge flags given before -- to the separator, and answers --help", () => {
+    const parsed = parseSidecarArgs(["--grpc-listen", "0.0.0.0:50051"]);
+    expect(parsed).toMatchObject({ action: "fail", errors: [expect.stringMatching(/--grpc-listen.*after "--"/)] });
+    expect(parseSidecarArgs(["--help"])).toMatchObject({ action: "help", help: expect.stringContaining("Usage: kvmi-kubevirt-sidecar") });
+  });
+});
+
+describe("paths", () => {
+  it("puts the KVMI socket and cookie one directory below the hook socket, seen from both containers", () => {
+    const parsed = parseSidecarArgs([]);
+    if (parsed.action !== "run") throw new Error("unexpected");
+    expect(sidecarPaths(parsed.options)).toEqual({
+      hookSocket: "/var/run/kubevirt-hooks/kvmi-bridge.sock",
+      kvmiDir: "/var/run/kubevirt-hooks/kvmi",
+      kvmiSocket: "/var/run/kubevirt-hooks/kvmi/kvmi.sock",
+      cookie: "/var/run/kubevirt-hooks/kvmi/cookie",
+    });
+    expect(computePaths(parsed.options, "hook-sidecar-1")).toEqual({
+      kvmiSocket: "/var/run/kubevirt-hooks/hook-sidecar-1/kvmi/kvmi.sock",
+      cookie: "/var/run/kubevirt-hooks/hook-sidecar-1/kvmi/cookie",
+    });
+  });
+});
+
+describe("containerNameFromVmi", () => {
+  it("finds our entry in the hookSidecars annotation (index 1 → hook-sidecar-1)", () => {
+    expect(containerNameFromVmi(vmi)).toEqual({ ok: true, name: "hook-sidecar-1" });
+    expect(containerNameFromVmi(withSidecars([{ image: "x", args: ["/opt/kvmi-bridge/service/bin/kvmi-kubevirt-sidecar.mjs"] }]))).toEqual({
+      ok: true,
+      name: "hook-sidecar-0",
+    });
+  });
+
+  it("explains what is missing or ambiguous", () => {
+    expect(containerNameFromVmi(undefined)).toMatchObject({ ok: false, error: expect.stringMatching(/no hooks.kubevirt.io\/hookSidecars annotation/) });
+    expect(containerNameFromVmi({ metadata: { annotations: { "hooks.kubevirt.io/hookSidecars": "{" } } })).toMatchObject({ ok: false, error: expect.stringMatching(/not JSON/) });
+    expect(containerNameFromVmi(withSidecars({}))).toMatchObject({ ok: false, error: expect.stringMatching(/not a JSON list/) });
+    expect(containerNameFromVmi(withSidecars([{ image: "x" }]))).toMatchObject({ ok: false, error: expect.stringMatching(/^no entry .*--container-name/) });
+    const twice = { image: "x", command: ["kvmi-kubevirt-sidecar"] };
+    expect(containerNameFromVmi(withSidecars([twice, twice]))).toMatchObject({ ok: false, error: expect.stringMatching(/^more than one entry/) });
+  });
+});
+
+describe("introspection arguments", () => {
+  it("names the chardev with reconnect, the secret and the introspection object with its options", () => {
+    const pairs = introspectionQemuArgs({
+      socketPath: "/h/hook-sidecar-0/kvmi/kvmi.sock",
+      secretFile: "/h/hook-sidecar-0/kvmi/cookie",
+      reconnectSeconds: 2,
+      commands: [6, 11],
+      events: [0, 9],
+      handshakeTimeoutSeconds: 10,
+      unhookTimeoutSeconds: 30,
+      asyncUnhook: false,
+    });
+    expect(pairs).toEqual([
+      { option: "-chardev", value: "socket,id=kvmi-bridge-chardev,path=/h/hook-sidecar-0/kvmi/kvmi.sock,reconnect=2" },
+      { option: "-object", value: "secret,id=kvmi-bridge-secret,file=/h/hook-sidecar-0/kvmi/cookie" },
+      {
+        option: "-object",
+        value:
+          "introspection,id=kvmi-bridge,chardev=kvmi-bridge-chardev,key=kvmi-bridge-secret,command=6,command=11,event=0,event=9,handshake_timeout=10,unhook_timeout=30,async_unhook=off",
+      },
+    ]);
+    expect(INTROSPECTION_OWNED_ARGS.map((o) => o.id)).toEqual(["kvmi-bridge-chardev", "kvmi-bridge-secret", "kvmi-bridge"]);
+  });
+
+  it("leaves the allow lists and the key out when not given (QEMU then allows everything)", () => {
+    expect(introspectionQemuArgs({ socketPath: "/s", reconnectSeconds: 1 })).toEqual([
+      { option: "-chardev", value: "socket,id=kvmi-bridge-chardev,path=/s,reconnect=1" },
+      { option: "-object", value: "introspection,id=kvmi-bridge,chardev=kvmi-bridge-chardev" },
+    ]);
+  });
+
+  it("resolves names and ids against the v9 tables", () => {
+    expect(resolveKvmiIds("command", ["KVMI_GET_VERSION", "vm_read_physical", "25", "6"])).toEqual({ ok: true, ids: [1, 6, 25] });
+    expect(resolveKvmiIds("event", [])).toEqual({ ok: true, ids: [0] });
+    expect(resolveKvmiIds("event", ["KVMI_EVENT_SINGLESTEP", "hypercall", "unhook"])).toEqual({ ok: true, ids: [0, 10, 2] });
+    expect(resolveKvmiIds("command", ["0", "26"])).toMatchObject({ ok: false, error: expect.stringMatching(/unknown KVMI commands "0", "26"/) });
+  });
+});

@@ -1,0 +1,237 @@
+// SPDX-License-Identifier: Apache-2.0
+/**
+ * Options of `kvmi-kubevirt-sidecar`, and where its files live.
+ *
+ * KubeVirt mounts the pod's hook-socket volume (an emptyDir) at `/var/run/kubevirt-hooks` in every
+ * container: whole in the compute container (virt-launcher, libvirt, QEMU), and with
+ * `subPath: <container name>` in each hook sidecar `hook-sidecar-<i>` (i = its index in the
+ * `hooks.kubevirt.io/hookSidecars` annotation). virt-launcher treats every non-directory entry of
+ * `/var/run/kubevirt-hooks/<dir>/` as a hook server socket and skips directories, so the bridge's
+ * KVMI socket and the cookie file go one directory deeper. The same file therefore has two names:
+ *
+ * | what | in the sidecar | in the compute container (QEMU) |
+ * |---|---|---|
+ * | hook socket | `/var/run/kubevirt-hooks/kvmi-bridge.sock` | `/var/run/kubevirt-hooks/hook-sidecar-<i>/kvmi-bridge.sock` |
+ * | KVMI socket | `/var/run/kubevirt-hooks/kvmi/kvmi.sock` | `/var/run/kubevirt-hooks/hook-sidecar-<i>/kvmi/kvmi.sock` |
+ * | cookie | `/var/run/kubevirt-hooks/kvmi/cookie` | `/var/run/kubevirt-hooks/hook-sidecar-<i>/kvmi/cookie` |
+ *
+ * @see https://github.com/kubevirt/kubevirt/blob/main/pkg/hooks/manager.go (collectSideCarSockets)
+ * @see https://github.com/kubevirt/kubevirt/blob/main/pkg/virt-controller/services/template.go (sidecarVolumeMount)
+ */
+import { join, posix } from "node:path";
+import { parseArgs } from "node:util";
+import { resolveKvmiIds } from "./introspection-args.js";
+
+/** KubeVirt's hook socket directory (`hooks.HookSocketsSharedDirectory`). */
+export const HOOKS_DIR = "/var/run/kubevirt-hooks";
+/** The VMI annotation listing hook sidecars. */
+export const HOOK_SIDECARS_ANNOTATION = "hooks.kubevirt.io/hookSidecars";
+/** The name this sidecar's entry point carries, to find its entry in the annotation. */
+export const SIDECAR_BIN_NAME = "kvmi-kubevirt-sidecar";
+
+/** The validated options. */
+export interface SidecarOptions {
+  /** The hook-socket volume as this container sees it. */
+  readonly hooksDir: string;
+  /** The same volume as the compute container sees it (its parent of `hook-sidecar-<i>`). */
+  readonly computeHooksDir: string;
+  /** File name of the hook server socket in {@link hooksDir}. */
+  readonly hookSocket: string;
+  /** Directory under {@link hooksDir} for the KVMI socket and the cookie. */
+  readonly socketSubdir: string;
+  /** This container's name; when absent, derived from the VMI annotation at OnDefineDomain. */
+  readonly containerName: string | undefined;
+  /** Name announced in Info. */
+  readonly hookName: string;
+  /** Priority of the OnDefineDomain hook point (KubeVirt runs higher priorities first). */
+  readonly hookPriority: number;
+  /** Allowed KVMI command ids; undefined = all. */
+  readonly commands: readonly number[] | undefined;
+  /** Allowed KVMI event ids (always with UNHOOK); undefined = all. */
+  readonly events: readonly number[] | undefined;
+  readonly reconnectSeconds: number;
+  readonly handshakeTimeoutSeconds: number;
+  readonly unhookTimeoutSeconds: number;
+  readonly asyncUnhook: boolean;
+  /** Arguments after `--`, for the bridge (every `kvmi-bridge` flag; `KVMI_BRIDGE_*` works too). */
+  readonly bridgeArgs: readonly string[];
+}
+
+/** Paths derived from the options. */
+export interface SidecarPaths {
+  readonly hookSocket: string;
+  readonly kvmiDir: string;
+  readonly kvmiSocket: string;
+  readonly cookie: string;
+}
+
+/** Result of {@link parseSidecarArgs}. */
+export type ParsedSidecarArgs =
+  | { readonly action: "run"; readonly options: SidecarOptions }
+  | { readonly action: "help"; readonly help: string }
+  | { readonly action: "fail"; readonly errors: readonly string[] };
+
+export const SIDECAR_HELP = `Usage: ${SIDECAR_BIN_NAME} [options] [-- kvmi-bridge options]
+
+KubeVirt hook sidecar: serves KubeVirt's hook protocol (Info, v1alpha3 Callbacks) on a UNIX socket
+in ${HOOKS_DIR}, adds the QEMU introspection arguments to the domain XML in OnDefineDomain, and
+runs kvmi-bridge in the same container for the VM's KVMI connection. Everything after "--" goes
+to kvmi-bridge (see kvmi-bridge --help; KVMI_BRIDGE_* variables work as well).
+
+Options:
+  --container-name NAME          this sidecar's container name, hook-sidecar-<i> (i = its index in the
+                                 ${HOOK_SIDECARS_ANNOTATION} annotation); default: found in that
+                                 annotation by the "${SIDECAR_BIN_NAME}" in its command or args
+  --hooks-dir DIR                the hook-socket volume here (default ${HOOKS_DIR})
+  --compute-hooks-dir DIR        the same volume in the compute container (default ${HOOKS_DIR})
+  --hook-socket NAME             hook server socket file name (default kvmi-bridge.sock)
+  --socket-subdir NAME           directory for the KVMI socket and cookie (default kvmi)
+  --hook-name NAME               name announced to virt-launcher (default kvmi-bridge)
+  --hook-priority N              OnDefineDomain priority, higher runs first (default 0)
+  --allow-command LIST           KVMI commands QEMU allows (names or ids, repeatable; default all)
+  --allow-event LIST             KVMI events QEMU allows (names or ids, repeatable; default all;
+                                 KVMI_EVENT_UNHOOK is always added)
+  --reconnect-seconds N          QEMU chardev reconnect=N (default 1)
+  --handshake-timeout-seconds N  introspection handshake_timeout (default 10)
+  --unhook-timeout-seconds N     introspection unhook_timeout (default 60)
+  --async-unhook on|off          introspection async_unhook (default on)
+  -h, --help                     print this help
+`;
+
+const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
+
+/** Parses the sidecar's command line; every problem is reported at once. */
+export function parseSidecarArgs(argv: readonly string[]): ParsedSidecarArgs {
+  const split = argv.indexOf("--");
+  const own = split < 0 ? [...argv] : argv.slice(0, split);
+  const bridgeArgs = split < 0 ? [] : argv.slice(split + 1);
+  let values;
+  try {
+    values = parseArgs({
+      args: own,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        "container-name": { type: "string" },
+        "hooks-dir": { type: "string" },
+        "compute-hooks-dir": { type: "string" },
+        "hook-socket": { type: "string" },
+        "socket-subdir": { type: "string" },
+        "hook-name": { type: "string" },
+        "hook-priority": { type: "string" },
+        "allow-command": { type: "string", multiple: true },
+        "allow-event": { type: "string", multiple: true },
+        "reconnect-seconds": { type: "string" },
+        "handshake-timeout-seconds": { type: "string" },
+        "unhook-timeout-seconds": { type: "string" },
+        "async-unhook": { type: "string" },
+        help: { type: "boolean", short: "h" },
+      },
+    }).values;
+  } catch (error) {
+    return { action: "fail", errors: [`${(error as Error).message} (arguments for kvmi-bridge go after "--")`] };
+  }
+  if (values.help) return { action: "help", help: SIDECAR_HELP };
+
+  const errors: string[] = [];
+  const name = (flag: string, value: string | undefined, fallback: string): string => {
+    if (value === undefined) return fallback;
+    if (!NAME_RE.test(value)) errors.push(`--${flag} "${value}" must be a plain file name ([A-Za-z0-9._-])`);
+    return value;
+  };
+  const dir = (flag: string, value: string | undefined): string => {
+    if (value === undefined) return HOOKS_DIR;
+    if (!posix.isAbsolute(value)) errors.push(`--${flag} "${value}" must be an absolute path`);
+    return posix.normalize(value);
+  };
+  const int = (flag: string, value: string | undefined, fallback: number, min: number, max: number): number => {
+    if (value === undefined) return fallback;
+    const n = /^-?\d+$/.test(value.trim()) ? Number(value) : Number.NaN;
+    if (!Number.isSafeInteger(n) || n < min || n > max) errors.push(`--${flag} must be a whole number in ${min}..${max}, got "${value}"`);
+    return n;
+  };
+  const ids = (kind: "command" | "event", items: string[] | undefined): number[] | undefined => {
+    if (items === undefined) return undefined;
+    const resolved = resolveKvmiIds(kind, items.flatMap((item) => item.split(",")).filter((item) => item.trim() !== ""));
+    if (!resolved.ok) errors.push(`--allow-${kind}: ${resolved.error}`);
+    return resolved.ok ? resolved.ids : [];
+  };
+  let asyncUnhook = true;
+  if (values["async-unhook"] !== undefined) {
+    if (values["async-unhook"] === "on") asyncUnhook = true;
+    else if (values["async-unhook"] === "off") asyncUnhook = false;
+    else errors.push(`--async-unhook must be on or off, got "${values["async-unhook"]}"`);
+  }
+  const containerName = values["container-name"];
+  if (containerName !== undefined && !/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(containerName)) {
+    errors.push(`--container-name "${containerName}" is not a Kubernetes container name (RFC 1123 label)`);
+  }
+  const options: SidecarOptions = {
+    hooksDir: dir("hooks-dir", values["hooks-dir"]),
+    computeHooksDir: dir("compute-hooks-dir", values["compute-hooks-dir"]),
+    hookSocket: name("hook-socket", values["hook-socket"], "kvmi-bridge.sock"),
+    socketSubdir: name("socket-subdir", values["socket-subdir"], "kvmi"),
+    containerName,
+    hookName: values["hook-name"] ?? "kvmi-bridge",
+    hookPriority: int("hook-priority", values["hook-priority"], 0, -(2 ** 31), 2 ** 31 - 1),
+    commands: ids("command", values["allow-command"]),
+    events: ids("event", values["allow-event"]),
+    reconnectSeconds: int("reconnect-seconds", values["reconnect-seconds"], 1, 1, 3600),
+    handshakeTimeoutSeconds: int("handshake-timeout-seconds", values["handshake-timeout-seconds"], 10, 1, 3600),
+    unhookTimeoutSeconds: int("unhook-timeout-seconds", values["unhook-timeout-seconds"], 60, 1, 86_400),
+    asyncUnhook,
+    bridgeArgs,
+  };
+  return errors.length > 0 ? { action: "fail", errors } : { action: "run", options };
+}
+
+/** The sidecar-side paths of the hook socket, the KVMI socket and the cookie. */
+export function sidecarPaths(options: Pick<SidecarOptions, "hooksDir" | "hookSocket" | "socketSubdir">): SidecarPaths {
+  const kvmiDir = join(options.hooksDir, options.socketSubdir);
+  return {
+    hookSocket: join(options.hooksDir, options.hookSocket),
+    kvmiDir,
+    kvmiSocket: join(kvmiDir, "kvmi.sock"),
+    cookie: join(kvmiDir, "cookie"),
+  };
+}
+
+/** The compute-side (QEMU's) paths of the KVMI socket and the cookie, for `containerName`. */
+export function computePaths(
+  options: Pick<SidecarOptions, "computeHooksDir" | "socketSubdir">,
+  containerName: string,
+): { readonly kvmiSocket: string; readonly cookie: string } {
+  const dir = posix.join(options.computeHooksDir, containerName, options.socketSubdir);
+  return { kvmiSocket: posix.join(dir, "kvmi.sock"), cookie: posix.join(dir, "cookie") };
+}
+
+/**
+ * This sidecar's container name from the VMI: KubeVirt names the container of the i-th entry of
+ * the hook sidecar annotation `hook-sidecar-<i>`; ours is the one entry whose `command` or `args`
+ * mention {@link SIDECAR_BIN_NAME}.
+ *
+ * @returns the name, or an error sentence saying what is missing or ambiguous.
+ */
+export function containerNameFromVmi(vmi: unknown): { readonly ok: true; readonly name: string } | { readonly ok: false; readonly error: string } {
+  const annotations = (vmi as { metadata?: { annotations?: Record<string, unknown> } } | null)?.metadata?.annotations;
+  const raw = annotations?.[HOOK_SIDECARS_ANNOTATION];
+  if (typeof raw !== "string") return { ok: false, error: `the VMI has no ${HOOK_SIDECARS_ANNOTATION} annotation` };
+  let list: unknown;
+  try {
+    list = JSON.parse(raw);
+  } catch {
+    return { ok: false, error: `the ${HOOK_SIDECARS_ANNOTATION} annotation is not JSON` };
+  }
+  if (!Array.isArray(list)) return { ok: false, error: `the ${HOOK_SIDECARS_ANNOTATION} annotation is not a JSON list` };
+  const mentions = (value: unknown): boolean => Array.isArray(value) && value.some((v) => typeof v === "string" && v.includes(SIDECAR_BIN_NAME));
+  const ours = list.flatMap((entry: { command?: unknown; args?: unknown } | null, index) =>
+    entry !== null && typeof entry === "object" && (mentions(entry.command) || mentions(entry.args)) ? [index] : [],
+  );
+  if (ours.length !== 1) {
+    return {
+      ok: false,
+      error: `${ours.length === 0 ? "no" : "more than one"} entry of ${HOOK_SIDECARS_ANNOTATION} names ${SIDECAR_BIN_NAME} in its command or args; pass --container-name hook-sidecar-<index>`,
+    };
+  }
+  return { ok: true, name: `hook-sidecar-${ours[0]}` };
+}
