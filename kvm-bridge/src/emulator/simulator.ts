@@ -6,9 +6,8 @@
 import { randomUUID } from "node:crypto";
 import type { Logger } from "../logger.js";
 import { silentLogger } from "../logger.js";
-import type { HandshakeVariant } from "../wire/handshake.js";
 import { DeviceManager } from "./device-manager.js";
-import type { KvmiEndpoint, UnhookOutcome, VmAction } from "./device-manager.js";
+import type { DeviceManagerOptions, KvmiEndpoint, UnhookOutcome, VmAction } from "./device-manager.js";
 import { createGuest } from "./guest/guest.js";
 import type { Guest } from "./guest/guest.js";
 import type { WorkloadOptions } from "./guest/scheduler.js";
@@ -17,8 +16,14 @@ import { createGuestPort } from "./kernel/guest-adapter.js";
 import type { HostFeatures } from "./kernel/guest-port.js";
 import { KvmiVm } from "./kernel/kvmi-vm.js";
 
+/** The device-manager options an emulated VM passes through (the `-object introspection` ones). */
+type IntrospectionObjectOptions = Pick<
+  DeviceManagerOptions,
+  "handshake" | "secret" | "reconnectMs" | "handshakeTimeoutMs" | "unhookTimeoutMs" | "commands" | "events"
+>;
+
 /** Options of one emulated VM. */
-export interface EmulatedVmOptions {
+export interface EmulatedVmOptions extends IntrospectionObjectOptions {
   readonly uuid?: string;
   readonly name?: string;
   /** vCPUs (default 2). */
@@ -28,15 +33,6 @@ export interface EmulatedVmOptions {
   /** Run the built-in workload (default true). */
   readonly workload?: boolean | WorkloadOptions;
   readonly seed?: number;
-  readonly handshake?: HandshakeVariant;
-  readonly secret?: Uint8Array;
-  readonly reconnectMs?: number;
-  readonly handshakeTimeoutMs?: number;
-  readonly unhookTimeoutMs?: number;
-  /** Allowed command ids (`command=`), all when absent. */
-  readonly commands?: readonly number[];
-  /** Allowed event ids (`event=`), all when absent. */
-  readonly events?: readonly number[];
   readonly features?: Partial<HostFeatures>;
   /** The `kvm.introspection` module parameter (default on). */
   readonly introspectionEnabled?: boolean;
