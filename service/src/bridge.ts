@@ -17,6 +17,7 @@ import {
 } from "@kvmi/proto";
 import { parseKvmiListen } from "./config/index.js";
 import type { BridgeConfig } from "./config/index.js";
+import { createRateLimitedLogger } from "./log/index.js";
 import { commandStatusOf, createBridgeMetrics, startMetricsServer } from "./metrics/index.js";
 import type { AutoReplyReason, BridgeMetrics, MetricsServer } from "./metrics/index.js";
 import { createIntrospectionService } from "./rpc/introspection-service.js";
@@ -82,6 +83,9 @@ function endpoints(config: BridgeConfig, cwd: string): ListenEndpoint[] {
 /** Starts every part of the bridge; rejects (after cleaning up) if one cannot start. */
 export async function startBridge(options: StartBridgeOptions): Promise<Bridge> {
   const { config, logger } = options;
+  // Events, faults and malformed input are guest- or peer-triggered: their log lines are
+  // rate-limited, with a summary of what was dropped (conventions §9).
+  const guestPathLogger = createRateLimitedLogger(logger, { keyFields: ["vm"] });
   const metrics = createBridgeMetrics();
   const registry = createVmRegistry({ logger: logger.child({ component: "registry" }) });
   const hosts = new VmHosts(
@@ -93,10 +97,10 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
       ),
       unhookDeadlineMs: config.unhookDeadlineMs,
       controllerGonePolicy: config.controllerGonePolicy,
-      logger: logger.child({ component: "vm" }),
+      logger: guestPathLogger.child({ component: "vm" }),
       metrics: hostMetrics(metrics),
     },
-    logger.child({ component: "vm" }),
+    guestPathLogger.child({ component: "vm" }),
   );
   registry.watch(() => metrics.vmsHooked.set(registry.list().filter((r) => r.state !== "unhooked").length));
 
@@ -133,7 +137,7 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
       {
         endpoints: endpoints(config, options.cwd ?? process.cwd()),
         handshakeVariant: config.handshakeVariant,
-        logger: logger.child({ component: "kvmi" }),
+        logger: guestPathLogger.child({ component: "kvmi" }),
         channel: { defaultTimeoutMs: config.requestTimeoutMs },
         ...(options.secret && { secret: options.secret }),
       },
@@ -163,9 +167,11 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
         await hosts.releaseAll();
         await grpc.shutdown(config.shutdownGraceMs);
         await server?.close();
+        guestPathLogger.close();
       },
     };
   } catch (err) {
+    guestPathLogger.close();
     await listener?.close();
     await grpc.shutdown(0).catch(() => undefined);
     throw err;
