@@ -4,6 +4,7 @@
  * client ids, receive events, the unhook notice and VM changes, answer events. A round trip here
  * costs one stream message each way, not a new HTTP/2 stream.
  */
+import { setMaxListeners } from "node:events";
 import { create } from "@bufbuild/protobuf";
 import { durationFromMs, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { ServerDuplexStream } from "@grpc/grpc-js";
@@ -55,7 +56,12 @@ export function sessionHandler(deps: RpcDeps): (call: Call) => void {
 class SessionStream {
   private host: VmHost | undefined;
   private session: Session | undefined;
-  private readonly inflight = new Map<bigint, AbortController>();
+  private readonly inflight = new Set<bigint>();
+  /**
+   * One signal for all of the session's commands (fired when the session ends), rather than an
+   * AbortController per command on the low-latency path; up to MAX_INFLIGHT_COMMANDS listen to it.
+   */
+  private readonly ending = new AbortController();
   private stopWatching: (() => void) | undefined;
   private ended = false;
 
@@ -65,6 +71,7 @@ class SessionStream {
   ) {}
 
   start(): void {
+    setMaxListeners(MAX_INFLIGHT_COMMANDS + 8, this.ending.signal);
     this.call.on("data", (request: SessionRequest) => this.onRequest(request));
     this.call.on("end", () => void this.finish("the client closed its side"));
     this.call.on("cancelled", () => void this.finish("the client cancelled"));
@@ -176,14 +183,13 @@ class SessionStream {
     }
     const request = command.request;
     if (request.case === undefined) return result(status(new KvmiArgumentError("command.request", "the command is empty")));
-    const abort = new AbortController();
-    this.inflight.set(id, abort);
+    this.inflight.add(id);
     const respond = (value: CommandResult["result"]): void => {
       this.inflight.delete(id);
       result(value);
     };
     const error = (err: unknown): void => respond(status(err));
-    const caller = { sessionId: session.id, timeoutMs: this.deps.requestTimeoutMs, signal: abort.signal };
+    const caller = { sessionId: session.id, timeoutMs: this.deps.requestTimeoutMs, signal: this.ending.signal };
     const vmOf = (value: { vm?: string; name?: string }): string => parseVmName((value.vm ?? value.name ?? "").split("/vcpus/")[0]!, "vm");
     const run = async (): Promise<unknown> => {
       if (vmOf(request.value as { vm?: string; name?: string }) !== this.host!.uuid) {
@@ -227,7 +233,7 @@ class SessionStream {
     if (this.ended) return;
     this.ended = true;
     this.stopWatching?.();
-    for (const abort of this.inflight.values()) abort.abort(new Error(reason));
+    this.ending.abort(new Error(reason));
     this.inflight.clear();
     if (this.session !== undefined) await this.host!.detach(this.session, reason, { keepChanges });
     if (endStream) this.call.end();
