@@ -47,6 +47,8 @@ function defaultText(spec: OptionSpec<unknown>): string {
 export function renderHelp(): string {
   const lines = [
     "Usage: kvmi-bridge [options]",
+    "       kvmi-bridge doctor                   report whether this host's kernel offers KVMI",
+    "       kvmi-bridge health [--target ...]    probe a running bridge's gRPC health (containers)",
     "",
     "Serves KVM introspection (KVMI) sockets from QEMU as the gRPC service kvmi.v1.IntrospectionService.",
     "",
