@@ -8,7 +8,7 @@ import { formatDoctorReport, runDoctor } from "@kvmi/kvm-bridge/ioctl";
 import { startBridge } from "./bridge.js";
 import { applyConfigAction, loadConfig, readSecret } from "./config/index.js";
 import { startEmbeddedVms } from "./embedded.js";
-import { createRootLogger } from "./log/index.js";
+import { createRootLogger, routeGrpcJsLogs } from "./log/index.js";
 
 /** Runs the bridge until a signal; resolves with the exit code. */
 export async function main(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
@@ -24,10 +24,19 @@ export async function main(argv: readonly string[], env: NodeJS.ProcessEnv = pro
   if ("exitCode" in outcome) return outcome.exitCode;
   const { config, warnings } = outcome;
   const logger = createRootLogger(config);
+  routeGrpcJsLogs(logger);
   for (const warning of warnings) logger.warn({}, warning);
   logger.info({ config: { ...config, secret: config.secret === undefined ? undefined : "[redacted]" } }, "starting kvmi-bridge");
   const secret = readSecret(config);
-  const bridge = await startBridge({ config, logger, ...(secret && { secret: new Uint8Array(secret) }) });
+  let bridge;
+  try {
+    bridge = await startBridge({ config, logger, ...(secret && { secret: new Uint8Array(secret) }) });
+  } catch (err) {
+    // A port in use, a socket path not writable: one clear line, not a stack trace.
+    logger.error({ err }, "kvmi-bridge could not start");
+    process.stderr.write(`kvmi-bridge: cannot start: ${(err as Error).message}\n`);
+    return 1;
+  }
   const embedded = config.embedded
     ? startEmbeddedVms(config, bridge.kvmiAddresses[0]!, logger.child({ component: "emulator" }), secret && new Uint8Array(secret))
     : undefined;
