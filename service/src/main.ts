@@ -4,6 +4,9 @@
  * the bridge, the embedded emulator when asked, and graceful shutdown on SIGTERM/SIGINT.
  * `kvmi-bridge doctor` reports whether this host's kernel offers KVMI.
  */
+import { rmdirSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname } from "node:path";
 import { formatDoctorReport, runDoctor } from "@kvmi/kvm-bridge/ioctl";
 import { startBridge } from "./bridge.js";
 import { applyConfigAction, loadConfig, readSecret } from "./config/index.js";
@@ -63,10 +66,23 @@ export async function main(argv: readonly string[], env: NodeJS.ProcessEnv = pro
       logger.info({ signal }, "shutting down: releasing every VM");
       await bridge.stop();
       await embedded?.stop();
+      if (embedded !== undefined) removeEmbeddedSocketDir(bridge.kvmiAddresses[0]!);
       logger.info({}, "stopped");
       resolve(0);
     };
     process.once("SIGTERM", () => void stop("SIGTERM"));
     process.once("SIGINT", () => void stop("SIGINT"));
   });
+}
+
+/** Embedded mode listens in a private temporary directory; leave nothing behind in /tmp. */
+function removeEmbeddedSocketDir(address: string): void {
+  if (!address.startsWith("unix:")) return;
+  const dir = dirname(address.slice("unix:".length));
+  if (!dir.startsWith(tmpdir())) return;
+  try {
+    rmdirSync(dir);
+  } catch {
+    // Not empty or already gone: nothing of ours to clean.
+  }
 }
