@@ -127,6 +127,10 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
       file_kvmi_v1_memory,
     ],
     metrics,
+    channelOptions: {
+      "grpc.keepalive_time_ms": config.grpcKeepaliveTimeMs,
+      "grpc.keepalive_timeout_ms": config.grpcKeepaliveTimeoutMs,
+    },
   });
   grpc.shuttingDown.addEventListener("abort", () => shuttingDown.abort(), { once: true });
   let listener: KvmiListener | undefined;

@@ -99,6 +99,10 @@ export interface BridgeConfig {
   readonly embeddedMemoryMib: number;
   /** Time in-flight RPCs get on SIGTERM before the server is forced down, in ms. */
   readonly shutdownGraceMs: number;
+  /** Interval of the server's HTTP/2 keepalive pings, in ms. */
+  readonly grpcKeepaliveTimeMs: number;
+  /** How long a keepalive ping may stay unanswered before the connection is dropped, in ms. */
+  readonly grpcKeepaliveTimeoutMs: number;
 }
 
 /** Where a raw value comes from; used to resolve relative paths and to name it in errors. */
@@ -481,6 +485,21 @@ export const OPTIONS: { readonly [K in keyof BridgeConfig]-?: OptionSpec<BridgeC
     description: "Time in-flight RPCs get on SIGTERM/SIGINT before the server is forced down.",
     defaultValue: 10_000,
     parse: integer(0, MAX_TIMER_MS, "ms"),
+  },
+  grpcKeepaliveTimeMs: {
+    shape: "scalar",
+    valueName: "<ms>",
+    description:
+      "Interval of the server's HTTP/2 keepalive pings. A client that stops answering them (a frozen or vanished tool) loses its sessions, and a controller's hooks are handled by the controller-gone policy.",
+    defaultValue: 30_000,
+    parse: integer(100, MAX_TIMER_MS, "ms"),
+  },
+  grpcKeepaliveTimeoutMs: {
+    shape: "scalar",
+    valueName: "<ms>",
+    description: "How long a keepalive ping may stay unanswered before the connection is dropped.",
+    defaultValue: 10_000,
+    parse: integer(100, MAX_TIMER_MS, "ms"),
   },
 };
 
