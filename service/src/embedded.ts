@@ -5,16 +5,15 @@
  * `npm start` serves.
  */
 import type { Logger } from "@kvmi/kvm-bridge";
-import { createSimulator } from "@kvmi/kvm-bridge/emulator";
+import { createSimulator, parseEndpoint } from "@kvmi/kvm-bridge/emulator";
 import type { KvmiEndpoint, Simulator } from "@kvmi/kvm-bridge/emulator";
 import type { BridgeConfig } from "./config/index.js";
 
 /** Turns a listener address (`unix:PATH`, `tcp:HOST:PORT`) into the endpoint the emulator dials. */
-export function endpointOf(address: string): KvmiEndpoint {
-  if (address.startsWith("unix:")) return { kind: "unix", path: address.slice("unix:".length) };
-  const match = /^tcp:(.+):(\d+)$/.exec(address);
-  if (match === null) throw new Error(`cannot dial KVMI address ${address}`);
-  return { kind: "tcp", host: match[1]!, port: Number(match[2]) };
+function endpointOf(address: string): KvmiEndpoint {
+  const endpoint = parseEndpoint(address);
+  if (endpoint === undefined) throw new Error(`cannot dial KVMI address ${address}`);
+  return endpoint;
 }
 
 /** Starts `embeddedVms` emulated VMs running the built-in workload against `address`. */

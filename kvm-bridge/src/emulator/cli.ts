@@ -7,7 +7,8 @@
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import type { HandshakeVariant } from "../wire/handshake.js";
-import type { KvmiEndpoint, VmAction } from "./device-manager.js";
+import { parseEndpoint } from "./device-manager.js";
+import type { VmAction } from "./device-manager.js";
 import { createJsonLinesLogger, parseLogLevel } from "./json-logger.js";
 import { GuestModelError } from "./guest/errors.js";
 import { createSimulator } from "./simulator.js";
@@ -34,14 +35,6 @@ Options:
   --log-level LEVEL         trace | debug | info | warn | error (default info)
   --help                    print this help
 `;
-
-/** Parses `unix:PATH` or `tcp:HOST:PORT`. */
-export function parseEndpoint(text: string): KvmiEndpoint | undefined {
-  if (text.startsWith("unix:") && text.length > 5) return { kind: "unix", path: text.slice(5) };
-  const tcp = /^tcp:(.+):(\d{1,5})$/.exec(text);
-  if (tcp !== null && Number(tcp[2]) < 65536) return { kind: "tcp", host: tcp[1]!.replace(/^\[|\]$/g, ""), port: Number(tcp[2]) };
-  return undefined;
-}
 
 /** An integer flag of at least `min` (0 or 1); every bad value is reported, not just the first. */
 function intFlag(name: string, value: string | undefined, fallback: number, min: 0 | 1, errors: string[]): number {

@@ -22,6 +22,14 @@ export type KvmiEndpoint =
   | { readonly kind: "unix"; readonly path: string }
   | { readonly kind: "tcp"; readonly host: string; readonly port: number };
 
+/** Parses `unix:PATH` or `tcp:HOST:PORT`. */
+export function parseEndpoint(text: string): KvmiEndpoint | undefined {
+  if (text.startsWith("unix:") && text.length > 5) return { kind: "unix", path: text.slice(5) };
+  const tcp = /^tcp:(.+):(\d{1,5})$/.exec(text);
+  if (tcp !== null && Number(tcp[2]) < 65536) return { kind: "tcp", host: tcp[1]!.replace(/^\[|\]$/g, ""), port: Number(tcp[2]) };
+  return undefined;
+}
+
 /** The VM facts QEMU reports in the handshake. */
 export interface VmDescription {
   readonly uuid: string;

@@ -7,7 +7,7 @@
 // End-user API: emulated VMs.
 export { createEmulatedVm, createSimulator } from "./simulator.js";
 export type { EmulatedVm, EmulatedVmOptions, Simulator, SimulatorOptions } from "./simulator.js";
-export { DeviceManager } from "./device-manager.js";
+export { DeviceManager, parseEndpoint } from "./device-manager.js";
 export type { DeviceManagerOptions, KvmiEndpoint, UnhookOutcome, VmAction, VmDescription } from "./device-manager.js";
 
 // The emulated kernel, for tests that drive it like the v9 selftest drives the ioctls.

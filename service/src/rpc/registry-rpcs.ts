@@ -48,7 +48,8 @@ export function recordOf(deps: RpcDeps, record: RegistryRecord): VmRecord {
   };
 }
 
-function changeKind(change: RegistryChange): VmChangeKind {
+/** The proto change kind of a registry change (WatchVms and the session's vm_change share it). */
+export function changeKind(change: RegistryChange): VmChangeKind {
   if (change.type !== "state") return change.type;
   return change.vm.state === "unhook-pending" ? "unhook-pending" : "state-changed";
 }

@@ -31,7 +31,7 @@ import type { RpcDeps } from "./call-context.js";
 import { failStream, failure } from "./call-context.js";
 import { commandErrorContext, runCommand } from "./command-rpcs.js";
 import { batchRead } from "./memory-rpcs.js";
-import { recordOf } from "./registry-rpcs.js";
+import { changeKind, recordOf } from "./registry-rpcs.js";
 
 /** Commands one session may have in flight. */
 export const MAX_INFLIGHT_COMMANDS = 64;
@@ -145,8 +145,7 @@ class SessionStream {
     this.session = session;
     this.stopWatching = this.deps.registry.watch((change) => {
       if (change.vm.uuid !== uuid || change.type === "unhooked") return;
-      const kind = change.type === "state" ? (change.vm.state === "unhook-pending" ? "unhook-pending" : "state-changed") : change.type;
-      this.write({ message: { case: "vmChange", value: vmChangeToProto(kind, recordOf(this.deps, change.vm), new Date()) } });
+      this.write({ message: { case: "vmChange", value: vmChangeToProto(changeKind(change), recordOf(this.deps, change.vm), new Date()) } });
     });
     this.write({
       message: {
