@@ -68,6 +68,14 @@ export interface AccessLogOptions {
 }
 
 /**
+ * How close to the server's deadline a cancellation counts as the client's deadline. The server's
+ * deadline is the arrival time plus `grpc-timeout`, the client's is its send time plus the same
+ * timeout, so the client's RST_STREAM at its own deadline lands within a few milliseconds of ours,
+ * on either side of it.
+ */
+const DEADLINE_SLACK_MS = 20;
+
+/**
  * Creates a grpc-js server interceptor that writes one {@link writeAccessLog} line per call when
  * its status is sent. A call that ends without a status is logged as CANCELLED, or as
  * DEADLINE_EXCEEDED when its deadline has passed (grpc-js sends that status below the
@@ -103,7 +111,8 @@ export function createAccessLogInterceptor(options: AccessLogOptions): ServerInt
       onCancel: () => {
         const deadline = call.getDeadline();
         const deadlineMs = deadline instanceof Date ? deadline.getTime() : deadline;
-        finish(Number.isFinite(deadlineMs) && Date.now() >= deadlineMs ? GrpcStatus.DEADLINE_EXCEEDED : GrpcStatus.CANCELLED);
+        const expired = Number.isFinite(deadlineMs) && Date.now() >= deadlineMs - DEADLINE_SLACK_MS;
+        finish(expired ? GrpcStatus.DEADLINE_EXCEEDED : GrpcStatus.CANCELLED);
       },
     };
     return new ServerInterceptingCall(call, {
