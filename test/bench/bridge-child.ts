@@ -2,7 +2,8 @@
 /**
  * Bridge process: `startBridge` exactly as the composition root runs it (gRPC on TCP loopback,
  * one KVMI UNIX socket), with the production logger writing to /dev/null so that its cost is
- * counted (or no logger with `--bridge-log off`). The emulated VMs live in another process.
+ * counted (or no logger with `--bridge-log off`). The emulated VMs live in this process with
+ * `--emulator in-bridge` (the default, as in embedded mode) and in the emulator child otherwise.
  */
 import { silentLogger } from "@kvmi/kvm-bridge";
 import pino from "pino";
@@ -12,6 +13,7 @@ import type { Bridge } from "@kvmi/service";
 // public entry point; the benchmark uses it so that logging costs what it costs in production.
 // eslint-disable-next-line no-restricted-imports
 import { createRootLogger } from "../../service/src/log/index.js";
+import { emulatorHandlers, stopVms } from "./lib/emulator-host.js";
 import { serve } from "./lib/ipc.js";
 
 /** What the parent needs to reach the bridge. */
@@ -58,12 +60,15 @@ async function metrics(): Promise<string> {
 }
 
 async function exit(): Promise<void> {
+  await stopVms();
   const b = bridge;
   bridge = undefined;
   if (b !== undefined) await Promise.race([b.stop().catch(() => undefined), new Promise((resolve) => setTimeout(resolve, 3000))]);
 }
 
 serve({
+  // With `--emulator in-bridge` the VMs live in this process, as with `npm start` (embedded mode).
+  ...emulatorHandlers,
   start,
   metrics,
   hooked: () => bridge?.hosts.all().length ?? 0,

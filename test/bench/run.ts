@@ -31,7 +31,7 @@ import {
 import type { DumpMemoryResponse } from "@kvmi/proto";
 import { WireTool } from "../support/wire-tool.js";
 import type { BridgeStarted } from "./bridge-child.js";
-import type { EventLoopResult, VmSpec } from "./emulator-child.js";
+import type { EventLoopResult, VmSpec } from "./lib/emulator-host.js";
 import { BRIDGE, BridgeClient, EchoClient, SessionClient } from "./lib/clients.js";
 import type { EchoStream, MessageSizes } from "./lib/clients.js";
 import { echoRequest } from "./lib/echo-protocol.js";
@@ -58,6 +58,10 @@ const HELP = `npm run bench [-- options]
   --no-memory          skip the 50-VM memory test
   --memory-seconds S   length of the memory test (default 30, quick 24; the first 12 s are warm-up)
   --only perf|memory   run only the latency/throughput part or only the memory test
+  --emulator WHERE     where the emulated VMs of the latency/throughput part run: "in-bridge"
+                       (default; the bridge's process, as embedded mode and npm start run them, so
+                       the KVMI peer costs no process wake-up, as the kernel's would not) or
+                       "process" (a process of their own). The memory test always uses a process.
   --bridge-log LEVEL   the bridge's log level (trace..error; logs go to /dev/null), or "off" for
                        no logger at all (default info, the production default)
 `;
@@ -73,11 +77,16 @@ const { values: flags } = parseArgs({
     "memory-seconds": { type: "string" },
     "bridge-log": { type: "string", default: "info" },
     only: { type: "string" },
+    emulator: { type: "string", default: "in-bridge" },
     help: { type: "boolean", short: "h", default: false },
   },
 });
 if (flags.only !== undefined && flags.only !== "perf" && flags.only !== "memory") {
   process.stderr.write(`--only takes perf or memory\n${HELP}`);
+  process.exit(2);
+}
+if (flags.emulator !== "in-bridge" && flags.emulator !== "process") {
+  process.stderr.write(`--emulator takes in-bridge or process\n${HELP}`);
   process.exit(2);
 }
 if (flags.help) {
@@ -110,6 +119,7 @@ const SETTINGS = {
   memoryWarmupS: 12,
   sampleMs: 1000,
   bridgeLog: flags["bridge-log"],
+  emulator: flags.emulator,
 } as const;
 
 const KiB = 1024;
@@ -652,12 +662,14 @@ async function main(): Promise<void> {
   }
 
   async function perfPart(): Promise<void> {
-    const [echoChild, bridgeChild, emulator] = await Promise.all([
+    const ownEmulator = SETTINGS.emulator === "process";
+    const [echoChild, bridgeChild, emulatorChild] = await Promise.all([
       ChildHandle.start("echo", new URL("./echo-child.ts", import.meta.url)),
       ChildHandle.start("bridge", new URL("./bridge-child.ts", import.meta.url), { quiet: true }),
-      ChildHandle.start("emulator", new URL("./emulator-child.ts", import.meta.url)),
+      ownEmulator ? ChildHandle.start("emulator", new URL("./emulator-child.ts", import.meta.url)) : undefined,
     ]);
-    children.push(emulator, bridgeChild, echoChild);
+    const emulator = emulatorChild ?? bridgeChild;
+    children.push(...(emulatorChild ? [emulatorChild] : []), bridgeChild, echoChild);
     const { target: echoTarget } = await echoChild.call<{ target: string }>("start");
     const started = await bridgeChild.call<BridgeStarted>("start", { kvmiSocket: join(dir, "kvmi.sock"), logLevel: SETTINGS.bridgeLog, metrics: false });
 
@@ -717,7 +729,7 @@ async function main(): Promise<void> {
     };
     progress(`message sizes (request/response bytes): ${Object.entries(sizes).map(([k, s]) => `${k} ${s.request}/${s.response}`).join(", ")}`);
 
-    const processes = { bridge: bridgeChild, emulator, echo: echoChild };
+    const processes: Record<string, ChildHandle> = { bridge: bridgeChild, echo: echoChild, ...(emulatorChild ? { emulator: emulatorChild } : {}) };
     cpuMeter = new CpuMeter(results, processes);
     const ctx: Context = { results, cpu: cpuMeter, warnings, bridge, echo, echoStream, emulator, controller, vm, raw, rawReader, sizes };
     // Run 0 warms up; with --profile, one more run after the measured ones is profiled phase by
@@ -728,7 +740,7 @@ async function main(): Promise<void> {
       const name = run === 0 ? "warm-up" : run > SETTINGS.runs ? "profiled run" : `run ${run}/${SETTINGS.runs}`;
       progress(`${name}: commands`);
       const profile = run > SETTINGS.runs ? profileDir : undefined;
-      const sampled = { bridge: bridgeChild, emulator };
+      const sampled: Record<string, ChildHandle> = { bridge: bridgeChild, ...(emulatorChild ? { emulator: emulatorChild } : {}) };
       await profiled(profile, "commands", sampled, () => commandsPhase(ctx));
       progress(`${name}: events`);
       await profiled(profile, "events", sampled, () => eventsPhase(ctx));
@@ -850,8 +862,8 @@ async function main(): Promise<void> {
     out.push("CPU time per operation (µs, all measured runs; bulk: per MiB):");
     out.push(
       renderTable(
-        ["measurement", "per", "bridge", "emulator", "echo", "client"],
-        Object.entries(perOp).map(([id, e]) => [id, e.unit, fmt(e.usPerOp["bridge"]), fmt(e.usPerOp["emulator"]), fmt(e.usPerOp["echo"]), fmt(e.usPerOp["client"])]),
+        ["measurement", "per", SETTINGS.emulator === "process" ? "bridge" : "bridge+emulator", "emulator", "echo", "client"],
+        Object.entries(perOp).map(([id, e]) => [id, e.unit, fmt(e.usPerOp["bridge"]), SETTINGS.emulator === "process" ? fmt(e.usPerOp["emulator"]) : "(in bridge)", fmt(e.usPerOp["echo"]), fmt(e.usPerOp["client"])]),
       ),
     );
   }

@@ -84,16 +84,18 @@ function setPath(value: AnyValue, path: string, leafValue: unknown): void {
 
 function outOfRange(type: ScalarType): unknown[] {
   switch (type) {
+    // The compiled checks use integer masking (compile.ts), so the list covers what masking could
+    // let through: fractions, NaN, values that wrap to an in-range one, the wrong JS type.
     case "u8":
-      return [0x100, -1, 1.5];
+      return [0x100, -1, 1.5, Number.NaN, 0x1_0000_0001, "1", 1n, undefined];
     case "u16":
-      return [0x1_0000, -1];
+      return [0x1_0000, -1, 0.5, Number.NaN, 2 ** 40 + 1, "1", 1n];
     case "u32":
-      return [0x1_0000_0000, -1];
+      return [0x1_0000_0000, -1, 0.5, Number.NaN, 2 ** 53, Number.POSITIVE_INFINITY, null, 1n];
     case "s32":
-      return [0x8000_0000, -0x8000_0001];
+      return [0x8000_0000, -0x8000_0001, -0.5, Number.NaN, 2 ** 32, "0", 0n];
     case "u64":
-      return [U64_MAX + 1n, -1n, 1];
+      return [U64_MAX + 1n, -1n, 1, "1", undefined];
     case "s64":
       return [S64_MAX + 1n, S64_MIN - 1n, 1];
   }
@@ -167,7 +169,14 @@ describe.each(LAYOUTS)("%s", (_name, layout) => {
       for (const { label, value } of bad) {
         const broken = structuredClone(zeroValue(layout)) as AnyValue;
         setPath(broken, leaf.path, value);
-        expect(() => encode(layout, broken as LayoutValue<Layout>), label).toThrow(KvmiArgumentError);
+        let thrown: unknown;
+        try {
+          encode(layout, broken as LayoutValue<Layout>);
+        } catch (err) {
+          thrown = err;
+        }
+        expect(thrown, label).toBeInstanceOf(KvmiArgumentError);
+        expect((thrown as KvmiArgumentError).field, label).toMatch(new RegExp(`^${leaf.path.replace(/[.[\]]/g, "\\$&")}`));
       }
     }
   });
