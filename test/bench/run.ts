@@ -62,6 +62,8 @@ const HELP = `npm run bench [-- options]
                        (default; the bridge's process, as embedded mode and npm start run them, so
                        the KVMI peer costs no process wake-up, as the kernel's would not) or
                        "process" (a process of their own). The memory test always uses a process.
+  --phases LIST        the latency/throughput phases to run, comma-separated (default
+                       commands,events,bulk); for development, e.g. with perf attached
   --bridge-log LEVEL   the bridge's log level (trace..error; logs go to /dev/null), or "off" for
                        no logger at all (default info, the production default)
 `;
@@ -78,6 +80,7 @@ const { values: flags } = parseArgs({
     "bridge-log": { type: "string", default: "info" },
     only: { type: "string" },
     emulator: { type: "string", default: "in-bridge" },
+    phases: { type: "string", default: "commands,events,bulk" },
     help: { type: "boolean", short: "h", default: false },
   },
 });
@@ -88,6 +91,13 @@ if (flags.only !== undefined && flags.only !== "perf" && flags.only !== "memory"
 if (flags.emulator !== "in-bridge" && flags.emulator !== "process") {
   process.stderr.write(`--emulator takes in-bridge or process\n${HELP}`);
   process.exit(2);
+}
+const PHASES = new Set(flags.phases.split(","));
+for (const phase of PHASES) {
+  if (phase !== "commands" && phase !== "events" && phase !== "bulk") {
+    process.stderr.write(`--phases takes commands, events and/or bulk, got ${phase}\n${HELP}`);
+    process.exit(2);
+  }
 }
 if (flags.help) {
   process.stdout.write(HELP);
@@ -738,14 +748,18 @@ async function main(): Promise<void> {
     for (let run = 0; run <= lastRun; run++) {
       results.recording = run > 0 && run <= SETTINGS.runs;
       const name = run === 0 ? "warm-up" : run > SETTINGS.runs ? "profiled run" : `run ${run}/${SETTINGS.runs}`;
-      progress(`${name}: commands`);
       const profile = run > SETTINGS.runs ? profileDir : undefined;
       const sampled: Record<string, ChildHandle> = { bridge: bridgeChild, ...(emulatorChild ? { emulator: emulatorChild } : {}) };
-      await profiled(profile, "commands", sampled, () => commandsPhase(ctx));
-      progress(`${name}: events`);
-      await profiled(profile, "events", sampled, () => eventsPhase(ctx));
-      progress(`${name}: bulk memory`);
-      await profiled(profile, "bulk", sampled, () => bulkPhase(ctx));
+      const phases = [
+        ["commands", commandsPhase],
+        ["events", eventsPhase],
+        ["bulk", bulkPhase],
+      ] as const;
+      for (const [phase, body] of phases) {
+        if (!PHASES.has(phase)) continue;
+        progress(`${name}: ${phase}`);
+        await profiled(profile, phase, sampled, () => body(ctx));
+      }
     }
     for (const close of closers.splice(0)) close();
     await drainBridge(bridgeChild, "bridge", warnings);
@@ -880,7 +894,7 @@ async function main(): Promise<void> {
     out.push("CPU profiles (--profile; an extra, unrecorded run after the measured ones, each phase sampled every 250 µs):");
     for (const file of readdirSync(profileDir).filter((f) => f.endsWith(".cpuprofile")).sort()) {
       const name = file.replace(/\.cpuprofile$/, "");
-      const summary = summarizeProfile(join(profileDir, file), 25);
+      const summary = summarizeProfile(join(profileDir, file), Number(process.env["KVMI_BENCH_PROFILE_TOP"] ?? 25));
       profiles[name] = summary;
       out.push(formatProfile(name, summary));
     }

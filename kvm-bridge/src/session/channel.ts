@@ -67,10 +67,12 @@ export interface KvmiChannelOptions {
 interface Pending {
   readonly id: number;
   readonly spec: CommandSpec;
-  readonly context: KvmiErrorContext;
+  readonly vcpu: number | undefined;
   readonly resolve: (value: Record<string, unknown>) => void;
   readonly reject: (err: Error) => void;
-  readonly timer: NodeJS.Timeout;
+  /** `performance.now()` after which the command fails with KvmiTimeoutError. */
+  readonly deadline: number;
+  readonly timeoutMs: number;
 }
 
 /** Remembered seqs of timed-out commands, so their late replies are dropped quietly. */
@@ -85,6 +87,13 @@ export class KvmiChannel {
   private nextSeq = 1;
   private inFlight = 0;
   private readonly slotWaiters: Array<() => void> = [];
+  /**
+   * One timer for every command deadline of the channel, armed for the earliest one, instead of a
+   * timer per command: arming and clearing a timer per page read was measurable on bulk reads.
+   * Unreferenced, as the socket (which every pending command needs) keeps the process alive.
+   */
+  private deadlineTimer: NodeJS.Timeout | undefined;
+  private deadlineTimerAt = Number.POSITIVE_INFINITY;
   private drained: Promise<void> | undefined;
   private corked = false;
   private sink: EventSink = () => true;
@@ -159,28 +168,35 @@ export class KvmiChannel {
     options: CommandOptions = {},
   ): Promise<CommandReply<N>> {
     const spec: CommandSpec = V9_COMMANDS[name];
-    const context: KvmiErrorContext = { command: spec.name, ...(this.vm && { vm: this.vm }), ...(vcpu !== undefined && { vcpu }) };
     options.signal?.throwIfAborted();
-    await this.acquireSlot();
+    // The slot is free almost always: take it without a promise (a microtask per page read).
+    if (this.inFlight < this.maxInFlight || !this.isOpen) this.inFlight++;
+    else await this.acquireSlot();
     try {
-      this.assertOpen(context);
+      if (this.closeError !== undefined) this.assertOpen(this.contextOf(spec, vcpu));
       const seq = this.allocateSeq();
       const message = encodeCommand(this.dialect, spec, seq, request as Record<string, unknown>, vcpu);
+      const timeoutMs = options.timeoutMs ?? this.defaultTimeoutMs;
+      const deadline = performance.now() + timeoutMs;
       const reply = new Promise<Record<string, unknown>>((resolve, reject) => {
-        const timeoutMs = options.timeoutMs ?? this.defaultTimeoutMs;
-        const timer = setTimeout(() => this.expire(seq, timeoutMs), timeoutMs);
-        this.pending.set(seq, { id: spec.id, spec, context, resolve, reject, timer });
+        this.pending.set(seq, { id: spec.id, spec, vcpu, resolve, reject, deadline, timeoutMs });
       });
+      this.armDeadline(deadline);
       // The reply may be rejected (close, timeout, abort) while the write still waits for its turn;
       // it is awaited below, this only keeps that early rejection from counting as unhandled.
       reply.catch(() => undefined);
-      const onAbort = (): void => this.abandon(seq, options.signal!.reason as Error);
-      options.signal?.addEventListener("abort", onAbort, { once: true });
+      const signal = options.signal;
+      if (signal === undefined) {
+        await this.write(message, spec, vcpu);
+        return (await reply) as CommandReply<N>;
+      }
+      const onAbort = (): void => this.abandon(seq, signal.reason as Error);
+      signal.addEventListener("abort", onAbort, { once: true });
       try {
-        await this.write(message, context);
+        await this.write(message, spec, vcpu);
         return (await reply) as CommandReply<N>;
       } finally {
-        options.signal?.removeEventListener("abort", onAbort);
+        signal.removeEventListener("abort", onAbort);
       }
     } finally {
       this.releaseSlot();
@@ -192,9 +208,8 @@ export class KvmiChannel {
    * @throws KvmiTransportError when the socket is gone (the kernel then continues the vCPU itself).
    */
   async replyEvent(event: Pick<KvmiEvent, "seq" | "vcpu" | "spec">, action: number, replyData?: Record<string, unknown>): Promise<void> {
-    const context: KvmiErrorContext = { command: event.spec.name, ...(this.vm && { vm: this.vm }), vcpu: event.vcpu };
-    this.assertOpen(context);
-    await this.write(encodeEventReply(this.dialect, event.spec, event.seq, event.vcpu, action, replyData), context);
+    if (this.closeError !== undefined) this.assertOpen(this.contextOf(event.spec, event.vcpu));
+    await this.write(encodeEventReply(this.dialect, event.spec, event.seq, event.vcpu, action, replyData), event.spec, event.vcpu);
   }
 
   /** Closes the socket (both directions) and fails everything pending with KvmiTransportError. */
@@ -205,9 +220,9 @@ export class KvmiChannel {
     // Flush what this tick corked (e.g. the last event reply of an unhook) before tearing down.
     if (this.corked) this.socket.uncork();
     this.socket.destroy();
+    clearTimeout(this.deadlineTimer);
     for (const [seq, entry] of this.pending) {
-      clearTimeout(entry.timer);
-      entry.reject(new KvmiTransportError(`${reason} while ${entry.spec.name} was in flight`, entry.context, { cause }));
+      entry.reject(new KvmiTransportError(`${reason} while ${entry.spec.name} was in flight`, this.contextOf(entry.spec, entry.vcpu), { cause }));
       this.pending.delete(seq);
     }
     for (const waiter of this.slotWaiters.splice(0)) waiter();
@@ -216,6 +231,11 @@ export class KvmiChannel {
   }
 
   // ---------------------------------------------------------------------------------------------
+
+  /** Error context of a command or event reply, built only when an error needs it. */
+  private contextOf(spec: { readonly name: string }, vcpu: number | undefined): KvmiErrorContext {
+    return { command: spec.name, ...(this.vm && { vm: this.vm }), ...(vcpu !== undefined && { vcpu }) };
+  }
 
   private assertOpen(context: KvmiErrorContext): void {
     if (this.closeError !== undefined) {
@@ -247,11 +267,11 @@ export class KvmiChannel {
    * Writes one message, after the writes that wait for `drain` before it.
    * @throws KvmiTransportError when the channel closed while the write waited for its turn.
    */
-  private async write(message: Uint8Array, context: KvmiErrorContext): Promise<void> {
+  private async write(message: Uint8Array, spec: { readonly name: string }, vcpu: number | undefined): Promise<void> {
     while (this.drained !== undefined) await this.drained;
     // The socket may have closed while this write waited: a 'close' that already fired would never
     // resolve a new drain promise, and every later write would wait behind it forever.
-    this.assertOpen(context);
+    if (this.closeError !== undefined) this.assertOpen(this.contextOf(spec, vcpu));
     this.corkUntilNextTick();
     // A destroyed socket never drains; its 'close' (due now) fails the pending replies.
     if (!this.socket.write(message) && !this.socket.destroyed) {
@@ -283,18 +303,37 @@ export class KvmiChannel {
     });
   }
 
-  private expire(seq: number, timeoutMs: number): void {
-    const entry = this.pending.get(seq);
-    if (entry === undefined) return;
-    this.pending.delete(seq);
-    this.rememberLate(seq);
-    entry.reject(new KvmiTimeoutError(`${entry.spec.name} got no reply within ${timeoutMs} ms`, entry.context));
+  /** Makes sure the deadline timer fires no later than `deadline`. */
+  private armDeadline(deadline: number): void {
+    if (deadline >= this.deadlineTimerAt) return;
+    clearTimeout(this.deadlineTimer);
+    this.deadlineTimerAt = deadline;
+    this.deadlineTimer = setTimeout(() => this.expireDue(), Math.max(1, Math.ceil(deadline - performance.now())));
+    this.deadlineTimer.unref();
+  }
+
+  /** Fails every command past its deadline, then re-arms for the earliest one left. */
+  private expireDue(): void {
+    this.deadlineTimer = undefined;
+    this.deadlineTimerAt = Number.POSITIVE_INFINITY;
+    if (this.closeError !== undefined) return;
+    const now = performance.now();
+    let next = Number.POSITIVE_INFINITY;
+    for (const [seq, entry] of this.pending) {
+      if (entry.deadline > now) {
+        next = Math.min(next, entry.deadline);
+        continue;
+      }
+      this.pending.delete(seq);
+      this.rememberLate(seq);
+      entry.reject(new KvmiTimeoutError(`${entry.spec.name} got no reply within ${entry.timeoutMs} ms`, this.contextOf(entry.spec, entry.vcpu)));
+    }
+    if (next !== Number.POSITIVE_INFINITY) this.armDeadline(next);
   }
 
   private abandon(seq: number, reason: Error): void {
     const entry = this.pending.get(seq);
     if (entry === undefined) return;
-    clearTimeout(entry.timer);
     this.pending.delete(seq);
     this.rememberLate(seq);
     entry.reject(reason);
@@ -323,10 +362,9 @@ export class KvmiChannel {
       return;
     }
     this.pending.delete(hdr.seq);
-    clearTimeout(entry.timer);
     try {
       const reply = decodeReply(this.dialect, entry.spec, body);
-      if (reply.err !== 0) entry.reject(new KvmiRemoteError(-reply.err, entry.context));
+      if (reply.err !== 0) entry.reject(new KvmiRemoteError(-reply.err, this.contextOf(entry.spec, entry.vcpu)));
       else entry.resolve(reply.value ?? {});
     } catch (err) {
       entry.reject(err as Error);

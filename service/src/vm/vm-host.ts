@@ -236,13 +236,11 @@ export class VmHost {
       return {} as CommandReply<N>;
     }
     const started = process.hrtime.bigint();
-    const send = (): Promise<CommandReply<N>> =>
-      this.channel.command(name, request, vcpu, {
-        ...(caller.timeoutMs !== undefined && { timeoutMs: caller.timeoutMs }),
-        ...(caller.signal && { signal: caller.signal }),
-      });
     try {
-      const reply = mutating ? await this.ledger.run(this.channel, name, request, vcpu, send) : await send();
+      // The caller's timeoutMs and signal are the channel's command options.
+      const reply = mutating
+        ? await this.ledger.run(this.channel, name, request, vcpu, () => this.channel.command(name, request, vcpu, caller))
+        : await this.channel.command(name, request, vcpu, caller);
       this.options.metrics?.command(name, undefined, seconds(started));
       if (name === "KVMI_VM_READ_PHYSICAL") this.options.metrics?.bytesRead((reply as { data: Uint8Array }).data.length);
       return reply;

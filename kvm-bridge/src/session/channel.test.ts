@@ -1,0 +1,137 @@
+// SPDX-License-Identifier: Apache-2.0
+/**
+ * KvmiChannel command deadlines: one timer per channel serves every pending command, so commands
+ * with different deadlines, late replies and replies before the deadline are checked here over a
+ * real UNIX socket, with the test playing the kernel by hand.
+ */
+import { mkdtempSync, rmSync } from "node:fs";
+import { createConnection, createServer } from "node:net";
+import type { Server, Socket } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { KvmiTimeoutError, KvmiTransportError } from "../errors.js";
+import { encodeReply, v9, V9_COMMANDS } from "../wire/index.js";
+import type { MsgHdr } from "../wire/index.js";
+import { createKvmiChannel } from "./channel.js";
+import type { KvmiChannel } from "./channel.js";
+import { createFramer } from "./framer.js";
+
+interface Kernel {
+  /** Commands received, in order. */
+  readonly received: MsgHdr[];
+  /** Answers the command with `seq` as a successful KVMI_VM_GET_MAX_GFN (the only command used here). */
+  reply(seq: number): void;
+  next(): Promise<MsgHdr>;
+}
+
+const GET_MAX_GFN = V9_COMMANDS.KVMI_VM_GET_MAX_GFN;
+
+let dir: string;
+let server: Server;
+let channel: KvmiChannel;
+let kernel: Kernel;
+
+beforeEach(async () => {
+  dir = mkdtempSync(join(tmpdir(), "kvmi-channel-"));
+  const path = join(dir, "kvmi.sock");
+  const accepted = new Promise<Socket>((resolve) => {
+    server = createServer(resolve);
+  });
+  await new Promise<void>((resolve) => server.listen(path, resolve));
+  const tool = createConnection(path);
+  const peer = await accepted;
+  const received: MsgHdr[] = [];
+  const waiters: Array<(hdr: MsgHdr) => void> = [];
+  const framer = createFramer();
+  peer.on("data", (chunk: Buffer) =>
+    framer.push(chunk, (hdr) => {
+      received.push(hdr);
+      waiters.shift()?.(hdr);
+    }),
+  );
+  kernel = {
+    received,
+    reply: (seq) => void peer.write(encodeReply(v9, GET_MAX_GFN, seq, 0, { gfn: 0x1234n })),
+    next: () => new Promise((resolve) => waiters.push(resolve)),
+  };
+  channel = createKvmiChannel(tool, { vm: "deadline-test" });
+});
+
+afterEach(() => {
+  channel.close("test over");
+  server.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+/** Settles `promise` into what happened to it, and when (ms after `t0`). */
+async function outcome(promise: Promise<unknown>, t0: number): Promise<{ error: unknown; atMs: number }> {
+  try {
+    await promise;
+    return { error: undefined, atMs: performance.now() - t0 };
+  } catch (error) {
+    return { error, atMs: performance.now() - t0 };
+  }
+}
+
+describe("KvmiChannel command deadlines", () => {
+  it("fails each unanswered command at its own deadline, the earlier one first", async () => {
+    const t0 = performance.now();
+    const slow = outcome(channel.command("KVMI_VM_GET_MAX_GFN", {}, undefined, { timeoutMs: 400 }), t0);
+    const fast = outcome(channel.command("KVMI_VM_GET_MAX_GFN", {}, undefined, { timeoutMs: 60 }), t0);
+    const fastResult = await fast;
+    expect(fastResult.error).toBeInstanceOf(KvmiTimeoutError);
+    expect((fastResult.error as Error).message).toBe("KVMI_VM_GET_MAX_GFN got no reply within 60 ms");
+    expect(fastResult.atMs).toBeGreaterThanOrEqual(59);
+    // The later deadline is still ahead: its command is still pending.
+    expect(channel.pendingCommands).toBe(1);
+    const slowResult = await slow;
+    expect(slowResult.error).toBeInstanceOf(KvmiTimeoutError);
+    expect(slowResult.atMs).toBeGreaterThanOrEqual(399);
+    expect(channel.pendingCommands).toBe(0);
+    expect(channel.isOpen).toBe(true);
+  });
+
+  it("a command added with an earlier deadline than the armed one still fails on time", async () => {
+    const t0 = performance.now();
+    const long = outcome(channel.command("KVMI_VM_GET_MAX_GFN", {}, undefined, { timeoutMs: 5_000 }), t0);
+    await kernel.next();
+    const short = await outcome(channel.command("KVMI_VM_GET_MAX_GFN", {}, undefined, { timeoutMs: 50 }), t0);
+    expect(short.error).toBeInstanceOf(KvmiTimeoutError);
+    expect(short.atMs).toBeLessThan(2_000);
+    kernel.reply(kernel.received[0]!.seq);
+    expect((await long).error).toBeUndefined();
+  });
+
+  it("drops a late reply to a timed-out command quietly and keeps working", async () => {
+    const first = channel.command("KVMI_VM_GET_MAX_GFN", {}, undefined, { timeoutMs: 30 });
+    const hdr = await kernel.next();
+    await expect(first).rejects.toBeInstanceOf(KvmiTimeoutError);
+    kernel.reply(hdr.seq);
+    const second = channel.command("KVMI_VM_GET_MAX_GFN", {}, undefined, { timeoutMs: 1_000 });
+    kernel.reply((await kernel.next()).seq);
+    await expect(second).resolves.toEqual({ gfn: 0x1234n });
+    expect(channel.isOpen).toBe(true);
+  });
+
+  it("answered commands leave nothing for the deadline timer to fail", async () => {
+    for (let i = 0; i < 3; i++) {
+      const done = channel.command("KVMI_VM_GET_MAX_GFN", {}, undefined, { timeoutMs: 40 });
+      kernel.reply((await kernel.next()).seq);
+      await expect(done).resolves.toEqual({ gfn: 0x1234n });
+    }
+    // Past the deadlines the timer was armed for: nothing fails, the channel stays open.
+    await new Promise((resolve) => setTimeout(resolve, 80));
+    expect(channel.pendingCommands).toBe(0);
+    expect(channel.isOpen).toBe(true);
+  });
+
+  it("closing fails pending commands with KvmiTransportError, not a later timeout", async () => {
+    const pending = channel.command("KVMI_VM_GET_MAX_GFN", {}, undefined, { timeoutMs: 50 });
+    await kernel.next();
+    channel.close("device manager went away");
+    await expect(pending).rejects.toBeInstanceOf(KvmiTransportError);
+    await new Promise((resolve) => setTimeout(resolve, 80));
+    expect(channel.pendingCommands).toBe(0);
+  });
+});
