@@ -5,10 +5,11 @@
  *
  * Processes (each a `child_process.fork` with tsx; this process is the measuring client):
  *   - echo child: a bare grpc-js server (unary echo, bidi echo, server stream) on 127.0.0.1;
- *   - bridge child: `startBridge` (gRPC on 127.0.0.1, KVMI on a UNIX socket);
- *   - emulator child: the QEMU + KVMI v9 side. One VM is hooked to the bridge; two more are
- *     hooked straight to this process, driven by the codec alone (test/support/wire-tool.ts for
- *     commands and events, a lean pipelined reader for page-read throughput): the raw baseline.
+ *   - bridge child: `startBridge` (gRPC on 127.0.0.1, KVMI on a UNIX socket), hosting the emulated
+ *     VMs too unless `--emulator process` puts them in an emulator child: the QEMU + KVMI v9 side.
+ *     One VM is hooked to the bridge; two more are hooked straight to this process, driven by the
+ *     codec alone (test/support/wire-tool.ts for commands and events, a lean pipelined reader for
+ *     page-read throughput): the raw baseline.
  * Every figure is measured in several runs after a warm-up, bridge and baselines back to back in
  * each run, and compared as a ratio. The memory test starts a fresh bridge and emulator with 50 VMs.
  */

@@ -10,7 +10,7 @@ import type { Server, Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { KvmiTimeoutError, KvmiTransportError } from "../errors.js";
+import { KvmiRemoteError, KvmiTimeoutError, KvmiTransportError } from "../errors.js";
 import { encodeReply, v9, V9_COMMANDS } from "../wire/index.js";
 import type { MsgHdr } from "../wire/index.js";
 import { createKvmiChannel } from "./channel.js";
@@ -22,6 +22,8 @@ interface Kernel {
   readonly received: MsgHdr[];
   /** Answers the command with `seq` as a successful KVMI_VM_GET_MAX_GFN (the only command used here). */
   reply(seq: number): void;
+  /** Answers the command with `seq` with a kernel error (a positive errno). */
+  fail(seq: number, errno: number): void;
   next(): Promise<MsgHdr>;
 }
 
@@ -42,18 +44,25 @@ beforeEach(async () => {
   const tool = createConnection(path);
   const peer = await accepted;
   const received: MsgHdr[] = [];
+  const unread: MsgHdr[] = [];
   const waiters: Array<(hdr: MsgHdr) => void> = [];
   const framer = createFramer();
   peer.on("data", (chunk: Buffer) =>
     framer.push(chunk, (hdr) => {
       received.push(hdr);
-      waiters.shift()?.(hdr);
+      const waiter = waiters.shift();
+      if (waiter) waiter(hdr);
+      else unread.push(hdr);
     }),
   );
   kernel = {
     received,
     reply: (seq) => void peer.write(encodeReply(v9, GET_MAX_GFN, seq, 0, { gfn: 0x1234n })),
-    next: () => new Promise((resolve) => waiters.push(resolve)),
+    fail: (seq, errno) => void peer.write(encodeReply(v9, GET_MAX_GFN, seq, -errno)),
+    next: () => {
+      const hdr = unread.shift();
+      return hdr ? Promise.resolve(hdr) : new Promise((resolve) => waiters.push(resolve));
+    },
   };
   channel = createKvmiChannel(tool, { vm: "deadline-test" });
 });
@@ -133,5 +142,47 @@ describe("KvmiChannel command deadlines", () => {
     await expect(pending).rejects.toBeInstanceOf(KvmiTransportError);
     await new Promise((resolve) => setTimeout(resolve, 80));
     expect(channel.pendingCommands).toBe(0);
+  });
+});
+
+describe("KvmiChannel.commandBatch", () => {
+  it("sends every request at once and returns each one's own outcome, in request order", async () => {
+    const batch = channel.commandBatch("KVMI_VM_GET_MAX_GFN", [{}, {}, {}], undefined, { timeoutMs: 150 });
+    const hdrs = [await kernel.next(), await kernel.next(), await kernel.next()];
+    expect(new Set(hdrs.map((h) => h.seq)).size).toBe(3);
+    // Out of order, one failed by the kernel, one never answered.
+    kernel.fail(hdrs[2]!.seq, 2);
+    kernel.reply(hdrs[0]!.seq);
+    const results = await batch;
+    expect(results[0]).toEqual({ gfn: 0x1234n });
+    expect(results[1]).toBeInstanceOf(KvmiTimeoutError);
+    expect(results[2]).toBeInstanceOf(KvmiRemoteError);
+    expect((results[2] as KvmiRemoteError).errno).toBe(2);
+    expect(channel.pendingCommands).toBe(0);
+    expect(channel.isOpen).toBe(true);
+  });
+
+  it("an abort fails what is still in flight with the abort reason", async () => {
+    const controller = new AbortController();
+    const batch = channel.commandBatch("KVMI_VM_GET_MAX_GFN", [{}, {}], undefined, { timeoutMs: 5_000, signal: controller.signal });
+    const first = await kernel.next();
+    await kernel.next();
+    kernel.reply(first.seq);
+    // Let the reply arrive before the abort.
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    const reason = new Error("client cancelled");
+    controller.abort(reason);
+    const results = await batch;
+    expect(results[0]).toEqual({ gfn: 0x1234n });
+    expect(results[1]).toBe(reason);
+    expect(channel.pendingCommands).toBe(0);
+  });
+
+  it("a closing socket fails the whole batch with KvmiTransportError", async () => {
+    const batch = channel.commandBatch("KVMI_VM_GET_MAX_GFN", [{}, {}], undefined, { timeoutMs: 5_000 });
+    await kernel.next();
+    channel.close("device manager went away");
+    const results = await batch;
+    expect(results.every((r) => r instanceof KvmiTransportError)).toBe(true);
   });
 });

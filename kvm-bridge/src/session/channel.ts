@@ -204,6 +204,78 @@ export class KvmiChannel {
   }
 
   /**
+   * Sends one command per request, all at once in one write, and resolves when every reply came
+   * (or failed): per request, its reply data or the error it failed with (KvmiRemoteError,
+   * KvmiTimeoutError, KvmiTransportError, the abort reason). For bulk page reads: a promise, an
+   * async frame and a write per page cost more than the page's bytes (kvmi-abi §4: one
+   * KVMI_VM_READ_PHYSICAL reads at most one page).
+   * @throws KvmiArgumentError when a request cannot be encoded (nothing is sent then).
+   */
+  async commandBatch<N extends V9CommandName>(
+    name: N,
+    requests: readonly CommandRequest<N>[],
+    vcpu?: number,
+    options: CommandOptions = {},
+  ): Promise<Array<CommandReply<N> | Error>> {
+    const spec: CommandSpec = V9_COMMANDS[name];
+    options.signal?.throwIfAborted();
+    const count = requests.length;
+    const results = new Array<CommandReply<N> | Error>(count);
+    if (count === 0) return results;
+    let taken = 0;
+    try {
+      for (; taken < count; taken++) {
+        if (this.inFlight < this.maxInFlight || !this.isOpen) this.inFlight++;
+        else await this.acquireSlot();
+      }
+      if (this.closeError !== undefined) this.assertOpen(this.contextOf(spec, vcpu));
+      const seqs = new Array<number>(count);
+      const messages = new Array<Uint8Array>(count);
+      for (let i = 0; i < count; i++) {
+        seqs[i] = this.allocateSeq();
+        messages[i] = encodeCommand(this.dialect, spec, seqs[i]!, requests[i] as Record<string, unknown>, vcpu);
+      }
+      const timeoutMs = options.timeoutMs ?? this.defaultTimeoutMs;
+      const deadline = performance.now() + timeoutMs;
+      let left = count;
+      const all = new Promise<void>((resolve) => {
+        const settle = (i: number, value: CommandReply<N> | Error): void => {
+          results[i] = value;
+          if (--left === 0) resolve();
+        };
+        for (let i = 0; i < count; i++) {
+          this.pending.set(seqs[i]!, {
+            id: spec.id,
+            spec,
+            vcpu,
+            resolve: (value) => settle(i, value as CommandReply<N>),
+            reject: (err) => settle(i, err),
+            deadline,
+            timeoutMs,
+          });
+        }
+      });
+      this.armDeadline(deadline);
+      const signal = options.signal;
+      const onAbort = (): void => {
+        for (const seq of seqs) this.abandon(seq, signal!.reason as Error);
+      };
+      signal?.addEventListener("abort", onAbort, { once: true });
+      try {
+        await this.write(concat(messages), spec, vcpu).catch((err: unknown) => {
+          for (const seq of seqs) this.abandon(seq, err as Error);
+        });
+        await all;
+      } finally {
+        signal?.removeEventListener("abort", onAbort);
+      }
+      return results;
+    } finally {
+      for (let i = 0; i < taken; i++) this.releaseSlot();
+    }
+  }
+
+  /**
    * Answers an event (kvmi-abi §3.4). Writes are ordered with commands on the same socket.
    * @throws KvmiTransportError when the socket is gone (the kernel then continues the vCPU itself).
    */
@@ -398,6 +470,20 @@ export class KvmiChannel {
       this.socket.pause();
     }
   }
+}
+
+/** One buffer holding `parts` back to back (each still a whole message, kvmi-abi §3.1). */
+function concat(parts: readonly Uint8Array[]): Uint8Array {
+  if (parts.length === 1) return parts[0]!;
+  let size = 0;
+  for (const p of parts) size += p.length;
+  const out = new Uint8Array(size);
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
 }
 
 /** Wraps a hooked socket (after the handshake) in a channel. */

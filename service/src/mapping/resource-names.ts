@@ -58,11 +58,29 @@ function requireNonEmpty(name: string, field: string): void {
 }
 
 /**
+ * Names already parsed, as clients repeat the same few on every command (the regular expressions
+ * showed in profiles of the session path). Only valid names are kept, at most {@link MEMO_LIMIT}.
+ */
+const MEMO_LIMIT = 4096;
+const parsedVms = new Map<string, string>();
+const parsedVcpus = new Map<string, VcpuRef>();
+
+function remember<T>(memo: Map<string, T>, name: string, value: T): T {
+  if (memo.size >= MEMO_LIMIT) memo.clear();
+  memo.set(name, value);
+  return value;
+}
+
+/**
  * Parses `vms/{uuid}` and returns the UUID.
  * @param field the request field the name came from, for the error (`vm` or `name`).
  * @throws KvmiArgumentError when the name is empty or malformed.
  */
 export function parseVmName(name: string, field = "vm"): string {
+  return parsedVms.get(name) ?? remember(parsedVms, name, parseVmNameUncached(name, field));
+}
+
+function parseVmNameUncached(name: string, field: string): string {
   requireNonEmpty(name, field);
   const parts = name.split("/");
   if (parts.length !== 2 || parts[0] !== VMS) {
@@ -80,6 +98,10 @@ export function parseVmName(name: string, field = "vm"): string {
  * @throws KvmiArgumentError when the name is empty or malformed.
  */
 export function parseVcpuName(name: string, field = "name"): VcpuRef {
+  return parsedVcpus.get(name) ?? remember(parsedVcpus, name, parseVcpuNameUncached(name, field));
+}
+
+function parseVcpuNameUncached(name: string, field: string): VcpuRef {
   requireNonEmpty(name, field);
   const parts = name.split("/");
   if (parts.length !== 4 || parts[0] !== VMS || parts[2] !== VCPUS) {
@@ -97,5 +119,5 @@ export function parseVcpuName(name: string, field = "name"): VcpuRef {
   if (vcpu > MAX_VCPU_INDEX) {
     throw new KvmiArgumentError(field, `${field} "${name}" has vCPU index ${index}, above the largest possible index ${MAX_VCPU_INDEX}`);
   }
-  return { vm: parts[1]!, vcpu };
+  return Object.freeze({ vm: parts[1]!, vcpu });
 }

@@ -83,6 +83,21 @@ async function readPhysical(host: VmHost, gpa: bigint, size: number, caller: Com
   }
 }
 
+/**
+ * Reads whole pages in one burst; undefined for a page guest memory does not back (KVM_ENOENT).
+ * @throws the first other error (transport, timeout, abort), as the page-by-page reads would.
+ */
+async function readPhysicalPages(host: VmHost, gpas: readonly bigint[], caller: CommandCaller): Promise<Array<Uint8Array | undefined>> {
+  caller.signal?.throwIfAborted();
+  const size = Number(PAGE);
+  const replies = await host.commandBatch("KVMI_VM_READ_PHYSICAL", gpas.map((gpa) => ({ gpa, size })), undefined, caller);
+  return replies.map((reply) => {
+    if (!(reply instanceof Error)) return reply.data;
+    if (reply instanceof KvmiRemoteError && reply.errno === errno.KVM_ENOENT) return undefined;
+    throw reply;
+  });
+}
+
 function hole(address: bigint, length: number, reason: HoleReason): MemoryHole {
   return create(MemoryHoleSchema, { address, length: BigInt(length), reason });
 }
@@ -116,7 +131,17 @@ function createLimiter(limit: number): <T>(task: () => Promise<T>) => Promise<T>
 
 type Limiter = ReturnType<typeof createLimiter>;
 
-async function readRange(host: VmHost, range: MemoryRange, index: number, caller: CommandCaller, limit: Limiter): Promise<MemoryRangeResult> {
+/**
+ * What one batch may have in flight: virtual pieces one by one ({@link PAGE_WINDOW} at once, each
+ * translated first), physical ones in bursts of {@link PAGE_WINDOW}, two bursts at once so that the
+ * socket is not idle while a burst's last replies come back.
+ */
+interface BatchLimits {
+  readonly pieces: Limiter;
+  readonly windows: Limiter;
+}
+
+async function readRange(host: VmHost, range: MemoryRange, index: number, caller: CommandCaller, limits: BatchLimits): Promise<MemoryRangeResult> {
   const length = Number(range.length);
   const data = new Uint8Array(length);
   const holes: MemoryHole[] = [];
@@ -130,9 +155,35 @@ async function readRange(host: VmHost, range: MemoryRange, index: number, caller
     }
     return walkPageTables((gpa, size) => readPhysical(host, gpa, size, caller), translation.value as bigint, gva);
   };
+  const all = pieces(range.address, length);
+  if (!virtual) {
+    // Physical pieces need no translation: windows of them go out as one burst each.
+    const windows: Piece[][] = [];
+    for (let i = 0; i < all.length; i += PAGE_WINDOW) windows.push(all.slice(i, i + PAGE_WINDOW));
+    await Promise.all(
+      windows.map((window) =>
+        limits.windows(async () => {
+          caller.signal?.throwIfAborted();
+          const replies = await host.commandBatch(
+            "KVMI_VM_READ_PHYSICAL",
+            window.map((piece) => ({ gpa: piece.address, size: piece.length })),
+            undefined,
+            caller,
+          );
+          replies.forEach((reply, i) => {
+            const piece = window[i]!;
+            if (!(reply instanceof Error)) data.set(reply.data, piece.offset);
+            else if (reply instanceof KvmiRemoteError && reply.errno === errno.KVM_ENOENT) holes.push(hole(piece.address, piece.length, HoleReason.NOT_PRESENT));
+            else throw reply;
+          });
+        }),
+      ),
+    );
+    return create(MemoryRangeResultSchema, { result: { case: "data", value: data }, holes: coalesce(holes) });
+  }
   await Promise.all(
-    pieces(range.address, length).map((piece) =>
-      limit(async () => {
+    all.map((piece) =>
+      limits.pieces(async () => {
         const gpa = virtual ? await translate(piece.address) : piece.address;
         if (gpa === undefined) return void holes.push(hole(piece.address, piece.length, HoleReason.NOT_MAPPED));
         const bytes = await readPhysical(host, gpa, piece.length, caller);
@@ -180,10 +231,10 @@ function vmContext(name: string): { vm?: string } {
 export async function batchRead(deps: RpcDeps, request: BatchReadMemoryRequest, caller: CommandCaller): Promise<BatchReadMemoryResponse> {
   checkRanges(request);
   const host = deps.hosts.require(parseVmName(request.vm, "vm"));
-  const limit = createLimiter(PAGE_WINDOW);
+  const limits: BatchLimits = { pieces: createLimiter(PAGE_WINDOW), windows: createLimiter(2) };
   const results = await Promise.all(
     request.ranges.map((range, i) =>
-      readRange(host, range, i, caller, limit).catch((err: unknown) => {
+      readRange(host, range, i, caller, limits).catch((err: unknown) => {
         // A transport failure fails the call; anything else fails only its range.
         if (!host.channel.isOpen) throw err;
         return create(MemoryRangeResultSchema, { result: { case: "error", value: statusToProto(err, { vm: host.uuid }) } });
@@ -205,9 +256,10 @@ export function batchReadHandler(deps: RpcDeps) {
 }
 
 /**
- * DumpMemory: reads pages with a window of {@link PAGE_WINDOW} in flight, emits contiguous readable
- * runs as chunks, reports holes and progress, and waits for the client to drain before reading on,
- * so a slow client never makes the bridge buffer more than one window.
+ * DumpMemory: reads pages in bursts of {@link PAGE_WINDOW} (the next burst in flight while one is
+ * sent), emits contiguous readable runs as chunks, reports holes and progress, and waits for the
+ * client to drain before reading on, so a slow client never makes the bridge buffer more than two
+ * windows beside the chunk.
  */
 export function dumpMemoryHandler(deps: RpcDeps) {
   return (call: ServerWritableStream<DumpMemoryRequest, DumpMemoryResponse>): void => {
@@ -255,11 +307,21 @@ async function dump(deps: RpcDeps, call: ServerWritableStream<DumpMemoryRequest,
     holes = [];
     if (!ok) await new Promise<void>((resolve) => call.once("drain", resolve));
   };
-  for (let window = request.startGpa; window < end; window += PAGE * BigInt(PAGE_WINDOW)) {
-    signal.throwIfAborted();
+  const step = PAGE * BigInt(PAGE_WINDOW);
+  const pagesFrom = (start: bigint): bigint[] => {
     const pages: bigint[] = [];
-    for (let gpa = window; gpa < end && pages.length < PAGE_WINDOW; gpa += PAGE) pages.push(gpa);
-    const reads = await Promise.all(pages.map((gpa) => readPhysical(host, gpa, Number(PAGE), caller)));
+    for (let gpa = start; gpa < end && pages.length < PAGE_WINDOW; gpa += PAGE) pages.push(gpa);
+    return pages;
+  };
+  // The next window is read while this one is sent, so the socket never idles between windows.
+  let ahead = request.startGpa < end ? readPhysicalPages(host, pagesFrom(request.startGpa), caller) : undefined;
+  for (let window = request.startGpa; window < end; window += step) {
+    signal.throwIfAborted();
+    const pages = pagesFrom(window);
+    const reads = await ahead!;
+    ahead = window + step < end ? readPhysicalPages(host, pagesFrom(window + step), caller) : undefined;
+    // Awaited on the next turn; a failure then fails the call, an abandoned call drops it.
+    ahead?.catch(() => undefined);
     for (let i = 0; i < pages.length; i++) {
       const gpa = pages[i]!;
       const bytes = reads[i];

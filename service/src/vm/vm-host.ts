@@ -250,6 +250,34 @@ export class VmHost {
     }
   }
 
+  /**
+   * Runs one read-only command per request in one burst (KvmiChannel.commandBatch): per request its
+   * reply or its error. Metrics count every command; each is observed with the burst's duration,
+   * the longest any of them waited.
+   * @throws Error for a mutating command (those go one by one through the hook ledger).
+   */
+  async commandBatch<N extends V9CommandName>(
+    name: N,
+    requests: readonly CommandRequest<N>[],
+    vcpu: number | undefined,
+    caller: { readonly timeoutMs?: number; readonly signal?: AbortSignal },
+  ): Promise<Array<CommandReply<N> | Error>> {
+    if (MUTATING_COMMANDS.has(name)) throw new Error(`${name} changes guest state: send it with command()`);
+    const started = process.hrtime.bigint();
+    const results = await this.channel.commandBatch(name, requests, vcpu, caller);
+    const metrics = this.options.metrics;
+    if (metrics !== undefined) {
+      const elapsed = seconds(started);
+      let bytes = 0;
+      for (const r of results) {
+        metrics.command(name, r instanceof Error ? r : undefined, elapsed);
+        if (!(r instanceof Error) && name === "KVMI_VM_READ_PHYSICAL") bytes += (r as { data: Uint8Array }).data.length;
+      }
+      if (bytes > 0) metrics.bytesRead(bytes);
+    }
+    return results;
+  }
+
   // ---------------------------------------------------------------------------------------------
   // Events
 

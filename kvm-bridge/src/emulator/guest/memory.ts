@@ -95,6 +95,11 @@ export interface GuestMemory extends PhysicalReader {
   e820(): readonly E820Entry[];
   /** Copies `length` bytes at `gpa`; may cross pages, fails if any byte has no slot. */
   read(gpa: bigint, length: number): ReadResult;
+  /**
+   * The `length` bytes at `gpa` without a copy, when one slot backs them all (undefined otherwise):
+   * for a reply encoded at once, as the kernel copies guest memory straight into its message.
+   */
+  peek(gpa: bigint, length: number): Uint8Array | undefined;
   /** Writes `bytes` at `gpa`; all-or-nothing: nothing is written if any byte has no slot. */
   write(gpa: bigint, bytes: Uint8Array): WriteResult;
   readU32(gpa: bigint): number | undefined;
@@ -195,6 +200,11 @@ class SlotMemory implements GuestMemory {
     const out = new Uint8Array(length);
     const failed = this.chunks(gpa, length, (slot, off, pos, n) => out.set(slot.data.subarray(off, off + n), pos));
     return failed === undefined ? { ok: true, bytes: out } : notMapped(failed);
+  }
+
+  peek(gpa: bigint, length: number): Uint8Array | undefined {
+    const hit = gpa >= 0n ? this.locate(gpa, length) : undefined;
+    return hit === undefined ? undefined : hit[0].data.subarray(hit[1], hit[1] + length);
   }
 
   write(gpa: bigint, bytes: Uint8Array): WriteResult {

@@ -52,6 +52,8 @@ export function createGuestPort(guest: Guest): GuestPort {
   return {
     vcpus: guest.vcpus.map((vcpu) => vcpuPort(guest, vcpu)),
     readPhysical: (gpa, size) => {
+      const inOneSlot = memory.peek(gpa, size);
+      if (inOneSlot !== undefined) return inOneSlot;
       const result = memory.read(gpa, size);
       return result.ok ? result.bytes : undefined;
     },

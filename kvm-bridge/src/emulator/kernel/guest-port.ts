@@ -60,7 +60,10 @@ export interface VcpuPort {
 /** The VM as KVM sees it. */
 export interface GuestPort {
   readonly vcpus: readonly VcpuPort[];
-  /** Reads guest physical memory inside one page; undefined when a page is not mapped (ENOENT). */
+  /**
+   * Reads guest physical memory inside one page; undefined when a page is not mapped (ENOENT). The
+   * bytes may be a view of guest memory: encode them before the guest runs again.
+   */
   readPhysical(gpa: bigint, size: number): Uint8Array | undefined;
   /** Writes guest physical memory inside one page; false when not mapped (ENOENT). */
   writePhysical(gpa: bigint, data: Uint8Array): boolean;
