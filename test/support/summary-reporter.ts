@@ -9,11 +9,16 @@ export default class SummaryReporter implements Reporter {
     let failed = unhandledErrors.length;
     let skipped = 0;
     for (const module of testModules) {
-      if (module.state() === "failed" && [...module.children.allTests()].length === 0) failed++;
-      for (const test of module.children.allTests()) {
-        const state = test.result().state;
+      const tests = [...module.children.allTests()];
+      const states = tests.map((test) => test.result().state);
+      // A file that failed without a failing test failed in a hook or at import (e.g. beforeAll found
+      // no Docker engine): the tests it did not run count as failed, not skipped, and a file with
+      // no tests at all counts once.
+      const suiteFailed = module.state() === "failed" && !states.includes("failed");
+      if (suiteFailed && tests.length === 0) failed++;
+      for (const state of states) {
         if (state === "passed") passed++;
-        else if (state === "failed") failed++;
+        else if (state === "failed" || suiteFailed) failed++;
         else skipped++;
       }
     }

@@ -178,11 +178,10 @@ export function decodeBody(
     }
     items = list;
   }
-  return {
-    value: { ...fixed, [tail.name]: items },
-    nonZeroPadding,
-    extraBytes: end - (at + count * width),
-  };
+  // `fixed` is a fresh object (the decoder's literal or {}): add the tail to it rather than
+  // spreading it into another one, as this runs for every page read.
+  (fixed as Record<string, unknown>)[tail.name] = items;
+  return { value: fixed, nonZeroPadding, extraBytes: end - (at + count * width) };
 }
 
 function prefixed(prefix: string, name: string | undefined): string | undefined {

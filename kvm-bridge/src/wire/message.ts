@@ -103,7 +103,8 @@ export function decodeCommand(dialect: Dialect, spec: CommandSpec, body: Uint8Ar
     offset = hdrLayout.size;
   }
   const decoded = decodeBody(spec.request, view, offset, Math.max(0, body.length - offset), { zeroExtendFixed: true });
-  return { ...decoded, vcpu, vcpuHdrPadding };
+  // A literal, not a spread: this runs per command in the emulator (and per page of a dump).
+  return { value: decoded.value, nonZeroPadding: decoded.nonZeroPadding, extraBytes: decoded.extraBytes, vcpu, vcpuHdrPadding };
 }
 
 /**

@@ -1,0 +1,103 @@
+// SPDX-License-Identifier: Apache-2.0
+/**
+ * `npm run bench:ops`: CPU time per operation of the bridge (with the emulated VM in its process)
+ * and of the client, over long steady loops of one operation at a time. Wall-clock ratios on a
+ * noisy 2-core machine move by ±20% between runs; CPU per operation moves far less, so this is the
+ * probe for before/after comparisons of a change (test/bench/README.md, "A/B").
+ */
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { create } from "@bufbuild/protobuf";
+import { DumpMemoryRequestSchema, EventType, GetVcpuInfoRequestSchema } from "@kvmi/proto";
+import type { BridgeStarted } from "./bridge-child.js";
+import { BRIDGE, BridgeClient, SessionClient } from "./lib/clients.js";
+import type { EventLoopResult } from "./lib/emulator-host.js";
+import { ChildHandle } from "./lib/ipc.js";
+
+const OPERATIONS = ["unary", "session", "event", "dump"] as const;
+type Operation = (typeof OPERATIONS)[number];
+
+const { values: flags, positionals } = parseArgs({
+  args: process.argv.slice(2),
+  allowPositionals: true,
+  options: { seconds: { type: "string", default: "3" }, rounds: { type: "string", default: "3" } },
+});
+const chosen = (positionals.length > 0 ? positionals : [...OPERATIONS]) as Operation[];
+for (const op of chosen) {
+  if (!OPERATIONS.includes(op)) {
+    process.stderr.write(`unknown operation ${op}; choose from ${OPERATIONS.join(", ")}\n`);
+    process.exit(2);
+  }
+}
+const SECONDS = Number(flags.seconds);
+const ROUNDS = Number(flags.rounds);
+const MiB = 1024 * 1024;
+const CR3 = 3;
+
+const dir = mkdtempSync(join(tmpdir(), "kvmi-bench-ops-"));
+const bridgeChild = await ChildHandle.start("bridge", new URL("./bridge-child.ts", import.meta.url), { quiet: true });
+try {
+  const started = await bridgeChild.call<BridgeStarted>("start", { kvmiSocket: join(dir, "kvmi.sock"), logLevel: "info", metrics: false });
+  const [spec] = await bridgeChild.call<Array<{ uuid: string }>>("addVms", {
+    specs: [{ key: "ops", endpoint: { kind: "unix", path: started.kvmiSocket }, vcpus: 1, memoryMiB: 64, workload: false }],
+  });
+  const vm = `vms/${spec!.uuid}`;
+  const bridge = new BridgeClient(started.grpcTarget);
+  const controller = new SessionClient(bridge, vm);
+  await controller.attached;
+  const vcpu = `${vm}/vcpus/0`;
+  await controller.commandOk({ case: "controlVcpuEvents", value: { name: vcpu, event: EventType.CR, enable: true } });
+  await controller.commandOk({ case: "controlCr", value: { name: vcpu, cr: CR3, enable: true } });
+  const vcpuInfo = create(GetVcpuInfoRequestSchema, { name: vcpu });
+  const dumpRequest = create(DumpMemoryRequestSchema, { vm, startGpa: 16n * BigInt(MiB), length: 16n * BigInt(MiB), chunkSize: 256 * 1024 });
+
+  /** One step of each operation; returns how many units it did (operations, events, MiB). */
+  const steps: Record<Operation, { unit: string; step: () => Promise<number> }> = {
+    unary: { unit: "op", step: async () => (await bridge.unary(BRIDGE.getVcpuInfo, vcpuInfo), 1) },
+    session: { unit: "op", step: async () => (await controller.command({ case: "getVcpuInfo", value: vcpuInfo }), 1) },
+    event: {
+      unit: "event",
+      step: async () => (await bridgeChild.call<EventLoopResult>("eventLoop", { key: "ops", vcpus: 1, durationMs: 500, maxSamples: 1 })).completed,
+    },
+    dump: {
+      unit: "MiB",
+      step: () =>
+        new Promise<number>((resolve, reject) => {
+          let bytes = 0;
+          const call = bridge.client.makeServerStreamRequest(BRIDGE.dumpMemory.path, BRIDGE.dumpMemory.requestSerialize, BRIDGE.dumpMemory.responseDeserialize, dumpRequest);
+          call.on("data", (m: { data: Uint8Array }) => (bytes += m.data.length));
+          call.on("error", reject);
+          call.on("end", () => resolve(bytes / MiB));
+        }),
+    },
+  };
+
+  const lines = ["operation | unit | round | units | wall µs/unit | bridge+emulator CPU µs/unit (user) | client CPU µs/unit"];
+  for (const op of chosen) {
+    const { unit, step } = steps[op];
+    // Round 0 warms up (JIT, connection) and is not printed.
+    for (let round = 0; round <= ROUNDS; round++) {
+      const t0 = performance.now();
+      const client0 = process.cpuUsage();
+      const bridge0 = await bridgeChild.call<NodeJS.CpuUsage>("cpu");
+      let units = 0;
+      while (performance.now() - t0 < (round === 0 ? 1000 : SECONDS * 1000)) units += await step();
+      const wallUs = (performance.now() - t0) * 1000;
+      const client = process.cpuUsage(client0);
+      const bridge1 = await bridgeChild.call<NodeJS.CpuUsage>("cpu");
+      if (round === 0) continue;
+      const per = (us: number): string => (us / units).toFixed(units >= 100 ? 0 : 1);
+      const bridgeUser = bridge1.user - bridge0.user;
+      const bridgeAll = bridgeUser + bridge1.system - bridge0.system;
+      lines.push(`${op} | ${unit} | ${round} | ${units} | ${per(wallUs)} | ${per(bridgeAll)} (${per(bridgeUser)}) | ${per(client.user + client.system)}`);
+    }
+  }
+  process.stdout.write(`${lines.join("\n")}\n`);
+  controller.end();
+  bridge.close();
+} finally {
+  await bridgeChild.stop();
+  rmSync(dir, { recursive: true, force: true });
+}
