@@ -10,11 +10,11 @@ import type { Server, Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { KvmiRemoteError, KvmiTimeoutError, KvmiTransportError } from "../errors.js";
+import { KvmiArgumentError, KvmiRemoteError, KvmiTimeoutError, KvmiTransportError } from "../errors.js";
 import { encodeReply, v9, V9_COMMANDS } from "../wire/index.js";
 import type { MsgHdr } from "../wire/index.js";
 import { createKvmiChannel } from "./channel.js";
-import type { KvmiChannel } from "./channel.js";
+import type { KvmiChannel, KvmiChannelOptions } from "./channel.js";
 import { createFramer } from "./framer.js";
 
 interface Kernel {
@@ -30,16 +30,17 @@ interface Kernel {
 const GET_MAX_GFN = V9_COMMANDS.KVMI_VM_GET_MAX_GFN;
 
 let dir: string;
-let server: Server;
 let channel: KvmiChannel;
 let kernel: Kernel;
 
-beforeEach(async () => {
-  dir = mkdtempSync(join(tmpdir(), "kvmi-channel-"));
-  const path = join(dir, "kvmi.sock");
+/** A channel over a fresh UNIX socket pair, with the test playing the kernel at the other end. */
+async function open(options: KvmiChannelOptions = {}): Promise<{ channel: KvmiChannel; kernel: Kernel }> {
+  const path = join(dir, `kvmi-${servers.length}.sock`);
+  let server!: Server;
   const accepted = new Promise<Socket>((resolve) => {
     server = createServer(resolve);
   });
+  servers.push(server);
   await new Promise<void>((resolve) => server.listen(path, resolve));
   const tool = createConnection(path);
   const peer = await accepted;
@@ -55,21 +56,33 @@ beforeEach(async () => {
       else unread.push(hdr);
     }),
   );
-  kernel = {
-    received,
-    reply: (seq) => void peer.write(encodeReply(v9, GET_MAX_GFN, seq, 0, { gfn: 0x1234n })),
-    fail: (seq, errno) => void peer.write(encodeReply(v9, GET_MAX_GFN, seq, -errno)),
-    next: () => {
-      const hdr = unread.shift();
-      return hdr ? Promise.resolve(hdr) : new Promise((resolve) => waiters.push(resolve));
+  const opened = createKvmiChannel(tool, { vm: "deadline-test", ...options });
+  channels.push(opened);
+  return {
+    channel: opened,
+    kernel: {
+      received,
+      reply: (seq) => void peer.write(encodeReply(v9, GET_MAX_GFN, seq, 0, { gfn: 0x1234n })),
+      fail: (seq, errno) => void peer.write(encodeReply(v9, GET_MAX_GFN, seq, -errno)),
+      next: () => {
+        const hdr = unread.shift();
+        return hdr ? Promise.resolve(hdr) : new Promise((resolve) => waiters.push(resolve));
+      },
     },
   };
-  channel = createKvmiChannel(tool, { vm: "deadline-test" });
+}
+
+const servers: Server[] = [];
+const channels: KvmiChannel[] = [];
+
+beforeEach(async () => {
+  dir = mkdtempSync(join(tmpdir(), "kvmi-channel-"));
+  ({ channel, kernel } = await open());
 });
 
 afterEach(() => {
-  channel.close("test over");
-  server.close();
+  for (const c of channels.splice(0)) c.close("test over");
+  for (const server of servers.splice(0)) server.close();
   rmSync(dir, { recursive: true, force: true });
 });
 
@@ -184,5 +197,39 @@ describe("KvmiChannel.commandBatch", () => {
     channel.close("device manager went away");
     const results = await batch;
     expect(results.every((r) => r instanceof KvmiTransportError)).toBe(true);
+  });
+
+  it("refuses a batch larger than the channel keeps in flight, sending nothing", async () => {
+    const small = await open({ maxInFlight: 4 });
+    await expect(small.channel.commandBatch("KVMI_VM_GET_MAX_GFN", [{}, {}, {}, {}, {}])).rejects.toBeInstanceOf(KvmiArgumentError);
+    expect(small.kernel.received).toHaveLength(0);
+    expect(small.channel.pendingCommands).toBe(0);
+  });
+
+  it("batches that together need more slots than there are take turns instead of waiting on each other", async () => {
+    const small = await open({ maxInFlight: 4 });
+    // The kernel answers everything it gets, in order.
+    let answered = 0;
+    let mostInFlight = 0;
+    const answerAll = (async () => {
+      while (answered < 7) {
+        const hdr = await small.kernel.next();
+        mostInFlight = Math.max(mostInFlight, small.kernel.received.length - answered);
+        small.kernel.reply(hdr.seq);
+        answered++;
+      }
+    })();
+    const first = small.channel.commandBatch("KVMI_VM_GET_MAX_GFN", [{}, {}, {}], undefined, { timeoutMs: 2_000 });
+    const second = small.channel.commandBatch("KVMI_VM_GET_MAX_GFN", [{}, {}, {}], undefined, { timeoutMs: 2_000 });
+    const single = small.channel.command("KVMI_VM_GET_MAX_GFN", {}, undefined, { timeoutMs: 2_000 });
+    const results = [...(await first), ...(await second), await single];
+    await answerAll;
+    expect(results).toHaveLength(7);
+    for (const r of results) expect(r).toEqual({ gfn: 0x1234n });
+    // Never more than four in flight: the second batch went out only once three slots were free.
+    expect(mostInFlight).toBeLessThanOrEqual(4);
+    expect(mostInFlight).toBeGreaterThanOrEqual(3);
+    expect(small.kernel.received).toHaveLength(7);
+    expect(small.channel.pendingCommands).toBe(0);
   });
 });

@@ -9,7 +9,7 @@
  * until the sink calls {@link KvmiChannel.resumeEvents}. In-flight commands are bounded.
  */
 import type { Socket } from "node:net";
-import { KvmiProtocolError, KvmiRemoteError, KvmiTimeoutError, KvmiTransportError } from "../errors.js";
+import { KvmiArgumentError, KvmiProtocolError, KvmiRemoteError, KvmiTimeoutError, KvmiTransportError } from "../errors.js";
 import type { KvmiErrorContext } from "../errors.js";
 import type { Logger } from "../logger.js";
 import { silentLogger } from "../logger.js";
@@ -86,7 +86,8 @@ export class KvmiChannel {
   private readonly timedOut = new Set<number>();
   private nextSeq = 1;
   private inFlight = 0;
-  private readonly slotWaiters: Array<() => void> = [];
+  /** Commands and batches waiting for in-flight slots, granted strictly in order. */
+  private readonly slotWaiters: Array<{ readonly n: number; readonly grant: () => void }> = [];
   /**
    * One timer for every command deadline of the channel, armed for the earliest one, instead of a
    * timer per command: arming and clearing a timer per page read was measurable on bulk reads.
@@ -170,8 +171,9 @@ export class KvmiChannel {
     const spec: CommandSpec = V9_COMMANDS[name];
     options.signal?.throwIfAborted();
     // The slot is free almost always: take it without a promise (a microtask per page read).
-    if (this.inFlight < this.maxInFlight || !this.isOpen) this.inFlight++;
-    else await this.acquireSlot();
+    // A free slot is taken without a promise (a microtask per page read adds up).
+    const waitForSlot = this.acquireSlots(1);
+    if (waitForSlot !== undefined) await waitForSlot;
     try {
       if (this.closeError !== undefined) this.assertOpen(this.contextOf(spec, vcpu));
       const seq = this.allocateSeq();
@@ -199,7 +201,7 @@ export class KvmiChannel {
         signal.removeEventListener("abort", onAbort);
       }
     } finally {
-      this.releaseSlot();
+      this.releaseSlots(1);
     }
   }
 
@@ -222,12 +224,13 @@ export class KvmiChannel {
     const count = requests.length;
     const results = new Array<CommandReply<N> | Error>(count);
     if (count === 0) return results;
-    let taken = 0;
+    if (count > this.maxInFlight) {
+      throw new KvmiArgumentError("requests", `a batch of ${count} commands exceeds the ${this.maxInFlight} the channel keeps in flight`);
+    }
+    // All slots at once or none: two batches each holding part of what it needs would wait forever.
+    const waitForSlots = this.acquireSlots(count);
+    if (waitForSlots !== undefined) await waitForSlots;
     try {
-      for (; taken < count; taken++) {
-        if (this.inFlight < this.maxInFlight || !this.isOpen) this.inFlight++;
-        else await this.acquireSlot();
-      }
       if (this.closeError !== undefined) this.assertOpen(this.contextOf(spec, vcpu));
       const seqs = new Array<number>(count);
       const messages = new Array<Uint8Array>(count);
@@ -271,7 +274,7 @@ export class KvmiChannel {
       }
       return results;
     } finally {
-      for (let i = 0; i < taken; i++) this.releaseSlot();
+      this.releaseSlots(count);
     }
   }
 
@@ -297,7 +300,8 @@ export class KvmiChannel {
       entry.reject(new KvmiTransportError(`${reason} while ${entry.spec.name} was in flight`, this.contextOf(entry.spec, entry.vcpu), { cause }));
       this.pending.delete(seq);
     }
-    for (const waiter of this.slotWaiters.splice(0)) waiter();
+    // Every waiter proceeds, finds the channel closed and gives its slots back.
+    this.grantWaiting();
     for (const listener of this.closeListeners.splice(0)) listener(err);
     this.log.info({ reason }, "KVMI channel closed");
   }
@@ -323,16 +327,33 @@ export class KvmiChannel {
     return this.nextSeq;
   }
 
-  private async acquireSlot(): Promise<void> {
-    while (this.inFlight >= this.maxInFlight && this.isOpen) {
-      await new Promise<void>((resolve) => this.slotWaiters.push(resolve));
+  /**
+   * Takes `n` in-flight slots together: at once (undefined) when they are free and nobody waits
+   * before us, otherwise a promise settled when they are granted (in arrival order) or the channel
+   * closed.
+   */
+  private acquireSlots(n: number): Promise<void> | undefined {
+    if (this.closeError !== undefined || (this.slotWaiters.length === 0 && this.inFlight + n <= this.maxInFlight)) {
+      this.inFlight += n;
+      return undefined;
     }
-    this.inFlight++;
+    return new Promise<void>((grant) => this.slotWaiters.push({ n, grant }));
   }
 
-  private releaseSlot(): void {
-    this.inFlight--;
-    this.slotWaiters.shift()?.();
+  private releaseSlots(n: number): void {
+    this.inFlight -= n;
+    this.grantWaiting();
+  }
+
+  /** Grants slots to waiters in order while the first one fits (all of them once closed). */
+  private grantWaiting(): void {
+    while (this.slotWaiters.length > 0) {
+      const first = this.slotWaiters[0]!;
+      if (this.closeError === undefined && this.inFlight + first.n > this.maxInFlight) return;
+      this.slotWaiters.shift();
+      this.inFlight += first.n;
+      first.grant();
+    }
   }
 
   /**
