@@ -19,6 +19,7 @@ import type { V9CommandName } from "../wire/dialects/v9.js";
 import { decodeEvent, decodeReply, encodeCommand, encodeEventReply, isEventReplyError } from "../wire/message.js";
 import type { MsgHdr } from "../wire/message.js";
 import { createFramer } from "./framer.js";
+import { InFlightSlots, PendingCommands } from "./in-flight.js";
 
 type Commands = typeof V9_COMMANDS;
 /** The request body of a v9 command, with its tail's count field optional. */
@@ -64,44 +65,20 @@ export interface KvmiChannelOptions {
   readonly defaultTimeoutMs?: number;
 }
 
-interface Pending {
-  readonly id: number;
-  readonly spec: CommandSpec;
-  readonly vcpu: number | undefined;
-  readonly resolve: (value: Record<string, unknown>) => void;
-  readonly reject: (err: Error) => void;
-  /** `performance.now()` after which the command fails with KvmiTimeoutError. */
-  readonly deadline: number;
-  readonly timeoutMs: number;
-}
-
-/** Remembered seqs of timed-out commands, so their late replies are dropped quietly. */
-const LATE_REPLY_MEMORY = 1024;
-
 /** The tool side of a hooked VM's socket. */
 export class KvmiChannel {
   readonly dialect: Dialect;
   private readonly log: Logger;
-  private readonly pending = new Map<number, Pending>();
-  private readonly timedOut = new Set<number>();
-  private nextSeq = 1;
-  private inFlight = 0;
-  /** Commands and batches waiting for in-flight slots, granted strictly in order. */
-  private readonly slotWaiters: Array<{ readonly n: number; readonly grant: () => void }> = [];
-  /**
-   * One timer for every command deadline of the channel, armed for the earliest one, instead of a
-   * timer per command: arming and clearing a timer per page read was measurable on bulk reads.
-   * Unreferenced, as the socket (which every pending command needs) keeps the process alive.
-   */
-  private deadlineTimer: NodeJS.Timeout | undefined;
-  private deadlineTimerAt = Number.POSITIVE_INFINITY;
+  private readonly pending = new PendingCommands<CommandSpec>(
+    (entry) => new KvmiTimeoutError(`${entry.spec.name} got no reply within ${entry.timeoutMs} ms`, this.contextOf(entry.spec, entry.vcpu)),
+  );
+  private readonly slots: InFlightSlots;
   private drained: Promise<void> | undefined;
   private corked = false;
   private sink: EventSink = () => true;
   private eventsPaused = false;
   private closeError: KvmiTransportError | undefined;
   private readonly closeListeners: Array<(err: KvmiTransportError) => void> = [];
-  private readonly maxInFlight: number;
   private readonly defaultTimeoutMs: number;
   private readonly vm: string | undefined;
 
@@ -111,7 +88,7 @@ export class KvmiChannel {
   ) {
     this.dialect = options.dialect ?? v9;
     this.log = options.logger ?? silentLogger;
-    this.maxInFlight = options.maxInFlight ?? 256;
+    this.slots = new InFlightSlots(options.maxInFlight ?? 256);
     this.defaultTimeoutMs = options.defaultTimeoutMs ?? 30_000;
     this.vm = options.vm;
     const framer = createFramer({ maxBodyBytes: this.dialect.maxMessageBytes });
@@ -170,20 +147,18 @@ export class KvmiChannel {
   ): Promise<CommandReply<N>> {
     const spec: CommandSpec = V9_COMMANDS[name];
     options.signal?.throwIfAborted();
-    // The slot is free almost always: take it without a promise (a microtask per page read).
-    // A free slot is taken without a promise (a microtask per page read adds up).
-    const waitForSlot = this.acquireSlots(1);
+    // A free slot is taken without a promise (a microtask per command adds up).
+    const waitForSlot = this.slots.acquire(1);
     if (waitForSlot !== undefined) await waitForSlot;
     try {
       if (this.closeError !== undefined) this.assertOpen(this.contextOf(spec, vcpu));
-      const seq = this.allocateSeq();
+      const seq = this.pending.allocateSeq();
       const message = encodeCommand(this.dialect, spec, seq, request as Record<string, unknown>, vcpu);
       const timeoutMs = options.timeoutMs ?? this.defaultTimeoutMs;
       const deadline = performance.now() + timeoutMs;
       const reply = new Promise<Record<string, unknown>>((resolve, reject) => {
-        this.pending.set(seq, { id: spec.id, spec, vcpu, resolve, reject, deadline, timeoutMs });
+        this.pending.add(seq, { id: spec.id, spec, vcpu, resolve, reject, deadline, timeoutMs });
       });
-      this.armDeadline(deadline);
       // The reply may be rejected (close, timeout, abort) while the write still waits for its turn;
       // it is awaited below, this only keeps that early rejection from counting as unhandled.
       reply.catch(() => undefined);
@@ -192,7 +167,7 @@ export class KvmiChannel {
         await this.write(message, spec, vcpu);
         return (await reply) as CommandReply<N>;
       }
-      const onAbort = (): void => this.abandon(seq, signal.reason as Error);
+      const onAbort = (): void => this.pending.abandon(seq, signal.reason as Error);
       signal.addEventListener("abort", onAbort, { once: true });
       try {
         await this.write(message, spec, vcpu);
@@ -201,7 +176,7 @@ export class KvmiChannel {
         signal.removeEventListener("abort", onAbort);
       }
     } finally {
-      this.releaseSlots(1);
+      this.slots.release(1);
     }
   }
 
@@ -224,18 +199,18 @@ export class KvmiChannel {
     const count = requests.length;
     const results = new Array<CommandReply<N> | Error>(count);
     if (count === 0) return results;
-    if (count > this.maxInFlight) {
-      throw new KvmiArgumentError("requests", `a batch of ${count} commands exceeds the ${this.maxInFlight} the channel keeps in flight`);
+    if (count > this.slots.limit) {
+      throw new KvmiArgumentError("requests", `a batch of ${count} commands exceeds the ${this.slots.limit} the channel keeps in flight`);
     }
     // All slots at once or none: two batches each holding part of what it needs would wait forever.
-    const waitForSlots = this.acquireSlots(count);
+    const waitForSlots = this.slots.acquire(count);
     if (waitForSlots !== undefined) await waitForSlots;
     try {
       if (this.closeError !== undefined) this.assertOpen(this.contextOf(spec, vcpu));
       const seqs = new Array<number>(count);
       const messages = new Array<Uint8Array>(count);
       for (let i = 0; i < count; i++) {
-        seqs[i] = this.allocateSeq();
+        seqs[i] = this.pending.allocateSeq();
         messages[i] = encodeCommand(this.dialect, spec, seqs[i]!, requests[i] as Record<string, unknown>, vcpu);
       }
       const timeoutMs = options.timeoutMs ?? this.defaultTimeoutMs;
@@ -247,7 +222,7 @@ export class KvmiChannel {
           if (--left === 0) resolve();
         };
         for (let i = 0; i < count; i++) {
-          this.pending.set(seqs[i]!, {
+          this.pending.add(seqs[i]!, {
             id: spec.id,
             spec,
             vcpu,
@@ -258,15 +233,14 @@ export class KvmiChannel {
           });
         }
       });
-      this.armDeadline(deadline);
       const signal = options.signal;
       const onAbort = (): void => {
-        for (const seq of seqs) this.abandon(seq, signal!.reason as Error);
+        for (const seq of seqs) this.pending.abandon(seq, signal!.reason as Error);
       };
       signal?.addEventListener("abort", onAbort, { once: true });
       try {
         await this.write(concat(messages), spec, vcpu).catch((err: unknown) => {
-          for (const seq of seqs) this.abandon(seq, err as Error);
+          for (const seq of seqs) this.pending.abandon(seq, err as Error);
         });
         await all;
       } finally {
@@ -274,7 +248,7 @@ export class KvmiChannel {
       }
       return results;
     } finally {
-      this.releaseSlots(count);
+      this.slots.release(count);
     }
   }
 
@@ -295,13 +269,11 @@ export class KvmiChannel {
     // Flush what this tick corked (e.g. the last event reply of an unhook) before tearing down.
     if (this.corked) this.socket.uncork();
     this.socket.destroy();
-    clearTimeout(this.deadlineTimer);
-    for (const [seq, entry] of this.pending) {
-      entry.reject(new KvmiTransportError(`${reason} while ${entry.spec.name} was in flight`, this.contextOf(entry.spec, entry.vcpu), { cause }));
-      this.pending.delete(seq);
-    }
+    this.pending.failAll(
+      (entry) => new KvmiTransportError(`${reason} while ${entry.spec.name} was in flight`, this.contextOf(entry.spec, entry.vcpu), { cause }),
+    );
     // Every waiter proceeds, finds the channel closed and gives its slots back.
-    this.grantWaiting();
+    this.slots.close();
     for (const listener of this.closeListeners.splice(0)) listener(err);
     this.log.info({ reason }, "KVMI channel closed");
   }
@@ -316,43 +288,6 @@ export class KvmiChannel {
   private assertOpen(context: KvmiErrorContext): void {
     if (this.closeError !== undefined) {
       throw new KvmiTransportError(`KVMI session closed: ${this.closeError.message}`, context, { cause: this.closeError });
-    }
-  }
-
-  private allocateSeq(): number {
-    // u32 wrap-around, skipping seqs still in use (a reply must be unambiguous).
-    do {
-      this.nextSeq = (this.nextSeq + 1) >>> 0;
-    } while (this.pending.has(this.nextSeq) || this.nextSeq === 0);
-    return this.nextSeq;
-  }
-
-  /**
-   * Takes `n` in-flight slots together: at once (undefined) when they are free and nobody waits
-   * before us, otherwise a promise settled when they are granted (in arrival order) or the channel
-   * closed.
-   */
-  private acquireSlots(n: number): Promise<void> | undefined {
-    if (this.closeError !== undefined || (this.slotWaiters.length === 0 && this.inFlight + n <= this.maxInFlight)) {
-      this.inFlight += n;
-      return undefined;
-    }
-    return new Promise<void>((grant) => this.slotWaiters.push({ n, grant }));
-  }
-
-  private releaseSlots(n: number): void {
-    this.inFlight -= n;
-    this.grantWaiting();
-  }
-
-  /** Grants slots to waiters in order while the first one fits (all of them once closed). */
-  private grantWaiting(): void {
-    while (this.slotWaiters.length > 0) {
-      const first = this.slotWaiters[0]!;
-      if (this.closeError === undefined && this.inFlight + first.n > this.maxInFlight) return;
-      this.slotWaiters.shift();
-      this.inFlight += first.n;
-      first.grant();
     }
   }
 
@@ -396,47 +331,6 @@ export class KvmiChannel {
     });
   }
 
-  /** Makes sure the deadline timer fires no later than `deadline`. */
-  private armDeadline(deadline: number): void {
-    if (deadline >= this.deadlineTimerAt) return;
-    clearTimeout(this.deadlineTimer);
-    this.deadlineTimerAt = deadline;
-    this.deadlineTimer = setTimeout(() => this.expireDue(), Math.max(1, Math.ceil(deadline - performance.now())));
-    this.deadlineTimer.unref();
-  }
-
-  /** Fails every command past its deadline, then re-arms for the earliest one left. */
-  private expireDue(): void {
-    this.deadlineTimer = undefined;
-    this.deadlineTimerAt = Number.POSITIVE_INFINITY;
-    if (this.closeError !== undefined) return;
-    const now = performance.now();
-    let next = Number.POSITIVE_INFINITY;
-    for (const [seq, entry] of this.pending) {
-      if (entry.deadline > now) {
-        next = Math.min(next, entry.deadline);
-        continue;
-      }
-      this.pending.delete(seq);
-      this.rememberLate(seq);
-      entry.reject(new KvmiTimeoutError(`${entry.spec.name} got no reply within ${entry.timeoutMs} ms`, this.contextOf(entry.spec, entry.vcpu)));
-    }
-    if (next !== Number.POSITIVE_INFINITY) this.armDeadline(next);
-  }
-
-  private abandon(seq: number, reason: Error): void {
-    const entry = this.pending.get(seq);
-    if (entry === undefined) return;
-    this.pending.delete(seq);
-    this.rememberLate(seq);
-    entry.reject(reason);
-  }
-
-  private rememberLate(seq: number): void {
-    this.timedOut.add(seq);
-    if (this.timedOut.size > LATE_REPLY_MEMORY) this.timedOut.delete(this.timedOut.values().next().value!);
-  }
-
   private onMessage(hdr: MsgHdr, body: Uint8Array): void {
     if (isEventReplyError(this.dialect, hdr)) {
       const err = new DataView(body.buffer, body.byteOffset, body.byteLength).getInt32(0, true);
@@ -446,7 +340,7 @@ export class KvmiChannel {
     if (hdr.id === this.dialect.eventMessageId) return this.onEvent(hdr, body);
     const entry = this.pending.get(hdr.seq);
     if (entry === undefined) {
-      if (this.timedOut.delete(hdr.seq)) return;
+      if (this.pending.wasGivenUp(hdr.seq)) return;
       this.close(`reply seq ${hdr.seq} (id ${hdr.id}) matches no command`, new KvmiProtocolError("unexpected seq"));
       return;
     }
@@ -454,7 +348,7 @@ export class KvmiChannel {
       this.close(`reply seq ${hdr.seq} has id ${hdr.id}, expected ${entry.id}`, new KvmiProtocolError("unexpected id"));
       return;
     }
-    this.pending.delete(hdr.seq);
+    this.pending.take(hdr.seq);
     try {
       const reply = decodeReply(this.dialect, entry.spec, body);
       if (reply.err !== 0) entry.reject(new KvmiRemoteError(-reply.err, this.contextOf(entry.spec, entry.vcpu)));
