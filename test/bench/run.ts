@@ -43,7 +43,7 @@ import { answerEvents, listenRaw, PipelinedReader } from "./lib/raw-kvmi.js";
 import type { RawConnection } from "./lib/raw-kvmi.js";
 import { formatFigure, renderTable, Results } from "./lib/report.js";
 import type { Figure } from "./lib/report.js";
-import { slope } from "./lib/stats.js";
+import { median, slope } from "./lib/stats.js";
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -612,7 +612,9 @@ interface ComparisonResult {
   readonly baselineId: string;
   readonly bridge: Figure | undefined;
   readonly baseline: Figure | undefined;
+  /** Median over runs of the per-run ratio, and the runs' range. */
   readonly ratio: number;
+  readonly ratioRange: readonly [number, number] | undefined;
   readonly target: string;
   readonly pass: boolean | undefined;
 }
@@ -623,10 +625,28 @@ function bestOf(results: Results, prefix: string, sizes: readonly number[]): num
   return best;
 }
 
+/** A figure's value in each run: the run's median latency, or the run's rate. */
+function perRun(f: Figure): number[] {
+  return f.kind === "latency" ? f.runs.map((r) => r.p50) : [...f.runs];
+}
+
+/**
+ * The ratio of two figures: the median over runs of bridge ÷ baseline in the same run. Bridge and
+ * baseline of one run are measured back to back, so the machine's slow drifts (other tenants, CPU
+ * clocks) cancel in each pair; a ratio of medians would pair a bridge run with some other run's
+ * baseline.
+ */
+function pairedRatios(bridge: Figure, baseline: Figure): number[] {
+  const a = perRun(bridge);
+  const b = perRun(baseline);
+  return a.slice(0, Math.min(a.length, b.length)).map((v, i) => v / b[i]!);
+}
+
 function compare(results: Results, c: Comparison): ComparisonResult {
   const bridge = results.figure(c.bridge);
   const baseline = results.figure(c.baseline);
-  const ratio = bridge !== undefined && baseline !== undefined ? bridge.median / baseline.median : Number.NaN;
+  const ratios = bridge !== undefined && baseline !== undefined ? pairedRatios(bridge, baseline) : [];
+  const ratio = ratios.length > 0 ? median(ratios) : Number.NaN;
   const pass = c.target === undefined || Number.isNaN(ratio) ? undefined : c.target.op === "≤" ? ratio <= c.target.ratio : ratio >= c.target.ratio;
   return {
     metric: c.metric,
@@ -635,6 +655,7 @@ function compare(results: Results, c: Comparison): ComparisonResult {
     bridge,
     baseline,
     ratio,
+    ratioRange: ratios.length > 0 ? [Math.min(...ratios), Math.max(...ratios)] : undefined,
     target: c.target === undefined ? "(info)" : `${c.target.op} ${c.target.ratio.toFixed(2)}×`,
     pass,
   };
@@ -789,7 +810,7 @@ async function main(): Promise<void> {
     c.metric,
     formatFigure(c.bridge),
     formatFigure(c.baseline),
-    Number.isNaN(c.ratio) ? "n/a" : `${c.ratio.toFixed(2)}×`,
+    Number.isNaN(c.ratio) ? "n/a" : `${c.ratio.toFixed(2)}×${c.ratioRange && c.ratioRange[0] !== c.ratioRange[1] ? ` (${c.ratioRange[0].toFixed(2)}–${c.ratioRange[1].toFixed(2)})` : ""}`,
     c.target,
     Number.isNaN(c.ratio) ? "not run" : c.pass === undefined ? "info" : c.pass ? "PASS" : "FAIL",
   ]);
@@ -839,7 +860,9 @@ async function main(): Promise<void> {
   out.push("Bridge bulk-memory sweep (the fastest size of each goes into the table below):");
   out.push(renderTable(["bridge", "figure"], bridgeSweep.map((id) => [results.figure(id)?.label ?? id, formatFigure(results.figure(id))])));
   out.push("");
-  out.push(`Bridge vs baselines (latency: median of ${SETTINGS.runs} run medians, with p50/p99 over all samples; throughput: median and range of runs):`);
+  out.push(
+    `Bridge vs baselines (latency: median of ${SETTINGS.runs} run medians, with p50/p99 over all samples; throughput: median and range of runs; ratio: median of the per-run ratios, with their range):`,
+  );
   out.push(renderTable(["metric", "bridge", "baseline", "ratio", "target", "result"], rows));
   const verdicts = comparisons.map((c) => c.pass).concat(memory === undefined ? [] : [memory.bounded]).filter((p) => p !== undefined);
   out.push(`Targets: ${verdicts.filter((p) => p).length} pass, ${verdicts.filter((p) => !p).length} fail.`);
