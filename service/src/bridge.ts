@@ -55,7 +55,13 @@ export interface StartBridgeOptions {
   readonly secret?: Uint8Array;
 }
 
-const eventLabel = (kernelName: string): string => kernelName.replace(/^KVMI_EVENT_/, "").toLowerCase();
+/** `KVMI_EVENT_CR` → `cr`, computed once per event name (this runs twice per event). */
+const EVENT_LABELS = new Map<string, string>();
+function eventLabel(kernelName: string): string {
+  let label = EVENT_LABELS.get(kernelName);
+  if (label === undefined) EVENT_LABELS.set(kernelName, (label = kernelName.replace(/^KVMI_EVENT_/, "").toLowerCase()));
+  return label;
+}
 
 function hostMetrics(metrics: BridgeMetrics): VmHostMetrics {
   return {

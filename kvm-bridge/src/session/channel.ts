@@ -163,17 +163,12 @@ export class KvmiChannel {
       // it is awaited below, this only keeps that early rejection from counting as unhandled.
       reply.catch(() => undefined);
       const signal = options.signal;
-      if (signal === undefined) {
-        await this.write(message, spec, vcpu);
-        return (await reply) as CommandReply<N>;
-      }
-      const onAbort = (): void => this.pending.abandon(seq, signal.reason as Error);
-      signal.addEventListener("abort", onAbort, { once: true });
+      if (signal !== undefined) this.pending.watch(signal, seq);
       try {
         await this.write(message, spec, vcpu);
         return (await reply) as CommandReply<N>;
       } finally {
-        signal.removeEventListener("abort", onAbort);
+        if (signal !== undefined) this.pending.unwatch(signal, seq);
       }
     } finally {
       this.slots.release(1);
@@ -234,17 +229,14 @@ export class KvmiChannel {
         }
       });
       const signal = options.signal;
-      const onAbort = (): void => {
-        for (const seq of seqs) this.pending.abandon(seq, signal!.reason as Error);
-      };
-      signal?.addEventListener("abort", onAbort, { once: true });
+      if (signal !== undefined) for (const seq of seqs) this.pending.watch(signal, seq);
       try {
         await this.write(concat(messages), spec, vcpu).catch((err: unknown) => {
           for (const seq of seqs) this.pending.abandon(seq, err as Error);
         });
         await all;
       } finally {
-        signal?.removeEventListener("abort", onAbort);
+        if (signal !== undefined) for (const seq of seqs) this.pending.unwatch(signal, seq);
       }
       return results;
     } finally {

@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
+import { getEventListeners } from "node:events";
 import { describe, expect, it } from "vitest";
 import { InFlightSlots, PendingCommands } from "./in-flight.js";
 
@@ -57,5 +58,30 @@ describe("PendingCommands", () => {
     expect(pending.get(seq)).toBeUndefined();
     expect(pending.wasGivenUp(seq)).toBe(true);
     expect(pending.wasGivenUp(seq)).toBe(false);
+  });
+
+  it("fails every command a signal covers when it aborts, with one listener on the signal", () => {
+    const pending = new PendingCommands<string>(() => new Error("timeout"));
+    const failures = new Map<number, unknown>();
+    const controller = new AbortController();
+    const seqs = [pending.allocateSeq(), pending.allocateSeq(), pending.allocateSeq()];
+    for (const seq of seqs) {
+      pending.add(seq, { id: 1, spec: "x", vcpu: undefined, resolve: () => undefined, reject: (e) => failures.set(seq, e), deadline: performance.now() + 60_000, timeoutMs: 60_000 });
+      pending.watch(controller.signal, seq);
+    }
+    // The second command finished: no longer covered.
+    pending.take(seqs[1]!);
+    pending.unwatch(controller.signal, seqs[1]!);
+    expect(getEventListeners(controller.signal, "abort")).toHaveLength(1);
+    const reason = new Error("session ended");
+    controller.abort(reason);
+    expect([...failures.keys()].sort()).toEqual([seqs[0], seqs[2]].sort());
+    expect(failures.get(seqs[0]!)).toBe(reason);
+    // A command watched after the abort fails at once.
+    const late = pending.allocateSeq();
+    pending.add(late, { id: 1, spec: "x", vcpu: undefined, resolve: () => undefined, reject: (e) => failures.set(late, e), deadline: performance.now() + 60_000, timeoutMs: 60_000 });
+    pending.watch(controller.signal, late);
+    expect(failures.get(late)).toBe(reason);
+    pending.failAll(() => new Error("closed"));
   });
 });

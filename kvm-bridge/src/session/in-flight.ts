@@ -118,6 +118,8 @@ export class PendingCommands<Spec> {
   private readonly late = new Set<number>();
   private lastSeq = 1;
   private readonly deadlines = new DeadlineTimer((now) => this.expireDue(now));
+  /** Commands to fail when a signal aborts; weak, so that a finished call's signal is not kept. */
+  private readonly bySignal = new WeakMap<AbortSignal, Set<number>>();
 
   /** @param timeoutError the error a command past its deadline fails with. */
   constructor(private readonly timeoutError: (entry: PendingCommand<Spec>) => Error) {}
@@ -154,6 +156,34 @@ export class PendingCommands<Spec> {
   /** True (once) for the seq of a command given up on: its reply comes late and is dropped. */
   wasGivenUp(seq: number): boolean {
     return this.late.delete(seq);
+  }
+
+  /**
+   * Fails command `seq` with the signal's reason if `signal` aborts before {@link unwatch}. One
+   * listener per signal, however many commands it covers: a session's signal covers every command
+   * of the session, and a listener added and removed per command showed in profiles.
+   */
+  watch(signal: AbortSignal, seq: number): void {
+    if (signal.aborted) return this.abandon(seq, signal.reason as Error);
+    let seqs = this.bySignal.get(signal);
+    if (seqs === undefined) {
+      const watched = new Set<number>();
+      seqs = watched;
+      this.bySignal.set(signal, watched);
+      signal.addEventListener(
+        "abort",
+        () => {
+          for (const s of watched) this.abandon(s, signal.reason as Error);
+          watched.clear();
+        },
+        { once: true },
+      );
+    }
+    seqs.add(seq);
+  }
+
+  unwatch(signal: AbortSignal, seq: number): void {
+    this.bySignal.get(signal)?.delete(seq);
   }
 
   /** Fails the command with `reason` now and remembers its seq (abort). */

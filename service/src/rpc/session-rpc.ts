@@ -18,7 +18,7 @@ import {
   SessionResponseSchema,
   UnhookReason,
 } from "@kvmi/proto";
-import type { Attach, CommandResult, EventReply, SessionCommand, SessionRequest, SessionResponse } from "@kvmi/proto";
+import type { Attach, BatchReadMemoryRequest, CommandResult, EventReply, SessionCommand, SessionRequest, SessionResponse } from "@kvmi/proto";
 import { BridgeError } from "../mapping/bridge-error.js";
 import { commandMappingByMethod } from "../mapping/commands.js";
 import { eventReplyToWire, eventToProto, unhookNotice } from "../mapping/events.js";
@@ -30,6 +30,7 @@ import type { VmHost } from "../vm/vm-host.js";
 import type { RpcDeps } from "./call-context.js";
 import { failStream, failure } from "./call-context.js";
 import { commandErrorContext, runCommand } from "./command-rpcs.js";
+import type { CommandCaller } from "./command-rpcs.js";
 import { batchRead } from "./memory-rpcs.js";
 import { changeKind, recordOf } from "./registry-rpcs.js";
 
@@ -165,58 +166,68 @@ class SessionStream {
     });
   }
 
+  // The per-command path creates no named closures: under tsx every named function expression is
+  // wrapped in a `__name` call (Object.defineProperty), which showed in profiles of this path.
   private command(command: SessionCommand): void {
     const session = this.requireSession();
     const id = command.id;
-    const result = (value: CommandResult["result"]): void => {
-      this.write({ message: { case: "commandResult", value: create(CommandResultSchema, { id, result: value }) } });
-    };
-    const mapping = command.request.case === undefined || command.request.case === "batchReadMemory" ? undefined : commandMappingByMethod(command.request.case);
-    const context = mapping === undefined ? {} : commandErrorContext(mapping, command.request.value);
-    const status = (err: unknown): CommandResult["result"] => ({ case: "error", value: statusToProto(err, context) });
+    const request = command.request;
     // Refusals before the command is registered must leave the in-flight entry of the id alone.
     // session.proto: an id that is still in flight gets an INVALID_ARGUMENT result.
-    if (this.inflight.has(id)) return result(status(new KvmiArgumentError("id", `command id ${id} is still in flight: use a new id`)));
+    if (this.inflight.has(id)) return this.commandFailed(id, request, new KvmiArgumentError("id", `command id ${id} is still in flight: use a new id`));
     if (this.inflight.size >= MAX_INFLIGHT_COMMANDS) {
-      return result(status(new BridgeError("TOO_MANY_IN_FLIGHT", `at most ${MAX_INFLIGHT_COMMANDS} commands may be in flight per session`)));
+      return this.commandFailed(id, request, new BridgeError("TOO_MANY_IN_FLIGHT", `at most ${MAX_INFLIGHT_COMMANDS} commands may be in flight per session`));
     }
-    const request = command.request;
-    if (request.case === undefined) return result(status(new KvmiArgumentError("command.request", "the command is empty")));
+    if (request.case === undefined) return this.commandFailed(id, request, new KvmiArgumentError("command.request", "the command is empty"));
     this.inflight.add(id);
-    const respond = (value: CommandResult["result"]): void => {
-      this.inflight.delete(id);
-      result(value);
-    };
-    const error = (err: unknown): void => respond(status(err));
     const caller = { sessionId: session.id, timeoutMs: this.deps.requestTimeoutMs, signal: this.ending.signal };
-    const vmOf = (value: { vm?: string; name?: string }): string => parseVmName((value.vm ?? value.name ?? "").split("/vcpus/")[0]!, "vm");
-    const run = async (): Promise<unknown> => {
-      if (vmOf(request.value as { vm?: string; name?: string }) !== this.host!.uuid) {
-        throw new KvmiArgumentError("command", "the command names another VM than the session is attached to");
-      }
-      if (request.case === "batchReadMemory") return batchRead(this.deps, request.value, caller);
-      return runCommand(this.deps, commandMappingByMethod(request.case)!, request.value, caller);
-    };
-    run().then(
-      (value) => respond({ case: request.case, value } as never),
-      (err: unknown) => error(err),
+    this.execute(request, caller).then(
+      (value) => {
+        this.inflight.delete(id);
+        this.commandResult(id, { case: request.case, value } as never);
+      },
+      (err: unknown) => {
+        this.inflight.delete(id);
+        this.commandFailed(id, request, err);
+      },
     );
+  }
+
+  private async execute(request: NonNullable<SessionCommand["request"]> & { case: string }, caller: CommandCaller): Promise<unknown> {
+    const named = request.value as { vm?: string; name?: string };
+    if (parseVmName((named.vm ?? named.name ?? "").split("/vcpus/")[0]!, "vm") !== this.host!.uuid) {
+      throw new KvmiArgumentError("command", "the command names another VM than the session is attached to");
+    }
+    if (request.case === "batchReadMemory") return batchRead(this.deps, request.value as BatchReadMemoryRequest, caller);
+    return runCommand(this.deps, commandMappingByMethod(request.case)!, request.value as never, caller);
+  }
+
+  private commandResult(id: bigint, value: CommandResult["result"]): void {
+    this.write({ message: { case: "commandResult", value: create(CommandResultSchema, { id, result: value }) } });
+  }
+
+  /** Answers command `id` with the error status of `err`, with the command's context (built only now). */
+  private commandFailed(id: bigint, request: SessionCommand["request"], err: unknown): void {
+    const mapping = request.case === undefined || request.case === "batchReadMemory" ? undefined : commandMappingByMethod(request.case);
+    const context = mapping === undefined ? {} : commandErrorContext(mapping, request.value);
+    this.commandResult(id, { case: "error", value: statusToProto(err, context) });
   }
 
   private eventReply(reply: EventReply): void {
     const session = this.requireSession();
-    const reject = (err: unknown): void => {
-      this.write({
-        message: { case: "replyRejected", value: create(ReplyRejectedSchema, { vcpu: reply.vcpu, seq: reply.seq, status: statusToProto(err) }) },
-      });
-    };
     try {
       const pending = this.host!.pendingEvent(reply.vcpu, reply.seq);
       const wire = eventReplyToWire(pending, reply);
-      this.host!.replyEvent(session, reply.vcpu, reply.seq, wire).catch(reject);
+      this.host!.replyEvent(session, reply.vcpu, reply.seq, wire).catch((err: unknown) => this.replyRejected(reply, err));
     } catch (err) {
-      reject(err);
+      this.replyRejected(reply, err);
     }
+  }
+
+  private replyRejected(reply: EventReply, err: unknown): void {
+    this.write({
+      message: { case: "replyRejected", value: create(ReplyRejectedSchema, { vcpu: reply.vcpu, seq: reply.seq, status: statusToProto(err) }) },
+    });
   }
 
   private requireSession(): Session {
