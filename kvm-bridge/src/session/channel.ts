@@ -19,7 +19,7 @@ import type { V9CommandName } from "../wire/dialects/v9.js";
 import { decodeEvent, decodeReply, encodeCommand, encodeEventReply, isEventReplyError } from "../wire/message.js";
 import type { MsgHdr } from "../wire/message.js";
 import { createFramer } from "./framer.js";
-import { InFlightSlots, PendingCommands } from "./in-flight.js";
+import { BatchedCommand, BatchResults, InFlightSlots, PendingCommands } from "./in-flight.js";
 
 type Commands = typeof V9_COMMANDS;
 /** The request body of a v9 command, with its tail's count field optional. */
@@ -210,23 +210,9 @@ export class KvmiChannel {
       }
       const timeoutMs = options.timeoutMs ?? this.defaultTimeoutMs;
       const deadline = performance.now() + timeoutMs;
-      let left = count;
       const all = new Promise<void>((resolve) => {
-        const settle = (i: number, value: CommandReply<N> | Error): void => {
-          results[i] = value;
-          if (--left === 0) resolve();
-        };
-        for (let i = 0; i < count; i++) {
-          this.pending.add(seqs[i]!, {
-            id: spec.id,
-            spec,
-            vcpu,
-            resolve: (value) => settle(i, value as CommandReply<N>),
-            reject: (err) => settle(i, err),
-            deadline,
-            timeoutMs,
-          });
-        }
+        const batch = new BatchResults(results, resolve);
+        for (let i = 0; i < count; i++) this.pending.add(seqs[i]!, new BatchedCommand(spec, vcpu, deadline, timeoutMs, batch, i));
       });
       const signal = options.signal;
       if (signal !== undefined) for (const seq of seqs) this.pending.watch(signal, seq);
