@@ -9,7 +9,10 @@
  * @see https://github.com/grpc/proposal/blob/master/L112-node-server-interceptors.md
  */
 import { ServerInterceptingCall, status as GrpcStatus } from "@grpc/grpc-js";
-import type { ServerInterceptor, ServerInterceptingCallInterface, ServerListener } from "@grpc/grpc-js";
+import type { Responder, ServerInterceptor, ServerInterceptingCallInterface, ServerListener } from "@grpc/grpc-js";
+
+/** The status a responder sees (grpc-js does not export `PartialStatusObject` from its index). */
+type PartialStatus = Parameters<NonNullable<Responder["sendStatus"]>>[0];
 import type { Logger } from "@kvmi/kvm-bridge";
 import type { BridgeMetrics } from "../metrics/index.js";
 
@@ -84,47 +87,71 @@ const DEADLINE_SLACK_MS = 20;
 export function createAccessLogInterceptor(options: AccessLogOptions): ServerInterceptor {
   const skip = new Set(options.skipMethods ?? []);
   return (methodDescriptor, call: ServerInterceptingCallInterface) => {
-    const method = methodDescriptor.path;
-    const started = process.hrtime.bigint();
-    let requestMessages = 0;
-    let responseMessages = 0;
-    let done = false;
-    const finish = (code: GrpcStatus): void => {
-      if (done) return;
-      done = true;
-      options.metrics?.grpcRequestsTotal.inc({ method, code: grpcCodeName(code) });
-      if (skip.has(method)) return;
-      writeAccessLog(options.logger, {
-        method,
-        code,
-        durationMs: Number(process.hrtime.bigint() - started) / 1e6,
-        peer: call.getPeer(),
-        requestMessages,
-        responseMessages,
-      });
-    };
-    const listener: ServerListener = {
-      onReceiveMessage: (message, next) => {
-        requestMessages++;
-        next(message);
-      },
-      onCancel: () => {
-        const deadline = call.getDeadline();
-        const deadlineMs = deadline instanceof Date ? deadline.getTime() : deadline;
-        const expired = Number.isFinite(deadlineMs) && Date.now() >= deadlineMs - DEADLINE_SLACK_MS;
-        finish(expired ? GrpcStatus.DEADLINE_EXCEEDED : GrpcStatus.CANCELLED);
-      },
-    };
+    const logged = new AccessLoggedCall(options, skip.has(methodDescriptor.path), methodDescriptor.path, call);
+    // grpc-js copies the responder's and listener's functions and calls them unbound.
     return new ServerInterceptingCall(call, {
-      start: (next) => next(listener),
-      sendMessage: (message, next) => {
-        responseMessages++;
-        next(message);
-      },
-      sendStatus: (status, next) => {
-        finish(status.code);
-        next(status);
-      },
+      start: logged.start.bind(logged),
+      sendMessage: logged.sendMessage.bind(logged),
+      sendStatus: logged.sendStatus.bind(logged),
     });
   };
+}
+
+/**
+ * One call's responder and listener. A class with bound methods rather than object literals of
+ * closures: under tsx each named closure costs a `__name` call, and every unary call creates one.
+ */
+class AccessLoggedCall implements Responder, ServerListener {
+  private readonly started = process.hrtime.bigint();
+  private requestMessages = 0;
+  private responseMessages = 0;
+  private done = false;
+
+  constructor(
+    private readonly options: AccessLogOptions,
+    private readonly skip: boolean,
+    private readonly method: string,
+    private readonly call: ServerInterceptingCallInterface,
+  ) {}
+
+  start(next: (listener?: ServerListener) => void): void {
+    next({ onReceiveMessage: this.onReceiveMessage.bind(this), onCancel: this.onCancel.bind(this) });
+  }
+
+  sendMessage(message: unknown, next: (message: unknown) => void): void {
+    this.responseMessages++;
+    next(message);
+  }
+
+  sendStatus(status: PartialStatus, next: (status: PartialStatus) => void): void {
+    this.finish(status.code);
+    next(status);
+  }
+
+  onReceiveMessage(message: unknown, next: (message: unknown) => void): void {
+    this.requestMessages++;
+    next(message);
+  }
+
+  onCancel(): void {
+    const deadline = this.call.getDeadline();
+    const deadlineMs = deadline instanceof Date ? deadline.getTime() : deadline;
+    const expired = Number.isFinite(deadlineMs) && Date.now() >= deadlineMs - DEADLINE_SLACK_MS;
+    this.finish(expired ? GrpcStatus.DEADLINE_EXCEEDED : GrpcStatus.CANCELLED);
+  }
+
+  private finish(code: GrpcStatus): void {
+    if (this.done) return;
+    this.done = true;
+    this.options.metrics?.grpcRequestsTotal.inc({ method: this.method, code: grpcCodeName(code) });
+    if (this.skip) return;
+    writeAccessLog(this.options.logger, {
+      method: this.method,
+      code,
+      durationMs: Number(process.hrtime.bigint() - this.started) / 1e6,
+      peer: this.call.getPeer(),
+      requestMessages: this.requestMessages,
+      responseMessages: this.responseMessages,
+    });
+  }
 }
