@@ -210,17 +210,19 @@ export function isVmEvent(event: Pick<KvmiEvent, "spec">): boolean {
 export function eventToProto(vm: string, event: KvmiEvent, replyDeadline: Date | undefined, receiveTime: Date = new Date()): Event {
   if (isVmEvent(event)) throw new Error(`${event.spec.name} is a VM event: deliver it with unhookNotice()`);
   const mapping = mappingOf(event.spec);
-  return create(EventSchema, {
+  // A message literal, as for the registers (registers.ts): complete by type, cheaper than create().
+  return {
+    $typeName: "kvmi.v1.Event",
     name: vcpuName(vm, event.vcpu),
     vm: vmName(vm),
     vcpu: event.vcpu,
     seq: event.seq,
     type: mapping.type,
     arch: eventArchToProto(event.arch as WireEventArch),
-    ...(replyDeadline !== undefined && { replyDeadline: timestampFromDate(replyDeadline) }),
+    replyDeadline: replyDeadline === undefined ? undefined : timestampFromDate(replyDeadline),
     payload: mapping.payloadToProto(event.payload as never),
     receiveTime: timestampFromDate(receiveTime),
-  });
+  };
 }
 
 /** What the channel needs to answer an event: `KvmiChannel.replyEvent(event, action, replyData)`. */

@@ -72,11 +72,14 @@ describe("register round trips", () => {
     );
   });
 
-  it("kvmi_event_arch -> EventArch -> kvmi_event_arch is byte-identical", () => {
+  it("kvmi_event_arch -> EventArch -> kvmi_event_arch is byte-identical, and the built message equals the decoded one", () => {
     fc.assert(
       fc.property(archArb, (w) => {
-        const proto = fromBinary(EventArchSchema, toBinary(EventArchSchema, eventArchToProto(w)));
+        const built = eventArchToProto(w);
+        const proto = fromBinary(EventArchSchema, toBinary(EventArchSchema, built));
         expect(encode(layouts.kvmiEventArch, eventArchToWire(proto))).toEqual(encode(layouts.kvmiEventArch, w));
+        // The mapping builds message literals: they must be the complete messages a client decodes.
+        expect(built).toEqual(proto);
       }),
     );
   });

@@ -13,8 +13,6 @@ import { create } from "@bufbuild/protobuf";
 import { KvmiArgumentError } from "@kvmi/kvm-bridge";
 import type { layouts, LayoutValue } from "@kvmi/kvm-bridge/wire";
 import {
-  DtableSchema,
-  EventArchSchema,
   EventMsrsSchema,
   MsrEntrySchema,
   RegsSchema,
@@ -59,9 +57,16 @@ const INTERRUPT_BITMAP_WORDS = 4;
 
 /** `kvm_regs` -> Regs. */
 export function regsToProto(regs: WireRegs): Regs {
-  const out = create(RegsSchema);
-  for (const name of REG_NAMES) out[name] = regs[name];
-  return out;
+  // Message literals rather than create(): complete by type (tsc checks every field), and several
+  // times cheaper on the event path, which maps the whole register block for every event.
+  return {
+    $typeName: "kvmi.v1.Regs",
+    rax: regs.rax, rbx: regs.rbx, rcx: regs.rcx, rdx: regs.rdx,
+    rsi: regs.rsi, rdi: regs.rdi, rsp: regs.rsp, rbp: regs.rbp,
+    r8: regs.r8, r9: regs.r9, r10: regs.r10, r11: regs.r11,
+    r12: regs.r12, r13: regs.r13, r14: regs.r14, r15: regs.r15,
+    rip: regs.rip, rflags: regs.rflags,
+  }; // prettier-ignore
 }
 
 /** Regs -> `kvm_regs`; an unset message is all zeros (proto3 defaults). */
@@ -77,7 +82,8 @@ export function regsToWire(regs: Regs | undefined): WireRegs {
 
 /** `kvm_segment` -> Segment. */
 export function segmentToProto(s: WireSegment): Segment {
-  return create(SegmentSchema, {
+  return {
+    $typeName: "kvmi.v1.Segment",
     base: s.base,
     limit: s.limit,
     selector: s.selector,
@@ -90,7 +96,7 @@ export function segmentToProto(s: WireSegment): Segment {
     g: s.g !== 0,
     avl: s.avl !== 0,
     unusable: s.unusable !== 0,
-  });
+  };
 }
 
 /** Segment -> `kvm_segment`. */
@@ -114,7 +120,7 @@ export function segmentToWire(s: Segment | undefined): WireSegment {
 
 /** `kvm_dtable` -> Dtable. */
 export function dtableToProto(d: WireDtable): Dtable {
-  return create(DtableSchema, { base: d.base, limit: d.limit });
+  return { $typeName: "kvmi.v1.Dtable", base: d.base, limit: d.limit };
 }
 
 /** Dtable -> `kvm_dtable`. */
@@ -127,7 +133,16 @@ export function dtableToWire(d: Dtable | undefined): WireDtable {
 
 /** `kvm_sregs` -> Sregs. */
 export function sregsToProto(s: WireSregs): Sregs {
-  const out = create(SregsSchema, {
+  return {
+    $typeName: "kvmi.v1.Sregs",
+    cs: segmentToProto(s.cs),
+    ds: segmentToProto(s.ds),
+    es: segmentToProto(s.es),
+    fs: segmentToProto(s.fs),
+    gs: segmentToProto(s.gs),
+    ss: segmentToProto(s.ss),
+    tr: segmentToProto(s.tr),
+    ldt: segmentToProto(s.ldt),
     gdt: dtableToProto(s.gdt),
     idt: dtableToProto(s.idt),
     cr0: s.cr0,
@@ -138,9 +153,7 @@ export function sregsToProto(s: WireSregs): Sregs {
     efer: s.efer,
     apicBase: s.apic_base,
     interruptBitmap: [...s.interrupt_bitmap],
-  });
-  for (const name of SEGMENT_NAMES) out[name] = segmentToProto(s[name]);
-  return out;
+  };
 }
 
 /**
@@ -187,7 +200,8 @@ export function msrEntryToWire(e: MsrEntry): WireMsrEntry {
 
 /** The MSR block of `kvmi_event_arch` -> EventMsrs. */
 export function eventMsrsToProto(m: WireEventArchMsrs): EventMsrs {
-  return create(EventMsrsSchema, {
+  return {
+    $typeName: "kvmi.v1.EventMsrs",
     sysenterCs: m.sysenter_cs,
     sysenterEsp: m.sysenter_esp,
     sysenterEip: m.sysenter_eip,
@@ -197,7 +211,7 @@ export function eventMsrsToProto(m: WireEventArchMsrs): EventMsrs {
     cstar: m.cstar,
     pat: m.pat,
     shadowGs: m.shadow_gs,
-  });
+  };
 }
 
 /** EventMsrs -> the MSR block of `kvmi_event_arch`. */
@@ -218,12 +232,13 @@ export function eventMsrsToWire(m: EventMsrs | undefined): WireEventArchMsrs {
 
 /** `kvmi_event_arch` -> EventArch (a `mode` other than 2/4/8 becomes CPU_MODE_UNSPECIFIED). */
 export function eventArchToProto(a: WireEventArch): EventArch {
-  return create(EventArchSchema, {
+  return {
+    $typeName: "kvmi.v1.EventArch",
     mode: cpuModeFromWire(a.mode),
     regs: regsToProto(a.regs),
     sregs: sregsToProto(a.sregs),
     msrs: eventMsrsToProto(a.msrs),
-  });
+  };
 }
 
 /** EventArch -> `kvmi_event_arch` (CPU_MODE_UNSPECIFIED is written as 0). Used by tests and tools. */
