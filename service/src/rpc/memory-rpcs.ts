@@ -69,6 +69,11 @@ function pieces(address: bigint, length: number): Piece[] {
   return out;
 }
 
+/** True for the kernel's answer to a read of a page no memslot backs (-KVM_ENOENT). */
+function isNotBacked(err: unknown): boolean {
+  return err instanceof KvmiRemoteError && err.errno === errno.KVM_ENOENT;
+}
+
 /**
  * Reads one page piece; undefined for a page guest memory does not back (KVM_ENOENT). The caller's
  * AbortSignal is checked here rather than handed to every page command: a batch has thousands.
@@ -78,22 +83,22 @@ async function readPhysical(host: VmHost, gpa: bigint, size: number, caller: Com
   try {
     return (await host.command("KVMI_VM_READ_PHYSICAL", { gpa, size }, undefined, { timeoutMs: caller.timeoutMs })).data;
   } catch (err) {
-    if (err instanceof KvmiRemoteError && err.errno === errno.KVM_ENOENT) return undefined;
+    if (isNotBacked(err)) return undefined;
     throw err;
   }
 }
 
 /**
- * Reads whole pages in one burst; undefined for a page guest memory does not back (KVM_ENOENT).
- * @throws the first other error (transport, timeout, abort), as the page-by-page reads would.
+ * Reads page pieces (each inside one page) in one burst; undefined for a piece guest memory does
+ * not back (KVM_ENOENT).
+ * @throws the first other error (transport, timeout, abort), as the piece-by-piece reads would.
  */
-async function readPhysicalPages(host: VmHost, gpas: readonly bigint[], caller: CommandCaller): Promise<Array<Uint8Array | undefined>> {
+async function readPhysicalPieces(host: VmHost, reads: ReadonlyArray<{ gpa: bigint; size: number }>, caller: CommandCaller): Promise<Array<Uint8Array | undefined>> {
   caller.signal?.throwIfAborted();
-  const size = Number(PAGE);
-  const replies = await host.commandBatch("KVMI_VM_READ_PHYSICAL", gpas.map((gpa) => ({ gpa, size })), undefined, caller);
+  const replies = await host.commandBatch("KVMI_VM_READ_PHYSICAL", reads, undefined, caller);
   return replies.map((reply) => {
     if (!(reply instanceof Error)) return reply.data;
-    if (reply instanceof KvmiRemoteError && reply.errno === errno.KVM_ENOENT) return undefined;
+    if (isNotBacked(reply)) return undefined;
     throw reply;
   });
 }
@@ -163,35 +168,28 @@ async function readRange(host: VmHost, range: MemoryRange, index: number, caller
     await Promise.all(
       windows.map((window) =>
         limits.windows(async () => {
-          caller.signal?.throwIfAborted();
-          const replies = await host.commandBatch(
-            "KVMI_VM_READ_PHYSICAL",
-            window.map((piece) => ({ gpa: piece.address, size: piece.length })),
-            undefined,
-            caller,
-          );
-          replies.forEach((reply, i) => {
+          const reads = await readPhysicalPieces(host, window.map((piece) => ({ gpa: piece.address, size: piece.length })), caller);
+          reads.forEach((bytes, i) => {
             const piece = window[i]!;
-            if (!(reply instanceof Error)) data.set(reply.data, piece.offset);
-            else if (reply instanceof KvmiRemoteError && reply.errno === errno.KVM_ENOENT) holes.push(hole(piece.address, piece.length, HoleReason.NOT_PRESENT));
-            else throw reply;
+            if (bytes === undefined) holes.push(hole(piece.address, piece.length, HoleReason.NOT_PRESENT));
+            else data.set(bytes, piece.offset);
           });
         }),
       ),
     );
-    return create(MemoryRangeResultSchema, { result: { case: "data", value: data }, holes: coalesce(holes) });
+  } else {
+    await Promise.all(
+      all.map((piece) =>
+        limits.pieces(async () => {
+          const gpa = await translate(piece.address);
+          if (gpa === undefined) return void holes.push(hole(piece.address, piece.length, HoleReason.NOT_MAPPED));
+          const bytes = await readPhysical(host, gpa, piece.length, caller);
+          if (bytes === undefined) return void holes.push(hole(piece.address, piece.length, HoleReason.NOT_PRESENT));
+          data.set(bytes, piece.offset);
+        }),
+      ),
+    );
   }
-  await Promise.all(
-    all.map((piece) =>
-      limits.pieces(async () => {
-        const gpa = virtual ? await translate(piece.address) : piece.address;
-        if (gpa === undefined) return void holes.push(hole(piece.address, piece.length, HoleReason.NOT_MAPPED));
-        const bytes = await readPhysical(host, gpa, piece.length, caller);
-        if (bytes === undefined) return void holes.push(hole(piece.address, piece.length, HoleReason.NOT_PRESENT));
-        data.set(bytes, piece.offset);
-      }),
-    ),
-  );
   return create(MemoryRangeResultSchema, { result: { case: "data", value: data }, holes: coalesce(holes) });
 }
 
@@ -308,22 +306,22 @@ async function dump(deps: RpcDeps, call: ServerWritableStream<DumpMemoryRequest,
     if (!ok) await new Promise<void>((resolve) => call.once("drain", resolve));
   };
   const step = PAGE * BigInt(PAGE_WINDOW);
-  const pagesFrom = (start: bigint): bigint[] => {
-    const pages: bigint[] = [];
-    for (let gpa = start; gpa < end && pages.length < PAGE_WINDOW; gpa += PAGE) pages.push(gpa);
-    return pages;
+  /** Reads the (up to) {@link PAGE_WINDOW} pages from `start`, in order. */
+  const readWindow = (start: bigint): Promise<Array<Uint8Array | undefined>> => {
+    const reads: Array<{ gpa: bigint; size: number }> = [];
+    for (let gpa = start; gpa < end && reads.length < PAGE_WINDOW; gpa += PAGE) reads.push({ gpa, size: Number(PAGE) });
+    return readPhysicalPieces(host, reads, caller);
   };
   // The next window is read while this one is sent, so the socket never idles between windows.
-  let ahead = request.startGpa < end ? readPhysicalPages(host, pagesFrom(request.startGpa), caller) : undefined;
+  let ahead = request.startGpa < end ? readWindow(request.startGpa) : undefined;
   for (let window = request.startGpa; window < end; window += step) {
     signal.throwIfAborted();
-    const pages = pagesFrom(window);
     const reads = await ahead!;
-    ahead = window + step < end ? readPhysicalPages(host, pagesFrom(window + step), caller) : undefined;
+    ahead = window + step < end ? readWindow(window + step) : undefined;
     // Awaited on the next turn; a failure then fails the call, an abandoned call drops it.
     ahead?.catch(() => undefined);
-    for (let i = 0; i < pages.length; i++) {
-      const gpa = pages[i]!;
+    for (let i = 0; i < reads.length; i++) {
+      const gpa = window + BigInt(i) * PAGE;
       const bytes = reads[i];
       done += PAGE;
       if (bytes === undefined) {
