@@ -12,6 +12,7 @@ import { drainBridge, profiled, progress, sleep, waitFor } from "./lib/child-hel
 import { BridgeClient, SessionClient } from "./lib/clients.js";
 import type { VmSpec } from "./lib/emulator-host.js";
 import { ChildHandle } from "./lib/ipc.js";
+import { CR3, MiB } from "./perf-phases.js";
 import { slope } from "./lib/stats.js";
 
 /** What the memory phase takes from the run's settings. */
@@ -22,8 +23,6 @@ export interface MemorySettings {
   readonly bridgeLog: string;
 }
 
-const MiB = 1024 * 1024;
-const CR3 = 3;
 export const MEMORY_VMS = 50;
 export const MEMORY_VM_MIB = 16;
 /** "Bounded": the least-squares RSS slope after the warm-up stays under this. */

@@ -15,6 +15,7 @@ import type { BridgeStarted } from "./bridge-child.js";
 import { BRIDGE, BridgeClient, SessionClient } from "./lib/clients.js";
 import type { EventLoopResult } from "./lib/emulator-host.js";
 import { ChildHandle } from "./lib/ipc.js";
+import { CR3, MiB } from "./perf-phases.js";
 
 const OPERATIONS = ["unary", "session", "event", "dump"] as const;
 type Operation = (typeof OPERATIONS)[number];
@@ -33,8 +34,6 @@ for (const op of chosen) {
 }
 const SECONDS = Number(flags.seconds);
 const ROUNDS = Number(flags.rounds);
-const MiB = 1024 * 1024;
-const CR3 = 3;
 
 const dir = mkdtempSync(join(tmpdir(), "kvmi-bench-ops-"));
 const bridgeChild = await ChildHandle.start("bridge", new URL("./bridge-child.ts", import.meta.url), { quiet: true });
@@ -63,14 +62,7 @@ try {
     },
     dump: {
       unit: "MiB",
-      step: () =>
-        new Promise<number>((resolve, reject) => {
-          let bytes = 0;
-          const call = bridge.client.makeServerStreamRequest(BRIDGE.dumpMemory.path, BRIDGE.dumpMemory.requestSerialize, BRIDGE.dumpMemory.responseDeserialize, dumpRequest);
-          call.on("data", (m: { data: Uint8Array }) => (bytes += m.data.length));
-          call.on("error", reject);
-          call.on("end", () => resolve(bytes / MiB));
-        }),
+      step: async () => (await bridge.dump(dumpRequest)) / MiB,
     },
   };
 

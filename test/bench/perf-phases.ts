@@ -6,7 +6,6 @@
  */
 import { create } from "@bufbuild/protobuf";
 import { AddressSpace, BatchReadMemoryRequestSchema, DumpMemoryRequestSchema, GetVcpuInfoRequestSchema, ReadPhysicalMemoryRequestSchema } from "@kvmi/proto";
-import type { DumpMemoryResponse } from "@kvmi/proto";
 import type { WireTool } from "../support/wire-tool.js";
 import { BRIDGE } from "./lib/clients.js";
 import type { BridgeClient, EchoClient, EchoStream, MessageSizes, SessionClient } from "./lib/clients.js";
@@ -236,18 +235,7 @@ export async function bulkPhase(c: Context): Promise<void> {
 
   for (const chunk of DUMP_CHUNKS) {
     await bulk(c, `bridge.dump.${chunk}`, `bridge DumpMemory 16 MiB, chunk ${sizeLabel(chunk)}`, async () => {
-      const bytes = await new Promise<number>((resolve, reject) => {
-        let n = 0;
-        const call = bridge.client.makeServerStreamRequest(
-          BRIDGE.dumpMemory.path,
-          BRIDGE.dumpMemory.requestSerialize,
-          BRIDGE.dumpMemory.responseDeserialize,
-          create(DumpMemoryRequestSchema, { vm: c.vm, startGpa: BigInt(MEM_BASE), length: BigInt(BULK_BYTES), chunkSize: chunk }),
-        );
-        call.on("data", (m: DumpMemoryResponse) => (n += m.data.length));
-        call.on("error", reject);
-        call.on("end", () => resolve(n));
-      });
+      const bytes = await bridge.dump(create(DumpMemoryRequestSchema, { vm: c.vm, startGpa: BigInt(MEM_BASE), length: BigInt(BULK_BYTES), chunkSize: chunk }));
       if (bytes !== BULK_BYTES) warnings.push(`DumpMemory chunk ${sizeLabel(chunk)}: ${bytes} bytes instead of ${BULK_BYTES}`);
     });
   }

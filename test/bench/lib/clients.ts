@@ -10,7 +10,7 @@ import { durationFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import { Client, credentials, Metadata } from "@grpc/grpc-js";
 import type { ClientDuplexStream, MethodDefinition, ServiceError } from "@grpc/grpc-js";
 import { EventAction, IntrospectionService, Role, SessionRequestSchema } from "@kvmi/proto";
-import type { CommandResult, Event, SessionCommandSchema, SessionRequest, SessionResponse } from "@kvmi/proto";
+import type { CommandResult, DumpMemoryRequest, DumpMemoryResponse, Event, SessionCommandSchema, SessionRequest, SessionResponse } from "@kvmi/proto";
 import { createServiceDefinition } from "@kvmi/service";
 import { CLIENT_OPTIONS, ECHO_SERVICE } from "./echo-protocol.js";
 
@@ -52,6 +52,17 @@ export class BridgeClient {
   }
 
   /** One unary RPC; with `label` and {@link capture}, records its message sizes. */
+  /** Runs one DumpMemory to its end; resolves with the data bytes received. */
+  dump(request: DumpMemoryRequest): Promise<number> {
+    return new Promise((resolve, reject) => {
+      let bytes = 0;
+      const call = this.client.makeServerStreamRequest(BRIDGE.dumpMemory.path, BRIDGE.dumpMemory.requestSerialize, BRIDGE.dumpMemory.responseDeserialize, request);
+      call.on("data", (m: DumpMemoryResponse) => (bytes += m.data.length));
+      call.on("error", reject);
+      call.on("end", () => resolve(bytes));
+    });
+  }
+
   unary<Req, Res>(m: MethodDefinition<Req, Res>, request: Req, label?: string): Promise<Res> {
     if (!this.capture || label === undefined) return unaryCall(this.client, m, request);
     return unaryCall(
