@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# Sets up what the test suite needs on a fresh Debian machine, then returns: Debian packages,
+# a Docker engine, the bridge image, and the cached assets later suites use. `npm test` runs it
+# first, so the README's test command passes as it is; `.ci/run` calls exactly `npm test`.
+# Idempotent and quick when everything is there already (a few `command -v` checks).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+log() { printf '[prepare] %s\n' "$*" >&2; }
+
+# One Debian package per line: the command (or file) that proves it is there, then the package.
+# Keep the list sorted by package so that concurrent additions merge cleanly.
+need_apt=()
+want() { # want CHECK PACKAGE: CHECK is a command name, or an absolute path that must exist.
+  local check=$1 pkg=$2
+  if [[ $check == /* ]]; then [[ -e $check ]] && return 0; else command -v "$check" >/dev/null && return 0; fi
+  need_apt+=("$pkg")
+}
+want dockerd docker.io
+want gcc gcc
+want /usr/include/stdio.h libc6-dev
+want openssl openssl
+
+if ((${#need_apt[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    log "missing Debian packages: ${need_apt[*]} (run this script as root, or install them)"
+    exit 1
+  fi
+  log "installing Debian packages: ${need_apt[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >&2
+fi
+
+# A Docker engine, unless one answers already (no systemd on these machines).
+if ! docker info >/dev/null 2>&1; then
+  log "starting dockerd"
+  (dockerd >/var/log/dockerd.log 2>&1 &)
+  for _ in $(seq 1 60); do
+    docker info >/dev/null 2>&1 && break
+    sleep 1
+  done
+  if ! docker info >/dev/null 2>&1; then
+    log "dockerd did not come up; the end of /var/log/dockerd.log:"
+    tail -n 40 /var/log/dockerd.log >&2 || true
+    exit 1
+  fi
+fi
+
+# The bridge image, built from this checkout on a base made of this machine's Node runtime (no
+# image can be pulled here); rebuilt only when its inputs change.
+npm run --silent image:local >&2
