@@ -14,7 +14,8 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Command, CpuMode, EventType, HandshakeVariant, MtrrType, State } from "@kvmi/proto";
 import type { Vm } from "@kvmi/proto";
-import { errno, v9Ids } from "@kvmi/kvm-bridge/wire";
+import { errno, v9Ids, V9_COMMANDS } from "@kvmi/kvm-bridge/wire";
+import type { V9CommandName } from "@kvmi/kvm-bridge/wire";
 import { guestModel } from "@kvmi/kvm-bridge/emulator";
 import {
   CONTINUE,
@@ -57,7 +58,7 @@ const kernelVcpu = (n: number, i = MAIN) => h.vms[i]!.kernel.vcpu(n)!;
 
 /** Frames with the id of `command` that the emulated kernels of every VM received (KvmiVm.receivedFrames). */
 function kernelFrames(command: string): number {
-  const id = (v9Ids as Record<string, number>)[command];
+  const id = V9_COMMANDS[command as V9CommandName]?.id;
   if (id === undefined) throw new Error(`${command} is not a v9 command`);
   return h.vms.reduce((sum, v) => sum + v.kernel.receivedFrames(id), 0);
 }
