@@ -81,7 +81,7 @@ function endpoints(config: BridgeConfig, cwd: string): ListenEndpoint[] {
     if (!parsed.ok) throw new Error(`kvmiListen ${text}: ${parsed.error}`);
     const address = parsed.value;
     return address.kind === "unix"
-      ? { kind: "unix", path: address.path, mode: config.kvmiSocketMode }
+      ? { kind: "unix", path: address.path, mode: config.kvmiSocketMode, ...(config.kvmiSocketOwner && { owner: config.kvmiSocketOwner }) }
       : { kind: "tcp", host: address.host, port: address.port };
   });
 }
