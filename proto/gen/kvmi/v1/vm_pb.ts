@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file kvmi/v1/vm.proto.
  */
 export const file_kvmi_v1_vm: GenFile = /*@__PURE__*/
-  fileDesc("ChBrdm1pL3YxL3ZtLnByb3RvEgdrdm1pLnYxIpIFCgJWbRIRCgRuYW1lGAEgASgJQgPgQQgSEQoEdXVpZBgCIAEoCUID4EEDEhkKDGRpc3BsYXlfbmFtZRgDIAEoCUID4EEDEiIKBXN0YXRlGAQgASgOMg4ua3ZtaS52MS5TdGF0ZUID4EEDEhcKCmdlbmVyYXRpb24YBSABKARCA+BBAxIXCgp2Y3B1X2NvdW50GAYgASgNQgPgQQMSMwoKc3RhcnRfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCA+BBAxIyCglob29rX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgPgQQMSOQoRaGFuZHNoYWtlX3ZhcmlhbnQYCSABKA4yGS5rdm1pLnYxLkhhbmRzaGFrZVZhcmlhbnRCA+BBAxIUCgdkaWFsZWN0GAogASgJQgPgQQMSGQoMa3ZtaV92ZXJzaW9uGAsgASgNQgPgQQMSKAoIZmVhdHVyZXMYDCABKAsyES5rdm1pLnYxLkZlYXR1cmVzQgPgQQMSGQoHbWF4X2dwYRgNIAEoBEID4EEDSACIAQESJwoIY3B1X3R5cGUYDiABKA4yEC5rdm1pLnYxLkNwdVR5cGVCA+BBAxItCgxlODIwX2VudHJpZXMYDyADKAsyEi5rdm1pLnYxLkU4MjBFbnRyeUID4EEDEiAKE2NvbnRyb2xsZXJfYXR0YWNoZWQYECABKAhCA+BBAxIbCg5vYnNlcnZlcl9jb3VudBgRIAEoDUID4EEDEjgKD3VuaG9va19kZWFkbGluZRgSIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCA+BBA0IKCghfbWF4X2dwYSIhCgxHZXRWbVJlcXVlc3QSEQoEbmFtZRgBIAEoCUID4EECIigKDUdldFZtUmVzcG9uc2USFwoCdm0YASABKAsyCy5rdm1pLnYxLlZtIjcKDkxpc3RWbXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJIkQKD0xpc3RWbXNSZXNwb25zZRIYCgN2bXMYASADKAsyCy5rdm1pLnYxLlZtEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIkCg9XYXRjaFZtc1JlcXVlc3QSEQoEbmFtZRgBIAEoCUID4EEBIjUKEFdhdGNoVm1zUmVzcG9uc2USIQoGY2hhbmdlGAEgASgLMhEua3ZtaS52MS5WbUNoYW5nZSJbChBSZWxlYXNlVm1SZXF1ZXN0EhEKBG5hbWUYASABKAlCA+BBAhI0CgxncmFjZV9wZXJpb2QYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CA+BBASIsChFSZWxlYXNlVm1SZXNwb25zZRIXCgJ2bRgBIAEoCzILLmt2bWkudjEuVm0iHgoIRmVhdHVyZXMSEgoKc2luZ2xlc3RlcBgBIAEoCCI6CglFODIwRW50cnkSDwoHYWRkcmVzcxgBIAEoBBIOCgZsZW5ndGgYAiABKAQSDAoEdHlwZRgDIAEoDSKuAQoIVm1DaGFuZ2USIwoEdHlwZRgBIAEoDjIVLmt2bWkudjEuVm1DaGFuZ2VUeXBlEhcKAnZtGAIgASgLMgsua3ZtaS52MS5WbRIzCg91bmhvb2tfZGVhZGxpbmUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2NoYW5nZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCqOAQoFU3RhdGUSFQoRU1RBVEVfVU5TUEVDSUZJRUQQABIVChFTVEFURV9IQU5EU0hBS0lORxABEhAKDFNUQVRFX0hPT0tFRBACEhgKFFNUQVRFX1VOSE9PS19QRU5ESU5HEAMSEwoPU1RBVEVfUkVMRUFTSU5HEAQSFgoSU1RBVEVfRElTQ09OTkVDVEVEEAUqqAEKEEhhbmRzaGFrZVZhcmlhbnQSIQodSEFORFNIQUtFX1ZBUklBTlRfVU5TUEVDSUZJRUQQABIaChZIQU5EU0hBS0VfVkFSSUFOVF9CQVNFEAESHQoZSEFORFNIQUtFX1ZBUklBTlRfTUFYX0dQQRACEhoKFkhBTkRTSEFLRV9WQVJJQU5UX0U4MjAQAxIaChZIQU5EU0hBS0VfVkFSSUFOVF9OT05FEAQqYQoHQ3B1VHlwZRIYChRDUFVfVFlQRV9VTlNQRUNJRklFRBAAEhEKDUNQVV9UWVBFX0kzODYQARITCg9DUFVfVFlQRV9YODZfNjQQAhIUChBDUFVfVFlQRV9VTktOT1dOEAMq5QEKDFZtQ2hhbmdlVHlwZRIeChpWTV9DSEFOR0VfVFlQRV9VTlNQRUNJRklFRBAAEhsKF1ZNX0NIQU5HRV9UWVBFX0VYSVNUSU5HEAESGQoVVk1fQ0hBTkdFX1RZUEVfSE9PS0VEEAISGwoXVk1fQ0hBTkdFX1RZUEVfUkVIT09LRUQQAxIgChxWTV9DSEFOR0VfVFlQRV9TVEFURV9DSEFOR0VEEAQSIQodVk1fQ0hBTkdFX1RZUEVfVU5IT09LX1BFTkRJTkcQBRIbChdWTV9DSEFOR0VfVFlQRV9VTkhPT0tFRBAGYgZwcm90bzM", [file_google_api_field_behavior, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChBrdm1pL3YxL3ZtLnByb3RvEgdrdm1pLnYxIpIFCgJWbRIRCgRuYW1lGAEgASgJQgPgQQgSEQoEdXVpZBgCIAEoCUID4EEDEhkKDGRpc3BsYXlfbmFtZRgDIAEoCUID4EEDEiIKBXN0YXRlGAQgASgOMg4ua3ZtaS52MS5TdGF0ZUID4EEDEhcKCmdlbmVyYXRpb24YBSABKARCA+BBAxIXCgp2Y3B1X2NvdW50GAYgASgNQgPgQQMSMwoKc3RhcnRfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCA+BBAxIyCglob29rX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgPgQQMSOQoRaGFuZHNoYWtlX3ZhcmlhbnQYCSABKA4yGS5rdm1pLnYxLkhhbmRzaGFrZVZhcmlhbnRCA+BBAxIUCgdkaWFsZWN0GAogASgJQgPgQQMSGQoMa3ZtaV92ZXJzaW9uGAsgASgNQgPgQQMSKAoIZmVhdHVyZXMYDCABKAsyES5rdm1pLnYxLkZlYXR1cmVzQgPgQQMSGQoHbWF4X2dwYRgNIAEoBEID4EEDSACIAQESJwoIY3B1X3R5cGUYDiABKA4yEC5rdm1pLnYxLkNwdVR5cGVCA+BBAxItCgxlODIwX2VudHJpZXMYDyADKAsyEi5rdm1pLnYxLkU4MjBFbnRyeUID4EEDEiAKE2NvbnRyb2xsZXJfYXR0YWNoZWQYECABKAhCA+BBAxIbCg5vYnNlcnZlcl9jb3VudBgRIAEoDUID4EEDEjgKD3VuaG9va19kZWFkbGluZRgSIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCA+BBA0IKCghfbWF4X2dwYSIsCgxHZXRWbVJlcXVlc3QSEAoEbmFtZRgBIAEoCUICGAESCgoCdm0YAiABKAkiKAoNR2V0Vm1SZXNwb25zZRIXCgJ2bRgBIAEoCzILLmt2bWkudjEuVm0iNwoOTGlzdFZtc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiRAoPTGlzdFZtc1Jlc3BvbnNlEhgKA3ZtcxgBIAMoCzILLmt2bWkudjEuVm0SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjcKD1dhdGNoVm1zUmVxdWVzdBITCgRuYW1lGAEgASgJQgUYAeBBARIPCgJ2bRgCIAEoCUID4EEBIjUKEFdhdGNoVm1zUmVzcG9uc2USIQoGY2hhbmdlGAEgASgLMhEua3ZtaS52MS5WbUNoYW5nZSJmChBSZWxlYXNlVm1SZXF1ZXN0EhAKBG5hbWUYASABKAlCAhgBEjQKDGdyYWNlX3BlcmlvZBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkID4EEBEgoKAnZtGAMgASgJIiwKEVJlbGVhc2VWbVJlc3BvbnNlEhcKAnZtGAEgASgLMgsua3ZtaS52MS5WbSIeCghGZWF0dXJlcxISCgpzaW5nbGVzdGVwGAEgASgIIjoKCUU4MjBFbnRyeRIPCgdhZGRyZXNzGAEgASgEEg4KBmxlbmd0aBgCIAEoBBIMCgR0eXBlGAMgASgNIq4BCghWbUNoYW5nZRIjCgR0eXBlGAEgASgOMhUua3ZtaS52MS5WbUNoYW5nZVR5cGUSFwoCdm0YAiABKAsyCy5rdm1pLnYxLlZtEjMKD3VuaG9va19kZWFkbGluZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLY2hhbmdlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wKo4BCgVTdGF0ZRIVChFTVEFURV9VTlNQRUNJRklFRBAAEhUKEVNUQVRFX0hBTkRTSEFLSU5HEAESEAoMU1RBVEVfSE9PS0VEEAISGAoUU1RBVEVfVU5IT09LX1BFTkRJTkcQAxITCg9TVEFURV9SRUxFQVNJTkcQBBIWChJTVEFURV9ESVNDT05ORUNURUQQBSqoAQoQSGFuZHNoYWtlVmFyaWFudBIhCh1IQU5EU0hBS0VfVkFSSUFOVF9VTlNQRUNJRklFRBAAEhoKFkhBTkRTSEFLRV9WQVJJQU5UX0JBU0UQARIdChlIQU5EU0hBS0VfVkFSSUFOVF9NQVhfR1BBEAISGgoWSEFORFNIQUtFX1ZBUklBTlRfRTgyMBADEhoKFkhBTkRTSEFLRV9WQVJJQU5UX05PTkUQBCphCgdDcHVUeXBlEhgKFENQVV9UWVBFX1VOU1BFQ0lGSUVEEAASEQoNQ1BVX1RZUEVfSTM4NhABEhMKD0NQVV9UWVBFX1g4Nl82NBACEhQKEENQVV9UWVBFX1VOS05PV04QAyrlAQoMVm1DaGFuZ2VUeXBlEh4KGlZNX0NIQU5HRV9UWVBFX1VOU1BFQ0lGSUVEEAASGwoXVk1fQ0hBTkdFX1RZUEVfRVhJU1RJTkcQARIZChVWTV9DSEFOR0VfVFlQRV9IT09LRUQQAhIbChdWTV9DSEFOR0VfVFlQRV9SRUhPT0tFRBADEiAKHFZNX0NIQU5HRV9UWVBFX1NUQVRFX0NIQU5HRUQQBBIhCh1WTV9DSEFOR0VfVFlQRV9VTkhPT0tfUEVORElORxAFEhsKF1ZNX0NIQU5HRV9UWVBFX1VOSE9PS0VEEAZiBnByb3RvMw", [file_google_api_field_behavior, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * Describes one VM whose KVMI socket the bridge holds. Its resource name is
@@ -185,12 +185,23 @@ export const VmSchema: GenMessage<Vm> = /*@__PURE__*/
  */
 export type GetVmRequest = Message<"kvmi.v1.GetVmRequest"> & {
   /**
-   * Identifies the VM as `vms/{vm}`. Fails with NOT_FOUND if the bridge does
-   * not know the UUID, and INVALID_ARGUMENT if the name is malformed.
+   * Deprecated: use `vm`, which holds the same name. The bridge reads `name`
+   * only when `vm` is empty.
    *
-   * @generated from field: string name = 1;
+   * @generated from field: string name = 1 [deprecated = true];
+   * @deprecated
    */
   name: string;
+
+  /**
+   * Identifies the VM as `vms/{vm}` or `vms/-/by-name/{display_name}`. Fails
+   * with NOT_FOUND if the bridge does not know the VM, and INVALID_ARGUMENT if
+   * the name is malformed or a display name matches several VMs. Required:
+   * set this or the deprecated `name`.
+   *
+   * @generated from field: string vm = 2;
+   */
+  vm: string;
 };
 
 /**
@@ -289,13 +300,23 @@ export const ListVmsResponseSchema: GenMessage<ListVmsResponse> = /*@__PURE__*/
  */
 export type WatchVmsRequest = Message<"kvmi.v1.WatchVmsRequest"> & {
   /**
-   * Restricts the stream to one VM (`vms/{vm}`); empty watches all VMs. A
-   * name the bridge does not know is accepted, so that a client can wait for
-   * a VM to connect.
+   * Deprecated: use `vm`, which holds the same name. The bridge reads `name`
+   * only when `vm` is empty.
    *
-   * @generated from field: string name = 1;
+   * @generated from field: string name = 1 [deprecated = true];
+   * @deprecated
    */
   name: string;
+
+  /**
+   * Restricts the stream to one VM (`vms/{vm}`); empty watches all VMs. A
+   * UUID the bridge does not know is accepted, so that a client can wait for
+   * a VM to connect; a display name (`vms/-/by-name/{display_name}`) must
+   * name a VM the bridge knows now.
+   *
+   * @generated from field: string vm = 2;
+   */
+  vm: string;
 };
 
 /**
@@ -337,10 +358,11 @@ export const WatchVmsResponseSchema: GenMessage<WatchVmsResponse> = /*@__PURE__*
  */
 export type ReleaseVmRequest = Message<"kvmi.v1.ReleaseVmRequest"> & {
   /**
-   * Identifies the VM as `vms/{vm}`. Fails with NOT_FOUND if unknown and
-   * FAILED_PRECONDITION if it is already disconnected.
+   * Deprecated: use `vm`, which holds the same name. The bridge reads `name`
+   * only when `vm` is empty.
    *
-   * @generated from field: string name = 1;
+   * @generated from field: string name = 1 [deprecated = true];
+   * @deprecated
    */
   name: string;
 
@@ -352,6 +374,15 @@ export type ReleaseVmRequest = Message<"kvmi.v1.ReleaseVmRequest"> & {
    * @generated from field: google.protobuf.Duration grace_period = 2;
    */
   gracePeriod?: Duration | undefined;
+
+  /**
+   * Identifies the VM as `vms/{vm}` or `vms/-/by-name/{display_name}`. Fails
+   * with NOT_FOUND if unknown and FAILED_PRECONDITION if it is already
+   * disconnected. Required: set this or the deprecated `name`.
+   *
+   * @generated from field: string vm = 3;
+   */
+  vm: string;
 };
 
 /**
