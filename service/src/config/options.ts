@@ -9,6 +9,8 @@ import { accessSync, constants as fsConstants, statSync } from "node:fs";
 import { resolve } from "node:path";
 import { formatGrpcListen, formatHostPort, formatKvmiListen, parseGrpcListen, parseHostPort, parseKvmiListen } from "./address.js";
 import type { ParseResult } from "./address.js";
+import { AUTH_OPTIONS } from "./auth-options.js";
+import type { AuthConfig } from "./auth-options.js";
 
 /** Log levels, most verbose first (conventions §9: trace = frame hex, debug = per command). */
 export const LOG_LEVELS = ["trace", "debug", "info", "warn", "error"] as const;
@@ -52,7 +54,7 @@ export type EventName = (typeof EVENT_NAMES)[number];
  * The validated, frozen configuration of one bridge process. Paths are absolute; listen addresses
  * are normalised (`unix:/abs/path`, `HOST:PORT`, `[v6]:PORT`, `tcp:HOST:PORT`).
  */
-export interface BridgeConfig {
+export interface BridgeConfig extends AuthConfig {
   /** gRPC listen address: `HOST:PORT` or `unix:PATH`. */
   readonly grpcListen: string;
   /** KVMI listen addresses for QEMU: `unix:PATH` or `tcp:HOST:PORT`, at least one. */
@@ -521,6 +523,7 @@ export const OPTIONS: { readonly [K in keyof BridgeConfig]-?: OptionSpec<BridgeC
     defaultValue: 10_000,
     parse: integer(100, MAX_TIMER_MS, "ms"),
   },
+  ...AUTH_OPTIONS,
 };
 
 /** Every option key, in declaration order. */

@@ -1,14 +1,16 @@
 // SPDX-License-Identifier: Apache-2.0
 /**
  * Assembles `kvmi.v1.IntrospectionService` from its parts: the registry RPCs, one unary RPC per
- * KVMI command, bulk memory reads, and the Session stream.
+ * KVMI command, bulk memory reads, and the Session stream, each behind the authorization point.
  */
 import type { ServerUnaryCall, ServerWritableStream, sendUnaryData, UntypedServiceImplementation } from "@grpc/grpc-js";
 import { IntrospectionService } from "@kvmi/proto";
 import { createServiceDefinition } from "./service-definition.js";
 import { failStream, failure } from "./call-context.js";
+import { guardImplementation } from "./authorization.js";
 import type { RpcDeps } from "./call-context.js";
-import { commandHandlers } from "./command-rpcs.js";
+import { commandMappingByMethod } from "../mapping/commands.js";
+import { commandErrorContext, commandHandlers } from "./command-rpcs.js";
 import { batchReadHandler, dumpMemoryHandler } from "./memory-rpcs.js";
 import { registryHandlers, watchVmsHandler } from "./registry-rpcs.js";
 import { normalizeRequestNames } from "./request-names.js";
@@ -19,7 +21,7 @@ export function createIntrospectionService(deps: RpcDeps): {
   readonly definition: ReturnType<typeof createServiceDefinition<typeof IntrospectionService.method>>;
   readonly implementation: UntypedServiceImplementation;
 } {
-  const implementation: UntypedServiceImplementation = {
+  const handlers: UntypedServiceImplementation = {
     ...commandHandlers(deps),
     ...registryHandlers(deps),
     watchVms: watchVmsHandler(deps),
@@ -29,12 +31,20 @@ export function createIntrospectionService(deps: RpcDeps): {
   };
   const definition = createServiceDefinition(IntrospectionService);
   for (const method of IntrospectionService.methods) {
+    if (handlers[method.localName] === undefined) throw new Error(`IntrospectionService.${method.name} has no handler`);
+  }
+  // Every handler behind the one authorization point (throws here for a method without a rule).
+  const implementation = guardImplementation(IntrospectionService, handlers, deps, deps.access, (method, request) => {
+    const mapping = commandMappingByMethod(method);
+    return mapping === undefined ? {} : commandErrorContext(mapping, request);
+  });
+  // Display names and field aliases are resolved first, so that authorization sees the VM's real
+  // resource name (request-names.ts). The Session stream normalizes its attach and each command
+  // itself (session-rpc.ts).
+  for (const method of IntrospectionService.methods) {
     const handler = implementation[method.localName];
-    if (handler === undefined) throw new Error(`IntrospectionService.${method.name} has no handler`);
-    // The Session stream normalizes its attach and each command itself (session-rpc.ts).
     if (method.methodKind === "unary") implementation[method.localName] = withNormalizedNames(deps, method.localName, handler as UnaryHandler);
     if (method.methodKind === "server_streaming") implementation[method.localName] = withNormalizedNamesStream(deps, method.localName, handler as StreamHandler);
-  }
   return { definition, implementation };
 }
 

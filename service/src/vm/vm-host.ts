@@ -13,6 +13,7 @@ import { KvmiProtocolError } from "@kvmi/kvm-bridge";
 import type { CommandReply, CommandRequest, KvmiChannel, KvmiEvent, KvmiTransportError, Logger, VmRecord, VmRegistry } from "@kvmi/kvm-bridge";
 import { v9Ids } from "@kvmi/kvm-bridge/wire";
 import type { V9CommandName } from "@kvmi/kvm-bridge/wire";
+import { permissionDenied } from "../mapping/access-error.js";
 import { BridgeError } from "../mapping/bridge-error.js";
 import type { AutoReplyReason } from "../metrics/index.js";
 import { HookLedger } from "./hook-ledger.js";
@@ -70,6 +71,11 @@ export interface Session {
   readonly id: string;
   readonly role: "controller" | "observer";
   readonly eventDeadlineMs: number | undefined;
+  /**
+   * The identity that attached (auth/access-control.ts identityKey). A controller's session id
+   * authorizes nothing by itself: commands under it must come from this identity too.
+   */
+  readonly owner: string;
 }
 
 /** Options of a {@link VmHost}. */
@@ -157,18 +163,20 @@ export class VmHost {
 
   /**
    * Attaches a session.
+   * @param owner the identity attaching; the controller is bound to it.
    * @throws BridgeError CONTROLLER_PRESENT for a second controller, VM_UNHOOKING during an unhook.
    */
-  attach(role: Session["role"], sink: SessionSink, eventDeadlineMs?: number): Session {
+  attach(role: Session["role"], sink: SessionSink, eventDeadlineMs?: number, owner = "local:local"): Session {
     if (!this.isServing) throw new BridgeError("VM_UNHOOKING", `VM ${this.uuid} is being unhooked; attach after it hooks again`, { vm: this.uuid });
     if (role === "controller" && this.controller !== undefined) {
       throw new BridgeError(
         "CONTROLLER_PRESENT",
-        `VM ${this.uuid} already has a controller (session ${this.controller.id}); attach as OBSERVER or retry after it leaves`,
+        // Never the controller's session id or identity: other callers learn only that one exists.
+        `VM ${this.uuid} already has a controller; attach as OBSERVER or retry after it leaves`,
         { vm: this.uuid },
       );
     }
-    const session: Attached = { id: randomUUID(), role, eventDeadlineMs: role === "controller" ? eventDeadlineMs : undefined, sink };
+    const session: Attached = { id: randomUUID(), role, eventDeadlineMs: role === "controller" ? eventDeadlineMs : undefined, owner, sink };
     if (role === "controller") this.controller = session;
     else this.observers.set(session.id, session);
     this.log.info({ session: session.id, role }, "session attached");
@@ -220,9 +228,13 @@ export class VmHost {
     name: N,
     request: CommandRequest<N>,
     vcpu: number | undefined,
-    caller: { readonly sessionId?: string | undefined; readonly timeoutMs?: number; readonly signal?: AbortSignal },
+    caller: { readonly sessionId?: string | undefined; readonly owner?: string | undefined; readonly timeoutMs?: number; readonly signal?: AbortSignal },
   ): Promise<CommandReply<N>> {
     const mutating = MUTATING_COMMANDS.has(name);
+    if (mutating && this.controller !== undefined && caller.sessionId === this.controller.id && caller.owner !== this.controller.owner) {
+      // The session id of another identity's controller: a stolen or leaked id is not a credential.
+      throw permissionDenied("control", this.uuid);
+    }
     if (mutating && (this.controller === undefined || caller.sessionId !== this.controller.id)) {
       throw new BridgeError(
         "NOT_CONTROLLER",
