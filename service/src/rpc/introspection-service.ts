@@ -45,6 +45,7 @@ export function createIntrospectionService(deps: RpcDeps): {
     const handler = implementation[method.localName];
     if (method.methodKind === "unary") implementation[method.localName] = withNormalizedNames(deps, method.localName, handler as UnaryHandler);
     if (method.methodKind === "server_streaming") implementation[method.localName] = withNormalizedNamesStream(deps, method.localName, handler as StreamHandler);
+  }
   return { definition, implementation };
 }
 
