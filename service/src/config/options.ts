@@ -59,6 +59,11 @@ export interface BridgeConfig {
   readonly kvmiListen: readonly string[];
   /** Permission bits of KVMI unix sockets, e.g. `0o660`. */
   readonly kvmiSocketMode: number;
+  /**
+   * Where in-pod forwarders connect (`unix:PATH`, `tcp:HOST:PORT`; TCP uses the gRPC TLS settings);
+   * empty: none (service/src/forward/).
+   */
+  readonly forwardListen: readonly string[];
   /** Prometheus listen address `HOST:PORT`, or `"off"`. */
   readonly metricsListen: string;
   /** PEM certificate chain of the gRPC server. Enables TLS together with {@link tlsKey}. */
@@ -343,6 +348,14 @@ export const OPTIONS: { readonly [K in keyof BridgeConfig]-?: OptionSpec<BridgeC
     defaultValue: 0o660,
     parse: socketMode,
     print: (mode) => `0${mode.toString(8).padStart(3, "0")}`,
+  },
+  forwardListen: {
+    shape: "list",
+    valueName: "<unix:path|tcp:host:port>",
+    description: "Where KVMI forwarders in VM pods connect (KubeVirt node mode); TCP uses --tls-cert/--tls-key/--tls-client-ca. Default: none.",
+    defaultValue: [],
+    defaultHelp: "none",
+    parse: (raw, ctx) => (Array.isArray(raw) && raw.length === 0) || raw === "" ? ok([]) : kvmiListen(raw, ctx),
   },
   metricsListen: {
     shape: "scalar",
