@@ -14,7 +14,7 @@ import type { Logger } from "../logger.js";
 import { silentLogger } from "../logger.js";
 import { viewOf } from "../wire/codec.js";
 import type { HandshakeVariant, VmIdentity } from "../wire/handshake.js";
-import { checkHandshakeSize, encodeHandshakeReply, parseHandshake } from "../wire/handshake.js";
+import { checkHandshakeSize, encodeHandshakeReply, encodeHandshakeReplyWithHash, parseHandshake } from "../wire/handshake.js";
 import { createKvmiChannel } from "./channel.js";
 import type { KvmiChannel, KvmiChannelOptions } from "./channel.js";
 import { readExactly } from "./read-exactly.js";
@@ -31,12 +31,34 @@ export type ListenEndpoint =
     }
   | { readonly kind: "tcp"; readonly host: string; readonly port: number };
 
+/**
+ * The workload a VM belongs to, as the orchestrator that started it names it (KubeVirt: the VMI's
+ * namespace and name). Known only for VMs that arrive through a forwarder, which says so.
+ */
+export interface VmOrigin {
+  readonly namespace: string;
+  readonly name: string;
+  /** The pod the forwarder runs in; "" when unknown. */
+  readonly pod: string;
+}
+
 /** A device manager that completed the handshake. */
 export interface AcceptedVm {
   readonly identity: VmIdentity;
   readonly channel: KvmiChannel;
   /** `unix:PATH` or `tcp:HOST:PORT` of the peer, for logs. */
   readonly peer: string;
+  /** Set for a VM that came through a forwarder. */
+  readonly origin?: VmOrigin;
+}
+
+/** What a forwarder told the bridge about one forwarded connection (see {@link acceptKvmiConnection}). */
+export interface ForwardedConnection {
+  /** SHA-1 of the QEMU cookie of this VM (its pod's own secret), answered instead of the bridge's. */
+  readonly cookieHash?: Uint8Array;
+  readonly origin?: VmOrigin;
+  /** Peer description for logs, e.g. `forwarder:tcp:10.0.0.7:40211`. */
+  readonly peer?: string;
 }
 
 /** Options of {@link createKvmiListener}. */
@@ -79,7 +101,7 @@ export async function createKvmiListener(
   try {
     for (const endpoint of options.endpoints) {
       const server = createServer({ pauseOnConnect: true }, (socket) => {
-        void accept(socket, options, log, onVm);
+        void acceptKvmiConnection(socket, options, onVm);
       });
       if (endpoint.kind === "unix") await prepareSocketPath(endpoint.path, log);
       await listen(server, endpoint);
@@ -187,13 +209,19 @@ function describe(server: Server, endpoint: ListenEndpoint): string {
   return `tcp:${endpoint.host}:${address.port}`;
 }
 
-async function accept(
+/**
+ * Runs the handshake on one connected stream and hands the VM to `onVm`: what the listener does for
+ * each accepted socket, exported for the node bridge's forward listener, which reads a forwarder's
+ * preamble first and then passes the same stream (a TLS socket included) with what it learned.
+ */
+export async function acceptKvmiConnection(
   socket: Socket,
-  options: KvmiListenerOptions,
-  log: Logger,
+  options: Omit<KvmiListenerOptions, "endpoints">,
   onVm: (vm: AcceptedVm) => void,
+  forwarded?: ForwardedConnection,
 ): Promise<void> {
-  const peer = socket.remoteAddress !== undefined ? `tcp:${socket.remoteAddress}:${socket.remotePort}` : "unix";
+  const log = options.logger ?? silentLogger;
+  const peer = forwarded?.peer ?? (socket.remoteAddress !== undefined ? `tcp:${socket.remoteAddress}:${socket.remotePort}` : "unix");
   const timeoutMs = options.handshakeTimeoutMs ?? 10_000;
   let identity: VmIdentity;
   try {
@@ -206,7 +234,7 @@ async function accept(
     whole.set(head);
     whole.set(rest, 4);
     identity = parseHandshake(whole, options.handshakeVariant ?? "auto");
-    socket.write(encodeHandshakeReply(options.secret));
+    socket.write(forwarded?.cookieHash !== undefined ? encodeHandshakeReplyWithHash(forwarded.cookieHash) : encodeHandshakeReply(options.secret));
   } catch (err) {
     const reason = err instanceof KvmiProtocolError ? err.message : `handshake failed: ${(err as Error).message}`;
     log.warn({ peer, reason }, "closing a device-manager connection");
@@ -214,6 +242,7 @@ async function accept(
     return;
   }
   const channel = createKvmiChannel(socket, { ...options.channel, vm: identity.uuid, logger: log.child({ vm: identity.uuid }) });
-  log.info({ vm: identity.uuid, name: identity.name, variant: identity.variant, peer }, "handshake complete");
-  onVm({ identity, channel, peer });
+  const origin = forwarded?.origin;
+  log.info({ vm: identity.uuid, name: identity.name, variant: identity.variant, peer, ...(origin && { origin }) }, "handshake complete");
+  onVm({ identity, channel, peer, ...(origin && { origin }) });
 }

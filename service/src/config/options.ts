@@ -63,6 +63,11 @@ export interface BridgeConfig extends AuthConfig {
   readonly kvmiSocketMode: number;
   /** Owner (`UID:GID`) of KVMI unix sockets, so that QEMU's user can connect; unchanged when unset. */
   readonly kvmiSocketOwner: { readonly uid: number; readonly gid: number } | undefined;
+  /**
+   * Where in-pod forwarders connect (`unix:PATH`, `tcp:HOST:PORT`; TCP uses the gRPC TLS settings);
+   * empty: none (service/src/forward/).
+   */
+  readonly forwardListen: readonly string[];
   /** Prometheus listen address `HOST:PORT`, or `"off"`. */
   readonly metricsListen: string;
   /** PEM certificate chain of the gRPC server. Enables TLS together with {@link tlsKey}. */
@@ -365,6 +370,14 @@ export const OPTIONS: { readonly [K in keyof BridgeConfig]-?: OptionSpec<BridgeC
     defaultHelp: "unset",
     parse: socketOwner,
     print: (owner) => (owner === undefined ? undefined : `${owner.uid}:${owner.gid}`),
+  },
+  forwardListen: {
+    shape: "list",
+    valueName: "<unix:path|tcp:host:port>",
+    description: "Where KVMI forwarders in VM pods connect (KubeVirt node mode); TCP uses --tls-cert/--tls-key/--tls-client-ca. Default: none.",
+    defaultValue: [],
+    defaultHelp: "none",
+    parse: (raw, ctx) => (Array.isArray(raw) && raw.length === 0) || raw === "" ? ok([]) : kvmiListen(raw, ctx),
   },
   metricsListen: {
     shape: "scalar",
