@@ -9,6 +9,7 @@ import { UsageError } from "./args.js";
 import * as commands from "./commands.js";
 import { createContext } from "./context.js";
 import { connectionHint } from "./hints.js";
+import { gdb } from "./gdb-command.js";
 import type { CliContext, CliIo, GlobalOptions } from "./context.js";
 
 export type { CliIo } from "./context.js";
@@ -112,6 +113,13 @@ export function buildProgram(io: CliIo, setExit: (code: number) => void): Comman
     .description("restrict the EPT access of a guest page (rwx, r-x, r--, none or 0..7)")
     .option("--hold", "keep the controller session until Ctrl-C, then let the bridge undo the restriction")
     .action(run(commands.pageAccess));
+  program
+    .command("gdb <vm>")
+    .description("serve the GDB remote protocol for a VM (vCPUs as threads); gdb -ex 'target remote HOST:PORT'")
+    .option("--listen <host:port>", "TCP address to listen on", "127.0.0.1:1234")
+    .option("--once", "exit when the first gdb session ends")
+    .option("--event-deadline <ms>", "how long a stopped vCPU may wait for the gateway (10..60000)")
+    .action(run(gdb));
   return program;
 }
 

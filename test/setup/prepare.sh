@@ -19,6 +19,7 @@ want() { # want CHECK PACKAGE: CHECK is a command name, or an absolute path that
 }
 want dockerd docker.io
 want gcc gcc
+want gdb gdb
 want /usr/include/stdio.h libc6-dev
 want openssl openssl
 
