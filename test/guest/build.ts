@@ -20,7 +20,7 @@ import { writeNewc, type NewcEntry } from "./newc.js";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 /** Kernel command line of every boot: serial console, fixed addresses, quiet, no reboot loop. */
-export const GUEST_CMDLINE = "console=ttyS0 nokaslr quiet panic=-1 rdinit=/init";
+export const GUEST_CMDLINE = "console=ttyS0 nokaslr quiet panic=-1 rdinit=/init cryptomgr.notests nowatchdog mitigations=off rcupdate.rcu_cpu_stall_suppress=1";
 /** Busybox applets init.sh uses. */
 const APPLETS = ["sh", "mount", "grep", "cat", "poweroff", "stty", "ps", "sleep"];
 /** The workload's roles: one binary under three names (workload.c). */
