@@ -4,7 +4,7 @@
  * the bridge, the embedded emulator when asked, and graceful shutdown on SIGTERM/SIGINT.
  * `kvmi-bridge doctor` reports whether this host's kernel offers KVMI.
  */
-import { rmdirSync } from "node:fs";
+import { readFileSync, rmdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname } from "node:path";
 import { formatDoctorReport, runDoctor } from "@kvmi/kvm-bridge/ioctl";
@@ -13,8 +13,15 @@ import { applyConfigAction, loadConfig, readSecret } from "./config/index.js";
 import { startEmbeddedVms } from "./embedded.js";
 import { createRootLogger, routeGrpcJsLogs } from "./log/index.js";
 
+/** The bridge's version: the version of `@kvmi/service`. */
+export const VERSION = (JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { version: string }).version;
+
 /** Runs the bridge until a signal; resolves with the exit code. */
 export async function main(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
+  if (argv.includes("--version") || argv.includes("-V")) {
+    process.stdout.write(`kvmi-bridge ${VERSION}\n`);
+    return 0;
+  }
   if (argv[0] === "doctor") {
     const report = await runDoctor();
     process.stdout.write(`${formatDoctorReport(report)}\n`);
