@@ -21,6 +21,9 @@ want dockerd docker.io
 want gcc gcc
 want /usr/include/stdio.h libc6-dev
 want openssl openssl
+want protoc protobuf-compiler
+want grpc_python_plugin protobuf-compiler-grpc
+want /usr/lib/python3/dist-packages/grpc python3-grpcio
 
 if ((${#need_apt[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
