@@ -49,6 +49,7 @@ export function renderHelp(): string {
     "Usage: kvmi-bridge [options]",
     "       kvmi-bridge doctor                   report whether this host's kernel offers KVMI",
     "       kvmi-bridge health [--target ...]    probe a running bridge's gRPC health (containers)",
+    "       kvmi-bridge --version                print the version",
     "",
     "Serves KVM introspection (KVMI) sockets from QEMU as the gRPC service kvmi.v1.IntrospectionService.",
     "",
