@@ -200,21 +200,40 @@ async function asController(ctx: CliContext, uuid: string, hold: boolean, body: 
   }
 }
 
-/** `write <vm> <gpa> <hex> --yes`. */
-export async function write(ctx: CliContext, ref: string, gpaText: string, hexText: string, options: { yes?: boolean; hold?: boolean }): Promise<void> {
-  const gpa = parseU64(gpaText, "gpa");
+/** `write <vm> <addr> <hex> --yes [--virtual | --vcpu n | --cr3 x]`. */
+export async function write(
+  ctx: CliContext,
+  ref: string,
+  addrText: string,
+  hexText: string,
+  options: { yes?: boolean; hold?: boolean; virtual?: boolean; vcpu?: string; cr3?: string },
+): Promise<void> {
+  const address = parseU64(addrText, "addr");
   const data = parseHexBytes(hexText, "hex");
+  const via = translationOf(options);
   if (!options.yes) throw new UsageError(`refusing to write ${data.length} byte(s) of guest memory without --yes`);
   const vm = await ctx.resolveVm(ref);
-  let before: Uint8Array | undefined;
   await asController(ctx, vm.uuid, options.hold === true, async (session) => {
-    before = await session.readPhysical(gpa, data.length);
-    await session.writePhysical(gpa, data);
-    const after = await session.readPhysical(gpa, data.length);
-    const ok = Buffer.from(after).equals(Buffer.from(data));
-    if (ctx.json) ctx.out(toJson({ vm: vm.name, gpa, written: data.length, verified: ok, previous: before }));
-    else ctx.out(`wrote ${data.length} byte(s) at ${hex(gpa)} of ${vm.name}${ok ? " (verified)" : " (read-back differs!)"}; previous bytes ${Buffer.from(before).toString("hex")}`);
+    // A virtual write translates every page first and writes only if all are mapped (the SDK's writeVirtual).
+    const readBack = (): Promise<Uint8Array> => (via === undefined ? session.readPhysical(address, data.length) : session.readVirtual(via, address, data.length));
+    const before = await readBack();
+    if (via === undefined) await session.writePhysical(address, data);
+    else await session.writeVirtual(via, address, data);
+    const ok = Buffer.from(await readBack()).equals(Buffer.from(data));
+    const where = via === undefined ? { gpa: address } : { gva: address };
+    if (ctx.json) ctx.out(toJson({ vm: vm.name, ...where, written: data.length, verified: ok, previous: before }));
+    else ctx.out(`wrote ${data.length} byte(s) at ${hex(address)}${via === undefined ? "" : " (virtual)"} of ${vm.name}${ok ? " (verified)" : " (read-back differs!)"}; previous bytes ${Buffer.from(before).toString("hex")}`);
   });
+}
+
+/** `vms release <vm> [--grace ms]`: the bridge unhooks the VM (ReleaseVm); QEMU reconnects later. */
+export async function vmsRelease(ctx: CliContext, ref: string, options: { grace?: string }): Promise<void> {
+  const graceMs = options.grace === undefined ? undefined : parseIndex(options.grace, "--grace");
+  if (graceMs !== undefined && graceMs > 300_000) throw new UsageError("--grace: at most 300000 ms");
+  const vm = await ctx.resolveVm(ref);
+  const released = await ctx.client.releaseVm(vm.uuid, { ...(graceMs !== undefined && { gracePeriodMs: graceMs }), signal: ctx.io.signal });
+  if (ctx.json) ctx.out(toJson(vmJson(released), 2));
+  else ctx.out(`released ${released.name} (${released.displayName || "no name"}): ${stateName(released.state)}; QEMU reconnects after its chardev reconnect interval`);
 }
 
 /** `translate <vm> <vcpu> <gva>`; exits 1 when the address is not mapped, as `read` does for a hole. */

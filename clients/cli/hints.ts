@@ -12,7 +12,7 @@
  * | "Failed to connect" without TLS      | the server closed a plaintext HTTP/2 start: it wants TLS |
  * | "Protocol error"                     | an HTTP/1 server answered (e.g. the metrics port)        |
  */
-import { isKvmiBridgeError, UnavailableError } from "@kvmi/clients";
+import { UnavailableError } from "@kvmi/clients";
 
 /** What kvmictl dialed. */
 export interface DialedTarget {
@@ -38,7 +38,7 @@ export function lacksPort(target: string): boolean {
  * `undefined` when `err` is not one.
  */
 export function connectionHint(err: unknown, dialed: DialedTarget): string | undefined {
-  if (!(err instanceof UnavailableError) || !isKvmiBridgeError(err) || !/No connection established|Failed to connect|Connection dropped/.test(err.message)) return undefined;
+  if (!(err instanceof UnavailableError) || !/No connection established|Failed to connect|Connection dropped/.test(err.message)) return undefined;
   const m = err.message;
   const where = `the bridge at ${dialed.target}`;
   if (/ECONNREFUSED/.test(m) && lacksPort(dialed.target)) {
@@ -47,7 +47,7 @@ export function connectionHint(err: unknown, dialed: DialedTarget): string | und
   if (/ECONNREFUSED/.test(m)) {
     return `cannot reach ${where}: connection refused. Is kvmi-bridge running (\`npm start\` serves 127.0.0.1:${BRIDGE_PORT})? Set --target or KVMI_BRIDGE_TARGET to its gRPC address`;
   }
-  if (/ENOENT|ECONNRESET.*unix|ENOTSOCK/.test(m) && dialed.target.startsWith("unix:")) {
+  if (/ENOENT|ENOTSOCK/.test(m) && dialed.target.startsWith("unix:")) {
     return `cannot reach ${where}: no socket at ${dialed.target.slice(5)}. Is kvmi-bridge running with --grpc-listen ${dialed.target}?`;
   }
   if (/EHOSTUNREACH|ENETUNREACH|ETIMEDOUT|ENOTFOUND|EAI_AGAIN/.test(m)) {

@@ -5,7 +5,7 @@
  * each write arrives as an event holding the old and the new value, which the task list maps to
  * processes. The tool lets every write through unchanged.
  *
- *   npx tsx clients/examples/cr3-monitor.ts --target 127.0.0.1:50051 --vm emu-0 --duration 2000
+ *   npx tsx clients/examples/cr3-monitor.ts --target 127.0.0.1:50051 --vm demo-0 --duration 2000
  */
 import { CancelledError, UnavailableError } from "@kvmi/clients";
 import { fail, integerOption, setup, stdout, stdoutClosed } from "./example-args.js";

@@ -9,6 +9,7 @@ import type { ParseArgsConfig } from "node:util";
 import { connect } from "@kvmi/clients";
 import type { BridgeClient, Vm } from "@kvmi/clients";
 import { guardPipe } from "../cli/closed-pipe.js";
+import { connectionHint } from "../cli/hints.js";
 
 const readerGone = new AbortController();
 /**
@@ -29,6 +30,9 @@ export interface ExampleSetup<V> {
   /** The example's own option values. */
   readonly values: V;
 }
+
+/** What setup() dialed, for the hint of a connection failure. */
+let dialed: { target: string; tls: boolean } | undefined;
 
 const COMMON: Options = {
   target: { type: "string", default: process.env["KVMI_BRIDGE_TARGET"] ?? "127.0.0.1:50051" },
@@ -61,6 +65,7 @@ export async function setup<V extends Record<string, unknown>>(usage: string, ow
     target: values["target"] as string,
     ...((ca ?? cert ?? key) !== undefined && { tls: { ...(ca && { ca }), ...(cert && { cert }), ...(key && { key }) } }),
   });
+  dialed = { target: values["target"] as string, tls: (ca ?? cert ?? key) !== undefined };
   const vm = await client.resolveVm(values["vm"] as string);
   return { client, vm, json: values["json"] === true, values: values as V };
 }
@@ -79,8 +84,9 @@ export function integerOption(values: Record<string, unknown>, key: string, usag
   return Number(text);
 }
 
-/** Prints a failure as one line and sets exit code 1. */
+/** Prints a failure as one line (what a connection failure means, clients/cli/hints.ts) and sets exit code 1. */
 export function fail(err: unknown): void {
-  process.stderr.write(`error: ${err instanceof Error ? err.message : String(err)}\n`);
+  const hint = dialed === undefined ? undefined : connectionHint(err, dialed);
+  process.stderr.write(`error: ${hint ?? (err instanceof Error ? err.message : String(err))}\n`);
   process.exitCode = 1;
 }

@@ -4,7 +4,7 @@
  * its documented address and follow `tasks.next` through guest-virtual memory. Nothing runs in the
  * guest; only memory reads cross the bridge.
  *
- *   npx tsx clients/examples/ps.ts --target 127.0.0.1:50051 --vm emu-0
+ *   npx tsx clients/examples/ps.ts --target 127.0.0.1:50051 --vm demo-0
  */
 import { fail, setup, stdout } from "./example-args.js";
 import { listTasks } from "./guest-profile.js";

@@ -12,7 +12,7 @@
  * While one vCPU steps over the entry the INT3 is lifted, so a syscall that another vCPU enters in
  * that window is not counted; production tracers pause the other vCPUs or use EPT views for it.
  *
- *   npx tsx clients/examples/trace.ts --target 127.0.0.1:50051 --vm emu-0 --duration 5000
+ *   npx tsx clients/examples/trace.ts --target 127.0.0.1:50051 --vm demo-0 --duration 5000
  */
 import { CancelledError, UnavailableError } from "@kvmi/clients";
 import type { BreakpointEvent, Session, SessionItem } from "@kvmi/clients";

@@ -7,6 +7,8 @@
 import { createKvmiListener, createVmRegistry } from "@kvmi/kvm-bridge";
 import type { AcceptedVm, KvmiListener, ListenEndpoint, Logger, VmRegistry } from "@kvmi/kvm-bridge";
 import {
+  file_google_rpc_error_details,
+  file_google_rpc_status,
   file_kvmi_v1_command,
   file_kvmi_v1_event,
   file_kvmi_v1_introspection_service,
@@ -223,6 +225,10 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
       file_kvmi_v1_registers,
       file_kvmi_v1_session,
       file_kvmi_v1_memory,
+      // The error details the bridge sends in grpc-status-details-bin (docs/conventions.md,
+      // "Errors"): a client that knows the API only through reflection can decode ErrorInfo.
+      file_google_rpc_status,
+      file_google_rpc_error_details,
     ],
     metrics,
     channelOptions: {

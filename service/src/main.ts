@@ -5,7 +5,7 @@
  * `kvmi-bridge doctor` reports whether this host's kernel offers KVMI; `kvmi-bridge audit verify
  * FILE` checks an audit trail's hash chain. SIGHUP reloads the authorization policy.
  */
-import { rmdirSync } from "node:fs";
+import { readFileSync, rmdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname } from "node:path";
 import { formatDoctorReport, runDoctor } from "@kvmi/kvm-bridge/ioctl";
@@ -15,8 +15,15 @@ import { applyConfigAction, loadConfig, readSecret } from "./config/index.js";
 import { startEmbeddedVms } from "./embedded.js";
 import { createRootLogger, routeGrpcJsLogs } from "./log/index.js";
 
+/** The bridge's version: the version of `@kvmi/service`. */
+export const VERSION = (JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { version: string }).version;
+
 /** Runs the bridge until a signal; resolves with the exit code. */
 export async function main(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
+  if (argv.includes("--version") || argv.includes("-V")) {
+    process.stdout.write(`kvmi-bridge ${VERSION}\n`);
+    return 0;
+  }
   if (argv[0] === "doctor") {
     const report = await runDoctor();
     process.stdout.write(`${formatDoctorReport(report)}\n`);

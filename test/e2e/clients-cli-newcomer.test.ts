@@ -11,7 +11,7 @@ import * as grpc from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { main as kvmictlMain } from "@kvmi/clients/cli";
 import type { EmulatedVm } from "@kvmi/kvm-bridge/emulator";
-import { createThrowAwayPki, startClientsBridge } from "../support/clients-harness.js";
+import { createThrowAwayPki, runNode, startClientsBridge, tsxArgs } from "../support/clients-harness.js";
 import type { ClientsBridge, RunResult, ThrowAwayPki } from "../support/clients-harness.js";
 
 let bridge: ClientsBridge;
@@ -121,6 +121,14 @@ describe("connection failures", () => {
     expect(tlsToPlain.stderr).toMatch(/does not speak TLS .*drop the --tls-\* flags/);
     expect(plainToTls.stderr).toMatch(/closed the connection before gRPC started: it probably requires TLS; pass --tls-ca/);
     expect(noPort.stderr).toMatch(/--target localhost has no port, so gRPC dialed port 443 .* --target localhost:50051/);
+  });
+});
+
+describe("the examples", () => {
+  it("explain a connection failure in one line too", async () => {
+    const result = await runNode([...tsxArgs("clients/examples/ps.ts"), "--target", "127.0.0.1:1", "--vm", "newcomer-vm"]);
+    expect(result.code).toBe(1);
+    expect(result.stderr).toMatch(/^error: cannot reach the bridge at 127\.0\.0\.1:1: connection refused\. Is kvmi-bridge running[^\n]*\n$/);
   });
 });
 

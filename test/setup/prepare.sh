@@ -26,6 +26,9 @@ want /usr/include/stdio.h libc6-dev
 want /usr/share/doc/linux-image-amd64 linux-image-amd64
 want openssl openssl
 want qemu-system-x86_64 qemu-system-x86
+want protoc protobuf-compiler
+want grpc_python_plugin protobuf-compiler-grpc
+want /usr/lib/python3/dist-packages/grpc python3-grpcio
 
 if ((${#need_apt[@]})); then
   if [[ $(id -u) -ne 0 ]]; then

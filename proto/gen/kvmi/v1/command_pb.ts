@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// One request and one response message per KVMI v9 command (kvmi-abi.md §4),
+// One request and one response message per KVMI v9 command
+// (docs/protocol/v9.md, "Commands"),
 // in v9 message-id order. Each pair is used by exactly one unary RPC of
 // IntrospectionService and by the matching case of SessionCommand /
 // CommandResult.
