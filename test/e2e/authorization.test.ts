@@ -15,6 +15,8 @@ import type { Interceptor } from "@grpc/grpc-js";
 import { exportJWK, generateKeyPair, SignJWT } from "jose";
 import type { CryptoKey } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { connect } from "@kvmi/clients";
+import { main as kvmictlMain } from "@kvmi/clients/cli";
 import { auditFileSet, verifyAuditFiles } from "@kvmi/service";
 import { createTestPki } from "@kvmi/service/testing";
 import type { TestKeyPair, TestPki } from "@kvmi/service/testing";
@@ -154,6 +156,30 @@ describe("a certificate of the CA gets only what the policy grants", () => {
     });
     const refused = await expectGrpcError(expired.unary("listVms", {}), GrpcStatus.UNAUTHENTICATED);
     expect(refused.message).toMatch(/exp/);
+  });
+});
+
+describe("the SDK and kvmictl send bearer tokens", () => {
+  it("authenticates with bearerToken (SDK) and --token-file (kvmictl)", async () => {
+    const tls = { ca: readFileSync(pki.ca.cert), cert: readFileSync(pki.client.cert), key: readFileSync(pki.client.key) };
+    const sa = await token({ sub: "system:serviceaccount:intro:scanner" });
+    const client = connect({ target: h.bridge.grpcTarget, tls, bearerToken: () => sa, retry: { maxAttempts: 1 } });
+    try {
+      expect((await client.listVms()).map((vm) => vm.name)).toEqual([h.vmName(0)]);
+    } finally {
+      client.close();
+    }
+    const tokenFile = join(dir, "token");
+    writeFileSync(tokenFile, `${sa}\n`);
+    let stdout = "";
+    let stderr = "";
+    const code = await kvmictlMain(
+      ["--target", h.bridge.grpcTarget, "--tls-ca", pki.ca.cert, "--tls-cert", pki.client.cert, "--tls-key", pki.client.key, "--token-file", tokenFile, "--json", "vms", "list"],
+      { stdout: (t) => (stdout += t), stderr: (t) => (stderr += t), stderrIsTTY: false, signal: new AbortController().signal, env: {} },
+    );
+    expect(code, stderr).toBe(0);
+    expect(stdout).toContain(h.vms[0]!.uuid);
+    expect(stdout).not.toContain(h.vms[1]!.uuid);
   });
 });
 
