@@ -8,6 +8,8 @@ import { isKvmiBridgeError } from "@kvmi/clients";
 import { UsageError } from "./args.js";
 import * as commands from "./commands.js";
 import { createContext } from "./context.js";
+import { connectionHint } from "./hints.js";
+import { gdb } from "./gdb-command.js";
 import type { CliContext, CliIo, GlobalOptions } from "./context.js";
 
 export type { CliIo } from "./context.js";
@@ -112,11 +114,20 @@ export function buildProgram(io: CliIo, setExit: (code: number) => void): Comman
     .description("restrict the EPT access of a guest page (rwx, r-x, r--, none or 0..7)")
     .option("--hold", "keep the controller session until Ctrl-C, then let the bridge undo the restriction")
     .action(run(commands.pageAccess));
+  program
+    .command("gdb <vm>")
+    .description("serve the GDB remote protocol for a VM (vCPUs as threads); gdb -ex 'target remote HOST:PORT'")
+    .option("--listen <host:port>", "TCP address to listen on", "127.0.0.1:1234")
+    .option("--once", "exit when the first gdb session ends")
+    .option("--event-deadline <ms>", "how long a stopped vCPU may wait for the gateway (10..60000)")
+    .action(run(gdb));
   return program;
 }
 
-/** One line describing an error for stderr. */
-export function describeError(err: unknown): string {
+/** One line describing an error for stderr; `dialed` adds what a connection failure means. */
+export function describeError(err: unknown, dialed?: { readonly target: string; readonly tls: boolean }): string {
+  const hint = dialed === undefined ? undefined : connectionHint(err, dialed);
+  if (hint !== undefined && isKvmiBridgeError(err)) return `kvmictl: ${hint} (${err.codeName})`;
   if (isKvmiBridgeError(err)) {
     const reason = err.reason !== undefined && err.reason !== err.codeName ? `, ${err.reason}` : "";
     return `kvmictl: ${err.message} (${err.codeName}${reason})`;
@@ -128,6 +139,10 @@ export function describeError(err: unknown): string {
 export async function main(argv: readonly string[], io: CliIo): Promise<number> {
   let exitCode = EXIT_OK;
   const program = buildProgram(io, (code) => (exitCode = code));
+  const dialed = (): { target: string; tls: boolean } => {
+    const o = program.opts<GlobalOptions>();
+    return { target: o.target, tls: o.tlsCa !== undefined || o.tlsCert !== undefined || o.tlsKey !== undefined || o.tlsServerName !== undefined };
+  };
   try {
     await program.parseAsync([...argv], { from: "user" });
     return exitCode;
@@ -140,7 +155,7 @@ export async function main(argv: readonly string[], io: CliIo): Promise<number> 
       io.stderr(`kvmictl: ${err.message}\n`);
       return EXIT_USAGE;
     }
-    io.stderr(`${describeError(err)}\n`);
+    io.stderr(`${describeError(err, dialed())}\n`);
     return EXIT_BRIDGE_ERROR;
   }
 }

@@ -5,7 +5,7 @@
  * emulator; tests start this directly.
  */
 import { createKvmiListener, createVmRegistry } from "@kvmi/kvm-bridge";
-import type { KvmiListener, ListenEndpoint, Logger, VmRegistry } from "@kvmi/kvm-bridge";
+import type { AcceptedVm, KvmiListener, ListenEndpoint, Logger, VmRegistry } from "@kvmi/kvm-bridge";
 import {
   file_kvmi_v1_command,
   file_kvmi_v1_event,
@@ -29,6 +29,8 @@ import type { BridgeConfig } from "./config/index.js";
 import { createRateLimitedLogger } from "./log/index.js";
 import { commandStatusOf, createBridgeMetrics, startMetricsServer } from "./metrics/index.js";
 import type { AutoReplyReason, BridgeMetrics, MetricsServer } from "./metrics/index.js";
+import { startForwardListener } from "./forward/forward-listener.js";
+import type { ForwardListener } from "./forward/forward-listener.js";
 import { createIntrospectionService } from "./rpc/introspection-service.js";
 import { createGrpcServer } from "./server/index.js";
 import type { BridgeGrpcServer } from "./server/index.js";
@@ -41,6 +43,8 @@ export interface Bridge {
   readonly grpcTarget: string;
   /** Where device managers connect (`unix:/…`, `tcp:…`). */
   readonly kvmiAddresses: readonly string[];
+  /** Where KVMI forwarders connect (`forwardListen`); empty when off. */
+  readonly forwardAddresses: readonly string[];
   /** The metrics URL, unless metrics are off. */
   readonly metricsUrl: string | undefined;
   readonly registry: VmRegistry;
@@ -93,13 +97,17 @@ function hostMetrics(metrics: BridgeMetrics): VmHostMetrics {
   };
 }
 
+function raise(message: string): never {
+  throw new Error(message);
+}
+
 function endpoints(config: BridgeConfig, cwd: string): ListenEndpoint[] {
   return config.kvmiListen.map((text) => {
     const parsed = parseKvmiListen(text, cwd);
     if (!parsed.ok) throw new Error(`kvmiListen ${text}: ${parsed.error}`);
     const address = parsed.value;
     return address.kind === "unix"
-      ? { kind: "unix", path: address.path, mode: config.kvmiSocketMode }
+      ? { kind: "unix", path: address.path, mode: config.kvmiSocketMode, ...(config.kvmiSocketOwner && { owner: config.kvmiSocketOwner }) }
       : { kind: "tcp", host: address.host, port: address.port };
   });
 }
@@ -140,6 +148,24 @@ function startAccessControl(config: BridgeConfig, logger: Logger, registry: VmRe
   return { access, policy };
 }
 
+/** The VM gauges from the registry's states (announced VMs without QEMU are not hooked). */
+function countVms(registry: VmRegistry, metrics: BridgeMetrics): void {
+  let hooked = 0;
+  let awaiting = 0;
+  let missed = 0;
+  for (const record of registry.list()) {
+    if (record.state === "awaiting-connection") awaiting++;
+    else if (record.state === "not-connected") missed++;
+    else if (record.state !== "unhooked") hooked++;
+  }
+  metrics.vmsHooked.set(hooked);
+  metrics.vmsNotConnected.set({ state: "awaiting", reason: QEMU_NEVER_CONNECTED }, awaiting);
+  metrics.vmsNotConnected.set({ state: "missed", reason: QEMU_NEVER_CONNECTED }, missed);
+}
+
+/** The reason label of VMs whose QEMU never reached the bridge (the only reason the bridge can see). */
+export const QEMU_NEVER_CONNECTED = "qemu_never_connected";
+
 /** Starts every part of the bridge; rejects (after cleaning up) if one cannot start. */
 export async function startBridge(options: StartBridgeOptions): Promise<Bridge> {
   const { config, logger } = options;
@@ -172,7 +198,7 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
     },
     guestPathLogger.child({ component: "vm" }),
   );
-  registry.watch(() => metrics.vmsHooked.set(registry.list().filter((r) => r.state !== "unhooked").length));
+  registry.watch(() => countVms(registry, metrics));
 
   // Aborted when the gRPC server starts its graceful shutdown, so that endless streams end.
   const shuttingDown = new AbortController();
@@ -206,32 +232,49 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
   });
   grpc.shuttingDown.addEventListener("abort", () => shuttingDown.abort(), { once: true });
   let listener: KvmiListener | undefined;
+  let forwardListener: ForwardListener | undefined;
   let metricsServer: MetricsServer | undefined;
   try {
     const bound = await grpc.listen();
+    const kvmiOptions = {
+      handshakeVariant: config.handshakeVariant,
+      logger: guestPathLogger.child({ component: "kvmi" }),
+      channel: { defaultTimeoutMs: config.requestTimeoutMs },
+    };
+    const admit = (vm: AcceptedVm): void => {
+      if (hosts.all().length >= config.maxVms) {
+        logger.warn({ vm: vm.identity.uuid, maxVms: config.maxVms }, "refusing a VM: maxVms reached");
+        vm.channel.close("the bridge serves maxVms VMs already");
+        return;
+      }
+      void hosts.adopt(vm);
+    };
     listener = await createKvmiListener(
-      {
-        endpoints: endpoints(config, options.cwd ?? process.cwd()),
-        handshakeVariant: config.handshakeVariant,
-        logger: guestPathLogger.child({ component: "kvmi" }),
-        channel: { defaultTimeoutMs: config.requestTimeoutMs },
-        ...(options.secret && { secret: options.secret }),
-      },
-      (vm) => {
-        if (hosts.all().length >= config.maxVms) {
-          logger.warn({ vm: vm.identity.uuid, maxVms: config.maxVms }, "refusing a VM: maxVms reached");
-          vm.channel.close("the bridge serves maxVms VMs already");
-          return;
-        }
-        void hosts.adopt(vm);
-      },
+      { ...kvmiOptions, endpoints: endpoints(config, options.cwd ?? process.cwd()), ...(options.secret && { secret: options.secret }) },
+      admit,
     );
+    if (config.forwardListen.length > 0) {
+      forwardListener = await startForwardListener({
+        addresses: config.forwardListen.map((text) => parseKvmiListen(text, options.cwd ?? process.cwd())).map((r) => (r.ok ? r.value : raise(r.error))),
+        ...(config.tlsCert !== undefined &&
+          config.tlsKey !== undefined && { tls: { certFile: config.tlsCert, keyFile: config.tlsKey, ...(config.tlsClientCa !== undefined && { clientCaFile: config.tlsClientCa }) } }),
+        allowInsecure: config.allowInsecure,
+        socketMode: config.kvmiSocketMode,
+        kvmi: kvmiOptions,
+        registry,
+        onVm: admit,
+        maxConnections: config.maxVms * 2,
+        logger: logger.child({ component: "forward" }),
+      });
+    }
     if (config.metricsListen !== "off") metricsServer = await startMetricsServer(config.metricsListen, metrics.registry);
     const kvmiListener = listener;
+    const forwarders = forwardListener;
     const server = metricsServer;
     return {
       grpcTarget: bound.target,
       kvmiAddresses: kvmiListener.addresses,
+      forwardAddresses: forwardListener?.addresses ?? [],
       metricsUrl: server?.url,
       registry,
       hosts,
@@ -243,6 +286,7 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
       stop: async () => {
         grpc.health.setServing(false);
         await kvmiListener.close();
+        await forwarders?.close();
         await hosts.releaseAll();
         await grpc.shutdown(config.shutdownGraceMs);
         await server?.close();
@@ -256,6 +300,7 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
     policy?.close();
     audit.close();
     await listener?.close();
+    await forwardListener?.close();
     await grpc.shutdown(0).catch(() => undefined);
     throw err;
   }

@@ -61,6 +61,13 @@ export interface BridgeConfig extends AuthConfig {
   readonly kvmiListen: readonly string[];
   /** Permission bits of KVMI unix sockets, e.g. `0o660`. */
   readonly kvmiSocketMode: number;
+  /** Owner (`UID:GID`) of KVMI unix sockets, so that QEMU's user can connect; unchanged when unset. */
+  readonly kvmiSocketOwner: { readonly uid: number; readonly gid: number } | undefined;
+  /**
+   * Where in-pod forwarders connect (`unix:PATH`, `tcp:HOST:PORT`; TCP uses the gRPC TLS settings);
+   * empty: none (service/src/forward/).
+   */
+  readonly forwardListen: readonly string[];
   /** Prometheus listen address `HOST:PORT`, or `"off"`. */
   readonly metricsListen: string;
   /** PEM certificate chain of the gRPC server. Enables TLS together with {@link tlsKey}. */
@@ -266,6 +273,15 @@ const socketMode: OptionSpec<number>["parse"] = (raw) => {
   return ok(Number.parseInt(raw.trim(), 8));
 };
 
+/** `UID:GID`, both numeric: names would need the host's user database, which a container may lack. */
+const socketOwner: OptionSpec<{ readonly uid: number; readonly gid: number } | undefined>["parse"] = (raw) => {
+  const match = typeof raw === "string" ? /^\s*(\d{1,10}):(\d{1,10})\s*$/.exec(raw) : null;
+  if (match === null) return fail(`${show(raw)} is not a numeric owner like "107:107" (uid:gid)`);
+  const [uid, gid] = [Number(match[1]), Number(match[2])];
+  if (uid > 0xffff_fffe || gid > 0xffff_fffe) return fail(`${show(raw)}: uid and gid must be below 4294967295`);
+  return ok({ uid, gid });
+};
+
 const metricsListen: OptionSpec<string>["parse"] = (raw) => {
   if (raw === false || raw === "off") return ok("off");
   if (typeof raw !== "string") return fail(`${show(raw)} is neither HOST:PORT nor "off"`);
@@ -345,6 +361,23 @@ export const OPTIONS: { readonly [K in keyof BridgeConfig]-?: OptionSpec<BridgeC
     defaultValue: 0o660,
     parse: socketMode,
     print: (mode) => `0${mode.toString(8).padStart(3, "0")}`,
+  },
+  kvmiSocketOwner: {
+    shape: "scalar",
+    valueName: "<uid:gid>",
+    description: "Numeric owner and group of KVMI unix sockets (QEMU's), e.g. 107:107; the bridge's own when unset.",
+    defaultValue: undefined,
+    defaultHelp: "unset",
+    parse: socketOwner,
+    print: (owner) => (owner === undefined ? undefined : `${owner.uid}:${owner.gid}`),
+  },
+  forwardListen: {
+    shape: "list",
+    valueName: "<unix:path|tcp:host:port>",
+    description: "Where KVMI forwarders in VM pods connect (KubeVirt node mode); TCP uses --tls-cert/--tls-key/--tls-client-ca. Default: none.",
+    defaultValue: [],
+    defaultHelp: "none",
+    parse: (raw, ctx) => (Array.isArray(raw) && raw.length === 0) || raw === "" ? ok([]) : kvmiListen(raw, ctx),
   },
   metricsListen: {
     shape: "scalar",

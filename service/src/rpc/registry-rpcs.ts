@@ -37,7 +37,8 @@ export function recordOf(deps: RpcDeps, record: RegistryRecord): VmRecord {
     vcpuCount: record.vcpuCount,
     startTime: record.startTime,
     hookedAt: record.hookedAt,
-    variant: record.variant,
+    // Generation 0: announced by a forwarder, never hooked, so no handshake to report.
+    variant: record.generation === 0 ? "none" : record.variant,
     dialect: record.dialect,
     kvmiVersion: record.kvmiVersion,
     features: { singlestep: record.singlestep },
@@ -47,6 +48,8 @@ export function recordOf(deps: RpcDeps, record: RegistryRecord): VmRecord {
     controllerAttached: sessions.some((s) => s.role === "controller"),
     observerCount: sessions.filter((s) => s.role === "observer").length,
     ...(record.state === "unhook-pending" && record.unhookDeadline !== undefined && { unhookDeadline: record.unhookDeadline }),
+    ...(record.origin !== undefined && { origin: record.origin }),
+    ...(record.state === "not-connected" && record.problem !== undefined && { problem: record.problem }),
   };
 }
 

@@ -23,6 +23,7 @@ import { BridgeError } from "../mapping/bridge-error.js";
 import { commandMappingByMethod } from "../mapping/commands.js";
 import { eventReplyToWire, eventToProto, unhookNotice } from "../mapping/events.js";
 import { parseVmName } from "../mapping/resource-names.js";
+import { normalizeRequestNames, resolveDisplayName } from "./request-names.js";
 import { statusToProto } from "../mapping/status.js";
 import { vmChangeToProto, vmToProto } from "../mapping/vm.js";
 import type { Session, UnhookCause } from "../vm/vm-host.js";
@@ -122,7 +123,7 @@ class SessionStream {
 
   private attach(attach: Attach): void {
     if (this.session !== undefined) throw new BridgeError("SESSION_STATE", "the session is already attached; attach is sent once");
-    const uuid = parseVmName(attach.vm, "attach.vm");
+    const uuid = parseVmName(resolveDisplayName(attach.vm, this.deps.registry, "attach.vm"), "attach.vm");
     const role = attach.role === Role.CONTROLLER ? "controller" : attach.role === Role.OBSERVER ? "observer" : undefined;
     if (role === undefined) throw new KvmiArgumentError("attach.role", "attach.role must be ROLE_CONTROLLER or ROLE_OBSERVER");
     let deadlineMs: number | undefined;
@@ -212,6 +213,7 @@ class SessionStream {
 
   private async execute(request: NonNullable<SessionCommand["request"]> & { case: string }, caller: CommandCaller): Promise<unknown> {
     const named = request.value as { vm?: string; name?: string };
+    normalizeRequestNames(named, this.deps.registry);
     if (parseVmName((named.vm ?? named.name ?? "").split("/vcpus/")[0]!, "vm") !== this.host!.uuid) {
       throw new KvmiArgumentError("command", "the command names another VM than the session is attached to");
     }

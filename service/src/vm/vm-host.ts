@@ -9,6 +9,7 @@
  * to read, controller gone, unhook, shutdown) with the safe default.
  */
 import { randomUUID } from "node:crypto";
+import { KvmiProtocolError } from "@kvmi/kvm-bridge";
 import type { CommandReply, CommandRequest, KvmiChannel, KvmiEvent, KvmiTransportError, Logger, VmRecord, VmRegistry } from "@kvmi/kvm-bridge";
 import { v9Ids } from "@kvmi/kvm-bridge/wire";
 import type { V9CommandName } from "@kvmi/kvm-bridge/wire";
@@ -306,6 +307,16 @@ export class VmHost {
       this.startUnhook("device-manager");
       return true;
     }
+    const violation = this.eventViolation(event);
+    if (violation !== undefined) {
+      // Accepting it would overwrite the pending event of that vCPU (whose deadline timer would
+      // then answer the wrong one) or answer a vCPU the kernel does not have. A kernel never does
+      // this (a vCPU blocks on its one event until the reply): the peer
+      // is not a KVMI kernel we can trust, so its connection ends here.
+      this.log.warn({ vcpu: event.vcpu, seq: event.seq, event: event.spec.name, reason: violation }, "closing the VM's connection: invalid event");
+      this.channel.close(`protocol error: ${violation}`, new KvmiProtocolError(violation, { vm: this.uuid, vcpu: event.vcpu }));
+      return true;
+    }
     const controller = this.controller;
     const deadlineMs = this.deadlineFor(event);
     const deadline = new Date(Date.now() + deadlineMs);
@@ -321,6 +332,22 @@ export class VmHost {
     this.pending.set(event.vcpu, { event, timer });
     if (!controller.sink.event(event, deadline)) void this.autoReply(event.vcpu, "slow_consumer");
     return true;
+  }
+
+  /** Why an event cannot be accepted, or undefined when it can. */
+  private eventViolation(event: KvmiEvent): string | undefined {
+    const vcpuCount = this.registry.get(this.uuid)?.vcpuCount ?? 0;
+    if (!Number.isInteger(event.vcpu) || event.vcpu < 0 || event.vcpu >= vcpuCount) {
+      return `${event.spec.name} seq ${event.seq} names vCPU ${event.vcpu}, but the VM has ${vcpuCount}`;
+    }
+    const waiting = this.pending.get(event.vcpu);
+    if (waiting !== undefined) {
+      return `${event.spec.name} seq ${event.seq} on vCPU ${event.vcpu}, which still waits for the reply to seq ${waiting.event.seq}`;
+    }
+    for (const [vcpu, pending] of this.pending) {
+      if (pending.event.seq === event.seq) return `${event.spec.name} seq ${event.seq} on vCPU ${event.vcpu} reuses the seq of the event pending on vCPU ${vcpu}`;
+    }
+    return undefined;
   }
 
   /**
