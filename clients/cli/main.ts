@@ -41,6 +41,7 @@ export function buildProgram(io: CliIo, setExit: (code: number) => void): Comman
     .option("--tls-cert <file>", "PEM client certificate (mTLS)")
     .option("--tls-key <file>", "PEM private key of --tls-cert")
     .option("--tls-server-name <name>", "host name to verify in the bridge's certificate")
+    .option("--token-file <file>", "bearer JWT sent as authorization metadata, e.g. /var/run/secrets/tokens/kvmi-bridge")
     .option("--timeout <ms>", "deadline of each call in ms", "30000")
     .option("--json", "machine-readable output (u64 values as 0x… strings, counts as numbers)")
     .version(VERSION, "-V, --version", "print kvmictl's version")

@@ -32,7 +32,7 @@ export type {
   VmHandleOptions,
   WatchVmsOptions,
 } from "./client.js";
-export type { CallOptions, TlsOptions } from "./channel.js";
+export type { BearerToken, CallOptions, TlsOptions } from "./channel.js";
 export type { AttachOptions, EventsOptions, ReleaseOptions, Session, SessionRole } from "./session.js";
 export { PAGE_ACCESS, PAGE_SIZE } from "./commands.js";
 export type {
