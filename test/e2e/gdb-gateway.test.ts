@@ -67,7 +67,7 @@ afterAll(async () => {
   await bridge?.stop();
 });
 
-describe("gdb through the gateway", () => {
+describe("gdb through the gateway", { timeout: 120_000 }, () => {
   it("reads registers and memory, stops at a breakpoint on the syscall entry, steps, lists threads and detaches cleanly", async () => {
     const codeGpa = kernelGpa(vm, SYSCALL_ENTRY_GVA);
     const before = guestBytes(vm, codeGpa & ~0xfffn, 4096);
