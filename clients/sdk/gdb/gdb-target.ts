@@ -52,6 +52,10 @@ export class GdbTarget {
   /** Translate and insert breakpoints by guest physical address instead of virtual (`monitor phys on`). */
   physical = false;
   private readonly held = new Map<number, VcpuEvent>();
+  /** When each held event was taken (for the keep-alive). */
+  private readonly heldAt = new Map<number, number>();
+  /** vCPUs whose BREAKPOINT event the keep-alive swapped for a PAUSE_VCPU one: the INT3's GPA. */
+  private readonly rearmedAtBreakpoint = new Map<number, bigint>();
   private readonly absent = new Set<number>();
   private readonly regsOverride = new Map<number, X86Regs>();
   private readonly xsave = new Map<number, Uint8Array | undefined>();
@@ -72,6 +76,9 @@ export class GdbTarget {
   private detaching = false;
   private endError: Error | undefined;
   private readonly pump: Promise<void>;
+  private readonly keepAliveTimer: NodeJS.Timeout;
+  private rearming: Promise<void> | undefined;
+  private busy = 0;
 
   private constructor(
     private readonly session: Session,
@@ -79,6 +86,9 @@ export class GdbTarget {
     private readonly log: (line: string) => void,
   ) {
     this.pump = this.runPump();
+    const deadlineMs = session.eventDeadlineMs ?? 60_000;
+    this.keepAliveTimer = setInterval(() => this.keepAlive(deadlineMs), Math.max(5, Math.min(1000, deadlineMs / 4)));
+    this.keepAliveTimer.unref();
   }
 
   /** Attaches as controller and stops every vCPU; resolves when they are all stopped. */
@@ -122,6 +132,7 @@ export class GdbTarget {
   }
 
   private end(err: Error): void {
+    clearInterval(this.keepAliveTimer);
     this.endError ??= err;
     this.stopWaiter?.reject(err);
     this.stopWaiter = undefined;
@@ -147,7 +158,7 @@ export class GdbTarget {
       return;
     }
     if (this.stopping?.has(v)) {
-      this.held.set(v, event);
+      this.hold(v, event);
       const report = this.stopReason(event);
       if (report !== undefined && report.signal === GDB_SIGTRAP) this.pendingStops.push(report);
       this.stopping.delete(v);
@@ -156,16 +167,21 @@ export class GdbTarget {
     }
     if (!this.running || this.held.has(v)) {
       // A vCPU that was not started when the target stopped: keep it stopped too.
-      if (!this.running && !this.held.has(v)) this.held.set(v, event);
+      if (!this.running && !this.held.has(v)) this.hold(v, event);
       else await this.answerNeutral(event);
       return;
     }
     const report = this.stopReason(event);
     if (report === undefined) return this.answerNeutral(event);
-    this.held.set(v, event);
+    this.hold(v, event);
     this.running = false;
     // Not awaited: the pump must go on reading to see the other vCPUs' PAUSE_VCPU events.
     void this.stopAll(report);
+  }
+
+  private hold(v: number, event: VcpuEvent): void {
+    this.held.set(v, event);
+    this.heldAt.set(v, performance.now());
   }
 
   /** The stop an event means while running, or `undefined` for an event gdb need not see. */
@@ -248,6 +264,8 @@ export class GdbTarget {
     const event = this.held.get(v);
     if (event === undefined) return;
     this.held.delete(v);
+    this.heldAt.delete(v);
+    this.rearmedAtBreakpoint.delete(v);
     this.xsave.delete(v);
     const registers = this.regsOverride.get(v);
     this.regsOverride.delete(v);
@@ -301,9 +319,15 @@ export class GdbTarget {
     return stopped;
   }
 
-  private isAtBreakpoint(v: number): boolean {
+  /** The GPA of the gateway's INT3 that vCPU `v` is stopped on, if any. */
+  private breakpointUnder(v: number): bigint | undefined {
     const event = this.held.get(v);
-    return event?.type === "breakpoint" && this.byGpa.has(event.gpa);
+    const gpa = event?.type === "breakpoint" ? event.gpa : this.rearmedAtBreakpoint.get(v);
+    return gpa !== undefined && this.byGpa.has(gpa) ? gpa : undefined;
+  }
+
+  private isAtBreakpoint(v: number): boolean {
+    return this.breakpointUnder(v) !== undefined;
   }
 
   /**
@@ -311,7 +335,7 @@ export class GdbTarget {
    * single-step, RETRY, wait for the SINGLESTEP event, INT3 again. Returns the stop for a step.
    */
   private async stepOverBreakpoint(v: number, action: ResumeAction): Promise<StopReport | undefined> {
-    const gpa = (this.held.get(v) as Extract<VcpuEvent, { type: "breakpoint" }>).gpa;
+    const gpa = this.breakpointUnder(v)!;
     const bp = this.byGpa.get(gpa)!;
     await this.session.writePhysical(gpa, Uint8Array.of(bp.original));
     await this.setSinglestep(v, true);
@@ -320,7 +344,7 @@ export class GdbTarget {
     const event = await stepped;
     if (this.byGpa.has(gpa)) await this.session.writePhysical(gpa, Uint8Array.of(INT3));
     await this.setSinglestep(v, false);
-    this.held.set(v, event);
+    this.hold(v, event);
     return action === "step" ? { thread: v, signal: GDB_SIGTRAP } : undefined;
   }
 
@@ -335,6 +359,60 @@ export class GdbTarget {
         this.pausesInFlight.set(v, Math.max(0, (this.pausesInFlight.get(v) ?? 0) - 1));
         this.absent.add(v);
       });
+    }
+  }
+
+  /**
+   * The bridge answers an event itself once the controller's deadline passes (at most 60 s), which
+   * would let a vCPU gdb believes stopped run on. Before that, each held event is swapped for a
+   * fresh one at the same place: PAUSE_VCPU is requested first, so the reply re-enters the guest
+   * only to stop at once, before any guest instruction (kvmi-abi §3.5: pause requests are served
+   * before entry); an INT3 is answered with RETRY, never re-injected.
+   */
+  private keepAlive(deadlineMs: number): void {
+    if (this.running || this.busy > 0 || this.rearming !== undefined || this.ended) return;
+    const now = performance.now();
+    const due = [...this.heldAt].filter(([, at]) => now - at >= deadlineMs / 2).map(([v]) => v);
+    if (due.length === 0) return;
+    this.rearming = (async () => {
+      for (const v of due) await this.rearm(v).catch((err: Error) => this.log(`keep-alive of vCPU ${v}: ${err.message}`));
+    })().finally(() => (this.rearming = undefined));
+  }
+
+  private async rearm(v: number): Promise<void> {
+    const event = this.held.get(v);
+    if (event === undefined) return;
+    this.pausesInFlight.set(v, (this.pausesInFlight.get(v) ?? 0) + 1);
+    try {
+      await this.session.pauseVcpu(v);
+    } catch (err) {
+      this.pausesInFlight.set(v, Math.max(0, (this.pausesInFlight.get(v) ?? 0) - 1));
+      throw err;
+    }
+    const paused = this.nextEvent(v, (e) => e.type === "pauseVcpu");
+    const atBreakpoint = event.type === "breakpoint" ? event.gpa : this.rearmedAtBreakpoint.get(v);
+    this.held.delete(v);
+    if (event.type === "breakpoint") await event.retry();
+    else await this.answerNeutral(event);
+    const next = await withTimeout(paused, REARM_TIMEOUT_MS);
+    if (next === undefined) {
+      // The vCPU did not stop again (the VM is going away): it runs; the next stop pauses it with the others.
+      this.eventWaiters.delete(v);
+      this.log(`vCPU ${v} did not stop again within ${REARM_TIMEOUT_MS} ms`);
+      return;
+    }
+    this.hold(v, next);
+    if (atBreakpoint !== undefined) this.rearmedAtBreakpoint.set(v, atBreakpoint);
+  }
+
+  /** Runs a gdb request once no keep-alive swap is in progress, and keeps the next one from starting meanwhile. */
+  async exclusive<T>(work: () => Promise<T>): Promise<T> {
+    while (this.rearming !== undefined) await this.rearming;
+    this.busy++;
+    try {
+      return await work();
+    } finally {
+      this.busy--;
     }
   }
 
@@ -474,6 +552,8 @@ export class GdbTarget {
   async detach(): Promise<void> {
     if (this.detaching) return this.pump.then(() => undefined);
     this.detaching = true;
+    clearInterval(this.keepAliveTimer);
+    while (this.rearming !== undefined) await this.rearming;
     this.running = false;
     let clean = true;
     const attempt = async (what: string, run: () => Promise<unknown>): Promise<void> => {
@@ -501,6 +581,15 @@ export class GdbTarget {
 }
 
 const MSR_KERNEL_GS_BASE = 0xc0000102;
+/** How long a keep-alive waits for the fresh PAUSE_VCPU event. */
+const REARM_TIMEOUT_MS = 10_000;
+
+/** `promise`'s value, or `undefined` after `ms`. */
+function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), ms)));
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
 const ZERO_REGS: X86Regs = {
   rax: 0n, rbx: 0n, rcx: 0n, rdx: 0n, rsi: 0n, rdi: 0n, rsp: 0n, rbp: 0n, r8: 0n, r9: 0n, r10: 0n, r11: 0n,
   r12: 0n, r13: 0n, r14: 0n, r15: 0n, rip: 0n, rflags: 0n,

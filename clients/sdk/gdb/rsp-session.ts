@@ -129,7 +129,7 @@ export class RspSession {
   private async handle(target: GdbTarget, payload: Uint8Array): Promise<boolean> {
     const text = latin1.decode(payload);
     try {
-      const reply = await this.reply(target, text, payload);
+      const reply = await target.exclusive(() => this.reply(target, text, payload));
       if (reply === END) return true;
       if (reply !== NO_REPLY) this.send(reply);
       if (text === "QStartNoAckMode") this.noAck = true;

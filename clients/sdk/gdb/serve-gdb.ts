@@ -89,10 +89,12 @@ export async function serveGdb(client: BridgeClient, vm: string, options: ServeG
     },
     nextSessionEnd: () => new Promise((resolve) => endWaiters.push(resolve)),
     close: async () => {
-      await new Promise<void>((resolve) => server.close(() => resolve()));
+      // server.close() waits for open connections: end gdb's first.
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       const active = current;
       active?.socket.destroy();
       await active?.done;
+      await closed;
     },
   };
 }
