@@ -11,14 +11,13 @@
  */
 import type { BridgeClient } from "../client.js";
 import type { X86Regs } from "../commands.js";
-import { MemoryHoleError, UnavailableError } from "../errors.js";
+import { UnavailableError } from "../errors.js";
 import type { KvmiBridgeError } from "../errors.js";
 import type { SessionItem, VcpuEvent } from "../events.js";
-import { splitPages } from "../memory.js";
 import type { Session } from "../session.js";
+import { BreakpointMemory } from "./breakpoint-memory.js";
 import type { RegisterSource } from "./x86-registers.js";
 
-const INT3 = 0xcc;
 /** Signal numbers gdb expects in stop replies (gdb's own numbering, equal to Linux's for these). */
 export const GDB_SIGINT = 2;
 export const GDB_SIGTRAP = 5;
@@ -42,15 +41,10 @@ export interface GdbTargetOptions {
   readonly log?: (line: string) => void;
 }
 
-interface Breakpoint {
-  original: number;
-  refs: number;
-}
-
 /** The VM as gdb sees it. Not reentrant: the RSP server runs one request at a time. */
 export class GdbTarget {
-  /** Translate and insert breakpoints by guest physical address instead of virtual (`monitor phys on`). */
-  physical = false;
+  /** Guest memory as gdb reads and writes it, with the gateway's breakpoints. */
+  readonly memory: BreakpointMemory;
   private readonly held = new Map<number, VcpuEvent>();
   /** When each held event was taken (for the keep-alive). */
   private readonly heldAt = new Map<number, number>();
@@ -59,9 +53,6 @@ export class GdbTarget {
   private readonly absent = new Set<number>();
   private readonly regsOverride = new Map<number, X86Regs>();
   private readonly xsave = new Map<number, Uint8Array | undefined>();
-  private readonly byGpa = new Map<bigint, Breakpoint>();
-  private readonly byAddress = new Map<bigint, bigint>();
-  private readonly formerBreakpoints = new Set<bigint>();
   private readonly singlestepOn = new Set<number>();
   private readonly stepping = new Set<number>();
   private readonly pausesInFlight = new Map<number, number>();
@@ -72,7 +63,6 @@ export class GdbTarget {
   private stopWaiter: { promise: Promise<StopReport>; resolve(r: StopReport): void; reject(e: Error): void } | undefined;
   private running = false;
   private interruptRequested = false;
-  private breakpointEventsOn = false;
   private detaching = false;
   private endError: Error | undefined;
   private readonly pump: Promise<void>;
@@ -85,6 +75,7 @@ export class GdbTarget {
     readonly vcpuCount: number,
     private readonly log: (line: string) => void,
   ) {
+    this.memory = new BreakpointMemory(session, vcpuCount, log);
     this.pump = this.runPump();
     const deadlineMs = session.eventDeadlineMs ?? 60_000;
     this.keepAliveTimer = setInterval(() => this.keepAlive(deadlineMs), Math.max(5, Math.min(1000, deadlineMs / 4)));
@@ -187,7 +178,7 @@ export class GdbTarget {
   /** The stop an event means while running, or `undefined` for an event gdb need not see. */
   private stopReason(event: VcpuEvent): StopReport | undefined {
     const thread = event.vcpu;
-    if (event.type === "breakpoint" && this.byGpa.has(event.gpa)) return { thread, signal: GDB_SIGTRAP, swbreak: true };
+    if (event.type === "breakpoint" && this.memory.isBreakpoint(event.gpa)) return { thread, signal: GDB_SIGTRAP, swbreak: true };
     if (event.type === "singleStep" && this.stepping.has(thread)) return { thread, signal: GDB_SIGTRAP };
     if (event.type === "pauseVcpu" && this.interruptRequested) return { thread, signal: GDB_SIGINT };
     return undefined;
@@ -197,7 +188,7 @@ export class GdbTarget {
   private async answerNeutral(event: VcpuEvent, registers?: X86Regs): Promise<void> {
     try {
       const options = registers === undefined ? {} : { registers };
-      if (event.type === "breakpoint" && (this.byGpa.has(event.gpa) || this.formerBreakpoints.has(event.gpa))) await event.retry(options);
+      if (event.type === "breakpoint" && this.memory.isOrWasBreakpoint(event.gpa)) await event.retry(options);
       else if (event.type === "cr" || event.type === "msr") await event.continue();
       else await event.continue(options);
     } catch (err) {
@@ -323,7 +314,7 @@ export class GdbTarget {
   private breakpointUnder(v: number): bigint | undefined {
     const event = this.held.get(v);
     const gpa = event?.type === "breakpoint" ? event.gpa : this.rearmedAtBreakpoint.get(v);
-    return gpa !== undefined && this.byGpa.has(gpa) ? gpa : undefined;
+    return gpa !== undefined && this.memory.isBreakpoint(gpa) ? gpa : undefined;
   }
 
   private isAtBreakpoint(v: number): boolean {
@@ -336,13 +327,12 @@ export class GdbTarget {
    */
   private async stepOverBreakpoint(v: number, action: ResumeAction): Promise<StopReport | undefined> {
     const gpa = this.breakpointUnder(v)!;
-    const bp = this.byGpa.get(gpa)!;
-    await this.session.writePhysical(gpa, Uint8Array.of(bp.original));
+    await this.memory.lift(gpa);
     await this.setSinglestep(v, true);
     const stepped = this.nextEvent(v, (e) => e.type === "singleStep");
     await this.release(v);
     const event = await stepped;
-    if (this.byGpa.has(gpa)) await this.session.writePhysical(gpa, Uint8Array.of(INT3));
+    await this.memory.rearm(gpa);
     await this.setSinglestep(v, false);
     this.hold(v, event);
     return action === "step" ? { thread: v, signal: GDB_SIGTRAP } : undefined;
@@ -442,106 +432,6 @@ export class GdbTarget {
   }
 
   // -------------------------------------------------------------------------------------------
-  // Memory
-
-  /** The GPA of `address` for vCPU `v` (virtual mode) or `address` itself (physical mode). */
-  private async toGpa(v: number, address: bigint): Promise<bigint | undefined> {
-    return this.physical ? address : this.session.translateGva(v, address).catch(() => undefined);
-  }
-
-  /**
-   * Reads up to `length` bytes at `address`, page by page; stops at the first unmapped or unbacked
-   * page. Bytes under the gateway's INT3s read as the original bytes.
-   */
-  async readMemory(v: number, address: bigint, length: number): Promise<Uint8Array> {
-    const out = new Uint8Array(length);
-    let got = 0;
-    for (const piece of splitPages(address, length)) {
-      const gpa = await this.toGpa(v, piece.address);
-      if (gpa === undefined) break;
-      let data: Uint8Array;
-      try {
-        data = await this.session.readPhysical(gpa, piece.length);
-      } catch (err) {
-        if (err instanceof MemoryHoleError) break;
-        throw err;
-      }
-      for (const [bpGpa, bp] of this.byGpa) if (bpGpa >= gpa && bpGpa < gpa + BigInt(piece.length)) data[Number(bpGpa - gpa)] = bp.original;
-      out.set(data, piece.offset);
-      got += piece.length;
-    }
-    return out.subarray(0, got);
-  }
-
-  /**
-   * Writes `data` at `address` if every page is mapped (nothing is written otherwise). A byte under
-   * a breakpoint becomes the breakpoint's original byte; the INT3 stays.
-   * @returns false when a page is unmapped.
-   */
-  async writeMemory(v: number, address: bigint, data: Uint8Array): Promise<boolean> {
-    const pieces = splitPages(address, data.length);
-    const gpas = await Promise.all(pieces.map((p) => this.toGpa(v, p.address)));
-    if (gpas.some((g) => g === undefined)) return false;
-    for (let i = 0; i < pieces.length; i++) {
-      const p = pieces[i]!;
-      const gpa = gpas[i]!;
-      const bytes = data.slice(p.offset, p.offset + p.length);
-      for (const [bpGpa, bp] of this.byGpa) {
-        if (bpGpa >= gpa && bpGpa < gpa + BigInt(p.length)) {
-          bp.original = bytes[Number(bpGpa - gpa)]!;
-          bytes[Number(bpGpa - gpa)] = INT3;
-        }
-      }
-      await this.session.writePhysical(gpa, bytes);
-    }
-    return true;
-  }
-
-  // -------------------------------------------------------------------------------------------
-  // Breakpoints
-
-  /** Inserts a software breakpoint (Z0). @returns false when the address is not mapped */
-  async insertBreakpoint(v: number, address: bigint): Promise<boolean> {
-    const known = this.byAddress.get(address);
-    if (known !== undefined) {
-      this.byGpa.get(known)!.refs++;
-      return true;
-    }
-    const gpa = await this.toGpa(v, address);
-    if (gpa === undefined) return false;
-    const existing = this.byGpa.get(gpa);
-    if (existing !== undefined) {
-      existing.refs++;
-      this.byAddress.set(address, gpa);
-      return true;
-    }
-    const original = (await this.session.readPhysical(gpa, 1))[0]!;
-    if (!this.breakpointEventsOn) {
-      for (let i = 0; i < this.vcpuCount; i++) {
-        await this.session.controlVcpuEvents(i, "breakpoint", true).catch((err: Error) => this.log(`BREAKPOINT events of vCPU ${i}: ${err.message}`));
-      }
-      this.breakpointEventsOn = true;
-    }
-    await this.session.writePhysical(gpa, Uint8Array.of(INT3));
-    this.byGpa.set(gpa, { original, refs: 1 });
-    this.byAddress.set(address, gpa);
-    this.formerBreakpoints.delete(gpa);
-    return true;
-  }
-
-  /** Removes a software breakpoint (z0); unknown addresses are fine (gdb may remove twice). */
-  async removeBreakpoint(address: bigint): Promise<void> {
-    const gpa = this.byAddress.get(address);
-    if (gpa === undefined) return;
-    this.byAddress.delete(address);
-    const bp = this.byGpa.get(gpa)!;
-    if (--bp.refs > 0) return;
-    this.byGpa.delete(gpa);
-    this.formerBreakpoints.add(gpa);
-    await this.session.writePhysical(gpa, Uint8Array.of(bp.original));
-  }
-
-  // -------------------------------------------------------------------------------------------
   // The end
 
   /**
@@ -564,15 +454,7 @@ export class GdbTarget {
         this.log(`detach: could not ${what}: ${(err as Error).message}`);
       }
     };
-    for (const [gpa, bp] of this.byGpa) {
-      this.formerBreakpoints.add(gpa);
-      await attempt(`restore the byte at ${gpa.toString(16)}`, () => this.session.writePhysical(gpa, Uint8Array.of(bp.original)));
-    }
-    this.byGpa.clear();
-    this.byAddress.clear();
-    if (this.breakpointEventsOn) {
-      for (let v = 0; v < this.vcpuCount; v++) await attempt(`disable BREAKPOINT events of vCPU ${v}`, () => this.session.controlVcpuEvents(v, "breakpoint", false));
-    }
+    await this.memory.removeAll(attempt);
     for (const v of [...this.singlestepOn]) await attempt(`stop single-stepping vCPU ${v}`, () => this.setSinglestep(v, false));
     for (const v of [...this.held.keys()]) await attempt(`resume vCPU ${v}`, () => this.release(v));
     this.eventWaiters.clear();
