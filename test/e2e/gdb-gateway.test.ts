@@ -100,6 +100,18 @@ class RawRsp {
   }
 }
 
+/** An X packet (binary data, escaped as the protocol requires) built by hand. */
+function xPacket(address: bigint, data: Uint8Array): Buffer {
+  const escaped: number[] = [];
+  for (const b of data) {
+    if (b === 0x23 || b === 0x24 || b === 0x7d || b === 0x2a) escaped.push(0x7d, b ^ 0x20);
+    else escaped.push(b);
+  }
+  const payload = Buffer.concat([Buffer.from(`X${address.toString(16)},${data.length}:`, "latin1"), Buffer.from(escaped)]);
+  const sum = payload.reduce((n, b) => (n + b) & 0xff, 0);
+  return Buffer.concat([Buffer.from("$"), payload, Buffer.from(`#${sum.toString(16).padStart(2, "0")}`)]);
+}
+
 const syscalls = () => vm.guest.workload!.groundTruth().syscallCount;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 /** True while every vCPU sits in an event the gateway has not answered. */
@@ -197,6 +209,18 @@ describe("gdb through the gateway", { timeout: 120_000 }, () => {
       expect(await rsp.request("qC")).toBe("QC2");
       expect(await rsp.request("p10")).toMatch(/^[0-9a-f]{16}$/);
       expect(await rsp.request("T3")).toMatch(/^E/);
+      // Only struct kvm_regs is writable: cs (register 0x12) is not.
+      expect(await rsp.request("P12=23000000")).toBe("E16");
+      // M writes through the selected vCPU's translation; X (binary, `}`-escaped) writes the bytes back.
+      const bannerGpa = kernelGpa(vm, LINUX_BANNER_GVA);
+      const original = guestBytes(vm, bannerGpa, 2);
+      expect(await rsp.request(`M${LINUX_BANNER_GVA.toString(16)},2:7d23`)).toBe("OK");
+      expect([...guestBytes(vm, bannerGpa, 2)]).toEqual([0x7d, 0x23]);
+      expect(await rsp.request(`m${LINUX_BANNER_GVA.toString(16)},2`)).toBe("7d23");
+      rsp.socket.write(xPacket(LINUX_BANNER_GVA, original));
+      expect(await rsp.reply()).toBe("OK");
+      expect(guestBytes(vm, bannerGpa, 2)).toEqual(original);
+      expect(await rsp.request("m10,0")).toBe("");
       expect(await rsp.request("D")).toBe("OK");
     } finally {
       rsp.socket.destroy();
@@ -246,13 +270,17 @@ describe("gdb through the gateway", { timeout: 120_000 }, () => {
   it("kvmictl gdb --listen serves a gdb session as a user runs it and exits after it with --once", async () => {
     const cli = startNode([KVMICTL_BIN, "--target", bridge.target, "gdb", "gdb-a", "--listen", "127.0.0.1:0", "--once"]);
     const [, port] = (await cli.waitFor(/on 127\.0\.0\.1:(\d+); connect with: gdb -ex 'target remote 127\.0\.0\.1:\d+'/, 30_000)) as unknown as [string, string];
-    const run = await runGdb(Number(port), ["info threads", `x/s ${hex(LINUX_BANNER_GVA)}`, "detach"]);
+    const run = await runGdb(Number(port), ["info threads", `x/s ${hex(LINUX_BANNER_GVA)}`, "kill"]);
     expect(run.code, run.output).toBe(0);
+    expect(run.output).toMatch(/\[Inferior 1 \(Remote target\) killed\]/);
     expect(run.output).toContain('"Linux version 5.8.0-kvmi');
     expect(run.output).toMatch(/Thread 2 "vCPU 1"/);
     const exited = await cli.exited;
     expect(exited.code, exited.stderr).toBe(0);
     expect(exited.stderr).toMatch(/gdb session ended; the guest runs on/);
+    // "kill" leaves the guest running, like detach.
+    const after = syscalls();
+    await expect.poll(syscalls, { timeout: 10_000 }).toBeGreaterThan(after + 3);
   });
 });
 
