@@ -5,6 +5,7 @@
  * terminal, and with `--progress` one line a second also when stderr is a pipe or a log file. The
  * summary line comes last. An interrupted dump keeps its state file; `--resume` continues it.
  */
+import { readFile } from "node:fs/promises";
 import { CancelledError, dumpToFile, resumeStatePath } from "@kvmi/clients";
 import type { DumpFileProgress, DumpFormat } from "@kvmi/clients";
 import { parseLength, parseSize, UsageError } from "./args.js";
@@ -96,7 +97,6 @@ export async function dump(ctx: CliContext, ref: string, options: DumpCommandOpt
 
 /** The GPA a resumable dump of `out` stopped at, if its state file is readable. */
 async function readResumePoint(out: string): Promise<bigint | undefined> {
-  const { readFile } = await import("node:fs/promises");
   try {
     return BigInt((JSON.parse(await readFile(resumeStatePath(out), "utf8")) as { nextGpa: string }).nextGpa);
   } catch {

@@ -115,7 +115,7 @@ export { EVENT_NAMES, eventNameOf, isUuid, uuidOf, vcpuName, vmName } from "./na
 export { serveGdb } from "./gdb/serve-gdb.js";
 export { dumpToFile, DumpResumeError, resumeStatePath } from "./dump/dump-file.js";
 export type { DumpFileProgress, DumpFileResult, DumpFormat, DumpToFileOptions } from "./dump/dump-file.js";
-export type { GdbGateway, ServeGdbOptions } from "./gdb/serve-gdb.js";
+export type { GdbGateway, GdbSessionEnd, ServeGdbOptions } from "./gdb/serve-gdb.js";
 export type { EventName, VcpuEventName } from "./names.js";
 
 /** Proto enums that SDK values use (see proto/kvmi/v1/*.proto for their meaning). */

@@ -267,6 +267,23 @@ describe("gdb through the gateway", { timeout: 120_000 }, () => {
     await bridge.waitForVm(vm.uuid, (v) => !v.controllerAttached);
   });
 
+  it("refuses gdb while another controller holds the VM, and says why", async () => {
+    const other = await bridge.client.attach(vm.uuid, { role: "controller" });
+    const lines: string[] = [];
+    const gateway = await serveGdb(bridge.client, vm.uuid, { log: (l) => lines.push(l) });
+    try {
+      const ended = gateway.nextSessionEnd();
+      const rsp = await RawRsp.open(gateway.port);
+      rsp.send("?");
+      await new Promise((resolve) => rsp.socket.on("close", resolve));
+      expect(await ended).toEqual({ attached: false });
+      expect(lines.join("\n")).toMatch(/gdb connection refused: .*controller/i);
+    } finally {
+      await gateway.close();
+      await other.release();
+    }
+  });
+
   it("kvmictl gdb --listen serves a gdb session as a user runs it and exits after it with --once", async () => {
     const cli = startNode([KVMICTL_BIN, "--target", bridge.target, "gdb", "gdb-a", "--listen", "127.0.0.1:0", "--once"]);
     const [, port] = (await cli.waitFor(/on 127\.0\.0\.1:(\d+); connect with: gdb -ex 'target remote 127\.0\.0\.1:\d+'/, 30_000)) as unknown as [string, string];
