@@ -60,7 +60,7 @@ export async function info(ctx: CliContext, ref: string): Promise<void> {
     Array.from({ length: vmInfo.vcpuCount }, async (_, i) => {
       try {
         const [regs, vcpuInfo] = await Promise.all([h.getRegisters(i, { signal }), h.getVcpuInfo(i, { signal })]);
-        return { vcpu: i, started: true, mode: modeName(regs.mode), rip: regs.regs.rip, cr3: regs.sregs.cr3, tscHz: vcpuInfo.tscSpeed };
+        return { vcpu: i, started: true, mode: modeName(regs.mode), rip: regs.regs.rip, cr3: regs.sregs.cr3, tscHz: Number(vcpuInfo.tscSpeed) };
       } catch (err) {
         // KVM_EAGAIN: the guest has not started this vCPU yet.
         if (err instanceof UnavailableError && err.reason === "KVMI_TRY_AGAIN") return { vcpu: i, started: false };
@@ -69,7 +69,7 @@ export async function info(ctx: CliContext, ref: string): Promise<void> {
     }),
   );
   if (ctx.json) {
-    ctx.out(toJson({ vm: vmJson(vm), kvmi: version, vcpuCount: vmInfo.vcpuCount, maxGfn, memoryBytes: maxGfn * 4096n, vcpus }, 2));
+    ctx.out(toJson({ vm: vmJson(vm), kvmi: version, vcpuCount: vmInfo.vcpuCount, maxGfn, memoryBytes: Number(maxGfn * 4096n), vcpus }, 2));
     return;
   }
   const rows: string[][] = [
@@ -129,7 +129,7 @@ export async function read(ctx: CliContext, ref: string, addrText: string, lenTe
   }
   const space = via === undefined ? "physical" : typeof via === "number" ? `virtual (vcpu ${via})` : `virtual (cr3 ${hex(via.cr3)})`;
   if (ctx.json) {
-    ctx.out(toJson({ vm: vm.name, address, length, space, data, holes }, 2));
+    ctx.out(toJson({ vm: vm.name, address, length, space, data, holes: holes.map((h) => ({ address: h.address, length: Number(h.length), reason: h.reason })) }, 2));
   } else {
     ctx.io.stdout(hexdump(data, address));
     for (const h of holes) ctx.err(`hole: ${hex(h.address)}+${hex(h.length)} ${h.reason} (shown as zeros)`);
@@ -171,14 +171,15 @@ export async function write(ctx: CliContext, ref: string, gpaText: string, hexTe
   });
 }
 
-/** `translate <vm> <vcpu> <gva>`. */
-export async function translate(ctx: CliContext, ref: string, vcpuText: string, gvaText: string): Promise<void> {
+/** `translate <vm> <vcpu> <gva>`; exits 1 when the address is not mapped, as `read` does for a hole. */
+export async function translate(ctx: CliContext, ref: string, vcpuText: string, gvaText: string): Promise<number> {
   const vcpu = parseIndex(vcpuText, "vcpu");
   const gva = parseU64(gvaText, "gva");
   const vm = await ctx.resolveVm(ref);
   const gpa = await ctx.client.vm(vm.uuid).translateGva(vcpu, gva, { signal: ctx.io.signal });
   if (ctx.json) ctx.out(toJson({ vm: vm.name, vcpu, gva, mapped: gpa !== undefined, ...(gpa !== undefined && { gpa }) }));
   else ctx.out(gpa === undefined ? `${hex(gva, 16)} -> not mapped` : `${hex(gva, 16)} -> ${hex(gpa, 16)}`);
+  return gpa === undefined ? 1 : 0;
 }
 
 /** The JSON line of a session item. */
@@ -308,11 +309,15 @@ export async function pause(ctx: CliContext, ref: string, vcpuText: string, opti
 export async function pageAccess(ctx: CliContext, ref: string, gpaText: string, accessText: string, options: { hold?: boolean }): Promise<void> {
   const gpa = parseU64(gpaText, "gpa");
   const access = parseAccess(accessText);
+  // KVMI_VM_SET_PAGE_ACCESS works on whole pages (docs/protocol/v9.md): an unaligned address would
+  // silently restrict the page around it.
+  if (gpa % 4096n !== 0n) throw new UsageError(`gpa: ${hex(gpa)} is not page-aligned: give the page's first address, ${hex(gpa & ~0xfffn)}`);
   const vm = await ctx.resolveVm(ref);
+  const maxGfn = await ctx.client.vm(vm.uuid).getMaxGfn({ signal: ctx.io.signal });
+  if (gpa >> 12n > maxGfn) throw new UsageError(`gpa: ${hex(gpa)} is beyond the guest's memory (its last page is ${hex(maxGfn << 12n)})`);
   await asController(ctx, vm.uuid, options.hold === true, async (session) => {
     await session.setPageAccess([{ gpa, access }]);
-    const page = gpa & ~0xfffn;
-    if (ctx.json) ctx.out(toJson({ vm: vm.name, page, access: accessString(access) }));
-    else ctx.out(`page ${hex(page)} of ${vm.name} is now ${accessString(access)}`);
+    if (ctx.json) ctx.out(toJson({ vm: vm.name, page: gpa, access: accessString(access) }));
+    else ctx.out(`page ${hex(gpa)} of ${vm.name} is now ${accessString(access)}`);
   });
 }

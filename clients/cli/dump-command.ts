@@ -78,9 +78,10 @@ export async function dump(ctx: CliContext, ref: string, options: DumpCommandOpt
   const seconds = (performance.now() - started) / 1000;
   const rate = Number(result.bytesDone - resumedAt) / Math.max(0.001, seconds);
   if (ctx.json) {
+    // The JSON convention (README): addresses as 0x strings, sizes and counts as numbers.
     ctx.out(toJson({
-      vm: vm.name, file: options.out, format, start, bytes: result.bytesTotal, dataBytes: result.dataBytes, holeBytes: result.holeBytes,
-      ranges: result.ranges.length, fileBytes: result.fileBytes, resumedAt: result.resumedAt, seconds: Number(seconds.toFixed(3)), bytesPerSecond: Math.round(rate),
+      vm: vm.name, file: options.out, format, start, bytes: Number(result.bytesTotal), dataBytes: Number(result.dataBytes), holeBytes: Number(result.holeBytes),
+      ranges: result.ranges.length, fileBytes: Number(result.fileBytes), resumedAt: result.resumedAt, seconds: Number(seconds.toFixed(3)), bytesPerSecond: Math.round(rate),
     }));
   } else {
     const details = [

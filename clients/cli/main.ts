@@ -9,6 +9,7 @@ import { UsageError } from "./args.js";
 import * as commands from "./commands.js";
 import { createContext } from "./context.js";
 import { dump } from "./dump-command.js";
+import { connectionHint } from "./hints.js";
 import { gdb } from "./gdb-command.js";
 import type { CliContext, CliIo, GlobalOptions } from "./context.js";
 
@@ -126,8 +127,10 @@ export function buildProgram(io: CliIo, setExit: (code: number) => void): Comman
   return program;
 }
 
-/** One line describing an error for stderr. */
-export function describeError(err: unknown): string {
+/** One line describing an error for stderr; `dialed` adds what a connection failure means. */
+export function describeError(err: unknown, dialed?: { readonly target: string; readonly tls: boolean }): string {
+  const hint = dialed === undefined ? undefined : connectionHint(err, dialed);
+  if (hint !== undefined && isKvmiBridgeError(err)) return `kvmictl: ${hint} (${err.codeName})`;
   if (isKvmiBridgeError(err)) {
     const reason = err.reason !== undefined && err.reason !== err.codeName ? `, ${err.reason}` : "";
     return `kvmictl: ${err.message} (${err.codeName}${reason})`;
@@ -139,6 +142,10 @@ export function describeError(err: unknown): string {
 export async function main(argv: readonly string[], io: CliIo): Promise<number> {
   let exitCode = EXIT_OK;
   const program = buildProgram(io, (code) => (exitCode = code));
+  const dialed = (): { target: string; tls: boolean } => {
+    const o = program.opts<GlobalOptions>();
+    return { target: o.target, tls: o.tlsCa !== undefined || o.tlsCert !== undefined || o.tlsKey !== undefined || o.tlsServerName !== undefined };
+  };
   try {
     await program.parseAsync([...argv], { from: "user" });
     return exitCode;
@@ -151,7 +158,7 @@ export async function main(argv: readonly string[], io: CliIo): Promise<number> 
       io.stderr(`kvmictl: ${err.message}\n`);
       return EXIT_USAGE;
     }
-    io.stderr(`${describeError(err)}\n`);
+    io.stderr(`${describeError(err, dialed())}\n`);
     return EXIT_BRIDGE_ERROR;
   }
 }

@@ -34,7 +34,8 @@ export type {
 } from "./session/channel.js";
 
 // Accepting device managers and the VM registry.
-export { createKvmiListener } from "./session/listener.js";
-export type { AcceptedVm, KvmiListener, KvmiListenerOptions, ListenEndpoint } from "./session/listener.js";
+export { acceptKvmiConnection, createKvmiListener } from "./session/listener.js";
+export { readExactly } from "./session/read-exactly.js";
+export type { AcceptedVm, ForwardedConnection, KvmiListener, KvmiListenerOptions, ListenEndpoint, VmOrigin } from "./session/listener.js";
 export { createVmRegistry } from "./session/registry.js";
-export type { HookedVm, VmChange, VmRecord, VmRegistry, VmRegistryOptions, VmState } from "./session/registry.js";
+export type { HookedVm, VmChange, VmExpectation, VmRecord, VmRegistry, VmRegistryOptions, VmState } from "./session/registry.js";

@@ -5,7 +5,7 @@
  * emulator; tests start this directly.
  */
 import { createKvmiListener, createVmRegistry } from "@kvmi/kvm-bridge";
-import type { KvmiListener, ListenEndpoint, Logger, VmRegistry } from "@kvmi/kvm-bridge";
+import type { AcceptedVm, KvmiListener, ListenEndpoint, Logger, VmRegistry } from "@kvmi/kvm-bridge";
 import {
   file_kvmi_v1_command,
   file_kvmi_v1_event,
@@ -15,11 +15,22 @@ import {
   file_kvmi_v1_session,
   file_kvmi_v1_vm,
 } from "@kvmi/proto";
-import { parseKvmiListen } from "./config/index.js";
+import { createAuditTrail, NO_AUDIT } from "./audit/audit-log.js";
+import type { AuditTrail } from "./audit/audit-log.js";
+import { createAccessControl } from "./auth/access-control.js";
+import type { AccessControl } from "./auth/access-control.js";
+import { createIdentityResolver } from "./auth/identity.js";
+import { createJwtVerifier, readJwksFile } from "./auth/jwt.js";
+import { ALLOW_ALL } from "./auth/policy.js";
+import { loadPolicyStore } from "./auth/policy-store.js";
+import type { PolicyStore } from "./auth/policy-store.js";
+import { isLoopback, parseGrpcListen, parseKvmiListen } from "./config/index.js";
 import type { BridgeConfig } from "./config/index.js";
 import { createRateLimitedLogger } from "./log/index.js";
 import { commandStatusOf, createBridgeMetrics, startMetricsServer } from "./metrics/index.js";
 import type { AutoReplyReason, BridgeMetrics, MetricsServer } from "./metrics/index.js";
+import { startForwardListener } from "./forward/forward-listener.js";
+import type { ForwardListener } from "./forward/forward-listener.js";
 import { createIntrospectionService } from "./rpc/introspection-service.js";
 import { createGrpcServer } from "./server/index.js";
 import type { BridgeGrpcServer } from "./server/index.js";
@@ -32,12 +43,23 @@ export interface Bridge {
   readonly grpcTarget: string;
   /** Where device managers connect (`unix:/…`, `tcp:…`). */
   readonly kvmiAddresses: readonly string[];
+  /** Where KVMI forwarders connect (`forwardListen`); empty when off. */
+  readonly forwardAddresses: readonly string[];
   /** The metrics URL, unless metrics are off. */
   readonly metricsUrl: string | undefined;
   readonly registry: VmRegistry;
   readonly hosts: VmHosts;
   readonly metrics: BridgeMetrics;
   readonly grpc: BridgeGrpcServer;
+  /** The authorization point. */
+  readonly access: AccessControl;
+  /** The audit trail ({@link NO_AUDIT} when off). */
+  readonly audit: AuditTrail;
+  /**
+   * Reads the policy file again (SIGHUP). False when it is invalid: the previous policy stays and
+   * every error is logged. True without a policy file (nothing to reload).
+   */
+  reloadPolicy(): boolean;
   /**
    * Graceful stop: health goes NOT_SERVING, every VM is released (controllers get the unhook
    * deadline, the ledger is undone, pending events are answered), then the servers close.
@@ -75,25 +97,93 @@ function hostMetrics(metrics: BridgeMetrics): VmHostMetrics {
   };
 }
 
+function raise(message: string): never {
+  throw new Error(message);
+}
+
 function endpoints(config: BridgeConfig, cwd: string): ListenEndpoint[] {
   return config.kvmiListen.map((text) => {
     const parsed = parseKvmiListen(text, cwd);
     if (!parsed.ok) throw new Error(`kvmiListen ${text}: ${parsed.error}`);
     const address = parsed.value;
     return address.kind === "unix"
-      ? { kind: "unix", path: address.path, mode: config.kvmiSocketMode }
+      ? { kind: "unix", path: address.path, mode: config.kvmiSocketMode, ...(config.kvmiSocketOwner && { owner: config.kvmiSocketOwner }) }
       : { kind: "tcp", host: address.host, port: address.port };
   });
 }
 
+/** The audit trail the config asks for: a file, stdout, both or none. */
+function openAuditTrail(config: BridgeConfig, logger: Logger): AuditTrail {
+  if (config.auditFile === undefined && !config.auditStdout) return NO_AUDIT;
+  return createAuditTrail({
+    file: config.auditFile,
+    stream: config.auditStdout ? process.stdout : undefined,
+    maxBytes: config.auditMaxBytes,
+    maxFiles: config.auditMaxFiles,
+    onError: (err) => logger.error({ err, auditFile: config.auditFile }, "cannot write the audit trail"),
+  });
+}
+
+/**
+ * Identities, policy and audit (docs/authorization.md). Without a policy every caller may do
+ * everything; the config loader allows that only on loopback, or with `authorization: none`.
+ */
+function startAccessControl(config: BridgeConfig, logger: Logger, registry: VmRegistry, audit: AuditTrail): { access: AccessControl; policy: PolicyStore | undefined } {
+  const policy = config.policyFile === undefined ? undefined : loadPolicyStore({ file: config.policyFile, logger, audit });
+  if (config.authorization === "none") logger.warn({}, "authorization is off (--authorization none): every caller that reaches the gRPC port may do everything");
+  else if (policy === undefined) logger.warn({}, "no policy file: every caller on this loopback listener may do everything (identity local)");
+  const jwt =
+    config.jwtJwksFile === undefined
+      ? undefined
+      : createJwtVerifier({ jwks: readJwksFile(config.jwtJwksFile), issuers: config.jwtIssuer, audiences: config.jwtAudience, groupsClaim: config.jwtGroupsClaim });
+  const address = parseGrpcListen(config.grpcListen, process.cwd());
+  const plaintextLoopback = config.tlsCert === undefined && address.ok && isLoopback(address.value);
+  const access = createAccessControl({
+    identities: createIdentityResolver({ plaintextLoopback, jwt }),
+    policy: policy === undefined ? () => ALLOW_ALL : () => policy.current(),
+    enforcing: policy !== undefined,
+    vmName: (uuid) => registry.get(uuid)?.name ?? "",
+    audit,
+  });
+  return { access, policy };
+}
+
+/** The VM gauges from the registry's states (announced VMs without QEMU are not hooked). */
+function countVms(registry: VmRegistry, metrics: BridgeMetrics): void {
+  let hooked = 0;
+  let awaiting = 0;
+  let missed = 0;
+  for (const record of registry.list()) {
+    if (record.state === "awaiting-connection") awaiting++;
+    else if (record.state === "not-connected") missed++;
+    else if (record.state !== "unhooked") hooked++;
+  }
+  metrics.vmsHooked.set(hooked);
+  metrics.vmsNotConnected.set({ state: "awaiting", reason: QEMU_NEVER_CONNECTED }, awaiting);
+  metrics.vmsNotConnected.set({ state: "missed", reason: QEMU_NEVER_CONNECTED }, missed);
+}
+
+/** The reason label of VMs whose QEMU never reached the bridge (the only reason the bridge can see). */
+export const QEMU_NEVER_CONNECTED = "qemu_never_connected";
+
 /** Starts every part of the bridge; rejects (after cleaning up) if one cannot start. */
 export async function startBridge(options: StartBridgeOptions): Promise<Bridge> {
   const { config, logger } = options;
+  const audit = openAuditTrail(config, logger);
   // Events, faults and malformed input are guest- or peer-triggered: their log lines are
   // rate-limited, with a summary of what was dropped (conventions §9).
   const guestPathLogger = createRateLimitedLogger(logger, { keyFields: ["vm"] });
   const metrics = createBridgeMetrics();
   const registry = createVmRegistry({ logger: logger.child({ component: "registry" }) });
+  let authorization;
+  try {
+    authorization = startAccessControl(config, logger.child({ component: "auth" }), registry, audit);
+  } catch (err) {
+    audit.close();
+    guestPathLogger.close();
+    throw err;
+  }
+  const { access, policy } = authorization;
   const hosts = new VmHosts(
     registry,
     {
@@ -108,7 +198,7 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
     },
     guestPathLogger.child({ component: "vm" }),
   );
-  registry.watch(() => metrics.vmsHooked.set(registry.list().filter((r) => r.state !== "unhooked").length));
+  registry.watch(() => countVms(registry, metrics));
 
   // Aborted when the gRPC server starts its graceful shutdown, so that endless streams end.
   const shuttingDown = new AbortController();
@@ -118,6 +208,8 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
     logger: logger.child({ component: "rpc" }),
     requestTimeoutMs: config.requestTimeoutMs,
     shuttingDown: shuttingDown.signal,
+    access,
+    audit,
   });
   const grpc = createGrpcServer({
     config,
@@ -140,49 +232,75 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
   });
   grpc.shuttingDown.addEventListener("abort", () => shuttingDown.abort(), { once: true });
   let listener: KvmiListener | undefined;
+  let forwardListener: ForwardListener | undefined;
   let metricsServer: MetricsServer | undefined;
   try {
     const bound = await grpc.listen();
+    const kvmiOptions = {
+      handshakeVariant: config.handshakeVariant,
+      logger: guestPathLogger.child({ component: "kvmi" }),
+      channel: { defaultTimeoutMs: config.requestTimeoutMs },
+    };
+    const admit = (vm: AcceptedVm): void => {
+      if (hosts.all().length >= config.maxVms) {
+        logger.warn({ vm: vm.identity.uuid, maxVms: config.maxVms }, "refusing a VM: maxVms reached");
+        vm.channel.close("the bridge serves maxVms VMs already");
+        return;
+      }
+      void hosts.adopt(vm);
+    };
     listener = await createKvmiListener(
-      {
-        endpoints: endpoints(config, options.cwd ?? process.cwd()),
-        handshakeVariant: config.handshakeVariant,
-        logger: guestPathLogger.child({ component: "kvmi" }),
-        channel: { defaultTimeoutMs: config.requestTimeoutMs },
-        ...(options.secret && { secret: options.secret }),
-      },
-      (vm) => {
-        if (hosts.all().length >= config.maxVms) {
-          logger.warn({ vm: vm.identity.uuid, maxVms: config.maxVms }, "refusing a VM: maxVms reached");
-          vm.channel.close("the bridge serves maxVms VMs already");
-          return;
-        }
-        void hosts.adopt(vm);
-      },
+      { ...kvmiOptions, endpoints: endpoints(config, options.cwd ?? process.cwd()), ...(options.secret && { secret: options.secret }) },
+      admit,
     );
+    if (config.forwardListen.length > 0) {
+      forwardListener = await startForwardListener({
+        addresses: config.forwardListen.map((text) => parseKvmiListen(text, options.cwd ?? process.cwd())).map((r) => (r.ok ? r.value : raise(r.error))),
+        ...(config.tlsCert !== undefined &&
+          config.tlsKey !== undefined && { tls: { certFile: config.tlsCert, keyFile: config.tlsKey, ...(config.tlsClientCa !== undefined && { clientCaFile: config.tlsClientCa }) } }),
+        allowInsecure: config.allowInsecure,
+        socketMode: config.kvmiSocketMode,
+        kvmi: kvmiOptions,
+        registry,
+        onVm: admit,
+        maxConnections: config.maxVms * 2,
+        logger: logger.child({ component: "forward" }),
+      });
+    }
     if (config.metricsListen !== "off") metricsServer = await startMetricsServer(config.metricsListen, metrics.registry);
     const kvmiListener = listener;
+    const forwarders = forwardListener;
     const server = metricsServer;
     return {
       grpcTarget: bound.target,
       kvmiAddresses: kvmiListener.addresses,
+      forwardAddresses: forwardListener?.addresses ?? [],
       metricsUrl: server?.url,
       registry,
       hosts,
       metrics,
       grpc,
+      access,
+      audit,
+      reloadPolicy: () => policy?.reload("SIGHUP") ?? true,
       stop: async () => {
         grpc.health.setServing(false);
         await kvmiListener.close();
+        await forwarders?.close();
         await hosts.releaseAll();
         await grpc.shutdown(config.shutdownGraceMs);
         await server?.close();
+        policy?.close();
+        audit.close();
         guestPathLogger.close();
       },
     };
   } catch (err) {
     guestPathLogger.close();
+    policy?.close();
+    audit.close();
     await listener?.close();
+    await forwardListener?.close();
     await grpc.shutdown(0).catch(() => undefined);
     throw err;
   }

@@ -22,5 +22,7 @@ export type { StatusDetails } from "./mapping/index.js";
 export { createServiceDefinition } from "./rpc/service-definition.js";
 export type { HandlerFor, ServiceDefinitionFor, ServiceImplementationFor } from "./rpc/service-definition.js";
 export { SESSION_ID_METADATA } from "./rpc/call-context.js";
+export { startForwarder } from "./forward/forwarder.js";
+export type { Forwarder, ForwarderOptions, Upstream } from "./forward/forwarder.js";
 export { MAX_INFLIGHT_COMMANDS } from "./rpc/session-rpc.js";
 export { MUTATING_COMMANDS } from "./vm/vm-host.js";

@@ -11,7 +11,7 @@ import { silentLogger } from "../logger.js";
 import { KVMI_EVENT_UNHOOK } from "../wire/dialects/v9.js";
 import type { E820Entry, HandshakeVariant } from "../wire/handshake.js";
 import type { KvmiChannel } from "./channel.js";
-import type { AcceptedVm } from "./listener.js";
+import type { AcceptedVm, VmOrigin } from "./listener.js";
 
 /** Lifecycle of a VM in the registry. */
 export type VmState =
@@ -20,7 +20,11 @@ export type VmState =
   | "unhook-pending"
   /** The bridge is undoing what is left and closing the socket. */
   | "releasing"
-  | "unhooked";
+  | "unhooked"
+  /** Announced by its forwarder ({@link VmRegistry.expect}); QEMU has not connected yet. */
+  | "awaiting-connection"
+  /** Announced, and QEMU did not connect before the deadline; `problem` says why. */
+  | "not-connected";
 
 /** A VM as the registry knows it (immutable snapshot; a new one is made on every change). */
 export interface VmRecord {
@@ -45,6 +49,25 @@ export interface VmRecord {
   readonly unhookDeadline?: Date;
   /** The UNHOOK event could be enabled (it is allowed by the device manager). */
   readonly unhookEventEnabled: boolean;
+  readonly peer: string;
+  /** The workload (KubeVirt VMI) this VM belongs to, from its forwarder. */
+  readonly origin?: VmOrigin;
+  /** Why the VM is `not-connected`. */
+  readonly problem?: string;
+}
+
+/** A VM a forwarder announced before its QEMU connects ({@link VmRegistry.expect}). */
+export interface VmExpectation {
+  /** The UUID QEMU will send in its handshake (KubeVirt: the domain's `<uuid>`). */
+  readonly uuid: string;
+  /** Display name until the handshake brings QEMU's `-name`. */
+  readonly name: string;
+  readonly origin?: VmOrigin;
+  /** How long QEMU has to connect before the VM is reported `not-connected`. */
+  readonly deadlineMs: number;
+  /** What `problem` says when the deadline passes. */
+  readonly problem: string;
+  /** Who announced it, for logs. */
   readonly peer: string;
 }
 
@@ -78,9 +101,16 @@ export interface VmRegistry {
   channel(uuid: string): KvmiChannel | undefined;
   list(): VmRecord[];
   /** Records a state change (e.g. UNHOOK received, with its deadline). */
-  update(uuid: string, patch: Partial<Pick<VmRecord, "state" | "unhookDeadline">>): VmRecord | undefined;
+  update(uuid: string, patch: Partial<Pick<VmRecord, "state" | "unhookDeadline" | "origin" | "problem">>): VmRecord | undefined;
   /** Subscribes to changes; returns the unsubscribe function. */
   watch(listener: (change: VmChange) => void): () => void;
+  /**
+   * Lists a VM before its QEMU connects, so that a VM whose KVMI arguments were lost (another hook
+   * dropped them, a QEMU without introspection) shows up as `not-connected` with the reason
+   * instead of not at all. A VM already known keeps its state and only learns its origin.
+   * @param onMissed called once if the deadline passes without a connection.
+   */
+  expect(expectation: VmExpectation, onMissed?: (record: VmRecord) => void): VmRecord;
 }
 
 /** Creates an empty registry. */
@@ -93,6 +123,7 @@ class Registry implements VmRegistry {
   private readonly channels = new Map<string, KvmiChannel>();
   private readonly generations = new Map<string, number>();
   private readonly listeners = new Set<(change: VmChange) => void>();
+  private readonly deadlines = new Map<string, NodeJS.Timeout>();
   private readonly log: Logger;
 
   constructor(private readonly options: VmRegistryOptions) {
@@ -116,6 +147,10 @@ class Registry implements VmRegistry {
     }
     const previous = this.channels.get(identity.uuid);
     if (previous !== undefined && previous !== channel) previous.close("the VM hooked again on a new connection");
+    const earlier = this.records.get(identity.uuid);
+    const origin = accepted.origin ?? earlier?.origin;
+    clearTimeout(this.deadlines.get(identity.uuid));
+    this.deadlines.delete(identity.uuid);
     const generation = (this.generations.get(identity.uuid) ?? 0) + 1;
     this.generations.set(identity.uuid, generation);
     const record: VmRecord = {
@@ -135,6 +170,7 @@ class Registry implements VmRegistry {
       hookedAt: new Date(),
       unhookEventEnabled,
       peer,
+      ...(origin && { origin }),
     };
     this.records.delete(identity.uuid);
     this.records.set(identity.uuid, record);
@@ -165,13 +201,54 @@ class Registry implements VmRegistry {
     return [...this.records.values()].sort((a, b) => a.uuid.localeCompare(b.uuid));
   }
 
-  update(uuid: string, patch: Partial<Pick<VmRecord, "state" | "unhookDeadline">>): VmRecord | undefined {
+  update(uuid: string, patch: Partial<Pick<VmRecord, "state" | "unhookDeadline" | "origin" | "problem">>): VmRecord | undefined {
     const current = this.records.get(uuid);
     if (current === undefined) return undefined;
     const next: VmRecord = { ...current, ...patch };
     this.records.set(uuid, next);
     this.emit({ type: "state", vm: next });
     return next;
+  }
+
+  expect(expectation: VmExpectation, onMissed?: (record: VmRecord) => void): VmRecord {
+    const { uuid } = expectation;
+    const known = this.records.get(uuid);
+    if (known !== undefined && known.state !== "unhooked" && known.state !== "not-connected") {
+      if (expectation.origin === undefined || known.origin !== undefined) return known;
+      return this.update(uuid, { origin: expectation.origin })!;
+    }
+    const record: VmRecord = {
+      uuid,
+      name: known?.name ?? expectation.name,
+      startTime: known?.startTime ?? 0n,
+      vcpuCount: known?.vcpuCount ?? 0,
+      // Until a handshake: the service shows generation 0 as HANDSHAKE_VARIANT_NONE.
+      variant: known?.variant ?? "base",
+      dialect: known?.dialect ?? "",
+      kvmiVersion: known?.kvmiVersion ?? 0,
+      singlestep: known?.singlestep ?? false,
+      state: "awaiting-connection",
+      generation: this.generations.get(uuid) ?? 0,
+      hookedAt: known?.hookedAt ?? new Date(0),
+      unhookEventEnabled: false,
+      peer: expectation.peer,
+      ...((expectation.origin ?? known?.origin) && { origin: expectation.origin ?? known!.origin! }),
+    };
+    this.records.delete(uuid);
+    this.records.set(uuid, record);
+    this.forgetOld();
+    clearTimeout(this.deadlines.get(uuid));
+    const timer = setTimeout(() => {
+      this.deadlines.delete(uuid);
+      if (this.records.get(uuid)?.state !== "awaiting-connection") return;
+      const missed = this.update(uuid, { state: "not-connected", problem: expectation.problem })!;
+      this.log.warn({ vm: uuid, origin: missed.origin, problem: expectation.problem }, "QEMU did not connect before the deadline");
+      onMissed?.(missed);
+    }, expectation.deadlineMs);
+    timer.unref();
+    this.deadlines.set(uuid, timer);
+    this.emit({ type: "state", vm: record });
+    return record;
   }
 
   watch(listener: (change: VmChange) => void): () => void {
@@ -194,7 +271,7 @@ class Registry implements VmRegistry {
     const limit = this.options.maxRemembered ?? 1000;
     for (const [uuid, record] of this.records) {
       if (this.records.size <= limit) break;
-      if (record.state === "unhooked") {
+      if (record.state === "unhooked" || record.state === "not-connected") {
         this.records.delete(uuid);
         this.generations.delete(uuid);
       }

@@ -141,7 +141,13 @@ export function cookieHash(secret: Uint8Array | undefined): Uint8Array {
 
 /** Encodes the tool's 24-byte answer. */
 export function encodeHandshakeReply(secret: Uint8Array | undefined): Uint8Array {
-  return encode(qemuVmiFromIntrospector, { struct_size: HANDSHAKE_REPLY_BYTES, cookie_hash: cookieHash(secret) });
+  return encodeHandshakeReplyWithHash(cookieHash(secret));
+}
+
+/** Encodes the tool's answer from a cookie hash known already (a forwarded VM's own, kvmi-abi §2.2). */
+export function encodeHandshakeReplyWithHash(hash: Uint8Array): Uint8Array {
+  if (hash.length !== QEMU_VMI_COOKIE_HASH_SIZE) throw new RangeError(`a cookie hash has ${QEMU_VMI_COOKIE_HASH_SIZE} bytes, got ${hash.length}`);
+  return encode(qemuVmiFromIntrospector, { struct_size: HANDSHAKE_REPLY_BYTES, cookie_hash: hash });
 }
 
 /** QEMU side: what it puts into `qemu_vmi_to_introspector`. */

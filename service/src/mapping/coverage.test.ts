@@ -320,6 +320,8 @@ describe("VM identity carries what it declares", () => {
       controllerAttached: false,
       observerCount: 0,
       unhookDeadline: new Date(0),
+      origin: { namespace: "ns", name: "vmi", pod: "virt-launcher-vmi-x" },
+      problem: "p",
     };
     const reads = new Set<string>();
     const tracked = new Proxy(record, {

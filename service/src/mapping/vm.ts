@@ -17,6 +17,7 @@ import {
   State,
   VmChangeSchema,
   VmChangeType,
+  VmOriginSchema,
   VmSchema,
 } from "@kvmi/proto";
 import type { Vm, VmChange } from "@kvmi/proto";
@@ -26,7 +27,7 @@ import { mapFields } from "./wire-coverage.js";
 import type { WireFieldMapping } from "./wire-coverage.js";
 
 /** Lifecycle of a VM's KVMI connection (proto `State`). */
-export type VmState = "handshaking" | "hooked" | "unhook-pending" | "releasing" | "disconnected";
+export type VmState = "handshaking" | "hooked" | "unhook-pending" | "releasing" | "disconnected" | "awaiting-connection" | "not-connected";
 
 /** Which handshake QEMU sent (`VmIdentity.variant`), or `none` when a socket was handed over directly. */
 export type VmHandshakeVariant = "base" | "max-gpa" | "e820" | "none";
@@ -72,6 +73,10 @@ export interface VmRecord {
   readonly observerCount: number;
   /** When the bridge closes the socket (unhook-pending, releasing). */
   readonly unhookDeadline?: Date;
+  /** The workload (KubeVirt VMI) the VM belongs to, when it came through a forwarder. */
+  readonly origin?: { readonly namespace: string; readonly name: string; readonly pod: string };
+  /** Why the VM is `not-connected`. */
+  readonly problem?: string;
 }
 
 const STATES: Readonly<Record<VmState, State>> = {
@@ -80,6 +85,8 @@ const STATES: Readonly<Record<VmState, State>> = {
   "unhook-pending": State.UNHOOK_PENDING,
   releasing: State.RELEASING,
   disconnected: State.DISCONNECTED,
+  "awaiting-connection": State.AWAITING_CONNECTION,
+  "not-connected": State.NOT_CONNECTED,
 };
 
 const VARIANTS: Readonly<Record<VmHandshakeVariant, HandshakeVariant>> = {
@@ -115,6 +122,8 @@ export function vmToProto(record: VmRecord): Vm {
     controllerAttached: record.controllerAttached,
     observerCount: record.observerCount,
     ...(record.unhookDeadline !== undefined && { unhookDeadline: timestampFromDate(record.unhookDeadline) }),
+    ...(record.origin !== undefined && { origin: create(VmOriginSchema, record.origin) }),
+    ...(record.problem !== undefined && { problem: record.problem }),
   });
 }
 

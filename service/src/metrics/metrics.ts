@@ -64,6 +64,11 @@ export interface BridgeMetrics {
   readonly registry: Registry;
   /** `kvmi_bridge_vms_hooked`: VMs with a live, handshaken KVMI connection. */
   readonly vmsHooked: Gauge;
+  /**
+   * `kvmi_bridge_vms_not_connected{state,reason}`: VMs a forwarder announced whose QEMU has not
+   * connected: `state` is `awaiting` (within the deadline) or `missed` (past it).
+   */
+  readonly vmsNotConnected: Gauge<"state" | "reason">;
   /** `kvmi_bridge_commands_total{command,status}`: KVMI commands by kernel name and outcome. */
   readonly commandsTotal: Counter<"command" | "status">;
   /** `kvmi_bridge_command_duration_seconds{command}`: command sent → reply received on the socket. */
@@ -138,6 +143,12 @@ export function createBridgeMetrics(options: BridgeMetricsOptions = {}): BridgeM
     vmsHooked: new Gauge({
       name: "kvmi_bridge_vms_hooked",
       help: "VMs with a live KVMI connection that completed the handshake.",
+      registers,
+    }),
+    vmsNotConnected: new Gauge({
+      name: "kvmi_bridge_vms_not_connected",
+      help: "VMs announced by their forwarder whose QEMU has not connected: awaiting (before the deadline) or missed (after it), by reason.",
+      labelNames: ["state", "reason"] as const,
       registers,
     }),
     commandsTotal,

@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file kvmi/v1/vm.proto.
  */
 export const file_kvmi_v1_vm: GenFile = /*@__PURE__*/
-  fileDesc("ChBrdm1pL3YxL3ZtLnByb3RvEgdrdm1pLnYxIpIFCgJWbRIRCgRuYW1lGAEgASgJQgPgQQgSEQoEdXVpZBgCIAEoCUID4EEDEhkKDGRpc3BsYXlfbmFtZRgDIAEoCUID4EEDEiIKBXN0YXRlGAQgASgOMg4ua3ZtaS52MS5TdGF0ZUID4EEDEhcKCmdlbmVyYXRpb24YBSABKARCA+BBAxIXCgp2Y3B1X2NvdW50GAYgASgNQgPgQQMSMwoKc3RhcnRfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCA+BBAxIyCglob29rX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgPgQQMSOQoRaGFuZHNoYWtlX3ZhcmlhbnQYCSABKA4yGS5rdm1pLnYxLkhhbmRzaGFrZVZhcmlhbnRCA+BBAxIUCgdkaWFsZWN0GAogASgJQgPgQQMSGQoMa3ZtaV92ZXJzaW9uGAsgASgNQgPgQQMSKAoIZmVhdHVyZXMYDCABKAsyES5rdm1pLnYxLkZlYXR1cmVzQgPgQQMSGQoHbWF4X2dwYRgNIAEoBEID4EEDSACIAQESJwoIY3B1X3R5cGUYDiABKA4yEC5rdm1pLnYxLkNwdVR5cGVCA+BBAxItCgxlODIwX2VudHJpZXMYDyADKAsyEi5rdm1pLnYxLkU4MjBFbnRyeUID4EEDEiAKE2NvbnRyb2xsZXJfYXR0YWNoZWQYECABKAhCA+BBAxIbCg5vYnNlcnZlcl9jb3VudBgRIAEoDUID4EEDEjgKD3VuaG9va19kZWFkbGluZRgSIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCA+BBA0IKCghfbWF4X2dwYSIhCgxHZXRWbVJlcXVlc3QSEQoEbmFtZRgBIAEoCUID4EECIigKDUdldFZtUmVzcG9uc2USFwoCdm0YASABKAsyCy5rdm1pLnYxLlZtIjcKDkxpc3RWbXNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJIkQKD0xpc3RWbXNSZXNwb25zZRIYCgN2bXMYASADKAsyCy5rdm1pLnYxLlZtEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIkCg9XYXRjaFZtc1JlcXVlc3QSEQoEbmFtZRgBIAEoCUID4EEBIjUKEFdhdGNoVm1zUmVzcG9uc2USIQoGY2hhbmdlGAEgASgLMhEua3ZtaS52MS5WbUNoYW5nZSJbChBSZWxlYXNlVm1SZXF1ZXN0EhEKBG5hbWUYASABKAlCA+BBAhI0CgxncmFjZV9wZXJpb2QYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CA+BBASIsChFSZWxlYXNlVm1SZXNwb25zZRIXCgJ2bRgBIAEoCzILLmt2bWkudjEuVm0iHgoIRmVhdHVyZXMSEgoKc2luZ2xlc3RlcBgBIAEoCCI6CglFODIwRW50cnkSDwoHYWRkcmVzcxgBIAEoBBIOCgZsZW5ndGgYAiABKAQSDAoEdHlwZRgDIAEoDSKuAQoIVm1DaGFuZ2USIwoEdHlwZRgBIAEoDjIVLmt2bWkudjEuVm1DaGFuZ2VUeXBlEhcKAnZtGAIgASgLMgsua3ZtaS52MS5WbRIzCg91bmhvb2tfZGVhZGxpbmUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2NoYW5nZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCqOAQoFU3RhdGUSFQoRU1RBVEVfVU5TUEVDSUZJRUQQABIVChFTVEFURV9IQU5EU0hBS0lORxABEhAKDFNUQVRFX0hPT0tFRBACEhgKFFNUQVRFX1VOSE9PS19QRU5ESU5HEAMSEwoPU1RBVEVfUkVMRUFTSU5HEAQSFgoSU1RBVEVfRElTQ09OTkVDVEVEEAUqqAEKEEhhbmRzaGFrZVZhcmlhbnQSIQodSEFORFNIQUtFX1ZBUklBTlRfVU5TUEVDSUZJRUQQABIaChZIQU5EU0hBS0VfVkFSSUFOVF9CQVNFEAESHQoZSEFORFNIQUtFX1ZBUklBTlRfTUFYX0dQQRACEhoKFkhBTkRTSEFLRV9WQVJJQU5UX0U4MjAQAxIaChZIQU5EU0hBS0VfVkFSSUFOVF9OT05FEAQqYQoHQ3B1VHlwZRIYChRDUFVfVFlQRV9VTlNQRUNJRklFRBAAEhEKDUNQVV9UWVBFX0kzODYQARITCg9DUFVfVFlQRV9YODZfNjQQAhIUChBDUFVfVFlQRV9VTktOT1dOEAMq5QEKDFZtQ2hhbmdlVHlwZRIeChpWTV9DSEFOR0VfVFlQRV9VTlNQRUNJRklFRBAAEhsKF1ZNX0NIQU5HRV9UWVBFX0VYSVNUSU5HEAESGQoVVk1fQ0hBTkdFX1RZUEVfSE9PS0VEEAISGwoXVk1fQ0hBTkdFX1RZUEVfUkVIT09LRUQQAxIgChxWTV9DSEFOR0VfVFlQRV9TVEFURV9DSEFOR0VEEAQSIQodVk1fQ0hBTkdFX1RZUEVfVU5IT09LX1BFTkRJTkcQBRIbChdWTV9DSEFOR0VfVFlQRV9VTkhPT0tFRBAGYgZwcm90bzM", [file_google_api_field_behavior, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChBrdm1pL3YxL3ZtLnByb3RvEgdrdm1pLnYxItAFCgJWbRIRCgRuYW1lGAEgASgJQgPgQQgSEQoEdXVpZBgCIAEoCUID4EEDEhkKDGRpc3BsYXlfbmFtZRgDIAEoCUID4EEDEiIKBXN0YXRlGAQgASgOMg4ua3ZtaS52MS5TdGF0ZUID4EEDEhcKCmdlbmVyYXRpb24YBSABKARCA+BBAxIXCgp2Y3B1X2NvdW50GAYgASgNQgPgQQMSMwoKc3RhcnRfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCA+BBAxIyCglob29rX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgPgQQMSOQoRaGFuZHNoYWtlX3ZhcmlhbnQYCSABKA4yGS5rdm1pLnYxLkhhbmRzaGFrZVZhcmlhbnRCA+BBAxIUCgdkaWFsZWN0GAogASgJQgPgQQMSGQoMa3ZtaV92ZXJzaW9uGAsgASgNQgPgQQMSKAoIZmVhdHVyZXMYDCABKAsyES5rdm1pLnYxLkZlYXR1cmVzQgPgQQMSGQoHbWF4X2dwYRgNIAEoBEID4EEDSACIAQESJwoIY3B1X3R5cGUYDiABKA4yEC5rdm1pLnYxLkNwdVR5cGVCA+BBAxItCgxlODIwX2VudHJpZXMYDyADKAsyEi5rdm1pLnYxLkU4MjBFbnRyeUID4EEDEiAKE2NvbnRyb2xsZXJfYXR0YWNoZWQYECABKAhCA+BBAxIbCg5vYnNlcnZlcl9jb3VudBgRIAEoDUID4EEDEjgKD3VuaG9va19kZWFkbGluZRgSIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCA+BBAxImCgZvcmlnaW4YEyABKAsyES5rdm1pLnYxLlZtT3JpZ2luQgPgQQMSFAoHcHJvYmxlbRgUIAEoCUID4EEDQgoKCF9tYXhfZ3BhIjgKCFZtT3JpZ2luEhEKCW5hbWVzcGFjZRgBIAEoCRIMCgRuYW1lGAIgASgJEgsKA3BvZBgDIAEoCSIsCgxHZXRWbVJlcXVlc3QSEAoEbmFtZRgBIAEoCUICGAESCgoCdm0YAiABKAkiKAoNR2V0Vm1SZXNwb25zZRIXCgJ2bRgBIAEoCzILLmt2bWkudjEuVm0iNwoOTGlzdFZtc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiRAoPTGlzdFZtc1Jlc3BvbnNlEhgKA3ZtcxgBIAMoCzILLmt2bWkudjEuVm0SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjcKD1dhdGNoVm1zUmVxdWVzdBITCgRuYW1lGAEgASgJQgUYAeBBARIPCgJ2bRgCIAEoCUID4EEBIjUKEFdhdGNoVm1zUmVzcG9uc2USIQoGY2hhbmdlGAEgASgLMhEua3ZtaS52MS5WbUNoYW5nZSJmChBSZWxlYXNlVm1SZXF1ZXN0EhAKBG5hbWUYASABKAlCAhgBEjQKDGdyYWNlX3BlcmlvZBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkID4EEBEgoKAnZtGAMgASgJIiwKEVJlbGVhc2VWbVJlc3BvbnNlEhcKAnZtGAEgASgLMgsua3ZtaS52MS5WbSIeCghGZWF0dXJlcxISCgpzaW5nbGVzdGVwGAEgASgIIjoKCUU4MjBFbnRyeRIPCgdhZGRyZXNzGAEgASgEEg4KBmxlbmd0aBgCIAEoBBIMCgR0eXBlGAMgASgNIq4BCghWbUNoYW5nZRIjCgR0eXBlGAEgASgOMhUua3ZtaS52MS5WbUNoYW5nZVR5cGUSFwoCdm0YAiABKAsyCy5rdm1pLnYxLlZtEjMKD3VuaG9va19kZWFkbGluZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLY2hhbmdlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wKsYBCgVTdGF0ZRIVChFTVEFURV9VTlNQRUNJRklFRBAAEhUKEVNUQVRFX0hBTkRTSEFLSU5HEAESEAoMU1RBVEVfSE9PS0VEEAISGAoUU1RBVEVfVU5IT09LX1BFTkRJTkcQAxITCg9TVEFURV9SRUxFQVNJTkcQBBIWChJTVEFURV9ESVNDT05ORUNURUQQBRIdChlTVEFURV9BV0FJVElOR19DT05ORUNUSU9OEAYSFwoTU1RBVEVfTk9UX0NPTk5FQ1RFRBAHKqgBChBIYW5kc2hha2VWYXJpYW50EiEKHUhBTkRTSEFLRV9WQVJJQU5UX1VOU1BFQ0lGSUVEEAASGgoWSEFORFNIQUtFX1ZBUklBTlRfQkFTRRABEh0KGUhBTkRTSEFLRV9WQVJJQU5UX01BWF9HUEEQAhIaChZIQU5EU0hBS0VfVkFSSUFOVF9FODIwEAMSGgoWSEFORFNIQUtFX1ZBUklBTlRfTk9ORRAEKmEKB0NwdVR5cGUSGAoUQ1BVX1RZUEVfVU5TUEVDSUZJRUQQABIRCg1DUFVfVFlQRV9JMzg2EAESEwoPQ1BVX1RZUEVfWDg2XzY0EAISFAoQQ1BVX1RZUEVfVU5LTk9XThADKuUBCgxWbUNoYW5nZVR5cGUSHgoaVk1fQ0hBTkdFX1RZUEVfVU5TUEVDSUZJRUQQABIbChdWTV9DSEFOR0VfVFlQRV9FWElTVElORxABEhkKFVZNX0NIQU5HRV9UWVBFX0hPT0tFRBACEhsKF1ZNX0NIQU5HRV9UWVBFX1JFSE9PS0VEEAMSIAocVk1fQ0hBTkdFX1RZUEVfU1RBVEVfQ0hBTkdFRBAEEiEKHVZNX0NIQU5HRV9UWVBFX1VOSE9PS19QRU5ESU5HEAUSGwoXVk1fQ0hBTkdFX1RZUEVfVU5IT09LRUQQBmIGcHJvdG8z", [file_google_api_field_behavior, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * Describes one VM whose KVMI socket the bridge holds. Its resource name is
@@ -169,6 +169,23 @@ export type Vm = Message<"kvmi.v1.Vm"> & {
    * @generated from field: google.protobuf.Timestamp unhook_deadline = 18;
    */
   unhookDeadline?: Timestamp | undefined;
+
+  /**
+   * Names the workload this VM belongs to, as the orchestrator that started
+   * it knows it (KubeVirt: the VirtualMachineInstance's namespace and name).
+   * Unset for a QEMU that connected to the bridge directly.
+   *
+   * @generated from field: kvmi.v1.VmOrigin origin = 19;
+   */
+  origin?: VmOrigin | undefined;
+
+  /**
+   * Says why the VM is in STATE_NOT_CONNECTED (e.g. that QEMU did not connect
+   * within the deadline and what usually causes it); empty in other states.
+   *
+   * @generated from field: string problem = 20;
+   */
+  problem: string;
 };
 
 /**
@@ -179,18 +196,65 @@ export const VmSchema: GenMessage<Vm> = /*@__PURE__*/
   messageDesc(file_kvmi_v1_vm, 0);
 
 /**
+ * Identifies a VM by the workload that runs it, for VMs that reach the bridge
+ * through a forwarder in their pod.
+ *
+ * @generated from message kvmi.v1.VmOrigin
+ */
+export type VmOrigin = Message<"kvmi.v1.VmOrigin"> & {
+  /**
+   * Holds the Kubernetes namespace of the VirtualMachineInstance.
+   *
+   * @generated from field: string namespace = 1;
+   */
+  namespace: string;
+
+  /**
+   * Holds the name of the VirtualMachineInstance.
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * Holds the name of the pod (virt-launcher) the forwarder runs in, if known.
+   *
+   * @generated from field: string pod = 3;
+   */
+  pod: string;
+};
+
+/**
+ * Describes the message kvmi.v1.VmOrigin.
+ * Use `create(VmOriginSchema)` to create a new message.
+ */
+export const VmOriginSchema: GenMessage<VmOrigin> = /*@__PURE__*/
+  messageDesc(file_kvmi_v1_vm, 1);
+
+/**
  * Asks for one VM.
  *
  * @generated from message kvmi.v1.GetVmRequest
  */
 export type GetVmRequest = Message<"kvmi.v1.GetVmRequest"> & {
   /**
-   * Identifies the VM as `vms/{vm}`. Fails with NOT_FOUND if the bridge does
-   * not know the UUID, and INVALID_ARGUMENT if the name is malformed.
+   * Deprecated: use `vm`, which holds the same name. The bridge reads `name`
+   * only when `vm` is empty.
    *
-   * @generated from field: string name = 1;
+   * @generated from field: string name = 1 [deprecated = true];
+   * @deprecated
    */
   name: string;
+
+  /**
+   * Identifies the VM as `vms/{vm}` or `vms/-/by-name/{display_name}`. Fails
+   * with NOT_FOUND if the bridge does not know the VM, and INVALID_ARGUMENT if
+   * the name is malformed or a display name matches several VMs. Required:
+   * set this or the deprecated `name`.
+   *
+   * @generated from field: string vm = 2;
+   */
+  vm: string;
 };
 
 /**
@@ -198,7 +262,7 @@ export type GetVmRequest = Message<"kvmi.v1.GetVmRequest"> & {
  * Use `create(GetVmRequestSchema)` to create a new message.
  */
 export const GetVmRequestSchema: GenMessage<GetVmRequest> = /*@__PURE__*/
-  messageDesc(file_kvmi_v1_vm, 1);
+  messageDesc(file_kvmi_v1_vm, 2);
 
 /**
  * Returns one VM.
@@ -219,7 +283,7 @@ export type GetVmResponse = Message<"kvmi.v1.GetVmResponse"> & {
  * Use `create(GetVmResponseSchema)` to create a new message.
  */
 export const GetVmResponseSchema: GenMessage<GetVmResponse> = /*@__PURE__*/
-  messageDesc(file_kvmi_v1_vm, 2);
+  messageDesc(file_kvmi_v1_vm, 3);
 
 /**
  * Asks for one page of the VMs the bridge knows, ordered by UUID.
@@ -250,7 +314,7 @@ export type ListVmsRequest = Message<"kvmi.v1.ListVmsRequest"> & {
  * Use `create(ListVmsRequestSchema)` to create a new message.
  */
 export const ListVmsRequestSchema: GenMessage<ListVmsRequest> = /*@__PURE__*/
-  messageDesc(file_kvmi_v1_vm, 3);
+  messageDesc(file_kvmi_v1_vm, 4);
 
 /**
  * Returns one page of VMs.
@@ -280,7 +344,7 @@ export type ListVmsResponse = Message<"kvmi.v1.ListVmsResponse"> & {
  * Use `create(ListVmsResponseSchema)` to create a new message.
  */
 export const ListVmsResponseSchema: GenMessage<ListVmsResponse> = /*@__PURE__*/
-  messageDesc(file_kvmi_v1_vm, 4);
+  messageDesc(file_kvmi_v1_vm, 5);
 
 /**
  * Asks for a stream of registry changes.
@@ -289,13 +353,23 @@ export const ListVmsResponseSchema: GenMessage<ListVmsResponse> = /*@__PURE__*/
  */
 export type WatchVmsRequest = Message<"kvmi.v1.WatchVmsRequest"> & {
   /**
-   * Restricts the stream to one VM (`vms/{vm}`); empty watches all VMs. A
-   * name the bridge does not know is accepted, so that a client can wait for
-   * a VM to connect.
+   * Deprecated: use `vm`, which holds the same name. The bridge reads `name`
+   * only when `vm` is empty.
    *
-   * @generated from field: string name = 1;
+   * @generated from field: string name = 1 [deprecated = true];
+   * @deprecated
    */
   name: string;
+
+  /**
+   * Restricts the stream to one VM (`vms/{vm}`); empty watches all VMs. A
+   * UUID the bridge does not know is accepted, so that a client can wait for
+   * a VM to connect; a display name (`vms/-/by-name/{display_name}`) must
+   * name a VM the bridge knows now.
+   *
+   * @generated from field: string vm = 2;
+   */
+  vm: string;
 };
 
 /**
@@ -303,7 +377,7 @@ export type WatchVmsRequest = Message<"kvmi.v1.WatchVmsRequest"> & {
  * Use `create(WatchVmsRequestSchema)` to create a new message.
  */
 export const WatchVmsRequestSchema: GenMessage<WatchVmsRequest> = /*@__PURE__*/
-  messageDesc(file_kvmi_v1_vm, 5);
+  messageDesc(file_kvmi_v1_vm, 6);
 
 /**
  * Carries one registry change.
@@ -324,7 +398,7 @@ export type WatchVmsResponse = Message<"kvmi.v1.WatchVmsResponse"> & {
  * Use `create(WatchVmsResponseSchema)` to create a new message.
  */
 export const WatchVmsResponseSchema: GenMessage<WatchVmsResponse> = /*@__PURE__*/
-  messageDesc(file_kvmi_v1_vm, 6);
+  messageDesc(file_kvmi_v1_vm, 7);
 
 /**
  * Asks the bridge to release a VM: the bridge tells the controller (an
@@ -337,10 +411,11 @@ export const WatchVmsResponseSchema: GenMessage<WatchVmsResponse> = /*@__PURE__*
  */
 export type ReleaseVmRequest = Message<"kvmi.v1.ReleaseVmRequest"> & {
   /**
-   * Identifies the VM as `vms/{vm}`. Fails with NOT_FOUND if unknown and
-   * FAILED_PRECONDITION if it is already disconnected.
+   * Deprecated: use `vm`, which holds the same name. The bridge reads `name`
+   * only when `vm` is empty.
    *
-   * @generated from field: string name = 1;
+   * @generated from field: string name = 1 [deprecated = true];
+   * @deprecated
    */
   name: string;
 
@@ -352,6 +427,15 @@ export type ReleaseVmRequest = Message<"kvmi.v1.ReleaseVmRequest"> & {
    * @generated from field: google.protobuf.Duration grace_period = 2;
    */
   gracePeriod?: Duration | undefined;
+
+  /**
+   * Identifies the VM as `vms/{vm}` or `vms/-/by-name/{display_name}`. Fails
+   * with NOT_FOUND if unknown and FAILED_PRECONDITION if it is already
+   * disconnected. Required: set this or the deprecated `name`.
+   *
+   * @generated from field: string vm = 3;
+   */
+  vm: string;
 };
 
 /**
@@ -359,7 +443,7 @@ export type ReleaseVmRequest = Message<"kvmi.v1.ReleaseVmRequest"> & {
  * Use `create(ReleaseVmRequestSchema)` to create a new message.
  */
 export const ReleaseVmRequestSchema: GenMessage<ReleaseVmRequest> = /*@__PURE__*/
-  messageDesc(file_kvmi_v1_vm, 7);
+  messageDesc(file_kvmi_v1_vm, 8);
 
 /**
  * Returns the VM after its KVMI socket was closed.
@@ -382,7 +466,7 @@ export type ReleaseVmResponse = Message<"kvmi.v1.ReleaseVmResponse"> & {
  * Use `create(ReleaseVmResponseSchema)` to create a new message.
  */
 export const ReleaseVmResponseSchema: GenMessage<ReleaseVmResponse> = /*@__PURE__*/
-  messageDesc(file_kvmi_v1_vm, 8);
+  messageDesc(file_kvmi_v1_vm, 9);
 
 /**
  * Describes the hardware features KVMI reports, `struct kvmi_features`.
@@ -404,7 +488,7 @@ export type Features = Message<"kvmi.v1.Features"> & {
  * Use `create(FeaturesSchema)` to create a new message.
  */
 export const FeaturesSchema: GenMessage<Features> = /*@__PURE__*/
-  messageDesc(file_kvmi_v1_vm, 9);
+  messageDesc(file_kvmi_v1_vm, 10);
 
 /**
  * Describes one e820 memory map entry from the handshake (24 bytes on the wire).
@@ -440,7 +524,7 @@ export type E820Entry = Message<"kvmi.v1.E820Entry"> & {
  * Use `create(E820EntrySchema)` to create a new message.
  */
 export const E820EntrySchema: GenMessage<E820Entry> = /*@__PURE__*/
-  messageDesc(file_kvmi_v1_vm, 10);
+  messageDesc(file_kvmi_v1_vm, 11);
 
 /**
  * Describes one change in the registry.
@@ -483,7 +567,7 @@ export type VmChange = Message<"kvmi.v1.VmChange"> & {
  * Use `create(VmChangeSchema)` to create a new message.
  */
 export const VmChangeSchema: GenMessage<VmChange> = /*@__PURE__*/
-  messageDesc(file_kvmi_v1_vm, 11);
+  messageDesc(file_kvmi_v1_vm, 12);
 
 /**
  * Lists the lifecycle states of a VM's KVMI connection. This enum can grow;
@@ -538,6 +622,22 @@ export enum State {
    * @generated from enum value: STATE_DISCONNECTED = 5;
    */
   DISCONNECTED = 5,
+
+  /**
+   * Indicates a VM announced by its forwarder whose QEMU has not connected
+   * yet; the VM has no KVMI session and accepts no commands.
+   *
+   * @generated from enum value: STATE_AWAITING_CONNECTION = 6;
+   */
+  AWAITING_CONNECTION = 6,
+
+  /**
+   * Indicates a VM whose QEMU did not connect before the forwarder's
+   * deadline; `problem` says why. QEMU connecting later makes it HOOKED.
+   *
+   * @generated from enum value: STATE_NOT_CONNECTED = 7;
+   */
+  NOT_CONNECTED = 7,
 }
 
 /**
