@@ -147,7 +147,7 @@ export class InternalError extends KvmiBridgeError {}
 /**
  * UNAVAILABLE: the bridge is unreachable, the VM is not hooked right now, a vCPU is not started yet
  * (`KVMI_TRY_AGAIN`, with `details.retryDelayMs`), or a session lost its VM (`KVMI_SESSION_LOST`).
- * The SDK retries idempotent reads on it by itself.
+ * The SDK retries idempotent methods (reads, idempotent changes) on it by itself.
  */
 export class UnavailableError extends KvmiBridgeError {}
 /** DATA_LOSS. */

@@ -183,8 +183,6 @@ export interface CommandMapping<
   readonly method: string;
   /** `vcpu` when the request names a vCPU (`name`), `vm` when it names a VM (`vm`). */
   readonly scope: "vm" | "vcpu";
-  /** True when the command cannot change guest state: observers may run it (session.proto). */
-  readonly readOnly: boolean;
   readonly requestSchema: Req;
   readonly responseSchema: Res;
   /**
@@ -219,7 +217,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_GET_VERSION: defineCommand({
     command: "KVMI_GET_VERSION",
     method: "getVersion",
-    readOnly: true,
     requestSchema: GetVersionRequestSchema,
     responseSchema: GetVersionResponseSchema,
     toWire: (r) => ({ vm: vmOf(r), body: {} }),
@@ -238,7 +235,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VM_CHECK_COMMAND: defineCommand({
     command: "KVMI_VM_CHECK_COMMAND",
     method: "checkCommand",
-    readOnly: true,
     requestSchema: CheckCommandRequestSchema,
     responseSchema: CheckCommandResponseSchema,
     toWire: (r) => ({ vm: vmOf(r), body: { id: commandIdForCheck(r.command, "command") } }),
@@ -249,7 +245,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VM_CHECK_EVENT: defineCommand({
     command: "KVMI_VM_CHECK_EVENT",
     method: "checkEvent",
-    readOnly: true,
     requestSchema: CheckEventRequestSchema,
     responseSchema: CheckEventResponseSchema,
     toWire: (r) => ({ vm: vmOf(r), body: { id: eventIdForCheck(r.event, "event") } }),
@@ -260,7 +255,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VM_GET_INFO: defineCommand({
     command: "KVMI_VM_GET_INFO",
     method: "getVmInfo",
-    readOnly: true,
     requestSchema: GetVmInfoRequestSchema,
     responseSchema: GetVmInfoResponseSchema,
     toWire: (r) => ({ vm: vmOf(r), body: {} }),
@@ -271,7 +265,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VM_CONTROL_EVENTS: defineCommand({
     command: "KVMI_VM_CONTROL_EVENTS",
     method: "controlVmEvents",
-    readOnly: false,
     requestSchema: ControlVmEventsRequestSchema,
     responseSchema: ControlVmEventsResponseSchema,
     toWire: (r) => ({ vm: vmOf(r), body: { event_id: vmEvent(r.event, "event"), enable: flag(r.enable) } }),
@@ -285,7 +278,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VM_READ_PHYSICAL: defineCommand({
     command: "KVMI_VM_READ_PHYSICAL",
     method: "readPhysicalMemory",
-    readOnly: true,
     requestSchema: ReadPhysicalMemoryRequestSchema,
     responseSchema: ReadPhysicalMemoryResponseSchema,
     toWire: (r) => {
@@ -304,7 +296,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VM_WRITE_PHYSICAL: defineCommand({
     command: "KVMI_VM_WRITE_PHYSICAL",
     method: "writePhysicalMemory",
-    readOnly: false,
     requestSchema: WritePhysicalMemoryRequestSchema,
     responseSchema: WritePhysicalMemoryResponseSchema,
     toWire: (r) => {
@@ -319,7 +310,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VCPU_GET_INFO: defineCommand({
     command: "KVMI_VCPU_GET_INFO",
     method: "getVcpuInfo",
-    readOnly: true,
     requestSchema: GetVcpuInfoRequestSchema,
     responseSchema: GetVcpuInfoResponseSchema,
     toWire: (r) => ({ ...parseVcpuName(r.name), body: {} }),
@@ -330,7 +320,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VCPU_PAUSE: defineCommand({
     command: "KVMI_VCPU_PAUSE",
     method: "pauseVcpu",
-    readOnly: false,
     requestSchema: PauseVcpuRequestSchema,
     responseSchema: PauseVcpuResponseSchema,
     toWire: (r) => ({ ...parseVcpuName(r.name), body: { wait: flag(r.wait) } }),
@@ -341,7 +330,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VCPU_CONTROL_EVENTS: defineCommand({
     command: "KVMI_VCPU_CONTROL_EVENTS",
     method: "controlVcpuEvents",
-    readOnly: false,
     requestSchema: ControlVcpuEventsRequestSchema,
     responseSchema: ControlVcpuEventsResponseSchema,
     toWire: (r) => {
@@ -358,7 +346,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VCPU_GET_REGISTERS: defineCommand({
     command: "KVMI_VCPU_GET_REGISTERS",
     method: "getRegisters",
-    readOnly: true,
     requestSchema: GetRegistersRequestSchema,
     responseSchema: GetRegistersResponseSchema,
     toWire: (r) => {
@@ -392,7 +379,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VCPU_SET_REGISTERS: defineCommand({
     command: "KVMI_VCPU_SET_REGISTERS",
     method: "setRegisters",
-    readOnly: false,
     requestSchema: SetRegistersRequestSchema,
     responseSchema: SetRegistersResponseSchema,
     toWire: (r) => {
@@ -410,7 +396,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VCPU_GET_CPUID: defineCommand({
     command: "KVMI_VCPU_GET_CPUID",
     method: "getCpuid",
-    readOnly: true,
     requestSchema: GetCpuidRequestSchema,
     responseSchema: GetCpuidResponseSchema,
     toWire: (r) => ({ ...parseVcpuName(r.name), body: { function: r.function, index: r.index } }),
@@ -424,7 +409,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VM_CONTROL_CLEANUP: defineCommand({
     command: "KVMI_VM_CONTROL_CLEANUP",
     method: "controlCleanup",
-    readOnly: false,
     requestSchema: ControlCleanupRequestSchema,
     responseSchema: ControlCleanupResponseSchema,
     toWire: (r) => ({ vm: vmOf(r), body: { enable: flag(r.enable) } }),
@@ -435,7 +419,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VCPU_CONTROL_CR: defineCommand({
     command: "KVMI_VCPU_CONTROL_CR",
     method: "controlCr",
-    readOnly: false,
     requestSchema: ControlCrRequestSchema,
     responseSchema: ControlCrResponseSchema,
     toWire: (r) => {
@@ -452,7 +435,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VCPU_INJECT_EXCEPTION: defineCommand({
     command: "KVMI_VCPU_INJECT_EXCEPTION",
     method: "injectException",
-    readOnly: false,
     requestSchema: InjectExceptionRequestSchema,
     responseSchema: InjectExceptionResponseSchema,
     toWire: (r) => {
@@ -473,7 +455,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VM_GET_MAX_GFN: defineCommand({
     command: "KVMI_VM_GET_MAX_GFN",
     method: "getMaxGfn",
-    readOnly: true,
     requestSchema: GetMaxGfnRequestSchema,
     responseSchema: GetMaxGfnResponseSchema,
     toWire: (r) => ({ vm: vmOf(r), body: {} }),
@@ -484,7 +465,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VCPU_GET_XCR: defineCommand({
     command: "KVMI_VCPU_GET_XCR",
     method: "getXcr",
-    readOnly: true,
     requestSchema: GetXcrRequestSchema,
     responseSchema: GetXcrResponseSchema,
     toWire: (r) => {
@@ -502,7 +482,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VCPU_GET_XSAVE: defineCommand({
     command: "KVMI_VCPU_GET_XSAVE",
     method: "getXsave",
-    readOnly: true,
     requestSchema: GetXsaveRequestSchema,
     responseSchema: GetXsaveResponseSchema,
     toWire: (r) => ({ ...parseVcpuName(r.name), body: {} }),
@@ -513,7 +492,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VCPU_SET_XSAVE: defineCommand({
     command: "KVMI_VCPU_SET_XSAVE",
     method: "setXsave",
-    readOnly: false,
     requestSchema: SetXsaveRequestSchema,
     responseSchema: SetXsaveResponseSchema,
     toWire: (r) => {
@@ -534,7 +512,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VCPU_GET_MTRR_TYPE: defineCommand({
     command: "KVMI_VCPU_GET_MTRR_TYPE",
     method: "getMtrrType",
-    readOnly: true,
     requestSchema: GetMtrrTypeRequestSchema,
     responseSchema: GetMtrrTypeResponseSchema,
     toWire: (r) => ({ ...parseVcpuName(r.name), body: { gpa: r.gpa } }),
@@ -549,7 +526,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VCPU_CONTROL_MSR: defineCommand({
     command: "KVMI_VCPU_CONTROL_MSR",
     method: "controlMsr",
-    readOnly: false,
     requestSchema: ControlMsrRequestSchema,
     responseSchema: ControlMsrResponseSchema,
     toWire: (r) => {
@@ -564,7 +540,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VM_SET_PAGE_ACCESS: defineCommand({
     command: "KVMI_VM_SET_PAGE_ACCESS",
     method: "setPageAccess",
-    readOnly: false,
     requestSchema: SetPageAccessRequestSchema,
     responseSchema: SetPageAccessResponseSchema,
     toWire: (r) => {
@@ -595,7 +570,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VCPU_CONTROL_SINGLESTEP: defineCommand({
     command: "KVMI_VCPU_CONTROL_SINGLESTEP",
     method: "controlSingleStep",
-    readOnly: false,
     requestSchema: ControlSingleStepRequestSchema,
     responseSchema: ControlSingleStepResponseSchema,
     toWire: (r) => ({ ...parseVcpuName(r.name), body: { enable: flag(r.enable) } }),
@@ -606,7 +580,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VCPU_TRANSLATE_GVA: defineCommand({
     command: "KVMI_VCPU_TRANSLATE_GVA",
     method: "translateGva",
-    readOnly: true,
     requestSchema: TranslateGvaRequestSchema,
     responseSchema: TranslateGvaResponseSchema,
     toWire: (r) => ({ ...parseVcpuName(r.name), body: { gva: r.gva } }),

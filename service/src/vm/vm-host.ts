@@ -13,25 +13,10 @@ import type { CommandReply, CommandRequest, KvmiChannel, KvmiEvent, KvmiTranspor
 import { v9Ids } from "@kvmi/kvm-bridge/wire";
 import type { V9CommandName } from "@kvmi/kvm-bridge/wire";
 import { BridgeError } from "../mapping/bridge-error.js";
+import { MUTATING_COMMANDS } from "../mapping/command-facts.js";
 import type { AutoReplyReason } from "../metrics/index.js";
 import { HookLedger } from "./hook-ledger.js";
 import type { UndoReport } from "./hook-ledger.js";
-
-/** Commands that change guest state: controller only (session.proto, SessionCommand). */
-export const MUTATING_COMMANDS: ReadonlySet<V9CommandName> = new Set<V9CommandName>([
-  "KVMI_VM_CONTROL_EVENTS",
-  "KVMI_VM_WRITE_PHYSICAL",
-  "KVMI_VCPU_PAUSE",
-  "KVMI_VCPU_CONTROL_EVENTS",
-  "KVMI_VCPU_SET_REGISTERS",
-  "KVMI_VM_CONTROL_CLEANUP",
-  "KVMI_VCPU_CONTROL_CR",
-  "KVMI_VCPU_INJECT_EXCEPTION",
-  "KVMI_VCPU_SET_XSAVE",
-  "KVMI_VCPU_CONTROL_MSR",
-  "KVMI_VM_SET_PAGE_ACCESS",
-  "KVMI_VCPU_CONTROL_SINGLESTEP",
-]);
 
 /** Why the bridge answered an event itself (a metric label). */
 export type { AutoReplyReason };
