@@ -1,13 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 /**
- * Golden bytes of the v9 commands that golden-wire.test.ts does not cover (conventions §7 item 3):
- * each `test/fixtures/wire/*.hex` file below was written by hand from kvmi-abi §4 and §6,
+ * Golden bytes of the v9 commands and events that golden-wire.test.ts does not cover (conventions
+ * §7 item 3): each `test/fixtures/wire/*.hex` file below was written by hand from kvmi-abi §3-§6,
  * annotated field by field, and never produced by our encoder. For each, the decoded value is a
  * literal written here, and encoding that literal must give the fixture byte for byte. With
- * golden-wire.test.ts, every v9 command has a golden request.
+ * golden-wire.test.ts, every v9 command has a golden request and every v9 event a golden message.
  */
 import { describe, expect, it } from "vitest";
-import { decodeCommand, decodeReply, encodeCommand, encodeReply, readMsgHdr, v9, V9_COMMANDS } from "@kvmi/kvm-bridge/wire";
+import { decodeCommand, decodeEvent, decodeReply, encodeCommand, encodeEvent, encodeReply, readMsgHdr, v9, V9_COMMANDS, V9_EVENTS } from "@kvmi/kvm-bridge/wire";
 import type { MsgHdr, V9CommandName } from "@kvmi/kvm-bridge/wire";
 import { loadFixture, toHexRows } from "../support/hex.js";
 
@@ -143,6 +143,98 @@ describe("golden command replies (kvmi-abi §3.2, §4)", () => {
 
     it("encodes the hand-written value to the fixture, byte for byte", () => {
       expectSameBytes(encodeReply(v9, spec, c.hdr.seq, 0, c.value as never), fixture, c.file);
+    });
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// Events: arch all zero in these fixtures (breakpoint.event.hex checks arch field by field).
+
+interface EventCase {
+  readonly file: string;
+  readonly event: keyof typeof V9_EVENTS;
+  readonly hdr: MsgHdr;
+  readonly vcpu: number;
+  /** The payload as decoded (no padding fields); undefined for events without one. */
+  readonly payload: Body | undefined;
+}
+
+/** kvmi_event_arch with every field zero, written from kvmi-abi §6. */
+function zeroArch(): Body {
+  const segment = { base: 0n, limit: 0, selector: 0, type: 0, present: 0, dpl: 0, db: 0, s: 0, l: 0, g: 0, avl: 0, unusable: 0 };
+  const dtable = { base: 0n, limit: 0 };
+  return {
+    mode: 0,
+    regs: {
+      rax: 0n, rbx: 0n, rcx: 0n, rdx: 0n, rsi: 0n, rdi: 0n, rsp: 0n, rbp: 0n,
+      r8: 0n, r9: 0n, r10: 0n, r11: 0n, r12: 0n, r13: 0n, r14: 0n, r15: 0n, rip: 0n, rflags: 0n,
+    },
+    sregs: {
+      cs: segment, ds: segment, es: segment, fs: segment, gs: segment, ss: segment, tr: segment, ldt: segment,
+      gdt: dtable, idt: dtable,
+      cr0: 0n, cr2: 0n, cr3: 0n, cr4: 0n, cr8: 0n, efer: 0n, apic_base: 0n,
+      interrupt_bitmap: [0n, 0n, 0n, 0n],
+    },
+    msrs: { sysenter_cs: 0n, sysenter_esp: 0n, sysenter_eip: 0n, efer: 0n, star: 0n, lstar: 0n, cstar: 0n, pat: 0n, shadow_gs: 0n },
+  }; // prettier-ignore
+}
+
+const EVENTS: readonly EventCase[] = [
+  { file: "pause-vcpu.event.hex", event: "KVMI_EVENT_PAUSE_VCPU", hdr: { id: 0, size: 544, seq: 64 }, vcpu: 1, payload: undefined },
+  { file: "hypercall.event.hex", event: "KVMI_EVENT_HYPERCALL", hdr: { id: 0, size: 544, seq: 65 }, vcpu: 0, payload: undefined },
+  {
+    file: "cr.event.hex",
+    event: "KVMI_EVENT_CR",
+    hdr: { id: 0, size: 568, seq: 66 },
+    vcpu: 2,
+    payload: { cr: 4, old_value: 0x34_06f0n, new_value: 0x35_06f0n },
+  },
+  {
+    file: "trap.event.hex",
+    event: "KVMI_EVENT_TRAP",
+    hdr: { id: 0, size: 560, seq: 67 },
+    vcpu: 1,
+    payload: { nr: 14, error_code: 2, address: 0x7fff_0000n },
+  },
+  { file: "xsetbv.event.hex", event: "KVMI_EVENT_XSETBV", hdr: { id: 0, size: 568, seq: 68 }, vcpu: 0, payload: { xcr: 0, old_value: 3n, new_value: 7n } },
+  { file: "descriptor.event.hex", event: "KVMI_EVENT_DESCRIPTOR", hdr: { id: 0, size: 552, seq: 69 }, vcpu: 1, payload: { descriptor: 2, write: 1 } },
+  {
+    file: "msr.event.hex",
+    event: "KVMI_EVENT_MSR",
+    hdr: { id: 0, size: 568, seq: 70 },
+    vcpu: 1,
+    payload: { msr: 0xc000_0082, old_value: 0xffff_ffff_81a0_0080n, new_value: 0x1000n },
+  },
+  {
+    file: "pf.event.hex",
+    event: "KVMI_EVENT_PF",
+    hdr: { id: 0, size: 568, seq: 71 },
+    vcpu: 0,
+    payload: { gva: 0xffff_ffff_8100_1000n, gpa: 0x100_1000n, access: 2 },
+  },
+  { file: "singlestep.event.hex", event: "KVMI_EVENT_SINGLESTEP", hdr: { id: 0, size: 552, seq: 72 }, vcpu: 2, payload: { failed: 0 } },
+];
+
+/** The events golden-wire.test.ts covers; with EVENTS they make every v9 event. */
+const EVENTS_COVERED_ELSEWHERE: ReadonlyArray<keyof typeof V9_EVENTS> = ["KVMI_EVENT_UNHOOK", "KVMI_EVENT_BREAKPOINT"];
+
+describe("golden events (kvmi-abi §3.3, §5)", () => {
+  it("with golden-wire.test.ts, cover every v9 event", () => {
+    expect([...EVENTS.map((c) => c.event), ...EVENTS_COVERED_ELSEWHERE].sort()).toEqual(Object.keys(V9_EVENTS).sort());
+  });
+
+  describe.each(EVENTS)("$file", (c) => {
+    const fixture = loadFixture(c.file);
+    const spec = V9_EVENTS[c.event];
+
+    it("has the hand-written header and decodes to the hand-written event", () => {
+      expect(readMsgHdr(fixture)).toStrictEqual(c.hdr);
+      expect(fixture.length).toBe(8 + c.hdr.size);
+      expect(decodeEvent(v9, fixture.subarray(8))).toStrictEqual({ spec, eventId: spec.id, vcpu: c.vcpu, arch: zeroArch(), payload: c.payload });
+    });
+
+    it("encodes the hand-written event to the fixture, byte for byte", () => {
+      expectSameBytes(encodeEvent(v9, spec, c.hdr.seq, c.vcpu, zeroArch() as never, c.payload as never), fixture, c.file);
     });
   });
 });
