@@ -9,12 +9,14 @@
  * kvmi-abi §6). Generated code reads and writes each field at a constant offset, builds the decoded
  * object as one literal (one hidden class per layout) and checks ranges with integer tricks instead
  * of a lookup per field. Semantics are those of the interpreter it replaced: the same checks, the
- * same error text (a failing check falls back to {@link checkScalar} to throw it), padding written
- * as zero, byte fields copied out.
+ * same error text (a failing check falls back to {@link coerceScalar}, which converts the other JS
+ * integer type or throws), padding written as zero, byte fields copied out. Where code generation
+ * from strings is disallowed, `interpret.ts` runs the same tables field by field instead.
  */
 import { KvmiArgumentError, KvmiProtocolError } from "../errors.js";
 import type { Field, Layout, ScalarType } from "./layout.js";
 import { SCALAR_BYTES } from "./layout.js";
+import { interpretedDecoder, interpretedEncoder } from "./interpret.js";
 
 /** Encodes one value of a layout at `offset` of `view` (the caller has checked the bounds). */
 export type CompiledEncoder = (value: unknown, view: DataView, offset: number) => void;
@@ -34,7 +36,40 @@ interface Compiled {
   readonly checkedPads: readonly CheckedPad[];
 }
 
-const cache = new WeakMap<Layout, Compiled>();
+let cache = new WeakMap<Layout, Compiled>();
+
+/**
+ * Whether code may be generated from strings here. Unknown until first use; then probed once, since a
+ * Content-Security-Policy without 'unsafe-eval', `node --disallow-code-generation-from-strings` or a
+ * locked-down realm makes `new Function` throw. Where it throws, every layout uses the interpreter.
+ */
+let codeGeneration: boolean | undefined;
+
+function codeGenerationAllowed(): boolean {
+  if (codeGeneration === undefined) {
+    try {
+      codeGeneration = new Function("return true")() === true;
+    } catch {
+      codeGeneration = false;
+    }
+  }
+  return codeGeneration;
+}
+
+/**
+ * Chooses the compiled codec (`true`), the interpreter (`false`) or the automatic probe
+ * (`undefined`), and forgets what was built so far. For tests that run the same suites on both.
+ * @internal
+ */
+export function setCodeGeneration(enabled: boolean | undefined): void {
+  codeGeneration = enabled;
+  cache = new WeakMap();
+}
+
+/** True when layouts are compiled to code, false when the interpreter runs them. @internal */
+export function usesCodeGeneration(): boolean {
+  return codeGenerationAllowed();
+}
 
 const U64_MAX = (1n << 64n) - 1n;
 const S64_MIN = -(1n << 63n);
@@ -54,7 +89,7 @@ export function checkScalar(type: ScalarType, value: unknown, path: string): voi
   if (type === "u64" || type === "s64") {
     const [min, max] = type === "u64" ? [0n, U64_MAX] : [S64_MIN, S64_MAX];
     if (typeof value !== "bigint" || value < min || value > max) {
-      throw new KvmiArgumentError(path, `${path} must be a ${type} bigint, got ${String(value)}`);
+      throw new KvmiArgumentError(path, `${path} must be a ${type} integer (a bigint, or a safe-integer number), got ${String(value)}`);
     }
     return;
   }
@@ -82,11 +117,14 @@ export function coerceScalar(type: ScalarType, value: unknown, path: string): nu
   return v as number | bigint;
 }
 
-/** The compiled form of `layout`, built on first use. */
+/** The compiled form of `layout` (generated code, or the interpreter where that is disallowed), built on first use. */
 export function compiled(layout: Layout): Compiled {
   let c = cache.get(layout);
   if (c === undefined) {
-    c = { encode: compileEncoder(layout), decode: compileDecoder(layout), checkedPads: flattenCheckedPads(layout, 0, "") };
+    const checkedPads = flattenCheckedPads(layout, 0, "");
+    c = codeGenerationAllowed()
+      ? { encode: compileEncoder(layout), decode: compileDecoder(layout), checkedPads }
+      : { encode: interpretedEncoder(layout), decode: interpretedDecoder(layout), checkedPads };
     cache.set(layout, c);
   }
   return c;
@@ -216,7 +254,8 @@ function decoderSource(layout: Layout, base: number): string {
   return `{ ${parts.join(", ")} }`;
 }
 
-const helpers = {
+/** What the generated code calls, shared with the interpreter so that both throw the same errors. */
+export const codecHelpers = {
   coerceScalar,
   U64_MAX,
   S64_MIN,
@@ -244,13 +283,13 @@ const helpers = {
 };
 
 function build<T>(layout: Layout, params: string, body: string): T {
-  const names = Object.keys(helpers);
+  const names = Object.keys(codecHelpers);
   // Generated from our own layout tables only (see checkedName); no input ever reaches the source.
   const fn = layout.name.replace(/\W/g, "_");
   // The sourceURL names the generated code in stack traces and CPU profiles (it counts as the codec).
   const source = `"use strict";\nreturn function ${fn}(${params}) {\n${body}\n};\n//# sourceURL=kvmi-codec:///kvm-bridge/src/wire/compiled/${fn}.js`;
   const factory = new Function(...names, source);
-  return factory(...names.map((n) => helpers[n as keyof typeof helpers])) as T;
+  return factory(...names.map((n) => codecHelpers[n as keyof typeof codecHelpers])) as T;
 }
 
 function compileEncoder(layout: Layout): CompiledEncoder {

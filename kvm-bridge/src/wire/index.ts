@@ -115,3 +115,9 @@ export type { E820Entry, HandshakeRequest, HandshakeVariant, VmIdentity } from "
 // The byte-stream framer (it lives with the session, but is pure codec).
 export { createFramer } from "../session/framer.js";
 export type { FrameHandler, Framer, FramerOptions } from "../session/framer.js";
+
+// ---------------------------------------------------------------------------------------------
+// @internal: not semver-stable; for kvmi-bridge's own tests and tools.
+
+/** @internal Chooses generated code or the interpreter for the codec (tests run suites on both). */
+export { setCodeGeneration, usesCodeGeneration } from "./compile.js";
