@@ -9,7 +9,7 @@ import { createConnection, createServer } from "node:net";
 import type { Server, Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { KvmiArgumentError, KvmiRemoteError, KvmiTimeoutError, KvmiTransportError } from "../errors.js";
 import { encodeReply, v9, V9_COMMANDS } from "../wire/index.js";
 import type { MsgHdr } from "../wire/index.js";
@@ -181,8 +181,8 @@ describe("KvmiChannel.commandBatch", () => {
     const first = await kernel.next();
     await kernel.next();
     kernel.reply(first.seq);
-    // Let the reply arrive before the abort.
-    await new Promise((resolve) => setTimeout(resolve, 20));
+    // The abort must come after the reply was taken: wait for that, not for a guessed time.
+    await vi.waitFor(() => expect(channel.pendingCommands).toBe(1), { timeout: 5_000, interval: 1 });
     const reason = new Error("client cancelled");
     controller.abort(reason);
     const results = await batch;

@@ -86,17 +86,27 @@ export async function createKvmiListener(
 }
 
 function listen(server: Server, endpoint: ListenEndpoint): Promise<void> {
+  const failed = (err: Error): KvmiTransportError =>
+    new KvmiTransportError(`cannot listen on ${label(endpoint)}: ${err.message}`, {}, { cause: err });
   return new Promise((resolve, reject) => {
-    server.once("error", (err) =>
-      reject(new KvmiTransportError(`cannot listen on ${label(endpoint)}: ${err.message}`, {}, { cause: err })),
-    );
+    server.once("error", (err) => reject(failed(err)));
     if (endpoint.kind === "unix") {
-      mkdirSync(dirname(endpoint.path), { recursive: true });
-      // A stale socket file from a previous run would make bind fail with EADDRINUSE.
-      rmSync(endpoint.path, { force: true });
+      try {
+        mkdirSync(dirname(endpoint.path), { recursive: true });
+        // A stale socket file from a previous run would make bind fail with EADDRINUSE.
+        rmSync(endpoint.path, { force: true });
+      } catch (err) {
+        reject(failed(err as Error));
+        return;
+      }
       server.listen(endpoint.path, () => {
-        chmodSync(endpoint.path, endpoint.mode ?? 0o660);
-        resolve();
+        try {
+          chmodSync(endpoint.path, endpoint.mode ?? 0o660);
+          resolve();
+        } catch (err) {
+          server.close();
+          reject(failed(err as Error));
+        }
       });
     } else {
       server.listen(endpoint.port, endpoint.host, () => resolve());

@@ -5,6 +5,9 @@
  * encoder/decoder, whole messages, the QEMU handshake, the stream framer and the errors they throw.
  * Nothing here opens a socket, runs the emulator or loads ffi-rs, so `clients/` may import it
  * (README, design notes; `codec-entry.test.ts` checks the module graph).
+ *
+ * Named re-exports only (conventions §2): what a user needs first, then, after the divider, what
+ * is exported for kvmi-bridge's own tests and tools and is not semver-stable.
  */
 
 // Errors (conventions §5).
@@ -20,12 +23,8 @@ export {
 } from "../errors.js";
 export type { KvmiErrorContext } from "../errors.js";
 
-// Dialects: the v9 table and the shared KVM error numbers.
-export { v9, V9_COMMANDS, V9_EVENTS } from "./dialects/v9.js";
-export type { V9CommandName, V9EventName } from "./dialects/v9.js";
-export * as v9Ids from "./dialects/v9.js";
-export * as errno from "./dialects/errno.js";
-export type { V9CommandReply, V9CommandRequest } from "./dialects/v9.js";
+// Dialects (docs/protocol/, docs/decisions/0010-dialect-model.md) and their lookups.
+export { v9 } from "./dialects/v9.js";
 export { v12 } from "./dialects/v12.js";
 export { kvmiV7 } from "./dialects/kvmi-v7.js";
 export {
@@ -65,16 +64,7 @@ export type {
   OpShapes,
   PageAccessEntry,
 } from "./ops.js";
-
-// Layouts and the generic codec.
-export { V9_LAYOUTS } from "./layouts/index.js";
-export { KVMI_V7_LAYOUTS } from "./layouts/kvmi-v7.js";
-export { V12_LAYOUTS } from "./layouts/v12.js";
-export * as layouts from "./layouts/index.js";
-export { decode, decodeFrom, encode, encodeInto, findNonZeroPadding, viewOf, zeroValue } from "./codec.js";
-export { bodyBytes, decodeBody, encodeBodyInto } from "./body.js";
-export { defineLayout, fieldBytes, orderedFields } from "./layout.js";
-export type { Field, Layout, LayoutValue } from "./layout.js";
+export { KVM_ERRNO as errno } from "./dialects/errno.js";
 
 // Whole messages.
 export {
@@ -83,11 +73,11 @@ export {
   decodeEventReply,
   decodeEventReplyData,
   decodeReply,
-  eventMessageId,
   encodeCommand,
   encodeEvent,
   encodeEventReply,
   encodeReply,
+  eventMessageId,
   HEADER_BYTES,
   isEventMessage,
   isEventReplyError,
@@ -95,6 +85,10 @@ export {
   readReplyError,
 } from "./message.js";
 export type { DecodedCommand, DecodedEvent, DecodedEventReply, DecodedReply, MsgHdr } from "./message.js";
+
+// The byte-stream framer (it lives with the session, but is pure codec).
+export { createFramer } from "../session/framer.js";
+export type { FrameHandler, Framer, FramerOptions } from "../session/framer.js";
 
 // The QEMU handshake.
 export {
@@ -112,12 +106,21 @@ export {
 } from "./handshake.js";
 export type { E820Entry, HandshakeRequest, HandshakeVariant, VmIdentity } from "./handshake.js";
 
-// The byte-stream framer (it lives with the session, but is pure codec).
-export { createFramer } from "../session/framer.js";
-export type { FrameHandler, Framer, FramerOptions } from "../session/framer.js";
+// Layouts and the generic codec.
+export { LAYOUTS as layouts, V9_LAYOUTS } from "./layouts/index.js";
+export { KVMI_V7_LAYOUTS } from "./layouts/kvmi-v7.js";
+export { V12_LAYOUTS } from "./layouts/v12.js";
+export { decode, decodeFrom, encode, encodeInto, findNonZeroPadding, viewOf, zeroValue } from "./codec.js";
+export { bodyBytes, decodeBody, encodeBodyInto } from "./body.js";
+export { defineLayout, fieldBytes, orderedFields } from "./layout.js";
+export type { Field, Layout, LayoutValue } from "./layout.js";
 
 // ---------------------------------------------------------------------------------------------
-// @internal: not semver-stable; for kvmi-bridge's own tests and tools.
+// @internal: exported for kvmi-bridge's own service, tests and tools; not semver-stable.
 
+/** @internal The v9 table by kernel name, for code that still names commands that way. */
+export { V9_COMMANDS, V9_EVENTS, V9_IDS as v9Ids } from "./dialects/v9.js";
+/** @internal */
+export type { V9CommandName, V9CommandReply, V9CommandRequest, V9EventName } from "./dialects/v9.js";
 /** @internal Chooses generated code or the interpreter for the codec (tests run suites on both). */
 export { setCodeGeneration, usesCodeGeneration } from "./compile.js";
