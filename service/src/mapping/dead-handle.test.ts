@@ -8,7 +8,7 @@
  */
 import { Socket } from "node:net";
 import { createKvmiChannel, KvmiTimeoutError, KvmiTransportError } from "@kvmi/kvm-bridge";
-import { V9_COMMANDS } from "@kvmi/kvm-bridge/wire";
+import { v9, V9_COMMANDS } from "@kvmi/kvm-bridge/wire";
 import type { V9CommandName } from "@kvmi/kvm-bridge/wire";
 import { describe, expect, it } from "vitest";
 import { GrpcCode, mapError } from "./status.js";
@@ -20,10 +20,10 @@ describe.each(Object.keys(V9_COMMANDS) as V9CommandName[])("%s on a dropped devi
     const socket = new Socket();
     const written: unknown[] = [];
     socket.write = ((chunk: unknown) => written.push(chunk)) as never;
-    const channel = createKvmiChannel(socket, { vm: UUID });
+    const channel = createKvmiChannel(socket, { vm: UUID, dialect: v9 });
     channel.close("device manager disconnected");
     const vcpu = V9_COMMANDS[name].scope === "vcpu" ? 1 : undefined;
-    const err = await channel.command(name, {} as never, vcpu).then(
+    const err = await channel.command(V9_COMMANDS[name].op, {} as never, vcpu).then(
       () => undefined,
       (e: unknown) => e,
     );

@@ -7,7 +7,7 @@
  */
 import { KvmiRemoteError, KvmiTransportError } from "@kvmi/kvm-bridge";
 import type { KvmiChannel, KvmiEvent, VmRecord, VmRegistry } from "@kvmi/kvm-bridge";
-import { V9_EVENTS } from "@kvmi/kvm-bridge/wire";
+import { V9_COMMANDS, V9_EVENTS } from "@kvmi/kvm-bridge/wire";
 
 /** One command as the fake channel received it. */
 export interface SentCommand {
@@ -26,6 +26,13 @@ export interface SentReply {
 }
 
 type Answer = (command: SentCommand) => unknown;
+
+/** The v9 kernel name of a command op (`READ_PHYSICAL` -> `KVMI_VM_READ_PHYSICAL`). */
+function v9NameOf(op: string): string {
+  const spec = Object.values(V9_COMMANDS).find((c) => c.op === op);
+  if (spec === undefined) throw new Error(`no v9 command has op ${op}`);
+  return spec.name;
+}
 
 /** A KVMI channel that talks to no kernel. */
 export class FakeChannel {
@@ -50,7 +57,9 @@ export class FakeChannel {
     this.closeListeners.push(listener);
   }
 
-  async command(name: string, request: Record<string, unknown>, vcpu?: number): Promise<unknown> {
+  /** Takes the dialect-neutral op, as KvmiChannel does, and records the v9 kernel name. */
+  async command(op: string, request: Record<string, unknown>, vcpu?: number): Promise<unknown> {
+    const name = v9NameOf(op);
     if (!this.open) throw new KvmiTransportError("the channel is closed", { command: name });
     const sent = { name, request, vcpu };
     this.commands.push(sent);
@@ -58,8 +67,8 @@ export class FakeChannel {
     return this.answer(sent);
   }
 
-  async commandBatch(name: string, requests: readonly Record<string, unknown>[], vcpu?: number): Promise<unknown[]> {
-    return Promise.all(requests.map((r) => this.command(name, r, vcpu).catch((err: unknown) => err as Error)));
+  async commandBatch(op: string, requests: readonly Record<string, unknown>[], vcpu?: number): Promise<unknown[]> {
+    return Promise.all(requests.map((r) => this.command(op, r, vcpu).catch((err: unknown) => err as Error)));
   }
 
   async replyEvent(event: Pick<KvmiEvent, "seq" | "vcpu" | "spec">, action: number, data?: Record<string, unknown>): Promise<void> {
@@ -79,6 +88,7 @@ export class FakeChannel {
     const event: KvmiEvent = {
       seq: ++this.seq,
       vcpu,
+      kind: V9_EVENTS[name].kind,
       spec: V9_EVENTS[name],
       arch: {},
       payload,

@@ -5,9 +5,8 @@
  * the bytes back, and failures that neither record nor stop the undo.
  */
 import { KvmiRemoteError, KvmiTransportError } from "@kvmi/kvm-bridge";
-import type { CommandRequest } from "@kvmi/kvm-bridge";
-import { errno, v9Ids } from "@kvmi/kvm-bridge/wire";
-import type { V9CommandName } from "@kvmi/kvm-bridge/wire";
+import { errno, v9Ids, V9_COMMANDS } from "@kvmi/kvm-bridge/wire";
+import type { V9CommandName, V9CommandRequest as CommandRequest } from "@kvmi/kvm-bridge/wire";
 import { beforeEach, describe, expect, it } from "vitest";
 import { FakeChannel } from "./fake-channel.js";
 import { HookLedger } from "./hook-ledger.js";
@@ -39,7 +38,7 @@ beforeEach(() => {
 
 /** Runs a controller command through the ledger, the way VmHost does. */
 function run<N extends V9CommandName>(name: N, request: CommandRequest<N>, vcpu?: number): Promise<unknown> {
-  return ledger.run(channel.asChannel, name, request, vcpu, () => channel.command(name, request as Record<string, unknown>, vcpu) as never);
+  return ledger.run(channel.asChannel, name, request, vcpu, () => channel.command(V9_COMMANDS[name].op, request as Record<string, unknown>, vcpu) as never);
 }
 
 /** What an undo sends, as `name vcpu request` lines, sorted (the order within a stage is free). */
