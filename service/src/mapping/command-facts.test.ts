@@ -9,7 +9,7 @@ import { V9_COMMANDS } from "@kvmi/kvm-bridge/wire";
 import type { V9CommandName } from "@kvmi/kvm-bridge/wire";
 import { guest_effect, GuestEffect, IntrospectionService } from "@kvmi/proto";
 import { describe, expect, it } from "vitest";
-import { COMMAND_FACTS, MUTATING_COMMANDS } from "./command-facts.js";
+import { COMMAND_FACTS, COMMAND_FACTS_BY_OP, MUTATING_COMMANDS } from "./command-facts.js";
 
 /** session.proto, SessionCommand: the commands an observer may not send. */
 const CHANGE_THE_GUEST: readonly V9CommandName[] = [
@@ -34,6 +34,12 @@ describe("COMMAND_FACTS", () => {
   it("has one entry per v9 command, under its own name", () => {
     expect(Object.keys(COMMAND_FACTS).sort()).toEqual(Object.keys(V9_COMMANDS).sort());
     for (const [name, facts] of Object.entries(COMMAND_FACTS)) expect(facts.command).toBe(name);
+  });
+
+  it("is keyed by the dialect-neutral op too", () => {
+    expect(COMMAND_FACTS_BY_OP.size).toBe(Object.keys(V9_COMMANDS).length);
+    expect(COMMAND_FACTS_BY_OP.get("READ_PHYSICAL")?.command).toBe("KVMI_VM_READ_PHYSICAL");
+    expect(COMMAND_FACTS_BY_OP.get("PAUSE_VCPU")).toMatchObject({ command: "KVMI_VCPU_PAUSE", mutating: true, idempotent: false });
   });
 
   it("MUTATING_COMMANDS, the list VmHost enforces, is exactly the commands that change the guest", () => {

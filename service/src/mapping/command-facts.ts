@@ -16,7 +16,7 @@
 import { getOption } from "@bufbuild/protobuf";
 import type { DescMethod } from "@bufbuild/protobuf";
 import { V9_COMMANDS } from "@kvmi/kvm-bridge/wire";
-import type { V9CommandName } from "@kvmi/kvm-bridge/wire";
+import type { CommandOp, V9CommandName } from "@kvmi/kvm-bridge/wire";
 import { guest_effect, GuestEffect, IntrospectionService } from "@kvmi/proto";
 import { COMMAND_MAPPINGS } from "./commands.js";
 
@@ -32,6 +32,8 @@ export type UndoKind = "vm-event" | "vcpu-event" | "cr" | "msr" | "singlestep" |
 
 /** What the bridge knows about one command. */
 export interface CommandFacts {
+  /** The dialect-neutral op (`READ_PHYSICAL`), the key outside v9's own names. */
+  readonly op: CommandOp;
   readonly command: V9CommandName;
   /** The IntrospectionService method (and SessionCommand case) of the command. */
   readonly method: string;
@@ -85,6 +87,7 @@ function buildFacts(): { readonly [N in V9CommandName]: CommandFacts } {
     }
     const undo = entry === undefined ? undefined : typeof entry === "string" ? entry : entry.kind;
     facts[command] = {
+      op: V9_COMMANDS[command].op,
       command,
       method,
       effect,
@@ -99,6 +102,9 @@ function buildFacts(): { readonly [N in V9CommandName]: CommandFacts } {
 
 /** The facts of every v9 command. */
 export const COMMAND_FACTS: { readonly [N in V9CommandName]: CommandFacts } = buildFacts();
+
+/** The same facts by dialect-neutral op, for code that speaks ops (KvmiChannel, other dialects). */
+export const COMMAND_FACTS_BY_OP: ReadonlyMap<CommandOp, CommandFacts> = new Map(Object.values(COMMAND_FACTS).map((f) => [f.op, f]));
 
 /** Commands that change guest state: controller only (session.proto, SessionCommand). */
 export const MUTATING_COMMANDS: ReadonlySet<V9CommandName> = new Set(
