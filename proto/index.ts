@@ -21,6 +21,7 @@ export * from "./gen/kvmi/v1/event_pb.js";
 export * from "./gen/kvmi/v1/memory_pb.js";
 export * from "./gen/kvmi/v1/registers_pb.js";
 export * from "./gen/kvmi/v1/vm_pb.js";
+export * from "./gen/kvmi/v1/guest_effect_pb.js";
 
 // google.rpc error model: Status and the error details (ErrorInfo, RetryInfo,
 // BadRequest, ResourceInfo, ...) that every error status of the API carries.

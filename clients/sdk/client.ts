@@ -31,7 +31,7 @@ export interface ConnectOptions {
   readonly tls?: TlsOptions;
   /** Default deadline of one unary call attempt in ms (default 30000). */
   readonly timeoutMs?: number;
-  /** Retries of idempotent reads on UNAVAILABLE; `{ maxAttempts: 1 }` turns them off. */
+  /** Retries of idempotent methods (reads and idempotent changes) on UNAVAILABLE; `{ maxAttempts: 1 }` turns them off. */
   readonly retry?: Partial<RetryPolicy>;
   /** Extra grpc-js channel options. */
   readonly grpcOptions?: ClientOptions;

@@ -9,9 +9,9 @@
  *
  * @see ../../proto/kvmi/v1/command.proto
  */
-import { create } from "@bufbuild/protobuf";
+import { create, getOption } from "@bufbuild/protobuf";
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import { AddressSpace, MemoryRangeSchema, PageAccessEntrySchema, RegsSchema } from "@kvmi/proto";
+import { AddressSpace, guest_effect, GuestEffect, IntrospectionService, MemoryRangeSchema, PageAccessEntrySchema, RegsSchema } from "@kvmi/proto";
 import type { Command, CpuMode, MemoryRange, MsrEntry, MtrrType, Regs, SessionCommand, Sregs } from "@kvmi/proto";
 import { createRequest } from "./channel.js";
 import type { CallOptions } from "./channel.js";
@@ -24,31 +24,22 @@ import { withRetry } from "./retry.js";
 import type { RetryPolicy } from "./retry.js";
 import type { RequestOf, ResponseOf, ServiceMethods, UnaryMethodName } from "./rpc-methods.js";
 
+const REPEATABLE_EFFECTS: ReadonlySet<GuestEffect> = new Set([GuestEffect.NONE, GuestEffect.IDEMPOTENT]);
+
 /** The commands a session can run: the KVMI commands plus BatchReadMemory (`SessionCommand.request` cases). */
 export type CommandName = Exclude<SessionCommand["request"]["case"], undefined>;
 
 /**
- * The methods that only read: the SDK retries them on UNAVAILABLE (AIP-194). Everything else (writes,
- * pauses, event and interception changes) is never retried automatically.
+ * The methods the SDK retries on UNAVAILABLE (AIP-194): those whose `(kvmi.v1.guest_effect)`
+ * (proto/kvmi/v1/guest_effect.proto) says a repetition is harmless, reads and idempotent changes,
+ * read from the descriptor the bridge reads too. A pause or an exception injection
+ * (GUEST_EFFECT_REPEATED) and anything undeclared is never retried automatically.
  */
-export const IDEMPOTENT_METHODS: ReadonlySet<UnaryMethodName> = new Set<UnaryMethodName>([
-  "getVm",
-  "listVms",
-  "getVersion",
-  "checkCommand",
-  "checkEvent",
-  "getVmInfo",
-  "readPhysicalMemory",
-  "getVcpuInfo",
-  "getRegisters",
-  "getCpuid",
-  "getMaxGfn",
-  "getXcr",
-  "getXsave",
-  "getMtrrType",
-  "translateGva",
-  "batchReadMemory",
-]);
+export const IDEMPOTENT_METHODS: ReadonlySet<UnaryMethodName> = new Set(
+  IntrospectionService.methods
+    .filter((m) => m.methodKind === "unary" && REPEATABLE_EFFECTS.has(getOption(m, guest_effect)))
+    .map((m) => m.localName as UnaryMethodName),
+);
 
 /** Carries one request of a method and returns its response. @internal */
 export interface Transport<N extends UnaryMethodName = UnaryMethodName> {
@@ -60,7 +51,7 @@ export interface Transport<N extends UnaryMethodName = UnaryMethodName> {
 
 /**
  * THE one path of every non-streaming call of the SDK: builds the request and runs it with the
- * retry policy (idempotent reads on UNAVAILABLE only). @internal
+ * retry policy (idempotent methods on UNAVAILABLE only). @internal
  */
 export function dispatch<N extends UnaryMethodName, M extends N>(
   transport: Transport<N>,

@@ -14,51 +14,24 @@
  * @see https://google.aip.dev/193
  * @see ../../proto/kvmi/v1/introspection_service.proto
  */
-import { fromBinary } from "@bufbuild/protobuf";
-import { anyUnpack, durationMs } from "@bufbuild/protobuf/wkt";
 import { Metadata, status as GrpcCode } from "@grpc/grpc-js";
-import {
-  BadRequestSchema,
-  ErrorInfoSchema,
-  PreconditionFailureSchema,
-  ResourceInfoSchema,
-  RetryInfoSchema,
-  StatusSchema,
-} from "@kvmi/proto";
 import type { Status } from "@kvmi/proto";
+import { decodeStatus, ERROR_DOMAIN, readStatusDetails, STATUS_DETAILS_KEY } from "@kvmi/proto/status-details";
+import type { FieldViolation, PreconditionViolation, ResourceInfo } from "@kvmi/proto/status-details";
 
 /** `google.rpc.ErrorInfo.domain` of every error the bridge sends. */
-export const ERROR_DOMAIN = "kvmi.v1.IntrospectionService";
+export { ERROR_DOMAIN };
 
 /** The trailer that carries the binary `google.rpc.Status` (gRPC richer error model). */
-export const STATUS_DETAILS_TRAILER = "grpc-status-details-bin";
+export const STATUS_DETAILS_TRAILER = STATUS_DETAILS_KEY;
+
+export type { FieldViolation, PreconditionViolation, ResourceInfo };
 
 /** gRPC status codes by name (numerically `google.rpc.Code`). */
 export const StatusCode = GrpcCode;
 
 /** The name of a gRPC status code, e.g. `"NOT_FOUND"`. */
 export type StatusCodeName = keyof typeof GrpcCode;
-
-/** One `google.rpc.BadRequest.FieldViolation`: the request field at fault (proto name, e.g. `size`). */
-export interface FieldViolation {
-  readonly field: string;
-  readonly description: string;
-}
-
-/** One `google.rpc.PreconditionFailure.Violation`, e.g. type `CONTROLLER` for a second controller. */
-export interface PreconditionViolation {
-  readonly type: string;
-  readonly subject: string;
-  readonly description: string;
-}
-
-/** `google.rpc.ResourceInfo`: what was not found (`kvmi.v1.Vm`, `guest physical page`, …). */
-export interface ResourceInfo {
-  readonly resourceType: string;
-  readonly resourceName: string;
-  readonly owner: string;
-  readonly description: string;
-}
 
 /** The decoded error details besides ErrorInfo. */
 export interface ErrorDetails {
@@ -174,7 +147,7 @@ export class InternalError extends KvmiBridgeError {}
 /**
  * UNAVAILABLE: the bridge is unreachable, the VM is not hooked right now, a vCPU is not started yet
  * (`KVMI_TRY_AGAIN`, with `details.retryDelayMs`), or a session lost its VM (`KVMI_SESSION_LOST`).
- * The SDK retries idempotent reads on it by itself.
+ * The SDK retries idempotent methods (reads, idempotent changes) on it by itself.
  */
 export class UnavailableError extends KvmiBridgeError {}
 /** DATA_LOSS. */
@@ -260,64 +233,26 @@ export function createError(init: KvmiBridgeErrorInit): KvmiBridgeError {
  * are ignored, so a newer bridge with more details still decodes.
  */
 export function fromStatus(status: Status, cause?: unknown): KvmiBridgeError {
-  let reason: string | undefined;
-  let domain: string | undefined;
-  let metadata: Record<string, string> = {};
-  const fieldViolations: FieldViolation[] = [];
-  const preconditionViolations: PreconditionViolation[] = [];
-  let resourceInfo: ResourceInfo | undefined;
-  let retryDelayMs: number | undefined;
-  for (const any of status.details) {
-    const info = anyUnpack(any, ErrorInfoSchema);
-    if (info !== undefined) {
-      reason = info.reason;
-      domain = info.domain;
-      metadata = { ...info.metadata };
-      continue;
-    }
-    const bad = anyUnpack(any, BadRequestSchema);
-    if (bad !== undefined) {
-      for (const v of bad.fieldViolations) fieldViolations.push({ field: v.field, description: v.description });
-      continue;
-    }
-    const resource = anyUnpack(any, ResourceInfoSchema);
-    if (resource !== undefined) {
-      resourceInfo = {
-        resourceType: resource.resourceType,
-        resourceName: resource.resourceName,
-        owner: resource.owner,
-        description: resource.description,
-      };
-      continue;
-    }
-    const retry = anyUnpack(any, RetryInfoSchema);
-    if (retry !== undefined) {
-      if (retry.retryDelay !== undefined) retryDelayMs = durationMs(retry.retryDelay);
-      continue;
-    }
-    const pre = anyUnpack(any, PreconditionFailureSchema);
-    if (pre !== undefined) {
-      for (const v of pre.violations) preconditionViolations.push({ type: v.type, subject: v.subject, description: v.description });
-    }
-  }
+  const d = readStatusDetails(status);
   return createError({
-    code: status.code,
-    message: status.message || statusCodeName(status.code),
-    reason,
-    domain,
-    metadata,
-    details: { fieldViolations, preconditionViolations, resourceInfo, retryDelayMs },
+    code: d.code,
+    message: d.message || statusCodeName(d.code),
+    reason: d.reason,
+    domain: d.domain,
+    metadata: d.metadata,
+    details: {
+      fieldViolations: d.fieldViolations,
+      preconditionViolations: d.preconditionViolations,
+      resourceInfo: d.resourceInfo,
+      retryDelayMs: d.retryDelayMs,
+    },
     cause,
   });
 }
 
 /** Decodes a binary `google.rpc.Status`; `undefined` if the bytes are not one. */
 export function decodeStatusDetails(bytes: Uint8Array): Status | undefined {
-  try {
-    return fromBinary(StatusSchema, bytes);
-  } catch {
-    return undefined;
-  }
+  return decodeStatus(bytes);
 }
 
 /** The shape of a grpc-js call error (`ServiceError`). */

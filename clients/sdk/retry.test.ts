@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
-// The retry policy: only idempotent reads, only UNAVAILABLE, bounded, backoff with jitter that
+// The retry policy: only idempotent methods, only UNAVAILABLE, bounded, backoff with jitter that
 // never undercuts RetryInfo.
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
+import { IDEMPOTENT_METHODS } from "./commands.js";
 import { CancelledError, createError, InvalidArgumentError, StatusCode, UnavailableError } from "./errors.js";
 import type { KvmiBridgeError } from "./errors.js";
 import { DEFAULT_RETRY_POLICY, isRetryable, retryDelayMs, withRetry } from "./retry.js";
@@ -10,6 +11,20 @@ import type { RetryPolicy } from "./retry.js";
 
 const unavailable = (retryDelayMs?: number, reason = "KVMI_TRY_AGAIN"): KvmiBridgeError =>
   createError({ code: StatusCode.UNAVAILABLE, message: "try again", reason, details: { retryDelayMs } });
+
+describe("IDEMPOTENT_METHODS", () => {
+  it("holds the reads and the idempotent changes, as the proto's guest_effect options declare them", () => {
+    // Written from introspection_service.proto: not PauseVcpu, InjectException, ReleaseVm, nor the streams.
+    expect([...IDEMPOTENT_METHODS].sort()).toEqual(
+      [
+        "getVm", "listVms", "getVersion", "checkCommand", "checkEvent", "getVmInfo", "readPhysicalMemory", "getVcpuInfo",
+        "getRegisters", "getCpuid", "getMaxGfn", "getXcr", "getXsave", "getMtrrType", "translateGva", "batchReadMemory",
+        "controlVmEvents", "writePhysicalMemory", "controlVcpuEvents", "setRegisters", "controlCleanup", "controlCr",
+        "setXsave", "controlMsr", "setPageAccess", "controlSingleStep",
+      ].sort(), // prettier-ignore
+    );
+  });
+});
 
 describe("isRetryable", () => {
   it("retries only UNAVAILABLE of idempotent calls, never a lost session", () => {

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 /**
  * The SDK's only retry logic (conventions §5, AIP-194): a call is retried automatically only when
- * it is an idempotent read and failed with UNAVAILABLE, a bounded number of times, with exponential
+ * its method is idempotent (a read or an idempotent change, IDEMPOTENT_METHODS) and failed with
+ * UNAVAILABLE, a bounded number of times, with exponential
  * backoff and jitter that never undercuts the server's RetryInfo delay. Every unary RPC and every
  * session command goes through {@link withRetry}; nothing else in the SDK retries.
  *
@@ -10,7 +11,7 @@
 import { abortError, StatusCode, toSdkError } from "./errors.js";
 import type { KvmiBridgeError } from "./errors.js";
 
-/** How the SDK retries idempotent reads that fail with UNAVAILABLE. */
+/** How the SDK retries idempotent methods that fail with UNAVAILABLE. */
 export interface RetryPolicy {
   /** Total attempts including the first, at least 1 (1 disables retries). Default 4. */
   readonly maxAttempts: number;
@@ -34,7 +35,7 @@ export const DEFAULT_RETRY_POLICY: RetryPolicy = Object.freeze({
 });
 
 /**
- * Whether a failed attempt may be retried: only idempotent reads, only UNAVAILABLE (AIP-194), and
+ * Whether a failed attempt may be retried: only idempotent methods, only UNAVAILABLE (AIP-194), and
  * never a session that is gone (`KVMI_SESSION_LOST`: the caller must attach again).
  */
 export function isRetryable(err: KvmiBridgeError, idempotent: boolean): boolean {
@@ -57,7 +58,7 @@ export function retryDelayMs(policy: RetryPolicy, failedAttempt: number, err: Kv
 
 /** Options of {@link withRetry}. */
 export interface WithRetryOptions {
-  /** True for reads that may run twice without effect. Others are never retried. */
+  /** True for methods that may run twice without further effect (IDEMPOTENT_METHODS). Others are never retried. */
   readonly idempotent: boolean;
   readonly policy: RetryPolicy;
   /** Stops waiting and retrying; the call rejects with CancelledError. */

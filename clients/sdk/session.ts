@@ -29,6 +29,7 @@ import {
 } from "./errors.js";
 import type { KvmiBridgeError } from "./errors.js";
 import { toUnhookNotice, toVcpuEvent } from "./events.js";
+import { ItemQueue } from "./item-queue.js";
 import type { SessionItem } from "./events.js";
 import { vmName } from "./names.js";
 import type { RetryPolicy } from "./retry.js";
@@ -114,77 +115,6 @@ interface PendingCommand {
 
 const DEFAULT_MAX_BUFFERED_ITEMS = 4096;
 const DEFAULT_RELEASE_TIMEOUT_MS = 10_000;
-
-/** A FIFO of session items with one reader and flow control on the stream. */
-class ItemQueue {
-  private readonly items: SessionItem[] = [];
-  private reader: { resolve(r: IteratorResult<SessionItem, void>): void; reject(e: unknown): void } | undefined;
-  private ended = false;
-  private error: KvmiBridgeError | undefined;
-  private paused = false;
-
-  constructor(
-    private readonly high: number,
-    private readonly pause: () => void,
-    private readonly resume: () => void,
-  ) {}
-
-  push(item: SessionItem): void {
-    if (this.reader !== undefined) {
-      const reader = this.reader;
-      this.reader = undefined;
-      return reader.resolve({ value: item, done: false });
-    }
-    this.items.push(item);
-    if (!this.paused && this.items.length >= this.high) {
-      this.paused = true;
-      this.pause();
-    }
-  }
-
-  end(error: KvmiBridgeError | undefined): void {
-    if (this.ended) return;
-    this.ended = true;
-    this.error = error;
-    const reader = this.reader;
-    this.reader = undefined;
-    if (reader === undefined) return;
-    if (error !== undefined) reader.reject(error);
-    else reader.resolve({ value: undefined, done: true });
-  }
-
-  next(signal: AbortSignal | undefined): Promise<IteratorResult<SessionItem, void>> {
-    const item = this.items.shift();
-    if (item !== undefined) {
-      if (this.paused && this.items.length <= this.high / 2) {
-        this.paused = false;
-        this.resume();
-      }
-      return Promise.resolve({ value: item, done: false });
-    }
-    if (this.ended) return this.error !== undefined ? Promise.reject(this.error) : Promise.resolve({ value: undefined, done: true });
-    if (this.reader !== undefined) return Promise.reject(new Error("Session.events() already has a reader"));
-    if (signal?.aborted) return Promise.reject(abortError(signal));
-    return new Promise((resolve, reject) => {
-      const onAbort = (): void => {
-        if (this.reader?.reject === rejectOnce) this.reader = undefined;
-        reject(abortError(signal!));
-      };
-      const rejectOnce = (e: unknown): void => {
-        signal?.removeEventListener("abort", onAbort);
-        reject(e);
-      };
-      this.reader = {
-        resolve: (r) => {
-          signal?.removeEventListener("abort", onAbort);
-          resolve(r);
-        },
-        reject: rejectOnce,
-      };
-      signal?.addEventListener("abort", onAbort, { once: true });
-    });
-  }
-}
 
 /** The stream engine: transport of session commands, event replies, items and the end. @internal */
 class SessionStream implements Transport<CommandName> {

@@ -5,6 +5,7 @@
  * emulator; tests start this directly.
  */
 import { createKvmiListener, createVmRegistry } from "@kvmi/kvm-bridge";
+import { v9 } from "@kvmi/kvm-bridge/wire";
 import type { AcceptedVm, KvmiListener, ListenEndpoint, Logger, VmRegistry } from "@kvmi/kvm-bridge";
 import {
   file_google_rpc_error_details,
@@ -243,6 +244,8 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
   try {
     const bound = await grpc.listen();
     const kvmiOptions = {
+      // The dialect of every listener; `--kvmi-dialect` and DIALECT@ADDRESS come with the service's dialect work.
+      dialect: v9,
       handshakeVariant: config.handshakeVariant,
       logger: guestPathLogger.child({ component: "kvmi" }),
       channel: { defaultTimeoutMs: config.requestTimeoutMs },

@@ -7,3 +7,8 @@
 // A throw-away PKI generated with the openssl CLI at test time (no key is ever checked in).
 export { createTestPki, requireOpenssl } from "./server/testdata/test-pki.js";
 export type { TestKeyPair, TestPki } from "./server/testdata/test-pki.js";
+
+// A grpc-js service definition of any protobuf-es service, from which tests and the bench build
+// their raw gRPC clients (`makeGenericClientConstructor`).
+export { createServiceDefinition } from "./rpc/service-definition.js";
+export type { HandlerFor, ServiceDefinitionFor, ServiceImplementationFor } from "./rpc/service-definition.js";

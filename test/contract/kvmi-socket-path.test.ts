@@ -5,6 +5,7 @@
  * not a socket with an error naming the path, creates a missing directory 0750, applies the
  * configured mode (and owner), and on close removes only the socket it created itself.
  */
+import { v9 } from "@kvmi/kvm-bridge/wire";
 import { linkSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { connect, createServer } from "node:net";
 import type { Server } from "node:net";
@@ -30,7 +31,7 @@ afterEach(async () => {
 
 async function listenAt(path: string, mode?: number, owner?: { uid: number; gid: number }): Promise<KvmiListener> {
   const listener = await createKvmiListener(
-    { endpoints: [{ kind: "unix", path, ...(mode !== undefined && { mode }), ...(owner !== undefined && { owner }) }] },
+    { dialect: v9, endpoints: [{ kind: "unix", path, ...(mode !== undefined && { mode }), ...(owner !== undefined && { owner }) }] },
     (vm) => vm.channel.close("test"),
   );
   opened.push(listener);

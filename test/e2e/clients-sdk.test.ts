@@ -208,7 +208,7 @@ describe("command methods over unary RPCs", () => {
     expect((vcpu as InvalidArgumentError).details.fieldViolations).toEqual([{ field: "name", description: expect.stringContaining("valid indexes are 0..1") }]);
   });
 
-  it("retries idempotent reads on UNAVAILABLE honouring RetryInfo, and never retries a mutation", async () => {
+  it("retries idempotent methods on UNAVAILABLE honouring RetryInfo, and never a repeated-effect one", async () => {
     // vCPU 1 of an idle guest is not started yet: the kernel answers KVM_EAGAIN.
     const vm = client.vm(idleVm.uuid);
     const started = performance.now();
@@ -218,13 +218,17 @@ describe("command methods over unary RPCs", () => {
     expect(err).toMatchObject({ reason: "KVMI_TRY_AGAIN", errnoName: "KVM_EAGAIN" });
     expect((err as UnavailableError).details.retryDelayMs).toBe(100);
     expect(elapsed).toBeGreaterThanOrEqual(3 * 100 - 5); // 4 attempts, ≥ 100 ms apart
-    // With a 2 s backoff, a retried call would take seconds: a mutation must fail at once.
-    const slow = connect({ target: bridge.target, retry: { initialBackoffMs: 2000, maxBackoffMs: 2000, jitter: 0 } });
+    // With a 1 s backoff, a retried call takes seconds: an idempotent change (GUEST_EFFECT_IDEMPOTENT)
+    // is retried, an exception injection (GUEST_EFFECT_REPEATED) fails at once.
+    const slow = connect({ target: bridge.target, retry: { maxAttempts: 2, initialBackoffMs: 1000, maxBackoffMs: 1000, jitter: 0 } });
     const session = await slow.attach(idleVm.uuid, { role: "controller" });
     try {
       const t0 = performance.now();
       await expect(session.controlSingleStep(1, true)).rejects.toBeInstanceOf(UnavailableError);
-      expect(performance.now() - t0).toBeLessThan(1500);
+      expect(performance.now() - t0).toBeGreaterThanOrEqual(1000 - 5);
+      const t1 = performance.now();
+      await expect(session.injectException(1, { vector: 3 })).rejects.toBeInstanceOf(UnavailableError);
+      expect(performance.now() - t1).toBeLessThan(900);
     } finally {
       await session.release();
       slow.close();

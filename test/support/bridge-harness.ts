@@ -41,8 +41,12 @@ import type {
   Vm,
   WatchVmsResponse,
 } from "@kvmi/proto";
-import { createServiceDefinition, ERROR_DOMAIN, loadConfigOrThrow, parseStatusDetails, SESSION_ID_METADATA, startBridge } from "@kvmi/service";
-import type { Bridge, StatusDetails } from "@kvmi/service";
+import { loadConfigOrThrow, SESSION_ID_METADATA, startBridge } from "@kvmi/service";
+import type { Bridge } from "@kvmi/service";
+import { createServiceDefinition } from "@kvmi/service/testing";
+import { decodeStatus, ERROR_DOMAIN, readStatusDetails, STATUS_DETAILS_KEY } from "@kvmi/proto/status-details";
+import type { StatusDetails } from "@kvmi/proto/status-details";
+import type { Status } from "@kvmi/proto";
 import { expect } from "vitest";
 
 export { GrpcStatus };
@@ -172,6 +176,13 @@ export interface GrpcFailure {
   readonly details: StatusDetails;
 }
 
+/** The rich status of a grpc-js trailer, read with the decoder the SDK uses. */
+function parseStatusDetails(metadata: Metadata): StatusDetails | undefined {
+  const value = metadata.get(STATUS_DETAILS_KEY)[0];
+  const st = value instanceof Uint8Array ? decodeStatus(value) : undefined;
+  return st === undefined ? undefined : readStatusDetails(st);
+}
+
 function failureOf(status: { code: number; details: string; metadata?: Metadata }): GrpcFailure {
   const details = status.metadata === undefined ? undefined : parseStatusDetails(status.metadata);
   if (details === undefined) throw new Error(`status ${GrpcStatus[status.code]} (${status.details}) carries no google.rpc.Status details`);
@@ -202,8 +213,8 @@ export function streamFailure(status: StatusObject): GrpcFailure {
 }
 
 /** Decodes a `google.rpc.Status` carried inside a message (CommandResult.error, ReplyRejected.status). */
-export function inlineFailure(st: Parameters<typeof parseStatusDetails>[0]): StatusDetails {
-  const details = parseStatusDetails(st)!;
+export function inlineFailure(st: Status): StatusDetails {
+  const details = readStatusDetails(st);
   expect(details.domain).toBe(ERROR_DOMAIN);
   return details;
 }

@@ -13,6 +13,7 @@
  * KVM_CAP_LAST_CPU, which a stock x86 kernel answers with 1. See `probe.ts` for how the bridge
  * tells a KVMI kernel from a mainline one before issuing anything.
  */
+import { KvmiArgumentError } from "../errors.js";
 import type { Layout } from "../wire/layout.js";
 import { kvmIntrospectionFeature, kvmIntrospectionHook } from "../wire/layouts/ioctl.js";
 import type { IocDirection } from "./ioc.js";
@@ -59,7 +60,7 @@ function defineIoctl(
   extra: { valueArg?: string; mainlineCollision?: string } = {},
 ): IoctlSpec {
   if ((dir === _IOC_NONE) !== (arg === null)) {
-    throw new Error(`ioctl table: ${name} has direction ${dir} but ${arg === null ? "no" : "an"} argument struct`);
+    throw new KvmiArgumentError("dir", `ioctl table: ${name} has direction ${dir} but ${arg === null ? "no" : "an"} argument struct`);
   }
   return Object.freeze({
     name,
@@ -278,7 +279,7 @@ export const KVMI_IOCTL_TABLES: readonly KvmiIoctlTable[] = Object.freeze([
 /** The table of dialect `id`. */
 export function kvmiIoctlTable(id: KvmiIoctlDialectId): KvmiIoctlTable {
   const table = KVMI_IOCTL_TABLES.find((t) => t.id === id);
-  if (table === undefined) throw new Error(`unknown KVMI ioctl dialect ${id}`);
+  if (table === undefined) throw new KvmiArgumentError("id", `unknown KVMI ioctl dialect ${id}`);
   return table;
 }
 

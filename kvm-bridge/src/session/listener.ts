@@ -9,10 +9,11 @@ import type { Stats } from "node:fs";
 import { connect, createServer } from "node:net";
 import type { AddressInfo, Server, Socket } from "node:net";
 import { dirname } from "node:path";
-import { KvmiProtocolError } from "../errors.js";
+import { KvmiProtocolError, KvmiTransportError } from "../errors.js";
 import type { Logger } from "../logger.js";
 import { silentLogger } from "../logger.js";
 import { viewOf } from "../wire/codec.js";
+import type { Dialect } from "../wire/dialect.js";
 import type { HandshakeVariant, VmIdentity } from "../wire/handshake.js";
 import { checkHandshakeSize, encodeHandshakeReply, encodeHandshakeReplyWithHash, parseHandshake } from "../wire/handshake.js";
 import { createKvmiChannel } from "./channel.js";
@@ -64,6 +65,8 @@ export interface ForwardedConnection {
 /** Options of {@link createKvmiListener}. */
 export interface KvmiListenerOptions {
   readonly endpoints: readonly ListenEndpoint[];
+  /** The KVMI dialect the kernels behind these endpoints speak (docs/protocol/). */
+  readonly dialect: Dialect;
   /** The shared secret whose SHA-1 QEMU checks (kvmi-abi §2.2). */
   readonly secret?: Uint8Array;
   /** Which handshake to expect; `auto` guesses from the size (104 bytes reads as max-gpa). */
@@ -71,7 +74,7 @@ export interface KvmiListenerOptions {
   /** QEMU drops us after its own handshake_timeout (10 s); we give up on a silent peer as well. */
   readonly handshakeTimeoutMs?: number;
   readonly logger?: Logger;
-  readonly channel?: Omit<KvmiChannelOptions, "vm" | "logger">;
+  readonly channel?: Omit<KvmiChannelOptions, "vm" | "logger" | "dialect">;
 }
 
 /** A running listener. */
@@ -84,7 +87,7 @@ export interface KvmiListener {
 
 /**
  * Starts listening on every endpoint; `onVm` receives each VM after a successful handshake.
- * @throws when an endpoint cannot be bound (the error names it).
+ * @throws KvmiTransportError when an endpoint cannot be bound (the error names it).
  */
 export async function createKvmiListener(
   options: KvmiListenerOptions,
@@ -146,10 +149,10 @@ async function prepareSocketPath(path: string, log: Logger): Promise<void> {
   if (stats === undefined) return;
   if (!stats.isSocket()) {
     const what = stats.isFile() ? "a regular file" : stats.isDirectory() ? "a directory" : stats.isSymbolicLink() ? "a symbolic link" : "not a socket";
-    throw new Error(`cannot listen on unix:${path}: the path exists and is ${what}; refusing to replace it (remove it or choose another --kvmi-listen path)`);
+    throw new KvmiTransportError(`cannot listen on unix:${path}: the path exists and is ${what}; refusing to replace it (remove it or choose another --kvmi-listen path)`);
   }
   if (await socketIsLive(path)) {
-    throw new Error(`cannot listen on unix:${path}: another process accepts connections on this socket (is a second bridge running?)`);
+    throw new KvmiTransportError(`cannot listen on unix:${path}: another process accepts connections on this socket (is a second bridge running?)`);
   }
   log.info({ path }, "removing a stale KVMI socket left by a previous run");
   rmSync(path);
@@ -177,8 +180,10 @@ function socketIsLive(path: string): Promise<boolean> {
  * public path (libuv unlinks a pipe's bound name on close, which could be a successor's socket).
  */
 function listen(server: Server, endpoint: ListenEndpoint): Promise<void> {
+  const failed = (err: Error): KvmiTransportError =>
+    new KvmiTransportError(`cannot listen on ${label(endpoint)}: ${err.message}`, {}, { cause: err });
   return new Promise((resolve, reject) => {
-    server.once("error", (err) => reject(new Error(`cannot listen on ${label(endpoint)}: ${err.message}`, { cause: err })));
+    server.once("error", (err) => reject(failed(err)));
     if (endpoint.kind === "unix") {
       const bound = `${endpoint.path}.${process.pid}.binding`;
       rmSync(bound, { force: true });
@@ -190,7 +195,7 @@ function listen(server: Server, endpoint: ListenEndpoint): Promise<void> {
           resolve();
         } catch (err) {
           server.close();
-          reject(new Error(`cannot set the owner or mode of ${label(endpoint)}: ${(err as Error).message}`, { cause: err }));
+          reject(failed(err as Error));
         }
       });
     } else {
@@ -241,8 +246,16 @@ export async function acceptKvmiConnection(
     socket.destroy();
     return;
   }
-  const channel = createKvmiChannel(socket, { ...options.channel, vm: identity.uuid, logger: log.child({ vm: identity.uuid }) });
+  const channel = createKvmiChannel(socket, {
+    ...options.channel,
+    dialect: options.dialect,
+    vm: identity.uuid,
+    logger: log.child({ vm: identity.uuid }),
+  });
   const origin = forwarded?.origin;
-  log.info({ vm: identity.uuid, name: identity.name, variant: identity.variant, peer, ...(origin && { origin }) }, "handshake complete");
+  log.info(
+    { vm: identity.uuid, name: identity.name, variant: identity.variant, peer, dialect: options.dialect.name, ...(origin && { origin }) },
+    "handshake complete",
+  );
   onVm({ identity, channel, peer, ...(origin && { origin }) });
 }

@@ -9,12 +9,14 @@
  * kvmi-abi §6). Generated code reads and writes each field at a constant offset, builds the decoded
  * object as one literal (one hidden class per layout) and checks ranges with integer tricks instead
  * of a lookup per field. Semantics are those of the interpreter it replaced: the same checks, the
- * same error text (a failing check falls back to {@link checkScalar} to throw it), padding written
- * as zero, byte fields copied out.
+ * same error text (a failing check falls back to {@link coerceScalar}, which converts the other JS
+ * integer type or throws), padding written as zero, byte fields copied out. Where code generation
+ * from strings is disallowed, `interpret.ts` runs the same tables field by field instead.
  */
-import { KvmiArgumentError } from "../errors.js";
+import { KvmiArgumentError, KvmiProtocolError } from "../errors.js";
 import type { Field, Layout, ScalarType } from "./layout.js";
 import { SCALAR_BYTES } from "./layout.js";
+import { interpretedDecoder, interpretedEncoder } from "./interpret.js";
 
 /** Encodes one value of a layout at `offset` of `view` (the caller has checked the bounds). */
 export type CompiledEncoder = (value: unknown, view: DataView, offset: number) => void;
@@ -34,7 +36,40 @@ interface Compiled {
   readonly checkedPads: readonly CheckedPad[];
 }
 
-const cache = new WeakMap<Layout, Compiled>();
+let cache = new WeakMap<Layout, Compiled>();
+
+/**
+ * Whether code may be generated from strings here. Unknown until first use; then probed once, since a
+ * Content-Security-Policy without 'unsafe-eval', `node --disallow-code-generation-from-strings` or a
+ * locked-down realm makes `new Function` throw. Where it throws, every layout uses the interpreter.
+ */
+let codeGeneration: boolean | undefined;
+
+function codeGenerationAllowed(): boolean {
+  if (codeGeneration === undefined) {
+    try {
+      codeGeneration = new Function("return true")() === true;
+    } catch {
+      codeGeneration = false;
+    }
+  }
+  return codeGeneration;
+}
+
+/**
+ * Chooses the compiled codec (`true`), the interpreter (`false`) or the automatic probe
+ * (`undefined`), and forgets what was built so far. For tests that run the same suites on both.
+ * @internal
+ */
+export function setCodeGeneration(enabled: boolean | undefined): void {
+  codeGeneration = enabled;
+  cache = new WeakMap();
+}
+
+/** True when layouts are compiled to code, false when the interpreter runs them. @internal */
+export function usesCodeGeneration(): boolean {
+  return codeGenerationAllowed();
+}
 
 const U64_MAX = (1n << 64n) - 1n;
 const S64_MIN = -(1n << 63n);
@@ -54,7 +89,7 @@ export function checkScalar(type: ScalarType, value: unknown, path: string): voi
   if (type === "u64" || type === "s64") {
     const [min, max] = type === "u64" ? [0n, U64_MAX] : [S64_MIN, S64_MAX];
     if (typeof value !== "bigint" || value < min || value > max) {
-      throw new KvmiArgumentError(path, `${path} must be a ${type} bigint, got ${String(value)}`);
+      throw new KvmiArgumentError(path, `${path} must be a ${type} integer (a bigint, or a safe-integer number), got ${String(value)}`);
     }
     return;
   }
@@ -64,11 +99,32 @@ export function checkScalar(type: ScalarType, value: unknown, path: string): voi
   }
 }
 
-/** The compiled form of `layout`, built on first use. */
+/**
+ * `value` as the JS type of `type`'s wire width, range-checked: a safe-integer `number` is accepted
+ * for u64/s64 and an in-range `bigint` for the narrower types, so one value fits a field that is
+ * u16 in one dialect and u64 in another (docs/decisions/0010-dialect-model.md).
+ * @throws KvmiArgumentError naming `path` when the value is not an integer of that range.
+ */
+export function coerceScalar(type: ScalarType, value: unknown, path: string): number | bigint {
+  let v = value;
+  if (type === "u64" || type === "s64") {
+    if (typeof v === "number" && Number.isSafeInteger(v)) v = BigInt(v);
+  } else if (typeof v === "bigint") {
+    const [min, max] = INT_RANGE[type];
+    if (v >= BigInt(min) && v <= BigInt(max)) v = Number(v);
+  }
+  checkScalar(type, v, path);
+  return v as number | bigint;
+}
+
+/** The compiled form of `layout` (generated code, or the interpreter where that is disallowed), built on first use. */
 export function compiled(layout: Layout): Compiled {
   let c = cache.get(layout);
   if (c === undefined) {
-    c = { encode: compileEncoder(layout), decode: compileDecoder(layout), checkedPads: flattenCheckedPads(layout, 0, "") };
+    const checkedPads = flattenCheckedPads(layout, 0, "");
+    c = codeGenerationAllowed()
+      ? { encode: compileEncoder(layout), decode: compileDecoder(layout), checkedPads }
+      : { encode: interpretedEncoder(layout), decode: interpretedDecoder(layout), checkedPads };
     cache.set(layout, c);
   }
   return c;
@@ -110,7 +166,7 @@ const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]*$/;
 function checkedName(layout: Layout, name: string): string {
   // Names come from our own layout tables; refusing anything else keeps the generated source
   // trivially safe.
-  if (!IDENTIFIER.test(name) || name === "__proto__") throw new Error(`layout ${layout.name}: field name ${JSON.stringify(name)} is not an identifier`);
+  if (!IDENTIFIER.test(name) || name === "__proto__") throw new KvmiProtocolError(`layout ${layout.name}: field name ${JSON.stringify(name)} is not an identifier`);
   return name;
 }
 
@@ -131,8 +187,8 @@ function fieldSource(field: Field, access: string, at: number, path: string, fre
     case "scalar": {
       const x = fresh();
       const le = SCALAR_BYTES[field.type] > 1 ? ", true" : "";
-      return `const ${x} = ${access};
-if (${misfit(field.type, x)}) checkScalar(${JSON.stringify(field.type)}, ${x}, ${path});
+      return `let ${x} = ${access};
+if (${misfit(field.type, x)}) ${x} = coerceScalar(${JSON.stringify(field.type)}, ${x}, ${path});
 view.set${ACCESSOR[field.type]}(o + ${at}, ${x}${le});`;
     }
     case "bytes": {
@@ -149,8 +205,8 @@ putBytes(view, o + ${at}, ${x}, ${field.length});`;
       return `const ${x} = ${access};
 if (!Array.isArray(${x}) || ${x}.length !== ${field.count}) notArray(${path}, ${field.count}, ${JSON.stringify(field.type)});
 for (let i = 0; i < ${field.count}; i++) {
-  const ${e} = ${x}[i];
-  if (${misfit(field.type, e)}) checkScalar(${JSON.stringify(field.type)}, ${e}, ${path} + "[" + i + "]");
+  let ${e} = ${x}[i];
+  if (${misfit(field.type, e)}) ${e} = coerceScalar(${JSON.stringify(field.type)}, ${e}, ${path} + "[" + i + "]");
   view.set${ACCESSOR[field.type]}(o + ${at} + i * ${width}, ${e}${le});
 }`;
     }
@@ -173,9 +229,11 @@ function decoderSource(layout: Layout, base: number): string {
     const at = base + field.offset;
     const key = checkedName(layout, name);
     switch (field.kind) {
-      case "scalar":
-        parts.push(`${key}: view.get${ACCESSOR[field.type]}(o + ${at}${SCALAR_BYTES[field.type] > 1 ? ", true" : ""})`);
+      case "scalar": {
+        const read = `view.get${ACCESSOR[field.type]}(o + ${at}${SCALAR_BYTES[field.type] > 1 ? ", true" : ""})`;
+        parts.push(`${key}: ${field.asNumber === true ? `Number(${read})` : read}`);
         break;
+      }
       case "bytes":
         parts.push(`${key}: copyBytes(view, o + ${at}, ${field.length})`);
         break;
@@ -196,8 +254,9 @@ function decoderSource(layout: Layout, base: number): string {
   return `{ ${parts.join(", ")} }`;
 }
 
-const helpers = {
-  checkScalar,
+/** What the generated code calls, shared with the interpreter so that both throw the same errors. */
+export const codecHelpers = {
+  coerceScalar,
   U64_MAX,
   S64_MIN,
   S64_MAX,
@@ -224,13 +283,13 @@ const helpers = {
 };
 
 function build<T>(layout: Layout, params: string, body: string): T {
-  const names = Object.keys(helpers);
+  const names = Object.keys(codecHelpers);
   // Generated from our own layout tables only (see checkedName); no input ever reaches the source.
   const fn = layout.name.replace(/\W/g, "_");
   // The sourceURL names the generated code in stack traces and CPU profiles (it counts as the codec).
   const source = `"use strict";\nreturn function ${fn}(${params}) {\n${body}\n};\n//# sourceURL=kvmi-codec:///kvm-bridge/src/wire/compiled/${fn}.js`;
   const factory = new Function(...names, source);
-  return factory(...names.map((n) => helpers[n as keyof typeof helpers])) as T;
+  return factory(...names.map((n) => codecHelpers[n as keyof typeof codecHelpers])) as T;
 }
 
 function compileEncoder(layout: Layout): CompiledEncoder {

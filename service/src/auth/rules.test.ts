@@ -5,7 +5,7 @@ import { IntrospectionService, SessionCommandSchema, SessionRequestSchema } from
 import { describe, expect, it } from "vitest";
 import { COMMAND_MAPPINGS } from "../mapping/commands.js";
 import type { AnyCommandMapping } from "../mapping/commands.js";
-import { MUTATING_COMMANDS } from "../vm/vm-host.js";
+import { MUTATING_COMMANDS } from "../mapping/command-facts.js";
 import { COMMAND_VERBS, requestVm, RPC_RULES, SESSION_REQUEST_VERBS } from "./rules.js";
 
 function oneofCases(schema: typeof SessionCommandSchema | typeof SessionRequestSchema, oneof: string): string[] {

@@ -5,12 +5,28 @@
  * `--request-timeout-ms` → `KVMI_BRIDGE_REQUEST_TIMEOUT_MS`), and the same table drives parsing,
  * validation, `--help` and `--print-config`.
  */
-import { accessSync, constants as fsConstants, statSync } from "node:fs";
 import { resolve } from "node:path";
-import { formatGrpcListen, formatHostPort, formatKvmiListen, parseGrpcListen, parseHostPort, parseKvmiListen } from "./address.js";
-import type { ParseResult } from "./address.js";
+import {
+  boolean,
+  grpcListen,
+  integer,
+  kvmiListen,
+  ok,
+  MAX_TIMER_MS,
+  metricsListen,
+  msPerName,
+  nonEmptyString,
+  oneOf,
+  readableFile,
+  socketOwner,
+  socketMode,
+  timeoutMs,
+} from "./parsers.js";
+import type { Parser, ValueContext } from "./parsers.js";
+
+export { MAX_TIMER_MS };
+export type { ValueContext };
 import { AUTH_OPTIONS } from "./auth-options.js";
-import type { AuthConfig } from "./auth-options.js";
 
 /** Log levels, most verbose first (conventions §9: trace = frame hex, debug = per command). */
 export const LOG_LEVELS = ["trace", "debug", "info", "warn", "error"] as const;
@@ -50,76 +66,6 @@ export const EVENT_NAMES = [
 /** One of {@link EVENT_NAMES}. */
 export type EventName = (typeof EVENT_NAMES)[number];
 
-/**
- * The validated, frozen configuration of one bridge process. Paths are absolute; listen addresses
- * are normalised (`unix:/abs/path`, `HOST:PORT`, `[v6]:PORT`, `tcp:HOST:PORT`).
- */
-export interface BridgeConfig extends AuthConfig {
-  /** gRPC listen address: `HOST:PORT` or `unix:PATH`. */
-  readonly grpcListen: string;
-  /** KVMI listen addresses for QEMU: `unix:PATH` or `tcp:HOST:PORT`, at least one. */
-  readonly kvmiListen: readonly string[];
-  /** Permission bits of KVMI unix sockets, e.g. `0o660`. */
-  readonly kvmiSocketMode: number;
-  /** Owner (`UID:GID`) of KVMI unix sockets, so that QEMU's user can connect; unchanged when unset. */
-  readonly kvmiSocketOwner: { readonly uid: number; readonly gid: number } | undefined;
-  /**
-   * Where in-pod forwarders connect (`unix:PATH`, `tcp:HOST:PORT`; TCP uses the gRPC TLS settings);
-   * empty: none (service/src/forward/).
-   */
-  readonly forwardListen: readonly string[];
-  /** Prometheus listen address `HOST:PORT`, or `"off"`. */
-  readonly metricsListen: string;
-  /** PEM certificate chain of the gRPC server. Enables TLS together with {@link tlsKey}. */
-  readonly tlsCert: string | undefined;
-  /** PEM private key of {@link tlsCert}. */
-  readonly tlsKey: string | undefined;
-  /** PEM CA bundle; when set, clients must present a certificate signed by it (mTLS). */
-  readonly tlsClientCa: string | undefined;
-  /** Allows plaintext gRPC on a non-loopback address. */
-  readonly allowInsecure: boolean;
-  /** File holding the QEMU introspection cookie secret; its SHA-1 goes into the handshake. */
-  readonly secretFile: string | undefined;
-  /** The cookie secret itself (prefer {@link secretFile}); redacted everywhere. */
-  readonly secret: string | undefined;
-  /** Handshake layout expected from QEMU. */
-  readonly handshakeVariant: HandshakeVariant;
-  /** Default deadline of one KVMI command round trip, in ms. */
-  readonly requestTimeoutMs: number;
-  /** Default time a controller has to reply to an event before the bridge auto-replies, in ms. */
-  readonly eventTimeoutMs: number;
-  /** Per-event overrides of {@link eventTimeoutMs}, in ms. */
-  readonly eventTimeouts: Readonly<Partial<Record<EventName, number>>>;
-  /** Time the controller gets after UNHOOK before the bridge undoes its hooks itself, in ms. */
-  readonly unhookDeadlineMs: number;
-  /** What happens to a VM's hooks when its controller disconnects. */
-  readonly controllerGonePolicy: ControllerGonePolicy;
-  /** Most VMs this bridge accepts at once; further KVMI connections are refused. */
-  readonly maxVms: number;
-  /** Lowest level that is logged. */
-  readonly logLevel: LogLevel;
-  /** Starts the built-in KVMI emulator with {@link embeddedVms} fake VMs. */
-  readonly embedded: boolean;
-  /** Number of emulated VMs in embedded mode. */
-  readonly embeddedVms: number;
-  /** vCPUs per emulated VM. */
-  readonly embeddedVcpus: number;
-  /** Guest memory per emulated VM, in MiB. */
-  readonly embeddedMemoryMib: number;
-  /** Time in-flight RPCs get on SIGTERM before the server is forced down, in ms. */
-  readonly shutdownGraceMs: number;
-  /** Interval of the server's HTTP/2 keepalive pings, in ms. */
-  readonly grpcKeepaliveTimeMs: number;
-  /** How long a keepalive ping may stay unanswered before the connection is dropped, in ms. */
-  readonly grpcKeepaliveTimeoutMs: number;
-}
-
-/** Where a raw value comes from; used to resolve relative paths and to name it in errors. */
-export interface ValueContext {
-  /** Directory relative paths are resolved against (cwd, or the config file's directory). */
-  readonly baseDir: string;
-}
-
 /** Context for defaults that depend on other options or on the process. */
 export interface DefaultContext {
   readonly embedded: boolean;
@@ -146,189 +92,17 @@ export interface OptionSpec<T> {
   /** Default as shown in `--help`, when it differs from the printed value. */
   readonly defaultHelp?: string;
   /** Parses and validates a raw value (string from flag/env, any JSON value from the file). */
-  readonly parse: (raw: unknown, ctx: ValueContext) => ParseResult<T>;
+  readonly parse: Parser<T>;
   /** The printed form (`--print-config`, logs); identity when absent. */
   readonly print?: (value: T) => unknown;
   /** Redacted in `--print-config`, in logs and in errors. */
   readonly secret?: boolean;
 }
 
-/**
- * Largest timer Node can arm: setTimeout() treats anything above 2^31-1 ms as 1 ms.
- * @see https://nodejs.org/api/timers.html#settimeoutcallback-delay-args
- */
-export const MAX_TIMER_MS = 2_147_483_647;
-
-const ok = <T>(value: T): ParseResult<T> => ({ ok: true, value });
-const fail = <T>(error: string): ParseResult<T> => ({ ok: false, error });
-
-function show(raw: unknown): string {
-  return typeof raw === "string" ? JSON.stringify(raw) : String(JSON.stringify(raw) ?? raw);
+/** Declares one option; the type argument is the option's value type, stated only here. */
+function option<T>(spec: OptionSpec<T>): OptionSpec<T> {
+  return spec;
 }
-
-function integer(min: number, max: number, unit: string): OptionSpec<number>["parse"] {
-  return (raw) => {
-    let value: number;
-    if (typeof raw === "number") value = raw;
-    else if (typeof raw === "string" && /^\s*\d+\s*$/.test(raw)) value = Number(raw);
-    else return fail(`${show(raw)} is not a whole number${unit ? ` of ${unit}` : ""}`);
-    if (!Number.isSafeInteger(value)) return fail(`${show(raw)} is not a whole number${unit ? ` of ${unit}` : ""}`);
-    if (value < min || value > max) return fail(`${value} is out of range ${min}..${max}${unit ? ` ${unit}` : ""}`);
-    return ok(value);
-  };
-}
-
-const boolean: OptionSpec<boolean>["parse"] = (raw) => {
-  if (typeof raw === "boolean") return ok(raw);
-  if (typeof raw === "string") {
-    const text = raw.trim().toLowerCase();
-    if (["true", "1", "yes", "on"].includes(text)) return ok(true);
-    if (["false", "0", "no", "off"].includes(text)) return ok(false);
-  }
-  return fail(`${show(raw)} is not a boolean (true|false)`);
-};
-
-function oneOf<const V extends readonly string[]>(values: V): OptionSpec<V[number]>["parse"] {
-  return (raw) =>
-    typeof raw === "string" && (values as readonly string[]).includes(raw)
-      ? ok(raw as V[number])
-      : fail(`${show(raw)} is not one of ${values.join("|")}`);
-}
-
-function nonEmptyString(raw: unknown): ParseResult<string> {
-  return typeof raw === "string" && raw.trim() !== "" ? ok(raw) : fail(`${show(raw)} is not a non-empty string`);
-}
-
-/**
- * A path to a readable regular file, resolved against the context directory. The check runs at
- * start-up so that a missing certificate is reported with every other error, not at first use.
- */
-const readableFile: OptionSpec<string | undefined>["parse"] = (raw, ctx) => {
-  const text = nonEmptyString(raw);
-  if (!text.ok) return fail(text.error);
-  const path = resolve(ctx.baseDir, text.value);
-  try {
-    if (!statSync(path).isFile()) return fail(`"${path}" is not a regular file`);
-    accessSync(path, fsConstants.R_OK);
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    if (code === "ENOENT") return fail(`file "${path}" does not exist`);
-    if (code === "EACCES") return fail(`file "${path}" is not readable by this process`);
-    return fail(`file "${path}" cannot be read (${code ?? String(error)})`);
-  }
-  return ok(path);
-};
-
-/** Splits `a,b , c` into trimmed, non-empty items. */
-function splitList(text: string): string[] {
-  return text
-    .split(",")
-    .map((item) => item.trim())
-    .filter((item) => item !== "");
-}
-
-/** Flattens a list raw value: repeated flags (string[]), a comma list, or a file array. */
-function listItems(raw: unknown): ParseResult<string[]> {
-  if (typeof raw === "string") return ok(splitList(raw));
-  if (Array.isArray(raw)) {
-    const items: string[] = [];
-    for (const item of raw) {
-      if (typeof item !== "string") return fail(`list item ${show(item)} is not a string`);
-      items.push(...splitList(item));
-    }
-    return ok(items);
-  }
-  return fail(`${show(raw)} is not a list of strings`);
-}
-
-const kvmiListen: OptionSpec<readonly string[]>["parse"] = (raw, ctx) => {
-  const items = listItems(raw);
-  if (!items.ok) return fail(items.error);
-  if (items.value.length === 0) return fail("at least one address is required (unix:PATH or tcp:HOST:PORT)");
-  const problems: string[] = [];
-  const seen = new Set<string>();
-  const out: string[] = [];
-  for (const item of items.value) {
-    const parsed = parseKvmiListen(item, ctx.baseDir);
-    if (!parsed.ok) {
-      problems.push(parsed.error);
-      continue;
-    }
-    const normal = formatKvmiListen(parsed.value);
-    if (seen.has(normal)) problems.push(`${normal} is listed twice`);
-    seen.add(normal);
-    out.push(normal);
-  }
-  return problems.length > 0 ? fail(problems.join("; ")) : ok(out);
-};
-
-const socketMode: OptionSpec<number>["parse"] = (raw) => {
-  if (typeof raw === "number") {
-    // YAML reads 0660 as decimal 660 and 0o660 as 432: both are ambiguous, so insist on a string.
-    return fail(`${raw} is a number; write the mode as a quoted octal string, e.g. "0660"`);
-  }
-  if (typeof raw !== "string" || !/^0?[0-7]{3}$/.test(raw.trim())) {
-    return fail(`${show(raw)} is not an octal permission mode like "0660"`);
-  }
-  return ok(Number.parseInt(raw.trim(), 8));
-};
-
-/** `UID:GID`, both numeric: names would need the host's user database, which a container may lack. */
-const socketOwner: OptionSpec<{ readonly uid: number; readonly gid: number } | undefined>["parse"] = (raw) => {
-  const match = typeof raw === "string" ? /^\s*(\d{1,10}):(\d{1,10})\s*$/.exec(raw) : null;
-  if (match === null) return fail(`${show(raw)} is not a numeric owner like "107:107" (uid:gid)`);
-  const [uid, gid] = [Number(match[1]), Number(match[2])];
-  if (uid > 0xffff_fffe || gid > 0xffff_fffe) return fail(`${show(raw)}: uid and gid must be below 4294967295`);
-  return ok({ uid, gid });
-};
-
-const metricsListen: OptionSpec<string>["parse"] = (raw) => {
-  if (raw === false || raw === "off") return ok("off");
-  if (typeof raw !== "string") return fail(`${show(raw)} is neither HOST:PORT nor "off"`);
-  const parsed = parseHostPort(raw);
-  return parsed.ok ? ok(formatHostPort(parsed.value)) : fail(`${parsed.error} (or "off" to disable metrics)`);
-};
-
-const grpcListen: OptionSpec<string>["parse"] = (raw, ctx) => {
-  if (typeof raw !== "string") return fail(`${show(raw)} is neither HOST:PORT nor unix:PATH`);
-  const parsed = parseGrpcListen(raw, ctx.baseDir);
-  return parsed.ok ? ok(formatGrpcListen(parsed.value)) : fail(parsed.error);
-};
-
-const timeoutMs = integer(1, MAX_TIMER_MS, "ms");
-
-/**
- * Per-event deadlines: `cr=1000,msr=2000` (flag, env, or a string in the file), repeated flags,
- * or a mapping `{cr: 1000}` in the file.
- */
-const eventTimeouts: OptionSpec<Readonly<Partial<Record<EventName, number>>>>["parse"] = (raw) => {
-  const entries: Array<[string, unknown]> = [];
-  if (typeof raw === "string" || Array.isArray(raw)) {
-    const items = listItems(raw);
-    if (!items.ok) return fail(items.error);
-    for (const item of items.value) {
-      const eq = item.indexOf("=");
-      if (eq <= 0) return fail(`"${item}" is not EVENT=MS (e.g. cr=1000)`);
-      entries.push([item.slice(0, eq).trim(), item.slice(eq + 1).trim()]);
-    }
-  } else if (raw !== null && typeof raw === "object") {
-    entries.push(...Object.entries(raw));
-  } else {
-    return fail(`${show(raw)} is neither EVENT=MS,... nor a mapping of event to ms`);
-  }
-  const problems: string[] = [];
-  const out: Partial<Record<EventName, number>> = {};
-  for (const [name, value] of entries) {
-    if (!(EVENT_NAMES as readonly string[]).includes(name)) {
-      problems.push(`unknown event "${name}" (events: ${EVENT_NAMES.join(", ")})`);
-      continue;
-    }
-    const ms = timeoutMs(value, { baseDir: "" });
-    if (ms.ok) out[name as EventName] = ms.value;
-    else problems.push(`${name}: ${ms.error}`);
-  }
-  return problems.length > 0 ? fail(problems.join("; ")) : ok(out);
-};
 
 /** The default KVMI socket of a standalone bridge. */
 export const DEFAULT_KVMI_LISTEN = "unix:/run/kvmi-bridge/kvmi.sock";
@@ -337,15 +111,15 @@ export const DEFAULT_KVMI_LISTEN = "unix:/run/kvmi-bridge/kvmi.sock";
  * Every option of the bridge, in `--help` order. The key is the file spelling; the flag and the
  * environment variable are derived from it by {@link flagName} and {@link envName}.
  */
-export const OPTIONS: { readonly [K in keyof BridgeConfig]-?: OptionSpec<BridgeConfig[K]> } = {
-  grpcListen: {
+export const OPTIONS = {
+  grpcListen: option<string>({
     shape: "scalar",
     valueName: "<host:port|unix:path>",
     description: "gRPC listen address. Plaintext is allowed only on loopback or unix sockets (see --tls-cert, --allow-insecure).",
     defaultValue: "127.0.0.1:50051",
     parse: grpcListen,
-  },
-  kvmiListen: {
+  }),
+  kvmiListen: option<readonly string[]>({
     shape: "list",
     valueName: "<unix:path|tcp:host:port>",
     description: "Where QEMU connects with KVMI. Repeat the flag or separate with commas for several sockets.",
@@ -353,16 +127,16 @@ export const OPTIONS: { readonly [K in keyof BridgeConfig]-?: OptionSpec<BridgeC
       embedded ? [`unix:${resolve(tmpDir, `kvmi-bridge-${pid}`, "kvmi.sock")}`] : [DEFAULT_KVMI_LISTEN],
     defaultHelp: `${DEFAULT_KVMI_LISTEN}; embedded: unix:$TMPDIR/kvmi-bridge-<pid>/kvmi.sock`,
     parse: kvmiListen,
-  },
-  kvmiSocketMode: {
+  }),
+  kvmiSocketMode: option<number>({
     shape: "scalar",
     valueName: "<octal>",
     description: "Permission bits of KVMI unix sockets (quote it in YAML).",
     defaultValue: 0o660,
     parse: socketMode,
     print: (mode) => `0${mode.toString(8).padStart(3, "0")}`,
-  },
-  kvmiSocketOwner: {
+  }),
+  kvmiSocketOwner: option<{ readonly uid: number; readonly gid: number } | undefined>({
     shape: "scalar",
     valueName: "<uid:gid>",
     description: "Numeric owner and group of KVMI unix sockets (QEMU's), e.g. 107:107; the bridge's own when unset.",
@@ -370,174 +144,185 @@ export const OPTIONS: { readonly [K in keyof BridgeConfig]-?: OptionSpec<BridgeC
     defaultHelp: "unset",
     parse: socketOwner,
     print: (owner) => (owner === undefined ? undefined : `${owner.uid}:${owner.gid}`),
-  },
-  forwardListen: {
+  }),
+  forwardListen: option<readonly string[]>({
     shape: "list",
     valueName: "<unix:path|tcp:host:port>",
     description: "Where KVMI forwarders in VM pods connect (KubeVirt node mode); TCP uses --tls-cert/--tls-key/--tls-client-ca. Default: none.",
     defaultValue: [],
     defaultHelp: "none",
-    parse: (raw, ctx) => (Array.isArray(raw) && raw.length === 0) || raw === "" ? ok([]) : kvmiListen(raw, ctx),
-  },
-  metricsListen: {
+    parse: (raw, ctx) => ((Array.isArray(raw) && raw.length === 0) || raw === "" ? ok([]) : kvmiListen(raw, ctx)),
+  }),
+  metricsListen: option<string>({
     shape: "scalar",
     valueName: "<host:port|off>",
     description: 'Prometheus /metrics listen address on its own port; "off" disables it.',
     defaultValue: "127.0.0.1:9464",
     parse: metricsListen,
-  },
-  tlsCert: {
+  }),
+  tlsCert: option<string | undefined>({
     shape: "scalar",
     valueName: "<file>",
     description: "PEM certificate chain of the gRPC server; enables TLS together with --tls-key.",
     defaultValue: undefined,
     parse: readableFile,
-  },
-  tlsKey: {
+  }),
+  tlsKey: option<string | undefined>({
     shape: "scalar",
     valueName: "<file>",
     description: "PEM private key matching --tls-cert.",
     defaultValue: undefined,
     parse: readableFile,
-  },
-  tlsClientCa: {
+  }),
+  tlsClientCa: option<string | undefined>({
     shape: "scalar",
     valueName: "<file>",
     description: "PEM CA bundle; when set, every client must present a certificate it signed (mTLS).",
     defaultValue: undefined,
     parse: readableFile,
-  },
-  allowInsecure: {
+  }),
+  allowInsecure: option<boolean>({
     shape: "bool",
     valueName: "",
     description: "Allow plaintext gRPC on a non-loopback address (only behind another protection layer).",
     defaultValue: false,
     parse: boolean,
-  },
-  secretFile: {
+  }),
+  secretFile: option<string | undefined>({
     shape: "scalar",
     valueName: "<file>",
     description: "File with the QEMU introspection cookie secret; its SHA-1 is sent in the handshake.",
     defaultValue: undefined,
     parse: readableFile,
-  },
-  secret: {
+  }),
+  secret: option<string | undefined>({
     shape: "scalar",
     valueName: "<text>",
     description: "The cookie secret itself; prefer --secret-file or the env variable (argv is visible in ps).",
     defaultValue: undefined,
     parse: nonEmptyString,
     secret: true,
-  },
-  handshakeVariant: {
+  }),
+  handshakeVariant: option<HandshakeVariant>({
     shape: "scalar",
     valueName: `<${HANDSHAKE_VARIANTS.join("|")}>`,
     description: "Handshake layout QEMU sends; auto detects it from the message size.",
     defaultValue: "auto",
     parse: oneOf(HANDSHAKE_VARIANTS),
-  },
-  requestTimeoutMs: {
+  }),
+  requestTimeoutMs: option<number>({
     shape: "scalar",
     valueName: "<ms>",
     description: "Default deadline of one KVMI command round trip (a shorter gRPC deadline wins).",
     defaultValue: 10_000,
     parse: timeoutMs,
-  },
-  eventTimeoutMs: {
+  }),
+  eventTimeoutMs: option<number>({
     shape: "scalar",
     valueName: "<ms>",
     description: "Default time a controller has to reply to an event before the bridge auto-replies.",
     defaultValue: 5_000,
     parse: timeoutMs,
-  },
-  eventTimeouts: {
+  }),
+  eventTimeouts: option<Readonly<Partial<Record<EventName, number>>>>({
     shape: "map",
     valueName: "<event=ms,...>",
     description: `Per-event reply deadlines overriding --event-timeout-ms, e.g. cr=1000,msr=2000. Events: ${EVENT_NAMES.join(", ")}.`,
     defaultValue: {},
     defaultHelp: "none",
-    parse: eventTimeouts,
-  },
-  unhookDeadlineMs: {
+    parse: msPerName(EVENT_NAMES, "event"),
+  }),
+  unhookDeadlineMs: option<number>({
     shape: "scalar",
     valueName: "<ms>",
     description: "Time the controller gets after UNHOOK before the bridge undoes the hooks itself.",
     defaultValue: 5_000,
     parse: timeoutMs,
-  },
-  controllerGonePolicy: {
+  }),
+  controllerGonePolicy: option<ControllerGonePolicy>({
     shape: "scalar",
     valueName: `<${CONTROLLER_GONE_POLICIES.join("|")}>`,
     description: "When a controller disconnects: release its hooks, or keep them for a reconnect.",
     defaultValue: "release",
     parse: oneOf(CONTROLLER_GONE_POLICIES),
-  },
-  maxVms: {
+  }),
+  maxVms: option<number>({
     shape: "scalar",
     valueName: "<n>",
     description: "Most VMs served at once; further KVMI connections are refused.",
     defaultValue: 256,
     parse: integer(1, 65_535, ""),
-  },
-  logLevel: {
+  }),
+  logLevel: option<LogLevel>({
     shape: "scalar",
     valueName: `<${LOG_LEVELS.join("|")}>`,
     description: "Lowest level written to the JSON log on stdout.",
     defaultValue: "info",
     parse: oneOf(LOG_LEVELS),
-  },
-  embedded: {
+  }),
+  embedded: option<boolean>({
     shape: "bool",
     valueName: "",
     description: "Start the built-in KVMI emulator with --embedded-vms fake VMs (demo and tests).",
     defaultValue: false,
     parse: boolean,
-  },
-  embeddedVms: {
+  }),
+  embeddedVms: option<number>({
     shape: "scalar",
     valueName: "<n>",
     description: "Number of emulated VMs in embedded mode.",
     defaultValue: 2,
     parse: integer(1, 256, ""),
-  },
-  embeddedVcpus: {
+  }),
+  embeddedVcpus: option<number>({
     shape: "scalar",
     valueName: "<n>",
     description: "vCPUs per emulated VM.",
     defaultValue: 2,
     parse: integer(1, 256, ""),
-  },
-  embeddedMemoryMib: {
+  }),
+  embeddedMemoryMib: option<number>({
     shape: "scalar",
     valueName: "<MiB>",
     description: "Guest memory per emulated VM.",
     defaultValue: 64,
     parse: integer(1, 65_536, "MiB"),
-  },
-  shutdownGraceMs: {
+  }),
+  shutdownGraceMs: option<number>({
     shape: "scalar",
     valueName: "<ms>",
     description: "Time in-flight RPCs get on SIGTERM/SIGINT before the server is forced down.",
     defaultValue: 10_000,
     parse: integer(0, MAX_TIMER_MS, "ms"),
-  },
-  grpcKeepaliveTimeMs: {
+  }),
+  grpcKeepaliveTimeMs: option<number>({
     shape: "scalar",
     valueName: "<ms>",
     description:
       "Interval of the server's HTTP/2 keepalive pings. A client that stops answering them (a frozen or vanished tool) loses its sessions, and a controller's hooks are handled by the controller-gone policy.",
     defaultValue: 30_000,
     parse: integer(100, MAX_TIMER_MS, "ms"),
-  },
-  grpcKeepaliveTimeoutMs: {
+  }),
+  grpcKeepaliveTimeoutMs: option<number>({
     shape: "scalar",
     valueName: "<ms>",
     description: "How long a keepalive ping may stay unanswered before the connection is dropped.",
     defaultValue: 10_000,
     parse: integer(100, MAX_TIMER_MS, "ms"),
-  },
+  }),
   ...AUTH_OPTIONS,
 };
+
+/** The value type of an option of {@link OPTIONS}. */
+export type OptionValue<S> = S extends OptionSpec<infer T> ? T : never;
+
+/**
+ * The validated, frozen configuration of one bridge process: one field per option of
+ * {@link OPTIONS}, of the type its parser returns (see each option's description). Paths are
+ * absolute; listen addresses are normalised (`unix:/abs/path`, `HOST:PORT`, `[v6]:PORT`,
+ * `tcp:HOST:PORT`).
+ */
+export type BridgeConfig = { readonly [K in keyof typeof OPTIONS]: OptionValue<(typeof OPTIONS)[K]> };
 
 /** Every option key, in declaration order. */
 export const OPTION_KEYS = Object.keys(OPTIONS) as ReadonlyArray<keyof BridgeConfig>;

@@ -3,7 +3,16 @@
 // verb and the VM in ErrorInfo, through the one error table.
 import { describe, expect, it } from "vitest";
 import { permissionDenied, unauthenticated } from "./access-error.js";
-import { GrpcCode, parseStatusDetails, toGrpcStatus } from "./status.js";
+import type { Metadata } from "@grpc/grpc-js";
+import { decodeStatus, readStatusDetails, STATUS_DETAILS_KEY } from "@kvmi/proto/status-details";
+import { GrpcCode, toGrpcStatus } from "./status.js";
+
+/** The trailer a grpc-js client receives, decoded with the decoder the SDK uses. */
+function parseStatusDetails(metadata: Metadata) {
+  const value = metadata.get(STATUS_DETAILS_KEY)[0];
+  const st = value instanceof Uint8Array ? decodeStatus(value) : undefined;
+  return st === undefined ? undefined : readStatusDetails(st);
+}
 
 const VM = "4c4c4544-0000-4000-8000-00000000000a";
 

@@ -22,9 +22,8 @@
 import { create } from "@bufbuild/protobuf";
 import type { DescMessage, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
 import { KvmiArgumentError } from "@kvmi/kvm-bridge";
-import type { CommandReply, CommandRequest } from "@kvmi/kvm-bridge";
 import { layouts, V9_COMMANDS, v9Ids } from "@kvmi/kvm-bridge/wire";
-import type { V9CommandName } from "@kvmi/kvm-bridge/wire";
+import type { V9CommandName, V9CommandReply as CommandReply, V9CommandRequest as CommandRequest } from "@kvmi/kvm-bridge/wire";
 import {
   CheckCommandRequestSchema,
   CheckCommandResponseSchema,
@@ -183,8 +182,6 @@ export interface CommandMapping<
   readonly method: string;
   /** `vcpu` when the request names a vCPU (`name`), `vm` when it names a VM (`vm`). */
   readonly scope: "vm" | "vcpu";
-  /** True when the command cannot change guest state: observers may run it (session.proto). */
-  readonly readOnly: boolean;
   readonly requestSchema: Req;
   readonly responseSchema: Res;
   /**
@@ -219,7 +216,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_GET_VERSION: defineCommand({
     command: "KVMI_GET_VERSION",
     method: "getVersion",
-    readOnly: true,
     requestSchema: GetVersionRequestSchema,
     responseSchema: GetVersionResponseSchema,
     toWire: (r) => ({ vm: vmOf(r), body: {} }),
@@ -238,7 +234,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VM_CHECK_COMMAND: defineCommand({
     command: "KVMI_VM_CHECK_COMMAND",
     method: "checkCommand",
-    readOnly: true,
     requestSchema: CheckCommandRequestSchema,
     responseSchema: CheckCommandResponseSchema,
     toWire: (r) => ({ vm: vmOf(r), body: { id: commandIdForCheck(r.command, "command") } }),
@@ -249,7 +244,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VM_CHECK_EVENT: defineCommand({
     command: "KVMI_VM_CHECK_EVENT",
     method: "checkEvent",
-    readOnly: true,
     requestSchema: CheckEventRequestSchema,
     responseSchema: CheckEventResponseSchema,
     toWire: (r) => ({ vm: vmOf(r), body: { id: eventIdForCheck(r.event, "event") } }),
@@ -260,7 +254,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VM_GET_INFO: defineCommand({
     command: "KVMI_VM_GET_INFO",
     method: "getVmInfo",
-    readOnly: true,
     requestSchema: GetVmInfoRequestSchema,
     responseSchema: GetVmInfoResponseSchema,
     toWire: (r) => ({ vm: vmOf(r), body: {} }),
@@ -271,7 +264,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VM_CONTROL_EVENTS: defineCommand({
     command: "KVMI_VM_CONTROL_EVENTS",
     method: "controlVmEvents",
-    readOnly: false,
     requestSchema: ControlVmEventsRequestSchema,
     responseSchema: ControlVmEventsResponseSchema,
     toWire: (r) => ({ vm: vmOf(r), body: { event_id: vmEvent(r.event, "event"), enable: flag(r.enable) } }),
@@ -285,7 +277,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VM_READ_PHYSICAL: defineCommand({
     command: "KVMI_VM_READ_PHYSICAL",
     method: "readPhysicalMemory",
-    readOnly: true,
     requestSchema: ReadPhysicalMemoryRequestSchema,
     responseSchema: ReadPhysicalMemoryResponseSchema,
     toWire: (r) => {
@@ -304,7 +295,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VM_WRITE_PHYSICAL: defineCommand({
     command: "KVMI_VM_WRITE_PHYSICAL",
     method: "writePhysicalMemory",
-    readOnly: false,
     requestSchema: WritePhysicalMemoryRequestSchema,
     responseSchema: WritePhysicalMemoryResponseSchema,
     toWire: (r) => {
@@ -319,7 +309,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VCPU_GET_INFO: defineCommand({
     command: "KVMI_VCPU_GET_INFO",
     method: "getVcpuInfo",
-    readOnly: true,
     requestSchema: GetVcpuInfoRequestSchema,
     responseSchema: GetVcpuInfoResponseSchema,
     toWire: (r) => ({ ...parseVcpuName(r.name), body: {} }),
@@ -330,7 +319,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VCPU_PAUSE: defineCommand({
     command: "KVMI_VCPU_PAUSE",
     method: "pauseVcpu",
-    readOnly: false,
     requestSchema: PauseVcpuRequestSchema,
     responseSchema: PauseVcpuResponseSchema,
     toWire: (r) => ({ ...parseVcpuName(r.name), body: { wait: flag(r.wait) } }),
@@ -341,7 +329,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VCPU_CONTROL_EVENTS: defineCommand({
     command: "KVMI_VCPU_CONTROL_EVENTS",
     method: "controlVcpuEvents",
-    readOnly: false,
     requestSchema: ControlVcpuEventsRequestSchema,
     responseSchema: ControlVcpuEventsResponseSchema,
     toWire: (r) => {
@@ -358,7 +345,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VCPU_GET_REGISTERS: defineCommand({
     command: "KVMI_VCPU_GET_REGISTERS",
     method: "getRegisters",
-    readOnly: true,
     requestSchema: GetRegistersRequestSchema,
     responseSchema: GetRegistersResponseSchema,
     toWire: (r) => {
@@ -392,7 +378,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VCPU_SET_REGISTERS: defineCommand({
     command: "KVMI_VCPU_SET_REGISTERS",
     method: "setRegisters",
-    readOnly: false,
     requestSchema: SetRegistersRequestSchema,
     responseSchema: SetRegistersResponseSchema,
     toWire: (r) => {
@@ -410,7 +395,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VCPU_GET_CPUID: defineCommand({
     command: "KVMI_VCPU_GET_CPUID",
     method: "getCpuid",
-    readOnly: true,
     requestSchema: GetCpuidRequestSchema,
     responseSchema: GetCpuidResponseSchema,
     toWire: (r) => ({ ...parseVcpuName(r.name), body: { function: r.function, index: r.index } }),
@@ -424,7 +408,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VM_CONTROL_CLEANUP: defineCommand({
     command: "KVMI_VM_CONTROL_CLEANUP",
     method: "controlCleanup",
-    readOnly: false,
     requestSchema: ControlCleanupRequestSchema,
     responseSchema: ControlCleanupResponseSchema,
     toWire: (r) => ({ vm: vmOf(r), body: { enable: flag(r.enable) } }),
@@ -435,7 +418,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VCPU_CONTROL_CR: defineCommand({
     command: "KVMI_VCPU_CONTROL_CR",
     method: "controlCr",
-    readOnly: false,
     requestSchema: ControlCrRequestSchema,
     responseSchema: ControlCrResponseSchema,
     toWire: (r) => {
@@ -452,7 +434,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VCPU_INJECT_EXCEPTION: defineCommand({
     command: "KVMI_VCPU_INJECT_EXCEPTION",
     method: "injectException",
-    readOnly: false,
     requestSchema: InjectExceptionRequestSchema,
     responseSchema: InjectExceptionResponseSchema,
     toWire: (r) => {
@@ -473,7 +454,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VM_GET_MAX_GFN: defineCommand({
     command: "KVMI_VM_GET_MAX_GFN",
     method: "getMaxGfn",
-    readOnly: true,
     requestSchema: GetMaxGfnRequestSchema,
     responseSchema: GetMaxGfnResponseSchema,
     toWire: (r) => ({ vm: vmOf(r), body: {} }),
@@ -484,7 +464,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VCPU_GET_XCR: defineCommand({
     command: "KVMI_VCPU_GET_XCR",
     method: "getXcr",
-    readOnly: true,
     requestSchema: GetXcrRequestSchema,
     responseSchema: GetXcrResponseSchema,
     toWire: (r) => {
@@ -502,7 +481,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VCPU_GET_XSAVE: defineCommand({
     command: "KVMI_VCPU_GET_XSAVE",
     method: "getXsave",
-    readOnly: true,
     requestSchema: GetXsaveRequestSchema,
     responseSchema: GetXsaveResponseSchema,
     toWire: (r) => ({ ...parseVcpuName(r.name), body: {} }),
@@ -513,7 +491,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VCPU_SET_XSAVE: defineCommand({
     command: "KVMI_VCPU_SET_XSAVE",
     method: "setXsave",
-    readOnly: false,
     requestSchema: SetXsaveRequestSchema,
     responseSchema: SetXsaveResponseSchema,
     toWire: (r) => {
@@ -534,7 +511,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VCPU_GET_MTRR_TYPE: defineCommand({
     command: "KVMI_VCPU_GET_MTRR_TYPE",
     method: "getMtrrType",
-    readOnly: true,
     requestSchema: GetMtrrTypeRequestSchema,
     responseSchema: GetMtrrTypeResponseSchema,
     toWire: (r) => ({ ...parseVcpuName(r.name), body: { gpa: r.gpa } }),
@@ -549,7 +525,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VCPU_CONTROL_MSR: defineCommand({
     command: "KVMI_VCPU_CONTROL_MSR",
     method: "controlMsr",
-    readOnly: false,
     requestSchema: ControlMsrRequestSchema,
     responseSchema: ControlMsrResponseSchema,
     toWire: (r) => {
@@ -564,7 +539,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VM_SET_PAGE_ACCESS: defineCommand({
     command: "KVMI_VM_SET_PAGE_ACCESS",
     method: "setPageAccess",
-    readOnly: false,
     requestSchema: SetPageAccessRequestSchema,
     responseSchema: SetPageAccessResponseSchema,
     toWire: (r) => {
@@ -595,7 +569,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VCPU_CONTROL_SINGLESTEP: defineCommand({
     command: "KVMI_VCPU_CONTROL_SINGLESTEP",
     method: "controlSingleStep",
-    readOnly: false,
     requestSchema: ControlSingleStepRequestSchema,
     responseSchema: ControlSingleStepResponseSchema,
     toWire: (r) => ({ ...parseVcpuName(r.name), body: { enable: flag(r.enable) } }),
@@ -606,7 +579,6 @@ export const COMMAND_MAPPINGS = {
   KVMI_VCPU_TRANSLATE_GVA: defineCommand({
     command: "KVMI_VCPU_TRANSLATE_GVA",
     method: "translateGva",
-    readOnly: true,
     requestSchema: TranslateGvaRequestSchema,
     responseSchema: TranslateGvaResponseSchema,
     toWire: (r) => ({ ...parseVcpuName(r.name), body: { gva: r.gva } }),

@@ -14,12 +14,11 @@ export {
   GrpcCode,
   INTERNAL_MESSAGE,
   mapError,
-  parseStatusDetails,
   statusToProto,
   STATUS_DETAILS_KEY,
   toGrpcStatus,
 } from "./status.js";
-export type { ErrorContext, MappedError, StatusDetail, StatusDetails } from "./status.js";
+export type { ErrorContext, MappedError, StatusDetail } from "./status.js";
 export { BridgeError, checkVcpuIndex, vmNotFound } from "./bridge-error.js";
 export type { BridgeErrorCode, BridgeErrorOptions } from "./bridge-error.js";
 

@@ -6,7 +6,7 @@
  */
 import { fromBinary } from "@bufbuild/protobuf";
 import { anyIs } from "@bufbuild/protobuf/wkt";
-import { Metadata } from "@grpc/grpc-js";
+import type { Metadata } from "@grpc/grpc-js";
 import {
   KvmiArgumentError,
   KvmiProtocolError,
@@ -18,6 +18,8 @@ import {
 import type { KvmiErrorContext } from "@kvmi/kvm-bridge";
 import { errno } from "@kvmi/kvm-bridge/wire";
 import { ErrorInfoSchema, StatusSchema } from "@kvmi/proto";
+import { decodeStatus, readStatusDetails } from "@kvmi/proto/status-details";
+import type { StatusDetails } from "@kvmi/proto/status-details";
 import { describe, expect, it } from "vitest";
 import { BridgeError } from "./bridge-error.js";
 import type { BridgeErrorCode } from "./bridge-error.js";
@@ -25,12 +27,10 @@ import {
   BRIDGE_ERROR_STATUS,
   ERROR_DOMAIN,
   GrpcCode,
-  parseStatusDetails,
   STATUS_DETAILS_KEY,
   statusToProto,
   toGrpcStatus,
 } from "./status.js";
-import type { StatusDetails } from "./status.js";
 import { UUID, VCPU, VM } from "./test-support.js";
 
 const VCPU_CTX = (command: string): KvmiErrorContext => ({ command, vm: UUID, vcpu: 2 });
@@ -45,7 +45,10 @@ interface Row {
   readonly reason: string;
   readonly metadata: Record<string, string>;
   readonly message?: RegExp | string;
-  readonly expect?: Partial<Pick<StatusDetails, "fieldViolations" | "resourceInfo" | "retryDelayMs" | "preconditionViolations">>;
+  readonly expect?: Partial<Pick<StatusDetails, "fieldViolations" | "retryDelayMs" | "preconditionViolations">> & {
+    /** The bridge never sets ResourceInfo.owner. */
+    readonly resourceInfo?: Omit<NonNullable<StatusDetails["resourceInfo"]>, "owner">;
+  };
 }
 
 const vcpuMd = (command: string, value?: number, errnoName?: string): Record<string, string> => ({
@@ -287,6 +290,13 @@ for (const [code, grpcCode, details] of BRIDGE_ROWS) {
   });
 }
 
+/** The trailer a grpc-js client receives, decoded with the decoder the SDK uses. */
+function parseStatusDetails(metadata: Metadata): StatusDetails | undefined {
+  const value = metadata.get(STATUS_DETAILS_KEY)[0];
+  const st = value instanceof Uint8Array ? decodeStatus(value) : undefined;
+  return st === undefined ? undefined : readStatusDetails(st);
+}
+
 /** Decodes what a client receives, the same way any gRPC client would. */
 function received(row: Row): { status: ReturnType<typeof toGrpcStatus>; details: StatusDetails } {
   const status = toGrpcStatus(row.error, row.context);
@@ -307,7 +317,13 @@ describe.each(ROWS)("$name", (row) => {
     expect(details.domain).toBe(ERROR_DOMAIN);
     expect(details.metadata).toEqual(row.metadata);
     expect(details.fieldViolations).toEqual(row.expect?.fieldViolations ?? []);
-    expect(details.resourceInfo).toEqual(row.expect?.resourceInfo);
+    const resourceInfo = row.expect?.resourceInfo;
+    if (resourceInfo === undefined) expect(details.resourceInfo).toBeUndefined();
+    else {
+      const { owner, ...rest } = details.resourceInfo!;
+      expect(owner).toBe("");
+      expect(rest).toEqual(resourceInfo);
+    }
     expect(details.retryDelayMs).toEqual(row.expect?.retryDelayMs);
     expect(details.preconditionViolations).toEqual(row.expect?.preconditionViolations ?? []);
   });
@@ -353,13 +369,13 @@ describe("context", () => {
   });
 });
 
-describe("parseStatusDetails", () => {
-  it("accepts a google.rpc.Status and its binary form, and returns undefined without details", () => {
+describe("the shared decoder (@kvmi/proto/status-details)", () => {
+  it("reads a google.rpc.Status and its binary form; a trailer it cannot decode is no status", () => {
     const st = statusToProto(new KvmiRemoteError(errno.KVM_EAGAIN, VCPU_CTX("KVMI_VCPU_GET_INFO")));
-    expect(parseStatusDetails(st)).toEqual(expect.objectContaining({ reason: "KVMI_TRY_AGAIN", errno: 11, vcpu: 2, retryDelayMs: 100 }));
+    expect(readStatusDetails(st)).toEqual(expect.objectContaining({ reason: "KVMI_TRY_AGAIN", errno: 11, errnoName: "KVM_EAGAIN", vcpu: 2, retryDelayMs: 100 }));
     const bytes = toGrpcStatus(new KvmiTransportError("x")).metadata.get(STATUS_DETAILS_KEY)[0] as Buffer;
-    expect(parseStatusDetails(bytes)?.reason).toBe("KVMI_SESSION_LOST");
-    expect(parseStatusDetails(new Metadata())).toBeUndefined();
+    expect(readStatusDetails(decodeStatus(bytes)!).reason).toBe("KVMI_SESSION_LOST");
+    expect(decodeStatus(new Uint8Array([0xff, 0xff, 0xff]))).toBeUndefined();
   });
 });
 

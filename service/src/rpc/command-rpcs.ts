@@ -13,7 +13,7 @@ import { parseVcpuName, parseVmName } from "../mapping/resource-names.js";
 import type { ErrorContext } from "../mapping/status.js";
 import { auditCommand } from "../audit/audit-records.js";
 import type { Principal } from "../auth/identity.js";
-import { MUTATING_COMMANDS } from "../vm/vm-host.js";
+import { MUTATING_COMMANDS } from "../mapping/command-facts.js";
 import { ownerOf, principalOf } from "./authorization.js";
 import type { RpcDeps } from "./call-context.js";
 import { abortSignalOf, callTimeoutMs, sessionIdOf, unary } from "./call-context.js";

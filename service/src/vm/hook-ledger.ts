@@ -11,15 +11,17 @@
  * ledger stays as small as the live modifications.
  */
 import { KvmiRemoteError } from "@kvmi/kvm-bridge";
-import type { CommandReply, CommandRequest, KvmiChannel } from "@kvmi/kvm-bridge";
+import type { KvmiChannel } from "@kvmi/kvm-bridge";
 import { v9Ids } from "@kvmi/kvm-bridge/wire";
-import type { V9CommandName } from "@kvmi/kvm-bridge/wire";
+import type { V9CommandName, V9CommandReply as CommandReply, V9CommandRequest as CommandRequest } from "@kvmi/kvm-bridge/wire";
+import { COMMAND_FACTS } from "../mapping/command-facts.js";
+import { sendCommand } from "./v9-commands.js";
 
 const PAGE_BYTES = 4096;
 const PAGE_MASK = BigInt(PAGE_BYTES - 1);
 const ACCESS_RWX = 7;
-/** SET_PAGE_ACCESS carries at most 511 entries per message (kvmi-abi §4 id 23). */
-const MAX_ACCESS_ENTRIES = 511;
+/** SET_PAGE_ACCESS carries at most this many entries per message (the dialect table, kvmi-abi §4 id 23). */
+const MAX_ACCESS_ENTRIES = v9Ids.V9_MAX_PAGE_ACCESS_ENTRIES;
 
 /** Original bytes of one guest page the controller wrote to. */
 interface PageOriginal {
@@ -102,7 +104,7 @@ export class HookLedger {
     // same reason: let the write fail with its own error rather than report the read's.
     let before: { data: Uint8Array };
     try {
-      before = await channel.command("KVMI_VM_READ_PHYSICAL", { gpa, size });
+      before = await sendCommand(channel, "KVMI_VM_READ_PHYSICAL", { gpa, size });
     } catch (err) {
       if (err instanceof KvmiRemoteError) return;
       throw err;
@@ -120,36 +122,43 @@ export class HookLedger {
 
   private record(name: V9CommandName, body: AnyRequest, vcpu: number | undefined): void {
     const enable = body["enable"] === 1;
-    switch (name) {
-      case "KVMI_VM_WRITE_PHYSICAL":
+    // One case per way of undoing (command-facts.ts), not per command.
+    const undo = COMMAND_FACTS[name].undo;
+    switch (undo) {
+      case "memory":
         this.forgetRestoredBytes(body["gpa"] as bigint, body["data"] as Uint8Array);
         return;
-      case "KVMI_VM_CONTROL_EVENTS": {
+      case "vm-event": {
         const id = body["event_id"] as number;
         const baseline = id === v9Ids.KVMI_EVENT_UNHOOK;
         if (enable === baseline) this.vmEvents.delete(id);
         else this.vmEvents.set(id, baseline);
         return;
       }
-      case "KVMI_VCPU_CONTROL_EVENTS":
+      case "vcpu-event":
         return toggle(this.vcpuEvents, vcpu!, body["event_id"] as number, enable);
-      case "KVMI_VCPU_CONTROL_CR":
+      case "cr":
         return toggle(this.crs, vcpu!, body["cr"] as number, enable);
-      case "KVMI_VCPU_CONTROL_MSR":
+      case "msr":
         return toggle(this.msrs, vcpu!, body["msr"] as number, enable);
-      case "KVMI_VCPU_CONTROL_SINGLESTEP":
+      case "singlestep":
         if (enable) this.singlestep.add(vcpu!);
         else this.singlestep.delete(vcpu!);
         return;
-      case "KVMI_VM_SET_PAGE_ACCESS":
+      case "page-access":
         for (const entry of body["entries"] as Array<{ gpa: bigint; access: number }>) {
           const gfn = entry.gpa & ~PAGE_MASK;
           if (entry.access === ACCESS_RWX) this.pageAccess.delete(gfn);
           else this.pageAccess.set(gfn, entry.access);
         }
         return;
-      default:
+      case "none":
+      case undefined:
         return;
+      default: {
+        const unhandled: never = undo;
+        throw new Error(`no ledger bookkeeping for undo kind ${String(unhandled)}`);
+      }
     }
   }
 
@@ -180,7 +189,7 @@ export class HookLedger {
     const send = async <N extends V9CommandName>(name: N, request: CommandRequest<N>, vcpu?: number): Promise<void> => {
       commands++;
       try {
-        await channel.command(name, request, vcpu, { timeoutMs });
+        await sendCommand(channel, name, request, vcpu, { timeoutMs });
       } catch {
         failures++;
       }

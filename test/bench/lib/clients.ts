@@ -11,7 +11,7 @@ import { Client, credentials, Metadata } from "@grpc/grpc-js";
 import type { ClientDuplexStream, MethodDefinition, ServiceError } from "@grpc/grpc-js";
 import { EventAction, IntrospectionService, Role, SessionRequestSchema } from "@kvmi/proto";
 import type { CommandResult, DumpMemoryRequest, DumpMemoryResponse, Event, SessionCommandSchema, SessionRequest, SessionResponse } from "@kvmi/proto";
-import { createServiceDefinition } from "@kvmi/service";
+import { createServiceDefinition } from "@kvmi/service/testing";
 import { CLIENT_OPTIONS, ECHO_SERVICE } from "./echo-protocol.js";
 
 /** The bridge's grpc-js service definition. */

@@ -39,3 +39,18 @@ export const KVM_ERRNO_NAMES: Readonly<Record<number, string>> = Object.freeze({
   [KVM_EOPNOTSUPP]: "KVM_EOPNOTSUPP",
   [KVM_ENOSYS]: "KVM_ENOSYS",
 });
+
+/** The numbers above as one object: what `@kvmi/kvm-bridge/codec` exports as `errno`. */
+export const KVM_ERRNO = Object.freeze({
+  KVM_ENOSYS,
+  KVM_EPERM,
+  KVM_ENOENT,
+  KVM_E2BIG,
+  KVM_EAGAIN,
+  KVM_ENOMEM,
+  KVM_EFAULT,
+  KVM_EBUSY,
+  KVM_EINVAL,
+  KVM_EOPNOTSUPP,
+  KVM_ERRNO_NAMES,
+});

@@ -3,6 +3,7 @@
  * Every v9 layout (kvmi-abi §2.3, §2.4, §3-§6) and {@link V9_LAYOUTS}, the by-name index that the C
  * cross-check and the proto-mapping test iterate.
  */
+import { KvmiProtocolError } from "../../errors.js";
 import type { Layout } from "../layout.js";
 import {
   kvmiFeatures,
@@ -51,11 +52,18 @@ import {
   kvmiEventXsetbv,
 } from "./events.js";
 import {
+  QEMU_VMI_COOKIE_HASH_SIZE,
+  QEMU_VMI_CPU_TYPE_I386,
+  QEMU_VMI_CPU_TYPE_UNKNOWN,
+  QEMU_VMI_CPU_TYPE_X86_64,
+  QEMU_VMI_MAX_E820_ENTRIES,
+  QEMU_VMI_NAME_SIZE,
   qemuVmiArch,
   qemuVmiE820Entry,
   qemuVmiFromIntrospector,
   qemuVmiToIntrospector,
   qemuVmiToIntrospectorE820,
+  qemuVmiToIntrospectorE820Body,
   qemuVmiToIntrospectorMaxGpa,
 } from "./handshake.js";
 import { kvmIntrospectionFeature, kvmIntrospectionHook } from "./ioctl.js";
@@ -218,7 +226,7 @@ const ALL_V9_LAYOUTS: readonly Layout[] = [
 function indexByName(layouts: readonly Layout[]): Readonly<Record<string, Layout>> {
   const out: Record<string, Layout> = {};
   for (const layout of layouts) {
-    if (out[layout.name] !== undefined) throw new Error(`duplicate layout name ${layout.name}`);
+    if (out[layout.name] !== undefined) throw new KvmiProtocolError(`duplicate layout name ${layout.name}`);
     out[layout.name] = layout;
   }
   return Object.freeze(out);
@@ -231,3 +239,79 @@ function indexByName(layouts: readonly Layout[]): Readonly<Record<string, Layout
  * `qemu_vmi_to_introspector_max_gpa` / `qemu_vmi_to_introspector_e820` (QEMU: `qemu_vmi_to_introspector`).
  */
 export const V9_LAYOUTS: Readonly<Record<string, Layout>> = indexByName(ALL_V9_LAYOUTS);
+
+/**
+ * Every layout of this module by its TypeScript name (`LAYOUTS.kvmiEventArch`), plus the handshake
+ * constants: what `@kvmi/kvm-bridge/codec` exports as `layouts`, an object rather than a namespace
+ * re-export (conventions §2: named re-exports only).
+ */
+export const LAYOUTS = Object.freeze({
+  kvmiMsgHdr,
+  kvmiErrorCode,
+  kvmiVcpuHdr,
+  kvmRegs,
+  kvmSegment,
+  kvmDtable,
+  kvmSregs,
+  kvmMsrEntry,
+  kvmMsrs,
+  kvmXsave,
+  kvmiEventArchMsrs,
+  kvmiEventArch,
+  kvmiFeatures,
+  kvmiGetVersionReply,
+  kvmiVmCheckCommand,
+  kvmiVmCheckEvent,
+  kvmiVmGetInfoReply,
+  kvmiVmControlEvents,
+  kvmiVmReadPhysical,
+  kvmiVmWritePhysical,
+  kvmiVcpuGetInfoReply,
+  kvmiVcpuPause,
+  kvmiVcpuControlEvents,
+  kvmiVcpuGetRegisters,
+  kvmiVcpuGetRegistersReply,
+  kvmiVcpuGetCpuid,
+  kvmiVcpuGetCpuidReply,
+  kvmiVmControlCleanup,
+  kvmiVcpuControlCr,
+  kvmiVcpuInjectException,
+  kvmiVmGetMaxGfnReply,
+  kvmiVcpuGetXcr,
+  kvmiVcpuGetXcrReply,
+  kvmiVcpuGetMtrrType,
+  kvmiVcpuGetMtrrTypeReply,
+  kvmiVcpuControlMsr,
+  kvmiPageAccessEntry,
+  kvmiVmSetPageAccess,
+  kvmiVcpuControlSinglestep,
+  kvmiVcpuTranslateGva,
+  kvmiVcpuTranslateGvaReply,
+  kvmiEvent,
+  kvmiEventReply,
+  kvmiEventBreakpoint,
+  kvmiEventCr,
+  kvmiEventCrReply,
+  kvmiEventTrap,
+  kvmiEventXsetbv,
+  kvmiEventDescriptor,
+  kvmiEventMsr,
+  kvmiEventMsrReply,
+  kvmiEventPf,
+  kvmiEventSinglestep,
+  qemuVmiToIntrospector,
+  qemuVmiToIntrospectorMaxGpa,
+  qemuVmiArch,
+  qemuVmiE820Entry,
+  qemuVmiToIntrospectorE820,
+  qemuVmiFromIntrospector,
+  kvmIntrospectionHook,
+  kvmIntrospectionFeature,
+  qemuVmiToIntrospectorE820Body,
+  QEMU_VMI_COOKIE_HASH_SIZE,
+  QEMU_VMI_CPU_TYPE_I386,
+  QEMU_VMI_CPU_TYPE_UNKNOWN,
+  QEMU_VMI_CPU_TYPE_X86_64,
+  QEMU_VMI_MAX_E820_ENTRIES,
+  QEMU_VMI_NAME_SIZE,
+});
