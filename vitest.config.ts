@@ -10,7 +10,15 @@ export default defineConfig({
         test: {
           name: "unit",
           include: ["{kvm-bridge,service,clients}/**/src/**/*.test.ts", "clients/{sdk,cli,examples}/**/*.test.ts", "proto/*.test.ts"],
-          exclude: ["**/node_modules/**"],
+          // Tests that do real /dev/kvm I/O are the `system` project's (conventions §7 item 8).
+          exclude: ["**/node_modules/**", "**/*.system.test.ts"],
+        },
+      },
+      {
+        test: {
+          name: "system",
+          include: ["kvm-bridge/src/**/*.system.test.ts"],
+          testTimeout: 30_000,
         },
       },
       {

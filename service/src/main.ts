@@ -2,9 +2,10 @@
 /**
  * The composition root of `kvmi-bridge` (conventions §2, §10): configuration, the root logger,
  * the bridge, the embedded emulator when asked, and graceful shutdown on SIGTERM/SIGINT.
- * `kvmi-bridge doctor` reports whether this host's kernel offers KVMI; `kvmi-bridge audit verify
- * FILE` checks an audit trail's hash chain, `kvmi-bridge policy check FILE` a policy file. SIGHUP
- * reloads the authorization policy.
+ * `kvmi-bridge doctor` reports whether this host's kernel offers KVMI, and in which dialect; it exits
+ * non-zero when it does not (`--report-only`: always 0). `kvmi-bridge audit verify FILE` checks an
+ * audit trail's hash chain, `kvmi-bridge policy check FILE` a policy file. SIGHUP reloads the
+ * authorization policy.
  */
 import { readFileSync, rmdirSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -29,7 +30,9 @@ export async function main(argv: readonly string[], env: NodeJS.ProcessEnv = pro
   if (argv[0] === "doctor") {
     const report = await runDoctor();
     process.stdout.write(`${formatDoctorReport(report)}\n`);
-    return 0;
+    // Non-zero when this host offers no usable KVMI (1) or an ambiguous dialect (2), so scripts can
+    // branch on it; `--report-only` always exits 0 (the DaemonSet's init container only logs it).
+    return argv.includes("--report-only") ? 0 : report.exitCode;
   }
   if (argv[0] === "audit") {
     return runAuditCommand(argv.slice(1), { stdout: (text) => process.stdout.write(text), stderr: (text) => process.stderr.write(text) });

@@ -252,7 +252,8 @@ describe.skipIf(status.kind === "opted-out")("kvmi-bridge doctor in the image", 
   beforeAll(requireDockerAndImage);
 
   const doctor = (...flags: string[]): string => {
-    const r = spawnSync("docker", ["run", "--rm", "--label", `${TEST_LABEL}=true`, ...flags, IMAGE, "doctor"], { encoding: "utf8" });
+    // --report-only: exit 0 whatever the host offers (without it, a host without KVMI exits 1).
+    const r = spawnSync("docker", ["run", "--rm", "--label", `${TEST_LABEL}=true`, ...flags, IMAGE, "doctor", "--report-only"], { encoding: "utf8" });
     expect(r.status, r.stderr).toBe(0);
     return r.stdout;
   };

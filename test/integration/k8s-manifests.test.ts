@@ -193,7 +193,7 @@ describe.each(OVERLAYS)("overlay %s", (overlay) => {
 
   it("runs `doctor` with /dev/kvm from the host", () => {
     const doctor = pod.initContainers.find((c) => c.name === "doctor")!;
-    expect(doctor.args).toEqual(["doctor"]);
+    expect(doctor.args).toEqual(["doctor", "--report-only"]);
     expect(sourceOf(pod, doctor, "/dev/kvm")?.volume.hostPath).toEqual({ path: "/dev/kvm", type: "CharDevice" });
   });
 

@@ -1,35 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
+/**
+ * `doctor`'s verdicts on scripted kernels (a host with KVMI modelled at the ioctl boundary) and
+ * without a usable /dev/kvm; no real /dev/kvm I/O (that is doctor.system.test.ts).
+ */
 import { describe, expect, it } from "vitest";
-import { formatDoctorReport, NO_KVMI_CONCLUSION, runDoctor } from "./doctor.js";
-import { readIntrospectionMarker } from "./probe.js";
-import { assertDevKvm, devKvmOptedOut, fakeIntrospectionParam, fakeKernel, KERNELS, missingPath } from "./test-support.js";
-
-describe.skipIf(devKvmOptedOut())("doctor on this host (set KVMI_BRIDGE_NO_KVM=1 to skip on hosts without KVM)", () => {
-  it("finds KVM but no KVMI, and says the emulator will be served", async () => {
-    assertDevKvm();
-    expect(readIntrospectionMarker().present, "expected a kernel without the KVMI patches").toBe(false);
-    const report = await runDoctor();
-    expect(report.device).toMatchObject({ path: "/dev/kvm", present: true, openable: true, errno: null });
-    expect(report.apiVersion).toEqual({ value: 12, expected: 12, ok: true });
-    expect(report.scratchVm).toEqual({ created: true, error: null });
-    expect(report.kvmi).toMatchObject({ offered: false, dialect: null, bridgeSupported: false });
-    expect(report.backend).toBe("emulator");
-    expect(report.conclusion).toBe(NO_KVMI_CONCLUSION);
-    expect(report.conclusion).toBe("this kernel does not offer KVMI; the bridge will serve the built-in emulator");
-    expect(report.hints.join("\n")).toMatch(/introspection patches/);
-    expect(report.hints.join("\n")).toMatch(/kvm\.introspection=1/);
-    const caps = report.capabilities.filter((c) => c.role === "introspection");
-    expect(caps.map((c) => c.cap)).toEqual([180, 184, 193, 206, 999]);
-    for (const c of caps) {
-      expect(c.system).not.toBeNull();
-      expect(c.vm).toBe(c.system);
-    }
-    const text = formatDoctorReport(report);
-    expect(text).toContain(`conclusion: ${NO_KVMI_CONCLUSION}`);
-    expect(text).toMatch(/KVM API version\s+12 \(ok\)/);
-    expect(text).toMatch(/cap 184 .*KVM_CAP_INTROSPECTION of v9 {2}\[mainline KVM_CAP_LAST_CPU\]/);
-  });
-});
+import { DOCTOR_EXIT_AMBIGUOUS, DOCTOR_EXIT_KVMI, DOCTOR_EXIT_NO_KVMI, formatDoctorReport, NO_KVMI_CONCLUSION, runDoctor } from "./doctor.js";
+import { fakeIntrospectionParam, fakeKernel, KERNELS, missingPath } from "./test-support.js";
 
 describe("doctor without a usable /dev/kvm", () => {
   it("explains a missing device node", async () => {
@@ -50,12 +26,13 @@ describe("doctor without a usable /dev/kvm", () => {
   });
 });
 
-describe("doctor against scripted kernels", () => {
-  it("recognises a v9 kernel", async () => {
+describe("doctor against scripted kernels (a host with KVMI modelled at the ioctl boundary)", () => {
+  it("recognises a v9 kernel and exits 0", async () => {
     const kernel = fakeKernel(KERNELS.v9);
     const report = await runDoctor({ libc: kernel.libc, introspectionParamPath: fakeIntrospectionParam("Y") });
-    expect(report.conclusion).toBe("this kernel offers KVMI v9");
-    expect(report.kvmi).toMatchObject({ offered: true, dialect: "v9", version: 1, bridgeSupported: true });
+    expect(report.conclusion).toBe("this kernel offers KVMI v9 (codec dialect v9)");
+    expect(report.exitCode).toBe(DOCTOR_EXIT_KVMI);
+    expect(report.kvmi).toMatchObject({ offered: true, dialect: "v9", codecDialect: "v9", version: 1, bridgeSupported: true });
     expect(report.backend).toBe("kernel");
     expect(report.hints).toEqual([]);
     // Only CHECK_EXTENSION / GET_API_VERSION / CREATE_VM: never a KVMI ioctl.
@@ -65,16 +42,44 @@ describe("doctor against scripted kernels", () => {
   it("warns when kvm.introspection is off on a v9 kernel", async () => {
     const kernel = fakeKernel(KERNELS.v9);
     const report = await runDoctor({ libc: kernel.libc, introspectionParamPath: fakeIntrospectionParam("N") });
-    expect(report.conclusion).toBe("this kernel offers KVMI v9");
+    expect(report.conclusion).toBe("this kernel offers KVMI v9 (codec dialect v9)");
     expect(report.hints.join("\n")).toMatch(/EPERM/);
   });
 
   it("recognises v12 but keeps the emulator", async () => {
     const kernel = fakeKernel(KERNELS.v12);
     const report = await runDoctor({ libc: kernel.libc, introspectionParamPath: fakeIntrospectionParam("Y") });
-    expect(report.conclusion).toBe("this kernel offers KVMI v12");
+    expect(report.conclusion).toBe("this kernel offers KVMI v12 (codec dialect v12)");
+    expect(report.kvmi).toMatchObject({ dialect: "v12", codecDialect: "v12" });
+    expect(report.exitCode).toBe(DOCTOR_EXIT_KVMI);
     expect(report.backend).toBe("emulator");
     expect(report.hints.join("\n")).toMatch(/only the v9 ioctls/);
+  });
+
+  it("recognises the libkvmi product dialect of the kvmi-v7-2.11.93 QEMU generation (cap 999)", async () => {
+    const kernel = fakeKernel({ 999: 1 });
+    const report = await runDoctor({ libc: kernel.libc, introspectionParamPath: fakeIntrospectionParam("Y") });
+    expect(report.conclusion).toBe("this kernel offers KVMI kvmi-v7 (cap 999) (codec dialect kvmi-v7)");
+    expect(report.kvmi).toMatchObject({ offered: true, dialect: "kvmi-v7-2.11.93", codecDialect: "kvmi-v7", version: 1 });
+    expect(report.exitCode).toBe(DOCTOR_EXIT_KVMI);
+    expect(new Set(kernel.calls.map((c) => c.request))).toEqual(new Set([0xae00, 0xae01, 0xae03]));
+  });
+
+  it("says plainly when a KVMI kernel's dialect cannot be told, and exits 2", async () => {
+    // cap 180 on a 5.9 base fits kvmi-v7 (2023 QEMU) and v9 (184 = KVM_CAP_LAST_CPU) alike.
+    const kernel = fakeKernel(KERNELS.kvmiV7On59);
+    const report = await runDoctor({ libc: kernel.libc, introspectionParamPath: fakeIntrospectionParam("Y") });
+    expect(report.conclusion).toMatch(/offers KVMI but its dialect is ambiguous/);
+    expect(report.kvmi).toMatchObject({ offered: true, dialect: null, codecDialect: null });
+    expect(report.exitCode).toBe(DOCTOR_EXIT_AMBIGUOUS);
+  });
+
+  it("says plainly that a stock kernel offers no KVMI, and exits 1", async () => {
+    const kernel = fakeKernel(KERNELS.mainline6x);
+    const report = await runDoctor({ libc: kernel.libc, introspectionParamPath: missingPath() });
+    expect(report.conclusion).toBe("this kernel does not offer KVMI; the bridge will serve the built-in emulator");
+    expect(report.kvmi).toMatchObject({ offered: false, dialect: null, codecDialect: null });
+    expect(report.exitCode).toBe(DOCTOR_EXIT_NO_KVMI);
   });
 
   it("notes the capability collisions on a mainline kernel", async () => {

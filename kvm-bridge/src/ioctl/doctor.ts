@@ -62,6 +62,11 @@ export interface DoctorKvmi {
   readonly dialectLabel: string | null;
   /** KVMI version (the CHECK_EXTENSION answer) of the identified dialect. */
   readonly version: number | null;
+  /**
+   * The codec dialect of `@kvmi/kvm-bridge/codec` that speaks this kernel's wire protocol
+   * (`v9`, `v12`, `kvmi-v7`), or null (no KVMI, an ambiguous answer, or a dialect the codec lacks).
+   */
+  readonly codecDialect: string | null;
   /** The bridge issues this dialect's ioctls (only v9 today). */
   readonly bridgeSupported: boolean;
   /** The `kvm.introspection` module parameter. */
@@ -87,9 +92,22 @@ export interface DoctorReport {
   readonly conclusion: string;
   /** What to do about it, most important first. */
   readonly hints: readonly string[];
+  /**
+   * The process exit code of `kvmi-bridge doctor`: {@link DOCTOR_EXIT_KVMI} when the kernel offers
+   * KVMI in one identified dialect, {@link DOCTOR_EXIT_NO_KVMI} when it does not (or KVM itself is
+   * unusable), {@link DOCTOR_EXIT_AMBIGUOUS} when it offers KVMI but the dialect cannot be told.
+   */
+  readonly exitCode: number;
   /** Informative remarks (number collisions seen on this kernel). */
   readonly notes: readonly string[];
 }
+
+/** `doctor` exit code: KVMI offered in one identified dialect. */
+export const DOCTOR_EXIT_KVMI = 0;
+/** `doctor` exit code: no KVMI on this host (or no usable KVM at all). */
+export const DOCTOR_EXIT_NO_KVMI = 1;
+/** `doctor` exit code: KVMI offered, but its dialect cannot be told from the capabilities. */
+export const DOCTOR_EXIT_AMBIGUOUS = 2;
 
 /** The conclusion when KVMI is not usable. */
 export const NO_KVMI_CONCLUSION = "this kernel does not offer KVMI; the bridge will serve the built-in emulator";
@@ -254,9 +272,12 @@ export async function runDoctor(options: DoctorOptions = {}): Promise<DoctorRepo
   }
 
   let conclusion: string;
+  let exitCode = DOCTOR_EXIT_NO_KVMI;
   let backend: DoctorReport["backend"] = "emulator";
   if (offered && dialect !== null) {
-    conclusion = `this kernel offers KVMI ${dialect.label}`;
+    exitCode = DOCTOR_EXIT_KVMI;
+    const wire = dialect.wire === null ? "" : ` (codec dialect ${dialect.wire.name})`;
+    conclusion = `this kernel offers KVMI ${dialect.label}${wire}`;
     if (bridgeSupported) {
       backend = "kernel";
     } else {
@@ -266,6 +287,7 @@ export async function runDoctor(options: DoctorOptions = {}): Promise<DoctorRepo
       hints.push(`kvm.introspection is off, so KVM_INTROSPECTION_HOOK will fail with EPERM; ${HINT_PARAM}`);
     }
   } else if (offered) {
+    exitCode = DOCTOR_EXIT_AMBIGUOUS;
     conclusion = `this kernel offers KVMI but its dialect is ambiguous; the bridge will serve the built-in emulator`;
     hints.push(`cannot tell the dialect apart (${probe.reason}); the bridge only issues KVMI ioctls once the dialect is certain`);
   } else {
@@ -290,6 +312,7 @@ export async function runDoctor(options: DoctorOptions = {}): Promise<DoctorRepo
       dialect: dialect?.id ?? null,
       dialectLabel: dialect?.label ?? null,
       version: dialect === null ? null : probe.kvmiVersion,
+      codecDialect: dialect?.wire?.name ?? null,
       bridgeSupported,
       marker,
       reason: deviceOk ? probe.reason : `KVM itself is not usable: ${device.detail}`,
@@ -297,6 +320,7 @@ export async function runDoctor(options: DoctorOptions = {}): Promise<DoctorRepo
     backend,
     conclusion,
     hints,
+    exitCode,
     notes,
   };
 }

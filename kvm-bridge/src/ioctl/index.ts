@@ -5,7 +5,14 @@
  */
 
 // Doctor (what the `kvmi-bridge doctor` CLI prints).
-export { formatDoctorReport, NO_KVMI_CONCLUSION, runDoctor } from "./doctor.js";
+export {
+  DOCTOR_EXIT_AMBIGUOUS,
+  DOCTOR_EXIT_KVMI,
+  DOCTOR_EXIT_NO_KVMI,
+  formatDoctorReport,
+  NO_KVMI_CONCLUSION,
+  runDoctor,
+} from "./doctor.js";
 export type {
   DoctorCapability,
   DoctorDevice,

@@ -94,3 +94,19 @@ describe("ioctl table", () => {
     }
   });
 });
+
+describe("ioctl tables and the codec's dialect tables", () => {
+  it("take their numbers and capability from the dialect table they name (one source)", () => {
+    const linked = KVMI_IOCTL_TABLES.filter((t) => t.wire !== null);
+    expect(linked.map((t) => `${t.id}:${t.wire!.name}`)).toEqual(["v9:v9", "v12:v12", "kvmi-v7-2.11.93:kvmi-v7", "kvmi-v7:kvmi-v7"]);
+    for (const table of linked) {
+      const wire = table.wire!.ioctls;
+      expect(table.ioctls.KVM_INTROSPECTION_HOOK.nr, table.id).toBe(wire.hook);
+      expect(table.ioctls.KVM_INTROSPECTION_UNHOOK.nr, table.id).toBe(wire.unhook);
+      expect(table.ioctls.KVM_INTROSPECTION_COMMAND.nr, table.id).toBe(wire.command);
+      expect(table.ioctls.KVM_INTROSPECTION_EVENT.nr, table.id).toBe(wire.event);
+      expect(table.ioctls.KVM_INTROSPECTION_PREUNHOOK.nr, table.id).toBe(wire.preunhook);
+      expect(wire.capIntrospection, table.id).toContain(table.capIntrospection);
+    }
+  });
+});

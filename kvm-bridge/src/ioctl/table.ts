@@ -14,6 +14,10 @@
  * tells a KVMI kernel from a mainline one before issuing anything.
  */
 import { KvmiArgumentError } from "../errors.js";
+import type { Dialect, DialectIoctls } from "../wire/dialect.js";
+import { kvmiV7 } from "../wire/dialects/kvmi-v7.js";
+import { v12 } from "../wire/dialects/v12.js";
+import { v9 } from "../wire/dialects/v9.js";
 import type { Layout } from "../wire/layout.js";
 import { kvmIntrospectionFeature, kvmIntrospectionHook } from "../wire/layouts/ioctl.js";
 import type { IocDirection } from "./ioc.js";
@@ -138,6 +142,11 @@ export interface KvmiIoctlTable {
   readonly newerMainlineCaps: readonly MainlineCap[];
   /** The five ioctls. */
   readonly ioctls: Readonly<Record<KvmiIoctlName, IoctlSpec>>;
+  /**
+   * The codec's table of this dialect (`@kvmi/kvm-bridge/codec`), whose `ioctls` these numbers come
+   * from; null for dialects the codec does not speak (v8, v10/v11).
+   */
+  readonly wire: Dialect | null;
   /** True only for the dialects `kvm.ts` issues ioctls for (v9). */
   readonly bridgeSupported: boolean;
   /** False when the numbers come from the sheet's matrix only and were not checked against a header. */
@@ -183,7 +192,17 @@ function kvmiIoctls(nrs: KvmiNrs, collisions: Partial<Record<KvmiIoctlName, stri
   });
 }
 
-const V8_V9_NRS: KvmiNrs = { hook: 0xc3, unhook: 0xc4, command: 0xc5, event: 0xc6, preunhook: 0xc7 };
+/** The dialect table's numbers: the codec's dialects are the one source of them (docs/decisions/0010). */
+const nrsOf = ({ hook, unhook, command, event, preunhook }: DialectIoctls): KvmiNrs => ({ hook, unhook, command, event, preunhook });
+
+/** The capability number of `dialect` at `index` of its list (kvmi-v7 has one per QEMU generation). */
+function capOf(dialect: Dialect, index = 0): number {
+  const cap = dialect.ioctls.capIntrospection[index];
+  if (cap === undefined) throw new KvmiArgumentError("capIntrospection", `${dialect.name} has no capability number #${index}`);
+  return cap;
+}
+
+const V8_V9_NRS: KvmiNrs = nrsOf(v9.ioctls);
 /** Exact-number collisions of 0xc3..0xc7 with mainline (kvmi-abi §2.4). */
 const V8_V9_COLLISIONS: Partial<Record<KvmiIoctlName, string>> = {
   KVM_INTROSPECTION_UNHOOK: "KVM_S390_CLEAR_RESET (s390 only)",
@@ -194,10 +213,11 @@ const V8_V9_COLLISIONS: Partial<Record<KvmiIoctlName, string>> = {
 export const KVMI_V9_IOCTLS: KvmiIoctlTable = Object.freeze({
   id: "v9",
   label: "v9",
-  capIntrospection: 184,
+  capIntrospection: capOf(v9),
   capMainlineCollision: KVM_CAP_LAST_CPU,
   newerMainlineCaps: [KVM_CAP_X86_USER_SPACE_MSR, KVM_CAP_X86_MSR_FILTER, KVM_CAP_DIRTY_LOG_RING],
   ioctls: kvmiIoctls(V8_V9_NRS, V8_V9_COLLISIONS),
+  wire: v9,
   bridgeSupported: true,
   verified: true,
   source: "kvmi-abi §2.4; v9 series patches 02/37/38/39/44 (include/uapi/linux/kvm.h)",
@@ -223,6 +243,7 @@ export const KVMI_IOCTL_TABLES: readonly KvmiIoctlTable[] = Object.freeze([
     capMainlineCollision: KVM_CAP_S390_PROTECTED,
     newerMainlineCaps: [KVM_CAP_ASYNC_PF_INT, KVM_CAP_X86_USER_SPACE_MSR, KVM_CAP_X86_MSR_FILTER, KVM_CAP_DIRTY_LOG_RING],
     ioctls: kvmiIoctls(V8_V9_NRS, V8_V9_COLLISIONS),
+    wire: null,
     bridgeSupported: false,
     verified: true,
     source: "kvmi-abi §1.1, §1.2 (same ioctl numbers as v9)",
@@ -234,6 +255,7 @@ export const KVMI_IOCTL_TABLES: readonly KvmiIoctlTable[] = Object.freeze([
     capMainlineCollision: KVM_CAP_X86_BUS_LOCK_EXIT,
     newerMainlineCaps: [KVM_CAP_SET_GUEST_DEBUG2, KVM_CAP_SREGS2, KVM_CAP_BINARY_STATS_FD],
     ioctls: kvmiIoctls({ hook: 0xc8, unhook: 0xc9, command: 0xca, event: 0xcb, preunhook: 0xcc }),
+    wire: null,
     bridgeSupported: false,
     verified: true,
     source: "kvmi-abi §1.2, §1.3 item 11",
@@ -241,10 +263,11 @@ export const KVMI_IOCTL_TABLES: readonly KvmiIoctlTable[] = Object.freeze([
   Object.freeze<KvmiIoctlTable>({
     id: "v12",
     label: "v12",
-    capIntrospection: 206,
+    capIntrospection: capOf(v12),
     capMainlineCollision: KVM_CAP_VM_MOVE_ENC_CONTEXT_FROM,
     newerMainlineCaps: [KVM_CAP_XSAVE2, KVM_CAP_SYS_ATTRIBUTES],
-    ioctls: kvmiIoctls({ hook: 0xc8, unhook: 0xc9, command: 0xca, event: 0xcb, preunhook: 0xcc }),
+    ioctls: kvmiIoctls(nrsOf(v12.ioctls)),
+    wire: v12,
     bridgeSupported: false,
     verified: true,
     source: "kvmi-abi §1.2 (KVM-VMI/qemu kvmi-v12 linux-headers)",
@@ -252,10 +275,11 @@ export const KVMI_IOCTL_TABLES: readonly KvmiIoctlTable[] = Object.freeze([
   Object.freeze<KvmiIoctlTable>({
     id: "kvmi-v7-2.11.93",
     label: "kvmi-v7 (cap 999)",
-    capIntrospection: 999,
+    capIntrospection: capOf(kvmiV7, 1),
     capMainlineCollision: null,
     newerMainlineCaps: [],
-    ioctls: kvmiIoctls({ hook: 0xff, unhook: 0xfb, command: 0xfd, event: 0xfc, preunhook: 0xfe }),
+    ioctls: kvmiIoctls(nrsOf(kvmiV7.ioctls)),
+    wire: kvmiV7,
     bridgeSupported: false,
     verified: false,
     source:
@@ -265,10 +289,11 @@ export const KVMI_IOCTL_TABLES: readonly KvmiIoctlTable[] = Object.freeze([
   Object.freeze<KvmiIoctlTable>({
     id: "kvmi-v7",
     label: "kvmi-v7 (cap 180)",
-    capIntrospection: 180,
+    capIntrospection: capOf(kvmiV7, 0),
     capMainlineCollision: KVM_CAP_S390_PROTECTED,
     newerMainlineCaps: [],
-    ioctls: kvmiIoctls({ hook: 0xff, unhook: 0xfb, command: 0xfd, event: 0xfc, preunhook: 0xfe }),
+    ioctls: kvmiIoctls(nrsOf(kvmiV7.ioctls)),
+    wire: kvmiV7,
     bridgeSupported: false,
     verified: false,
     source:
