@@ -24,6 +24,7 @@ import { createIntrospectionService } from "./rpc/introspection-service.js";
 import { createGrpcServer } from "./server/index.js";
 import type { BridgeGrpcServer } from "./server/index.js";
 import type { VmHostMetrics } from "./vm/vm-host.js";
+import { LedgerJournals } from "./vm/ledger-journal.js";
 import { VmHosts } from "./vm/vm-hosts.js";
 
 /** A running bridge. */
@@ -86,9 +87,25 @@ function endpoints(config: BridgeConfig, cwd: string): ListenEndpoint[] {
   });
 }
 
+/**
+ * The ledger journals of `--state-dir`, or undefined (with a warning) when it is off.
+ * @throws when the directory cannot be created or another bridge holds it.
+ */
+function openJournals(config: BridgeConfig, logger: Logger): LedgerJournals | undefined {
+  if (config.stateDir === "off") {
+    logger.warn({}, "--state-dir is off: the hook ledger lives in memory only, and a crash of the bridge leaves a controller's breakpoints in the guest");
+    return undefined;
+  }
+  const journals = new LedgerJournals({ stateDir: config.stateDir, compactBytes: config.ledgerCompactBytes, logger: logger.child({ component: "ledger" }) });
+  const waiting = journals.list();
+  if (waiting.length > 0) logger.info({ vms: waiting }, "ledger journals of a previous run wait for their VMs to reconnect");
+  return journals;
+}
+
 /** Starts every part of the bridge; rejects (after cleaning up) if one cannot start. */
 export async function startBridge(options: StartBridgeOptions): Promise<Bridge> {
   const { config, logger } = options;
+  const journals = openJournals(config, logger);
   // Events, faults and malformed input are guest- or peer-triggered: their log lines are
   // rate-limited, with a summary of what was dropped (conventions §9).
   const guestPathLogger = createRateLimitedLogger(logger, { keyFields: ["vm"] });
@@ -105,6 +122,7 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
       controllerGonePolicy: config.controllerGonePolicy,
       logger: guestPathLogger.child({ component: "vm" }),
       metrics: hostMetrics(metrics),
+      journals,
     },
     guestPathLogger.child({ component: "vm" }),
   );
@@ -177,10 +195,12 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
         await hosts.releaseAll();
         await grpc.shutdown(config.shutdownGraceMs);
         await server?.close();
+        journals?.close();
         guestPathLogger.close();
       },
     };
   } catch (err) {
+    journals?.close();
     guestPathLogger.close();
     await listener?.close();
     await grpc.shutdown(0).catch(() => undefined);

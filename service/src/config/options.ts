@@ -89,6 +89,10 @@ export interface BridgeConfig {
   readonly controllerGonePolicy: ControllerGonePolicy;
   /** Most VMs this bridge accepts at once; further KVMI connections are refused. */
   readonly maxVms: number;
+  /** Directory of the crash-safe hook ledger journals (absolute), or `"off"` for memory only. */
+  readonly stateDir: string;
+  /** A VM's ledger journal is compacted once it grows past this many bytes. */
+  readonly ledgerCompactBytes: number;
   /** Lowest level that is logged. */
   readonly logLevel: LogLevel;
   /** Starts the built-in KVMI emulator with {@link embeddedVms} fake VMs. */
@@ -264,6 +268,14 @@ const socketMode: OptionSpec<number>["parse"] = (raw) => {
     return fail(`${show(raw)} is not an octal permission mode like "0660"`);
   }
   return ok(Number.parseInt(raw.trim(), 8));
+};
+
+/** An absolute directory (resolved against the context directory), or `off`. */
+const stateDir: OptionSpec<string>["parse"] = (raw, ctx) => {
+  if (raw === "off" || raw === false) return ok("off");
+  const text = nonEmptyString(raw);
+  if (!text.ok) return fail(text.error);
+  return ok(resolve(ctx.baseDir, text.value));
 };
 
 /** `UID:GID`, both numeric: names would need the host's user database, which a container may lack. */
@@ -463,6 +475,21 @@ export const OPTIONS: { readonly [K in keyof BridgeConfig]-?: OptionSpec<BridgeC
     description: "Most VMs served at once; further KVMI connections are refused.",
     defaultValue: 256,
     parse: integer(1, 65_535, ""),
+  },
+  stateDir: {
+    shape: "scalar",
+    valueName: "<dir|off>",
+    description:
+      'Directory where each VM\'s hook ledger is journaled (fsync\'d) before a change reaches the guest, so that a bridge restarted after a crash undoes what a controller left; "off" keeps it in memory only.',
+    defaultValue: "off",
+    parse: stateDir,
+  },
+  ledgerCompactBytes: {
+    shape: "scalar",
+    valueName: "<bytes>",
+    description: "Size past which a VM's ledger journal is rewritten as one snapshot of the live changes.",
+    defaultValue: 1024 * 1024,
+    parse: integer(64 * 1024, 1024 * 1024 * 1024, "bytes"),
   },
   logLevel: {
     shape: "scalar",
