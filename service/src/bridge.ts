@@ -21,6 +21,7 @@ import { createRateLimitedLogger } from "./log/index.js";
 import { commandStatusOf, createBridgeMetrics, startMetricsServer } from "./metrics/index.js";
 import type { AutoReplyReason, BridgeMetrics, MetricsServer } from "./metrics/index.js";
 import { createIntrospectionService } from "./rpc/introspection-service.js";
+import { Quotas } from "./rpc/quotas.js";
 import { createGrpcServer } from "./server/index.js";
 import type { BridgeGrpcServer } from "./server/index.js";
 import type { VmHostMetrics } from "./vm/vm-host.js";
@@ -136,6 +137,8 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
     logger: logger.child({ component: "rpc" }),
     requestTimeoutMs: config.requestTimeoutMs,
     shuttingDown: shuttingDown.signal,
+    quotas: new Quotas(config),
+    dumpMaxHoleBytes: config.dumpMaxHoleBytes,
   });
   const grpc = createGrpcServer({
     config,

@@ -93,6 +93,24 @@ export interface BridgeConfig {
   readonly stateDir: string;
   /** A VM's ledger journal is compacted once it grows past this many bytes. */
   readonly ledgerCompactBytes: number;
+  /** Session streams one caller identity may hold open. */
+  readonly maxSessionsPerIdentity: number;
+  /** Session streams the bridge holds open in all. */
+  readonly maxSessions: number;
+  /** WatchVms streams one caller identity may hold open. */
+  readonly maxWatchersPerIdentity: number;
+  /** WatchVms streams the bridge holds open in all. */
+  readonly maxWatchers: number;
+  /** Unary RPCs and session commands one caller identity may have in flight. */
+  readonly maxInflightPerIdentity: number;
+  /** Unary RPCs and session commands in flight in all. */
+  readonly maxInflight: number;
+  /** Bytes of bulk memory reads (batches, dump windows) one caller identity may have in flight. */
+  readonly maxBulkBytesPerIdentity: number;
+  /** Bytes of bulk memory reads in flight in all. */
+  readonly maxBulkBytes: number;
+  /** Unbacked guest-physical bytes in a row after which a DumpMemory stops with RESOURCE_EXHAUSTED. */
+  readonly dumpMaxHoleBytes: number;
   /** Lowest level that is logged. */
   readonly logLevel: LogLevel;
   /** Starts the built-in KVMI emulator with {@link embeddedVms} fake VMs. */
@@ -269,6 +287,18 @@ const socketMode: OptionSpec<number>["parse"] = (raw) => {
   }
   return ok(Number.parseInt(raw.trim(), 8));
 };
+
+const MIB = 1024 * 1024;
+
+/** A count limit (quotas, README "Quotas and bounded memory"); over it: RESOURCE_EXHAUSTED. */
+function limit(description: string, defaultValue: number): OptionSpec<number> {
+  return { shape: "scalar", valueName: "<n>", description: `${description}; more get RESOURCE_EXHAUSTED.`, defaultValue, parse: integer(1, 1_000_000, "") };
+}
+
+/** A byte limit, at least one page and at most 1 TiB. */
+function byteLimit(description: string, defaultValue: number): OptionSpec<number> {
+  return { shape: "scalar", valueName: "<bytes>", description: `${description}.`, defaultValue, parse: integer(4096, 1024 * 1024 * MIB, "bytes") };
+}
 
 /** An absolute directory (resolved against the context directory), or `off`. */
 const stateDir: OptionSpec<string>["parse"] = (raw, ctx) => {
@@ -491,6 +521,15 @@ export const OPTIONS: { readonly [K in keyof BridgeConfig]-?: OptionSpec<BridgeC
     defaultValue: 1024 * 1024,
     parse: integer(64 * 1024, 1024 * 1024 * 1024, "bytes"),
   },
+  maxSessionsPerIdentity: limit("Session streams one caller identity may hold open", 256),
+  maxSessions: limit("Session streams the bridge holds open in all", 1024),
+  maxWatchersPerIdentity: limit("WatchVms streams one caller identity may hold open", 64),
+  maxWatchers: limit("WatchVms streams the bridge holds open in all", 1024),
+  maxInflightPerIdentity: limit("Unary RPCs and session commands one caller identity may have in flight", 1024),
+  maxInflight: limit("Unary RPCs and session commands in flight in all", 4096),
+  maxBulkBytesPerIdentity: byteLimit("Bytes of bulk memory reads (batches, dump windows) one caller identity may have in flight", 256 * MIB),
+  maxBulkBytes: byteLimit("Bytes of bulk memory reads in flight in all", 1024 * MIB),
+  dumpMaxHoleBytes: byteLimit("Unbacked guest-physical bytes in a row after which a DumpMemory stops (RESOURCE_EXHAUSTED)", 4096 * MIB),
   logLevel: {
     shape: "scalar",
     valueName: `<${LOG_LEVELS.join("|")}>`,

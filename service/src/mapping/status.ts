@@ -39,12 +39,14 @@ import {
   ErrorInfoSchema,
   PreconditionFailure_ViolationSchema,
   PreconditionFailureSchema,
+  QuotaFailure_ViolationSchema,
+  QuotaFailureSchema,
   ResourceInfoSchema,
   RetryInfoSchema,
   StatusSchema,
 } from "@kvmi/proto";
 import type { Status } from "@kvmi/proto";
-import { BridgeError } from "./bridge-error.js";
+import { BridgeError, QuotaExceededError } from "./bridge-error.js";
 import type { BridgeErrorCode } from "./bridge-error.js";
 import { vcpuName, vmName } from "./resource-names.js";
 import type { WireFieldMapping } from "./wire-coverage.js";
@@ -72,7 +74,8 @@ export type StatusDetail =
   | { readonly kind: "badRequest"; readonly field: string; readonly description: string }
   | { readonly kind: "resourceInfo"; readonly resourceType: string; readonly resourceName: string; readonly description: string }
   | { readonly kind: "retryInfo"; readonly delayMs: number }
-  | { readonly kind: "preconditionFailure"; readonly type: string; readonly subject: string; readonly description: string };
+  | { readonly kind: "preconditionFailure"; readonly type: string; readonly subject: string; readonly description: string }
+  | { readonly kind: "quotaFailure"; readonly subject: string; readonly description: string };
 
 /** An error after the table: everything a status is built from. */
 export interface MappedError {
@@ -321,6 +324,8 @@ function commandScope(command: string | undefined): "vm" | "vcpu" | undefined {
  * - EVENT_NOT_PENDING -> NOT_FOUND: no pending event with that (vcpu, seq) (session.proto ReplyRejected).
  * - SESSION_STATE -> FAILED_PRECONDITION: session.proto (attach first, exactly once; id in flight).
  * - TOO_MANY_IN_FLIGHT -> RESOURCE_EXHAUSTED: session.proto (max_inflight_commands).
+ * - QUOTA_EXCEEDED -> RESOURCE_EXHAUSTED + QuotaFailure (subject and limit): a per-identity or
+ *   bridge-wide limit, or a client that does not read (AIP-193 "quota"). Retrying later may work.
  * - CANCELLED -> CANCELLED, DEADLINE_EXCEEDED -> DEADLINE_EXCEEDED.
  */
 export const BRIDGE_ERROR_STATUS: { readonly [C in BridgeErrorCode]: GrpcCode } = {
@@ -333,6 +338,7 @@ export const BRIDGE_ERROR_STATUS: { readonly [C in BridgeErrorCode]: GrpcCode } 
   EVENT_NOT_PENDING: GrpcCode.NOT_FOUND,
   SESSION_STATE: GrpcCode.FAILED_PRECONDITION,
   TOO_MANY_IN_FLIGHT: GrpcCode.RESOURCE_EXHAUSTED,
+  QUOTA_EXCEEDED: GrpcCode.RESOURCE_EXHAUSTED,
   CANCELLED: GrpcCode.CANCELLED,
   DEADLINE_EXCEEDED: GrpcCode.DEADLINE_EXCEEDED,
 };
@@ -359,6 +365,10 @@ function bridgeDetails(err: BridgeError, ctx: ErrorContext): StatusDetail[] {
           description: err.message,
         },
       ];
+    case "QUOTA_EXCEEDED":
+      return err instanceof QuotaExceededError
+        ? [{ kind: "quotaFailure", subject: err.subject, description: `${err.limit}: ${err.message}` }]
+        : [];
     case "NOT_CONTROLLER":
     case "VM_UNHOOKING":
     case "TOO_MANY_IN_FLIGHT":
@@ -567,6 +577,11 @@ function packDetail(detail: StatusDetail): Any {
           ],
         }),
       );
+    case "quotaFailure":
+      return anyPack(
+        QuotaFailureSchema,
+        create(QuotaFailureSchema, { violations: [create(QuotaFailure_ViolationSchema, { subject: detail.subject, description: detail.description })] }),
+      );
     default:
       return assertNever(detail);
   }
@@ -622,6 +637,8 @@ export interface StatusDetails {
   readonly resourceInfo?: { readonly resourceType: string; readonly resourceName: string; readonly description: string };
   readonly retryDelayMs?: number;
   readonly preconditionViolations: ReadonlyArray<{ readonly type: string; readonly subject: string; readonly description: string }>;
+  /** google.rpc.QuotaFailure violations (RESOURCE_EXHAUSTED of a limit). */
+  readonly quotaViolations?: ReadonlyArray<{ readonly subject: string; readonly description: string }>;
 }
 
 /** A plain Uint8Array view (decoding a Buffer would leave Buffers in the message's bytes fields). */
@@ -649,6 +666,7 @@ export function parseStatusDetails(source: Metadata | Status | Uint8Array): Stat
   let info: { reason: string; domain: string; metadata: Record<string, string> } = { reason: "", domain: "", metadata: {} };
   const fieldViolations: Array<{ field: string; description: string }> = [];
   const preconditionViolations: Array<{ type: string; subject: string; description: string }> = [];
+  const quotaViolations: Array<{ subject: string; description: string }> = [];
   let resourceInfo: StatusDetails["resourceInfo"];
   let retryDelayMs: number | undefined;
   for (const any of st.details) {
@@ -664,6 +682,8 @@ export function parseStatusDetails(source: Metadata | Status | Uint8Array): Stat
     }
     const retry = anyUnpack(any, RetryInfoSchema);
     if (retry?.retryDelay !== undefined) retryDelayMs = durationMs(retry.retryDelay);
+    const quota = anyUnpack(any, QuotaFailureSchema);
+    if (quota !== undefined) for (const v of quota.violations) quotaViolations.push({ subject: v.subject, description: v.description });
     const precondition = anyUnpack(any, PreconditionFailureSchema);
     if (precondition !== undefined) {
       for (const v of precondition.violations) preconditionViolations.push({ type: v.type, subject: v.subject, description: v.description });
@@ -685,6 +705,7 @@ export function parseStatusDetails(source: Metadata | Status | Uint8Array): Stat
     ...(resourceInfo !== undefined && { resourceInfo }),
     ...(retryDelayMs !== undefined && { retryDelayMs }),
     preconditionViolations,
+    ...(quotaViolations.length > 0 && { quotaViolations }),
   };
 }
 
