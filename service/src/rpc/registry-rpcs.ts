@@ -12,7 +12,7 @@ import {
   ReleaseVmResponseSchema,
   WatchVmsResponseSchema,
 } from "@kvmi/proto";
-import type { GetVmRequest, ListVmsRequest, ReleaseVmRequest, WatchVmsRequest, WatchVmsResponse } from "@kvmi/proto";
+import type { GetVmRequest, ListVmsRequest, ReleaseVmRequest, VmChange, WatchVmsRequest, WatchVmsResponse } from "@kvmi/proto";
 import { KvmiArgumentError } from "@kvmi/kvm-bridge";
 import { BridgeError, QuotaExceededError, vmNotFound } from "../mapping/bridge-error.js";
 import { parseVmName, vmName } from "../mapping/resource-names.js";
@@ -143,10 +143,25 @@ export function registryHandlers(deps: RpcDeps) {
 const MAX_WATCHER_BACKLOG = 64;
 
 /**
- * The WatchVms message of a registry change, built once however many watchers receive it: with
- * thousands of watchers, building it per receiver made each attach cost thousands of copies.
+ * The messages of a registry change, built once however many watchers and sessions receive it:
+ * with thousands of receivers, building it per receiver made each attach cost thousands of copies
+ * (and `recordOf` walks the VM's sessions each time).
  */
 const changeMessages = new WeakMap<RegistryChange, WatchVmsResponse>();
+
+/** The `kvmi.v1.VmChange` of a registry change, shared by every receiver (WatchVms and sessions). */
+export function vmChangeOf(deps: RpcDeps, change: RegistryChange): VmChange {
+  return watchMessageOf(deps, change).change!;
+}
+
+function watchMessageOf(deps: RpcDeps, change: RegistryChange): WatchVmsResponse {
+  let message = changeMessages.get(change);
+  if (message === undefined) {
+    message = create(WatchVmsResponseSchema, { change: vmChangeToProto(changeKind(change), recordOf(deps, change.vm), new Date()) });
+    changeMessages.set(change, message);
+  }
+  return message;
+}
 
 /**
  * WatchVms: one EXISTING change per known VM, then every change until the client cancels. The
@@ -192,12 +207,7 @@ export function watchVmsHandler(deps: RpcDeps) {
     listed = true;
     const unwatch = deps.registry.watch((change) => {
       if (only !== undefined && change.vm.uuid !== only) return;
-      let message = changeMessages.get(change);
-      if (message === undefined) {
-        message = create(WatchVmsResponseSchema, { change: vmChangeToProto(changeKind(change), recordOf(deps, change.vm), new Date()) });
-        changeMessages.set(change, message);
-      }
-      write(message);
+      write(watchMessageOf(deps, change));
     });
     // A watch never ends by itself: on shutdown the bridge ends it (retryable UNAVAILABLE), else
     // the server would wait its whole grace period for the client to cancel.

@@ -24,7 +24,7 @@ import { commandMappingByMethod } from "../mapping/commands.js";
 import { eventReplyToWire, eventToProto, unhookNotice } from "../mapping/events.js";
 import { parseVmName } from "../mapping/resource-names.js";
 import { statusToProto } from "../mapping/status.js";
-import { vmChangeToProto, vmToProto } from "../mapping/vm.js";
+import { vmToProto } from "../mapping/vm.js";
 import type { Session, UnhookCause } from "../vm/vm-host.js";
 import type { VmHost } from "../vm/vm-host.js";
 import type { RpcDeps } from "./call-context.js";
@@ -33,7 +33,7 @@ import type { QuotaLease } from "./quotas.js";
 import { commandErrorContext, runCommand } from "./command-rpcs.js";
 import type { CommandCaller } from "./command-rpcs.js";
 import { batchRead } from "./memory-rpcs.js";
-import { changeKind, recordOf } from "./registry-rpcs.js";
+import { recordOf, vmChangeOf } from "./registry-rpcs.js";
 
 /** Commands one session may have in flight. */
 export const MAX_INFLIGHT_COMMANDS = 64;
@@ -211,7 +211,7 @@ class SessionStream {
     this.stopWatching = this.deps.registry.watch((change) => {
       if (change.vm.uuid !== uuid || change.type === "unhooked") return;
       if (this.call.writableLength > MAX_BUFFERED_RESPONSES) return this.dropUnread();
-      this.write({ message: { case: "vmChange", value: vmChangeToProto(changeKind(change), recordOf(this.deps, change.vm), new Date()) } });
+      this.write({ message: { case: "vmChange", value: vmChangeOf(this.deps, change) } });
     });
     this.write({
       message: {
