@@ -23,6 +23,7 @@ import {
   BadRequestSchema,
   ErrorInfoSchema,
   PreconditionFailureSchema,
+  QuotaFailureSchema,
   ResourceInfoSchema,
   RetryInfoSchema,
 } from "./gen/google/rpc/error_details_pb.js";
@@ -85,6 +86,8 @@ export interface StatusDetails {
   readonly retryDelayMs?: number;
   /** PreconditionFailure violations; empty when the status had none. */
   readonly preconditionViolations: readonly PreconditionViolation[];
+  /** google.rpc.QuotaFailure violations (RESOURCE_EXHAUSTED of a limit). */
+  readonly quotaViolations?: ReadonlyArray<{ readonly subject: string; readonly description: string }>;
 }
 
 /**
@@ -115,6 +118,7 @@ export function readStatusDetails(status: Status): StatusDetails {
   let metadata: Record<string, string> = {};
   const fieldViolations: FieldViolation[] = [];
   const preconditionViolations: PreconditionViolation[] = [];
+  const quotaViolations: Array<{ subject: string; description: string }> = [];
   let resourceInfo: ResourceInfo | undefined;
   let retryDelayMs: number | undefined;
   for (const any of status.details) {
@@ -141,6 +145,8 @@ export function readStatusDetails(status: Status): StatusDetails {
       if (retry.retryDelay !== undefined) retryDelayMs = durationMs(retry.retryDelay);
       continue;
     }
+    const quota = anyUnpack(any, QuotaFailureSchema);
+    if (quota !== undefined) for (const v of quota.violations) quotaViolations.push({ subject: v.subject, description: v.description });
     const precondition = anyUnpack(any, PreconditionFailureSchema);
     if (precondition !== undefined) {
       for (const v of precondition.violations) preconditionViolations.push({ type: v.type, subject: v.subject, description: v.description });
@@ -166,5 +172,6 @@ export function readStatusDetails(status: Status): StatusDetails {
     ...(resourceInfo !== undefined && { resourceInfo }),
     ...(retryDelayMs !== undefined && { retryDelayMs }),
     preconditionViolations,
+    ...(quotaViolations.length > 0 && { quotaViolations }),
   };
 }

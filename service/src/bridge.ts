@@ -35,9 +35,11 @@ import type { AutoReplyReason, BridgeMetrics, MetricsServer } from "./metrics/in
 import { startForwardListener } from "./forward/forward-listener.js";
 import type { ForwardListener } from "./forward/forward-listener.js";
 import { createIntrospectionService } from "./rpc/introspection-service.js";
+import { Quotas } from "./rpc/quotas.js";
 import { createGrpcServer } from "./server/index.js";
 import type { BridgeGrpcServer } from "./server/index.js";
 import type { VmHostMetrics } from "./vm/vm-host.js";
+import { LedgerJournals } from "./vm/ledger-journal.js";
 import { VmHosts } from "./vm/vm-hosts.js";
 
 /** A running bridge. */
@@ -169,10 +171,26 @@ function countVms(registry: VmRegistry, metrics: BridgeMetrics): void {
 /** The reason label of VMs whose QEMU never reached the bridge (the only reason the bridge can see). */
 export const QEMU_NEVER_CONNECTED = "qemu_never_connected";
 
+/**
+ * The ledger journals of `--state-dir`, or undefined (with a warning) when it is off.
+ * @throws when the directory cannot be created or another bridge holds it.
+ */
+function openJournals(config: BridgeConfig, logger: Logger): LedgerJournals | undefined {
+  if (config.stateDir === "off") {
+    logger.warn({}, "--state-dir is off: the hook ledger lives in memory only, and a crash of the bridge leaves a controller's breakpoints in the guest");
+    return undefined;
+  }
+  const journals = new LedgerJournals({ stateDir: config.stateDir, compactBytes: config.ledgerCompactBytes, logger: logger.child({ component: "ledger" }) });
+  const waiting = journals.list();
+  if (waiting.length > 0) logger.info({ vms: waiting }, "ledger journals of a previous run wait for their VMs to reconnect");
+  return journals;
+}
+
 /** Starts every part of the bridge; rejects (after cleaning up) if one cannot start. */
 export async function startBridge(options: StartBridgeOptions): Promise<Bridge> {
   const { config, logger } = options;
   const audit = openAuditTrail(config, logger);
+  const journals = openJournals(config, logger);
   // Events, faults and malformed input are guest- or peer-triggered: their log lines are
   // rate-limited, with a summary of what was dropped (conventions §9).
   const guestPathLogger = createRateLimitedLogger(logger, { keyFields: ["vm"] });
@@ -198,6 +216,7 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
       controllerGonePolicy: config.controllerGonePolicy,
       logger: guestPathLogger.child({ component: "vm" }),
       metrics: hostMetrics(metrics),
+      journals,
     },
     guestPathLogger.child({ component: "vm" }),
   );
@@ -213,6 +232,8 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
     shuttingDown: shuttingDown.signal,
     access,
     audit,
+    quotas: new Quotas(config),
+    dumpMaxHoleBytes: config.dumpMaxHoleBytes,
   });
   const grpc = createGrpcServer({
     config,
@@ -301,10 +322,12 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
         await server?.close();
         policy?.close();
         audit.close();
+        journals?.close();
         guestPathLogger.close();
       },
     };
   } catch (err) {
+    journals?.close();
     guestPathLogger.close();
     policy?.close();
     audit.close();

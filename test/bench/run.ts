@@ -54,6 +54,7 @@ import {
   sizeLabel,
 } from "./perf-phases.js";
 import type { Context } from "./perf-phases.js";
+import { noisyPhase } from "./noisy-phase.js";
 
 
 // ---------------------------------------------------------------------------------------------
@@ -75,7 +76,7 @@ const HELP = `npm run bench [-- options]
                        the KVMI peer costs no process wake-up, as the kernel's would not) or
                        "process" (a process of their own). The memory test always uses a process.
   --phases LIST        the latency/throughput phases to run, comma-separated (default
-                       commands,events,bulk); for development, e.g. with perf attached
+                       commands,events,bulk,noisy); for development, e.g. with perf attached
   --bridge-log LEVEL   the bridge's log level (trace..error; logs go to /dev/null), or "off" for
                        no logger at all (default info, the production default)
 `;
@@ -92,7 +93,7 @@ const { values: flags } = parseArgs({
     "bridge-log": { type: "string", default: "info" },
     only: { type: "string" },
     emulator: { type: "string", default: "in-bridge" },
-    phases: { type: "string", default: "commands,events,bulk" },
+    phases: { type: "string", default: "commands,events,bulk,noisy" },
     help: { type: "boolean", short: "h", default: false },
   },
 });
@@ -106,8 +107,8 @@ if (flags.emulator !== "in-bridge" && flags.emulator !== "process") {
 }
 const PHASES = new Set(flags.phases.split(","));
 for (const phase of PHASES) {
-  if (phase !== "commands" && phase !== "events" && phase !== "bulk") {
-    process.stderr.write(`--phases takes commands, events and/or bulk, got ${phase}\n${HELP}`);
+  if (phase !== "commands" && phase !== "events" && phase !== "bulk" && phase !== "noisy") {
+    process.stderr.write(`--phases takes commands, events, bulk and/or noisy, got ${phase}\n${HELP}`);
     process.exit(2);
   }
 }
@@ -259,6 +260,7 @@ async function main(): Promise<void> {
         ["commands", commandsPhase],
         ["events", eventsPhase],
         ["bulk", bulkPhase],
+        ["noisy", noisyPhase],
       ] as const;
       for (const [phase, body] of phases) {
         if (!PHASES.has(phase)) continue;
@@ -297,6 +299,18 @@ async function main(): Promise<void> {
     c.target,
     Number.isNaN(c.ratio) ? "not run" : c.pass === undefined ? "info" : c.pass ? "PASS" : "FAIL",
   ]);
+  const quiet = results.figure("bridge.noisy.quiet");
+  const loud = results.figure("bridge.noisy.loud");
+  if (quiet?.kind === "latency" && loud?.kind === "latency") {
+    rows.push([
+      "Noisy neighbour: p99 GetVcpuInfo while another client misbehaves / quiet p99",
+      formatFigure(loud),
+      formatFigure(quiet),
+      `${(loud.p99 / quiet.p99).toFixed(2)}× (p99)`,
+      "(info)",
+      "info",
+    ]);
+  }
   if (memory !== undefined) {
     rows.push([
       `Bridge RSS, ${memory.vms} VMs + slow controller: slope after ${memory.warmupS.toFixed(0)} s`,

@@ -104,6 +104,26 @@ function option<T>(spec: OptionSpec<T>): OptionSpec<T> {
   return spec;
 }
 
+const MIB = 1024 * 1024;
+
+/** A count limit (quotas, README "Quotas and bounded memory"); over it: RESOURCE_EXHAUSTED. */
+function limit(description: string, defaultValue: number): OptionSpec<number> {
+  return { shape: "scalar", valueName: "<n>", description: `${description}; more get RESOURCE_EXHAUSTED.`, defaultValue, parse: integer(1, 1_000_000, "") };
+}
+
+/** A byte limit, at least one page and at most 1 TiB. */
+function byteLimit(description: string, defaultValue: number): OptionSpec<number> {
+  return { shape: "scalar", valueName: "<bytes>", description: `${description}.`, defaultValue, parse: integer(4096, 1024 * 1024 * MIB, "bytes") };
+}
+
+/** An absolute directory (resolved against the context directory), or `off`. */
+const stateDir: Parser<string> = (raw, ctx) => {
+  if (raw === "off" || raw === false) return ok("off");
+  const text = nonEmptyString(raw);
+  if (!text.ok) return text;
+  return ok(resolve(ctx.baseDir, text.value));
+};
+
 /** The default KVMI socket of a standalone bridge. */
 export const DEFAULT_KVMI_LISTEN = "unix:/run/kvmi-bridge/kvmi.sock";
 
@@ -253,6 +273,30 @@ export const OPTIONS = {
     defaultValue: 256,
     parse: integer(1, 65_535, ""),
   }),
+  stateDir: option<string>({
+    shape: "scalar",
+    valueName: "<dir|off>",
+    description:
+      'Directory where each VM\'s hook ledger is journaled (fsync\'d) before a change reaches the guest, so that a bridge restarted after a crash undoes what a controller left; "off" keeps it in memory only.',
+    defaultValue: "off",
+    parse: stateDir,
+  }),
+  ledgerCompactBytes: option<number>({
+    shape: "scalar",
+    valueName: "<bytes>",
+    description: "Size past which a VM's ledger journal is rewritten as one snapshot of the live changes.",
+    defaultValue: 1024 * 1024,
+    parse: integer(64 * 1024, 1024 * 1024 * 1024, "bytes"),
+  }),
+  maxSessionsPerIdentity: limit("Session streams one caller identity may hold open", 256),
+  maxSessions: limit("Session streams the bridge holds open in all", 1024),
+  maxWatchersPerIdentity: limit("WatchVms streams one caller identity may hold open", 64),
+  maxWatchers: limit("WatchVms streams the bridge holds open in all", 1024),
+  maxInflightPerIdentity: limit("Unary RPCs and session commands one caller identity may have in flight", 1024),
+  maxInflight: limit("Unary RPCs and session commands in flight in all", 4096),
+  maxBulkBytesPerIdentity: byteLimit("Bytes of bulk memory reads (batches, dump windows) one caller identity may have in flight", 256 * MIB),
+  maxBulkBytes: byteLimit("Bytes of bulk memory reads in flight in all", 1024 * MIB),
+  dumpMaxHoleBytes: byteLimit("Unbacked guest-physical bytes in a row after which a DumpMemory stops (RESOURCE_EXHAUSTED)", 4096 * MIB),
   logLevel: option<LogLevel>({
     shape: "scalar",
     valueName: `<${LOG_LEVELS.join("|")}>`,

@@ -35,6 +35,8 @@ export type BridgeErrorCode =
   | "SESSION_STATE"
   /** More commands in flight than the session allows. */
   | "TOO_MANY_IN_FLIGHT"
+  /** A per-identity or bridge-wide limit is reached ({@link QuotaExceededError}). */
+  | "QUOTA_EXCEEDED"
   /** The client cancelled the call. */
   | "CANCELLED"
   /** The call's deadline passed inside the bridge (not a KVMI command timeout). */
@@ -81,4 +83,23 @@ export function checkVcpuIndex(uuid: string, vcpu: number, vcpuCount: number, fi
   if (Number.isInteger(vcpu) && vcpu >= 0 && vcpu < vcpuCount) return;
   const range = vcpuCount === 0 ? "the VM reports no online vCPUs yet" : `valid indexes are 0..${vcpuCount - 1}`;
   throw new BridgeError("VCPU_NOT_FOUND", `vCPU ${vcpuName(uuid, vcpu)} does not exist: ${range}`, { vm: uuid, vcpu }, { field });
+}
+
+/**
+ * A limit is reached: sessions, watchers, commands or bulk bytes in flight, per identity or for the
+ * whole bridge, or a bound on what one call may make the bridge hold (a client that does not read).
+ * Maps to RESOURCE_EXHAUSTED with google.rpc.QuotaFailure naming the limit.
+ */
+export class QuotaExceededError extends BridgeError {
+  /** QuotaFailure.Violation.subject: whose limit (`identity:local`, `bridge`, `session`, `call`). */
+  readonly subject: string;
+  /** The limit's name, as in the flag without dashes (`maxSessionsPerIdentity`). */
+  readonly limit: string;
+
+  constructor(subject: string, limit: string, message: string, context: KvmiErrorContext = {}) {
+    super("QUOTA_EXCEEDED", message, context);
+    this.name = "QuotaExceededError";
+    this.subject = subject;
+    this.limit = limit;
+  }
 }

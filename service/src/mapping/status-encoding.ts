@@ -16,6 +16,8 @@ import {
   ErrorInfoSchema,
   PreconditionFailure_ViolationSchema,
   PreconditionFailureSchema,
+  QuotaFailure_ViolationSchema,
+  QuotaFailureSchema,
   ResourceInfoSchema,
   RetryInfoSchema,
   StatusSchema,
@@ -53,6 +55,11 @@ function packDetail(detail: StatusDetail): Any {
             create(PreconditionFailure_ViolationSchema, { type: detail.type, subject: detail.subject, description: detail.description }),
           ],
         }),
+      );
+    case "quotaFailure":
+      return anyPack(
+        QuotaFailureSchema,
+        create(QuotaFailureSchema, { violations: [create(QuotaFailure_ViolationSchema, { subject: detail.subject, description: detail.description })] }),
       );
     default:
       return assertNever(detail);

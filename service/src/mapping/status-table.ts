@@ -11,6 +11,7 @@ import { status as GrpcCode } from "@grpc/grpc-js";
 import type { KvmiErrorContext, KvmiRemoteError } from "@kvmi/kvm-bridge";
 import { errno as kvmErrno, V9_COMMANDS } from "@kvmi/kvm-bridge/wire";
 import type { V9CommandName } from "@kvmi/kvm-bridge/wire";
+import { QuotaExceededError } from "./bridge-error.js";
 import type { BridgeError } from "./bridge-error.js";
 import type { BridgeErrorCode } from "./bridge-error.js";
 import { vcpuName, vmName } from "./resource-names.js";
@@ -29,7 +30,8 @@ export type StatusDetail =
   | { readonly kind: "badRequest"; readonly field: string; readonly description: string }
   | { readonly kind: "resourceInfo"; readonly resourceType: string; readonly resourceName: string; readonly description: string }
   | { readonly kind: "retryInfo"; readonly delayMs: number }
-  | { readonly kind: "preconditionFailure"; readonly type: string; readonly subject: string; readonly description: string };
+  | { readonly kind: "preconditionFailure"; readonly type: string; readonly subject: string; readonly description: string }
+  | { readonly kind: "quotaFailure"; readonly subject: string; readonly description: string };
 
 /** An error after the table: everything a status is built from. */
 export interface MappedError {
@@ -278,6 +280,8 @@ function commandScope(command: string | undefined): "vm" | "vcpu" | undefined {
  * - EVENT_NOT_PENDING -> NOT_FOUND: no pending event with that (vcpu, seq) (session.proto ReplyRejected).
  * - SESSION_STATE -> FAILED_PRECONDITION: session.proto (attach first, exactly once; id in flight).
  * - TOO_MANY_IN_FLIGHT -> RESOURCE_EXHAUSTED: session.proto (max_inflight_commands).
+ * - QUOTA_EXCEEDED -> RESOURCE_EXHAUSTED + QuotaFailure (subject and limit): a per-identity or
+ *   bridge-wide limit, or a client that does not read (AIP-193 "quota"). Retrying later may work.
  * - CANCELLED -> CANCELLED, DEADLINE_EXCEEDED -> DEADLINE_EXCEEDED.
  */
 export const BRIDGE_ERROR_STATUS: { readonly [C in BridgeErrorCode]: GrpcCode } = {
@@ -290,6 +294,7 @@ export const BRIDGE_ERROR_STATUS: { readonly [C in BridgeErrorCode]: GrpcCode } 
   EVENT_NOT_PENDING: GrpcCode.NOT_FOUND,
   SESSION_STATE: GrpcCode.FAILED_PRECONDITION,
   TOO_MANY_IN_FLIGHT: GrpcCode.RESOURCE_EXHAUSTED,
+  QUOTA_EXCEEDED: GrpcCode.RESOURCE_EXHAUSTED,
   CANCELLED: GrpcCode.CANCELLED,
   DEADLINE_EXCEEDED: GrpcCode.DEADLINE_EXCEEDED,
 };
@@ -319,6 +324,10 @@ export function bridgeDetails(err: BridgeError, ctx: ErrorContext): StatusDetail
       ];
     case "NOT_CONTROLLER":
     case "VM_UNHOOKING":
+    case "QUOTA_EXCEEDED":
+      return err instanceof QuotaExceededError
+        ? [{ kind: "quotaFailure", subject: err.subject, description: `${err.limit}: ${err.message}` }]
+        : [];
     case "TOO_MANY_IN_FLIGHT":
     case "CANCELLED":
     case "DEADLINE_EXCEEDED":

@@ -11,7 +11,11 @@ import type { AuditTrail } from "../audit/audit-log.js";
 import type { AccessControl } from "../auth/access-control.js";
 import { mapError, toGrpcStatus } from "../mapping/status.js";
 import type { ErrorContext } from "../mapping/status.js";
+import { constants as http2Constants } from "node:http2";
+// authorization.ts imports this module too; both only call each other at request time.
+import { ownerOf, principalOf } from "./authorization.js";
 import type { VmHosts } from "../vm/vm-hosts.js";
+import { Quotas, UNLIMITED } from "./quotas.js";
 
 /** The parts of a grpc-js call every kind shares (grpc-js does not export `ServerSurfaceCall`). */
 export type ServerSurfaceCall = Pick<ServerUnaryCall<unknown, unknown>, "getDeadline" | "metadata" | "once">;
@@ -32,6 +36,54 @@ export interface RpcDeps {
   readonly access: AccessControl;
   /** Where security-relevant actions are recorded. */
   readonly audit: AuditTrail;
+  /** Per-identity and bridge-wide limits; unlimited when absent. */
+  readonly quotas?: Quotas;
+  /** Bytes of unbacked guest memory in a row after which a DumpMemory stops (RESOURCE_EXHAUSTED). */
+  readonly dumpMaxHoleBytes?: number;
+}
+
+const UNLIMITED_QUOTAS = new Quotas(UNLIMITED);
+
+/** The quotas of `deps` (unlimited when none are configured). */
+export function quotasOf(deps: RpcDeps): Quotas {
+  return deps.quotas ?? UNLIMITED_QUOTAS;
+}
+
+/** A stream the bridge failed but whose client does not read gets this long to take the status. */
+const UNREAD_STATUS_GRACE_MS = 5_000;
+
+/**
+ * Ends a stream whose client does not read: sends the status like {@link failStream}, and if the
+ * stream is still open after a grace period (the client reads nothing, so neither the buffered
+ * messages nor the trailers can leave), resets the HTTP/2 stream so that grpc-js frees what it
+ * buffered for it. Without the reset a silent client keeps that memory for as long as it stays
+ * connected (keepalive pings are answered by its HTTP/2 layer, not by the application).
+ */
+export function dropUnreadStream(call: { emit(event: "error", err: Error): boolean; once(event: "close", listener: () => void): unknown }, status: StatusObject): void {
+  let closed = false;
+  call.once("close", () => (closed = true));
+  failStream(call, status);
+  const timer = setTimeout(() => {
+    if (!closed) resetHttp2Stream(call);
+  }, UNREAD_STATUS_GRACE_MS);
+  timer.unref();
+}
+
+/**
+ * Resets the HTTP/2 stream under a grpc-js server call (RST_STREAM CANCEL). grpc-js has no public
+ * API for it: walk its call chain (`call`, `nextCall`) to the object that owns the `stream`.
+ */
+function resetHttp2Stream(call: object): void {
+  let at: unknown = call;
+  for (let depth = 0; depth < 6 && at !== null && typeof at === "object"; depth++) {
+    const stream = (at as { stream?: { close?: (code: number) => void; closed?: boolean } }).stream;
+    if (stream !== undefined && typeof stream.close === "function") {
+      if (stream.closed !== true) stream.close(http2Constants.NGHTTP2_CANCEL);
+      return;
+    }
+    const next = at as { call?: unknown; nextCall?: unknown };
+    at = next.nextCall ?? next.call;
+  }
 }
 
 /** Milliseconds left before the call's gRPC deadline, capped by the default. */
@@ -83,9 +135,24 @@ export function unary<Req, Res>(
   contextOf?: (request: Req) => ErrorContext,
 ): (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) => void {
   return (call, callback) => {
+    let lease;
+    try {
+      // Per identity: the one the authorization guard found for this call.
+      lease = quotasOf(deps).acquire("inflight", ownerOf(principalOf(call)));
+    } catch (err) {
+      callback(failure(deps, method, err, contextOf?.(call.request)));
+      return;
+    }
+    const done = lease;
     handler(call).then(
-      (response) => callback(null, response),
-      (err: unknown) => callback(failure(deps, method, err, contextOf?.(call.request))),
+      (response) => {
+        done.release();
+        callback(null, response);
+      },
+      (err: unknown) => {
+        done.release();
+        callback(failure(deps, method, err, contextOf?.(call.request)));
+      },
     );
   };
 }

@@ -30,8 +30,11 @@ import { checkVcpuIndex } from "../mapping/bridge-error.js";
 import { parseVmName } from "../mapping/resource-names.js";
 import { statusToProto } from "../mapping/status.js";
 import type { VmHost } from "../vm/vm-host.js";
+import { ownerOf, principalOf } from "./authorization.js";
 import type { RpcDeps } from "./call-context.js";
-import { abortSignalOf, callTimeoutMs, failStream, failure, unary } from "./call-context.js";
+import { abortSignalOf, callTimeoutMs, failStream, failure, quotasOf, unary } from "./call-context.js";
+import { QuotaExceededError } from "../mapping/bridge-error.js";
+import type { QuotaLease } from "./quotas.js";
 import type { CommandCaller } from "./command-rpcs.js";
 import { walkPageTables } from "../vm/page-walk.js";
 
@@ -47,6 +50,10 @@ const MAX_CHUNK = 2 * 1024 * 1024;
  */
 const PAGE_WINDOW = 64;
 const UNMAPPED = (1n << 64n) - 1n;
+/** A dump that finds only holes still reports progress at least every this many windows (16 MiB). */
+const PROGRESS_EVERY_WINDOWS = 64;
+/** Default of `--dump-max-hole-bytes`: unbacked bytes in a row after which a dump stops. */
+export const DEFAULT_DUMP_MAX_HOLE_BYTES = 4 * 1024 * 1024 * 1024;
 
 /** One page-bounded piece of a range. */
 interface Piece {
@@ -247,8 +254,17 @@ export function batchReadHandler(deps: RpcDeps) {
   return unary(
     deps,
     "batchReadMemory",
-    (call: ServerUnaryCall<BatchReadMemoryRequest, BatchReadMemoryResponse>) =>
-      batchRead(deps, call.request, { timeoutMs: callTimeoutMs(call, deps.requestTimeoutMs), signal: abortSignalOf(call) }),
+    async (call: ServerUnaryCall<BatchReadMemoryRequest, BatchReadMemoryResponse>) => {
+      // The whole response is held at once: its bytes count against the bulk-bytes quota.
+      let bytes = 0;
+      for (const range of call.request.ranges) bytes += Number(range.length);
+      const lease = quotasOf(deps).acquire("bulkBytes", ownerOf(principalOf(call)), Math.min(bytes, MAX_BATCH_BYTES));
+      try {
+        return await batchRead(deps, call.request, { timeoutMs: callTimeoutMs(call, deps.requestTimeoutMs), signal: abortSignalOf(call) });
+      } finally {
+        lease.release();
+      }
+    },
     (request) => vmContext(request.vm),
   );
 }
@@ -262,9 +278,22 @@ export function batchReadHandler(deps: RpcDeps) {
 export function dumpMemoryHandler(deps: RpcDeps) {
   return (call: ServerWritableStream<DumpMemoryRequest, DumpMemoryResponse>): void => {
     const signal = abortSignalOf(call);
+    let lease: QuotaLease;
+    try {
+      // What a dump holds at most: two windows of pages and the chunk being filled.
+      const chunkSize = Math.min(call.request.chunkSize === 0 ? DEFAULT_CHUNK : call.request.chunkSize, MAX_CHUNK);
+      lease = quotasOf(deps).acquire("bulkBytes", ownerOf(principalOf(call)), chunkSize + 2 * PAGE_WINDOW * Number(PAGE));
+    } catch (err) {
+      failStream(call, failure(deps, "dumpMemory", err, vmContext(call.request.vm)));
+      return;
+    }
     dump(deps, call, signal).then(
-      () => call.end(),
+      () => {
+        lease.release();
+        call.end();
+      },
       (err: unknown) => {
+        lease.release();
         if (signal.aborted) return;
         const status = failure(deps, "dumpMemory", err, vmContext(call.request.vm));
         failStream(call, status);
@@ -290,11 +319,22 @@ async function dump(deps: RpcDeps, call: ServerWritableStream<DumpMemoryRequest,
   let chunkBytes = 0;
   let holes: MemoryHole[] = [];
   let done = 0n;
+  const maxHoleBytes = BigInt(deps.dumpMaxHoleBytes ?? DEFAULT_DUMP_MAX_HOLE_BYTES);
+  /** Unbacked bytes since the last readable page. */
+  let holeRun = 0n;
+  let windowsSinceFlush = 0;
+  /** Adds one unbacked page, merged into the last hole when adjacent (so holes stay few). */
+  const addHole = (gpa: bigint): void => {
+    const last = holes.at(-1);
+    if (last !== undefined && last.address + last.length === gpa) last.length += PAGE;
+    else holes.push(hole(gpa, Number(PAGE), HoleReason.NOT_PRESENT));
+  };
   const flush = async (): Promise<void> => {
     if (chunkBytes === 0 && holes.length === 0) return;
+    windowsSinceFlush = 0;
     const ok = call.write(
       create(DumpMemoryResponseSchema, {
-        gpa: chunkStart,
+        gpa: chunkBytes === 0 ? holes[0]!.address : chunkStart,
         data: chunk.subarray(0, chunkBytes),
         progress: create(DumpProgressSchema, { bytesDone: done, bytesTotal: total }),
         holes: coalesce(holes),
@@ -325,9 +365,11 @@ async function dump(deps: RpcDeps, call: ServerWritableStream<DumpMemoryRequest,
       const bytes = reads[i];
       done += PAGE;
       if (bytes === undefined) {
-        holes.push(hole(gpa, Number(PAGE), HoleReason.NOT_PRESENT));
+        addHole(gpa);
+        holeRun += PAGE;
         continue;
       }
+      holeRun = 0n;
       // A chunk holds contiguous bytes only: a hole or a full chunk starts a new one.
       if (chunkBytes > 0 && (chunkStart + BigInt(chunkBytes) !== gpa || chunkBytes === chunkSize)) await flush();
       if (chunkBytes === 0) chunkStart = gpa;
@@ -335,6 +377,17 @@ async function dump(deps: RpcDeps, call: ServerWritableStream<DumpMemoryRequest,
       chunkBytes += bytes.length;
     }
     if (chunkBytes === chunkSize) await flush();
+    // Only holes for a while: tell the client how far the dump got (and that it is alive).
+    if (++windowsSinceFlush >= PROGRESS_EVERY_WINDOWS) await flush();
+    if (holeRun > maxHoleBytes) {
+      await flush();
+      throw new QuotaExceededError(
+        "call",
+        "dumpMaxHoleBytes",
+        `the dump found ${holeRun} bytes in a row that no guest memory backs (up to 0x${(window + step).toString(16)}); dump the backed ranges (GetVmInfo / e820) instead`,
+        { vm: host.uuid },
+      );
+    }
   }
   await flush();
 }

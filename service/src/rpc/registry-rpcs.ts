@@ -12,16 +12,17 @@ import {
   ReleaseVmResponseSchema,
   WatchVmsResponseSchema,
 } from "@kvmi/proto";
-import type { GetVmRequest, ListVmsRequest, ReleaseVmRequest, WatchVmsRequest, WatchVmsResponse } from "@kvmi/proto";
+import type { GetVmRequest, ListVmsRequest, ReleaseVmRequest, VmChange, WatchVmsRequest, WatchVmsResponse } from "@kvmi/proto";
 import { KvmiArgumentError } from "@kvmi/kvm-bridge";
-import { BridgeError, vmNotFound } from "../mapping/bridge-error.js";
+import { BridgeError, QuotaExceededError, vmNotFound } from "../mapping/bridge-error.js";
 import { parseVmName, vmName } from "../mapping/resource-names.js";
 import { vmChangeToProto, vmToProto } from "../mapping/vm.js";
 import type { VmChangeKind, VmRecord } from "../mapping/vm.js";
 import { outcome, who } from "../audit/audit-records.js";
-import { principalOf } from "./authorization.js";
+import { ownerOf, principalOf } from "./authorization.js";
 import type { RpcDeps } from "./call-context.js";
-import { failStream, failure, unary } from "./call-context.js";
+import { dropUnreadStream, failStream, failure, quotasOf, unary } from "./call-context.js";
+import type { QuotaLease } from "./quotas.js";
 
 const DEFAULT_PAGE_SIZE = 100;
 const MAX_PAGE_SIZE = 1000;
@@ -154,40 +155,80 @@ export function registryHandlers(deps: RpcDeps) {
   };
 }
 
+/** Changes a watcher may fall behind (after its initial listing) before it is dropped. */
+const MAX_WATCHER_BACKLOG = 64;
+
+/**
+ * The messages of a registry change, built once however many watchers and sessions receive it:
+ * with thousands of receivers, building it per receiver made each attach cost thousands of copies
+ * (and `recordOf` walks the VM's sessions each time).
+ */
+const changeMessages = new WeakMap<RegistryChange, WatchVmsResponse>();
+
+/** The `kvmi.v1.VmChange` of a registry change, shared by every receiver (WatchVms and sessions). */
+export function vmChangeOf(deps: RpcDeps, change: RegistryChange): VmChange {
+  return watchMessageOf(deps, change).change!;
+}
+
+function watchMessageOf(deps: RpcDeps, change: RegistryChange): WatchVmsResponse {
+  let message = changeMessages.get(change);
+  if (message === undefined) {
+    message = create(WatchVmsResponseSchema, { change: vmChangeToProto(changeKind(change), recordOf(deps, change.vm), new Date()) });
+    changeMessages.set(change, message);
+  }
+  return message;
+}
+
 /**
  * WatchVms: one EXISTING change per known VM, then every change until the client cancels. The
  * stream is server-side only and bounded by the client's flow control; when the client stops
- * reading, grpc-js buffers, so a watcher that falls more than a bounded number of writes behind is
- * ended with RESOURCE_EXHAUSTED rather than allowed to grow memory.
+ * reading, grpc-js buffers, so a watcher that falls {@link MAX_WATCHER_BACKLOG} changes behind is
+ * dropped with RESOURCE_EXHAUSTED (and its stream reset if it never takes that status) rather
+ * than allowed to grow memory. Each watcher counts against the watchers quota of its identity.
  */
 export function watchVmsHandler(deps: RpcDeps) {
-  const MAX_BUFFERED_WRITES = 1024;
   return (call: ServerWritableStream<WatchVmsRequest, WatchVmsResponse>): void => {
     let only: string | undefined;
+    let lease: QuotaLease;
     try {
       only = call.request.name === "" ? undefined : parseVmName(call.request.name, "name");
+      lease = quotasOf(deps).acquire("watchers", ownerOf(principalOf(call)));
     } catch (err) {
       failStream(call, failure(deps, "watchVms", err));
       return;
     }
-    let behind = 0;
     const principal = principalOf(call);
-    const send = (kind: VmChangeKind, record: RegistryRecord): void => {
-      if (only !== undefined && record.uuid !== only) return;
-      // Asked per change, so a policy reload applies to running watches.
-      if (!deps.access.allows(principal, "list", record.uuid)) return;
-      const ok = call.write(create(WatchVmsResponseSchema, { change: vmChangeToProto(kind, recordOf(deps, record), new Date()) }));
-      if (!ok && ++behind > MAX_BUFFERED_WRITES) {
+    let listed = false;
+    let dropped = false;
+    const write = (message: WatchVmsResponse): void => {
+      if (dropped) return;
+      // grpc-js counts messages here: those it holds because the client has not taken them.
+      if (listed && call.writableLength > MAX_WATCHER_BACKLOG) {
+        dropped = true;
         stop();
-        failStream(
+        dropUnreadStream(
           call,
-          failure(deps, "watchVms", new BridgeError("TOO_MANY_IN_FLIGHT", `the watcher fell ${MAX_BUFFERED_WRITES} changes behind; watch again and read faster`)),
+          failure(
+            deps,
+            "watchVms",
+            new QuotaExceededError("watcher", "watcherBacklog", `the watcher fell ${MAX_WATCHER_BACKLOG} changes behind; watch again and read faster`),
+          ),
         );
+        return;
       }
+      call.write(message);
     };
-    call.on("drain", () => (behind = 0));
-    for (const record of deps.registry.list()) send("existing", record);
-    const unwatch = deps.registry.watch((change) => send(changeKind(change), change.vm));
+    // Asked per change, so a policy reload applies to running watches.
+    for (const record of deps.registry.list()) {
+      if (!deps.access.allows(principal, "list", record.uuid)) continue;
+      if (only === undefined || record.uuid === only) write(create(WatchVmsResponseSchema, { change: vmChangeToProto("existing", recordOf(deps, record), new Date()) }));
+    }
+    listed = true;
+    const unwatch = deps.registry.watch((change) => {
+      if (only !== undefined && change.vm.uuid !== only) return;
+      if (!deps.access.allows(principal, "list", change.vm.uuid)) return;
+      write(watchMessageOf(deps, change));
+    });
     // A watch never ends by itself: on shutdown the bridge ends it (retryable UNAVAILABLE), else
     // the server would wait its whole grace period for the client to cancel.
     const onShutdown = (): void => {
@@ -196,6 +237,7 @@ export function watchVmsHandler(deps: RpcDeps) {
     };
     const stop = (): void => {
       unwatch();
+      lease.release();
       deps.shuttingDown?.removeEventListener("abort", onShutdown);
     };
     if (deps.shuttingDown?.aborted === true) return onShutdown();

@@ -19,28 +19,32 @@ import {
   UnhookReason,
 } from "@kvmi/proto";
 import type { Attach, BatchReadMemoryRequest, CommandResult, EventReply, SessionCommand, SessionRequest, SessionResponse } from "@kvmi/proto";
-import { BridgeError } from "../mapping/bridge-error.js";
+import { BridgeError, QuotaExceededError } from "../mapping/bridge-error.js";
 import { commandMappingByMethod } from "../mapping/commands.js";
 import { eventReplyToWire, eventToProto, unhookNotice } from "../mapping/events.js";
 import { parseVmName } from "../mapping/resource-names.js";
 import { normalizeRequestNames, resolveDisplayName } from "./request-names.js";
 import { statusToProto } from "../mapping/status.js";
-import { vmChangeToProto, vmToProto } from "../mapping/vm.js";
+import { vmToProto } from "../mapping/vm.js";
 import type { Session, UnhookCause } from "../vm/vm-host.js";
 import type { VmHost } from "../vm/vm-host.js";
 import { outcome, summarizeArguments, who } from "../audit/audit-records.js";
 import type { Principal } from "../auth/identity.js";
 import { authorizeSessionCommand, ownerOf, principalOf } from "./authorization.js";
 import type { RpcDeps } from "./call-context.js";
-import { failStream, failure } from "./call-context.js";
+import { dropUnreadStream, failStream, failure, quotasOf } from "./call-context.js";
+import type { QuotaLease } from "./quotas.js";
 import { commandErrorContext, runCommand } from "./command-rpcs.js";
 import type { CommandCaller } from "./command-rpcs.js";
 import { batchRead } from "./memory-rpcs.js";
-import { changeKind, recordOf } from "./registry-rpcs.js";
+import { recordOf, vmChangeOf } from "./registry-rpcs.js";
 
 /** Commands one session may have in flight. */
 export const MAX_INFLIGHT_COMMANDS = 64;
-/** Responses grpc-js may hold for a client before the bridge stops sending it events. */
+/**
+ * Responses grpc-js may hold for a client before the bridge stops sending it events; a session
+ * that lets more pile up (VM changes keep coming) is dropped with RESOURCE_EXHAUSTED.
+ */
 const MAX_BUFFERED_RESPONSES = 256;
 const MIN_EVENT_DEADLINE_MS = 10;
 const MAX_EVENT_DEADLINE_MS = 60_000;
@@ -71,26 +75,81 @@ class SessionStream {
   private ended = false;
   /** Who opened the stream (set by the authorization guard before start()). */
   private readonly principal: Principal;
+  private readonly identity: string;
+  /** This stream's place in the sessions quota. */
+  private sessionLease: QuotaLease | undefined;
+  /** Quota held by results written while the stream was backed up: given back on `drain`. */
+  private heldUntilDrain: QuotaLease[] = [];
+  /** True while requests are not read because responses are backed up. */
+  private readingPaused = false;
 
   constructor(
     private readonly deps: RpcDeps,
     private readonly call: Call,
   ) {
     this.principal = principalOf(call);
+    // Quotas count per identity: the one the controller binding uses.
+    this.identity = ownerOf(this.principal);
   }
 
   start(): void {
+    try {
+      this.sessionLease = quotasOf(this.deps).acquire("sessions", this.identity);
+    } catch (err) {
+      this.ended = true;
+      failStream(this.call, failure(this.deps, "session", err));
+      return;
+    }
     setMaxListeners(MAX_INFLIGHT_COMMANDS + 8, this.ending.signal);
+    this.call.on("drain", () => this.onDrain());
     this.call.on("data", (request: SessionRequest) => this.onRequest(request));
     this.call.on("end", () => void this.finish("the client closed its side"));
     this.call.on("cancelled", () => void this.finish("the client cancelled"));
     this.call.on("error", () => void this.finish("the stream failed"));
   }
 
-  private write(message: Parameters<typeof create<typeof SessionResponseSchema>>[1]): boolean {
-    if (this.ended) return false;
-    this.call.write(create(SessionResponseSchema, message));
+  private write(message: Parameters<typeof create<typeof SessionResponseSchema>>[1], lease?: QuotaLease): boolean {
+    if (this.ended) {
+      lease?.release();
+      return false;
+    }
+    const flowing = this.call.write(create(SessionResponseSchema, message));
+    if (flowing) {
+      lease?.release();
+    } else {
+      // Backed up: what was just written still sits in memory, so its quota stays held, and no
+      // further request is read (each would add a result or a refusal) until the client drains
+      // (issue 18; conventions §4 backpressure).
+      if (lease !== undefined) this.heldUntilDrain.push(lease);
+      if (!this.readingPaused) {
+        this.readingPaused = true;
+        this.call.pause();
+      }
+    }
     return this.call.writableLength <= MAX_BUFFERED_RESPONSES;
+  }
+
+  private onDrain(): void {
+    for (const lease of this.heldUntilDrain.splice(0)) lease.release();
+    if (this.readingPaused && !this.ended) {
+      this.readingPaused = false;
+      this.call.resume();
+    }
+  }
+
+  /**
+   * Drops a session whose client does not read while messages keep coming for it (VM changes,
+   * observer events): memory stays bounded by {@link MAX_BUFFERED_RESPONSES} per receiver.
+   */
+  private dropUnread(): void {
+    if (this.ended) return;
+    const err = new QuotaExceededError(
+      "session",
+      "sessionSendBuffer",
+      `the client did not read its session while ${this.call.writableLength} messages waited for it; read the stream and attach again`,
+    );
+    void this.finish("the client does not read", false);
+    dropUnreadStream(this.call, failure(this.deps, "session", err));
   }
 
   private fail(err: unknown): void {
@@ -142,7 +201,12 @@ class SessionStream {
         // A client too far behind gets no more events: the controller's are answered by the bridge
         // ("slow_consumer"), an observer's copies are dropped. Memory stays bounded either way.
         event: (event, deadline) => {
-          if (this.call.writableLength > MAX_BUFFERED_RESPONSES) return false;
+          if (this.call.writableLength > MAX_BUFFERED_RESPONSES) {
+            // An observer that stopped reading long ago is dropped; the controller's events are
+            // answered by the bridge (slow_consumer) and it keeps its session.
+            if (role === "observer" && this.call.writableLength > 2 * MAX_BUFFERED_RESPONSES) this.dropUnread();
+            return false;
+          }
           this.write({ message: { case: "event", value: eventToProto(uuid, event, deadline, new Date(event.receivedAtMs)) } });
           return true;
         },
@@ -158,7 +222,8 @@ class SessionStream {
     this.deps.audit.record({ action: "attach", ...who(this.principal), vm: uuid, role, session: session.id });
     this.stopWatching = this.deps.registry.watch((change) => {
       if (change.vm.uuid !== uuid || change.type === "unhooked") return;
-      this.write({ message: { case: "vmChange", value: vmChangeToProto(changeKind(change), recordOf(this.deps, change.vm), new Date()) } });
+      if (this.call.writableLength > MAX_BUFFERED_RESPONSES) return this.dropUnread();
+      this.write({ message: { case: "vmChange", value: vmChangeOf(this.deps, change) } });
     });
     this.write({
       message: {
@@ -187,10 +252,22 @@ class SessionStream {
     // Refusals before the command is registered must leave the in-flight entry of the id alone.
     // session.proto: an id that is still in flight gets an INVALID_ARGUMENT result.
     if (this.inflight.has(id)) return this.commandFailed(id, request, new KvmiArgumentError("id", `command id ${id} is still in flight: use a new id`));
-    if (this.inflight.size >= MAX_INFLIGHT_COMMANDS) {
-      return this.commandFailed(id, request, new BridgeError("TOO_MANY_IN_FLIGHT", `at most ${MAX_INFLIGHT_COMMANDS} commands may be in flight per session`));
+    // Results written but not yet taken by the client count against the window: a session that
+    // never reads its results cannot make the bridge hold more than the window.
+    if (this.inflight.size + this.call.writableLength >= MAX_INFLIGHT_COMMANDS) {
+      return this.commandFailed(
+        id,
+        request,
+        new BridgeError("TOO_MANY_IN_FLIGHT", `at most ${MAX_INFLIGHT_COMMANDS} commands (and unread results) may be in flight per session`),
+      );
     }
     if (request.case === undefined) return this.commandFailed(id, request, new KvmiArgumentError("command.request", "the command is empty"));
+    let lease: QuotaLease;
+    try {
+      lease = this.commandLease(request);
+    } catch (err) {
+      return this.commandFailed(id, request, err);
+    }
     this.inflight.add(id);
     const caller = {
       sessionId: session.id,
@@ -202,13 +279,29 @@ class SessionStream {
     this.execute(request, caller).then(
       (value) => {
         this.inflight.delete(id);
-        this.commandResult(id, { case: request.case, value } as never);
+        this.commandResult(id, { case: request.case, value } as never, lease);
       },
       (err: unknown) => {
         this.inflight.delete(id);
-        this.commandFailed(id, request, err);
+        this.commandFailed(id, request, err, lease);
       },
     );
+  }
+
+  /** The identity's in-flight slot for a command, plus the bulk bytes of a batch read. */
+  private commandLease(request: NonNullable<SessionCommand["request"]>): QuotaLease {
+    const quotas = quotasOf(this.deps);
+    const slot = quotas.acquire("inflight", this.identity);
+    if (request.case !== "batchReadMemory") return slot;
+    let bytes = 0;
+    for (const range of (request.value as BatchReadMemoryRequest).ranges) bytes += Number(range.length);
+    try {
+      const bulk = quotas.acquire("bulkBytes", this.identity, bytes);
+      return { release: () => (slot.release(), bulk.release()) };
+    } catch (err) {
+      slot.release();
+      throw err;
+    }
   }
 
   private async execute(request: NonNullable<SessionCommand["request"]> & { case: string }, caller: CommandCaller): Promise<unknown> {
@@ -223,15 +316,15 @@ class SessionStream {
     return runCommand(this.deps, commandMappingByMethod(request.case)!, request.value as never, caller);
   }
 
-  private commandResult(id: bigint, value: CommandResult["result"]): void {
-    this.write({ message: { case: "commandResult", value: create(CommandResultSchema, { id, result: value }) } });
+  private commandResult(id: bigint, value: CommandResult["result"], lease?: QuotaLease): void {
+    this.write({ message: { case: "commandResult", value: create(CommandResultSchema, { id, result: value }) } }, lease);
   }
 
   /** Answers command `id` with the error status of `err`, with the command's context (built only now). */
-  private commandFailed(id: bigint, request: SessionCommand["request"], err: unknown): void {
+  private commandFailed(id: bigint, request: SessionCommand["request"], err: unknown, lease?: QuotaLease): void {
     const mapping = request.case === undefined || request.case === "batchReadMemory" ? undefined : commandMappingByMethod(request.case);
     const context = mapping === undefined ? {} : commandErrorContext(mapping, request.value);
-    this.commandResult(id, { case: "error", value: statusToProto(err, context) });
+    this.commandResult(id, { case: "error", value: statusToProto(err, context) }, lease);
   }
 
   private eventReply(reply: EventReply): void {
@@ -273,6 +366,9 @@ class SessionStream {
   private async finish(reason: string, endStream = true, keepChanges = false): Promise<void> {
     if (this.ended) return;
     this.ended = true;
+    this.sessionLease?.release();
+    // The stream's buffers go away with it: so does the quota they held.
+    for (const lease of this.heldUntilDrain.splice(0)) lease.release();
     this.stopWatching?.();
     this.ending.abort(new Error(reason));
     this.inflight.clear();

@@ -9,6 +9,9 @@
  * Memory writes are tracked per page with the original bytes, only for bytes not seen before; a
  * write that puts the original bytes back (a tool removing its own INT3) clears the entry, so the
  * ledger stays as small as the live modifications.
+ *
+ * With a journal (`--state-dir`), every change is written to disk before it is sent to the kernel
+ * (ledger-journal.ts), and {@link HookLedger.fromJournal} rebuilds the ledger a killed bridge left.
  */
 import { KvmiRemoteError } from "@kvmi/kvm-bridge";
 import type { KvmiChannel } from "@kvmi/kvm-bridge";
@@ -16,6 +19,7 @@ import { v9Ids } from "@kvmi/kvm-bridge/wire";
 import type { V9CommandName, V9CommandReply as CommandReply, V9CommandRequest as CommandRequest } from "@kvmi/kvm-bridge/wire";
 import { COMMAND_FACTS } from "../mapping/command-facts.js";
 import { sendCommand } from "./v9-commands.js";
+import type { JournalRecord, LedgerJournalWriter } from "./ledger-journal.js";
 
 const PAGE_BYTES = 4096;
 const PAGE_MASK = BigInt(PAGE_BYTES - 1);
@@ -40,6 +44,18 @@ export interface UndoReport {
 type Channel = Pick<KvmiChannel, "command">;
 type AnyRequest = Record<string, unknown>;
 
+/** The whole ledger as plain data (a journal snapshot). */
+export interface LedgerState {
+  readonly vmEvents: Array<[number, boolean]>;
+  readonly vcpuEvents: Array<[number, number[]]>;
+  readonly crs: Array<[number, number[]]>;
+  readonly msrs: Array<[number, number[]]>;
+  readonly singlestep: number[];
+  readonly pageAccess: Array<[bigint, number]>;
+  /** Per page: runs of original bytes as [offset, bytes]. */
+  readonly pages: Array<[bigint, Array<[number, Uint8Array]>]>;
+}
+
 /** The changes one controller made to one VM. */
 export class HookLedger {
   /** VM events whose state differs from the bridge's baseline (UNHOOK enabled), and the baseline. */
@@ -52,6 +68,56 @@ export class HookLedger {
   private readonly pages = new Map<bigint, PageOriginal>();
   /** GPAs whose bytes the last undo put back (a BREAKPOINT there is answered RETRY, not CONTINUE). */
   private restored = new Set<bigint>();
+
+  /** @param journal where changes go before they are sent (none: the ledger lives in memory only). */
+  constructor(private readonly journal?: LedgerJournalWriter & { snapshot?: () => unknown }) {
+    if (journal !== undefined) journal.snapshot = () => this.exportState();
+  }
+
+  /**
+   * Rebuilds the ledger a previous connection or bridge left, from its journal records: the last
+   * snapshot, then every change after it unless the kernel refused it. A change whose outcome was
+   * never written counts as applied: undoing a change that did not happen is harmless, missing
+   * one that did would leave it in the guest.
+   */
+  static fromJournal(records: readonly JournalRecord[]): HookLedger {
+    const ledger = new HookLedger();
+    const refused = new Set<number>();
+    for (const record of records) if (record.t === "f") refused.add(record.n);
+    for (const record of records) {
+      if (record.t === "s") ledger.importState(record.state as LedgerState);
+      if (record.t !== "c" || refused.has(record.n)) continue;
+      if (record.original !== undefined) ledger.keepOriginal(record.original.gpa, record.original.bytes);
+      ledger.record(record.command as V9CommandName, record.request, record.vcpu);
+    }
+    return ledger;
+  }
+
+  /** The ledger as plain data, for a journal snapshot. */
+  exportState(): LedgerState {
+    const sets = (map: Map<number, Set<number>>): Array<[number, number[]]> =>
+      [...map].filter(([, ids]) => ids.size > 0).map(([vcpu, ids]) => [vcpu, [...ids]]);
+    return {
+      vmEvents: [...this.vmEvents],
+      vcpuEvents: sets(this.vcpuEvents),
+      crs: sets(this.crs),
+      msrs: sets(this.msrs),
+      singlestep: [...this.singlestep],
+      pageAccess: [...this.pageAccess],
+      pages: [...this.pages].map(([gfn, page]) => [gfn, touchedRuns(page.touched).map(([start, end]) => [start, page.original.slice(start, end)])]),
+    };
+  }
+
+  private importState(state: LedgerState): void {
+    this.clear();
+    for (const [id, baseline] of state.vmEvents) this.vmEvents.set(id, baseline);
+    for (const [vcpu, ids] of state.vcpuEvents) this.vcpuEvents.set(vcpu, new Set(ids));
+    for (const [vcpu, crs] of state.crs) this.crs.set(vcpu, new Set(crs));
+    for (const [vcpu, msrs] of state.msrs) this.msrs.set(vcpu, new Set(msrs));
+    for (const vcpu of state.singlestep) this.singlestep.add(vcpu);
+    for (const [gfn, access] of state.pageAccess) this.pageAccess.set(gfn, access);
+    for (const [gfn, runs] of state.pages) for (const [offset, bytes] of runs) this.keepOriginal(gfn + BigInt(offset), bytes);
+  }
 
   /** True when nothing needs undoing. */
   get isEmpty(): boolean {
@@ -88,17 +154,30 @@ export class HookLedger {
     send: () => Promise<CommandReply<N>>,
   ): Promise<CommandReply<N>> {
     const body = request as AnyRequest;
-    if (name === "KVMI_VM_WRITE_PHYSICAL") await this.captureOriginal(channel, body["gpa"] as bigint, (body["data"] as Uint8Array).length);
-    const reply = await send();
+    const original =
+      name === "KVMI_VM_WRITE_PHYSICAL" ? await this.captureOriginal(channel, body["gpa"] as bigint, (body["data"] as Uint8Array).length) : undefined;
+    // On disk before the kernel sees it: a bridge killed from here on leaves the change journaled.
+    const n = await this.journal?.intent({ command: name, vcpu, request: body, original });
+    let reply: CommandReply<N>;
+    try {
+      reply = await send();
+    } catch (err) {
+      // Only a refusal is known not to have changed the guest. After a timeout or a lost socket the
+      // journal keeps the change as possibly applied (it stays in flight, so compaction keeps it).
+      if (n !== undefined && err instanceof KvmiRemoteError) this.journal!.failed(n);
+      throw err;
+    }
     this.record(name, body, vcpu);
+    if (n !== undefined) this.journal!.settled(n);
     return reply;
   }
 
-  private async captureOriginal(channel: Channel, gpa: bigint, size: number): Promise<void> {
+  /** Reads and keeps the bytes a write will replace; returns them for the journal. */
+  private async captureOriginal(channel: Channel, gpa: bigint, size: number): Promise<{ gpa: bigint; bytes: Uint8Array } | undefined> {
     const gfn = gpa & ~PAGE_MASK;
     const offset = Number(gpa & PAGE_MASK);
     const page = this.pages.get(gfn);
-    if (page !== undefined && page.touched.subarray(offset, offset + size).every((t) => t === 1)) return;
+    if (page !== undefined && page.touched.subarray(offset, offset + size).every((t) => t === 1)) return undefined;
     // The write stays inside one page (the kernel refuses others), so one read covers it. If the
     // kernel refuses the read (a page guest memory does not back), it refuses the write for the
     // same reason: let the write fail with its own error rather than report the read's.
@@ -106,18 +185,26 @@ export class HookLedger {
     try {
       before = await sendCommand(channel, "KVMI_VM_READ_PHYSICAL", { gpa, size });
     } catch (err) {
-      if (err instanceof KvmiRemoteError) return;
+      if (err instanceof KvmiRemoteError) return undefined;
       throw err;
     }
-    const entry = page ?? { original: new Uint8Array(PAGE_BYTES), touched: new Uint8Array(PAGE_BYTES), touchedCount: 0 };
-    for (let i = 0; i < size; i++) {
+    this.keepOriginal(gpa, before.data);
+    return { gpa, bytes: before.data };
+  }
+
+  /** Keeps `bytes` as the original of the bytes at `gpa` not kept before (one page at most). */
+  private keepOriginal(gpa: bigint, bytes: Uint8Array): void {
+    const gfn = gpa & ~PAGE_MASK;
+    const offset = Number(gpa & PAGE_MASK);
+    const entry = this.pages.get(gfn) ?? { original: new Uint8Array(PAGE_BYTES), touched: new Uint8Array(PAGE_BYTES), touchedCount: 0 };
+    for (let i = 0; i < bytes.length && offset + i < PAGE_BYTES; i++) {
       if (entry.touched[offset + i] === 0) {
-        entry.original[offset + i] = before.data[i]!;
+        entry.original[offset + i] = bytes[i]!;
         entry.touched[offset + i] = 1;
         entry.touchedCount++;
       }
     }
-    this.pages.set(gfn, entry);
+    if (entry.touchedCount > 0) this.pages.set(gfn, entry);
   }
 
   private record(name: V9CommandName, body: AnyRequest, vcpu: number | undefined): void {
@@ -217,6 +304,7 @@ export class HookLedger {
     await Promise.all(jobs);
     this.clear();
     this.restored = restored;
+    await this.journal?.reset(undefined);
     return { commands, failures, restoredBytes };
   }
 

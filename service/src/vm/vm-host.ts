@@ -20,6 +20,7 @@ import type { AutoReplyReason } from "../metrics/index.js";
 import { HookLedger } from "./hook-ledger.js";
 import { sendCommand, sendCommandBatch } from "./v9-commands.js";
 import type { UndoReport } from "./hook-ledger.js";
+import type { LedgerJournal, LedgerJournals } from "./ledger-journal.js";
 
 /** The owner of sessions attached without one: the identity of loopback plaintext callers. */
 export const DEFAULT_OWNER = "local:local";
@@ -81,6 +82,8 @@ export interface VmHostOptions {
   readonly undoTimeoutMs?: number;
   readonly logger: Logger;
   readonly metrics?: VmHostMetrics;
+  /** Journals the ledger on disk before each change (`--state-dir`); in memory only when absent. */
+  readonly journals?: LedgerJournals | undefined;
 }
 
 interface PendingEvent {
@@ -95,7 +98,9 @@ interface Attached extends Session {
 /** Serves one hooked VM. */
 export class VmHost {
   readonly uuid: string;
-  private readonly ledger = new HookLedger();
+  /** The ledger's journal on disk, when journaling is on. */
+  readonly journal: LedgerJournal | undefined;
+  private readonly ledger: HookLedger;
   private controller: Attached | undefined;
   private readonly observers = new Map<string, Attached>();
   private readonly pending = new Map<number, PendingEvent>();
@@ -113,6 +118,8 @@ export class VmHost {
     private readonly options: VmHostOptions,
   ) {
     this.uuid = record.uuid;
+    this.journal = options.journals?.open(record.uuid, record.startTime);
+    this.ledger = new HookLedger(this.journal);
     this.log = options.logger.child({ vm: record.uuid });
     channel.setEventSink((event) => this.onEvent(event));
     channel.onClose((err) => this.onClosed(err));

@@ -5,7 +5,7 @@
  * UUID for the RPC layer with the right error when it is unknown or not hooked.
  */
 import type { AcceptedVm, KvmiChannel, Logger, VmRegistry } from "@kvmi/kvm-bridge";
-import type { HookLedger } from "./hook-ledger.js";
+import { HookLedger } from "./hook-ledger.js";
 import { BridgeError, vmNotFound } from "../mapping/bridge-error.js";
 import { VmHost } from "./vm-host.js";
 import type { VmHostOptions } from "./vm-host.js";
@@ -42,10 +42,9 @@ export class VmHosts {
     this.admitting.add(accepted.channel);
     try {
       const { record, channel } = await this.registry.admit(accepted);
-      const orphan = this.orphans.get(record.uuid);
-      this.orphans.delete(record.uuid);
-      if (orphan !== undefined && orphan.startTime === record.startTime) {
-        const report = await orphan.ledger.undo(channel, this.options.undoTimeoutMs ?? 2000);
+      const orphan = this.previousLedger(record.uuid, record.startTime);
+      if (orphan !== undefined) {
+        const report = await orphan.undo(channel, this.options.undoTimeoutMs ?? 2000);
         this.log.info({ vm: record.uuid, ...report }, "restored what a controller left in guest memory before the connection dropped");
       }
       if (this.closing) {
@@ -56,7 +55,14 @@ export class VmHosts {
       this.hosts.set(record.uuid, host);
       channel.onClose(() => {
         if (this.hosts.get(record.uuid) === host) this.hosts.delete(record.uuid);
-        if (!host.hookLedger.isEmpty) this.rememberOrphan(record.uuid, record.startTime, host);
+        const journal = host.journal;
+        if (journal !== undefined) {
+          // The journal stays on disk while it may name a change still in the guest.
+          if (host.hookLedger.isEmpty && !journal.hasUnsettled) this.options.journals!.discard(record.uuid);
+          journal.close().catch((err: unknown) => this.log.warn({ vm: record.uuid, err: (err as Error).message }, "could not close the ledger journal"));
+        } else if (!host.hookLedger.isEmpty) {
+          this.rememberOrphan(record.uuid, record.startTime, host);
+        }
       });
       return host;
     } catch (err) {
@@ -66,6 +72,30 @@ export class VmHosts {
     } finally {
       this.admitting.delete(accepted.channel);
     }
+  }
+
+  /**
+   * What the previous connection of this VM left to undo: from the journal on disk when journaling
+   * is on (it survives a crash, and holds also the changes whose outcome never came back), else from
+   * memory. Only for the same boot: after a reboot (another start time) guest memory is new and the
+   * kernel's UNHOOK dropped restrictions and interceptions, so there is nothing to undo.
+   */
+  private previousLedger(uuid: string, startTime: bigint): HookLedger | undefined {
+    const journals = this.options.journals;
+    if (journals === undefined) {
+      const orphan = this.orphans.get(uuid);
+      this.orphans.delete(uuid);
+      return orphan?.startTime === startTime ? orphan.ledger : undefined;
+    }
+    const recovered = journals.recover(uuid);
+    if (recovered === undefined) return undefined;
+    if (recovered.startTime !== startTime) {
+      this.log.info({ vm: uuid, journalStartTime: String(recovered.startTime), startTime: String(startTime) }, "the VM rebooted since its ledger journal was written; discarding it");
+      journals.discard(uuid);
+      return undefined;
+    }
+    const ledger = HookLedger.fromJournal(recovered.records);
+    return ledger.isEmpty ? undefined : ledger;
   }
 
   private rememberOrphan(uuid: string, startTime: bigint, host: VmHost): void {
