@@ -63,7 +63,7 @@ describe("schemas", () => {
     typo.spec.domain.devcies = {};
     expect(errorsOf(typo).join("\n")).toMatch(/(must|should) NOT have additional properties.*devcies/);
     const badAnnotation = structuredClone(vmi!) as K8sObject;
-    badAnnotation.metadata.annotations!["hooks.kubevirt.io/hookSidecars"] = JSON.stringify([{ image: "x", arguments: ["--"] }]);
+    (badAnnotation.metadata.annotations as Record<string, string>)["hooks.kubevirt.io/hookSidecars"] = JSON.stringify([{ image: "x", arguments: ["--"] }]);
     expect(errorsOf(badAnnotation).join("\n")).toMatch(/hookSidecars\[0\] (must|should) NOT have additional properties.*arguments/);
     const [plugin] = readYamlDocuments(join(REPO, "deploy/kubevirt/plugin/plugin.yaml"));
     const outside = structuredClone(plugin!) as K8sObject & { spec: { domainHooks: Array<{ sidecar: { socketPath: string } }> } };

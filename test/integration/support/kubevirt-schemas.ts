@@ -7,12 +7,13 @@
  * misspelled field (which the API server would drop or KubeVirt's JSON decoding ignore) fails here.
  */
 import AjvModule from "ajv";
-import type { ValidateFunction } from "ajv";
 
 // ajv is CommonJS: its class is the default export under Node's ESM interop. The test tree resolves
 // the root node_modules' ajv (6, eslint's), the service its own (8): both are handled below.
-const Ajv = AjvModule.default ?? (AjvModule as unknown as typeof AjvModule.default);
-const where = (e: { instancePath?: string; dataPath?: string }): string => e.instancePath ?? e.dataPath ?? "";
+type SchemaError = { instancePath?: string; dataPath?: string; message?: string; params?: unknown };
+type ValidateFunction = ((data: unknown) => boolean) & { errors?: SchemaError[] | null };
+const Ajv = ((AjvModule as unknown as { default?: unknown }).default ?? AjvModule) as new (options: object) => { compile(schema: object): ValidateFunction };
+const where = (e: SchemaError): string => e.instancePath ?? e.dataPath ?? "";
 
 const quantity = { anyOf: [{ type: "string", pattern: "^[0-9.]+([EPTGMK]i?|[mkMGTPE]|e[0-9]+)?$" }, { type: "number" }] };
 const stringMap = { type: "object", additionalProperties: { type: "string" } };
