@@ -5,8 +5,8 @@
  * (pod mode) or a forwarder to the node's bridge (node mode, `--node-bridge`).
  *
  * 1. Creates `<hooks>/<subdir>/` and a random cookie there (a per-pod secret: QEMU checks it
- *    against the bridge's handshake answer, docs/kubevirt.md). A restarted sidecar keeps the
- *    cookie it finds: QEMU read its secret object once, at start, and reconnects with it.
+ *    against the bridge's handshake answer, docs/kubevirt-forwarder.md). A restarted sidecar
+ *    keeps the cookie it finds: QEMU read its secret object once, at start, and reconnects with it.
  * 2. Pod mode: starts the bridge with the KVMI socket in that directory (the arguments after `--`
  *    and `KVMI_BRIDGE_*` configure the rest). Node mode: starts the forwarder on that socket; the
  *    node bridge answers QEMU with this pod's cookie hash, which the forwarder's hello carries.
