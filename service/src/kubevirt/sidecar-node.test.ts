@@ -38,7 +38,8 @@ describe("kvmi-kubevirt-sidecar --node-bridge", () => {
     mkdirSync(sidecarView, { recursive: true });
     let signal: ((s: string) => void) | undefined;
     const exit = main(["--hooks-dir", sidecarView, "--compute-hooks-dir", volume, "--node-bridge", `unix:${forwardSocket}`, "--connect-deadline-seconds", "30", "--", "--log-level", "error"], {
-      env: { CONTAINER_NAME: "hook-sidecar-0", POD_NAME: "virt-launcher-vm-1-x7k2p" },
+      // The image's defaults for the bridge (plaintext gRPC on 0.0.0.0) must not stop a forwarder.
+      env: { CONTAINER_NAME: "hook-sidecar-0", POD_NAME: "virt-launcher-vm-1-x7k2p", KVMI_BRIDGE_GRPC_LISTEN: "0.0.0.0:50051" },
       stdout: () => undefined,
       stderr: () => undefined,
       onSignal: (handler) => {

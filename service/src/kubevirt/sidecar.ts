@@ -166,7 +166,11 @@ export async function main(argv: readonly string[], io: SidecarIo = processIo())
     "--secret-file",
     paths.cookie,
   ];
-  const outcome = applyConfigAction(loadConfig({ argv: bridgeArgv, env: io.env, cwd: process.cwd(), pid: process.pid }), {
+  const mode = options.nodeBridge === undefined ? "pod" : "node";
+  // Node mode runs no bridge: only its logging settings apply (the image's KVMI_BRIDGE_GRPC_LISTEN
+  // and the like must not make the forwarder refuse to start).
+  const configEnv = mode === "pod" ? io.env : Object.fromEntries(Object.entries(io.env).filter(([name]) => name === "KVMI_BRIDGE_LOG_LEVEL"));
+  const outcome = applyConfigAction(loadConfig({ argv: mode === "pod" ? bridgeArgv : options.bridgeArgs, env: configEnv, cwd: process.cwd(), pid: process.pid }), {
     stdout: io.stdout,
     stderr: io.stderr,
   });
@@ -176,7 +180,6 @@ export async function main(argv: readonly string[], io: SidecarIo = processIo())
   for (const warning of warnings) logger.warn({}, warning);
   const log = logger.child({ component: "kubevirt-sidecar" });
   for (const warning of options.warnings) log.warn({}, warning);
-  const mode = options.nodeBridge === undefined ? "pod" : "node";
   log.info(
     {
       api: options.api,
