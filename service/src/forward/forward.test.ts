@@ -113,6 +113,16 @@ describe("VMs behind in-pod forwarders, one node bridge", () => {
     await vi.waitFor(() => expect(bridge.registry.get(sim.vms[0]!.uuid)).toMatchObject({ state: "hooked", generation: 1, origin: { name: "vm-x" } }), { timeout: 10_000, interval: 50 });
   }, 20_000);
 
+  it("bounds the announced VMs that wait for their QEMU (peer input)", async () => {
+    const { createVmRegistry } = await import("@kvmi/kvm-bridge");
+    const registry = createVmRegistry({ maxRemembered: 2 });
+    const expectVm = (i: number) => registry.expect({ uuid: `00000000-0000-4000-8000-00000000000${i}`, name: "x", deadlineMs: 60_000, problem: "p", peer: "test" });
+    expectVm(1);
+    expectVm(2);
+    expect(() => expectVm(3)).toThrow(/2 announced VMs are awaiting/);
+    expect(registry.list()).toHaveLength(2);
+  });
+
   it("refuses what is not a hello, and bad hellos with the reason", async () => {
     const forwardPath = join(root, "bad-forward.sock");
     await nodeBridge("bad", ["--forward-listen", `unix:${forwardPath}`]);
