@@ -15,6 +15,7 @@ import { createEmulatedVm } from "@kvmi/kvm-bridge/emulator";
 import { startBridge } from "../bridge.js";
 import { loadConfigOrThrow } from "../config/index.js";
 import { createServiceDefinition } from "../rpc/service-definition.js";
+import { DomainHookService, MutateDomainRequestSchema, SidecarContextSchema } from "./gen/kubevirt/hooks/plugins/v1alpha1/api_pb.js";
 import { Callbacks, OnDefineDomainParamsSchema, ShutdownParamsSchema } from "./gen/kubevirt/hooks/v1alpha3/api_v1alpha3_pb.js";
 import { main } from "./sidecar.js";
 
@@ -74,6 +75,69 @@ describe("kvmi-kubevirt-sidecar --node-bridge", () => {
         expect(await exit).toBe(0);
         // The forwarder is gone with the sidecar: the node bridge saw the KVMI socket close.
         await vi.waitFor(() => expect(bridge.registry.get(DOMAIN_UUID)?.state).toBe("unhooked"), { timeout: 10_000, interval: 50 });
+      } finally {
+        await vm.stop();
+      }
+    } finally {
+      for (const c of clients) c.close();
+      signal?.("SIGTERM");
+      await exit;
+      await bridge.stop();
+    }
+  }, 40_000);
+});
+
+describe("kvmi-kubevirt-sidecar --plugin --node-bridge (KubeVirt v1.9+)", () => {
+  it("MutateDomain at boot and on the migration target: one announcement, QEMU hooked through the forwarder; SIGTERM stops it", async () => {
+    const forwardSocket = join(root, "plugin-node", "forward.sock");
+    const bridge = await startBridge({
+      config: loadConfigOrThrow({
+        argv: ["--grpc-listen", `unix:${join(root, "plugin-grpc.sock")}`, "--kvmi-listen", `unix:${join(root, "plugin-node", "kvmi.sock")}`, "--forward-listen", `unix:${forwardSocket}`, "--metrics-listen", "off", "--log-level", "error"],
+        env: {},
+        cwd: root,
+      }),
+      logger: silentLogger,
+    });
+    // The plugin directory: the same path in the sidecar and the compute container.
+    const pluginDir = join(root, "kubevirt-plugin", "kvmi-bridge");
+    let signal: ((s: string) => void) | undefined;
+    const exit = main(["--plugin", "kvmi-bridge", "--plugin-dir", pluginDir, "--node-bridge", `unix:${forwardSocket}`, "--", "--log-level", "error"], {
+      env: { POD_NAME: "virt-launcher-vm-2-abcde" },
+      stdout: () => undefined,
+      stderr: () => undefined,
+      onSignal: (handler) => {
+        signal = handler;
+        return () => (signal = undefined);
+      },
+    });
+    const clients: Client[] = [];
+    try {
+      await vi.waitFor(() => expect(signal).toBeTypeOf("function"), { timeout: 10_000, interval: 50 });
+      const Ctor = makeGenericClientConstructor(createServiceDefinition(DomainHookService) as never, "DomainHookService");
+      const client = new Ctor(`unix:${join(pluginDir, "kvmi-bridge.sock")}`, credentials.createInsecure()) as Client & Record<string, (...a: unknown[]) => void>;
+      clients.push(client);
+      const mutate = (domain: Uint8Array, context: string): Promise<{ domain: Uint8Array }> =>
+        new Promise((resolve, reject) =>
+          client.mutateDomain!(
+            create(MutateDomainRequestSchema, { domainType: "libvirt", domain, vmi: new TextEncoder().encode(JSON.stringify({ metadata: { namespace: "team-b", name: "vm-2" } })), sidecarContext: create(SidecarContextSchema, { invocationContext: context }) }),
+            { deadline: Date.now() + 5_000 },
+            (e: ServiceError | null, r: never) => (e ? reject(e) : resolve(r)),
+          ),
+        );
+      const booted = await mutate(readFileSync(new URL("./testdata/kubevirt-domain.xml", import.meta.url)), "Boot");
+      const again = await mutate(booted.domain, "MigrationTarget");
+      expect(Buffer.from(again.domain).equals(Buffer.from(booted.domain))).toBe(true);
+      const xml = new TextDecoder().decode(booted.domain);
+      const socketPath = /path=([^,"]+)/.exec(xml)![1]!;
+      expect(socketPath).toBe(join(pluginDir, "kvmi", "kvmi.sock"));
+      const origin = { namespace: "team-b", name: "vm-2", pod: "virt-launcher-vm-2-abcde" };
+      await vi.waitFor(() => expect(bridge.registry.get(DOMAIN_UUID)).toMatchObject({ state: "awaiting-connection", origin }), { timeout: 10_000, interval: 50 });
+      const vm = createEmulatedVm({ kind: "unix", path: socketPath }, { uuid: DOMAIN_UUID, secret: readFileSync(/file=([^,"]+)/.exec(xml)![1]!), reconnectMs: 100, workload: false });
+      vm.start();
+      try {
+        await vi.waitFor(() => expect(bridge.registry.get(DOMAIN_UUID)).toMatchObject({ state: "hooked", generation: 1, origin }), { timeout: 10_000, interval: 50 });
+        signal!("SIGTERM");
+        expect(await exit).toBe(0);
       } finally {
         await vm.stop();
       }
