@@ -36,6 +36,16 @@ export default defineConfig({
           fileParallelism: false,
         },
       },
+      {
+        // The real Linux guest under QEMU (test/guest/README.md): one boot per file, files in turn.
+        test: {
+          name: "linux",
+          include: ["test/guest/**/*.test.ts", "test/linux/**/*.test.ts"],
+          testTimeout: 120_000,
+          hookTimeout: 300_000,
+          fileParallelism: false,
+        },
+      },
     ],
   },
 });

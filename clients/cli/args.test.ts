@@ -93,7 +93,7 @@ describe("main", () => {
   it("rejects bad arguments before any network call", async () => {
     const cases: Array<[string[], string]> = [
       [["write", "vm", "0x1000", "cc"], "refusing to write 1 byte(s) of guest memory without --yes"],
-      [["write", "vm", "nope", "cc", "--yes"], 'gpa: "nope" is not a number'],
+      [["write", "vm", "nope", "cc", "--yes"], 'addr: "nope" is not a number'],
       [["read", "vm", "0x1000", "0"], "len: 0 is out of range"],
       [["read", "vm", "0x1000", "100M"], "use `kvmictl dump` for more"],
       [["events", "watch", "vm", "--controller"], "--controller needs --type"],

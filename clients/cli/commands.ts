@@ -61,7 +61,7 @@ export async function info(ctx: CliContext, ref: string): Promise<void> {
     Array.from({ length: vmInfo.vcpuCount }, async (_, i) => {
       try {
         const [regs, vcpuInfo] = await Promise.all([h.getRegisters(i, { signal }), h.getVcpuInfo(i, { signal })]);
-        return { vcpu: i, started: true, mode: modeName(regs.mode), rip: regs.regs.rip, cr3: regs.sregs.cr3, tscHz: vcpuInfo.tscSpeed };
+        return { vcpu: i, started: true, mode: modeName(regs.mode), rip: regs.regs.rip, cr3: regs.sregs.cr3, tscHz: Number(vcpuInfo.tscSpeed) };
       } catch (err) {
         // KVM_EAGAIN: the guest has not started this vCPU yet.
         if (err instanceof UnavailableError && err.reason === "KVMI_TRY_AGAIN") return { vcpu: i, started: false };
@@ -70,7 +70,7 @@ export async function info(ctx: CliContext, ref: string): Promise<void> {
     }),
   );
   if (ctx.json) {
-    ctx.out(toJson({ vm: vmJson(vm), kvmi: version, vcpuCount: vmInfo.vcpuCount, maxGfn, memoryBytes: maxGfn * 4096n, vcpus }, 2));
+    ctx.out(toJson({ vm: vmJson(vm), kvmi: version, vcpuCount: vmInfo.vcpuCount, maxGfn, memoryBytes: Number(maxGfn * 4096n), vcpus }, 2));
     return;
   }
   const rows: string[][] = [
@@ -130,7 +130,7 @@ export async function read(ctx: CliContext, ref: string, addrText: string, lenTe
   }
   const space = via === undefined ? "physical" : typeof via === "number" ? `virtual (vcpu ${via})` : `virtual (cr3 ${hex(via.cr3)})`;
   if (ctx.json) {
-    ctx.out(toJson({ vm: vm.name, address, length, space, data, holes }, 2));
+    ctx.out(toJson({ vm: vm.name, address, length, space, data, holes: holes.map((h) => ({ address: h.address, length: Number(h.length), reason: h.reason })) }, 2));
   } else {
     ctx.io.stdout(hexdump(data, address));
     for (const h of holes) ctx.err(`hole: ${hex(h.address)}+${hex(h.length)} ${h.reason} (shown as zeros)`);
@@ -174,7 +174,7 @@ export async function dump(ctx: CliContext, ref: string, options: { out: string;
   const seconds = (performance.now() - started) / 1000;
   const rate = Number(total) / Math.max(0.001, seconds);
   if (ctx.json) {
-    ctx.out(toJson({ vm: vm.name, file: options.out, start, bytes: total, dataBytes, holeBytes, seconds: Number(seconds.toFixed(3)), bytesPerSecond: Math.round(rate) }));
+    ctx.out(toJson({ vm: vm.name, file: options.out, start, bytes: Number(total), dataBytes, holeBytes: Number(holeBytes), seconds: Number(seconds.toFixed(3)), bytesPerSecond: Math.round(rate) }));
   } else {
     ctx.err(
       `dumped ${formatBytes(total)} of ${vm.name} to ${options.out} in ${seconds.toFixed(2)} s (${formatBytes(rate)}/s); ` +
@@ -200,31 +200,51 @@ async function asController(ctx: CliContext, uuid: string, hold: boolean, body: 
   }
 }
 
-/** `write <vm> <gpa> <hex> --yes`. */
-export async function write(ctx: CliContext, ref: string, gpaText: string, hexText: string, options: { yes?: boolean; hold?: boolean }): Promise<void> {
-  const gpa = parseU64(gpaText, "gpa");
+/** `write <vm> <addr> <hex> --yes [--virtual | --vcpu n | --cr3 x]`. */
+export async function write(
+  ctx: CliContext,
+  ref: string,
+  addrText: string,
+  hexText: string,
+  options: { yes?: boolean; hold?: boolean; virtual?: boolean; vcpu?: string; cr3?: string },
+): Promise<void> {
+  const address = parseU64(addrText, "addr");
   const data = parseHexBytes(hexText, "hex");
+  const via = translationOf(options);
   if (!options.yes) throw new UsageError(`refusing to write ${data.length} byte(s) of guest memory without --yes`);
   const vm = await ctx.resolveVm(ref);
-  let before: Uint8Array | undefined;
   await asController(ctx, vm.uuid, options.hold === true, async (session) => {
-    before = await session.readPhysical(gpa, data.length);
-    await session.writePhysical(gpa, data);
-    const after = await session.readPhysical(gpa, data.length);
-    const ok = Buffer.from(after).equals(Buffer.from(data));
-    if (ctx.json) ctx.out(toJson({ vm: vm.name, gpa, written: data.length, verified: ok, previous: before }));
-    else ctx.out(`wrote ${data.length} byte(s) at ${hex(gpa)} of ${vm.name}${ok ? " (verified)" : " (read-back differs!)"}; previous bytes ${Buffer.from(before).toString("hex")}`);
+    // A virtual write translates every page first and writes only if all are mapped (the SDK's writeVirtual).
+    const readBack = (): Promise<Uint8Array> => (via === undefined ? session.readPhysical(address, data.length) : session.readVirtual(via, address, data.length));
+    const before = await readBack();
+    if (via === undefined) await session.writePhysical(address, data);
+    else await session.writeVirtual(via, address, data);
+    const ok = Buffer.from(await readBack()).equals(Buffer.from(data));
+    const where = via === undefined ? { gpa: address } : { gva: address };
+    if (ctx.json) ctx.out(toJson({ vm: vm.name, ...where, written: data.length, verified: ok, previous: before }));
+    else ctx.out(`wrote ${data.length} byte(s) at ${hex(address)}${via === undefined ? "" : " (virtual)"} of ${vm.name}${ok ? " (verified)" : " (read-back differs!)"}; previous bytes ${Buffer.from(before).toString("hex")}`);
   });
 }
 
-/** `translate <vm> <vcpu> <gva>`. */
-export async function translate(ctx: CliContext, ref: string, vcpuText: string, gvaText: string): Promise<void> {
+/** `vms release <vm> [--grace ms]`: the bridge unhooks the VM (ReleaseVm); QEMU reconnects later. */
+export async function vmsRelease(ctx: CliContext, ref: string, options: { grace?: string }): Promise<void> {
+  const graceMs = options.grace === undefined ? undefined : parseIndex(options.grace, "--grace");
+  if (graceMs !== undefined && graceMs > 300_000) throw new UsageError("--grace: at most 300000 ms");
+  const vm = await ctx.resolveVm(ref);
+  const released = await ctx.client.releaseVm(vm.uuid, { ...(graceMs !== undefined && { gracePeriodMs: graceMs }), signal: ctx.io.signal });
+  if (ctx.json) ctx.out(toJson(vmJson(released), 2));
+  else ctx.out(`released ${released.name} (${released.displayName || "no name"}): ${stateName(released.state)}; QEMU reconnects after its chardev reconnect interval`);
+}
+
+/** `translate <vm> <vcpu> <gva>`; exits 1 when the address is not mapped, as `read` does for a hole. */
+export async function translate(ctx: CliContext, ref: string, vcpuText: string, gvaText: string): Promise<number> {
   const vcpu = parseIndex(vcpuText, "vcpu");
   const gva = parseU64(gvaText, "gva");
   const vm = await ctx.resolveVm(ref);
   const gpa = await ctx.client.vm(vm.uuid).translateGva(vcpu, gva, { signal: ctx.io.signal });
   if (ctx.json) ctx.out(toJson({ vm: vm.name, vcpu, gva, mapped: gpa !== undefined, ...(gpa !== undefined && { gpa }) }));
   else ctx.out(gpa === undefined ? `${hex(gva, 16)} -> not mapped` : `${hex(gva, 16)} -> ${hex(gpa, 16)}`);
+  return gpa === undefined ? 1 : 0;
 }
 
 /** The JSON line of a session item. */
@@ -354,11 +374,15 @@ export async function pause(ctx: CliContext, ref: string, vcpuText: string, opti
 export async function pageAccess(ctx: CliContext, ref: string, gpaText: string, accessText: string, options: { hold?: boolean }): Promise<void> {
   const gpa = parseU64(gpaText, "gpa");
   const access = parseAccess(accessText);
+  // KVMI_VM_SET_PAGE_ACCESS works on whole pages (docs/protocol/v9.md): an unaligned address would
+  // silently restrict the page around it.
+  if (gpa % 4096n !== 0n) throw new UsageError(`gpa: ${hex(gpa)} is not page-aligned: give the page's first address, ${hex(gpa & ~0xfffn)}`);
   const vm = await ctx.resolveVm(ref);
+  const maxGfn = await ctx.client.vm(vm.uuid).getMaxGfn({ signal: ctx.io.signal });
+  if (gpa >> 12n > maxGfn) throw new UsageError(`gpa: ${hex(gpa)} is beyond the guest's memory (its last page is ${hex(maxGfn << 12n)})`);
   await asController(ctx, vm.uuid, options.hold === true, async (session) => {
     await session.setPageAccess([{ gpa, access }]);
-    const page = gpa & ~0xfffn;
-    if (ctx.json) ctx.out(toJson({ vm: vm.name, page, access: accessString(access) }));
-    else ctx.out(`page ${hex(page)} of ${vm.name} is now ${accessString(access)}`);
+    if (ctx.json) ctx.out(toJson({ vm: vm.name, page: gpa, access: accessString(access) }));
+    else ctx.out(`page ${hex(gpa)} of ${vm.name} is now ${accessString(access)}`);
   });
 }

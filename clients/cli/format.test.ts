@@ -28,9 +28,16 @@ describe("hexdump", () => {
 describe("formatting", () => {
   it("renders u64 values as hex in JSON", () => {
     expect(toJson({ gpa: 4096n, data: Uint8Array.of(1, 255), msrs: new Map([[0xc0000080, 0xd01n]]) })).toBe(
-      '{"gpa":"0x1000","data":"01ff","msrs":{"3221225600":"0xd01"}}',
+      '{"gpa":"0x1000","data":"01ff","msrs":{"0xc0000080":"0xd01"}}',
     );
     expect(hex(0xabn, 4)).toBe("0x00ab");
+  });
+
+  it("leaves protobuf-es bookkeeping out of JSON and keeps counts as numbers", () => {
+    const segment = { $typeName: "kvmi.v1.Segment", base: 0n, selector: 16, present: true };
+    expect(toJson({ regs: { $typeName: "kvmi.v1.Regs", rip: 0xffffffff81000000n }, cs: segment, bytes: 4096 })).toBe(
+      '{"regs":{"rip":"0xffffffff81000000"},"cs":{"base":"0x0","selector":16,"present":true},"bytes":4096}',
+    );
   });
 
   it("formats sizes, progress and tables", () => {

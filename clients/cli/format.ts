@@ -32,14 +32,23 @@ export function hexdump(data: Uint8Array, address = 0n): string {
   return lines.map((l) => `${l}\n`).join("");
 }
 
-/** JSON with bigints as `0x…` strings and byte arrays as hex strings. */
+/**
+ * The one JSON convention of every `--json` output (clients/README.md, "JSON output"):
+ * - u64 quantities that are addresses or register/MSR values (`bigint` in the SDK) are `"0x…"`
+ *   strings, since JSON numbers lose precision above 2^53 and hex is how they are read;
+ * - counts, sizes, lengths, indexes, durations and rates are plain JSON numbers (callers pass
+ *   them as `number`; a `bigint` byte count is converted before it gets here);
+ * - byte data is a hex string without `0x`; maps become objects, numeric keys as `"0x…"`;
+ * - protobuf-es bookkeeping (`$typeName`) never appears.
+ */
 export function toJson(value: unknown, indent?: number): string {
   return JSON.stringify(
     value,
-    (_key, v: unknown) => {
+    (key, v: unknown) => {
+      if (key === "$typeName") return undefined;
       if (typeof v === "bigint") return hex(v);
       if (v instanceof Uint8Array) return Buffer.from(v).toString("hex");
-      if (v instanceof Map) return Object.fromEntries([...v.entries()].map(([k, x]) => [String(k), x]));
+      if (v instanceof Map) return Object.fromEntries([...v.entries()].map(([k, x]) => [typeof k === "number" || typeof k === "bigint" ? hex(k) : String(k), x]));
       return v;
     },
     indent,

@@ -3,11 +3,16 @@
  * `kvmictl`: a thin command-line client of kvmi-bridge over the SDK. Exit codes: 0 success,
  * 1 an error from the bridge (one line with the status code and reason), 2 a usage error.
  */
+import { readFileSync } from "node:fs";
 import { Command, CommanderError, Option } from "commander";
 import { isKvmiBridgeError } from "@kvmi/clients";
 import { UsageError } from "./args.js";
 import * as commands from "./commands.js";
+import { completionScript } from "./completion.js";
 import { createContext } from "./context.js";
+import { connectionHint } from "./hints.js";
+import { gdb } from "./gdb-command.js";
+import * as vcpuCommands from "./vcpu-commands.js";
 import type { CliContext, CliIo, GlobalOptions } from "./context.js";
 
 export type { CliIo } from "./context.js";
@@ -18,6 +23,9 @@ export const EXIT_OK = 0;
 export const EXIT_BRIDGE_ERROR = 1;
 /** Exit code of a command-line mistake. */
 export const EXIT_USAGE = 2;
+
+/** kvmictl's version: the version of `@kvmi/clients`. */
+export const VERSION = (JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { version: string }).version;
 
 /** The default bridge address (`KVMI_BRIDGE_TARGET` overrides it). */
 export const DEFAULT_TARGET = "127.0.0.1:50051";
@@ -34,7 +42,8 @@ export function buildProgram(io: CliIo, setExit: (code: number) => void): Comman
     .option("--tls-key <file>", "PEM private key of --tls-cert")
     .option("--tls-server-name <name>", "host name to verify in the bridge's certificate")
     .option("--timeout <ms>", "deadline of each call in ms", "30000")
-    .option("--json", "machine-readable output (u64 values as 0x… strings)")
+    .option("--json", "machine-readable output (u64 values as 0x… strings, counts as numbers)")
+    .version(VERSION, "-V, --version", "print kvmictl's version")
     .showSuggestionAfterError()
     .exitOverride()
     .configureOutput({ writeOut: io.stdout, writeErr: io.stderr });
@@ -61,12 +70,47 @@ export function buildProgram(io: CliIo, setExit: (code: number) => void): Comman
     .option("--count <n>", "exit after n changes")
     .action(run(commands.vmsWatch));
 
+  vms
+    .command("release <vm>")
+    .description("release a VM: the controller is told, hooks are undone, the KVMI socket closes (QEMU reconnects)")
+    .option("--grace <ms>", "how long the controller gets to release first (default 10000, at most 300000)")
+    .action(run(commands.vmsRelease));
+
   program.command("info <vm>").description("summary of a VM: KVMI version, memory, vCPUs").action(run(commands.info));
-  program
-    .command("regs <vm> <vcpu>")
-    .description("registers of a vCPU: general, segments, CRs, EFER, mode")
+  const regs = program.command("regs").description("read (regs VM VCPU) or set (regs set VM VCPU reg=value…) a vCPU's registers");
+  regs
+    .command("get <vm> <vcpu>", { isDefault: true })
+    .description("registers of a vCPU: general, segments, CRs, EFER, mode (`regs VM VCPU` for short)")
     .option("--msr <list>", "also read these MSRs, e.g. 0xc0000080,0xc0000082")
     .action(run(commands.regs));
+  regs
+    .command("set <vm> <vcpu> <assignments...>")
+    .description("set general registers, e.g. rax=1 rip=0xffffffff81000000 (pauses the vCPU, sets them in the reply)")
+    .action(run(vcpuCommands.regsSet));
+  program.command("cpuid <vm> <vcpu> <leaf> [subleaf]").description("CPUID as the guest sees it").action(run(vcpuCommands.cpuid));
+  program.command("xcr <vm> <vcpu> [index]").description("an extended control register (XCR0 by default)").action(run(vcpuCommands.xcr));
+  program.command("xsave <vm> <vcpu>").description("the vCPU's XSAVE area as a hex dump").action(run(vcpuCommands.xsave));
+  program.command("mtrr <vm> <vcpu> <gpa>").description("the MTRR memory type of a guest physical address").action(run(vcpuCommands.mtrr));
+  program
+    .command("inject <vm> <vcpu> <vector>")
+    .description("inject an exception (e.g. 14 for #PF) and report the TRAP event that confirms it")
+    .option("--error-code <n>", "error code, for vectors that push one")
+    .option("--address <gva>", "CR2 for #PF")
+    .option("--wait <ms>", "how long to wait for the TRAP event (default 10000)")
+    .action(run(vcpuCommands.inject));
+  program
+    .command("step <vm> <vcpu>")
+    .description("pause a vCPU and single-step it, printing RIP after each instruction")
+    .option("--count <n>", "instructions to step (default 1)")
+    .action(run(vcpuCommands.step));
+  program
+    .command("break <vm> <addr>")
+    .description("INT3 breakpoint at a guest virtual (or --physical) address: print each hit, step over it, restore on exit")
+    .option("--physical", "addr is a guest physical address")
+    .option("--vcpu <n>", "translate addr with this vCPU's paging (default 0)")
+    .option("--count <n>", "exit after n hits (default 1)")
+    .option("--duration <ms>", "give up after this many ms (exit 1 if fewer hits)")
+    .action(run(vcpuCommands.breakpoint));
   program
     .command("read <vm> <addr> <len>")
     .description("hex dump of guest memory (physical unless --virtual, --vcpu or --cr3)")
@@ -83,9 +127,12 @@ export function buildProgram(io: CliIo, setExit: (code: number) => void): Comman
     .option("--chunk-size <bytes>", "bytes per streamed chunk (4k..2M)")
     .action(run(commands.dump));
   program
-    .command("write <vm> <gpa> <hex>")
-    .description("write bytes to guest physical memory (attaches as controller)")
+    .command("write <vm> <addr> <hex>")
+    .description("write bytes to guest memory, physical unless --virtual/--vcpu/--cr3 (attaches as controller)")
     .option("--yes", "really write guest memory")
+    .option("--virtual", "addr is a guest virtual address (translated with vCPU 0 unless --vcpu or --cr3)")
+    .option("--vcpu <n>", "translate with this vCPU's paging (implies --virtual)")
+    .option("--cr3 <value>", "translate by walking the page tables at this CR3 (implies --virtual)")
     .option("--hold", "keep the controller session until Ctrl-C, then let the bridge undo the write")
     .action(run(commands.write));
   program.command("translate <vm> <vcpu> <gva>").description("translate a guest virtual address with a vCPU's paging").action(run(commands.translate));
@@ -111,11 +158,27 @@ export function buildProgram(io: CliIo, setExit: (code: number) => void): Comman
     .description("restrict the EPT access of a guest page (rwx, r-x, r--, none or 0..7)")
     .option("--hold", "keep the controller session until Ctrl-C, then let the bridge undo the restriction")
     .action(run(commands.pageAccess));
+  program
+    .command("gdb <vm>")
+    .description("serve the GDB remote protocol for a VM (vCPUs as threads); gdb -ex 'target remote HOST:PORT'")
+    .option("--listen <host:port>", "TCP address to listen on", "127.0.0.1:1234")
+    .option("--once", "exit when the first gdb session ends")
+    .option("--event-deadline <ms>", "how long a stopped vCPU may wait for the gateway (10..60000)")
+    .action(run(gdb));
+  program
+    .command("completion [shell]")
+    .description("print a shell completion script: source <(kvmictl completion bash)")
+    .action((shell: string | undefined) => {
+      if (shell !== undefined && shell !== "bash") throw new UsageError(`completion: only bash is supported (got "${shell}")`);
+      io.stdout(completionScript(program));
+    });
   return program;
 }
 
-/** One line describing an error for stderr. */
-export function describeError(err: unknown): string {
+/** One line describing an error for stderr; `dialed` adds what a connection failure means. */
+export function describeError(err: unknown, dialed?: { readonly target: string; readonly tls: boolean }): string {
+  const hint = dialed === undefined ? undefined : connectionHint(err, dialed);
+  if (hint !== undefined && isKvmiBridgeError(err)) return `kvmictl: ${hint} (${err.codeName})`;
   if (isKvmiBridgeError(err)) {
     const reason = err.reason !== undefined && err.reason !== err.codeName ? `, ${err.reason}` : "";
     return `kvmictl: ${err.message} (${err.codeName}${reason})`;
@@ -127,6 +190,10 @@ export function describeError(err: unknown): string {
 export async function main(argv: readonly string[], io: CliIo): Promise<number> {
   let exitCode = EXIT_OK;
   const program = buildProgram(io, (code) => (exitCode = code));
+  const dialed = (): { target: string; tls: boolean } => {
+    const o = program.opts<GlobalOptions>();
+    return { target: o.target, tls: o.tlsCa !== undefined || o.tlsCert !== undefined || o.tlsKey !== undefined || o.tlsServerName !== undefined };
+  };
   try {
     await program.parseAsync([...argv], { from: "user" });
     return exitCode;
@@ -139,7 +206,7 @@ export async function main(argv: readonly string[], io: CliIo): Promise<number> 
       io.stderr(`kvmictl: ${err.message}\n`);
       return EXIT_USAGE;
     }
-    io.stderr(`${describeError(err)}\n`);
+    io.stderr(`${describeError(err, dialed())}\n`);
     return EXIT_BRIDGE_ERROR;
   }
 }

@@ -5,10 +5,10 @@
  * each write arrives as an event holding the old and the new value, which the task list maps to
  * processes. The tool lets every write through unchanged.
  *
- *   npx tsx clients/examples/cr3-monitor.ts --target 127.0.0.1:50051 --vm emu-0 --duration 2000
+ *   npx tsx clients/examples/cr3-monitor.ts --target 127.0.0.1:50051 --vm demo-0 --duration 2000
  */
 import { CancelledError, UnavailableError } from "@kvmi/clients";
-import { fail, setup } from "./example-args.js";
+import { fail, integerOption, setup, stdout, stdoutClosed } from "./example-args.js";
 import { listTasks, TaskIndex } from "./guest-profile.js";
 
 const USAGE = "usage: cr3-monitor.ts --vm <uuid|name> [--target host:port] [--duration ms] [--count n] [--json]";
@@ -19,9 +19,12 @@ async function main(): Promise<void> {
     count: { type: "string" },
   });
   const stop = new AbortController();
+  // `cr3-monitor --json | head`: the reader's exit ends the monitor like Ctrl-C, releasing the session.
+  stdoutClosed.addEventListener("abort", () => stop.abort(), { once: true });
   for (const signal of ["SIGINT", "SIGTERM"] as const) process.once(signal, () => stop.abort());
-  if (values.duration !== undefined) setTimeout(() => stop.abort(), Number(values.duration)).unref();
-  const max = values.count === undefined ? Infinity : Number(values.count);
+  const duration = integerOption(values, "duration", USAGE);
+  if (duration !== undefined) setTimeout(() => stop.abort(), duration).unref();
+  const max = integerOption(values, "count", USAGE) ?? Infinity;
 
   const tasks = new TaskIndex(await listTasks(client.vm(vm.uuid)));
   const session = await client.attach(vm.uuid, { role: "controller" });
@@ -39,7 +42,7 @@ async function main(): Promise<void> {
       }
     }
     process.stderr.write(`monitoring CR3 writes on ${vcpus.length} vCPU(s) of ${vm.name}\n`);
-    if (!json) process.stdout.write(`${"TIME".padEnd(24)}  VCPU  FROM -> TO\n`);
+    if (!json) stdout.write(`${"TIME".padEnd(24)}  VCPU  FROM -> TO\n`);
     for await (const item of session.events({ signal: stop.signal })) {
       if (item.kind === "unhook") break;
       if (item.kind !== "event") continue;
@@ -48,11 +51,11 @@ async function main(): Promise<void> {
         const to = tasks.byPageTable(item.newValue);
         const time = item.receiveTime ?? new Date();
         if (json) {
-          process.stdout.write(
+          stdout.write(
             `${JSON.stringify({ time: time.toISOString(), vcpu: item.vcpu, fromPid: from?.pid ?? null, fromComm: from?.comm ?? null, toPid: to?.pid ?? null, toComm: to?.comm ?? null, cr3: `0x${item.newValue.toString(16)}` })}\n`,
           );
         } else {
-          process.stdout.write(`${time.toISOString().padEnd(24)}  ${String(item.vcpu).padStart(4)}  ${tasks.describe(item.oldValue)} -> ${tasks.describe(item.newValue)}\n`);
+          stdout.write(`${time.toISOString().padEnd(24)}  ${String(item.vcpu).padStart(4)}  ${tasks.describe(item.oldValue)} -> ${tasks.describe(item.newValue)}\n`);
         }
         switches++;
       }

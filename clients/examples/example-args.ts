@@ -8,6 +8,17 @@ import { parseArgs } from "node:util";
 import type { ParseArgsConfig } from "node:util";
 import { connect } from "@kvmi/clients";
 import type { BridgeClient, Vm } from "@kvmi/clients";
+import { guardPipe } from "../cli/closed-pipe.js";
+import { connectionHint } from "../cli/hints.js";
+
+const readerGone = new AbortController();
+/**
+ * The examples' stdout: once its reader goes away (`cr3-monitor --json | head`) output is dropped
+ * and {@link stdoutClosed} fires, so a monitor ends as on Ctrl-C and releases its session.
+ */
+export const stdout = guardPipe(process.stdout, () => readerGone.abort());
+/** Fires when the reader of stdout has gone. */
+export const stdoutClosed: AbortSignal = readerGone.signal;
 
 type Options = NonNullable<ParseArgsConfig["options"]>;
 
@@ -19,6 +30,9 @@ export interface ExampleSetup<V> {
   /** The example's own option values. */
   readonly values: V;
 }
+
+/** What setup() dialed, for the hint of a connection failure. */
+let dialed: { target: string; tls: boolean } | undefined;
 
 const COMMON: Options = {
   target: { type: "string", default: process.env["KVMI_BRIDGE_TARGET"] ?? "127.0.0.1:50051" },
@@ -51,12 +65,28 @@ export async function setup<V extends Record<string, unknown>>(usage: string, ow
     target: values["target"] as string,
     ...((ca ?? cert ?? key) !== undefined && { tls: { ...(ca && { ca }), ...(cert && { cert }), ...(key && { key }) } }),
   });
+  dialed = { target: values["target"] as string, tls: (ca ?? cert ?? key) !== undefined };
   const vm = await client.resolveVm(values["vm"] as string);
   return { client, vm, json: values["json"] === true, values: values as V };
 }
 
-/** Prints a failure as one line and sets exit code 1. */
+/**
+ * An optional non-negative integer option (`--count 5`, `--duration 2000`); a mistake such as
+ * `--count abc` or `--duration=-5` prints `usage` and exits 2 instead of being taken as NaN.
+ */
+export function integerOption(values: Record<string, unknown>, key: string, usage: string): number | undefined {
+  const text = values[key];
+  if (text === undefined) return undefined;
+  if (typeof text !== "string" || !/^\d+$/.test(text.trim()) || !Number.isSafeInteger(Number(text))) {
+    process.stderr.write(`--${key}: "${String(text)}" is not a non-negative integer\n${usage}\n`);
+    process.exit(2);
+  }
+  return Number(text);
+}
+
+/** Prints a failure as one line (what a connection failure means, clients/cli/hints.ts) and sets exit code 1. */
 export function fail(err: unknown): void {
-  process.stderr.write(`error: ${err instanceof Error ? err.message : String(err)}\n`);
+  const hint = dialed === undefined ? undefined : connectionHint(err, dialed);
+  process.stderr.write(`error: ${hint ?? (err instanceof Error ? err.message : String(err))}\n`);
   process.exitCode = 1;
 }

@@ -4,9 +4,9 @@
  * its documented address and follow `tasks.next` through guest-virtual memory. Nothing runs in the
  * guest; only memory reads cross the bridge.
  *
- *   npx tsx clients/examples/ps.ts --target 127.0.0.1:50051 --vm emu-0
+ *   npx tsx clients/examples/ps.ts --target 127.0.0.1:50051 --vm demo-0
  */
-import { fail, setup } from "./example-args.js";
+import { fail, setup, stdout } from "./example-args.js";
 import { listTasks } from "./guest-profile.js";
 
 const USAGE = "usage: ps.ts --vm <uuid|name> [--target host:port] [--json] [--tls-ca f --tls-cert f --tls-key f]";
@@ -16,13 +16,13 @@ async function main(): Promise<void> {
   try {
     const tasks = await listTasks(client.vm(vm.uuid));
     if (json) {
-      process.stdout.write(`${JSON.stringify(tasks.map((t) => ({ pid: t.pid, ppid: t.ppid, cr3: `0x${t.cr3.toString(16)}`, comm: t.comm })))}\n`);
+      stdout.write(`${JSON.stringify(tasks.map((t) => ({ pid: t.pid, ppid: t.ppid, cr3: `0x${t.cr3.toString(16)}`, comm: t.comm })))}\n`);
       return;
     }
-    process.stdout.write(`${"PID".padStart(6)} ${"PPID".padStart(6)}  ${"CR3".padEnd(18)}  COMM\n`);
+    stdout.write(`${"PID".padStart(6)} ${"PPID".padStart(6)}  ${"CR3".padEnd(18)}  COMM\n`);
     for (const t of tasks) {
       const comm = t.kernelThread ? `[${t.comm}]` : t.comm;
-      process.stdout.write(`${String(t.pid).padStart(6)} ${String(t.ppid).padStart(6)}  0x${t.cr3.toString(16).padStart(16, "0")}  ${comm}\n`);
+      stdout.write(`${String(t.pid).padStart(6)} ${String(t.ppid).padStart(6)}  0x${t.cr3.toString(16).padStart(16, "0")}  ${comm}\n`);
     }
   } finally {
     client.close();

@@ -12,11 +12,11 @@
  * While one vCPU steps over the entry the INT3 is lifted, so a syscall that another vCPU enters in
  * that window is not counted; production tracers pause the other vCPUs or use EPT views for it.
  *
- *   npx tsx clients/examples/trace.ts --target 127.0.0.1:50051 --vm emu-0 --duration 5000
+ *   npx tsx clients/examples/trace.ts --target 127.0.0.1:50051 --vm demo-0 --duration 5000
  */
 import { CancelledError, UnavailableError } from "@kvmi/clients";
 import type { BreakpointEvent, Session, SessionItem } from "@kvmi/clients";
-import { fail, setup } from "./example-args.js";
+import { fail, integerOption, setup, stdout } from "./example-args.js";
 import { currentTask, listTasks, SYSCALL_ENTRY_GVA, TaskIndex } from "./guest-profile.js";
 
 const USAGE = "usage: trace.ts --vm <uuid|name> [--target host:port] [--duration ms] [--json]";
@@ -34,7 +34,8 @@ async function main(): Promise<void> {
   const { client, vm, json, values } = await setup<{ duration?: string }>(USAGE, { duration: { type: "string" } });
   const stop = new AbortController();
   for (const signal of ["SIGINT", "SIGTERM"] as const) process.once(signal, () => stop.abort());
-  if (values.duration !== undefined) setTimeout(() => stop.abort(), Number(values.duration)).unref();
+  const duration = integerOption(values, "duration", USAGE);
+  if (duration !== undefined) setTimeout(() => stop.abort(), duration).unref();
 
   const tasks = new TaskIndex(await listTasks(client.vm(vm.uuid)));
   const session = await client.attach(vm.uuid, { role: "controller" });
@@ -146,12 +147,12 @@ function report(counts: Map<number, Counter>, seconds: number, json: boolean): v
   const total = rows.reduce((n, r) => n + r.count, 0);
   if (json) {
     const syscalls = Object.fromEntries(rows.map((r) => [r.pid, r.count]));
-    process.stdout.write(`${JSON.stringify({ syscalls, total, seconds: Number(seconds.toFixed(3)) })}\n`);
+    stdout.write(`${JSON.stringify({ syscalls, total, seconds: Number(seconds.toFixed(3)) })}\n`);
     return;
   }
-  process.stdout.write(`${"PID".padStart(6)}  ${"COMM".padEnd(16)}  ${"SYSCALLS".padStart(8)}\n`);
-  for (const r of rows) process.stdout.write(`${String(r.pid).padStart(6)}  ${r.comm.padEnd(16)}  ${String(r.count).padStart(8)}\n`);
-  process.stdout.write(`total: ${total} syscalls in ${seconds.toFixed(2)} s\n`);
+  stdout.write(`${"PID".padStart(6)}  ${"COMM".padEnd(16)}  ${"SYSCALLS".padStart(8)}\n`);
+  for (const r of rows) stdout.write(`${String(r.pid).padStart(6)}  ${r.comm.padEnd(16)}  ${String(r.count).padStart(8)}\n`);
+  stdout.write(`total: ${total} syscalls in ${seconds.toFixed(2)} s\n`);
 }
 
 main().catch(fail);

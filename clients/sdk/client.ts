@@ -237,7 +237,7 @@ class Client implements BridgeClient {
   }
 
   async getVm(vm: string, options?: CallOptions): Promise<Vm> {
-    const response = await dispatch(this.unary, this.policy, "getVm", { name: vmName(requireUuid(vm)) }, options);
+    const response = await dispatch(this.unary, this.policy, "getVm", { vm: vmName(requireUuid(vm)) }, options);
     if (response.vm === undefined) throw createError({ code: StatusCode.INTERNAL, message: "GetVm returned no VM" });
     return response.vm;
   }
@@ -264,7 +264,7 @@ class Client implements BridgeClient {
 
   async *watchVms(options: WatchVmsOptions = {}): AsyncGenerator<VmChange, void, undefined> {
     const name = options.vm === undefined ? "" : vmName(requireUuid(options.vm));
-    for await (const response of this.channel.serverStream("watchVms", createRequest("watchVms", { name }), options.signal)) {
+    for await (const response of this.channel.serverStream("watchVms", createRequest("watchVms", { vm: name }), options.signal)) {
       if (response.change !== undefined) yield response.change;
     }
   }
@@ -283,7 +283,7 @@ class Client implements BridgeClient {
       this.unary,
       this.policy,
       "releaseVm",
-      { name: vmName(requireUuid(vm)), ...(gracePeriodMs !== undefined && { gracePeriod: durationFromMs(gracePeriodMs) }) },
+      { vm: vmName(requireUuid(vm)), ...(gracePeriodMs !== undefined && { gracePeriod: durationFromMs(gracePeriodMs) }) },
       options,
     );
     return response.vm!;

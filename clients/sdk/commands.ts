@@ -348,19 +348,19 @@ export class CommandSurface implements VmCommands {
   }
 
   async getVcpuInfo(vcpu: number, options?: CallOptions): Promise<{ readonly tscSpeed: bigint }> {
-    return { tscSpeed: (await this.call("getVcpuInfo", { name: this.vcpu(vcpu) }, options)).tscSpeed };
+    return { tscSpeed: (await this.call("getVcpuInfo", { vcpu: this.vcpu(vcpu) }, options)).tscSpeed };
   }
 
   async pauseVcpu(vcpu: number, options?: PauseVcpuOptions): Promise<void> {
-    await this.call("pauseVcpu", { name: this.vcpu(vcpu), wait: options?.wait ?? false }, options);
+    await this.call("pauseVcpu", { vcpu: this.vcpu(vcpu), wait: options?.wait ?? false }, options);
   }
 
   async controlVcpuEvents(vcpu: number, event: VcpuEventName, enable: boolean, options?: CallOptions): Promise<void> {
-    await this.call("controlVcpuEvents", { name: this.vcpu(vcpu), event: eventTypeOf(event), enable }, options);
+    await this.call("controlVcpuEvents", { vcpu: this.vcpu(vcpu), event: eventTypeOf(event), enable }, options);
   }
 
   async getRegisters(vcpu: number, options?: GetRegistersOptions): Promise<RegistersSnapshot> {
-    const r = await this.call("getRegisters", { name: this.vcpu(vcpu), msrIndices: [...(options?.msrs ?? [])] }, options);
+    const r = await this.call("getRegisters", { vcpu: this.vcpu(vcpu), msrIndices: [...(options?.msrs ?? [])] }, options);
     return {
       mode: r.mode,
       regs: r.regs ?? create(RegsSchema),
@@ -370,53 +370,53 @@ export class CommandSurface implements VmCommands {
   }
 
   async setRegisters(vcpu: number, regs: X86Regs, options?: CallOptions): Promise<void> {
-    await this.call("setRegisters", { name: this.vcpu(vcpu), regs: create(RegsSchema, regs) }, options);
+    await this.call("setRegisters", { vcpu: this.vcpu(vcpu), regs: create(RegsSchema, regs) }, options);
   }
 
   async getCpuid(vcpu: number, fn: number, index = 0, options?: CallOptions): Promise<CpuidLeaf> {
-    const r = await this.call("getCpuid", { name: this.vcpu(vcpu), function: fn, index }, options);
+    const r = await this.call("getCpuid", { vcpu: this.vcpu(vcpu), function: fn, index }, options);
     return { eax: r.eax, ebx: r.ebx, ecx: r.ecx, edx: r.edx };
   }
 
   async controlCr(vcpu: number, cr: 0 | 3 | 4, enable: boolean, options?: CallOptions): Promise<void> {
-    await this.call("controlCr", { name: this.vcpu(vcpu), cr, enable }, options);
+    await this.call("controlCr", { vcpu: this.vcpu(vcpu), cr, enable }, options);
   }
 
   async injectException(vcpu: number, exception: ExceptionInput, options?: CallOptions): Promise<void> {
     await this.call(
       "injectException",
-      { name: this.vcpu(vcpu), vector: exception.vector, errorCode: exception.errorCode ?? 0, address: exception.address ?? 0n },
+      { vcpu: this.vcpu(vcpu), vector: exception.vector, errorCode: exception.errorCode ?? 0, address: exception.address ?? 0n },
       options,
     );
   }
 
   async getXcr(vcpu: number, xcr = 0, options?: CallOptions): Promise<bigint> {
-    return (await this.call("getXcr", { name: this.vcpu(vcpu), xcr }, options)).value;
+    return (await this.call("getXcr", { vcpu: this.vcpu(vcpu), xcr }, options)).value;
   }
 
   async getXsave(vcpu: number, options?: CallOptions): Promise<Uint8Array> {
-    return (await this.call("getXsave", { name: this.vcpu(vcpu) }, options)).region;
+    return (await this.call("getXsave", { vcpu: this.vcpu(vcpu) }, options)).region;
   }
 
   async setXsave(vcpu: number, region: Uint8Array, options?: CallOptions): Promise<void> {
-    await this.call("setXsave", { name: this.vcpu(vcpu), region }, options);
+    await this.call("setXsave", { vcpu: this.vcpu(vcpu), region }, options);
   }
 
   async getMtrrType(vcpu: number, gpa: bigint, options?: CallOptions): Promise<MtrrTypeInfo> {
-    const r = await this.call("getMtrrType", { name: this.vcpu(vcpu), gpa }, options);
+    const r = await this.call("getMtrrType", { vcpu: this.vcpu(vcpu), gpa }, options);
     return { type: r.type, rawType: r.rawType };
   }
 
   async controlMsr(vcpu: number, msr: number, enable: boolean, options?: CallOptions): Promise<void> {
-    await this.call("controlMsr", { name: this.vcpu(vcpu), msr, enable }, options);
+    await this.call("controlMsr", { vcpu: this.vcpu(vcpu), msr, enable }, options);
   }
 
   async controlSingleStep(vcpu: number, enable: boolean, options?: CallOptions): Promise<void> {
-    await this.call("controlSingleStep", { name: this.vcpu(vcpu), enable }, options);
+    await this.call("controlSingleStep", { vcpu: this.vcpu(vcpu), enable }, options);
   }
 
   async translateGva(vcpu: number, gva: bigint, options?: CallOptions): Promise<bigint | undefined> {
-    const r = await this.call("translateGva", { name: this.vcpu(vcpu), gva }, options);
+    const r = await this.call("translateGva", { vcpu: this.vcpu(vcpu), gva }, options);
     return r.mapped && r.gpa !== UNMAPPED_GPA ? r.gpa : undefined;
   }
 

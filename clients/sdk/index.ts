@@ -112,6 +112,8 @@ export type {
 export { DEFAULT_RETRY_POLICY, isRetryable, retryDelayMs } from "./retry.js";
 export type { RetryPolicy } from "./retry.js";
 export { EVENT_NAMES, eventNameOf, isUuid, uuidOf, vcpuName, vmName } from "./names.js";
+export { serveGdb } from "./gdb/serve-gdb.js";
+export type { GdbGateway, ServeGdbOptions } from "./gdb/serve-gdb.js";
 export type { EventName, VcpuEventName } from "./names.js";
 
 /** Proto enums that SDK values use (see proto/kvmi/v1/*.proto for their meaning). */
@@ -130,3 +132,7 @@ export { withRetry } from "./retry.js";
 export { splitPages, walkPageTables } from "./memory.js";
 /** @internal */
 export type { PhysicalReader } from "./memory.js";
+/** @internal */
+export { checksum, encodePacket, escapeBinary, expandRunLength, RspReader, unescapeBinary } from "./gdb/rsp-packet.js";
+/** @internal */
+export type { RspItem } from "./gdb/rsp-packet.js";

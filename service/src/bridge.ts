@@ -7,6 +7,8 @@
 import { createKvmiListener, createVmRegistry } from "@kvmi/kvm-bridge";
 import type { AcceptedVm, KvmiListener, ListenEndpoint, Logger, VmRegistry } from "@kvmi/kvm-bridge";
 import {
+  file_google_rpc_error_details,
+  file_google_rpc_status,
   file_kvmi_v1_command,
   file_kvmi_v1_event,
   file_kvmi_v1_introspection_service,
@@ -15,7 +17,16 @@ import {
   file_kvmi_v1_session,
   file_kvmi_v1_vm,
 } from "@kvmi/proto";
-import { parseKvmiListen } from "./config/index.js";
+import { createAuditTrail, NO_AUDIT } from "./audit/audit-log.js";
+import type { AuditTrail } from "./audit/audit-log.js";
+import { createAccessControl } from "./auth/access-control.js";
+import type { AccessControl } from "./auth/access-control.js";
+import { createIdentityResolver } from "./auth/identity.js";
+import { createJwtVerifier, readJwksFile } from "./auth/jwt.js";
+import { ALLOW_ALL } from "./auth/policy.js";
+import { loadPolicyStore } from "./auth/policy-store.js";
+import type { PolicyStore } from "./auth/policy-store.js";
+import { isLoopback, parseGrpcListen, parseKvmiListen } from "./config/index.js";
 import type { BridgeConfig } from "./config/index.js";
 import { createRateLimitedLogger } from "./log/index.js";
 import { commandStatusOf, createBridgeMetrics, startMetricsServer } from "./metrics/index.js";
@@ -42,6 +53,15 @@ export interface Bridge {
   readonly hosts: VmHosts;
   readonly metrics: BridgeMetrics;
   readonly grpc: BridgeGrpcServer;
+  /** The authorization point. */
+  readonly access: AccessControl;
+  /** The audit trail ({@link NO_AUDIT} when off). */
+  readonly audit: AuditTrail;
+  /**
+   * Reads the policy file again (SIGHUP). False when it is invalid: the previous policy stays and
+   * every error is logged. True without a policy file (nothing to reload).
+   */
+  reloadPolicy(): boolean;
   /**
    * Graceful stop: health goes NOT_SERVING, every VM is released (controllers get the unhook
    * deadline, the ledger is undone, pending events are answered), then the servers close.
@@ -89,9 +109,45 @@ function endpoints(config: BridgeConfig, cwd: string): ListenEndpoint[] {
     if (!parsed.ok) throw new Error(`kvmiListen ${text}: ${parsed.error}`);
     const address = parsed.value;
     return address.kind === "unix"
-      ? { kind: "unix", path: address.path, mode: config.kvmiSocketMode }
+      ? { kind: "unix", path: address.path, mode: config.kvmiSocketMode, ...(config.kvmiSocketOwner && { owner: config.kvmiSocketOwner }) }
       : { kind: "tcp", host: address.host, port: address.port };
   });
+}
+
+/** The audit trail the config asks for: a file, stdout, both or none. */
+function openAuditTrail(config: BridgeConfig, logger: Logger): AuditTrail {
+  if (config.auditFile === undefined && !config.auditStdout) return NO_AUDIT;
+  return createAuditTrail({
+    file: config.auditFile,
+    stream: config.auditStdout ? process.stdout : undefined,
+    maxBytes: config.auditMaxBytes,
+    maxFiles: config.auditMaxFiles,
+    onError: (err) => logger.error({ err, auditFile: config.auditFile }, "cannot write the audit trail"),
+  });
+}
+
+/**
+ * Identities, policy and audit (docs/authorization.md). Without a policy every caller may do
+ * everything; the config loader allows that only on loopback, or with `authorization: none`.
+ */
+function startAccessControl(config: BridgeConfig, logger: Logger, registry: VmRegistry, audit: AuditTrail): { access: AccessControl; policy: PolicyStore | undefined } {
+  const policy = config.policyFile === undefined ? undefined : loadPolicyStore({ file: config.policyFile, logger, audit });
+  if (config.authorization === "none") logger.warn({}, "authorization is off (--authorization none): every caller that reaches the gRPC port may do everything");
+  else if (policy === undefined) logger.warn({}, "no policy file: every caller on this loopback listener may do everything (identity local)");
+  const jwt =
+    config.jwtJwksFile === undefined
+      ? undefined
+      : createJwtVerifier({ jwks: readJwksFile(config.jwtJwksFile), issuers: config.jwtIssuer, audiences: config.jwtAudience, groupsClaim: config.jwtGroupsClaim });
+  const address = parseGrpcListen(config.grpcListen, process.cwd());
+  const plaintextLoopback = config.tlsCert === undefined && address.ok && isLoopback(address.value);
+  const access = createAccessControl({
+    identities: createIdentityResolver({ plaintextLoopback, jwt }),
+    policy: policy === undefined ? () => ALLOW_ALL : () => policy.current(),
+    enforcing: policy !== undefined,
+    vmName: (uuid) => registry.get(uuid)?.name ?? "",
+    audit,
+  });
+  return { access, policy };
 }
 
 /** The VM gauges from the registry's states (announced VMs without QEMU are not hooked). */
@@ -115,11 +171,21 @@ export const QEMU_NEVER_CONNECTED = "qemu_never_connected";
 /** Starts every part of the bridge; rejects (after cleaning up) if one cannot start. */
 export async function startBridge(options: StartBridgeOptions): Promise<Bridge> {
   const { config, logger } = options;
+  const audit = openAuditTrail(config, logger);
   // Events, faults and malformed input are guest- or peer-triggered: their log lines are
   // rate-limited, with a summary of what was dropped (conventions §9).
   const guestPathLogger = createRateLimitedLogger(logger, { keyFields: ["vm"] });
   const metrics = createBridgeMetrics();
   const registry = createVmRegistry({ logger: logger.child({ component: "registry" }) });
+  let authorization;
+  try {
+    authorization = startAccessControl(config, logger.child({ component: "auth" }), registry, audit);
+  } catch (err) {
+    audit.close();
+    guestPathLogger.close();
+    throw err;
+  }
+  const { access, policy } = authorization;
   const hosts = new VmHosts(
     registry,
     {
@@ -144,6 +210,8 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
     logger: logger.child({ component: "rpc" }),
     requestTimeoutMs: config.requestTimeoutMs,
     shuttingDown: shuttingDown.signal,
+    access,
+    audit,
   });
   const grpc = createGrpcServer({
     config,
@@ -157,6 +225,10 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
       file_kvmi_v1_registers,
       file_kvmi_v1_session,
       file_kvmi_v1_memory,
+      // The error details the bridge sends in grpc-status-details-bin (docs/conventions.md,
+      // "Errors"): a client that knows the API only through reflection can decode ErrorInfo.
+      file_google_rpc_status,
+      file_google_rpc_error_details,
     ],
     metrics,
     channelOptions: {
@@ -214,6 +286,9 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
       hosts,
       metrics,
       grpc,
+      access,
+      audit,
+      reloadPolicy: () => policy?.reload("SIGHUP") ?? true,
       stop: async () => {
         grpc.health.setServing(false);
         await kvmiListener.close();
@@ -221,11 +296,15 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
         await hosts.releaseAll();
         await grpc.shutdown(config.shutdownGraceMs);
         await server?.close();
+        policy?.close();
+        audit.close();
         guestPathLogger.close();
       },
     };
   } catch (err) {
     guestPathLogger.close();
+    policy?.close();
+    audit.close();
     await listener?.close();
     await forwardListener?.close();
     await grpc.shutdown(0).catch(() => undefined);

@@ -2,23 +2,35 @@
 /**
  * The composition root of `kvmi-bridge` (conventions §2, §10): configuration, the root logger,
  * the bridge, the embedded emulator when asked, and graceful shutdown on SIGTERM/SIGINT.
- * `kvmi-bridge doctor` reports whether this host's kernel offers KVMI.
+ * `kvmi-bridge doctor` reports whether this host's kernel offers KVMI; `kvmi-bridge audit verify
+ * FILE` checks an audit trail's hash chain. SIGHUP reloads the authorization policy.
  */
-import { rmdirSync } from "node:fs";
+import { readFileSync, rmdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname } from "node:path";
 import { formatDoctorReport, runDoctor } from "@kvmi/kvm-bridge/ioctl";
+import { runAuditCommand } from "./audit/audit-verify.js";
 import { startBridge } from "./bridge.js";
 import { applyConfigAction, loadConfig, readSecret } from "./config/index.js";
 import { startEmbeddedVms } from "./embedded.js";
 import { createRootLogger, routeGrpcJsLogs } from "./log/index.js";
 
+/** The bridge's version: the version of `@kvmi/service`. */
+export const VERSION = (JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { version: string }).version;
+
 /** Runs the bridge until a signal; resolves with the exit code. */
 export async function main(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
+  if (argv.includes("--version") || argv.includes("-V")) {
+    process.stdout.write(`kvmi-bridge ${VERSION}\n`);
+    return 0;
+  }
   if (argv[0] === "doctor") {
     const report = await runDoctor();
     process.stdout.write(`${formatDoctorReport(report)}\n`);
     return 0;
+  }
+  if (argv[0] === "audit") {
+    return runAuditCommand(argv.slice(1), { stdout: (text) => process.stdout.write(text), stderr: (text) => process.stderr.write(text) });
   }
   const outcome = applyConfigAction(loadConfig({ argv, env, cwd: process.cwd(), pid: process.pid }), {
     stdout: (text) => process.stdout.write(text),
@@ -53,6 +65,7 @@ export async function main(argv: readonly string[], env: NodeJS.ProcessEnv = pro
       `  gRPC endpoint : ${bridge.grpcTarget} (kvmi.v1.IntrospectionService, health, reflection)`,
       `  KVMI socket   : ${kvmiSocket} (point QEMU or \`npx kvmi-sim --connect ${bridge.kvmiAddresses[0]}\` here)`,
       `  metrics       : ${bridge.metricsUrl ?? "off"}`,
+      `  authorization : ${config.authorization === "none" ? "none (every caller may do everything)" : (config.policyFile ?? "no policy: loopback callers may do everything")}`,
       `  try           : npx kvmictl --target ${bridge.grpcTarget} vms list`,
       "",
     ].join("\n") + "\n",
@@ -63,6 +76,7 @@ export async function main(argv: readonly string[], env: NodeJS.ProcessEnv = pro
     const stop = async (signal: string): Promise<void> => {
       if (stopping) return;
       stopping = true;
+      process.off("SIGHUP", reload);
       logger.info({ signal }, "shutting down: releasing every VM");
       await bridge.stop();
       await embedded?.stop();
@@ -70,6 +84,9 @@ export async function main(argv: readonly string[], env: NodeJS.ProcessEnv = pro
       logger.info({}, "stopped");
       resolve(0);
     };
+    // Reload the policy without dropping sessions; a bad file keeps the old policy (logged).
+    const reload = (): void => void bridge.reloadPolicy();
+    process.on("SIGHUP", reload);
     process.once("SIGTERM", () => void stop("SIGTERM"));
     process.once("SIGINT", () => void stop("SIGINT"));
   });

@@ -243,6 +243,20 @@ describe("emulated kernel: answered and kept open (kvmi-abi §2.9, §3.1)", () =
     expect(h.tool.isSocketClosed).toBe(false);
   });
 
+  it("counts every frame it takes off the socket by message id, refused ones included (receivedFrames)", async () => {
+    const h = await hooked();
+    expect(h.kernel.receivedFrames(v9Ids.KVMI_GET_VERSION)).toBe(0);
+    await h.tool.command("KVMI_GET_VERSION");
+    await h.tool.command("KVMI_GET_VERSION");
+    h.kernel.allowCommand({ allow: 0, id: v9Ids.KVMI_VM_GET_INFO });
+    expect((await h.tool.command("KVMI_VM_GET_INFO")).err).toBe(-errno.KVM_EPERM);
+    expect((await h.tool.raw(encode(layouts.kvmiMsgHdr, { id: 26, size: 0, seq: h.tool.nextSeq() }))).err).toBe(-errno.KVM_ENOSYS);
+    expect(h.kernel.receivedFrames(v9Ids.KVMI_GET_VERSION)).toBe(2);
+    expect(h.kernel.receivedFrames(v9Ids.KVMI_VM_GET_INFO)).toBe(1);
+    expect(h.kernel.receivedFrames(26)).toBe(1);
+    expect(h.kernel.receivedFrames(v9Ids.KVMI_VM_READ_PHYSICAL)).toBe(0);
+  });
+
   it("a disallowed command is -KVM_EPERM; event replies are accepted whatever the mask", async () => {
     const h = await hooked();
     const event = await pauseEvent(h.tool);

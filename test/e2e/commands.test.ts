@@ -5,7 +5,7 @@
  * checked against the emulated guest and at least one failure checked by gRPC code and decoded
  * google.rpc.ErrorInfo (reason, errno, command, vm, vcpu). Mutating RPCs need the controller's
  * session id in `kvmi-session-id`; arguments the bridge can check itself never reach the socket
- * (the command counter of the metrics does not move and the guest is unchanged).
+ * (the emulated kernel receives no frame of the command, and the guest is unchanged).
  *
  * VMs: 0 is the main VM; 1 has a restricted allow list (no GET_XSAVE command; no PAUSE_VCPU, TRAP
  * or SINGLESTEP event); 2 is on a host without single-step or descriptor-exit support; 3 is
@@ -14,7 +14,8 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Command, CpuMode, EventType, HandshakeVariant, MtrrType, State } from "@kvmi/proto";
 import type { Vm } from "@kvmi/proto";
-import { errno, v9Ids } from "@kvmi/kvm-bridge/wire";
+import { errno, v9Ids, V9_COMMANDS } from "@kvmi/kvm-bridge/wire";
+import type { V9CommandName } from "@kvmi/kvm-bridge/wire";
 import { guestModel } from "@kvmi/kvm-bridge/emulator";
 import {
   CONTINUE,
@@ -55,26 +56,44 @@ const uuid = (i = MAIN): string => h.vms[i]!.uuid;
 const guest = (i = MAIN) => h.vms[i]!.guest;
 const kernelVcpu = (n: number, i = MAIN) => h.vms[i]!.kernel.vcpu(n)!;
 
-/** Runs `call` and asserts that it never produced a KVMI command named `command` (nothing reached the socket). */
+/** Frames with the id of `command` that the emulated kernels of every VM received (KvmiVm.receivedFrames). */
+function kernelFrames(command: string): number {
+  const id = V9_COMMANDS[command as V9CommandName]?.id;
+  if (id === undefined) throw new Error(`${command} is not a v9 command`);
+  return h.vms.reduce((sum, v) => sum + v.kernel.receivedFrames(id), 0);
+}
+
+/**
+ * Orders the check after anything the call may have written: one GET_VERSION round trip per
+ * hooked VM. Each KVMI socket is ordered, so once its reply is back, every earlier frame on it
+ * has reached the kernel's receive thread.
+ */
+async function socketsFlushed(): Promise<void> {
+  for (const [i, v] of h.vms.entries()) if (v.kernel.isHooked) await h.client.unary("getVersion", { vm: vm(i) });
+}
+
+/**
+ * Runs `call` and asserts that no frame of `command` reached any emulated kernel: judged on the
+ * kernel side, not by the bridge's own metrics (which count calls that fail before any write).
+ */
 async function neverReachesSocket<T>(command: string, call: () => Promise<T>): Promise<T> {
-  const before = (await h.metrics()).value(COMMANDS_TOTAL, { command });
+  const before = kernelFrames(command);
   const result = await call();
-  const after = (await h.metrics()).value(COMMANDS_TOTAL, { command });
-  expect(after, `${command} reached the socket`).toBe(before);
+  await socketsFlushed();
+  expect(kernelFrames(command) - before, `frames of ${command} the kernel received`).toBe(0);
   return result;
 }
 
-/** Runs `call` and asserts that it produced exactly one KVMI command named `command` (with `status` "ok", or failed). */
+/**
+ * Runs `call` and asserts that exactly one frame of `command` reached an emulated kernel, and that
+ * the bridge counted it as `status` ("ok", or failed by the kernel's answer).
+ */
 async function reachesSocket<T>(command: string, status: "ok" | "failed", call: () => Promise<T>): Promise<T> {
-  const count = async (): Promise<[number, number]> => {
-    const scrape = await h.metrics();
-    return [scrape.value(COMMANDS_TOTAL, { command }), scrape.value(COMMANDS_TOTAL, { command, status: "ok" })];
-  };
-  const [allBefore, okBefore] = await count();
+  const okCount = async (): Promise<number> => (await h.metrics()).value(COMMANDS_TOTAL, { command, status: "ok" });
+  const [framesBefore, okBefore] = [kernelFrames(command), await okCount()];
   const result = await call();
-  const [allAfter, okAfter] = await count();
-  expect(allAfter - allBefore, `${command} count`).toBe(1);
-  expect(okAfter - okBefore, `${command} ok count`).toBe(status === "ok" ? 1 : 0);
+  expect(kernelFrames(command) - framesBefore, `frames of ${command} the kernel received`).toBe(1);
+  expect((await okCount()) - okBefore, `${command} ok count`).toBe(status === "ok" ? 1 : 0);
   return result;
 }
 

@@ -12,6 +12,7 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { EventType } from "@kvmi/proto";
+import { v9Ids } from "@kvmi/kvm-bridge/wire";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { expectGrpcError, GrpcStatus, inlineFailure, Role, settle, startHarness, waitUntil } from "../support/bridge-harness.js";
 import type { Harness } from "../support/bridge-harness.js";
@@ -131,7 +132,12 @@ describe("event deadlines", () => {
 
 describe("command deadlines", () => {
   it("fails a command whose reply never comes with DEADLINE_EXCEEDED at the gRPC deadline and cleans the pending table; the late reply is dropped", async () => {
+    const OLD_RAX = 0x01d0_01d0n;
+    const NEW_RAX = 0x0e30_0e30n;
+    const state = vm().guest.vcpus[1]!.state;
     await vm().guest.stop(); // vCPU commands now wait in the kernel: no reply comes
+    state.regs.rax = OLD_RAX;
+    const framesBefore = vm().kernel.receivedFrames(v9Ids.KVMI_VCPU_GET_REGISTERS);
     const started = Date.now();
     const err = await h.client.unary("getRegisters", { name: h.vcpuName(0, 1) }, { deadlineMs: 150 }).then(
       () => undefined,
@@ -141,10 +147,17 @@ describe("command deadlines", () => {
     await waitUntil(() => host().channel.pendingCommands === 0, "the pending table empty", { timeoutMs: 2000 });
     // Cleaned at the client's deadline, not at the bridge's own (longer) request timeout.
     expect(Date.now() - started).toBeLessThan(REQUEST_TIMEOUT_MS);
+    // The old command waits in the vCPU's job queue; a job queued behind it changes RAX, so the old
+    // reply (RAX = OLD_RAX) and a fresh one (NEW_RAX) differ.
+    expect(vm().kernel.receivedFrames(v9Ids.KVMI_VCPU_GET_REGISTERS)).toBe(framesBefore + 1);
+    vm().kernel.vcpu(1)!.queueJob(() => void (state.regs.rax = NEW_RAX));
     vm().guest.resume();
-    // The vCPU answers the old command now; the bridge drops that reply and keeps the socket.
+    // The vCPU answers the old command now; the bridge drops that reply and keeps the socket: the
+    // next call gets the vCPU's state as it is, not the stale reply.
     const regs = await h.client.unary("getRegisters", { name: h.vcpuName(0, 1) });
-    expect(regs.regs).toBeDefined();
+    expect(regs.regs?.rax).toBe(NEW_RAX);
+    expect(regs.regs?.rax).toBe(state.regs.rax);
+    expect(regs.regs?.rip).toBe(state.regs.rip);
     expect(host().channel.isOpen).toBe(true);
     expect(host().channel.pendingCommands).toBe(0);
   });

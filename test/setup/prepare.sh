@@ -17,10 +17,18 @@ want() { # want CHECK PACKAGE: CHECK is a command name, or an absolute path that
   if [[ $check == /* ]]; then [[ -e $check ]] && return 0; else command -v "$check" >/dev/null && return 0; fi
   need_apt+=("$pkg")
 }
+want /bin/busybox busybox-static
+want cpio cpio
 want dockerd docker.io
 want gcc gcc
+want gdb gdb
 want /usr/include/stdio.h libc6-dev
+want /usr/share/doc/linux-image-amd64 linux-image-amd64
 want openssl openssl
+want qemu-system-x86_64 qemu-system-x86
+want protoc protobuf-compiler
+want grpc_python_plugin protobuf-compiler-grpc
+want /usr/lib/python3/dist-packages/grpc python3-grpcio
 
 if ((${#need_apt[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
@@ -50,3 +58,7 @@ fi
 # The bridge image, built from this checkout on a base made of this machine's Node runtime (no
 # image can be pulled here); rebuilt only when its inputs change.
 npm run --silent image:local >&2
+
+# The real Linux test guest (test/guest/README.md): Debian's kernel, a busybox initramfs with the
+# known workload and the kernel's symbol table; cached by content, so this is instant once built.
+npx tsx test/guest/build.ts >/dev/null

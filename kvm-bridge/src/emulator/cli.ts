@@ -35,6 +35,7 @@ Options:
   --no-workload             do not run the built-in workload
   --log-level LEVEL         trace | debug | info | warn | error (default info)
   --help                    print this help
+  --version, -V             print the version
 `;
 
 /** An integer flag of at least `min` (0 or 1); every bad value is reported, not just the first. */
@@ -70,6 +71,7 @@ export async function main(argv: string[]): Promise<number> {
         "no-workload": { type: "boolean" },
         "log-level": { type: "string" },
         help: { type: "boolean" },
+        version: { type: "boolean", short: "V" },
       },
     }).values;
   } catch (err) {
@@ -78,6 +80,11 @@ export async function main(argv: string[]): Promise<number> {
   }
   if (parsed.help === true) {
     process.stdout.write(HELP);
+    return 0;
+  }
+  if (parsed.version === true) {
+    const { version } = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string };
+    process.stdout.write(`kvmi-sim ${version}\n`);
     return 0;
   }
   const errors: string[] = [];

@@ -4,8 +4,9 @@
  * sockets and TCP, runs the handshake (§2.2, §2.3) and turns each hooked socket into a
  * {@link KvmiChannel}. One connection per VM; a failed handshake closes only that connection.
  */
-import { chmodSync, mkdirSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
+import { chmodSync, chownSync, lstatSync, mkdirSync, renameSync, rmSync } from "node:fs";
+import type { Stats } from "node:fs";
+import { connect, createServer } from "node:net";
 import type { AddressInfo, Server, Socket } from "node:net";
 import { dirname } from "node:path";
 import { KvmiProtocolError } from "../errors.js";
@@ -20,7 +21,14 @@ import { readExactly } from "./read-exactly.js";
 
 /** A place to listen for device managers. */
 export type ListenEndpoint =
-  | { readonly kind: "unix"; readonly path: string; /** File mode, default 0o660. */ readonly mode?: number }
+  | {
+      readonly kind: "unix";
+      readonly path: string;
+      /** File mode, default 0o660. */
+      readonly mode?: number;
+      /** Owner of the socket file (QEMU's user and group); unchanged when absent. */
+      readonly owner?: { readonly uid: number; readonly gid: number };
+    }
   | { readonly kind: "tcp"; readonly host: string; readonly port: number };
 
 /**
@@ -85,35 +93,105 @@ export async function createKvmiListener(
   const log = options.logger ?? silentLogger;
   const servers: Server[] = [];
   const addresses: string[] = [];
-  for (const endpoint of options.endpoints) {
-    const server = createServer({ pauseOnConnect: true }, (socket) => {
-      void acceptKvmiConnection(socket, options, onVm);
-    });
-    await listen(server, endpoint);
-    servers.push(server);
-    addresses.push(describe(server, endpoint));
-    log.info({ address: addresses.at(-1) }, "listening for device managers");
+  /** The socket files this listener created, to remove only those (not a successor's) on close. */
+  const created: Array<{ readonly path: string; readonly ino: number }> = [];
+  const unlinkOurs = (): void => {
+    for (const file of created) if (lstatOrUndefined(file.path)?.ino === file.ino) rmSync(file.path, { force: true });
+  };
+  try {
+    for (const endpoint of options.endpoints) {
+      const server = createServer({ pauseOnConnect: true }, (socket) => {
+        void acceptKvmiConnection(socket, options, onVm);
+      });
+      if (endpoint.kind === "unix") await prepareSocketPath(endpoint.path, log);
+      await listen(server, endpoint);
+      servers.push(server);
+      if (endpoint.kind === "unix") created.push({ path: endpoint.path, ino: lstatSync(endpoint.path).ino });
+      addresses.push(describe(server, endpoint));
+      log.info({ address: addresses.at(-1) }, "listening for device managers");
+    }
+  } catch (err) {
+    for (const server of servers) server.close();
+    unlinkOurs();
+    throw err;
   }
   return {
     addresses,
     close: async () => {
       // Stop accepting only: net.Server#close would wait for every hooked VM's socket to end.
       for (const server of servers) server.close();
-      for (const endpoint of options.endpoints) if (endpoint.kind === "unix") rmSync(endpoint.path, { force: true });
+      unlinkOurs();
     },
   };
 }
 
+function lstatOrUndefined(path: string): Stats | undefined {
+  try {
+    return lstatSync(path);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Makes `path` bindable without ever deleting something that is not ours to delete: the directory
+ * is created 0750 when missing (an existing one keeps its mode and owner); a socket file left by a
+ * crashed bridge (nobody accepts on it) is removed; a live socket (another bridge serves it) or
+ * anything else (a regular file, a directory, a symlink) is an error that names it.
+ * @throws Error naming the path and what is there.
+ */
+async function prepareSocketPath(path: string, log: Logger): Promise<void> {
+  mkdirSync(dirname(path), { recursive: true, mode: 0o750 });
+  const stats = lstatOrUndefined(path);
+  if (stats === undefined) return;
+  if (!stats.isSocket()) {
+    const what = stats.isFile() ? "a regular file" : stats.isDirectory() ? "a directory" : stats.isSymbolicLink() ? "a symbolic link" : "not a socket";
+    throw new Error(`cannot listen on unix:${path}: the path exists and is ${what}; refusing to replace it (remove it or choose another --kvmi-listen path)`);
+  }
+  if (await socketIsLive(path)) {
+    throw new Error(`cannot listen on unix:${path}: another process accepts connections on this socket (is a second bridge running?)`);
+  }
+  log.info({ path }, "removing a stale KVMI socket left by a previous run");
+  rmSync(path);
+}
+
+/** True when something accepts a connection on the UNIX socket at `path` (ECONNREFUSED: stale). */
+function socketIsLive(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = connect({ path });
+    const done = (live: boolean): void => {
+      clearTimeout(timer);
+      probe.destroy();
+      resolve(live);
+    };
+    // A listener whose backlog is full does not answer at once: treat silence as live, the safe side.
+    const timer = setTimeout(() => done(true), 1000);
+    probe.once("connect", () => done(true));
+    probe.once("error", (err: NodeJS.ErrnoException) => done(err.code !== "ECONNREFUSED" && err.code !== "ENOENT"));
+  });
+}
+
+/**
+ * Binds a UNIX socket under a temporary name, sets its owner and mode, then renames it into place:
+ * QEMU never sees the socket with the wrong mode, and the name the bridge later closes is not the
+ * public path (libuv unlinks a pipe's bound name on close, which could be a successor's socket).
+ */
 function listen(server: Server, endpoint: ListenEndpoint): Promise<void> {
   return new Promise((resolve, reject) => {
     server.once("error", (err) => reject(new Error(`cannot listen on ${label(endpoint)}: ${err.message}`, { cause: err })));
     if (endpoint.kind === "unix") {
-      mkdirSync(dirname(endpoint.path), { recursive: true });
-      // A stale socket file from a previous run would make bind fail with EADDRINUSE.
-      rmSync(endpoint.path, { force: true });
-      server.listen(endpoint.path, () => {
-        chmodSync(endpoint.path, endpoint.mode ?? 0o660);
-        resolve();
+      const bound = `${endpoint.path}.${process.pid}.binding`;
+      rmSync(bound, { force: true });
+      server.listen(bound, () => {
+        try {
+          if (endpoint.owner !== undefined) chownSync(bound, endpoint.owner.uid, endpoint.owner.gid);
+          chmodSync(bound, endpoint.mode ?? 0o660);
+          renameSync(bound, endpoint.path);
+          resolve();
+        } catch (err) {
+          server.close();
+          reject(new Error(`cannot set the owner or mode of ${label(endpoint)}: ${(err as Error).message}`, { cause: err }));
+        }
       });
     } else {
       server.listen(endpoint.port, endpoint.host, () => resolve());

@@ -310,13 +310,14 @@ describe("--print-config", () => {
 
 describe("TLS rule", () => {
   it("refuses plaintext on a non-loopback address and says how to fix it", () => {
-    const list = errors({ argv: ["--grpc-listen", "0.0.0.0:50051"] });
+    // --authorization none: the policy rule off loopback is auth-options.test.ts's subject.
+    const list = errors({ argv: ["--grpc-listen", "0.0.0.0:50051", "--authorization", "none"] });
     expect(list).toHaveLength(1);
     expect(list[0]).toMatch(/^--grpc-listen: 0\.0\.0\.0:50051 is not a loopback address/);
     expect(list[0]).toContain("--tls-cert and --tls-key");
     expect(list[0]).toContain("--allow-insecure");
     expect(errors({ env: { KVMI_BRIDGE_GRPC_LISTEN: "10.1.2.3:50051" } })[0]).toMatch(/^KVMI_BRIDGE_GRPC_LISTEN: /);
-    expect(errors({ argv: ["--grpc-listen", "node-1.example:50051"] })).toHaveLength(1);
+    expect(errors({ argv: ["--grpc-listen", "node-1.example:50051", "--authorization", "none"] })).toHaveLength(1);
   });
 
   it("allows plaintext on loopback and unix sockets", () => {
@@ -326,10 +327,10 @@ describe("TLS rule", () => {
   });
 
   it("allows a non-loopback address with TLS, mTLS, or --allow-insecure", () => {
-    const tls = ["--grpc-listen", "0.0.0.0:50051", "--tls-cert", pki.server.cert, "--tls-key", pki.server.key];
+    const tls = ["--grpc-listen", "0.0.0.0:50051", "--tls-cert", pki.server.cert, "--tls-key", pki.server.key, "--authorization", "none"];
     expect(ok({ argv: tls }).tlsCert).toBe(pki.server.cert);
     expect(ok({ argv: [...tls, "--tls-client-ca", pki.ca.cert] }).tlsClientCa).toBe(pki.ca.cert);
-    expect(ok({ argv: ["--grpc-listen", "0.0.0.0:50051", "--allow-insecure"] }).allowInsecure).toBe(true);
+    expect(ok({ argv: ["--grpc-listen", "0.0.0.0:50051", "--allow-insecure", "--authorization", "none"] }).allowInsecure).toBe(true);
     const warned = load({ argv: [...tls, "--allow-insecure"] });
     expect("warnings" in warned && warned.warnings).toEqual(["--allow-insecure: has no effect because TLS is configured"]);
   });

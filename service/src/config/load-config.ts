@@ -13,6 +13,7 @@ import { dirname, extname, resolve } from "node:path";
 import { parse as parseYaml } from "yaml";
 import { isLoopback, isWildcardHost, parseGrpcListen, parseHostPort, parseKvmiListen } from "./address.js";
 import type { ListenAddress } from "./address.js";
+import { checkAuthOptions } from "./auth-options.js";
 import { ENV_PREFIX, OPTION_KEYS, OPTIONS, envName, flagName } from "./options.js";
 import type { BridgeConfig, DefaultContext, OptionSpec, ValueContext } from "./options.js";
 import { renderHelp } from "./render.js";
@@ -357,6 +358,12 @@ function crossCheck(
       );
     }
     if (tls && c.allowInsecure === true) warnings.push(`${name("allowInsecure")}: has no effect because TLS is configured`);
+  }
+
+  // A policy is required off loopback unless authorization is explicitly off (docs/authorization.md).
+  if (good("authorization", "policyFile", "jwtJwksFile", "jwtIssuer", "jwtAudience", "grpcListen")) {
+    const address = c.grpcListen === undefined ? undefined : parseGrpcListen(c.grpcListen, "/");
+    checkAuthOptions(c, address?.ok === true ? isLoopback(address.value) : undefined, name, errors);
   }
 
   // One secret source.

@@ -9,6 +9,8 @@ import { accessSync, constants as fsConstants, statSync } from "node:fs";
 import { resolve } from "node:path";
 import { formatGrpcListen, formatHostPort, formatKvmiListen, parseGrpcListen, parseHostPort, parseKvmiListen } from "./address.js";
 import type { ParseResult } from "./address.js";
+import { AUTH_OPTIONS } from "./auth-options.js";
+import type { AuthConfig } from "./auth-options.js";
 
 /** Log levels, most verbose first (conventions §9: trace = frame hex, debug = per command). */
 export const LOG_LEVELS = ["trace", "debug", "info", "warn", "error"] as const;
@@ -52,13 +54,15 @@ export type EventName = (typeof EVENT_NAMES)[number];
  * The validated, frozen configuration of one bridge process. Paths are absolute; listen addresses
  * are normalised (`unix:/abs/path`, `HOST:PORT`, `[v6]:PORT`, `tcp:HOST:PORT`).
  */
-export interface BridgeConfig {
+export interface BridgeConfig extends AuthConfig {
   /** gRPC listen address: `HOST:PORT` or `unix:PATH`. */
   readonly grpcListen: string;
   /** KVMI listen addresses for QEMU: `unix:PATH` or `tcp:HOST:PORT`, at least one. */
   readonly kvmiListen: readonly string[];
   /** Permission bits of KVMI unix sockets, e.g. `0o660`. */
   readonly kvmiSocketMode: number;
+  /** Owner (`UID:GID`) of KVMI unix sockets, so that QEMU's user can connect; unchanged when unset. */
+  readonly kvmiSocketOwner: { readonly uid: number; readonly gid: number } | undefined;
   /**
    * Where in-pod forwarders connect (`unix:PATH`, `tcp:HOST:PORT`; TCP uses the gRPC TLS settings);
    * empty: none (service/src/forward/).
@@ -269,6 +273,15 @@ const socketMode: OptionSpec<number>["parse"] = (raw) => {
   return ok(Number.parseInt(raw.trim(), 8));
 };
 
+/** `UID:GID`, both numeric: names would need the host's user database, which a container may lack. */
+const socketOwner: OptionSpec<{ readonly uid: number; readonly gid: number } | undefined>["parse"] = (raw) => {
+  const match = typeof raw === "string" ? /^\s*(\d{1,10}):(\d{1,10})\s*$/.exec(raw) : null;
+  if (match === null) return fail(`${show(raw)} is not a numeric owner like "107:107" (uid:gid)`);
+  const [uid, gid] = [Number(match[1]), Number(match[2])];
+  if (uid > 0xffff_fffe || gid > 0xffff_fffe) return fail(`${show(raw)}: uid and gid must be below 4294967295`);
+  return ok({ uid, gid });
+};
+
 const metricsListen: OptionSpec<string>["parse"] = (raw) => {
   if (raw === false || raw === "off") return ok("off");
   if (typeof raw !== "string") return fail(`${show(raw)} is neither HOST:PORT nor "off"`);
@@ -348,6 +361,15 @@ export const OPTIONS: { readonly [K in keyof BridgeConfig]-?: OptionSpec<BridgeC
     defaultValue: 0o660,
     parse: socketMode,
     print: (mode) => `0${mode.toString(8).padStart(3, "0")}`,
+  },
+  kvmiSocketOwner: {
+    shape: "scalar",
+    valueName: "<uid:gid>",
+    description: "Numeric owner and group of KVMI unix sockets (QEMU's), e.g. 107:107; the bridge's own when unset.",
+    defaultValue: undefined,
+    defaultHelp: "unset",
+    parse: socketOwner,
+    print: (owner) => (owner === undefined ? undefined : `${owner.uid}:${owner.gid}`),
   },
   forwardListen: {
     shape: "list",
@@ -514,6 +536,7 @@ export const OPTIONS: { readonly [K in keyof BridgeConfig]-?: OptionSpec<BridgeC
     defaultValue: 10_000,
     parse: integer(100, MAX_TIMER_MS, "ms"),
   },
+  ...AUTH_OPTIONS,
 };
 
 /** Every option key, in declaration order. */

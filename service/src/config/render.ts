@@ -49,6 +49,8 @@ export function renderHelp(): string {
     "Usage: kvmi-bridge [options]",
     "       kvmi-bridge doctor                   report whether this host's kernel offers KVMI",
     "       kvmi-bridge health [--target ...]    probe a running bridge's gRPC health (containers)",
+    "       kvmi-bridge audit verify FILE        check an audit trail's hash chain (and its rotated files)",
+    "       kvmi-bridge --version                print the version",
     "",
     "Serves KVM introspection (KVMI) sockets from QEMU as the gRPC service kvmi.v1.IntrospectionService.",
     "",

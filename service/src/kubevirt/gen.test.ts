@@ -33,7 +33,8 @@ function listFiles(dir: string): string[] {
     .sort();
 }
 
-describe("KubeVirt hook protocol code generation", () => {
+// buf runs as a child process: seconds on a loaded machine, so these get the contract timeout.
+describe("KubeVirt hook protocol code generation", { timeout: 60_000 }, () => {
   it("regenerating with deploy/kubevirt/buf.gen.yaml reproduces service/src/kubevirt/gen byte for byte", () => {
     // -o prefixes the template's `out`, so the committed template is used unchanged.
     const r = buf(["generate", "--template", TEMPLATE, "-o", scratch]);

@@ -44,6 +44,7 @@ import {
   StatusSchema,
 } from "@kvmi/proto";
 import type { Status } from "@kvmi/proto";
+import { AccessError } from "./access-error.js";
 import { BridgeError } from "./bridge-error.js";
 import type { BridgeErrorCode } from "./bridge-error.js";
 import { vcpuName, vmName } from "./resource-names.js";
@@ -381,6 +382,7 @@ type Classified =
   | { readonly kind: "timeout"; readonly error: KvmiTimeoutError }
   | { readonly kind: "transport"; readonly error: KvmiTransportError }
   | { readonly kind: "bridge"; readonly error: BridgeError }
+  | { readonly kind: "access"; readonly error: AccessError }
   | { readonly kind: "aborted" }
   | { readonly kind: "unknown" };
 
@@ -393,6 +395,7 @@ function classify(err: unknown): Classified {
   if (err instanceof KvmiTimeoutError) return { kind: "timeout", error: err };
   if (err instanceof KvmiTransportError) return { kind: "transport", error: err };
   if (err instanceof BridgeError) return { kind: "bridge", error: err };
+  if (err instanceof AccessError) return { kind: "access", error: err };
   // AbortSignal.abort() rejects with a DOMException named AbortError: the client went away.
   if (err instanceof Error && err.name === "AbortError") return { kind: "aborted" };
   return { kind: "unknown" };
@@ -400,6 +403,7 @@ function classify(err: unknown): Classified {
 
 function contextOf(c: Classified, fallback: ErrorContext): ErrorContext {
   if (c.kind === "aborted" || c.kind === "unknown") return fallback;
+  if (c.kind === "access") return { ...fallback, ...(c.error.vm !== undefined && { vm: c.error.vm }) };
   const own = c.error.context;
   return {
     ...fallback,
@@ -524,6 +528,16 @@ export function mapError(err: unknown, context: ErrorContext = {}): MappedError 
         message: c.error.message,
         metadata: md,
         details: bridgeDetails(c.error, ctx),
+        known: true,
+      };
+    case "access":
+      // ErrorInfo names the verb that is missing (AIP-193 "permission" metadata).
+      return {
+        code: c.error.code === "UNAUTHENTICATED" ? GrpcCode.UNAUTHENTICATED : GrpcCode.PERMISSION_DENIED,
+        reason: c.error.code,
+        message: c.error.message,
+        metadata: c.error.verb === undefined ? md : { ...md, verb: c.error.verb },
+        details: [],
         known: true,
       };
     case "aborted":

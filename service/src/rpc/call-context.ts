@@ -7,6 +7,8 @@
  */
 import type { Metadata, ServerUnaryCall, sendUnaryData, StatusObject } from "@grpc/grpc-js";
 import type { Logger, VmRegistry } from "@kvmi/kvm-bridge";
+import type { AuditTrail } from "../audit/audit-log.js";
+import type { AccessControl } from "../auth/access-control.js";
 import { mapError, toGrpcStatus } from "../mapping/status.js";
 import type { ErrorContext } from "../mapping/status.js";
 import type { VmHosts } from "../vm/vm-hosts.js";
@@ -26,6 +28,10 @@ export interface RpcDeps {
   readonly requestTimeoutMs: number;
   /** Aborted when the bridge starts shutting down: endless streams (WatchVms) end then. */
   readonly shuttingDown?: AbortSignal;
+  /** The authorization point every call passes (rpc/authorization.ts applies it). */
+  readonly access: AccessControl;
+  /** Where security-relevant actions are recorded. */
+  readonly audit: AuditTrail;
 }
 
 /** Milliseconds left before the call's gRPC deadline, capped by the default. */

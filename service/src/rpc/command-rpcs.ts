@@ -11,12 +11,19 @@ import { COMMAND_MAPPINGS, responseFromWire } from "../mapping/commands.js";
 import type { AnyCommandMapping, CommandMapping } from "../mapping/commands.js";
 import { parseVcpuName, parseVmName } from "../mapping/resource-names.js";
 import type { ErrorContext } from "../mapping/status.js";
+import { auditCommand } from "../audit/audit-records.js";
+import type { Principal } from "../auth/identity.js";
+import { MUTATING_COMMANDS } from "../vm/vm-host.js";
+import { ownerOf, principalOf } from "./authorization.js";
 import type { RpcDeps } from "./call-context.js";
 import { abortSignalOf, callTimeoutMs, sessionIdOf, unary } from "./call-context.js";
 
 /** Who runs a command and with which limits. */
 export interface CommandCaller {
   readonly sessionId?: string | undefined;
+  /** The caller (audit) and its identity key (what a controller's session is bound to). */
+  readonly principal?: Principal;
+  readonly owner?: string | undefined;
   readonly timeoutMs: number;
   readonly signal?: AbortSignal;
 }
@@ -27,7 +34,16 @@ export async function runCommand(deps: RpcDeps, mapping: AnyCommandMapping, requ
   const wire = entry.toWire(request as MessageShape<DescMessage>);
   const host = deps.hosts.require(wire.vm);
   if (wire.vcpu !== undefined) checkVcpuIndex(wire.vm, wire.vcpu, host.record.vcpuCount);
-  const reply = await host.command(entry.command, wire.body, wire.vcpu, caller);
+  if (!MUTATING_COMMANDS.has(entry.command)) return responseFromWire(entry, await host.command(entry.command, wire.body, wire.vcpu, caller));
+  // Every command that changes the guest is audited with its outcome (who, what, where, digest).
+  let reply;
+  try {
+    reply = await host.command(entry.command, wire.body, wire.vcpu, caller);
+  } catch (err) {
+    auditCommand(deps.audit, { command: entry.command, vm: wire.vm, vcpu: wire.vcpu, request, caller, error: err });
+    throw err;
+  }
+  auditCommand(deps.audit, { command: entry.command, vm: wire.vm, vcpu: wire.vcpu, request, caller });
   return responseFromWire(entry, reply);
 }
 
@@ -60,12 +76,16 @@ export function commandErrorContext(mapping: AnyCommandMapping, request: unknown
 export function commandHandlers(deps: RpcDeps): Record<string, ReturnType<typeof unary>> {
   const handlers: Record<string, ReturnType<typeof unary>> = {};
   for (const mapping of Object.values<AnyCommandMapping>(COMMAND_MAPPINGS)) {
-    handlers[mapping.method] = unary(deps, mapping.method, (call: ServerUnaryCall<unknown, unknown>) =>
-      runCommand(deps, mapping, call.request, {
+    handlers[mapping.method] = unary(deps, mapping.method, (call: ServerUnaryCall<unknown, unknown>) => {
+      const principal = principalOf(call);
+      return runCommand(deps, mapping, call.request, {
         sessionId: sessionIdOf(call.metadata),
+        principal,
+        owner: ownerOf(principal),
         timeoutMs: callTimeoutMs(call, deps.requestTimeoutMs),
         signal: abortSignalOf(call),
-      }),
+      });
+    },
       (request) => commandErrorContext(mapping, request),
     );
   }

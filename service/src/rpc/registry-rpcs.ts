@@ -4,7 +4,7 @@
  * then every change) and ReleaseVm (the operator's unhook).
  */
 import { create } from "@bufbuild/protobuf";
-import type { ServerWritableStream } from "@grpc/grpc-js";
+import type { ServerUnaryCall, ServerWritableStream } from "@grpc/grpc-js";
 import type { VmChange as RegistryChange, VmRecord as RegistryRecord } from "@kvmi/kvm-bridge";
 import {
   GetVmResponseSchema,
@@ -18,6 +18,8 @@ import { BridgeError, vmNotFound } from "../mapping/bridge-error.js";
 import { parseVmName, vmName } from "../mapping/resource-names.js";
 import { vmChangeToProto, vmToProto } from "../mapping/vm.js";
 import type { VmChangeKind, VmRecord } from "../mapping/vm.js";
+import { outcome, who } from "../audit/audit-records.js";
+import { principalOf } from "./authorization.js";
 import type { RpcDeps } from "./call-context.js";
 import { failStream, failure, unary } from "./call-context.js";
 
@@ -107,12 +109,14 @@ export function registryHandlers(deps: RpcDeps) {
       create(GetVmResponseSchema, { vm: vmToProto(recordOf(deps, find(deps, call.request.name, "name"))) }),
     ),
 
-    listVms: unary(deps, "listVms", async (call: { request: ListVmsRequest }) => {
+    listVms: unary(deps, "listVms", async (call: ServerUnaryCall<ListVmsRequest, unknown>) => {
       const { pageSize, pageToken } = call.request;
       if (pageSize < 0) throw new KvmiArgumentError("page_size", "page_size must not be negative");
       const size = Math.min(pageSize === 0 ? DEFAULT_PAGE_SIZE : pageSize, MAX_PAGE_SIZE);
       const after = pageStart(pageToken);
-      const records = deps.registry.list().filter((r) => r.uuid > after);
+      const principal = principalOf(call);
+      // Only the VMs the caller may list (auth/rules.ts: a "filter" rule), before paging.
+      const records = deps.registry.list().filter((r) => r.uuid > after && deps.access.allows(principal, "list", r.uuid));
       const page = records.slice(0, size);
       const more = records.length > size;
       return create(ListVmsResponseSchema, {
@@ -124,8 +128,9 @@ export function registryHandlers(deps: RpcDeps) {
     releaseVm: unary(
       deps,
       "releaseVm",
-      async (call: { request: ReleaseVmRequest }) => {
+      async (call: ServerUnaryCall<ReleaseVmRequest, unknown>) => {
         const record = find(deps, call.request.name, "name");
+        const principal = principalOf(call);
         const graceMs = gracePeriodMs(call.request);
         const host = deps.hosts.get(record.uuid);
         // vm.proto: FAILED_PRECONDITION if the VM is already disconnected (not UNAVAILABLE: a retry
@@ -133,7 +138,15 @@ export function registryHandlers(deps: RpcDeps) {
         if (record.state === "unhooked" || host === undefined || !host.channel.isOpen) {
           throw new BridgeError("VM_DISCONNECTED", `VM ${vmName(record.uuid)} is already disconnected; there is nothing to release`, { vm: record.uuid });
         }
-        await host.release("operator", graceMs);
+        const controller = host.sessions.find((s) => s.role === "controller");
+        const audited = { action: "release_vm", ...who(principal), vm: record.uuid, graceMs, controllerAttached: controller !== undefined };
+        try {
+          await host.release("operator", graceMs);
+        } catch (err) {
+          deps.audit.record({ ...audited, ...outcome(err) });
+          throw err;
+        }
+        deps.audit.record({ ...audited, ...outcome(undefined) });
         return create(ReleaseVmResponseSchema, { vm: vmToProto(recordOf(deps, deps.registry.get(record.uuid)!)) });
       },
       (request) => vmContext(request.name),
@@ -158,8 +171,11 @@ export function watchVmsHandler(deps: RpcDeps) {
       return;
     }
     let behind = 0;
+    const principal = principalOf(call);
     const send = (kind: VmChangeKind, record: RegistryRecord): void => {
       if (only !== undefined && record.uuid !== only) return;
+      // Asked per change, so a policy reload applies to running watches.
+      if (!deps.access.allows(principal, "list", record.uuid)) return;
       const ok = call.write(create(WatchVmsResponseSchema, { change: vmChangeToProto(kind, recordOf(deps, record), new Date()) }));
       if (!ok && ++behind > MAX_BUFFERED_WRITES) {
         stop();

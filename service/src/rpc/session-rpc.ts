@@ -23,10 +23,14 @@ import { BridgeError } from "../mapping/bridge-error.js";
 import { commandMappingByMethod } from "../mapping/commands.js";
 import { eventReplyToWire, eventToProto, unhookNotice } from "../mapping/events.js";
 import { parseVmName } from "../mapping/resource-names.js";
+import { normalizeRequestNames, resolveDisplayName } from "./request-names.js";
 import { statusToProto } from "../mapping/status.js";
 import { vmChangeToProto, vmToProto } from "../mapping/vm.js";
 import type { Session, UnhookCause } from "../vm/vm-host.js";
 import type { VmHost } from "../vm/vm-host.js";
+import { outcome, summarizeArguments, who } from "../audit/audit-records.js";
+import type { Principal } from "../auth/identity.js";
+import { authorizeSessionCommand, ownerOf, principalOf } from "./authorization.js";
 import type { RpcDeps } from "./call-context.js";
 import { failStream, failure } from "./call-context.js";
 import { commandErrorContext, runCommand } from "./command-rpcs.js";
@@ -65,11 +69,15 @@ class SessionStream {
   private readonly ending = new AbortController();
   private stopWatching: (() => void) | undefined;
   private ended = false;
+  /** Who opened the stream (set by the authorization guard before start()). */
+  private readonly principal: Principal;
 
   constructor(
     private readonly deps: RpcDeps,
     private readonly call: Call,
-  ) {}
+  ) {
+    this.principal = principalOf(call);
+  }
 
   start(): void {
     setMaxListeners(MAX_INFLIGHT_COMMANDS + 8, this.ending.signal);
@@ -115,7 +123,7 @@ class SessionStream {
 
   private attach(attach: Attach): void {
     if (this.session !== undefined) throw new BridgeError("SESSION_STATE", "the session is already attached; attach is sent once");
-    const uuid = parseVmName(attach.vm, "attach.vm");
+    const uuid = parseVmName(resolveDisplayName(attach.vm, this.deps.registry, "attach.vm"), "attach.vm");
     const role = attach.role === Role.CONTROLLER ? "controller" : attach.role === Role.OBSERVER ? "observer" : undefined;
     if (role === undefined) throw new KvmiArgumentError("attach.role", "attach.role must be ROLE_CONTROLLER or ROLE_OBSERVER");
     let deadlineMs: number | undefined;
@@ -125,6 +133,8 @@ class SessionStream {
         throw new KvmiArgumentError("attach.event_deadline", "attach.event_deadline must be between 10 ms and 60 s");
       }
     }
+    // Authorized before the VM is looked up: an unknown VM and a forbidden one look the same.
+    this.deps.access.authorize(this.principal, role === "controller" ? "control" : "observe", uuid, "session.attach");
     const host = this.deps.hosts.require(uuid);
     const session = host.attach(
       role,
@@ -141,9 +151,11 @@ class SessionStream {
         end: (err) => this.fail(err),
       },
       deadlineMs,
+      ownerOf(this.principal),
     );
     this.host = host;
     this.session = session;
+    this.deps.audit.record({ action: "attach", ...who(this.principal), vm: uuid, role, session: session.id });
     this.stopWatching = this.deps.registry.watch((change) => {
       if (change.vm.uuid !== uuid || change.type === "unhooked") return;
       this.write({ message: { case: "vmChange", value: vmChangeToProto(changeKind(change), recordOf(this.deps, change.vm), new Date()) } });
@@ -180,7 +192,13 @@ class SessionStream {
     }
     if (request.case === undefined) return this.commandFailed(id, request, new KvmiArgumentError("command.request", "the command is empty"));
     this.inflight.add(id);
-    const caller = { sessionId: session.id, timeoutMs: this.deps.requestTimeoutMs, signal: this.ending.signal };
+    const caller = {
+      sessionId: session.id,
+      principal: this.principal,
+      owner: session.owner,
+      timeoutMs: this.deps.requestTimeoutMs,
+      signal: this.ending.signal,
+    };
     this.execute(request, caller).then(
       (value) => {
         this.inflight.delete(id);
@@ -195,9 +213,12 @@ class SessionStream {
 
   private async execute(request: NonNullable<SessionCommand["request"]> & { case: string }, caller: CommandCaller): Promise<unknown> {
     const named = request.value as { vm?: string; name?: string };
+    normalizeRequestNames(named, this.deps.registry);
     if (parseVmName((named.vm ?? named.name ?? "").split("/vcpus/")[0]!, "vm") !== this.host!.uuid) {
       throw new KvmiArgumentError("command", "the command names another VM than the session is attached to");
     }
+    // Checked per command, not once at attach: a policy reload applies to running sessions.
+    authorizeSessionCommand(this.deps.access, this.principal, request.case, this.host!.uuid);
     if (request.case === "batchReadMemory") return batchRead(this.deps, request.value as BatchReadMemoryRequest, caller);
     return runCommand(this.deps, commandMappingByMethod(request.case)!, request.value as never, caller);
   }
@@ -216,9 +237,19 @@ class SessionStream {
   private eventReply(reply: EventReply): void {
     const session = this.requireSession();
     try {
+      this.deps.access.authorize(this.principal, "control", this.host!.uuid, "session.eventReply");
       const pending = this.host!.pendingEvent(reply.vcpu, reply.seq);
       const wire = eventReplyToWire(pending, reply);
-      this.host!.replyEvent(session, reply.vcpu, reply.seq, wire).catch((err: unknown) => this.replyRejected(reply, err));
+      const replied = this.host!.replyEvent(session, reply.vcpu, reply.seq, wire);
+      // A reply that sets registers changes the guest: audited like SetRegisters.
+      if (reply.registers !== undefined) {
+        const record = { action: "event_reply", ...who(this.principal), vm: this.host!.uuid, vcpu: reply.vcpu, seq: reply.seq, session: session.id };
+        replied.then(
+          () => this.deps.audit.record({ ...record, args: summarizeArguments({ action: reply.action, registers: reply.registers }), result: "ok" }),
+          (err: unknown) => this.deps.audit.record({ ...record, args: summarizeArguments({ registers: reply.registers }), ...outcome(err) }),
+        );
+      }
+      replied.catch((err: unknown) => this.replyRejected(reply, err));
     } catch (err) {
       this.replyRejected(reply, err);
     }
@@ -245,7 +276,10 @@ class SessionStream {
     this.stopWatching?.();
     this.ending.abort(new Error(reason));
     this.inflight.clear();
-    if (this.session !== undefined) await this.host!.detach(this.session, reason, { keepChanges });
+    if (this.session !== undefined) {
+      this.deps.audit.record({ action: "detach", ...who(this.principal), vm: this.host!.uuid, role: this.session.role, session: this.session.id, reason, keepChanges });
+      await this.host!.detach(this.session, reason, { keepChanges });
+    }
     if (endStream) this.call.end();
   }
 }

@@ -9,9 +9,11 @@
  * to read, controller gone, unhook, shutdown) with the safe default.
  */
 import { randomUUID } from "node:crypto";
+import { KvmiProtocolError } from "@kvmi/kvm-bridge";
 import type { CommandReply, CommandRequest, KvmiChannel, KvmiEvent, KvmiTransportError, Logger, VmRecord, VmRegistry } from "@kvmi/kvm-bridge";
 import { v9Ids } from "@kvmi/kvm-bridge/wire";
 import type { V9CommandName } from "@kvmi/kvm-bridge/wire";
+import { permissionDenied } from "../mapping/access-error.js";
 import { BridgeError } from "../mapping/bridge-error.js";
 import type { AutoReplyReason } from "../metrics/index.js";
 import { HookLedger } from "./hook-ledger.js";
@@ -69,6 +71,11 @@ export interface Session {
   readonly id: string;
   readonly role: "controller" | "observer";
   readonly eventDeadlineMs: number | undefined;
+  /**
+   * The identity that attached (auth/access-control.ts identityKey). A controller's session id
+   * authorizes nothing by itself: commands under it must come from this identity too.
+   */
+  readonly owner: string;
 }
 
 /** Options of a {@link VmHost}. */
@@ -156,18 +163,20 @@ export class VmHost {
 
   /**
    * Attaches a session.
+   * @param owner the identity attaching; the controller is bound to it.
    * @throws BridgeError CONTROLLER_PRESENT for a second controller, VM_UNHOOKING during an unhook.
    */
-  attach(role: Session["role"], sink: SessionSink, eventDeadlineMs?: number): Session {
+  attach(role: Session["role"], sink: SessionSink, eventDeadlineMs?: number, owner = "local:local"): Session {
     if (!this.isServing) throw new BridgeError("VM_UNHOOKING", `VM ${this.uuid} is being unhooked; attach after it hooks again`, { vm: this.uuid });
     if (role === "controller" && this.controller !== undefined) {
       throw new BridgeError(
         "CONTROLLER_PRESENT",
-        `VM ${this.uuid} already has a controller (session ${this.controller.id}); attach as OBSERVER or retry after it leaves`,
+        // Never the controller's session id or identity: other callers learn only that one exists.
+        `VM ${this.uuid} already has a controller; attach as OBSERVER or retry after it leaves`,
         { vm: this.uuid },
       );
     }
-    const session: Attached = { id: randomUUID(), role, eventDeadlineMs: role === "controller" ? eventDeadlineMs : undefined, sink };
+    const session: Attached = { id: randomUUID(), role, eventDeadlineMs: role === "controller" ? eventDeadlineMs : undefined, owner, sink };
     if (role === "controller") this.controller = session;
     else this.observers.set(session.id, session);
     this.log.info({ session: session.id, role }, "session attached");
@@ -219,9 +228,13 @@ export class VmHost {
     name: N,
     request: CommandRequest<N>,
     vcpu: number | undefined,
-    caller: { readonly sessionId?: string | undefined; readonly timeoutMs?: number; readonly signal?: AbortSignal },
+    caller: { readonly sessionId?: string | undefined; readonly owner?: string | undefined; readonly timeoutMs?: number; readonly signal?: AbortSignal },
   ): Promise<CommandReply<N>> {
     const mutating = MUTATING_COMMANDS.has(name);
+    if (mutating && this.controller !== undefined && caller.sessionId === this.controller.id && caller.owner !== this.controller.owner) {
+      // The session id of another identity's controller: a stolen or leaked id is not a credential.
+      throw permissionDenied("control", this.uuid);
+    }
     if (mutating && (this.controller === undefined || caller.sessionId !== this.controller.id)) {
       throw new BridgeError(
         "NOT_CONTROLLER",
@@ -291,6 +304,16 @@ export class VmHost {
       this.startUnhook("device-manager");
       return true;
     }
+    const violation = this.eventViolation(event);
+    if (violation !== undefined) {
+      // Accepting it would overwrite the pending event of that vCPU (whose deadline timer would
+      // then answer the wrong one) or answer a vCPU the kernel does not have. A kernel never does
+      // this (a vCPU blocks on its one event until the reply): the peer
+      // is not a KVMI kernel we can trust, so its connection ends here.
+      this.log.warn({ vcpu: event.vcpu, seq: event.seq, event: event.spec.name, reason: violation }, "closing the VM's connection: invalid event");
+      this.channel.close(`protocol error: ${violation}`, new KvmiProtocolError(violation, { vm: this.uuid, vcpu: event.vcpu }));
+      return true;
+    }
     const controller = this.controller;
     const deadlineMs = this.deadlineFor(event);
     const deadline = new Date(Date.now() + deadlineMs);
@@ -306,6 +329,22 @@ export class VmHost {
     this.pending.set(event.vcpu, { event, timer });
     if (!controller.sink.event(event, deadline)) void this.autoReply(event.vcpu, "slow_consumer");
     return true;
+  }
+
+  /** Why an event cannot be accepted, or undefined when it can. */
+  private eventViolation(event: KvmiEvent): string | undefined {
+    const vcpuCount = this.registry.get(this.uuid)?.vcpuCount ?? 0;
+    if (!Number.isInteger(event.vcpu) || event.vcpu < 0 || event.vcpu >= vcpuCount) {
+      return `${event.spec.name} seq ${event.seq} names vCPU ${event.vcpu}, but the VM has ${vcpuCount}`;
+    }
+    const waiting = this.pending.get(event.vcpu);
+    if (waiting !== undefined) {
+      return `${event.spec.name} seq ${event.seq} on vCPU ${event.vcpu}, which still waits for the reply to seq ${waiting.event.seq}`;
+    }
+    for (const [vcpu, pending] of this.pending) {
+      if (pending.event.seq === event.seq) return `${event.spec.name} seq ${event.seq} on vCPU ${event.vcpu} reuses the seq of the event pending on vCPU ${vcpu}`;
+    }
+    return undefined;
   }
 
   /**

@@ -75,6 +75,8 @@ export class KvmiVm implements KernelContext {
   /** vCPUs that still hold leftovers of a failed HOOK (EEXIST until each has run once). */
   private leftovers = new Set<number>();
   private corked = false;
+  /** Frames the receive thread took off the socket, by message id, over every hook (see {@link receivedFrames}). */
+  private readonly received = new Map<number, number>();
 
   constructor(
     readonly guest: GuestPort,
@@ -89,6 +91,16 @@ export class KvmiVm implements KernelContext {
   /** True between a successful HOOK and UNHOOK. */
   get isHooked(): boolean {
     return this.hooked !== undefined;
+  }
+
+  /**
+   * How many whole frames with message id `id` the receive thread has taken off the socket since
+   * this VM was created (over every hook), counted before any check or dispatch. An observation
+   * point for tests and diagnostics: it tells what really reached the kernel side, independently of
+   * anything the tool at the other end reports about itself.
+   */
+  receivedFrames(id: number): number {
+    return this.received.get(id) ?? 0;
   }
 
   /** The introspection state of vCPU `index` while hooked. */
@@ -238,7 +250,10 @@ export class KvmiVm implements KernelContext {
   private startReceiving(hooked: Hooked, finish: () => void): void {
     const { socket } = hooked;
     const framer = createFramer({ maxBodyBytes: this.dialect.maxMessageBytes });
-    const onFrame = (hdr: MsgHdr, body: Uint8Array): void => this.dispatch(hooked, hdr, body);
+    const onFrame = (hdr: MsgHdr, body: Uint8Array): void => {
+      this.received.set(hdr.id, (this.received.get(hdr.id) ?? 0) + 1);
+      this.dispatch(hooked, hdr, body);
+    };
     const onData = (chunk: Buffer): void => {
       if (!hooked.alive) return;
       try {

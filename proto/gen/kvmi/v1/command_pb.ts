@@ -1,14 +1,26 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// One request and one response message per KVMI v9 command (kvmi-abi.md §4),
+// One request and one response message per KVMI v9 command
+// (docs/protocol/v9.md, "Commands"),
 // in v9 message-id order. Each pair is used by exactly one unary RPC of
 // IntrospectionService and by the matching case of SessionCommand /
 // CommandResult.
 //
-// VM-scoped requests carry `vm` = `vms/{vm}`; vCPU-scoped requests carry
-// `name` = `vms/{vm}/vcpus/{vcpu}`, where `{vcpu}` is the decimal KVMI vCPU
-// index (0-based, not the APIC id). Errors common to every command, on top of
-// the per-command errors listed below (mapping: conventions.md §5):
+// Naming (docs/conventions.md, "Resource names"): every request field that
+// names a VM is `vm` = `vms/{vm}`, and every one that names a vCPU is `vcpu` =
+// `vms/{vm}/vcpus/{vcpu}`, where `{vm}` is the lowercase UUID and `{vcpu}` the
+// decimal KVMI vCPU index (0-based, not the APIC id). In place of the UUID a
+// VM may be named by its display name: `vms/-/by-name/{display_name}` (and
+// `vms/-/by-name/{display_name}/vcpus/{vcpu}`); NOT_FOUND when no VM has that
+// name, INVALID_ARGUMENT when several do. vCPU requests of the first release
+// named the field `name`; it stays, deprecated, with the same meaning.
+//
+// Enums: value 0 is always UNSPECIFIED (proto3). Where the kernel numbers a
+// set of values from 0 (events, reply actions, MTRR types), the proto value is
+// the kernel value plus one; each enum's comment says which applies.
+//
+// Errors common to every command, on top of the per-command errors listed
+// below (mapping: docs/conventions.md, "Errors"):
 // INVALID_ARGUMENT for a malformed name or a vCPU index >= vcpu_count
 // (KVM_EINVAL); NOT_FOUND for an unknown VM; UNAVAILABLE when the VM is not
 // hooked or the vCPU is not ready yet (KVM_EAGAIN, retryable);
@@ -34,7 +46,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file kvmi/v1/command.proto.
  */
 export const file_kvmi_v1_command: GenFile = /*@__PURE__*/
-  fileDesc("ChVrdm1pL3YxL2NvbW1hbmQucHJvdG8SB2t2bWkudjEiJAoRR2V0VmVyc2lvblJlcXVlc3QSDwoCdm0YASABKAlCA+BBAiJgChJHZXRWZXJzaW9uUmVzcG9uc2USDwoHdmVyc2lvbhgBIAEoDRIjCghmZWF0dXJlcxgCIAEoCzIRLmt2bWkudjEuRmVhdHVyZXMSFAoMbWF4X21zZ19zaXplGAMgASgNIk4KE0NoZWNrQ29tbWFuZFJlcXVlc3QSDwoCdm0YASABKAlCA+BBAhImCgdjb21tYW5kGAIgASgOMhAua3ZtaS52MS5Db21tYW5kQgPgQQIiFgoUQ2hlY2tDb21tYW5kUmVzcG9uc2UiTAoRQ2hlY2tFdmVudFJlcXVlc3QSDwoCdm0YASABKAlCA+BBAhImCgVldmVudBgCIAEoDjISLmt2bWkudjEuRXZlbnRUeXBlQgPgQQIiFAoSQ2hlY2tFdmVudFJlc3BvbnNlIiMKEEdldFZtSW5mb1JlcXVlc3QSDwoCdm0YASABKAlCA+BBAiInChFHZXRWbUluZm9SZXNwb25zZRISCgp2Y3B1X2NvdW50GAEgASgNImEKFkNvbnRyb2xWbUV2ZW50c1JlcXVlc3QSDwoCdm0YASABKAlCA+BBAhImCgVldmVudBgCIAEoDjISLmt2bWkudjEuRXZlbnRUeXBlQgPgQQISDgoGZW5hYmxlGAMgASgIIhkKF0NvbnRyb2xWbUV2ZW50c1Jlc3BvbnNlIkwKGVJlYWRQaHlzaWNhbE1lbW9yeVJlcXVlc3QSDwoCdm0YASABKAlCA+BBAhILCgNncGEYAiABKAQSEQoEc2l6ZRgDIAEoDUID4EECIioKGlJlYWRQaHlzaWNhbE1lbW9yeVJlc3BvbnNlEgwKBGRhdGEYASABKAwiTQoaV3JpdGVQaHlzaWNhbE1lbW9yeVJlcXVlc3QSDwoCdm0YASABKAlCA+BBAhILCgNncGEYAiABKAQSEQoEZGF0YRgDIAEoDEID4EECIh0KG1dyaXRlUGh5c2ljYWxNZW1vcnlSZXNwb25zZSInChJHZXRWY3B1SW5mb1JlcXVlc3QSEQoEbmFtZRgBIAEoCUID4EECIigKE0dldFZjcHVJbmZvUmVzcG9uc2USEQoJdHNjX3NwZWVkGAEgASgEIjMKEFBhdXNlVmNwdVJlcXVlc3QSEQoEbmFtZRgBIAEoCUID4EECEgwKBHdhaXQYAiABKAgiEwoRUGF1c2VWY3B1UmVzcG9uc2UiZQoYQ29udHJvbFZjcHVFdmVudHNSZXF1ZXN0EhEKBG5hbWUYASABKAlCA+BBAhImCgVldmVudBgCIAEoDjISLmt2bWkudjEuRXZlbnRUeXBlQgPgQQISDgoGZW5hYmxlGAMgASgIIhsKGUNvbnRyb2xWY3B1RXZlbnRzUmVzcG9uc2UiPQoTR2V0UmVnaXN0ZXJzUmVxdWVzdBIRCgRuYW1lGAEgASgJQgPgQQISEwoLbXNyX2luZGljZXMYAiADKA0ikwEKFEdldFJlZ2lzdGVyc1Jlc3BvbnNlEh4KBG1vZGUYASABKA4yEC5rdm1pLnYxLkNwdU1vZGUSGwoEcmVncxgCIAEoCzINLmt2bWkudjEuUmVncxIdCgVzcmVncxgDIAEoCzIOLmt2bWkudjEuU3JlZ3MSHwoEbXNycxgEIAMoCzIRLmt2bWkudjEuTXNyRW50cnkiSgoTU2V0UmVnaXN0ZXJzUmVxdWVzdBIRCgRuYW1lGAEgASgJQgPgQQISIAoEcmVncxgCIAEoCzINLmt2bWkudjEuUmVnc0ID4EECIhYKFFNldFJlZ2lzdGVyc1Jlc3BvbnNlIkUKD0dldENwdWlkUmVxdWVzdBIRCgRuYW1lGAEgASgJQgPgQQISEAoIZnVuY3Rpb24YAiABKA0SDQoFaW5kZXgYAyABKA0iRgoQR2V0Q3B1aWRSZXNwb25zZRILCgNlYXgYASABKA0SCwoDZWJ4GAIgASgNEgsKA2VjeBgDIAEoDRILCgNlZHgYBCABKA0iOAoVQ29udHJvbENsZWFudXBSZXF1ZXN0Eg8KAnZtGAEgASgJQgPgQQISDgoGZW5hYmxlGAIgASgIIhgKFkNvbnRyb2xDbGVhbnVwUmVzcG9uc2UiQQoQQ29udHJvbENyUmVxdWVzdBIRCgRuYW1lGAEgASgJQgPgQQISCgoCY3IYAiABKA0SDgoGZW5hYmxlGAMgASgIIhMKEUNvbnRyb2xDclJlc3BvbnNlImAKFkluamVjdEV4Y2VwdGlvblJlcXVlc3QSEQoEbmFtZRgBIAEoCUID4EECEg4KBnZlY3RvchgCIAEoDRISCgplcnJvcl9jb2RlGAMgASgNEg8KB2FkZHJlc3MYBCABKAQiGQoXSW5qZWN0RXhjZXB0aW9uUmVzcG9uc2UiIwoQR2V0TWF4R2ZuUmVxdWVzdBIPCgJ2bRgBIAEoCUID4EECIiAKEUdldE1heEdmblJlc3BvbnNlEgsKA2dmbhgBIAEoBCIvCg1HZXRYY3JSZXF1ZXN0EhEKBG5hbWUYASABKAlCA+BBAhILCgN4Y3IYAiABKA0iHwoOR2V0WGNyUmVzcG9uc2USDQoFdmFsdWUYASABKAQiJAoPR2V0WHNhdmVSZXF1ZXN0EhEKBG5hbWUYASABKAlCA+BBAiIiChBHZXRYc2F2ZVJlc3BvbnNlEg4KBnJlZ2lvbhgBIAEoDCI5Cg9TZXRYc2F2ZVJlcXVlc3QSEQoEbmFtZRgBIAEoCUID4EECEhMKBnJlZ2lvbhgCIAEoDEID4EECIhIKEFNldFhzYXZlUmVzcG9uc2UiNAoSR2V0TXRyclR5cGVSZXF1ZXN0EhEKBG5hbWUYASABKAlCA+BBAhILCgNncGEYAiABKAQiSAoTR2V0TXRyclR5cGVSZXNwb25zZRIfCgR0eXBlGAEgASgOMhEua3ZtaS52MS5NdHJyVHlwZRIQCghyYXdfdHlwZRgCIAEoDSJDChFDb250cm9sTXNyUmVxdWVzdBIRCgRuYW1lGAEgASgJQgPgQQISCwoDbXNyGAIgASgNEg4KBmVuYWJsZRgDIAEoCCIUChJDb250cm9sTXNyUmVzcG9uc2UiVwoUU2V0UGFnZUFjY2Vzc1JlcXVlc3QSDwoCdm0YASABKAlCA+BBAhIuCgdlbnRyaWVzGAIgAygLMhgua3ZtaS52MS5QYWdlQWNjZXNzRW50cnlCA+BBAiIXChVTZXRQYWdlQWNjZXNzUmVzcG9uc2UiPQoYQ29udHJvbFNpbmdsZVN0ZXBSZXF1ZXN0EhEKBG5hbWUYASABKAlCA+BBAhIOCgZlbmFibGUYAiABKAgiGwoZQ29udHJvbFNpbmdsZVN0ZXBSZXNwb25zZSI1ChNUcmFuc2xhdGVHdmFSZXF1ZXN0EhEKBG5hbWUYASABKAlCA+BBAhILCgNndmEYAiABKAQiMwoUVHJhbnNsYXRlR3ZhUmVzcG9uc2USCwoDZ3BhGAEgASgEEg4KBm1hcHBlZBgCIAEoCCI/Cg9QYWdlQWNjZXNzRW50cnkSCwoDZ3BhGAEgASgEEg4KBmFjY2VzcxgCIAEoDRIPCgd2aXNpYmxlGAMgASgIKosGCgdDb21tYW5kEhcKE0NPTU1BTkRfVU5TUEVDSUZJRUQQABIXChNDT01NQU5EX0dFVF9WRVJTSU9OEAESHAoYQ09NTUFORF9WTV9DSEVDS19DT01NQU5EEAISGgoWQ09NTUFORF9WTV9DSEVDS19FVkVOVBADEhcKE0NPTU1BTkRfVk1fR0VUX0lORk8QBBIdChlDT01NQU5EX1ZNX0NPTlRST0xfRVZFTlRTEAUSHAoYQ09NTUFORF9WTV9SRUFEX1BIWVNJQ0FMEAYSHQoZQ09NTUFORF9WTV9XUklURV9QSFlTSUNBTBAHEhkKFUNPTU1BTkRfVkNQVV9HRVRfSU5GTxAIEhYKEkNPTU1BTkRfVkNQVV9QQVVTRRAJEh8KG0NPTU1BTkRfVkNQVV9DT05UUk9MX0VWRU5UUxAKEh4KGkNPTU1BTkRfVkNQVV9HRVRfUkVHSVNURVJTEAsSHgoaQ09NTUFORF9WQ1BVX1NFVF9SRUdJU1RFUlMQDBIaChZDT01NQU5EX1ZDUFVfR0VUX0NQVUlEEA0SHgoaQ09NTUFORF9WTV9DT05UUk9MX0NMRUFOVVAQDhIbChdDT01NQU5EX1ZDUFVfQ09OVFJPTF9DUhAPEiEKHUNPTU1BTkRfVkNQVV9JTkpFQ1RfRVhDRVBUSU9OEBASGgoWQ09NTUFORF9WTV9HRVRfTUFYX0dGThAREhgKFENPTU1BTkRfVkNQVV9HRVRfWENSEBISGgoWQ09NTUFORF9WQ1BVX0dFVF9YU0FWRRATEhoKFkNPTU1BTkRfVkNQVV9TRVRfWFNBVkUQFBIeChpDT01NQU5EX1ZDUFVfR0VUX01UUlJfVFlQRRAVEhwKGENPTU1BTkRfVkNQVV9DT05UUk9MX01TUhAWEh4KGkNPTU1BTkRfVk1fU0VUX1BBR0VfQUNDRVNTEBcSIwofQ09NTUFORF9WQ1BVX0NPTlRST0xfU0lOR0xFU1RFUBAYEh4KGkNPTU1BTkRfVkNQVV9UUkFOU0xBVEVfR1ZBEBkqtQEKCE10cnJUeXBlEhkKFU1UUlJfVFlQRV9VTlNQRUNJRklFRBAAEhkKFU1UUlJfVFlQRV9VTkNBQ0hFQUJMRRABEh0KGU1UUlJfVFlQRV9XUklURV9DT01CSU5JTkcQAhIbChdNVFJSX1RZUEVfV1JJVEVfVEhST1VHSBAFEh0KGU1UUlJfVFlQRV9XUklURV9QUk9URUNURUQQBhIYChRNVFJSX1RZUEVfV1JJVEVfQkFDSxAHYgZwcm90bzM", [file_google_api_field_behavior, file_kvmi_v1_event, file_kvmi_v1_registers, file_kvmi_v1_vm]);
+  fileDesc("ChVrdm1pL3YxL2NvbW1hbmQucHJvdG8SB2t2bWkudjEiJAoRR2V0VmVyc2lvblJlcXVlc3QSDwoCdm0YASABKAlCA+BBAiJgChJHZXRWZXJzaW9uUmVzcG9uc2USDwoHdmVyc2lvbhgBIAEoDRIjCghmZWF0dXJlcxgCIAEoCzIRLmt2bWkudjEuRmVhdHVyZXMSFAoMbWF4X21zZ19zaXplGAMgASgNIk4KE0NoZWNrQ29tbWFuZFJlcXVlc3QSDwoCdm0YASABKAlCA+BBAhImCgdjb21tYW5kGAIgASgOMhAua3ZtaS52MS5Db21tYW5kQgPgQQIiFgoUQ2hlY2tDb21tYW5kUmVzcG9uc2UiTAoRQ2hlY2tFdmVudFJlcXVlc3QSDwoCdm0YASABKAlCA+BBAhImCgVldmVudBgCIAEoDjISLmt2bWkudjEuRXZlbnRUeXBlQgPgQQIiFAoSQ2hlY2tFdmVudFJlc3BvbnNlIiMKEEdldFZtSW5mb1JlcXVlc3QSDwoCdm0YASABKAlCA+BBAiInChFHZXRWbUluZm9SZXNwb25zZRISCgp2Y3B1X2NvdW50GAEgASgNImEKFkNvbnRyb2xWbUV2ZW50c1JlcXVlc3QSDwoCdm0YASABKAlCA+BBAhImCgVldmVudBgCIAEoDjISLmt2bWkudjEuRXZlbnRUeXBlQgPgQQISDgoGZW5hYmxlGAMgASgIIhkKF0NvbnRyb2xWbUV2ZW50c1Jlc3BvbnNlIkwKGVJlYWRQaHlzaWNhbE1lbW9yeVJlcXVlc3QSDwoCdm0YASABKAlCA+BBAhILCgNncGEYAiABKAQSEQoEc2l6ZRgDIAEoDUID4EECIioKGlJlYWRQaHlzaWNhbE1lbW9yeVJlc3BvbnNlEgwKBGRhdGEYASABKAwiTQoaV3JpdGVQaHlzaWNhbE1lbW9yeVJlcXVlc3QSDwoCdm0YASABKAlCA+BBAhILCgNncGEYAiABKAQSEQoEZGF0YRgDIAEoDEID4EECIh0KG1dyaXRlUGh5c2ljYWxNZW1vcnlSZXNwb25zZSI0ChJHZXRWY3B1SW5mb1JlcXVlc3QSEAoEbmFtZRgBIAEoCUICGAESDAoEdmNwdRgCIAEoCSIoChNHZXRWY3B1SW5mb1Jlc3BvbnNlEhEKCXRzY19zcGVlZBgBIAEoBCJAChBQYXVzZVZjcHVSZXF1ZXN0EhAKBG5hbWUYASABKAlCAhgBEgwKBHdhaXQYAiABKAgSDAoEdmNwdRgDIAEoCSITChFQYXVzZVZjcHVSZXNwb25zZSJyChhDb250cm9sVmNwdUV2ZW50c1JlcXVlc3QSEAoEbmFtZRgBIAEoCUICGAESJgoFZXZlbnQYAiABKA4yEi5rdm1pLnYxLkV2ZW50VHlwZUID4EECEg4KBmVuYWJsZRgDIAEoCBIMCgR2Y3B1GAQgASgJIhsKGUNvbnRyb2xWY3B1RXZlbnRzUmVzcG9uc2UiSgoTR2V0UmVnaXN0ZXJzUmVxdWVzdBIQCgRuYW1lGAEgASgJQgIYARITCgttc3JfaW5kaWNlcxgCIAMoDRIMCgR2Y3B1GAMgASgJIpMBChRHZXRSZWdpc3RlcnNSZXNwb25zZRIeCgRtb2RlGAEgASgOMhAua3ZtaS52MS5DcHVNb2RlEhsKBHJlZ3MYAiABKAsyDS5rdm1pLnYxLlJlZ3MSHQoFc3JlZ3MYAyABKAsyDi5rdm1pLnYxLlNyZWdzEh8KBG1zcnMYBCADKAsyES5rdm1pLnYxLk1zckVudHJ5IlcKE1NldFJlZ2lzdGVyc1JlcXVlc3QSEAoEbmFtZRgBIAEoCUICGAESIAoEcmVncxgCIAEoCzINLmt2bWkudjEuUmVnc0ID4EECEgwKBHZjcHUYAyABKAkiFgoUU2V0UmVnaXN0ZXJzUmVzcG9uc2UiUgoPR2V0Q3B1aWRSZXF1ZXN0EhAKBG5hbWUYASABKAlCAhgBEhAKCGZ1bmN0aW9uGAIgASgNEg0KBWluZGV4GAMgASgNEgwKBHZjcHUYBCABKAkiRgoQR2V0Q3B1aWRSZXNwb25zZRILCgNlYXgYASABKA0SCwoDZWJ4GAIgASgNEgsKA2VjeBgDIAEoDRILCgNlZHgYBCABKA0iOAoVQ29udHJvbENsZWFudXBSZXF1ZXN0Eg8KAnZtGAEgASgJQgPgQQISDgoGZW5hYmxlGAIgASgIIhgKFkNvbnRyb2xDbGVhbnVwUmVzcG9uc2UiTgoQQ29udHJvbENyUmVxdWVzdBIQCgRuYW1lGAEgASgJQgIYARIKCgJjchgCIAEoDRIOCgZlbmFibGUYAyABKAgSDAoEdmNwdRgEIAEoCSITChFDb250cm9sQ3JSZXNwb25zZSJtChZJbmplY3RFeGNlcHRpb25SZXF1ZXN0EhAKBG5hbWUYASABKAlCAhgBEg4KBnZlY3RvchgCIAEoDRISCgplcnJvcl9jb2RlGAMgASgNEg8KB2FkZHJlc3MYBCABKAQSDAoEdmNwdRgFIAEoCSIZChdJbmplY3RFeGNlcHRpb25SZXNwb25zZSIjChBHZXRNYXhHZm5SZXF1ZXN0Eg8KAnZtGAEgASgJQgPgQQIiIAoRR2V0TWF4R2ZuUmVzcG9uc2USCwoDZ2ZuGAEgASgEIjwKDUdldFhjclJlcXVlc3QSEAoEbmFtZRgBIAEoCUICGAESCwoDeGNyGAIgASgNEgwKBHZjcHUYAyABKAkiHwoOR2V0WGNyUmVzcG9uc2USDQoFdmFsdWUYASABKAQiMQoPR2V0WHNhdmVSZXF1ZXN0EhAKBG5hbWUYASABKAlCAhgBEgwKBHZjcHUYAiABKAkiIgoQR2V0WHNhdmVSZXNwb25zZRIOCgZyZWdpb24YASABKAwiRgoPU2V0WHNhdmVSZXF1ZXN0EhAKBG5hbWUYASABKAlCAhgBEhMKBnJlZ2lvbhgCIAEoDEID4EECEgwKBHZjcHUYAyABKAkiEgoQU2V0WHNhdmVSZXNwb25zZSJBChJHZXRNdHJyVHlwZVJlcXVlc3QSEAoEbmFtZRgBIAEoCUICGAESCwoDZ3BhGAIgASgEEgwKBHZjcHUYAyABKAkiSAoTR2V0TXRyclR5cGVSZXNwb25zZRIfCgR0eXBlGAEgASgOMhEua3ZtaS52MS5NdHJyVHlwZRIQCghyYXdfdHlwZRgCIAEoDSJQChFDb250cm9sTXNyUmVxdWVzdBIQCgRuYW1lGAEgASgJQgIYARILCgNtc3IYAiABKA0SDgoGZW5hYmxlGAMgASgIEgwKBHZjcHUYBCABKAkiFAoSQ29udHJvbE1zclJlc3BvbnNlIlcKFFNldFBhZ2VBY2Nlc3NSZXF1ZXN0Eg8KAnZtGAEgASgJQgPgQQISLgoHZW50cmllcxgCIAMoCzIYLmt2bWkudjEuUGFnZUFjY2Vzc0VudHJ5QgPgQQIiFwoVU2V0UGFnZUFjY2Vzc1Jlc3BvbnNlIkoKGENvbnRyb2xTaW5nbGVTdGVwUmVxdWVzdBIQCgRuYW1lGAEgASgJQgIYARIOCgZlbmFibGUYAiABKAgSDAoEdmNwdRgDIAEoCSIbChlDb250cm9sU2luZ2xlU3RlcFJlc3BvbnNlIkIKE1RyYW5zbGF0ZUd2YVJlcXVlc3QSEAoEbmFtZRgBIAEoCUICGAESCwoDZ3ZhGAIgASgEEgwKBHZjcHUYAyABKAkiMwoUVHJhbnNsYXRlR3ZhUmVzcG9uc2USCwoDZ3BhGAEgASgEEg4KBm1hcHBlZBgCIAEoCCI/Cg9QYWdlQWNjZXNzRW50cnkSCwoDZ3BhGAEgASgEEg4KBmFjY2VzcxgCIAEoDRIPCgd2aXNpYmxlGAMgASgIKosGCgdDb21tYW5kEhcKE0NPTU1BTkRfVU5TUEVDSUZJRUQQABIXChNDT01NQU5EX0dFVF9WRVJTSU9OEAESHAoYQ09NTUFORF9WTV9DSEVDS19DT01NQU5EEAISGgoWQ09NTUFORF9WTV9DSEVDS19FVkVOVBADEhcKE0NPTU1BTkRfVk1fR0VUX0lORk8QBBIdChlDT01NQU5EX1ZNX0NPTlRST0xfRVZFTlRTEAUSHAoYQ09NTUFORF9WTV9SRUFEX1BIWVNJQ0FMEAYSHQoZQ09NTUFORF9WTV9XUklURV9QSFlTSUNBTBAHEhkKFUNPTU1BTkRfVkNQVV9HRVRfSU5GTxAIEhYKEkNPTU1BTkRfVkNQVV9QQVVTRRAJEh8KG0NPTU1BTkRfVkNQVV9DT05UUk9MX0VWRU5UUxAKEh4KGkNPTU1BTkRfVkNQVV9HRVRfUkVHSVNURVJTEAsSHgoaQ09NTUFORF9WQ1BVX1NFVF9SRUdJU1RFUlMQDBIaChZDT01NQU5EX1ZDUFVfR0VUX0NQVUlEEA0SHgoaQ09NTUFORF9WTV9DT05UUk9MX0NMRUFOVVAQDhIbChdDT01NQU5EX1ZDUFVfQ09OVFJPTF9DUhAPEiEKHUNPTU1BTkRfVkNQVV9JTkpFQ1RfRVhDRVBUSU9OEBASGgoWQ09NTUFORF9WTV9HRVRfTUFYX0dGThAREhgKFENPTU1BTkRfVkNQVV9HRVRfWENSEBISGgoWQ09NTUFORF9WQ1BVX0dFVF9YU0FWRRATEhoKFkNPTU1BTkRfVkNQVV9TRVRfWFNBVkUQFBIeChpDT01NQU5EX1ZDUFVfR0VUX01UUlJfVFlQRRAVEhwKGENPTU1BTkRfVkNQVV9DT05UUk9MX01TUhAWEh4KGkNPTU1BTkRfVk1fU0VUX1BBR0VfQUNDRVNTEBcSIwofQ09NTUFORF9WQ1BVX0NPTlRST0xfU0lOR0xFU1RFUBAYEh4KGkNPTU1BTkRfVkNQVV9UUkFOU0xBVEVfR1ZBEBkqtQEKCE10cnJUeXBlEhkKFU1UUlJfVFlQRV9VTlNQRUNJRklFRBAAEhkKFU1UUlJfVFlQRV9VTkNBQ0hFQUJMRRABEh0KGU1UUlJfVFlQRV9XUklURV9DT01CSU5JTkcQAhIbChdNVFJSX1RZUEVfV1JJVEVfVEhST1VHSBAFEh0KGU1UUlJfVFlQRV9XUklURV9QUk9URUNURUQQBhIYChRNVFJSX1RZUEVfV1JJVEVfQkFDSxAHYgZwcm90bzM", [file_google_api_field_behavior, file_kvmi_v1_event, file_kvmi_v1_registers, file_kvmi_v1_vm]);
 
 /**
  * Asks for the KVMI version and features (KVMI_GET_VERSION, id 1). Always
@@ -401,11 +413,22 @@ export const WritePhysicalMemoryResponseSchema: GenMessage<WritePhysicalMemoryRe
  */
 export type GetVcpuInfoRequest = Message<"kvmi.v1.GetVcpuInfoRequest"> & {
   /**
-   * Identifies the vCPU as `vms/{vm}/vcpus/{vcpu}`.
+   * Deprecated: use `vcpu`, which holds the same name. The bridge reads
+   * `name` only when `vcpu` is empty.
    *
-   * @generated from field: string name = 1;
+   * @generated from field: string name = 1 [deprecated = true];
+   * @deprecated
    */
   name: string;
+
+  /**
+   * Identifies the vCPU as `vms/{vm}/vcpus/{vcpu}` (or
+   * `vms/-/by-name/{display_name}/vcpus/{vcpu}`). Required: set this or the
+   * deprecated `name`.
+   *
+   * @generated from field: string vcpu = 2;
+   */
+  vcpu: string;
 };
 
 /**
@@ -448,9 +471,11 @@ export const GetVcpuInfoResponseSchema: GenMessage<GetVcpuInfoResponse> = /*@__P
  */
 export type PauseVcpuRequest = Message<"kvmi.v1.PauseVcpuRequest"> & {
   /**
-   * Identifies the vCPU as `vms/{vm}/vcpus/{vcpu}`.
+   * Deprecated: use `vcpu`, which holds the same name. The bridge reads
+   * `name` only when `vcpu` is empty.
    *
-   * @generated from field: string name = 1;
+   * @generated from field: string name = 1 [deprecated = true];
+   * @deprecated
    */
   name: string;
 
@@ -460,6 +485,15 @@ export type PauseVcpuRequest = Message<"kvmi.v1.PauseVcpuRequest"> & {
    * @generated from field: bool wait = 2;
    */
   wait: boolean;
+
+  /**
+   * Identifies the vCPU as `vms/{vm}/vcpus/{vcpu}` (or
+   * `vms/-/by-name/{display_name}/vcpus/{vcpu}`). Required: set this or the
+   * deprecated `name`.
+   *
+   * @generated from field: string vcpu = 3;
+   */
+  vcpu: string;
 };
 
 /**
@@ -496,9 +530,11 @@ export const PauseVcpuResponseSchema: GenMessage<PauseVcpuResponse> = /*@__PURE_
  */
 export type ControlVcpuEventsRequest = Message<"kvmi.v1.ControlVcpuEventsRequest"> & {
   /**
-   * Identifies the vCPU as `vms/{vm}/vcpus/{vcpu}`.
+   * Deprecated: use `vcpu`, which holds the same name. The bridge reads
+   * `name` only when `vcpu` is empty.
    *
-   * @generated from field: string name = 1;
+   * @generated from field: string name = 1 [deprecated = true];
+   * @deprecated
    */
   name: string;
 
@@ -515,6 +551,15 @@ export type ControlVcpuEventsRequest = Message<"kvmi.v1.ControlVcpuEventsRequest
    * @generated from field: bool enable = 3;
    */
   enable: boolean;
+
+  /**
+   * Identifies the vCPU as `vms/{vm}/vcpus/{vcpu}` (or
+   * `vms/-/by-name/{display_name}/vcpus/{vcpu}`). Required: set this or the
+   * deprecated `name`.
+   *
+   * @generated from field: string vcpu = 4;
+   */
+  vcpu: string;
 };
 
 /**
@@ -549,9 +594,11 @@ export const ControlVcpuEventsResponseSchema: GenMessage<ControlVcpuEventsRespon
  */
 export type GetRegistersRequest = Message<"kvmi.v1.GetRegistersRequest"> & {
   /**
-   * Identifies the vCPU as `vms/{vm}/vcpus/{vcpu}`.
+   * Deprecated: use `vcpu`, which holds the same name. The bridge reads
+   * `name` only when `vcpu` is empty.
    *
-   * @generated from field: string name = 1;
+   * @generated from field: string name = 1 [deprecated = true];
+   * @deprecated
    */
   name: string;
 
@@ -561,6 +608,15 @@ export type GetRegistersRequest = Message<"kvmi.v1.GetRegistersRequest"> & {
    * @generated from field: repeated uint32 msr_indices = 2;
    */
   msrIndices: number[];
+
+  /**
+   * Identifies the vCPU as `vms/{vm}/vcpus/{vcpu}` (or
+   * `vms/-/by-name/{display_name}/vcpus/{vcpu}`). Required: set this or the
+   * deprecated `name`.
+   *
+   * @generated from field: string vcpu = 3;
+   */
+  vcpu: string;
 };
 
 /**
@@ -623,9 +679,11 @@ export const GetRegistersResponseSchema: GenMessage<GetRegistersResponse> = /*@_
  */
 export type SetRegistersRequest = Message<"kvmi.v1.SetRegistersRequest"> & {
   /**
-   * Identifies the vCPU as `vms/{vm}/vcpus/{vcpu}`.
+   * Deprecated: use `vcpu`, which holds the same name. The bridge reads
+   * `name` only when `vcpu` is empty.
    *
-   * @generated from field: string name = 1;
+   * @generated from field: string name = 1 [deprecated = true];
+   * @deprecated
    */
   name: string;
 
@@ -635,6 +693,15 @@ export type SetRegistersRequest = Message<"kvmi.v1.SetRegistersRequest"> & {
    * @generated from field: kvmi.v1.Regs regs = 2;
    */
   regs?: Regs | undefined;
+
+  /**
+   * Identifies the vCPU as `vms/{vm}/vcpus/{vcpu}` (or
+   * `vms/-/by-name/{display_name}/vcpus/{vcpu}`). Required: set this or the
+   * deprecated `name`.
+   *
+   * @generated from field: string vcpu = 3;
+   */
+  vcpu: string;
 };
 
 /**
@@ -667,9 +734,11 @@ export const SetRegistersResponseSchema: GenMessage<SetRegistersResponse> = /*@_
  */
 export type GetCpuidRequest = Message<"kvmi.v1.GetCpuidRequest"> & {
   /**
-   * Identifies the vCPU as `vms/{vm}/vcpus/{vcpu}`.
+   * Deprecated: use `vcpu`, which holds the same name. The bridge reads
+   * `name` only when `vcpu` is empty.
    *
-   * @generated from field: string name = 1;
+   * @generated from field: string name = 1 [deprecated = true];
+   * @deprecated
    */
   name: string;
 
@@ -686,6 +755,15 @@ export type GetCpuidRequest = Message<"kvmi.v1.GetCpuidRequest"> & {
    * @generated from field: uint32 index = 3;
    */
   index: number;
+
+  /**
+   * Identifies the vCPU as `vms/{vm}/vcpus/{vcpu}` (or
+   * `vms/-/by-name/{display_name}/vcpus/{vcpu}`). Required: set this or the
+   * deprecated `name`.
+   *
+   * @generated from field: string vcpu = 4;
+   */
+  vcpu: string;
 };
 
 /**
@@ -792,9 +870,11 @@ export const ControlCleanupResponseSchema: GenMessage<ControlCleanupResponse> = 
  */
 export type ControlCrRequest = Message<"kvmi.v1.ControlCrRequest"> & {
   /**
-   * Identifies the vCPU as `vms/{vm}/vcpus/{vcpu}`.
+   * Deprecated: use `vcpu`, which holds the same name. The bridge reads
+   * `name` only when `vcpu` is empty.
    *
-   * @generated from field: string name = 1;
+   * @generated from field: string name = 1 [deprecated = true];
+   * @deprecated
    */
   name: string;
 
@@ -811,6 +891,15 @@ export type ControlCrRequest = Message<"kvmi.v1.ControlCrRequest"> & {
    * @generated from field: bool enable = 3;
    */
   enable: boolean;
+
+  /**
+   * Identifies the vCPU as `vms/{vm}/vcpus/{vcpu}` (or
+   * `vms/-/by-name/{display_name}/vcpus/{vcpu}`). Required: set this or the
+   * deprecated `name`.
+   *
+   * @generated from field: string vcpu = 4;
+   */
+  vcpu: string;
 };
 
 /**
@@ -845,9 +934,11 @@ export const ControlCrResponseSchema: GenMessage<ControlCrResponse> = /*@__PURE_
  */
 export type InjectExceptionRequest = Message<"kvmi.v1.InjectExceptionRequest"> & {
   /**
-   * Identifies the vCPU as `vms/{vm}/vcpus/{vcpu}`.
+   * Deprecated: use `vcpu`, which holds the same name. The bridge reads
+   * `name` only when `vcpu` is empty.
    *
-   * @generated from field: string name = 1;
+   * @generated from field: string name = 1 [deprecated = true];
+   * @deprecated
    */
   name: string;
 
@@ -871,6 +962,15 @@ export type InjectExceptionRequest = Message<"kvmi.v1.InjectExceptionRequest"> &
    * @generated from field: uint64 address = 4;
    */
   address: bigint;
+
+  /**
+   * Identifies the vCPU as `vms/{vm}/vcpus/{vcpu}` (or
+   * `vms/-/by-name/{display_name}/vcpus/{vcpu}`). Required: set this or the
+   * deprecated `name`.
+   *
+   * @generated from field: string vcpu = 5;
+   */
+  vcpu: string;
 };
 
 /**
@@ -947,9 +1047,11 @@ export const GetMaxGfnResponseSchema: GenMessage<GetMaxGfnResponse> = /*@__PURE_
  */
 export type GetXcrRequest = Message<"kvmi.v1.GetXcrRequest"> & {
   /**
-   * Identifies the vCPU as `vms/{vm}/vcpus/{vcpu}`.
+   * Deprecated: use `vcpu`, which holds the same name. The bridge reads
+   * `name` only when `vcpu` is empty.
    *
-   * @generated from field: string name = 1;
+   * @generated from field: string name = 1 [deprecated = true];
+   * @deprecated
    */
   name: string;
 
@@ -959,6 +1061,15 @@ export type GetXcrRequest = Message<"kvmi.v1.GetXcrRequest"> & {
    * @generated from field: uint32 xcr = 2;
    */
   xcr: number;
+
+  /**
+   * Identifies the vCPU as `vms/{vm}/vcpus/{vcpu}` (or
+   * `vms/-/by-name/{display_name}/vcpus/{vcpu}`). Required: set this or the
+   * deprecated `name`.
+   *
+   * @generated from field: string vcpu = 3;
+   */
+  vcpu: string;
 };
 
 /**
@@ -997,11 +1108,22 @@ export const GetXcrResponseSchema: GenMessage<GetXcrResponse> = /*@__PURE__*/
  */
 export type GetXsaveRequest = Message<"kvmi.v1.GetXsaveRequest"> & {
   /**
-   * Identifies the vCPU as `vms/{vm}/vcpus/{vcpu}`.
+   * Deprecated: use `vcpu`, which holds the same name. The bridge reads
+   * `name` only when `vcpu` is empty.
    *
-   * @generated from field: string name = 1;
+   * @generated from field: string name = 1 [deprecated = true];
+   * @deprecated
    */
   name: string;
+
+  /**
+   * Identifies the vCPU as `vms/{vm}/vcpus/{vcpu}` (or
+   * `vms/-/by-name/{display_name}/vcpus/{vcpu}`). Required: set this or the
+   * deprecated `name`.
+   *
+   * @generated from field: string vcpu = 2;
+   */
+  vcpu: string;
 };
 
 /**
@@ -1042,9 +1164,11 @@ export const GetXsaveResponseSchema: GenMessage<GetXsaveResponse> = /*@__PURE__*
  */
 export type SetXsaveRequest = Message<"kvmi.v1.SetXsaveRequest"> & {
   /**
-   * Identifies the vCPU as `vms/{vm}/vcpus/{vcpu}`.
+   * Deprecated: use `vcpu`, which holds the same name. The bridge reads
+   * `name` only when `vcpu` is empty.
    *
-   * @generated from field: string name = 1;
+   * @generated from field: string name = 1 [deprecated = true];
+   * @deprecated
    */
   name: string;
 
@@ -1055,6 +1179,15 @@ export type SetXsaveRequest = Message<"kvmi.v1.SetXsaveRequest"> & {
    * @generated from field: bytes region = 2;
    */
   region: Uint8Array;
+
+  /**
+   * Identifies the vCPU as `vms/{vm}/vcpus/{vcpu}` (or
+   * `vms/-/by-name/{display_name}/vcpus/{vcpu}`). Required: set this or the
+   * deprecated `name`.
+   *
+   * @generated from field: string vcpu = 3;
+   */
+  vcpu: string;
 };
 
 /**
@@ -1086,9 +1219,11 @@ export const SetXsaveResponseSchema: GenMessage<SetXsaveResponse> = /*@__PURE__*
  */
 export type GetMtrrTypeRequest = Message<"kvmi.v1.GetMtrrTypeRequest"> & {
   /**
-   * Identifies the vCPU as `vms/{vm}/vcpus/{vcpu}`.
+   * Deprecated: use `vcpu`, which holds the same name. The bridge reads
+   * `name` only when `vcpu` is empty.
    *
-   * @generated from field: string name = 1;
+   * @generated from field: string name = 1 [deprecated = true];
+   * @deprecated
    */
   name: string;
 
@@ -1098,6 +1233,15 @@ export type GetMtrrTypeRequest = Message<"kvmi.v1.GetMtrrTypeRequest"> & {
    * @generated from field: uint64 gpa = 2;
    */
   gpa: bigint;
+
+  /**
+   * Identifies the vCPU as `vms/{vm}/vcpus/{vcpu}` (or
+   * `vms/-/by-name/{display_name}/vcpus/{vcpu}`). Required: set this or the
+   * deprecated `name`.
+   *
+   * @generated from field: string vcpu = 3;
+   */
+  vcpu: string;
 };
 
 /**
@@ -1146,9 +1290,11 @@ export const GetMtrrTypeResponseSchema: GenMessage<GetMtrrTypeResponse> = /*@__P
  */
 export type ControlMsrRequest = Message<"kvmi.v1.ControlMsrRequest"> & {
   /**
-   * Identifies the vCPU as `vms/{vm}/vcpus/{vcpu}`.
+   * Deprecated: use `vcpu`, which holds the same name. The bridge reads
+   * `name` only when `vcpu` is empty.
    *
-   * @generated from field: string name = 1;
+   * @generated from field: string name = 1 [deprecated = true];
+   * @deprecated
    */
   name: string;
 
@@ -1165,6 +1311,15 @@ export type ControlMsrRequest = Message<"kvmi.v1.ControlMsrRequest"> & {
    * @generated from field: bool enable = 3;
    */
   enable: boolean;
+
+  /**
+   * Identifies the vCPU as `vms/{vm}/vcpus/{vcpu}` (or
+   * `vms/-/by-name/{display_name}/vcpus/{vcpu}`). Required: set this or the
+   * deprecated `name`.
+   *
+   * @generated from field: string vcpu = 4;
+   */
+  vcpu: string;
 };
 
 /**
@@ -1247,9 +1402,11 @@ export const SetPageAccessResponseSchema: GenMessage<SetPageAccessResponse> = /*
  */
 export type ControlSingleStepRequest = Message<"kvmi.v1.ControlSingleStepRequest"> & {
   /**
-   * Identifies the vCPU as `vms/{vm}/vcpus/{vcpu}`.
+   * Deprecated: use `vcpu`, which holds the same name. The bridge reads
+   * `name` only when `vcpu` is empty.
    *
-   * @generated from field: string name = 1;
+   * @generated from field: string name = 1 [deprecated = true];
+   * @deprecated
    */
   name: string;
 
@@ -1259,6 +1416,15 @@ export type ControlSingleStepRequest = Message<"kvmi.v1.ControlSingleStepRequest
    * @generated from field: bool enable = 2;
    */
   enable: boolean;
+
+  /**
+   * Identifies the vCPU as `vms/{vm}/vcpus/{vcpu}` (or
+   * `vms/-/by-name/{display_name}/vcpus/{vcpu}`). Required: set this or the
+   * deprecated `name`.
+   *
+   * @generated from field: string vcpu = 3;
+   */
+  vcpu: string;
 };
 
 /**
@@ -1291,9 +1457,11 @@ export const ControlSingleStepResponseSchema: GenMessage<ControlSingleStepRespon
  */
 export type TranslateGvaRequest = Message<"kvmi.v1.TranslateGvaRequest"> & {
   /**
-   * Identifies the vCPU as `vms/{vm}/vcpus/{vcpu}`.
+   * Deprecated: use `vcpu`, which holds the same name. The bridge reads
+   * `name` only when `vcpu` is empty.
    *
-   * @generated from field: string name = 1;
+   * @generated from field: string name = 1 [deprecated = true];
+   * @deprecated
    */
   name: string;
 
@@ -1303,6 +1471,15 @@ export type TranslateGvaRequest = Message<"kvmi.v1.TranslateGvaRequest"> & {
    * @generated from field: uint64 gva = 2;
    */
   gva: bigint;
+
+  /**
+   * Identifies the vCPU as `vms/{vm}/vcpus/{vcpu}` (or
+   * `vms/-/by-name/{display_name}/vcpus/{vcpu}`). Required: set this or the
+   * deprecated `name`.
+   *
+   * @generated from field: string vcpu = 3;
+   */
+  vcpu: string;
 };
 
 /**

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// KVMI events (kernel -> tool) and event replies (tool -> kernel), kvmi-abi.md
-// §3.3-§3.5 and §5. A vCPU event blocks its vCPU until the reply arrives, so
+// KVMI events (kernel -> tool) and event replies (tool -> kernel)
+// (docs/protocol/README.md, "Events and replies"; docs/protocol/v9.md, "Events"). A vCPU event blocks its vCPU until the reply arrives, so
 // every Event carries a `reply_deadline` after which the bridge answers
 // CONTINUE on the controller's behalf.
 
@@ -689,8 +689,8 @@ export const EventTypeSchema: GenEnum<EventType> = /*@__PURE__*/
   enumDesc(file_kvmi_v1_event, 0);
 
 /**
- * Lists the event reply actions (`kvmi_event_reply.action`, kvmi-abi.md
- * §3.5). Proto values are the kernel value plus one. This enum does not grow
+ * Lists the event reply actions (`kvmi_event_reply.action`,
+ * docs/protocol/v9.md, "Events"). Proto values are the kernel value plus one. This enum does not grow
  * for v9; a later dialect may add values.
  *
  * @generated from enum kvmi.v1.EventAction

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// x86_64 register state as KVMI reports it (kvmi-abi.md §6). Each message
+// x86_64 register state as KVMI reports it (docs/protocol/v9.md,
+// "Register state"). Each message
 // mirrors one kernel struct; fields keep the kernel field names so that a
 // grep for a name in `linux/kvm.h` or `kvmi.h` also finds the proto field.
 // Every u64 kernel value is a uint64 here (a bigint in protobuf-es).
