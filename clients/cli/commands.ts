@@ -4,14 +4,13 @@
  * the VM's controller for as long as they need and release with `keep_changes`, so a write stays
  * written; with `--hold` they keep the session until Ctrl-C and then let the bridge undo the change.
  */
-import { open } from "node:fs/promises";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { MemoryHoleError, UnavailableError, uuidOf } from "@kvmi/clients";
 import type { Session, SessionItem, TranslationTarget, VcpuEvent, VcpuEventName } from "@kvmi/clients";
-import { accessString, parseAccess, parseEventTypes, parseHexBytes, parseIndex, parseLength, parseNumberList, parseSize, parseU64, UsageError } from "./args.js";
+import { accessString, parseAccess, parseEventTypes, parseHexBytes, parseIndex, parseLength, parseNumberList, parseU64, UsageError } from "./args.js";
 import type { CliContext } from "./context.js";
 import { untilAborted, waitOrAbort } from "./context.js";
-import { changeName, formatBytes, formatRegisters, hex, hexdump, modeName, progressBar, stateName, table, toJson, vmDetails, vmJson, vmTable } from "./format.js";
+import { changeName, formatBytes, formatRegisters, hex, hexdump, modeName, stateName, table, toJson, vmDetails, vmJson, vmTable } from "./format.js";
 
 /** `vms list`. */
 export async function vmsList(ctx: CliContext): Promise<void> {
@@ -136,51 +135,6 @@ export async function read(ctx: CliContext, ref: string, addrText: string, lenTe
     for (const h of holes) ctx.err(`hole: ${hex(h.address)}+${hex(h.length)} ${h.reason} (shown as zeros)`);
   }
   return holes.length > 0 ? 1 : 0;
-}
-
-/** `dump <vm> --out FILE`: a sparse image of guest physical memory. */
-export async function dump(ctx: CliContext, ref: string, options: { out: string; start?: string; length?: string; chunkSize?: string }): Promise<void> {
-  const start = options.start === undefined ? 0n : parseSize(options.start, "--start");
-  const length = options.length === undefined ? 0n : parseSize(options.length, "--length");
-  const chunkSize = options.chunkSize === undefined ? 0 : parseLength(options.chunkSize, "--chunk-size");
-  if (start % 4096n !== 0n || length % 4096n !== 0n) throw new UsageError("--start and --length must be multiples of 4096");
-  const vm = await ctx.resolveVm(ref);
-  const file = await open(options.out, "w");
-  const started = performance.now();
-  const tty = ctx.io.stderrIsTTY && !ctx.json;
-  let dataBytes = 0;
-  let holeBytes = 0n;
-  let total = 0n;
-  let lastDraw = 0;
-  try {
-    for await (const chunk of ctx.client.vm(vm.uuid).dump({ start, length, ...(chunkSize > 0 && { chunkSize }), signal: ctx.io.signal })) {
-      if (chunk.data.length > 0) await file.write(chunk.data, 0, chunk.data.length, Number(chunk.gpa - start));
-      dataBytes += chunk.data.length;
-      for (const h of chunk.holes) holeBytes += h.length;
-      total = chunk.bytesTotal;
-      const now = performance.now();
-      if (tty && (now - lastDraw > 100 || chunk.bytesDone === chunk.bytesTotal)) {
-        lastDraw = now;
-        const rate = Number(chunk.bytesDone) / Math.max(0.001, (now - started) / 1000);
-        ctx.io.stderr(`\r${progressBar(chunk.bytesDone, chunk.bytesTotal)}  ${formatBytes(rate)}/s `);
-      }
-    }
-    // Unreadable pages at the end still belong to the image: extend the file to the full size.
-    await file.truncate(Number(total));
-  } finally {
-    await file.close();
-  }
-  if (tty) ctx.io.stderr("\n");
-  const seconds = (performance.now() - started) / 1000;
-  const rate = Number(total) / Math.max(0.001, seconds);
-  if (ctx.json) {
-    ctx.out(toJson({ vm: vm.name, file: options.out, start, bytes: Number(total), dataBytes, holeBytes: Number(holeBytes), seconds: Number(seconds.toFixed(3)), bytesPerSecond: Math.round(rate) }));
-  } else {
-    ctx.err(
-      `dumped ${formatBytes(total)} of ${vm.name} to ${options.out} in ${seconds.toFixed(2)} s (${formatBytes(rate)}/s); ` +
-        `${formatBytes(dataBytes)} read, ${formatBytes(holeBytes)} in holes`,
-    );
-  }
 }
 
 /**

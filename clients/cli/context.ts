@@ -26,6 +26,8 @@ export interface GlobalOptions {
   readonly tlsCert?: string;
   readonly tlsKey?: string;
   readonly tlsServerName?: string;
+  /** File holding a bearer JWT (e.g. a projected ServiceAccount token), read on every call. */
+  readonly tokenFile?: string;
   readonly timeout: string;
   readonly json?: boolean;
 }
@@ -62,7 +64,15 @@ export function createContext(options: GlobalOptions, io: CliIo): CliContext {
   const tls: TlsOptions | undefined = tlsGiven
     ? { ...(ca && { ca }), ...(cert && { cert }), ...(key && { key }), ...(options.tlsServerName !== undefined && { serverName: options.tlsServerName }) }
     : undefined;
-  const client = connect({ target: options.target, ...(tls && { tls }), timeoutMs: parseIndex(options.timeout, "--timeout") });
+  const tokenFile = options.tokenFile;
+  if (tokenFile !== undefined) readPem(tokenFile, "--token-file"); // a missing file is a usage error now, not on the first call
+  const client = connect({
+    target: options.target,
+    ...(tls && { tls }),
+    // Projected tokens rotate on disk: read the file for each call.
+    ...(tokenFile !== undefined && { bearerToken: () => readFileSync(tokenFile, "utf8").trim() }),
+    timeoutMs: parseIndex(options.timeout, "--timeout"),
+  });
   return {
     io,
     client,

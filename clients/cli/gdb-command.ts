@@ -26,7 +26,7 @@ export function parseListen(text: string): { host: string; port: number } {
 }
 
 /** `gdb <vm>`. */
-export async function gdb(ctx: CliContext, ref: string, options: GdbCommandOptions): Promise<void> {
+export async function gdb(ctx: CliContext, ref: string, options: GdbCommandOptions): Promise<number> {
   const { host, port } = parseListen(options.listen ?? "127.0.0.1:1234");
   const eventDeadlineMs = options.eventDeadline === undefined ? undefined : parseIndex(options.eventDeadline, "--event-deadline");
   if (eventDeadlineMs !== undefined && (eventDeadlineMs < 10 || eventDeadlineMs > 60_000)) throw new UsageError("--event-deadline: 10..60000 ms");
@@ -37,10 +37,12 @@ export async function gdb(ctx: CliContext, ref: string, options: GdbCommandOptio
   ctx.err(`gdb gateway for ${vm.name} (${vm.displayName || "no name"}) on ${where}; connect with: gdb -ex 'target remote ${where}'`);
   try {
     if (options.once) {
-      const ended = gateway.nextSessionEnd();
-      await Promise.race([ended, waitOrAbort(undefined, ctx.io.signal)]);
+      const ended = await Promise.race([gateway.nextSessionEnd(), waitOrAbort(undefined, ctx.io.signal)]);
+      // The refusal was logged (e.g. another controller holds the VM).
+      if (ended !== undefined && !ended.attached) return 1;
     } else await waitOrAbort(undefined, ctx.io.signal);
   } finally {
     await gateway.close();
   }
+  return 0;
 }

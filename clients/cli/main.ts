@@ -10,6 +10,7 @@ import { UsageError } from "./args.js";
 import * as commands from "./commands.js";
 import { completionScript } from "./completion.js";
 import { createContext } from "./context.js";
+import { dump } from "./dump-command.js";
 import { connectionHint } from "./hints.js";
 import { gdb } from "./gdb-command.js";
 import * as vcpuCommands from "./vcpu-commands.js";
@@ -41,6 +42,7 @@ export function buildProgram(io: CliIo, setExit: (code: number) => void): Comman
     .option("--tls-cert <file>", "PEM client certificate (mTLS)")
     .option("--tls-key <file>", "PEM private key of --tls-cert")
     .option("--tls-server-name <name>", "host name to verify in the bridge's certificate")
+    .option("--token-file <file>", "bearer JWT sent as authorization metadata, e.g. /var/run/secrets/tokens/kvmi-bridge")
     .option("--timeout <ms>", "deadline of each call in ms", "30000")
     .option("--json", "machine-readable output (u64 values as 0x… strings, counts as numbers)")
     .version(VERSION, "-V, --version", "print kvmictl's version")
@@ -120,12 +122,15 @@ export function buildProgram(io: CliIo, setExit: (code: number) => void): Comman
     .action(run(commands.read));
   program
     .command("dump <vm>")
-    .description("write guest physical memory to a sparse file")
-    .requiredOption("--out <file>", "output file (byte offset = gpa - start)")
+    .description("write guest physical memory to a file: raw sparse image, ELF core or LiME")
+    .requiredOption("--out <file>", "output file")
+    .option("--format <format>", "raw (byte offset = gpa - start), elf (ELF64 core, gdb -c) or lime", "raw")
     .option("--start <gpa>", "first guest physical address (multiple of 4096)")
     .option("--length <bytes>", "bytes to dump (multiple of 4096; default: all memory), e.g. 64M")
     .option("--chunk-size <bytes>", "bytes per streamed chunk (4k..2M)")
-    .action(run(commands.dump));
+    .option("--progress", "progress lines on stderr also when it is not a terminal")
+    .option("--resume", "continue an interrupted dump to the same --out (same options)")
+    .action(run(dump));
   program
     .command("write <vm> <addr> <hex>")
     .description("write bytes to guest memory, physical unless --virtual/--vcpu/--cr3 (attaches as controller)")

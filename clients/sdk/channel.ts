@@ -5,8 +5,8 @@
  * the callers normalize them with `toSdkError` (unary calls through `withRetry`).
  * @internal
  */
-import { Client, credentials, Metadata } from "@grpc/grpc-js";
-import type { CallOptions as GrpcCallOptions, ChannelCredentials, ClientDuplexStream, ClientOptions } from "@grpc/grpc-js";
+import { Client, credentials, InterceptingCall, Metadata } from "@grpc/grpc-js";
+import type { CallOptions as GrpcCallOptions, ChannelCredentials, ClientDuplexStream, ClientOptions, Interceptor } from "@grpc/grpc-js";
 import { create } from "@bufbuild/protobuf";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { abortError, toSdkError } from "./errors.js";
@@ -42,6 +42,24 @@ export interface ChannelOptions {
   readonly tls?: TlsOptions | undefined;
   readonly timeoutMs: number;
   readonly grpcOptions?: ClientOptions | undefined;
+  readonly bearerToken?: BearerToken | undefined;
+}
+
+/**
+ * A bearer JWT for the bridge's `authorization` metadata: the token, or a function asked on every
+ * call (a Kubernetes projected token file rotates, so read it each time).
+ */
+export type BearerToken = string | (() => string);
+
+/** Adds `authorization: Bearer …` to every call (unary and streams alike). */
+function bearerInterceptor(token: BearerToken): Interceptor {
+  return (options, nextCall) =>
+    new InterceptingCall(nextCall(options), {
+      start(metadata, listener, next) {
+        metadata.set("authorization", `Bearer ${typeof token === "string" ? token : token()}`);
+        next(metadata, listener);
+      },
+    });
 }
 
 const toBuffer = (value: string | Uint8Array | undefined): Buffer | null =>
@@ -59,6 +77,7 @@ export class Channel {
 
   constructor(options: ChannelOptions) {
     const grpcOptions: ClientOptions = { ...options.grpcOptions };
+    if (options.bearerToken !== undefined) grpcOptions.interceptors = [...(grpcOptions.interceptors ?? []), bearerInterceptor(options.bearerToken)];
     if (options.tls?.serverName !== undefined) {
       grpcOptions["grpc.ssl_target_name_override"] = options.tls.serverName;
       grpcOptions["grpc.default_authority"] = options.tls.serverName;

@@ -8,7 +8,7 @@ import type { ClientOptions } from "@grpc/grpc-js";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import type { Vm, VmChange } from "@kvmi/proto";
 import { Channel, createRequest } from "./channel.js";
-import type { CallOptions, TlsOptions } from "./channel.js";
+import type { BearerToken, CallOptions, TlsOptions } from "./channel.js";
 import { CommandSurface, dispatch } from "./commands.js";
 import type { Transport, VmCommands } from "./commands.js";
 import { createError, InvalidArgumentError, NotFoundError, StatusCode } from "./errors.js";
@@ -35,6 +35,11 @@ export interface ConnectOptions {
   readonly retry?: Partial<RetryPolicy>;
   /** Extra grpc-js channel options. */
   readonly grpcOptions?: ClientOptions;
+  /**
+   * A bearer JWT (or a function returning the current one) sent as `authorization: Bearer …`,
+   * e.g. a Kubernetes projected ServiceAccount token with the audience the bridge expects.
+   */
+  readonly bearerToken?: BearerToken;
 }
 
 /** Options of {@link BridgeClient.vm}. */
@@ -141,7 +146,7 @@ export interface BridgeClient {
 export function connect(options: ConnectOptions): BridgeClient {
   const target = options.unix !== undefined ? `unix:${options.unix}` : options.target;
   if (target === undefined || target === "") throw new TypeError("connect() needs a target or a unix socket path");
-  const channel = new Channel({ target, tls: options.tls, timeoutMs: options.timeoutMs ?? 30_000, grpcOptions: options.grpcOptions });
+  const channel = new Channel({ target, tls: options.tls, timeoutMs: options.timeoutMs ?? 30_000, grpcOptions: options.grpcOptions, bearerToken: options.bearerToken });
   const policy: RetryPolicy = { ...DEFAULT_RETRY_POLICY, ...options.retry };
   return new Client(target, channel, policy);
 }

@@ -32,7 +32,7 @@ export type {
   VmHandleOptions,
   WatchVmsOptions,
 } from "./client.js";
-export type { CallOptions, TlsOptions } from "./channel.js";
+export type { BearerToken, CallOptions, TlsOptions } from "./channel.js";
 export type { AttachOptions, EventsOptions, ReleaseOptions, Session, SessionRole } from "./session.js";
 export { PAGE_ACCESS, PAGE_SIZE } from "./commands.js";
 export type {
@@ -113,7 +113,9 @@ export { DEFAULT_RETRY_POLICY, isRetryable, retryDelayMs } from "./retry.js";
 export type { RetryPolicy } from "./retry.js";
 export { EVENT_NAMES, eventNameOf, isUuid, uuidOf, vcpuName, vmName } from "./names.js";
 export { serveGdb } from "./gdb/serve-gdb.js";
-export type { GdbGateway, ServeGdbOptions } from "./gdb/serve-gdb.js";
+export { dumpToFile, DumpResumeError, resumeStatePath } from "./dump/dump-file.js";
+export type { DumpFileProgress, DumpFileResult, DumpFormat, DumpToFileOptions } from "./dump/dump-file.js";
+export type { GdbGateway, GdbSessionEnd, ServeGdbOptions } from "./gdb/serve-gdb.js";
 export type { EventName, VcpuEventName } from "./names.js";
 
 /** Proto enums that SDK values use (see proto/kvmi/v1/*.proto for their meaning). */
@@ -136,3 +138,5 @@ export type { PhysicalReader } from "./memory.js";
 export { checksum, encodePacket, escapeBinary, expandRunLength, RspReader, unescapeBinary } from "./gdb/rsp-packet.js";
 /** @internal */
 export type { RspItem } from "./gdb/rsp-packet.js";
+/** @internal */
+export { elfHeader, elfNote, limeHeader, programHeader, prstatus, prstatusNotes } from "./dump/dump-formats.js";

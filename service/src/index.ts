@@ -26,3 +26,7 @@ export { startForwarder } from "./forward/forwarder.js";
 export type { Forwarder, ForwarderOptions, Upstream } from "./forward/forwarder.js";
 export { MAX_INFLIGHT_COMMANDS } from "./rpc/session-rpc.js";
 export { MUTATING_COMMANDS } from "./vm/vm-host.js";
+
+// The audit trail's hash chain, as `kvmi-bridge audit verify FILE` checks it.
+export { auditFileSet, verifyAuditFiles } from "./audit/audit-verify.js";
+export type { AuditVerifyResult } from "./audit/audit-verify.js";

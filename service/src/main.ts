@@ -3,13 +3,15 @@
  * The composition root of `kvmi-bridge` (conventions §2, §10): configuration, the root logger,
  * the bridge, the embedded emulator when asked, and graceful shutdown on SIGTERM/SIGINT.
  * `kvmi-bridge doctor` reports whether this host's kernel offers KVMI; `kvmi-bridge audit verify
- * FILE` checks an audit trail's hash chain. SIGHUP reloads the authorization policy.
+ * FILE` checks an audit trail's hash chain, `kvmi-bridge policy check FILE` a policy file. SIGHUP
+ * reloads the authorization policy.
  */
 import { readFileSync, rmdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname } from "node:path";
 import { formatDoctorReport, runDoctor } from "@kvmi/kvm-bridge/ioctl";
 import { runAuditCommand } from "./audit/audit-verify.js";
+import { runPolicyCommand } from "./auth/policy.js";
 import { startBridge } from "./bridge.js";
 import { applyConfigAction, loadConfig, readSecret } from "./config/index.js";
 import { startEmbeddedVms } from "./embedded.js";
@@ -31,6 +33,11 @@ export async function main(argv: readonly string[], env: NodeJS.ProcessEnv = pro
   }
   if (argv[0] === "audit") {
     return runAuditCommand(argv.slice(1), { stdout: (text) => process.stdout.write(text), stderr: (text) => process.stderr.write(text) });
+  }
+  if (argv[0] === "policy") {
+    return runPolicyCommand(argv.slice(1), { stdout: (text) => process.stdout.write(text), stderr: (text) => process.stderr.write(text) }, (path) =>
+      readFileSync(path, "utf8"),
+    );
   }
   const outcome = applyConfigAction(loadConfig({ argv, env, cwd: process.cwd(), pid: process.pid }), {
     stdout: (text) => process.stdout.write(text),

@@ -66,7 +66,7 @@ describe.skipIf(status.kind === "opted-out")("the kvmi-bridge image with the emu
     bridge = await withImageHealthCheck(
       new LoopbackContainer()
         .withExposedPorts(50051, 9464)
-        .withEnvironment({ KVMI_BRIDGE_ALLOW_INSECURE: "true", KVMI_BRIDGE_SHUTDOWN_GRACE_MS: "3000" })
+        .withEnvironment({ KVMI_BRIDGE_ALLOW_INSECURE: "true", KVMI_BRIDGE_AUTHORIZATION: "none", KVMI_BRIDGE_SHUTDOWN_GRACE_MS: "3000" })
         .withBindMounts([{ source: volume, target: "/run/kvmi-bridge" }]),
     ).start();
     sim = await new LoopbackContainer()
@@ -221,7 +221,7 @@ describe.skipIf(status.kind === "opted-out")("the kvmi-bridge image with the emu
         .withNetwork(network)
         .withNetworkAliases("kvmi-bridge")
         .withExposedPorts(50051)
-        .withEnvironment({ KVMI_BRIDGE_ALLOW_INSECURE: "true", KVMI_BRIDGE_KVMI_LISTEN: "tcp:0.0.0.0:7001", KVMI_BRIDGE_METRICS_LISTEN: "off" }),
+        .withEnvironment({ KVMI_BRIDGE_ALLOW_INSECURE: "true", KVMI_BRIDGE_AUTHORIZATION: "none", KVMI_BRIDGE_KVMI_LISTEN: "tcp:0.0.0.0:7001", KVMI_BRIDGE_METRICS_LISTEN: "off" }),
     ).start();
     await new LoopbackContainer()
       .withNetwork(network)

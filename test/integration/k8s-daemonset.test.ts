@@ -36,6 +36,10 @@ if (status.kind === "opted-out") {
 
 describe.skipIf(status.kind === "opted-out").each(["tls-off", "tls-on"] as const)("the %s DaemonSet pod in Docker", (overlay) => {
   const objects = renderKustomization(join(REPO, "deploy/k8s/overlays", overlay));
+  // The ConfigMap's policy names the cluster's introspection tools; here the one client is this
+  // test: its certificate's CN under mTLS, `anonymous` in plaintext behind the NetworkPolicy.
+  (find(objects, "ConfigMap", "kvmi-bridge-policy").data as Record<string, string>)["policy.yaml"] =
+    "version: 1\ngrants:\n  - identities: [introspection-tool, anonymous]\n    verbs: [admin]\n    vms: all\n";
   const spec = find<DaemonSet>(objects, "DaemonSet", "kvmi-bridge").spec.template.spec;
   const qemuGid = Number((find(objects, "ConfigMap", "kvmi-bridge-config").data as Record<string, string>)["qemu-gid"]);
   const cookie = randomBytes(24).toString("base64");

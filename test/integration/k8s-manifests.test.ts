@@ -83,7 +83,9 @@ describe.each(OVERLAYS)("overlay %s", (overlay) => {
         "DaemonSet/kvmi-bridge",
         "Namespace/kvmi-system",
         "NetworkPolicy/kvmi-bridge",
+        "ConfigMap/kvmi-bridge-policy",
         "Secret/kvmi-bridge-cookie",
+        "Secret/kvmi-bridge-jwks",
         "Service/kvmi-bridge",
         "Service/kvmi-bridge-forward",
         "ServiceAccount/kvmi-bridge",
@@ -147,6 +149,14 @@ describe.each(OVERLAYS)("overlay %s", (overlay) => {
     const cookieSource = sourceOf(pod, bridge, config.secretFile as string)!;
     const cookieSecret = find(objects, "Secret", cookieSource.volume.secret!.secretName);
     expect(Object.keys(dataOf(cookieSecret))).toContain(cookieSource.file);
+
+    // The policy comes from its ConfigMap as a directory mount (updates reach the pod), the JWKS
+    // from its Secret.
+    const policySource = sourceOf(pod, bridge, config.policyFile as string)!;
+    expect(Object.keys(dataOf(find(objects, "ConfigMap", policySource.volume.configMap!.name)))).toContain(policySource.file);
+    expect(bridge.volumeMounts!.find((m) => m.name === policySource.volume.name)).not.toHaveProperty("subPath");
+    const jwksSource = sourceOf(pod, bridge, config.jwtJwksFile as string)!;
+    expect(Object.keys(dataOf(find(objects, "Secret", jwksSource.volume.secret!.secretName)))).toContain(jwksSource.file);
 
     // The metrics port is where Prometheus is told to scrape.
     const metricsPort = Number((config.metricsListen as string).split(":").at(-1));
@@ -246,6 +256,11 @@ describe.each(OVERLAYS)("overlay %s", (overlay) => {
     writeFileSync(file, dataOf(configMap)["config.yaml"]!);
     const cookie = join(dir, "cookie");
     writeFileSync(cookie, "cookie");
+    // The policy and the JWKS as the ConfigMap and the Secret hold them.
+    const policyFile = join(dir, "policy.yaml");
+    writeFileSync(policyFile, dataOf(find(objects, "ConfigMap", "kvmi-bridge-policy"))["policy.yaml"]!);
+    const jwksFile = join(dir, "jwks.json");
+    writeFileSync(jwksFile, dataOf(find(objects, "Secret", "kvmi-bridge-jwks"))["jwks.json"]!);
     // Files the pod mounts are stand-ins here; their paths are what the manifests are checked for above.
     const env: Record<string, string> = { PATH: process.env.PATH ?? "" };
     let pki: ReturnType<typeof createPki> | undefined;
@@ -255,7 +270,10 @@ describe.each(OVERLAYS)("overlay %s", (overlay) => {
       Object.assign(env, { KVMI_BRIDGE_TLS_CERT: pki.serverCert, KVMI_BRIDGE_TLS_KEY: pki.serverKey, KVMI_BRIDGE_TLS_CLIENT_CA: pki.caCert });
     }
     try {
-      const r = spawnSync("node", [join(REPO, "service/bin/kvmi-bridge.mjs"), "--config", file, "--secret-file", cookie, "--print-config"], { encoding: "utf8", env });
+      const check = spawnSync("node", [join(REPO, "service/bin/kvmi-bridge.mjs"), "policy", "check", policyFile], { encoding: "utf8", env });
+      expect(check.status, check.stderr).toBe(0);
+      const args = ["--config", file, "--secret-file", cookie, "--policy-file", policyFile, "--jwt-jwks-file", jwksFile, "--print-config"];
+      const r = spawnSync("node", [join(REPO, "service/bin/kvmi-bridge.mjs"), ...args], { encoding: "utf8", env });
       expect(r.status, r.stderr).toBe(0);
       const printed = JSON.parse(r.stdout) as Record<string, unknown>;
       expect(printed).toMatchObject({
@@ -263,6 +281,9 @@ describe.each(OVERLAYS)("overlay %s", (overlay) => {
         kvmiListen: ["unix:/run/kvmi-bridge/kvmi.sock"],
         metricsListen: "0.0.0.0:9464",
         allowInsecure: overlay === "tls-off",
+        authorization: "policy",
+        jwtAudience: ["kvmi-bridge"],
+        auditStdout: true,
       });
       expect(r.stderr).toBe(""); // no warnings (unknown keys or variables)
     } finally {

@@ -11,14 +11,13 @@
  */
 import type { BridgeClient } from "../client.js";
 import type { X86Regs } from "../commands.js";
-import { MemoryHoleError, UnavailableError } from "../errors.js";
+import { UnavailableError } from "../errors.js";
 import type { KvmiBridgeError } from "../errors.js";
 import type { SessionItem, VcpuEvent } from "../events.js";
-import { splitPages } from "../memory.js";
 import type { Session } from "../session.js";
+import { BreakpointMemory } from "./breakpoint-memory.js";
 import type { RegisterSource } from "./x86-registers.js";
 
-const INT3 = 0xcc;
 /** Signal numbers gdb expects in stop replies (gdb's own numbering, equal to Linux's for these). */
 export const GDB_SIGINT = 2;
 export const GDB_SIGTRAP = 5;
@@ -42,22 +41,18 @@ export interface GdbTargetOptions {
   readonly log?: (line: string) => void;
 }
 
-interface Breakpoint {
-  original: number;
-  refs: number;
-}
-
 /** The VM as gdb sees it. Not reentrant: the RSP server runs one request at a time. */
 export class GdbTarget {
-  /** Translate and insert breakpoints by guest physical address instead of virtual (`monitor phys on`). */
-  physical = false;
+  /** Guest memory as gdb reads and writes it, with the gateway's breakpoints. */
+  readonly memory: BreakpointMemory;
   private readonly held = new Map<number, VcpuEvent>();
+  /** When each held event was taken (for the keep-alive). */
+  private readonly heldAt = new Map<number, number>();
+  /** vCPUs whose BREAKPOINT event the keep-alive swapped for a PAUSE_VCPU one: the INT3's GPA. */
+  private readonly rearmedAtBreakpoint = new Map<number, bigint>();
   private readonly absent = new Set<number>();
   private readonly regsOverride = new Map<number, X86Regs>();
   private readonly xsave = new Map<number, Uint8Array | undefined>();
-  private readonly byGpa = new Map<bigint, Breakpoint>();
-  private readonly byAddress = new Map<bigint, bigint>();
-  private readonly formerBreakpoints = new Set<bigint>();
   private readonly singlestepOn = new Set<number>();
   private readonly stepping = new Set<number>();
   private readonly pausesInFlight = new Map<number, number>();
@@ -68,17 +63,23 @@ export class GdbTarget {
   private stopWaiter: { promise: Promise<StopReport>; resolve(r: StopReport): void; reject(e: Error): void } | undefined;
   private running = false;
   private interruptRequested = false;
-  private breakpointEventsOn = false;
   private detaching = false;
   private endError: Error | undefined;
   private readonly pump: Promise<void>;
+  private readonly keepAliveTimer: NodeJS.Timeout;
+  private rearming: Promise<void> | undefined;
+  private busy = 0;
 
   private constructor(
     private readonly session: Session,
     readonly vcpuCount: number,
     private readonly log: (line: string) => void,
   ) {
+    this.memory = new BreakpointMemory(session, vcpuCount, log);
     this.pump = this.runPump();
+    const deadlineMs = session.eventDeadlineMs ?? 60_000;
+    this.keepAliveTimer = setInterval(() => this.keepAlive(deadlineMs), Math.max(5, Math.min(1000, deadlineMs / 4)));
+    this.keepAliveTimer.unref();
   }
 
   /** Attaches as controller and stops every vCPU; resolves when they are all stopped. */
@@ -122,6 +123,7 @@ export class GdbTarget {
   }
 
   private end(err: Error): void {
+    clearInterval(this.keepAliveTimer);
     this.endError ??= err;
     this.stopWaiter?.reject(err);
     this.stopWaiter = undefined;
@@ -147,7 +149,7 @@ export class GdbTarget {
       return;
     }
     if (this.stopping?.has(v)) {
-      this.held.set(v, event);
+      this.hold(v, event);
       const report = this.stopReason(event);
       if (report !== undefined && report.signal === GDB_SIGTRAP) this.pendingStops.push(report);
       this.stopping.delete(v);
@@ -156,22 +158,27 @@ export class GdbTarget {
     }
     if (!this.running || this.held.has(v)) {
       // A vCPU that was not started when the target stopped: keep it stopped too.
-      if (!this.running && !this.held.has(v)) this.held.set(v, event);
+      if (!this.running && !this.held.has(v)) this.hold(v, event);
       else await this.answerNeutral(event);
       return;
     }
     const report = this.stopReason(event);
     if (report === undefined) return this.answerNeutral(event);
-    this.held.set(v, event);
+    this.hold(v, event);
     this.running = false;
     // Not awaited: the pump must go on reading to see the other vCPUs' PAUSE_VCPU events.
     void this.stopAll(report);
   }
 
+  private hold(v: number, event: VcpuEvent): void {
+    this.held.set(v, event);
+    this.heldAt.set(v, performance.now());
+  }
+
   /** The stop an event means while running, or `undefined` for an event gdb need not see. */
   private stopReason(event: VcpuEvent): StopReport | undefined {
     const thread = event.vcpu;
-    if (event.type === "breakpoint" && this.byGpa.has(event.gpa)) return { thread, signal: GDB_SIGTRAP, swbreak: true };
+    if (event.type === "breakpoint" && this.memory.isBreakpoint(event.gpa)) return { thread, signal: GDB_SIGTRAP, swbreak: true };
     if (event.type === "singleStep" && this.stepping.has(thread)) return { thread, signal: GDB_SIGTRAP };
     if (event.type === "pauseVcpu" && this.interruptRequested) return { thread, signal: GDB_SIGINT };
     return undefined;
@@ -181,7 +188,7 @@ export class GdbTarget {
   private async answerNeutral(event: VcpuEvent, registers?: X86Regs): Promise<void> {
     try {
       const options = registers === undefined ? {} : { registers };
-      if (event.type === "breakpoint" && (this.byGpa.has(event.gpa) || this.formerBreakpoints.has(event.gpa))) await event.retry(options);
+      if (event.type === "breakpoint" && this.memory.isOrWasBreakpoint(event.gpa)) await event.retry(options);
       else if (event.type === "cr" || event.type === "msr") await event.continue();
       else await event.continue(options);
     } catch (err) {
@@ -248,6 +255,8 @@ export class GdbTarget {
     const event = this.held.get(v);
     if (event === undefined) return;
     this.held.delete(v);
+    this.heldAt.delete(v);
+    this.rearmedAtBreakpoint.delete(v);
     this.xsave.delete(v);
     const registers = this.regsOverride.get(v);
     this.regsOverride.delete(v);
@@ -301,9 +310,15 @@ export class GdbTarget {
     return stopped;
   }
 
-  private isAtBreakpoint(v: number): boolean {
+  /** The GPA of the gateway's INT3 that vCPU `v` is stopped on, if any. */
+  private breakpointUnder(v: number): bigint | undefined {
     const event = this.held.get(v);
-    return event?.type === "breakpoint" && this.byGpa.has(event.gpa);
+    const gpa = event?.type === "breakpoint" ? event.gpa : this.rearmedAtBreakpoint.get(v);
+    return gpa !== undefined && this.memory.isBreakpoint(gpa) ? gpa : undefined;
+  }
+
+  private isAtBreakpoint(v: number): boolean {
+    return this.breakpointUnder(v) !== undefined;
   }
 
   /**
@@ -311,16 +326,15 @@ export class GdbTarget {
    * single-step, RETRY, wait for the SINGLESTEP event, INT3 again. Returns the stop for a step.
    */
   private async stepOverBreakpoint(v: number, action: ResumeAction): Promise<StopReport | undefined> {
-    const gpa = (this.held.get(v) as Extract<VcpuEvent, { type: "breakpoint" }>).gpa;
-    const bp = this.byGpa.get(gpa)!;
-    await this.session.writePhysical(gpa, Uint8Array.of(bp.original));
+    const gpa = this.breakpointUnder(v)!;
+    await this.memory.lift(gpa);
     await this.setSinglestep(v, true);
     const stepped = this.nextEvent(v, (e) => e.type === "singleStep");
     await this.release(v);
     const event = await stepped;
-    if (this.byGpa.has(gpa)) await this.session.writePhysical(gpa, Uint8Array.of(INT3));
+    await this.memory.rearm(gpa);
     await this.setSinglestep(v, false);
-    this.held.set(v, event);
+    this.hold(v, event);
     return action === "step" ? { thread: v, signal: GDB_SIGTRAP } : undefined;
   }
 
@@ -335,6 +349,60 @@ export class GdbTarget {
         this.pausesInFlight.set(v, Math.max(0, (this.pausesInFlight.get(v) ?? 0) - 1));
         this.absent.add(v);
       });
+    }
+  }
+
+  /**
+   * The bridge answers an event itself once the controller's deadline passes (at most 60 s), which
+   * would let a vCPU gdb believes stopped run on. Before that, each held event is swapped for a
+   * fresh one at the same place: PAUSE_VCPU is requested first, so the reply re-enters the guest
+   * only to stop at once, before any guest instruction (kvmi-abi §3.5: pause requests are served
+   * before entry); an INT3 is answered with RETRY, never re-injected.
+   */
+  private keepAlive(deadlineMs: number): void {
+    if (this.running || this.busy > 0 || this.rearming !== undefined || this.ended) return;
+    const now = performance.now();
+    const due = [...this.heldAt].filter(([, at]) => now - at >= deadlineMs / 2).map(([v]) => v);
+    if (due.length === 0) return;
+    this.rearming = (async () => {
+      for (const v of due) await this.rearm(v).catch((err: Error) => this.log(`keep-alive of vCPU ${v}: ${err.message}`));
+    })().finally(() => (this.rearming = undefined));
+  }
+
+  private async rearm(v: number): Promise<void> {
+    const event = this.held.get(v);
+    if (event === undefined) return;
+    this.pausesInFlight.set(v, (this.pausesInFlight.get(v) ?? 0) + 1);
+    try {
+      await this.session.pauseVcpu(v);
+    } catch (err) {
+      this.pausesInFlight.set(v, Math.max(0, (this.pausesInFlight.get(v) ?? 0) - 1));
+      throw err;
+    }
+    const paused = this.nextEvent(v, (e) => e.type === "pauseVcpu");
+    const atBreakpoint = event.type === "breakpoint" ? event.gpa : this.rearmedAtBreakpoint.get(v);
+    this.held.delete(v);
+    if (event.type === "breakpoint") await event.retry();
+    else await this.answerNeutral(event);
+    const next = await withTimeout(paused, REARM_TIMEOUT_MS);
+    if (next === undefined) {
+      // The vCPU did not stop again (the VM is going away): it runs; the next stop pauses it with the others.
+      this.eventWaiters.delete(v);
+      this.log(`vCPU ${v} did not stop again within ${REARM_TIMEOUT_MS} ms`);
+      return;
+    }
+    this.hold(v, next);
+    if (atBreakpoint !== undefined) this.rearmedAtBreakpoint.set(v, atBreakpoint);
+  }
+
+  /** Runs a gdb request once no keep-alive swap is in progress, and keeps the next one from starting meanwhile. */
+  async exclusive<T>(work: () => Promise<T>): Promise<T> {
+    while (this.rearming !== undefined) await this.rearming;
+    this.busy++;
+    try {
+      return await work();
+    } finally {
+      this.busy--;
     }
   }
 
@@ -364,106 +432,6 @@ export class GdbTarget {
   }
 
   // -------------------------------------------------------------------------------------------
-  // Memory
-
-  /** The GPA of `address` for vCPU `v` (virtual mode) or `address` itself (physical mode). */
-  private async toGpa(v: number, address: bigint): Promise<bigint | undefined> {
-    return this.physical ? address : this.session.translateGva(v, address).catch(() => undefined);
-  }
-
-  /**
-   * Reads up to `length` bytes at `address`, page by page; stops at the first unmapped or unbacked
-   * page. Bytes under the gateway's INT3s read as the original bytes.
-   */
-  async readMemory(v: number, address: bigint, length: number): Promise<Uint8Array> {
-    const out = new Uint8Array(length);
-    let got = 0;
-    for (const piece of splitPages(address, length)) {
-      const gpa = await this.toGpa(v, piece.address);
-      if (gpa === undefined) break;
-      let data: Uint8Array;
-      try {
-        data = await this.session.readPhysical(gpa, piece.length);
-      } catch (err) {
-        if (err instanceof MemoryHoleError) break;
-        throw err;
-      }
-      for (const [bpGpa, bp] of this.byGpa) if (bpGpa >= gpa && bpGpa < gpa + BigInt(piece.length)) data[Number(bpGpa - gpa)] = bp.original;
-      out.set(data, piece.offset);
-      got += piece.length;
-    }
-    return out.subarray(0, got);
-  }
-
-  /**
-   * Writes `data` at `address` if every page is mapped (nothing is written otherwise). A byte under
-   * a breakpoint becomes the breakpoint's original byte; the INT3 stays.
-   * @returns false when a page is unmapped.
-   */
-  async writeMemory(v: number, address: bigint, data: Uint8Array): Promise<boolean> {
-    const pieces = splitPages(address, data.length);
-    const gpas = await Promise.all(pieces.map((p) => this.toGpa(v, p.address)));
-    if (gpas.some((g) => g === undefined)) return false;
-    for (let i = 0; i < pieces.length; i++) {
-      const p = pieces[i]!;
-      const gpa = gpas[i]!;
-      const bytes = data.slice(p.offset, p.offset + p.length);
-      for (const [bpGpa, bp] of this.byGpa) {
-        if (bpGpa >= gpa && bpGpa < gpa + BigInt(p.length)) {
-          bp.original = bytes[Number(bpGpa - gpa)]!;
-          bytes[Number(bpGpa - gpa)] = INT3;
-        }
-      }
-      await this.session.writePhysical(gpa, bytes);
-    }
-    return true;
-  }
-
-  // -------------------------------------------------------------------------------------------
-  // Breakpoints
-
-  /** Inserts a software breakpoint (Z0). @returns false when the address is not mapped */
-  async insertBreakpoint(v: number, address: bigint): Promise<boolean> {
-    const known = this.byAddress.get(address);
-    if (known !== undefined) {
-      this.byGpa.get(known)!.refs++;
-      return true;
-    }
-    const gpa = await this.toGpa(v, address);
-    if (gpa === undefined) return false;
-    const existing = this.byGpa.get(gpa);
-    if (existing !== undefined) {
-      existing.refs++;
-      this.byAddress.set(address, gpa);
-      return true;
-    }
-    const original = (await this.session.readPhysical(gpa, 1))[0]!;
-    if (!this.breakpointEventsOn) {
-      for (let i = 0; i < this.vcpuCount; i++) {
-        await this.session.controlVcpuEvents(i, "breakpoint", true).catch((err: Error) => this.log(`BREAKPOINT events of vCPU ${i}: ${err.message}`));
-      }
-      this.breakpointEventsOn = true;
-    }
-    await this.session.writePhysical(gpa, Uint8Array.of(INT3));
-    this.byGpa.set(gpa, { original, refs: 1 });
-    this.byAddress.set(address, gpa);
-    this.formerBreakpoints.delete(gpa);
-    return true;
-  }
-
-  /** Removes a software breakpoint (z0); unknown addresses are fine (gdb may remove twice). */
-  async removeBreakpoint(address: bigint): Promise<void> {
-    const gpa = this.byAddress.get(address);
-    if (gpa === undefined) return;
-    this.byAddress.delete(address);
-    const bp = this.byGpa.get(gpa)!;
-    if (--bp.refs > 0) return;
-    this.byGpa.delete(gpa);
-    this.formerBreakpoints.add(gpa);
-    await this.session.writePhysical(gpa, Uint8Array.of(bp.original));
-  }
-
-  // -------------------------------------------------------------------------------------------
   // The end
 
   /**
@@ -474,6 +442,8 @@ export class GdbTarget {
   async detach(): Promise<void> {
     if (this.detaching) return this.pump.then(() => undefined);
     this.detaching = true;
+    clearInterval(this.keepAliveTimer);
+    while (this.rearming !== undefined) await this.rearming;
     this.running = false;
     let clean = true;
     const attempt = async (what: string, run: () => Promise<unknown>): Promise<void> => {
@@ -484,15 +454,7 @@ export class GdbTarget {
         this.log(`detach: could not ${what}: ${(err as Error).message}`);
       }
     };
-    for (const [gpa, bp] of this.byGpa) {
-      this.formerBreakpoints.add(gpa);
-      await attempt(`restore the byte at ${gpa.toString(16)}`, () => this.session.writePhysical(gpa, Uint8Array.of(bp.original)));
-    }
-    this.byGpa.clear();
-    this.byAddress.clear();
-    if (this.breakpointEventsOn) {
-      for (let v = 0; v < this.vcpuCount; v++) await attempt(`disable BREAKPOINT events of vCPU ${v}`, () => this.session.controlVcpuEvents(v, "breakpoint", false));
-    }
+    await this.memory.removeAll(attempt);
     for (const v of [...this.singlestepOn]) await attempt(`stop single-stepping vCPU ${v}`, () => this.setSinglestep(v, false));
     for (const v of [...this.held.keys()]) await attempt(`resume vCPU ${v}`, () => this.release(v));
     this.eventWaiters.clear();
@@ -501,6 +463,15 @@ export class GdbTarget {
 }
 
 const MSR_KERNEL_GS_BASE = 0xc0000102;
+/** How long a keep-alive waits for the fresh PAUSE_VCPU event. */
+const REARM_TIMEOUT_MS = 10_000;
+
+/** `promise`'s value, or `undefined` after `ms`. */
+function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), ms)));
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
 const ZERO_REGS: X86Regs = {
   rax: 0n, rbx: 0n, rcx: 0n, rdx: 0n, rsi: 0n, rdi: 0n, rsp: 0n, rbp: 0n, r8: 0n, r9: 0n, r10: 0n, r11: 0n,
   r12: 0n, r13: 0n, r14: 0n, r15: 0n, rip: 0n, rflags: 0n,

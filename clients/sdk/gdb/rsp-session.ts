@@ -129,7 +129,7 @@ export class RspSession {
   private async handle(target: GdbTarget, payload: Uint8Array): Promise<boolean> {
     const text = latin1.decode(payload);
     try {
-      const reply = await this.reply(target, text, payload);
+      const reply = await target.exclusive(() => this.reply(target, text, payload));
       if (reply === END) return true;
       if (reply !== NO_REPLY) this.send(reply);
       if (text === "QStartNoAckMode") this.noAck = true;
@@ -166,13 +166,13 @@ export class RspSession {
       }
       case "m": {
         const [address, length] = parseAddressLength(text.slice(1));
-        const data = await target.readMemory(this.gVcpu, address, Math.min(length, MAX_PACKET_BYTES / 2));
+        const data = await target.memory.readMemory(this.gVcpu, address, Math.min(length, MAX_PACKET_BYTES / 2));
         return data.length === 0 && length > 0 ? E_FAULT : toHex(data);
       }
       case "M": {
         const [spec, hexData] = splitOnce(text.slice(1), ":");
         const [address] = parseAddressLength(spec);
-        return (await target.writeMemory(this.gVcpu, address, fromHex(hexData))) ? "OK" : E_FAULT;
+        return (await target.memory.writeMemory(this.gVcpu, address, fromHex(hexData))) ? "OK" : E_FAULT;
       }
       case "X": {
         const colon = raw.indexOf(0x3a);
@@ -180,7 +180,7 @@ export class RspSession {
         const data = unescapeBinary(raw.subarray(colon + 1));
         if (data.length !== length) return E_INVAL;
         if (length === 0) return "OK";
-        return (await target.writeMemory(this.gVcpu, address, data)) ? "OK" : E_FAULT;
+        return (await target.memory.writeMemory(this.gVcpu, address, data)) ? "OK" : E_FAULT;
       }
       case "Z":
       case "z": {
@@ -188,10 +188,10 @@ export class RspSession {
         if (type !== "0") return ""; // hardware breakpoints and watchpoints: not served
         const address = BigInt(`0x${addressText}`);
         if (head === "z") {
-          await target.removeBreakpoint(address);
+          await target.memory.removeBreakpoint(address);
           return "OK";
         }
-        return (await target.insertBreakpoint(this.gVcpu, address)) ? "OK" : E_FAULT;
+        return (await target.memory.insertBreakpoint(this.gVcpu, address)) ? "OK" : E_FAULT;
       }
       case "H": {
         const vcpu = this.threadArg(target, text.slice(2));
@@ -302,10 +302,10 @@ export class RspSession {
     const words = command.split(/\s+/).filter(Boolean);
     let out: string;
     if (words[0] === "phys" && (words[1] === "on" || words[1] === "off")) {
-      target.physical = words[1] === "on";
-      out = `addresses are guest ${target.physical ? "physical" : "virtual (translated with the selected thread's vCPU)"}\n`;
+      target.memory.physical = words[1] === "on";
+      out = `addresses are guest ${target.memory.physical ? "physical" : "virtual (translated with the selected thread's vCPU)"}\n`;
     } else if (words[0] === "phys" && words.length === 1) {
-      out = `phys ${target.physical ? "on" : "off"}\n`;
+      out = `phys ${target.memory.physical ? "on" : "off"}\n`;
     } else out = MONITOR_HELP;
     return toHex(new TextEncoder().encode(out));
   }

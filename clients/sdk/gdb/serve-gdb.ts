@@ -25,14 +25,20 @@ export interface ServeGdbOptions {
   readonly log?: (line: string) => void;
 }
 
+/** How a gdb connection ended. */
+export interface GdbSessionEnd {
+  /** False when the gateway could not attach to the VM (e.g. another controller is attached); the connection was closed. */
+  readonly attached: boolean;
+}
+
 /** A listening gateway. */
 export interface GdbGateway {
   readonly host: string;
   readonly port: number;
   /** Resolves when the current gdb connection (if any) has ended and its session is released. */
   idle(): Promise<void>;
-  /** Resolves when a gdb connection ends (detached, killed or disconnected). */
-  nextSessionEnd(): Promise<void>;
+  /** Resolves when a gdb connection ends (detached, killed or disconnected) with whether it had attached to the VM. */
+  nextSessionEnd(): Promise<GdbSessionEnd>;
   /** Stops listening, detaches a connected gdb (undoing its breakpoints) and releases the session. */
   close(): Promise<void>;
 }
@@ -49,7 +55,7 @@ export interface GdbGateway {
 export async function serveGdb(client: BridgeClient, vm: string, options: ServeGdbOptions = {}): Promise<GdbGateway> {
   const log = options.log ?? (() => undefined);
   let current: { socket: Socket; done: Promise<void> } | undefined;
-  let endWaiters: Array<() => void> = [];
+  let endWaiters: Array<(end: GdbSessionEnd) => void> = [];
   const server: Server = createServer((socket) => {
     if (current !== undefined) {
       log(`refused a second gdb connection from ${socket.remoteAddress}:${socket.remotePort}: one is already attached`);
@@ -59,7 +65,8 @@ export async function serveGdb(client: BridgeClient, vm: string, options: ServeG
     socket.setNoDelay(true);
     log(`gdb connected from ${socket.remoteAddress}:${socket.remotePort}`);
     const target = GdbTarget.attach(client, vm, { ...(options.eventDeadlineMs !== undefined && { eventDeadlineMs: options.eventDeadlineMs }), log });
-    target.catch(() => undefined);
+    let attached = false;
+    target.then(() => (attached = true)).catch(() => undefined);
     const done = new RspSession(socket, target, log)
       .run()
       .catch((err: Error) => log(`gdb session failed: ${err.message}`))
@@ -68,7 +75,7 @@ export async function serveGdb(client: BridgeClient, vm: string, options: ServeG
         log("gdb session ended; the guest runs on");
         const waiters = endWaiters;
         endWaiters = [];
-        for (const w of waiters) w();
+        for (const w of waiters) w({ attached });
       });
     current = { socket, done };
   });
@@ -89,10 +96,12 @@ export async function serveGdb(client: BridgeClient, vm: string, options: ServeG
     },
     nextSessionEnd: () => new Promise((resolve) => endWaiters.push(resolve)),
     close: async () => {
-      await new Promise<void>((resolve) => server.close(() => resolve()));
+      // server.close() waits for open connections: end gdb's first.
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       const active = current;
       active?.socket.destroy();
       await active?.done;
+      await closed;
     },
   };
 }

@@ -10,7 +10,7 @@
  * credentials (docs/authorization.md, "Audit").
  */
 import { createHash } from "node:crypto";
-import { closeSync, existsSync, fstatSync, openSync, readFileSync, renameSync, writeSync } from "node:fs";
+import { closeSync, existsSync, fstatSync, openSync, readSync, renameSync, writeSync } from "node:fs";
 
 /** `prev` of the very first record. */
 export const GENESIS_HASH = "0".repeat(64);
@@ -24,6 +24,8 @@ export interface AuditEvent {
 
 /** Where records go. */
 export interface AuditTrail {
+  /** False for {@link NO_AUDIT}: callers skip building records (digests cost) when nothing is kept. */
+  readonly enabled: boolean;
   /** Appends one record. Never throws: a failing sink is reported through `onError`. */
   record(event: AuditEvent): void;
   /** Closes the file. */
@@ -47,17 +49,30 @@ export interface AuditTrailOptions {
 }
 
 /** The audit trail that records nothing (audit off). */
-export const NO_AUDIT: AuditTrail = Object.freeze({ record: () => undefined, close: () => undefined });
+export const NO_AUDIT: AuditTrail = Object.freeze({ enabled: false, record: () => undefined, close: () => undefined });
 
 /** SHA-256 hex of a record line (without its newline). */
 export function lineHash(line: string): string {
   return createHash("sha256").update(line).digest("hex");
 }
 
+/** How much of a file's end is read to find its last record (records are a few KiB at most). */
+const TAIL_BYTES = 1024 * 1024;
+
 /** The `seq` and hash of the last complete record of a file, to continue its chain after a restart. */
 function lastRecordOf(path: string): { seq: number; hash: string } | undefined {
   if (!existsSync(path)) return undefined;
-  const lines = readFileSync(path, "utf8").split("\n");
+  const fd = openSync(path, "r");
+  let tail: Buffer;
+  try {
+    const size = fstatSync(fd).size;
+    tail = Buffer.alloc(Math.min(size, TAIL_BYTES));
+    readSync(fd, tail, 0, tail.length, size - tail.length);
+  } finally {
+    closeSync(fd);
+  }
+  // The first piece may start mid-record; it is only reached when no later line is a record.
+  const lines = tail.toString("utf8").split("\n");
   for (let i = lines.length - 1; i >= 0; i--) {
     const line = lines[i]!;
     if (line === "") continue;
@@ -99,6 +114,7 @@ export function createAuditTrail(options: AuditTrailOptions): AuditTrail {
   };
 
   return {
+    enabled: true,
     record(event) {
       // seq and prev first, so that a reader sees the chain before the payload.
       // `audit: true` tells these lines from log lines when both go to stdout.

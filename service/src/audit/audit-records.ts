@@ -70,6 +70,7 @@ export function auditCommand(
     readonly error?: unknown;
   },
 ): void {
+  if (!audit.enabled) return;
   audit.record({
     action: "command",
     ...who(entry.caller.principal),

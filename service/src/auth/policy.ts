@@ -226,3 +226,26 @@ function compileDocument(doc: PolicyDocument): Policy {
 
 /** A policy that allows everything: no policy file on loopback, or `--authorization none`. */
 export const ALLOW_ALL: Policy = Object.freeze({ grantCount: 0, labelsOf: () => ({}), allows: () => true });
+
+/**
+ * `kvmi-bridge policy check FILE…`: validates policy files before they are deployed (a ConfigMap
+ * update, a SIGHUP). Returns the exit code: 0 valid, 1 invalid, 2 usage.
+ */
+export function runPolicyCommand(args: readonly string[], io: { stdout(text: string): void; stderr(text: string): void }, read: (path: string) => string): number {
+  const [verb, ...files] = args;
+  if (verb !== "check" || files.length === 0) {
+    io.stderr("usage: kvmi-bridge policy check FILE [FILE...]\n  validates authorization policy files and lists every error\n");
+    return 2;
+  }
+  let ok = true;
+  for (const file of files) {
+    try {
+      const policy = compilePolicy(read(file), file);
+      io.stdout(`${file}: valid, ${policy.grantCount} grant(s)\n`);
+    } catch (err) {
+      ok = false;
+      io.stderr(`${err instanceof PolicyError ? err.message : `${file}: cannot read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`}\n`);
+    }
+  }
+  return ok ? 0 : 1;
+}

@@ -180,7 +180,7 @@ export const AUTH_OPTIONS: { readonly [K in keyof AuthConfig]-?: OptionSpec<Auth
 export function checkAuthOptions(
   c: Partial<AuthConfig>,
   plaintextLoopback: boolean | undefined,
-  name: (key: keyof AuthConfig) => string,
+  name: (key: keyof AuthConfig | "grpcListen") => string,
   errors: string[],
 ): void {
   if (c.authorization === "none" && c.policyFile !== undefined) {
@@ -188,14 +188,16 @@ export function checkAuthOptions(
   }
   if (c.authorization === "policy" && c.policyFile === undefined && plaintextLoopback === false) {
     errors.push(
-      `${name("policyFile")}: gRPC listens off loopback, so a policy is required: give --policy-file, ` +
+      `${name("grpcListen")}: gRPC listens off loopback, so a policy is required: give --policy-file, ` +
         "or --authorization none to let every caller that reaches the port do everything",
     );
   }
   if (c.jwtJwksFile !== undefined) {
-    if ((c.jwtIssuer ?? []).length === 0) errors.push(`${name("jwtIssuer")}: bearer JWTs need at least one accepted issuer`);
-    if ((c.jwtAudience ?? []).length === 0) errors.push(`${name("jwtAudience")}: bearer JWTs need at least one accepted audience`);
-  } else if ((c.jwtIssuer ?? []).length > 0 || (c.jwtAudience ?? []).length > 0) {
-    errors.push(`${name("jwtJwksFile")}: --jwt-issuer and --jwt-audience need the JWKS file to verify tokens with`);
+    if ((c.jwtIssuer ?? []).length === 0) errors.push(`${name("jwtJwksFile")}: bearer JWTs need at least one accepted issuer (--jwt-issuer)`);
+    if ((c.jwtAudience ?? []).length === 0) errors.push(`${name("jwtJwksFile")}: bearer JWTs need at least one accepted audience (--jwt-audience)`);
+  } else {
+    for (const key of ["jwtIssuer", "jwtAudience"] as const) {
+      if ((c[key] ?? []).length > 0) errors.push(`${name(key)}: needs --jwt-jwks-file, the keys to verify tokens with`);
+    }
   }
 }

@@ -51,6 +51,7 @@ export function renderHelp(): string {
     "       kvmi-bridge health [--target ...]    probe a running bridge's gRPC health (containers)",
     "       kvmi-bridge audit verify FILE        check an audit trail's hash chain (and its rotated files)",
     "       kvmi-bridge --version                print the version",
+    "       kvmi-bridge policy check FILE        validate an authorization policy file (every error listed)",
     "",
     "Serves KVM introspection (KVMI) sockets from QEMU as the gRPC service kvmi.v1.IntrospectionService.",
     "",

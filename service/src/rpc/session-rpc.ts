@@ -242,7 +242,7 @@ class SessionStream {
       const wire = eventReplyToWire(pending, reply);
       const replied = this.host!.replyEvent(session, reply.vcpu, reply.seq, wire);
       // A reply that sets registers changes the guest: audited like SetRegisters.
-      if (reply.registers !== undefined) {
+      if (reply.registers !== undefined && this.deps.audit.enabled) {
         const record = { action: "event_reply", ...who(this.principal), vm: this.host!.uuid, vcpu: reply.vcpu, seq: reply.seq, session: session.id };
         replied.then(
           () => this.deps.audit.record({ ...record, args: summarizeArguments({ action: reply.action, registers: reply.registers }), result: "ok" }),

@@ -35,6 +35,9 @@ export const MUTATING_COMMANDS: ReadonlySet<V9CommandName> = new Set<V9CommandNa
   "KVMI_VCPU_CONTROL_SINGLESTEP",
 ]);
 
+/** The owner of sessions attached without one: the identity of loopback plaintext callers. */
+export const DEFAULT_OWNER = "local:local";
+
 /** Why the bridge answered an event itself (a metric label). */
 export type { AutoReplyReason };
 
@@ -166,7 +169,7 @@ export class VmHost {
    * @param owner the identity attaching; the controller is bound to it.
    * @throws BridgeError CONTROLLER_PRESENT for a second controller, VM_UNHOOKING during an unhook.
    */
-  attach(role: Session["role"], sink: SessionSink, eventDeadlineMs?: number, owner = "local:local"): Session {
+  attach(role: Session["role"], sink: SessionSink, eventDeadlineMs?: number, owner = DEFAULT_OWNER): Session {
     if (!this.isServing) throw new BridgeError("VM_UNHOOKING", `VM ${this.uuid} is being unhooked; attach after it hooks again`, { vm: this.uuid });
     if (role === "controller" && this.controller !== undefined) {
       throw new BridgeError(
@@ -231,7 +234,7 @@ export class VmHost {
     caller: { readonly sessionId?: string | undefined; readonly owner?: string | undefined; readonly timeoutMs?: number; readonly signal?: AbortSignal },
   ): Promise<CommandReply<N>> {
     const mutating = MUTATING_COMMANDS.has(name);
-    if (mutating && this.controller !== undefined && caller.sessionId === this.controller.id && caller.owner !== this.controller.owner) {
+    if (mutating && this.controller !== undefined && caller.sessionId === this.controller.id && (caller.owner ?? DEFAULT_OWNER) !== this.controller.owner) {
       // The session id of another identity's controller: a stolen or leaked id is not a credential.
       throw permissionDenied("control", this.uuid);
     }

@@ -26,6 +26,12 @@ export interface TestPki {
   readonly client: TestKeyPair;
   /** Self-signed; a client the server must reject under mTLS. */
   readonly rogueClient: TestKeyPair;
+  /**
+   * Issues one more client certificate from `ca`, e.g. with a SPIFFE ID:
+   * `issueClient("scanner", { cn: "scanner", san: "URI:spiffe://example.org/ns/x/sa/scanner" })`.
+   * @param san an openssl subjectAltName value (`URI:…,DNS:…`), or none.
+   */
+  issueClient(name: string, names: { readonly cn: string; readonly san?: string }): TestKeyPair;
   /** Removes the directory. */
   dispose(): void;
 }
@@ -72,5 +78,12 @@ export function createTestPki(): TestPki {
   openssl(["req", "-x509", ...ec, "-keyout", rogueClient.key, "-out", rogueClient.cert, "-days", "2", "-subj", "/CN=rogue client",
     "-addext", "extendedKeyUsage=clientAuth"], dir);
 
-  return { dir, ca, server, client, rogueClient, dispose: () => rmSync(dir, { recursive: true, force: true }) };
+  let serial = 2000;
+  const issueClient = (name: string, names: { readonly cn: string; readonly san?: string }): TestKeyPair => {
+    const target = pair(`client-${name}`);
+    const san = names.san === undefined ? "" : `subjectAltName=${names.san}\n`;
+    issue(target, `/CN=${names.cn}`, `${san}extendedKeyUsage=clientAuth\n`, String(serial++));
+    return target;
+  };
+  return { dir, ca, server, client, rogueClient, issueClient, dispose: () => rmSync(dir, { recursive: true, force: true }) };
 }
