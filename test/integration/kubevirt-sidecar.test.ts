@@ -238,7 +238,7 @@ describe.skipIf(status.kind === "opted-out")("node mode: a VM's KVMI session rea
       .withNetwork(network)
       .withNetworkAliases("kvmi-bridge-forward.kvmi-system.svc")
       .withExposedPorts(50051)
-      .withEnvironment({ KVMI_BRIDGE_ALLOW_INSECURE: "true", KVMI_BRIDGE_FORWARD_LISTEN: "tcp:0.0.0.0:7001", KVMI_BRIDGE_METRICS_LISTEN: "off" })
+      .withEnvironment({ KVMI_BRIDGE_ALLOW_INSECURE: "true", KVMI_BRIDGE_AUTHORIZATION: "none", KVMI_BRIDGE_FORWARD_LISTEN: "tcp:0.0.0.0:7001", KVMI_BRIDGE_METRICS_LISTEN: "off" })
       .withWaitStrategy(Wait.forLogMessage(/"msg":"listening for KVMI forwarders"/))
       .withStartupTimeout(60_000)
       .start();
