@@ -120,6 +120,8 @@ export interface Context {
   readonly vm: string;
   /** The raw tool (codec + wire-tool) on its own VM, and the lean page reader on another. */
   readonly raw: { readonly tool: WireTool };
+  /** The raw tool on a VM whose connection goes through the KVMI forwarder (KubeVirt node mode). */
+  readonly rawForwarded: { readonly tool: WireTool };
   readonly rawReader: PipelinedReader;
   readonly sizes: Record<string, MessageSizes>;
 }
@@ -157,6 +159,24 @@ export async function commandsPhase(c: Context): Promise<void> {
 
   await latency(c, "raw.command.getVcpuInfo", "raw KVMI GET_VCPU_INFO (codec ↔ emulator, UNIX socket)", () => raw.tool.command("KVMI_VCPU_GET_INFO", {}, 0));
   await latency(c, "raw.command.read4k", "raw KVMI READ_PHYSICAL 4 KiB", () => raw.tool.command("KVMI_VM_READ_PHYSICAL", { gpa: BigInt(MEM_BASE), size: PAGE }));
+}
+
+/**
+ * The in-pod KVMI forwarder's cost: the same raw KVMI command and the same guest-timed event round
+ * trip on a VM connected straight to the tool and on one whose connection the forwarder carries
+ * (another process, one more UNIX socket each way), back to back in every run.
+ */
+export async function forwarderPhase(c: Context): Promise<void> {
+  const { results: R, cpu, emulator } = c;
+  const ms = c.settings.windowMs;
+  for (const [key, tool] of [["straight", c.raw.tool], ["forwarded", c.rawForwarded.tool]] as const) {
+    await latency(c, `fwd.${key}.command`, `raw KVMI GET_VCPU_INFO, ${key}`, () => tool.command("KVMI_VCPU_GET_INFO", {}, 0));
+  }
+  for (const [key, vm] of [["straight", "raw"], ["forwarded", "raw-fwd"]] as const) {
+    const r = await cpu.track(`fwd.${key}.event`, "event", () => eventLoop(emulator, vm, 1, ms), (x) => x.completed);
+    if (r.failures > 0) c.warnings.push(`${key} event loop: ${r.failures} MOV CR3 did not complete with the written value`);
+    R.latency(`fwd.${key}.event`, `raw KVMI event round trip, 1 vCPU, ${key} (guest-timed)`, r.samples);
+  }
 }
 
 export async function eventsPhase(c: Context): Promise<void> {

@@ -47,6 +47,7 @@ import {
   DUMP_CHUNKS,
   eventLoop,
   eventsPhase,
+  forwarderPhase,
   MEM_BASE,
   PAGE,
   PERF_VCPUS,
@@ -76,7 +77,7 @@ const HELP = `npm run bench [-- options]
                        the KVMI peer costs no process wake-up, as the kernel's would not) or
                        "process" (a process of their own). The memory test always uses a process.
   --phases LIST        the latency/throughput phases to run, comma-separated (default
-                       commands,events,bulk,noisy); for development, e.g. with perf attached
+                       commands,events,bulk,noisy,forwarder); for development, e.g. with perf attached
   --bridge-log LEVEL   the bridge's log level (trace..error; logs go to /dev/null), or "off" for
                        no logger at all (default info, the production default)
 `;
@@ -93,7 +94,7 @@ const { values: flags } = parseArgs({
     "bridge-log": { type: "string", default: "info" },
     only: { type: "string" },
     emulator: { type: "string", default: "in-bridge" },
-    phases: { type: "string", default: "commands,events,bulk,noisy" },
+    phases: { type: "string", default: "commands,events,bulk,noisy,forwarder" },
     help: { type: "boolean", short: "h", default: false },
   },
 });
@@ -107,8 +108,8 @@ if (flags.emulator !== "in-bridge" && flags.emulator !== "process") {
 }
 const PHASES = new Set(flags.phases.split(","));
 for (const phase of PHASES) {
-  if (phase !== "commands" && phase !== "events" && phase !== "bulk" && phase !== "noisy") {
-    process.stderr.write(`--phases takes commands, events, bulk and/or noisy, got ${phase}\n${HELP}`);
+  if (phase !== "commands" && phase !== "events" && phase !== "bulk" && phase !== "noisy" && phase !== "forwarder") {
+    process.stderr.write(`--phases takes commands, events, bulk, noisy and/or forwarder, got ${phase}\n${HELP}`);
     process.exit(2);
   }
 }
@@ -179,13 +180,14 @@ async function main(): Promise<void> {
 
   async function perfPart(): Promise<void> {
     const ownEmulator = SETTINGS.emulator === "process";
-    const [echoChild, bridgeChild, emulatorChild] = await Promise.all([
+    const [echoChild, bridgeChild, emulatorChild, forwarderChild] = await Promise.all([
       ChildHandle.start("echo", new URL("./echo-child.ts", import.meta.url)),
       ChildHandle.start("bridge", new URL("./bridge-child.ts", import.meta.url), { quiet: true }),
       ownEmulator ? ChildHandle.start("emulator", new URL("./emulator-child.ts", import.meta.url)) : undefined,
+      ChildHandle.start("forwarder", new URL("./forwarder-child.ts", import.meta.url)),
     ]);
     const emulator = emulatorChild ?? bridgeChild;
-    children.push(...(emulatorChild ? [emulatorChild] : []), bridgeChild, echoChild);
+    children.push(...(emulatorChild ? [emulatorChild] : []), bridgeChild, echoChild, forwarderChild);
     const { target: echoTarget } = await echoChild.call<{ target: string }>("start");
     const started = await bridgeChild.call<BridgeStarted>("start", { kvmiSocket: join(dir, "kvmi.sock"), logLevel: SETTINGS.bridgeLog, metrics: false });
 
@@ -195,14 +197,27 @@ async function main(): Promise<void> {
     const rawToolConnected = rawConnection("raw");
     const rawReaderConnected = rawConnection("raw-bulk");
     rawServer = await listenRaw(rawPath, (c) => rawConnections.get(c.identity.name)?.(c));
+    // KubeVirt node mode: the VM connects to the forwarder, which carries it to this listener.
+    const rawForwardedConnected = rawConnection("raw-fwd");
+    const forwardedServer = await listenRaw(join(dir, "raw-forward-up.sock"), (c) => rawConnections.get(c.identity.name)?.(c), { forwarded: true });
+    closers.push(() => forwardedServer.close());
+    const { listenPath: forwarderPath } = await forwarderChild.call<{ listenPath: string }>("start", { listenPath: join(dir, "forwarder.sock"), upstreamPath: join(dir, "raw-forward-up.sock") });
 
     const perfVm = (key: string, path: string): VmSpec => ({ key, endpoint: { kind: "unix", path }, vcpus: PERF_VCPUS, memoryMiB: 64, workload: false });
     const vms = await emulator.call<Array<{ key: string; uuid: string }>>("addVms", {
-      specs: [perfVm("bridge", started.kvmiSocket), perfVm("raw", rawPath), { ...perfVm("raw-bulk", rawPath), vcpus: 1 }],
+      specs: [perfVm("bridge", started.kvmiSocket), perfVm("raw", rawPath), { ...perfVm("raw-bulk", rawPath), vcpus: 1 }, { ...perfVm("raw-fwd", forwarderPath), vcpus: 1 }],
     });
     const vm = `vms/${vms.find((v) => v.key === "bridge")!.uuid}`;
     const raw = { tool: new WireTool((await rawToolConnected).socket) };
     raw.tool.socket.resume();
+    const rawForwarded = { tool: new WireTool((await rawForwardedConnected).socket) };
+    rawForwarded.tool.socket.resume();
+    for (const [cmd, body] of [["KVMI_VCPU_CONTROL_EVENTS", { event_id: v9Ids.KVMI_EVENT_CR, enable: 1 }], ["KVMI_VCPU_CONTROL_CR", { cr: CR3, enable: 1 }]] as const) {
+      const reply = await rawForwarded.tool.command(cmd, body, 0);
+      if (reply.err !== 0) throw new Error(`forwarded ${cmd}: err ${reply.err}`);
+    }
+    const forwardedResponder = answerEvents(rawForwarded.tool);
+    closers.unshift(() => forwardedResponder.stop());
     const rawReader = new PipelinedReader((await rawReaderConnected).socket);
     await waitFor(async () => (await bridgeChild.call<number>("hooked")) >= 1, 10_000, "the VM hooked to the bridge");
 
@@ -247,7 +262,7 @@ async function main(): Promise<void> {
 
     const processes: Record<string, ChildHandle> = { bridge: bridgeChild, echo: echoChild, ...(emulatorChild ? { emulator: emulatorChild } : {}) };
     cpuMeter = new CpuMeter(results, processes);
-    const ctx: Context = { settings: SETTINGS, results, cpu: cpuMeter, warnings, bridge, echo, echoStream, emulator, controller, vm, raw, rawReader, sizes };
+    const ctx: Context = { settings: SETTINGS, results, cpu: cpuMeter, warnings, bridge, echo, echoStream, emulator, controller, vm, raw, rawForwarded, rawReader, sizes };
     // Run 0 warms up; with --profile, one more run after the measured ones is profiled phase by
     // phase (not recorded: the profiler slows the processes down).
     const lastRun = SETTINGS.runs + (profileDir === undefined ? 0 : 1);
@@ -261,6 +276,7 @@ async function main(): Promise<void> {
         ["events", eventsPhase],
         ["bulk", bulkPhase],
         ["noisy", noisyPhase],
+        ["forwarder", forwarderPhase],
       ] as const;
       for (const [phase, body] of phases) {
         if (!PHASES.has(phase)) continue;
@@ -288,6 +304,8 @@ async function main(): Promise<void> {
     compare(results, { metric: "Event round trip, 1 vCPU / bare bidi echo", bridge: "bridge.event.1", baseline: "echo.bidi.event.1", target: LAT }),
     compare(results, { metric: `Event round trip, ${PERF_VCPUS} vCPUs / bare bidi echo ×${PERF_VCPUS}`, bridge: "bridge.event.4", baseline: "echo.bidi.event.4", target: LAT }),
     compare(results, { metric: `Sustained events/s with replies, ${PERF_VCPUS} vCPUs / bare bidi echo msgs/s`, bridge: "bridge.event.rate", baseline: "echo.bidi.rate", target: undefined }),
+    compare(results, { metric: "KVMI command through the KubeVirt forwarder / straight (raw GET_VCPU_INFO)", bridge: "fwd.forwarded.command", baseline: "fwd.straight.command", target: undefined }),
+    compare(results, { metric: "KVMI event round trip through the KubeVirt forwarder / straight (1 vCPU, guest-timed)", bridge: "fwd.forwarded.event", baseline: "fwd.straight.event", target: undefined }),
     compare(results, { metric: `BatchReadMemory 16 MiB (best: ${sizeLabel(bestBatch)} calls) / bare server stream`, bridge: `bridge.batch.${bestBatch}`, baseline: `echo.stream.${bestBatch}`, target: { op: "≥", ratio: 0.8 } }),
     compare(results, { metric: `DumpMemory 16 MiB (best: ${sizeLabel(bestDump)} chunks) / bare server stream`, bridge: `bridge.dump.${bestDump}`, baseline: `echo.stream.${bestDump}`, target: { op: "≥", ratio: 0.8 } }),
   ];

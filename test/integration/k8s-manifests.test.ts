@@ -87,6 +87,7 @@ describe.each(OVERLAYS)("overlay %s", (overlay) => {
         "Secret/kvmi-bridge-cookie",
         "Secret/kvmi-bridge-jwks",
         "Service/kvmi-bridge",
+        "Service/kvmi-bridge-forward",
         "ServiceAccount/kvmi-bridge",
         ...(overlay === "tls-on" ? ["Secret/kvmi-bridge-tls"] : []),
       ].sort(),
@@ -97,6 +98,22 @@ describe.each(OVERLAYS)("overlay %s", (overlay) => {
     }
     expect(find(objects, "Namespace", "kvmi-system").metadata.labels).toMatchObject({ "pod-security.kubernetes.io/enforce": "privileged" });
     for (const c of [...pod.initContainers, ...pod.containers]) expect(c.image, c.name).toBe("kvmi-bridge:0.1.0");
+  });
+
+  it("gives KVMI forwarders in VM pods this node's bridge: forward listeners, a node-local Service, the policy admitting virt-launcher pods", () => {
+    expect(config.forwardListen).toEqual(["unix:/run/kvmi-bridge/forward.sock", "tcp:0.0.0.0:7001"]);
+    expect(bridge.ports).toEqual(expect.arrayContaining([{ name: "forward", containerPort: 7001, protocol: "TCP" }]));
+    const service = find<K8sObject & { spec: { internalTrafficPolicy: string; selector: Record<string, string>; ports: Array<{ port: number; targetPort: string }> } }>(objects, "Service", "kvmi-bridge-forward");
+    expect(service.spec.internalTrafficPolicy).toBe("Local");
+    expect(isSubset(service.spec.selector, ds.spec.template.metadata.labels)).toBe(true);
+    expect(service.spec.ports).toEqual([expect.objectContaining({ port: 7001, targetPort: "forward" })]);
+    const policy = find<K8sObject & { spec: { ingress: Array<{ from: Array<{ podSelector?: { matchLabels: Record<string, string> } }>; ports: Array<{ port: string }> }> } }>(objects, "NetworkPolicy", "kvmi-bridge");
+    const forwardRule = policy.spec.ingress.find((r) => r.ports.some((p) => p.port === "forward"))!;
+    expect(forwardRule.from[0]!.podSelector!.matchLabels).toEqual({ "kubevirt.io": "virt-launcher", "kvmi-bridge.io/introspect": "true" });
+    // The node-mode example dials exactly that Service.
+    const [example] = readYamlDocuments(join(REPO, "deploy/kubevirt/examples/vmi-node-bridge.yaml"));
+    const args = (JSON.parse((example!.metadata.annotations as Record<string, string>)["hooks.kubevirt.io/hookSidecars"]!) as Array<{ args: string[] }>)[0]!.args;
+    expect(args[args.indexOf("--node-bridge") + 1]).toBe(`tcp:kvmi-bridge-forward.kvmi-system.svc:${service.spec.ports[0]!.port}`);
   });
 
   it("selects the bridge pods consistently (DaemonSet, headless Service, NetworkPolicy)", () => {
@@ -298,8 +315,8 @@ describe("deploy/kubevirt", () => {
     expect(sidecar!.image).toMatch(/kvmi-bridge:/);
     expect(sidecar!.command).toEqual(["node", "/opt/kvmi-bridge/service/bin/kvmi-kubevirt-sidecar.mjs"]);
     expect(existsSync(join(REPO, "service/bin/kvmi-kubevirt-sidecar.mjs"))).toBe(true);
-    // KubeVirt names the i-th sidecar container hook-sidecar-<i>.
-    expect(sidecar!.args.slice(0, 2)).toEqual(["--container-name", "hook-sidecar-0"]);
+    // KubeVirt names the i-th sidecar container hook-sidecar-<i> and sets CONTAINER_NAME: no flag needed.
+    expect(sidecar!.args).not.toContain("--container-name");
     const bridgeArgs = sidecar!.args.slice(sidecar!.args.indexOf("--") + 1);
     expect(bridgeArgs).toEqual(expect.arrayContaining(["--grpc-listen", "0.0.0.0:50051"]));
   });

@@ -7,7 +7,7 @@
 // the generated code), then starts the "compute container": kvmi-sim as QEMU, with the chardev path
 // and secret file OnDefineDomain put into the domain XML. A tool on the host then sees the VM through
 // the sidecar's gRPC port, published on 127.0.0.1.
-import { execFile } from "node:child_process";
+import { execFile, execFileSync } from "node:child_process";
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -16,8 +16,8 @@ import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { BinaryReader, BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
 import { Client, Metadata, credentials } from "@grpc/grpc-js";
 import type { ServiceError } from "@grpc/grpc-js";
-import { Wait } from "testcontainers";
-import type { StartedTestContainer } from "testcontainers";
+import { Network, Wait } from "testcontainers";
+import type { StartedNetwork, StartedTestContainer } from "testcontainers";
 import { State } from "@kvmi/proto";
 import { LoopbackContainer, OPT_OUT_REASON, SIM_BIN, dockerStatus, inspect, logsOf, removeLeftovers, requireDockerAndImage, stopAll } from "./support/containers.js";
 import { connectKvmi } from "./support/kvmi-client.js";
@@ -25,6 +25,8 @@ import { REPO, readYamlDocuments } from "./support/kustomize.js";
 
 const execFileAsync = promisify(execFile);
 const HOOKS = "/var/run/kubevirt-hooks";
+/** The firmware UUID KubeVirt put in the fixture domain's sysinfo: QEMU's -uuid. */
+const DOMAIN_UUID = "5b8a3c7e-1d2f-4e6a-9b0c-7d8e9f0a1b2c";
 
 // kubevirt.hooks.info.InfoResult {name = 1; repeated HookPoint hookPoints = 3; repeated string versions = 4}
 // HookPoint {name = 1; int32 priority = 2}
@@ -85,9 +87,15 @@ if (status.kind === "opted-out") {
   });
 }
 
-describe.skipIf(status.kind === "opted-out")("the KubeVirt hook sidecar in a simulated virt-launcher pod", () => {
+// KubeVirt runs the sidecars of non-root VMIs as the qemu user, 107, with every capability dropped;
+// those of root VMIs as root.
+describe.skipIf(status.kind === "opted-out").each([
+  { uid: 107, hardened: true },
+  { uid: 0, hardened: false },
+])("the KubeVirt hook sidecar (pod mode) in a simulated virt-launcher pod, as uid $uid", ({ uid, hardened }) => {
   const [vmiDoc] = readYamlDocuments(join(REPO, "deploy/kubevirt/examples/vmi.yaml"));
-  const vmiJson = JSON.stringify(vmiDoc);
+  // virt-launcher sends the VMI as the API server stored it: with its namespace.
+  const vmiJson = JSON.stringify({ ...vmiDoc, metadata: { ...vmiDoc!.metadata, namespace: "default" } });
   const [hookSidecar] = JSON.parse((vmiDoc!.metadata as unknown as { annotations: Record<string, string> }).annotations["hooks.kubevirt.io/hookSidecars"]!) as Array<{ command: string[]; args: string[] }>;
   let root: string;
   let volume: string; // the emptyDir
@@ -102,16 +110,15 @@ describe.skipIf(status.kind === "opted-out")("the KubeVirt hook sidecar in a sim
     root = mkdtempSync(join(tmpdir(), "kvmi-virt-launcher-"));
     volume = join(root, "hook-sidecar-sockets");
     sidecarDir = join(volume, "hook-sidecar-0");
-    hookSocket = join(sidecarDir, "kvmi-bridge.sock");
+    hookSocket = join(sidecarDir, "kvmi-bridge-hook-sidecar-0.sock");
     for (const dir of [root, volume, sidecarDir]) {
       mkdirSync(dir, { recursive: true });
       chmodSync(dir, dir === root ? 0o755 : 0o777); // emptyDir: world-writable
     }
-    // KubeVirt runs the sidecars of non-root VMIs as the qemu user, 107.
-    sidecar = await new LoopbackContainer()
-      .withUser("107:107")
-      .withDroppedCapabilities("ALL")
-      .withNoNewPrivileges()
+    const base = new LoopbackContainer().withUser(`${uid}:${uid}`);
+    sidecar = await (hardened ? base.withDroppedCapabilities("ALL").withNoNewPrivileges() : base)
+      // What KubeVirt sets in every hook sidecar (template.go).
+      .withEnvironment({ CONTAINER_NAME: "hook-sidecar-0" })
       .withEntrypoint(hookSidecar!.command)
       .withCommand(hookSidecar!.args)
       .withBindMounts([{ source: sidecarDir, target: HOOKS, mode: "rw" }])
@@ -131,14 +138,15 @@ describe.skipIf(status.kind === "opted-out")("the KubeVirt hook sidecar in a sim
     const candidates = readdirSync(volume, { withFileTypes: true })
       .filter((e) => e.isDirectory())
       .flatMap((dir) => readdirSync(join(volume, dir.name), { withFileTypes: true }).filter((e) => !e.isDirectory()).map((e) => `${dir.name}/${e.name}`));
-    expect(candidates).toEqual(["hook-sidecar-0/kvmi-bridge.sock"]);
+    expect(candidates).toEqual(["hook-sidecar-0/kvmi-bridge-hook-sidecar-0.sock"]);
+    expect(statSync(hookSocket).uid).toBe(uid);
     expect(statSync(hookSocket).isSocket()).toBe(true);
     expect(readdirSync(join(sidecarDir, "kvmi")).sort()).toEqual(["cookie", "kvmi.sock"]);
   });
 
-  it("answers Info with the v1alpha3 OnDefineDomain hook point", async () => {
+  it("answers Info with the v1alpha3 OnDefineDomain and Shutdown hook points", async () => {
     const info = await hookCall(hookSocket, "/kubevirt.hooks.info.Info/Info", undefined, empty, decodeInfo);
-    expect(info).toEqual({ name: "kvmi-bridge", hookPoints: [{ name: "OnDefineDomain", priority: 0 }], versions: ["v1alpha3"] });
+    expect(info).toEqual({ name: "kvmi-bridge", hookPoints: [{ name: "OnDefineDomain", priority: 0 }, { name: "Shutdown", priority: 0 }], versions: ["v1alpha3"] });
   });
 
   it("OnDefineDomain points QEMU at the bridge in this pod, by the compute container's paths", async () => {
@@ -163,7 +171,7 @@ describe.skipIf(status.kind === "opted-out")("the KubeVirt hook sidecar in a sim
     await new LoopbackContainer()
       .withUser("1001:1001")
       .withEntrypoint(["node", SIM_BIN])
-      .withCommand(["--connect", `unix:${path}`, "--secret-file", secret, "--vms", "1", "--reconnect-ms", "1000"])
+      .withCommand(["--connect", `unix:${path}`, "--secret-file", secret, "--vms", "1", "--reconnect-ms", "1000", "--uuid", DOMAIN_UUID])
       .withBindMounts([{ source: volume, target: HOOKS, mode: "rw" }])
       .withWaitStrategy(Wait.forLogMessage(/"msg":"hooked"/))
       .withStartupTimeout(60_000)
@@ -173,7 +181,7 @@ describe.skipIf(status.kind === "opted-out")("the KubeVirt hook sidecar in a sim
       await vi.waitFor(
         async () => {
           const list = await client.call("listVms", {});
-          expect(list.vms.map((vm) => [vm.displayName, vm.state, vm.vcpuCount])).toEqual([["emu-0", State.HOOKED, 2]]);
+          expect(list.vms.map((vm) => [vm.displayName, vm.state, vm.vcpuCount, vm.origin?.name])).toEqual([["emu-0", State.HOOKED, 2, "vmi-introspected"]]);
         },
         { timeout: 20_000, interval: 200 },
       );
@@ -196,5 +204,110 @@ describe.skipIf(status.kind === "opted-out")("the KubeVirt hook sidecar in a sim
     expect(log).toContain('"msg":"shutting down: hook server, then the bridge releases the VM"');
     expect(log).toMatch(/"reason":"the bridge is shutting down".*"msg":"unhook pending"/);
     expect(existsSync(hookSocket)).toBe(false);
+  });
+});
+
+// Node mode: one bridge on the node (a container on the node's network, reached under the name of
+// the node-local Service of deploy/k8s) and, in the VM's pod, the sidecar with only the forwarder,
+// started exactly as deploy/kubevirt/examples/vmi-node-bridge.yaml asks.
+describe.skipIf(status.kind === "opted-out")("node mode: a VM's KVMI session reaches the node's bridge through the forwarder", () => {
+  const [vmiDoc] = readYamlDocuments(join(REPO, "deploy/kubevirt/examples/vmi-node-bridge.yaml"));
+  const vmiJson = JSON.stringify({ ...vmiDoc, metadata: { ...vmiDoc!.metadata, namespace: "team-a" } });
+  const [hookSidecar] = JSON.parse((vmiDoc!.metadata as unknown as { annotations: Record<string, string> }).annotations["hooks.kubevirt.io/hookSidecars"]!) as Array<{ command: string[]; args: string[] }>;
+  const origin = { namespace: "team-a", name: "vmi-node-bridge", pod: "virt-launcher-vmi-node-bridge-x7k2p" };
+  let root: string;
+  let volume: string;
+  let network: StartedNetwork;
+  let nodeBridge: StartedTestContainer;
+  let sidecar: StartedTestContainer;
+  let hookSocket: string;
+
+  beforeAll(async () => {
+    await requireDockerAndImage();
+    removeLeftovers();
+    root = mkdtempSync(join(tmpdir(), "kvmi-node-mode-"));
+    volume = join(root, "hook-sidecar-sockets");
+    const sidecarDir = join(volume, "hook-sidecar-0");
+    hookSocket = join(sidecarDir, "kvmi-bridge-hook-sidecar-0.sock");
+    for (const dir of [root, volume, sidecarDir]) {
+      mkdirSync(dir, { recursive: true });
+      chmodSync(dir, dir === root ? 0o755 : 0o777);
+    }
+    network = await new Network().start();
+    nodeBridge = await new LoopbackContainer()
+      .withNetwork(network)
+      .withNetworkAliases("kvmi-bridge-forward.kvmi-system.svc")
+      .withExposedPorts(50051)
+      .withEnvironment({ KVMI_BRIDGE_ALLOW_INSECURE: "true", KVMI_BRIDGE_AUTHORIZATION: "none", KVMI_BRIDGE_FORWARD_LISTEN: "tcp:0.0.0.0:7001", KVMI_BRIDGE_METRICS_LISTEN: "off" })
+      .withWaitStrategy(Wait.forLogMessage(/"msg":"listening for KVMI forwarders"/))
+      .withStartupTimeout(60_000)
+      .start();
+    sidecar = await new LoopbackContainer()
+      .withNetwork(network)
+      .withUser("107:107")
+      .withDroppedCapabilities("ALL")
+      .withNoNewPrivileges()
+      .withEnvironment({ CONTAINER_NAME: "hook-sidecar-0", POD_NAME: origin.pod })
+      .withEntrypoint(hookSidecar!.command)
+      .withCommand(hookSidecar!.args)
+      .withBindMounts([{ source: sidecarDir, target: HOOKS, mode: "rw" }])
+      .withWaitStrategy(Wait.forLogMessage(/"msg":"hook server listening"/))
+      .withStartupTimeout(60_000)
+      .start();
+  });
+
+  afterAll(async () => {
+    await stopAll();
+    await network?.stop();
+    if (root) rmSync(root, { recursive: true, force: true });
+  });
+
+  it("lists the VM on the node's bridge with its VMI from the hook call on, hooked once QEMU connects, disconnected when the sidecar is killed", async () => {
+    const input = readFileSync(join(REPO, "service/src/kubevirt/testdata/kubevirt-domain.xml"), "utf8");
+    const xml = await hookCall(hookSocket, "/kubevirt.hooks.v1alpha3.Callbacks/OnDefineDomain", { xml: input, vmi: vmiJson }, encodeDefine, decodeDefine);
+    const args = [...xml.matchAll(/<qemu:arg value="([^"]*)"/g)].map((m) => m[1]!);
+    const path = /(?:^|,)path=([^,]+)/.exec(args[args.indexOf("-chardev") + 1]!)![1]!;
+    const secret = /(?:^|,)file=([^,]+)/.exec(args.find((a) => a.startsWith("secret,"))!)![1]!;
+    expect(path).toBe(`${HOOKS}/hook-sidecar-0/kvmi/kvmi.sock`);
+    const client = connectKvmi(`127.0.0.1:${nodeBridge.getMappedPort(50051)}`);
+    try {
+      await vi.waitFor(
+        async () => {
+          const list = await client.call("listVms", {});
+          expect(list.vms.map((vm) => [vm.uuid, vm.state, vm.origin])).toEqual([[DOMAIN_UUID, State.AWAITING_CONNECTION, expect.objectContaining(origin)]]);
+        },
+        { timeout: 20_000, interval: 200 },
+      );
+      // The compute container: QEMU (another uid) follows the domain's arguments into the forwarder.
+      await new LoopbackContainer()
+        .withUser("1001:1001")
+        .withEntrypoint(["node", SIM_BIN])
+        .withCommand(["--connect", `unix:${path}`, "--secret-file", secret, "--vms", "1", "--reconnect-ms", "1000", "--uuid", DOMAIN_UUID, "--no-workload"])
+        .withBindMounts([{ source: volume, target: HOOKS, mode: "rw" }])
+        .withWaitStrategy(Wait.forLogMessage(/"msg":"hooked"/))
+        .withStartupTimeout(60_000)
+        .start();
+      await vi.waitFor(
+        async () => {
+          const list = await client.call("listVms", {});
+          expect(list.vms.map((vm) => [vm.uuid, vm.state, vm.generation, vm.vcpuCount, vm.origin])).toEqual([[DOMAIN_UUID, State.HOOKED, 1n, 2, expect.objectContaining(origin)]]);
+        },
+        { timeout: 20_000, interval: 200 },
+      );
+      // KubeVirt never restarts a dead sidecar: the node's bridge shows the VM disconnected (QEMU
+      // keeps reconnecting into nothing until the pod goes).
+      execFileSync("docker", ["kill", sidecar.getId()]);
+      await vi.waitFor(
+        async () => {
+          const list = await client.call("listVms", {});
+          expect(list.vms.map((vm) => [vm.uuid, vm.state])).toEqual([[DOMAIN_UUID, State.DISCONNECTED]]);
+        },
+        { timeout: 20_000, interval: 200 },
+      );
+      expect(await client.health()).toBe("SERVING");
+    } finally {
+      client.close();
+    }
+    expect(logsOf(nodeBridge)).toMatch(/"msg":"forwarder announced a VM"/);
   });
 });

@@ -31,6 +31,7 @@ Options:
   --migrate-after SECONDS   migrate every VM away after SECONDS, then exit
   --shutdown-after SECONDS  shut every VM down after SECONDS, then exit
   --seed N                  seed of the first VM's workload (default 1)
+  --uuid UUID               the first VM's UUID, as QEMU's -uuid (default random)
   --no-workload             do not run the built-in workload
   --log-level LEVEL         trace | debug | info | warn | error (default info)
   --help                    print this help
@@ -66,6 +67,7 @@ export async function main(argv: string[]): Promise<number> {
         "migrate-after": { type: "string" },
         "shutdown-after": { type: "string" },
         seed: { type: "string" },
+        uuid: { type: "string" },
         "no-workload": { type: "boolean" },
         "log-level": { type: "string" },
         help: { type: "boolean" },
@@ -107,6 +109,8 @@ export async function main(argv: string[]): Promise<number> {
   const reconnectMs = intFlag("reconnect-ms", parsed["reconnect-ms"], 1000, 1, errors);
   const unhookTimeoutMs = intFlag("unhook-timeout-ms", parsed["unhook-timeout-ms"], 60_000, 0, errors);
   const seed = intFlag("seed", parsed.seed, 1, 0, errors);
+  const uuid = parsed.uuid?.toLowerCase();
+  if (uuid !== undefined && !/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(uuid)) errors.push(`--uuid must be a UUID, got "${parsed.uuid}"`);
   const actions: Array<[VmAction, number]> = [];
   for (const action of ["pause", "migrate", "shutdown"] as const) {
     const value = parsed[`${action}-after`];
@@ -132,6 +136,7 @@ export async function main(argv: string[]): Promise<number> {
       reconnectMs,
       unhookTimeoutMs,
       seed,
+      ...(uuid !== undefined && { uuids: [uuid] }),
       workload: parsed["no-workload"] !== true,
       ...(secret && { secret }),
       logger: log,

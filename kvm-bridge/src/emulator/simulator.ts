@@ -122,6 +122,8 @@ export interface SimulatorOptions extends Omit<EmulatedVmOptions, "uuid" | "name
   readonly vms?: number;
   /** Names are `${namePrefix}-${i}` (default `emu`). */
   readonly namePrefix?: string;
+  /** UUIDs of the first VMs (QEMU's `-uuid`); the others get random ones. */
+  readonly uuids?: readonly string[];
 }
 
 /** A set of emulated VMs. */
@@ -140,6 +142,7 @@ export function createSimulator(options: SimulatorOptions): Simulator {
     createEmulatedVm(options.endpoint, {
       ...options,
       name: `${options.namePrefix ?? "emu"}-${i}`,
+      ...(options.uuids?.[i] !== undefined && { uuid: options.uuids[i] }),
       seed: (options.seed ?? 1) + i,
     }),
   );

@@ -112,6 +112,7 @@ export interface VmRegistry {
    * dropped them, a QEMU without introspection) shows up as `not-connected` with the reason
    * instead of not at all. A VM already known keeps its state and only learns its origin.
    * @param onMissed called once if the deadline passes without a connection.
+   * @throws RangeError when `maxRemembered` announced VMs are awaiting their QEMU already.
    */
   expect(expectation: VmExpectation, onMissed?: (record: VmRecord) => void): VmRecord;
 }
@@ -223,6 +224,11 @@ class Registry implements VmRegistry {
       if (expectation.origin === undefined || known.origin !== undefined) return known;
       return this.update(uuid, { origin: expectation.origin })!;
     }
+    // Announcements are peer input: at most maxRemembered may wait at once, so that no forwarder
+    // can make the registry grow without bound (they stay up to their deadline).
+    let awaiting = 0;
+    for (const r of this.records.values()) if (r.state === "awaiting-connection") awaiting++;
+    if (awaiting >= (this.options.maxRemembered ?? 1000)) throw new RangeError(`${awaiting} announced VMs are awaiting their QEMU already`);
     const record: VmRecord = {
       uuid,
       name: known?.name ?? expectation.name,

@@ -95,17 +95,24 @@ export async function startForwardListener(options: ForwardListenerOptions): Pro
       return;
     }
     if (hello.kind === "expect") {
-      const record = options.registry.expect(
-        {
-          uuid: hello.uuid,
-          name: hello.name,
-          ...(hello.origin && { origin: hello.origin }),
-          deadlineMs: hello.deadlineSeconds * 1000,
-          problem: NEVER_CONNECTED_PROBLEM,
-          peer,
-        },
-        options.onMissed,
-      );
+      let record: VmRecord;
+      try {
+        record = options.registry.expect(
+          {
+            uuid: hello.uuid,
+            name: hello.name,
+            ...(hello.origin && { origin: hello.origin }),
+            deadlineMs: hello.deadlineSeconds * 1000,
+            problem: NEVER_CONNECTED_PROBLEM,
+            peer,
+          },
+          options.onMissed,
+        );
+      } catch (error) {
+        log.warn({ peer, reason: (error as Error).message }, "refusing a VM announcement");
+        socket.end(`ERR ${(error as Error).message}\n`);
+        return;
+      }
       log.info({ vm: hello.uuid, origin: hello.origin, state: record.state, deadlineSeconds: hello.deadlineSeconds, peer }, "forwarder announced a VM");
       socket.end("OK\n");
       return;

@@ -93,6 +93,19 @@ describe("VMs behind in-pod forwarders, one node bridge", () => {
     expect(f.totalConnections).toBeGreaterThanOrEqual(2);
   }, 30_000);
 
+  it("a forwarder restart in the same pod: QEMU reconnects to the new one and is hooked again, the old hooks undone", async () => {
+    const forwardPath = join(root, "frestart-forward.sock");
+    const bridge = await nodeBridge("frestart", ["--forward-listen", `unix:${forwardPath}`]);
+    const upstream: Upstream = { kind: "unix", path: forwardPath };
+    const first = await forwarder("vm-f", upstream, "cookie-f");
+    const sim = qemu(first.listenPath, "cookie-f");
+    await vi.waitFor(() => expect(hooked(bridge).map((r) => [r.uuid, r.generation])).toEqual([[sim.vms[0]!.uuid, 1]]), { timeout: 10_000, interval: 50 });
+    await first.close();
+    await vi.waitFor(() => expect(bridge.registry.get(sim.vms[0]!.uuid)?.state).toBe("unhooked"), { timeout: 10_000, interval: 50 });
+    await forwarder("vm-f", upstream, "cookie-f"); // same socket path, same pod cookie
+    await vi.waitFor(() => expect(hooked(bridge).map((r) => [r.uuid, r.generation, r.origin?.name])).toEqual([[sim.vms[0]!.uuid, 2, "vm-f"]]), { timeout: 15_000, interval: 50 });
+  }, 30_000);
+
   it("an announced VM whose QEMU never connects is reported not-connected with the reason, in the registry and the metrics", async () => {
     const forwardPath = join(root, "expect-forward.sock");
     const bridge = await nodeBridge("expect", ["--forward-listen", `unix:${forwardPath}`]);
@@ -112,6 +125,16 @@ describe("VMs behind in-pod forwarders, one node bridge", () => {
     sim.start();
     await vi.waitFor(() => expect(bridge.registry.get(sim.vms[0]!.uuid)).toMatchObject({ state: "hooked", generation: 1, origin: { name: "vm-x" } }), { timeout: 10_000, interval: 50 });
   }, 20_000);
+
+  it("bounds the announced VMs that wait for their QEMU (peer input)", async () => {
+    const { createVmRegistry } = await import("@kvmi/kvm-bridge");
+    const registry = createVmRegistry({ maxRemembered: 2 });
+    const expectVm = (i: number) => registry.expect({ uuid: `00000000-0000-4000-8000-00000000000${i}`, name: "x", deadlineMs: 60_000, problem: "p", peer: "test" });
+    expectVm(1);
+    expectVm(2);
+    expect(() => expectVm(3)).toThrow(/2 announced VMs are awaiting/);
+    expect(registry.list()).toHaveLength(2);
+  });
 
   it("refuses what is not a hello, and bad hellos with the reason", async () => {
     const forwardPath = join(root, "bad-forward.sock");

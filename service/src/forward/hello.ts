@@ -3,8 +3,8 @@
  * The forwarder's hello: what an in-pod KVMI forwarder writes first on its connection to the node
  * bridge (docs/kubevirt-forwarder.md). Two kinds:
  *
- * - `vm`: a QEMU connected to the forwarder; the raw KVMI stream (handshake first, kvmi-abi §2.3 in
- *   docs/) follows the hello on the same connection. Carries SHA-1 of the pod's cookie, which the
+ * - `vm`: a QEMU connected to the forwarder; the raw KVMI stream (QEMU's handshake first, as on a
+ *   direct connection) follows the hello on the same connection. Carries SHA-1 of the pod's cookie, which the
  *   bridge answers QEMU's handshake with, and the VMI's namespace/name.
  * - `expect`: the forwarder learned its VM (the hook call) before QEMU connects; the bridge lists it
  *   as awaiting a connection and reports it `not-connected` after `deadlineSeconds`. The bridge

@@ -41,21 +41,21 @@ describe("KubeVirt hook protocol code generation", { timeout: 60_000 }, () => {
     expect(r.status, r.output).toBe(0);
     const fresh = join(scratch, "service", "src", "kubevirt", "gen");
     const files = listFiles(fresh);
-    expect(files, r.output).toEqual(["kubevirt/hooks/info/api_info_pb.ts", "kubevirt/hooks/v1alpha3/api_v1alpha3_pb.ts"]);
+    expect(files, r.output).toEqual(["kubevirt/hooks/info/api_info_pb.ts", "kubevirt/hooks/plugins/v1alpha1/api_pb.ts", "kubevirt/hooks/v1alpha3/api_v1alpha3_pb.ts"]);
     expect(listFiles(GEN), "file list differs: run npm run generate:kubevirt").toEqual(files);
     const stale = files.filter((name) => !readFileSync(join(GEN, name)).equals(readFileSync(join(fresh, name))));
     expect(stale, "service/src/kubevirt/gen is stale or hand-edited: run npm run generate:kubevirt").toEqual([]);
-  });
+  }, 30_000);
 
   it("keeps the vendored protos out of the kvmi.v1 module", () => {
     const r = buf(["ls-files"]);
     expect(r.status, r.output).toBe(0);
     expect(r.output).toContain("proto/kvmi/v1/introspection_service.proto");
-    expect(r.output).not.toMatch(/kubevirt|api_info|api_v1alpha3/);
+    expect(r.output).not.toMatch(/kubevirt|api_info|api_v1alpha3|plugins/);
   });
 
   it("vendors the protos with their origin and license header", () => {
-    for (const file of ["kubevirt/hooks/info/api_info.proto", "kubevirt/hooks/v1alpha3/api_v1alpha3.proto"]) {
+    for (const file of ["kubevirt/hooks/info/api_info.proto", "kubevirt/hooks/v1alpha3/api_v1alpha3.proto", "kubevirt/hooks/plugins/v1alpha1/api.proto"]) {
       const text = readFileSync(join(ROOT, "deploy", "kubevirt", "proto", file), "utf8");
       expect(text).toMatch(/^\/\/ Vendored from KubeVirt, unchanged below this header:\n\/\/ {3}https:\/\/github\.com\/kubevirt\/kubevirt\/blob\/[0-9a-f]{40}\/pkg\/hooks\//);
       expect(text).toContain("Licensed under the Apache License, Version 2.0");

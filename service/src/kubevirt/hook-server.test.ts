@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Plays virt-launcher against the hook server over a real UNIX socket: Info first (as
 // collectSideCarSockets does), then OnDefineDomain with a virt-launcher domain XML and VMI JSON,
-// PreCloudInitIso, Shutdown, and the error statuses.
+// PreCloudInitIso, Shutdown, and the error statuses; then the Plugin API's MutateDomain.
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -19,8 +19,9 @@ import {
   PreCloudInitIsoParamsSchema,
   ShutdownParamsSchema,
 } from "./gen/kubevirt/hooks/v1alpha3/api_v1alpha3_pb.js";
+import { DomainHookService, MutateDomainRequestSchema, SidecarContextSchema } from "./gen/kubevirt/hooks/plugins/v1alpha1/api_pb.js";
 import { QEMU_NAMESPACE_URI } from "./domain-xml.js";
-import { HOOKS_VERSION, ON_DEFINE_DOMAIN, startHookServer } from "./hook-server.js";
+import { HOOKS_VERSION, ON_DEFINE_DOMAIN, SHUTDOWN, startHookServer } from "./hook-server.js";
 import type { HookServer } from "./hook-server.js";
 import { defineDomain } from "./sidecar.js";
 import { parseSidecarArgs } from "./sidecar-options.js";
@@ -38,10 +39,11 @@ beforeAll(async () => {
   const parsed = parseSidecarArgs(["--allow-command", "KVMI_VM_READ_PHYSICAL", "--hook-priority", "7"]);
   if (parsed.action !== "run") throw new Error("bad test options");
   const options = parsed.options;
+  expect(options.warnings).toEqual([expect.stringMatching(/--hook-priority is ignored: KubeVirt sorts hook points within one sidecar/)]);
   server = await startHookServer({
     socketPath: join(dir, "kvmi-bridge.sock"),
     name: "kvmi-bridge",
-    priority: options.hookPriority,
+    api: "hook-sidecar",
     logger: silentLogger,
     onDefineDomain: (call) => defineDomain(options, call),
     onShutdown: () => void shutdowns++,
@@ -60,9 +62,9 @@ afterAll(async () => {
 type Unary = <I extends DescMessage, O extends DescMessage>(method: string, request: MessageShape<I>) => Promise<MessageShape<O>>;
 
 /** A client the way virt-launcher dials: `unix:` + the socket path, insecure. */
-function dial(service: typeof Info | typeof Callbacks): Unary {
+function dial(service: typeof Info | typeof Callbacks | typeof DomainHookService, socketPath = server.socketPath): Unary {
   const Ctor = makeGenericClientConstructor(createServiceDefinition(service as typeof Info) as never, service.typeName);
-  const client = new Ctor(`unix:${server.socketPath}`, credentials.createInsecure()) as Client & Record<string, (...args: unknown[]) => void>;
+  const client = new Ctor(`unix:${socketPath}`, credentials.createInsecure()) as Client & Record<string, (...args: unknown[]) => void>;
   clients.push(client);
   return (method, request) =>
     new Promise((resolve, reject) => {
@@ -71,9 +73,9 @@ function dial(service: typeof Info | typeof Callbacks): Unary {
 }
 
 describe("virt-launcher's conversation", () => {
-  it("Info announces the v1alpha3 OnDefineDomain hook point", async () => {
+  it("Info announces the v1alpha3 OnDefineDomain and Shutdown hook points (virt-launcher calls only those listed)", async () => {
     const info = await dial(Info)("info", create(InfoParamsSchema, {}));
-    expect(info).toMatchObject({ name: "kvmi-bridge", versions: [HOOKS_VERSION], hookPoints: [{ name: ON_DEFINE_DOMAIN, priority: 7 }] });
+    expect(info).toMatchObject({ name: "kvmi-bridge", versions: [HOOKS_VERSION], hookPoints: [{ name: ON_DEFINE_DOMAIN, priority: 0 }, { name: SHUTDOWN, priority: 0 }] });
     expect(HOOKS_VERSION).toBe("v1alpha3");
   });
 
@@ -121,7 +123,7 @@ describe("refusals", () => {
 
   it("INVALID_ARGUMENT for bytes that are not UTF-8", async () => {
     const call = dial(Callbacks)("onDefineDomain", create(OnDefineDomainParamsSchema, { domainXML: new Uint8Array([0x3c, 0xff, 0xfe]) }));
-    await expect(call).rejects.toMatchObject({ code: status.INVALID_ARGUMENT, details: "domainXML is not UTF-8" });
+    await expect(call).rejects.toMatchObject({ code: status.INVALID_ARGUMENT, details: "the domain XML is not UTF-8" });
   });
 
   it("FAILED_PRECONDITION when the container name cannot be derived from the VMI", async () => {
@@ -135,5 +137,41 @@ describe("refusals", () => {
     );
     const call = dial(Callbacks)("onDefineDomain", create(OnDefineDomainParamsSchema, { domainXML, vmi: fixture("vmi.json") }));
     await expect(call).rejects.toMatchObject({ code: status.FAILED_PRECONDITION, details: expect.stringMatching(/already has a QEMU -object introspection \(id=theirs\)/) });
+  });
+});
+
+describe("the Plugin API (KubeVirt v1.9+)", () => {
+  it("MutateDomain rewrites the domain with paths that are the same in every container; no Info, no Callbacks", async () => {
+    const parsed = parseSidecarArgs(["--plugin", "kvmi-bridge", "--plugin-dir", join(dir, "plugin")]);
+    if (parsed.action !== "run") throw new Error(JSON.stringify(parsed));
+    const invocations: string[] = [];
+    const plugin = await startHookServer({
+      socketPath: join(dir, "plugin.sock"),
+      name: "kvmi-bridge",
+      api: "plugin",
+      logger: silentLogger,
+      onDefineDomain: (call) => {
+        invocations.push(call.invocation);
+        return defineDomain(parsed.options, call);
+      },
+      onShutdown: () => undefined,
+    });
+    try {
+      const mutate = dial(DomainHookService, plugin.socketPath);
+      const request = (context: string) =>
+        create(MutateDomainRequestSchema, { domainType: "libvirt", domain: fixture("kubevirt-domain.xml"), vmi: encoder.encode("{}"), sidecarContext: create(SidecarContextSchema, { invocationContext: context }) });
+      const result = await mutate("mutateDomain", request("Boot"));
+      const xml = new TextDecoder().decode((result as unknown as { domain: Uint8Array }).domain);
+      // No container name is needed: the plugin directory is mounted at the same path in both containers.
+      expect(xml).toContain(`path=${join(dir, "plugin", "kvmi", "kvmi.sock")},reconnect=1`);
+      await mutate("mutateDomain", request("MigrationTarget"));
+      expect(invocations).toEqual(["Boot", "MigrationTarget"]);
+      await expect(mutate("mutateDomain", create(MutateDomainRequestSchema, { domainType: "xen", domain: fixture("kubevirt-domain.xml") }))).rejects.toMatchObject({
+        code: status.INVALID_ARGUMENT,
+      });
+      await expect(dial(Info, plugin.socketPath)("info", create(InfoParamsSchema, {}))).rejects.toMatchObject({ code: status.UNIMPLEMENTED });
+    } finally {
+      await plugin.close();
+    }
   });
 });

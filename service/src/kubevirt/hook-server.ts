@@ -1,11 +1,22 @@
 // SPDX-License-Identifier: Apache-2.0
 /**
- * KubeVirt's hook protocol over gRPC on a UNIX socket: `kubevirt.hooks.info.Info/Info` (name,
- * versions `["v1alpha3"]`, the `OnDefineDomain` hook point) and `kubevirt.hooks.v1alpha3.Callbacks`
- * (`OnDefineDomain`, `PreCloudInitIso`, `Shutdown`). virt-launcher dials every socket in the hook
- * directory, asks Info once, then calls the subscribed hook points with a one-minute deadline.
+ * KubeVirt's two domain hook protocols over gRPC on a UNIX socket:
+ *
+ * - the hook sidecar (every KubeVirt version; deprecated since v1.9): `kubevirt.hooks.info.Info/Info`
+ *   (name, versions `["v1alpha3"]`, the hook points `OnDefineDomain` and `Shutdown`) and
+ *   `kubevirt.hooks.v1alpha3.Callbacks`. virt-launcher dials every socket in the hook directory,
+ *   asks Info, then calls only the hook points a sidecar listed, with a one-minute deadline: a
+ *   sidecar that does not list `Shutdown` is never told the VM is gone;
+ * - the Plugin API (v1.9+, `Plugins` feature gate): `kubevirt.hooks.plugins.v1alpha1.DomainHookService/
+ *   MutateDomain`, called for each Plugin whose `domainHooks` name this socket, with an invocation
+ *   context (`Boot`, `MigrationSource`, `MigrationTarget`); there is no Info and no Shutdown.
+ *
+ * Both hand the domain XML and the VMI to the same `onDefineDomain`; virt-launcher may call it
+ * several times per VM start (each domain definition, the migration target), so it must be
+ * idempotent on its own output.
  *
  * @see https://github.com/kubevirt/kubevirt/blob/main/pkg/hooks/manager.go
+ * @see https://github.com/kubevirt/kubevirt/blob/main/pkg/virt-launcher/virtwrap/plugins/sidecar.go
  * @see ../../../deploy/kubevirt/proto/ (the vendored protos)
  */
 import { rmSync } from "node:fs";
@@ -23,11 +34,14 @@ import {
   PreCloudInitIsoResultSchema,
   ShutdownResultSchema,
 } from "./gen/kubevirt/hooks/v1alpha3/api_v1alpha3_pb.js";
+import { DomainHookService, MutateDomainResponseSchema } from "./gen/kubevirt/hooks/plugins/v1alpha1/api_pb.js";
 
 /** The Callbacks version this server implements. */
 export const HOOKS_VERSION = "v1alpha3";
 /** KubeVirt's name of the domain hook point (`hooksInfo.OnDefineDomainHookPointName`). */
 export const ON_DEFINE_DOMAIN = "OnDefineDomain";
+/** KubeVirt's name of the shutdown hook point (`hooksInfo.ShutdownHookPointName`). */
+export const SHUTDOWN = "Shutdown";
 
 /** The input of an OnDefineDomain call, decoded. */
 export interface DefineDomainCall {
@@ -35,6 +49,8 @@ export interface DefineDomainCall {
   readonly domainXml: string;
   /** The VirtualMachineInstance, parsed from JSON (undefined when it was not valid JSON). */
   readonly vmi: unknown;
+  /** Plugin API: `Boot`, `MigrationSource` or `MigrationTarget`; hook sidecar: `OnDefineDomain`. */
+  readonly invocation: string;
 }
 
 /** Thrown by an `onDefineDomain` handler for a request that cannot be served as sent. */
@@ -54,11 +70,11 @@ export interface HookServerOptions {
   readonly socketPath: string;
   /** Name announced in Info. */
   readonly name: string;
-  /** Priority of the OnDefineDomain hook point. */
-  readonly priority: number;
+  /** Which protocol to serve on the socket. */
+  readonly api: "hook-sidecar" | "plugin";
   /** Returns the new domain XML; may throw {@link HookRequestError} or `DomainXmlError`. */
   readonly onDefineDomain: (call: DefineDomainCall) => string;
-  /** Called once after Shutdown was answered: virt-launcher is done with the VM. */
+  /** Called once after Shutdown was answered: virt-launcher is done with the VM (hook sidecar only). */
   readonly onShutdown: () => void;
   readonly logger: Logger;
 }
@@ -81,49 +97,67 @@ export async function startHookServer(options: HookServerOptions): Promise<HookS
   const { logger } = options;
   const info: Partial<ServiceImplementationFor<typeof Info>> = {
     info(_call, callback) {
-      logger.info({ versions: [HOOKS_VERSION], hookPoints: [ON_DEFINE_DOMAIN] }, "virt-launcher asked for hook info");
+      logger.info({ versions: [HOOKS_VERSION], hookPoints: [ON_DEFINE_DOMAIN, SHUTDOWN] }, "virt-launcher asked for hook info");
       callback(
         null,
         create(InfoResultSchema, {
           name: options.name,
           versions: [HOOKS_VERSION],
-          hookPoints: [create(HookPointSchema, { name: ON_DEFINE_DOMAIN, priority: options.priority })],
+          // Priority orders hook points within this sidecar only (manager.go); 0 for both.
+          hookPoints: [create(HookPointSchema, { name: ON_DEFINE_DOMAIN, priority: 0 }), create(HookPointSchema, { name: SHUTDOWN, priority: 0 })],
         }),
       );
+    },
+  };
+  /** One domain rewrite for either protocol: decoded input, the handler, errors as gRPC statuses. */
+  const define = (domainBytes: Uint8Array, vmiBytes: Uint8Array, invocation: string): { xml: Uint8Array } | { error: Partial<ServiceError> } => {
+    let domainXml: string;
+    try {
+      domainXml = utf8.decode(domainBytes);
+    } catch {
+      return { error: fail(status.INVALID_ARGUMENT, "the domain XML is not UTF-8") };
+    }
+    let vmi: unknown;
+    try {
+      vmi = vmiBytes.length === 0 ? undefined : JSON.parse(utf8.decode(vmiBytes));
+    } catch {
+      vmi = undefined;
+    }
+    try {
+      const rewritten = options.onDefineDomain({ domainXml, vmi, invocation });
+      logger.info({ invocation, changed: rewritten !== domainXml, bytes: rewritten.length }, "domain hook answered");
+      return { xml: new TextEncoder().encode(rewritten) };
+    } catch (error) {
+      if (error instanceof HookRequestError) {
+        logger.error({ err: error, invocation }, "domain hook refused");
+        return { error: fail(error.grpcCode, error.message) };
+      }
+      if (error instanceof DomainXmlError) {
+        logger.error({ err: error, code: error.code, invocation }, "domain hook refused");
+        return { error: fail(error.code === "KVMI_DOMAIN_XML_MALFORMED" ? status.INVALID_ARGUMENT : status.FAILED_PRECONDITION, error.message) };
+      }
+      logger.error({ err: error, invocation }, "domain hook failed");
+      return { error: fail(status.INTERNAL, "internal error") };
+    }
+  };
+  const domainHooks: ServiceImplementationFor<typeof DomainHookService> = {
+    mutateDomain(call, callback) {
+      const { domainType, domain, vmi, sidecarContext } = call.request;
+      if (domainType !== "" && domainType !== "libvirt") {
+        callback(fail(status.INVALID_ARGUMENT, `domain_type "${domainType}" is not libvirt`));
+        return;
+      }
+      const outcome = define(domain, vmi, sidecarContext?.invocationContext || "Boot");
+      if ("error" in outcome) callback(outcome.error);
+      else callback(null, create(MutateDomainResponseSchema, { domain: outcome.xml }));
     },
   };
   let shutdownSeen = false;
   const callbacks: ServiceImplementationFor<typeof Callbacks> = {
     onDefineDomain(call, callback) {
-      let domainXml: string;
-      try {
-        domainXml = utf8.decode(call.request.domainXML);
-      } catch {
-        callback(fail(status.INVALID_ARGUMENT, "domainXML is not UTF-8"));
-        return;
-      }
-      let vmi: unknown;
-      try {
-        vmi = call.request.vmi.length === 0 ? undefined : JSON.parse(utf8.decode(call.request.vmi));
-      } catch {
-        vmi = undefined;
-      }
-      try {
-        const rewritten = options.onDefineDomain({ domainXml, vmi });
-        logger.info({ changed: rewritten !== domainXml, bytes: rewritten.length }, "OnDefineDomain answered");
-        callback(null, create(OnDefineDomainResultSchema, { domainXML: new TextEncoder().encode(rewritten) }));
-      } catch (error) {
-        if (error instanceof HookRequestError) {
-          logger.error({ err: error }, "OnDefineDomain refused");
-          callback(fail(error.grpcCode, error.message));
-        } else if (error instanceof DomainXmlError) {
-          logger.error({ err: error, code: error.code }, "OnDefineDomain refused");
-          callback(fail(error.code === "KVMI_DOMAIN_XML_MALFORMED" ? status.INVALID_ARGUMENT : status.FAILED_PRECONDITION, error.message));
-        } else {
-          logger.error({ err: error }, "OnDefineDomain failed");
-          callback(fail(status.INTERNAL, "internal error"));
-        }
-      }
+      const outcome = define(call.request.domainXML, call.request.vmi, ON_DEFINE_DOMAIN);
+      if ("error" in outcome) callback(outcome.error);
+      else callback(null, create(OnDefineDomainResultSchema, { domainXML: outcome.xml }));
     },
     preCloudInitIso(call, callback) {
       // Not subscribed in Info; answer unchanged in case a virt-launcher calls it anyway.
@@ -146,13 +180,17 @@ export async function startHookServer(options: HookServerOptions): Promise<HookS
   };
 
   const server = new Server();
-  server.addService(createServiceDefinition(Info), info);
-  server.addService(createServiceDefinition(Callbacks), callbacks);
+  if (options.api === "plugin") {
+    server.addService(createServiceDefinition(DomainHookService), domainHooks);
+  } else {
+    server.addService(createServiceDefinition(Info), info);
+    server.addService(createServiceDefinition(Callbacks), callbacks);
+  }
   rmSync(options.socketPath, { force: true });
   await new Promise<void>((resolve, reject) => {
     server.bindAsync(`unix:${options.socketPath}`, ServerCredentials.createInsecure(), (error) => (error ? reject(error) : resolve()));
   });
-  logger.info({ socket: options.socketPath, name: options.name }, "hook server listening");
+  logger.info({ socket: options.socketPath, name: options.name, api: options.api }, "hook server listening");
 
   let closing: Promise<void> | undefined;
   return {

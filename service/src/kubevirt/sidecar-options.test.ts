@@ -21,7 +21,12 @@ describe("parseSidecarArgs", () => {
         socketSubdir: "kvmi",
         containerName: undefined,
         hookName: "kvmi-bridge",
-        hookPriority: 0,
+        api: "hook-sidecar",
+        pluginName: undefined,
+        nodeBridge: undefined,
+        nodeBridgeTls: { caFile: undefined, certFile: undefined, keyFile: undefined, serverName: undefined },
+        connectDeadlineSeconds: 120,
+        warnings: [],
         commands: undefined,
         events: undefined,
         reconnectSeconds: 1,
@@ -73,6 +78,43 @@ describe("parseSidecarArgs", () => {
     const parsed = parseSidecarArgs(["--grpc-listen", "0.0.0.0:50051"]);
     expect(parsed).toMatchObject({ action: "fail", errors: [expect.stringMatching(/--grpc-listen.*after "--"/)] });
     expect(parseSidecarArgs(["--help"])).toMatchObject({ action: "help", help: expect.stringContaining("Usage: kvmi-kubevirt-sidecar") });
+  });
+});
+
+describe("what KubeVirt sets and the two APIs", () => {
+  it("takes the container name from CONTAINER_NAME and puts it in the hook socket's file name", () => {
+    // virt-launcher keys the sockets it found by file name only: two sidecars of this image must differ.
+    const first = parseSidecarArgs([], { CONTAINER_NAME: "hook-sidecar-0" });
+    const second = parseSidecarArgs([], { CONTAINER_NAME: "hook-sidecar-1" });
+    if (first.action !== "run" || second.action !== "run") throw new Error("unexpected");
+    expect([first.options.containerName, first.options.hookSocket]).toEqual(["hook-sidecar-0", "kvmi-bridge-hook-sidecar-0.sock"]);
+    expect(second.options.hookSocket).toBe("kvmi-bridge-hook-sidecar-1.sock");
+    expect(parseSidecarArgs(["--container-name", "hook-sidecar-3"], { CONTAINER_NAME: "hook-sidecar-1" })).toMatchObject({ options: { containerName: "hook-sidecar-3" } });
+    expect(parseSidecarArgs([], { CONTAINER_NAME: "Bad_Name" })).toMatchObject({ action: "fail", errors: [expect.stringMatching(/^CONTAINER_NAME "Bad_Name"/)] });
+  });
+
+  it("node mode: unix, tls and tcp node bridges; TLS flags only with tls:", () => {
+    expect(parseSidecarArgs(["--node-bridge", "unix:/var/run/kvmi-bridge/forward.sock"])).toMatchObject({ options: { nodeBridge: { kind: "unix", path: "/var/run/kvmi-bridge/forward.sock" } } });
+    expect(parseSidecarArgs(["--node-bridge", "tls:kvmi-bridge-forward.kvmi-system.svc:7001", "--node-bridge-ca", "/etc/kvmi/ca.crt"])).toMatchObject({
+      options: { nodeBridge: { kind: "tcp", host: "kvmi-bridge-forward.kvmi-system.svc", port: 7001, tls: true }, nodeBridgeTls: { caFile: "/etc/kvmi/ca.crt" } },
+    });
+    expect(parseSidecarArgs(["--node-bridge", "tcp:[fd00::1]:7001"])).toMatchObject({ options: { nodeBridge: { host: "fd00::1", tls: false } } });
+    const bad = parseSidecarArgs(["--node-bridge", "tcp:host", "--node-bridge-ca", "x", "--node-bridge-cert", "c"]);
+    expect(bad).toMatchObject({ action: "fail" });
+    if (bad.action === "fail") expect(bad.errors.join("\n")).toMatch(/must be unix:PATH.*\n.*need --node-bridge tls:.*\n.*go together/s);
+  });
+
+  it("the Plugin API: the socket under /var/run/kubevirt-plugin/<plugin>/, ending in .sock", () => {
+    const parsed = parseSidecarArgs(["--plugin", "kvmi-bridge"], { CONTAINER_NAME: "ignored" });
+    if (parsed.action !== "run") throw new Error(JSON.stringify(parsed));
+    expect(parsed.options).toMatchObject({ api: "plugin", pluginName: "kvmi-bridge", hooksDir: "/var/run/kubevirt-plugin/kvmi-bridge", hookSocket: "kvmi-bridge.sock" });
+    expect(sidecarPaths(parsed.options).hookSocket).toBe("/var/run/kubevirt-plugin/kvmi-bridge/kvmi-bridge.sock");
+    expect(computePaths(parsed.options, undefined)).toEqual({
+      kvmiSocket: "/var/run/kubevirt-plugin/kvmi-bridge/kvmi/kvmi.sock",
+      cookie: "/var/run/kubevirt-plugin/kvmi-bridge/kvmi/cookie",
+    });
+    expect(parseSidecarArgs(["--plugin", "kvmi-bridge", "--hook-socket", "hook"])).toMatchObject({ action: "fail", errors: [expect.stringMatching(/must end with .sock/)] });
+    expect(parseSidecarArgs(["--plugin", "kvmi-bridge", "--hooks-dir", "/x"])).toMatchObject({ action: "fail", errors: [expect.stringMatching(/belong to the hook sidecar API/)] });
   });
 });
 

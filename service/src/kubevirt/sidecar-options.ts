@@ -28,6 +28,23 @@ export const HOOKS_DIR = "/var/run/kubevirt-hooks";
 export const HOOK_SIDECARS_ANNOTATION = "hooks.kubevirt.io/hookSidecars";
 /** The name this sidecar's entry point carries, to find its entry in the annotation. */
 export const SIDECAR_BIN_NAME = "kvmi-kubevirt-sidecar";
+/** Where KubeVirt's Plugin API (v1.9+, `Plugins` feature gate) expects domain hook sockets. */
+export const PLUGIN_SOCKETS_DIR = "/var/run/kubevirt-plugin";
+/** The variable KubeVirt sets in every hook sidecar to its container name (`hooks.ContainerNameEnvVar`). */
+export const CONTAINER_NAME_ENV = "CONTAINER_NAME";
+
+/** How the sidecar reaches the node's bridge in node mode (`--node-bridge`). */
+export type NodeBridgeAddress =
+  | { readonly kind: "unix"; readonly path: string }
+  | { readonly kind: "tcp"; readonly host: string; readonly port: number; readonly tls: boolean };
+
+/** TLS material for `tls:` node bridges (files in the sidecar's filesystem). */
+export interface NodeBridgeTls {
+  readonly caFile: string | undefined;
+  readonly certFile: string | undefined;
+  readonly keyFile: string | undefined;
+  readonly serverName: string | undefined;
+}
 
 /** The validated options. */
 export interface SidecarOptions {
@@ -43,8 +60,20 @@ export interface SidecarOptions {
   readonly containerName: string | undefined;
   /** Name announced in Info. */
   readonly hookName: string;
-  /** Priority of the OnDefineDomain hook point (KubeVirt runs higher priorities first). */
-  readonly hookPriority: number;
+  /**
+   * `plugin`: serve `DomainHookService.MutateDomain` for a KubeVirt Plugin named {@link pluginName}
+   * on `<pluginDir>/<hookSocket>` (KubeVirt v1.9+); `hook-sidecar`: the legacy Info/Callbacks.
+   */
+  readonly api: "hook-sidecar" | "plugin";
+  /** The Plugin object's name (plugin API only). */
+  readonly pluginName: string | undefined;
+  /** Node mode: forward QEMU's KVMI connection to this bridge instead of running one in the pod. */
+  readonly nodeBridge: NodeBridgeAddress | undefined;
+  readonly nodeBridgeTls: NodeBridgeTls;
+  /** After the domain is defined, QEMU must connect within this many seconds or the VM is reported. */
+  readonly connectDeadlineSeconds: number;
+  /** Deprecation notes for the log (e.g. --hook-priority, which KubeVirt does not order sidecars by). */
+  readonly warnings: readonly string[];
   /** Allowed KVMI command ids; undefined = all. */
   readonly commands: readonly number[] | undefined;
   /** Allowed KVMI event ids (always with UNHOOK); undefined = all. */
@@ -87,7 +116,6 @@ Options:
   --hook-socket NAME             hook server socket file name (default kvmi-bridge.sock)
   --socket-subdir NAME           directory for the KVMI socket and cookie (default kvmi)
   --hook-name NAME               name announced to virt-launcher (default kvmi-bridge)
-  --hook-priority N              OnDefineDomain priority, higher runs first (default 0)
   --allow-command LIST           KVMI commands QEMU allows (names or ids, repeatable; default all)
   --allow-event LIST             KVMI events QEMU allows (names or ids, repeatable; default all;
                                  KVMI_EVENT_UNHOOK is always added)
@@ -95,13 +123,31 @@ Options:
   --handshake-timeout-seconds N  introspection handshake_timeout (default 10)
   --unhook-timeout-seconds N     introspection unhook_timeout (default 60)
   --async-unhook on|off          introspection async_unhook (default on)
+  --plugin NAME                  serve KubeVirt's Plugin API (DomainHookService.MutateDomain, KubeVirt
+                                 v1.9+) for the Plugin object NAME on ${PLUGIN_SOCKETS_DIR}/NAME/<hook-socket>
+                                 instead of the legacy hook sidecar protocol
+  --node-bridge ADDRESS          node mode: forward QEMU's KVMI connection to the node's bridge instead of
+                                 running a bridge in the pod: unix:PATH (a socket the pod mounts),
+                                 tls:HOST:PORT or tcp:HOST:PORT (plaintext: only node-local)
+  --node-bridge-ca FILE          CA that signed the node bridge's certificate (tls:)
+  --node-bridge-cert FILE        client certificate for the node bridge's mTLS (tls:)
+  --node-bridge-key FILE         its key
+  --node-bridge-server-name NAME name the bridge's certificate carries (default: HOST)
+  --connect-deadline-seconds N   QEMU must connect within N s of the domain's definition, or the VM
+                                 is listed as not connected with the reason (default 120)
   -h, --help                     print this help
+
+The container name (for QEMU's view of the paths) comes from --container-name, else from
+${CONTAINER_NAME_ENV} (KubeVirt sets it), else from the VMI annotation. Hook socket file names include
+it (kvmi-bridge-<container>.sock): virt-launcher tells hook sockets apart by file name only.
+--hook-priority is accepted and ignored: KubeVirt orders hook points within one sidecar by it, never
+sidecars against each other (deploy/README.md, "Ordering").
 `;
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 
 /** Parses the sidecar's command line; every problem is reported at once. */
-export function parseSidecarArgs(argv: readonly string[]): ParsedSidecarArgs {
+export function parseSidecarArgs(argv: readonly string[], env: NodeJS.ProcessEnv = {}): ParsedSidecarArgs {
   const split = argv.indexOf("--");
   const own = split < 0 ? [...argv] : argv.slice(0, split);
   const bridgeArgs = split < 0 ? [] : argv.slice(split + 1);
@@ -125,6 +171,14 @@ export function parseSidecarArgs(argv: readonly string[]): ParsedSidecarArgs {
         "handshake-timeout-seconds": { type: "string" },
         "unhook-timeout-seconds": { type: "string" },
         "async-unhook": { type: "string" },
+        plugin: { type: "string" },
+        "plugin-dir": { type: "string" },
+        "node-bridge": { type: "string" },
+        "node-bridge-ca": { type: "string" },
+        "node-bridge-cert": { type: "string" },
+        "node-bridge-key": { type: "string" },
+        "node-bridge-server-name": { type: "string" },
+        "connect-deadline-seconds": { type: "string" },
         help: { type: "boolean", short: "h" },
       },
     }).values;
@@ -162,18 +216,50 @@ export function parseSidecarArgs(argv: readonly string[]): ParsedSidecarArgs {
     else if (values["async-unhook"] === "off") asyncUnhook = false;
     else errors.push(`--async-unhook must be on or off, got "${values["async-unhook"]}"`);
   }
-  const containerName = values["container-name"];
-  if (containerName !== undefined && !/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(containerName)) {
-    errors.push(`--container-name "${containerName}" is not a Kubernetes container name (RFC 1123 label)`);
+  const rfc1123 = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+  const envContainer = env[CONTAINER_NAME_ENV];
+  const containerName = values["container-name"] ?? (envContainer !== undefined && envContainer !== "" ? envContainer : undefined);
+  if (containerName !== undefined && !rfc1123.test(containerName)) {
+    errors.push(`${values["container-name"] !== undefined ? "--container-name" : CONTAINER_NAME_ENV} "${containerName}" is not a Kubernetes container name (RFC 1123 label)`);
+  }
+  const warnings: string[] = [];
+  if (values["hook-priority"] !== undefined) {
+    warnings.push("--hook-priority is ignored: KubeVirt sorts hook points within one sidecar by priority, not sidecars against each other");
+  }
+  const pluginName = values.plugin;
+  if (pluginName !== undefined && (!rfc1123.test(pluginName) || pluginName.length > 63)) errors.push(`--plugin "${pluginName}" is not a Kubernetes object name`);
+  const api = pluginName === undefined ? "hook-sidecar" : "plugin";
+  const nodeBridge = parseNodeBridge(values["node-bridge"], errors);
+  const tlsFlags = ["node-bridge-ca", "node-bridge-cert", "node-bridge-key", "node-bridge-server-name"] as const;
+  if ((nodeBridge === undefined || nodeBridge.kind !== "tcp" || !nodeBridge.tls) && tlsFlags.some((f) => values[f] !== undefined)) {
+    errors.push("--node-bridge-ca/-cert/-key/-server-name need --node-bridge tls:HOST:PORT");
+  }
+  if ((values["node-bridge-cert"] === undefined) !== (values["node-bridge-key"] === undefined)) errors.push("--node-bridge-cert and --node-bridge-key go together");
+  const defaultSocket = api === "plugin" || containerName === undefined ? "kvmi-bridge.sock" : `kvmi-bridge-${containerName}.sock`;
+  const hookSocket = name("hook-socket", values["hook-socket"], defaultSocket);
+  if (api === "plugin" && !hookSocket.endsWith(".sock")) errors.push(`--hook-socket "${hookSocket}" must end with .sock (KubeVirt's Plugin admission policy)`);
+  const hooksDir = api === "plugin" ? dir("plugin-dir", values["plugin-dir"] ?? posix.join(PLUGIN_SOCKETS_DIR, pluginName!)) : dir("hooks-dir", values["hooks-dir"]);
+  if (api === "plugin" && (values["hooks-dir"] !== undefined || values["compute-hooks-dir"] !== undefined)) {
+    errors.push("--hooks-dir and --compute-hooks-dir belong to the hook sidecar API; with --plugin the socket directory is the same in every container");
   }
   const options: SidecarOptions = {
-    hooksDir: dir("hooks-dir", values["hooks-dir"]),
-    computeHooksDir: dir("compute-hooks-dir", values["compute-hooks-dir"]),
-    hookSocket: name("hook-socket", values["hook-socket"], "kvmi-bridge.sock"),
+    hooksDir,
+    computeHooksDir: api === "plugin" ? hooksDir : dir("compute-hooks-dir", values["compute-hooks-dir"]),
+    hookSocket,
     socketSubdir: name("socket-subdir", values["socket-subdir"], "kvmi"),
     containerName,
     hookName: values["hook-name"] ?? "kvmi-bridge",
-    hookPriority: int("hook-priority", values["hook-priority"], 0, -(2 ** 31), 2 ** 31 - 1),
+    api,
+    pluginName,
+    nodeBridge,
+    nodeBridgeTls: {
+      caFile: values["node-bridge-ca"],
+      certFile: values["node-bridge-cert"],
+      keyFile: values["node-bridge-key"],
+      serverName: values["node-bridge-server-name"],
+    },
+    connectDeadlineSeconds: int("connect-deadline-seconds", values["connect-deadline-seconds"], 120, 1, 86_400),
+    warnings,
     commands: ids("command", values["allow-command"]),
     events: ids("event", values["allow-event"]),
     reconnectSeconds: int("reconnect-seconds", values["reconnect-seconds"], 1, 1, 3600),
@@ -183,6 +269,22 @@ export function parseSidecarArgs(argv: readonly string[]): ParsedSidecarArgs {
     bridgeArgs,
   };
   return errors.length > 0 ? { action: "fail", errors } : { action: "run", options };
+}
+
+function parseNodeBridge(text: string | undefined, errors: string[]): NodeBridgeAddress | undefined {
+  if (text === undefined) return undefined;
+  if (text.startsWith("unix:")) {
+    const path = text.slice("unix:".length);
+    if (!posix.isAbsolute(path)) errors.push(`--node-bridge ${text}: the path must be absolute`);
+    return { kind: "unix", path: posix.normalize(path) };
+  }
+  const match = /^(tcp|tls):(\[[^\]]+\]|[^:]+):(\d{1,5})$/.exec(text);
+  const port = match ? Number(match[3]) : 0;
+  if (!match || port < 1 || port > 65_535) {
+    errors.push(`--node-bridge "${text}" must be unix:PATH, tls:HOST:PORT or tcp:HOST:PORT`);
+    return undefined;
+  }
+  return { kind: "tcp", host: match[2]!.replace(/^\[|\]$/g, ""), port, tls: match[1] === "tls" };
 }
 
 /** The sidecar-side paths of the hook socket, the KVMI socket and the cookie. */
@@ -198,10 +300,12 @@ export function sidecarPaths(options: Pick<SidecarOptions, "hooksDir" | "hookSoc
 
 /** The compute-side (QEMU's) paths of the KVMI socket and the cookie, for `containerName`. */
 export function computePaths(
-  options: Pick<SidecarOptions, "computeHooksDir" | "socketSubdir">,
-  containerName: string,
+  options: Pick<SidecarOptions, "computeHooksDir" | "socketSubdir" | "api">,
+  containerName: string | undefined,
 ): { readonly kvmiSocket: string; readonly cookie: string } {
-  const dir = posix.join(options.computeHooksDir, containerName, options.socketSubdir);
+  // The Plugin API's socket directory is mounted at the same path in the sidecar and the compute
+  // container; the hook sidecar's appears in the compute container under the container's name.
+  const dir = options.api === "plugin" ? posix.join(options.computeHooksDir, options.socketSubdir) : posix.join(options.computeHooksDir, containerName!, options.socketSubdir);
   return { kvmiSocket: posix.join(dir, "kvmi.sock"), cookie: posix.join(dir, "cookie") };
 }
 

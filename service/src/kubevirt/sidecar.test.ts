@@ -11,7 +11,7 @@ import { create } from "@bufbuild/protobuf";
 import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
 import { credentials, makeGenericClientConstructor } from "@grpc/grpc-js";
 import type { Client, ServiceError } from "@grpc/grpc-js";
-import { createSimulator } from "@kvmi/kvm-bridge/emulator";
+import { createEmulatedVm, createSimulator } from "@kvmi/kvm-bridge/emulator";
 import type { Simulator } from "@kvmi/kvm-bridge/emulator";
 import { IntrospectionService, ListVmsRequestSchema, State } from "@kvmi/proto";
 import type { ListVmsResponse } from "@kvmi/proto";
@@ -25,6 +25,8 @@ const volume = join(root, "hook-sidecar-sockets"); // the emptyDir, as the compu
 const sidecarView = join(volume, "hook-sidecar-0"); // the same, as the sidecar sees it (subPath)
 mkdirSync(sidecarView, { recursive: true });
 const clients: Client[] = [];
+/** The firmware UUID in testdata/kubevirt-domain.xml's sysinfo. */
+const DOMAIN_UUID = "5b8a3c7e-1d2f-4e6a-9b0c-7d8e9f0a1b2c";
 const simulators: Simulator[] = [];
 
 afterAll(async () => {
@@ -84,8 +86,8 @@ describe("kvmi-kubevirt-sidecar in a simulated virt-launcher pod", () => {
 
     // virt-launcher: Info, then OnDefineDomain with a VMI whose annotation lists us first.
     const info = await dial(`unix:${hookSocket}`, createServiceDefinition(Info), "Info")("info", create(InfoParamsSchema, {}));
-    expect(info).toMatchObject({ versions: ["v1alpha3"], hookPoints: [{ name: "OnDefineDomain" }] });
-    const vmi = { metadata: { annotations: { "hooks.kubevirt.io/hookSidecars": JSON.stringify([{ image: "kvmi-bridge", command: ["kvmi-kubevirt-sidecar"] }]) } } };
+    expect(info).toMatchObject({ versions: ["v1alpha3"], hookPoints: [{ name: "OnDefineDomain" }, { name: "Shutdown" }] });
+    const vmi = { metadata: { namespace: "team-a", name: "vm-1", annotations: { "hooks.kubevirt.io/hookSidecars": JSON.stringify([{ image: "kvmi-bridge", command: ["kvmi-kubevirt-sidecar"] }]) } } };
     const callbacks = dial(`unix:${hookSocket}`, createServiceDefinition(Callbacks), "Callbacks");
     const defined = await callbacks("onDefineDomain", create(OnDefineDomainParamsSchema, {
       domainXML: readFileSync(new URL("./testdata/kubevirt-domain.xml", import.meta.url)),
@@ -103,23 +105,29 @@ describe("kvmi-kubevirt-sidecar in a simulated virt-launcher pod", () => {
     expect(statSync(qemu.secretFile).mode & 0o777).toBe(0o644);
     expect(statSync(qemu.socketPath).isSocket()).toBe(true);
 
-    // QEMU with the right cookie is hooked; one with a wrong cookie refuses the bridge.
-    const good = createSimulator({ endpoint: { kind: "unix", path: qemu.socketPath }, vms: 1, secret: cookie, reconnectMs: 100, workload: false });
-    const bad = createSimulator({ endpoint: { kind: "unix", path: qemu.socketPath }, vms: 1, secret: new TextEncoder().encode("wrong"), reconnectMs: 100, namePrefix: "impostor", workload: false });
-    simulators.push(good, bad);
-    good.start();
-    bad.start();
+    // The VM is listed from the hook call on, before QEMU connects: the domain's UUID (libvirt takes
+    // the sysinfo UUID KubeVirt writes), the VMI's namespace/name.
     const listVms = dial(`unix:${grpcSocket}`, createServiceDefinition(IntrospectionService), "IntrospectionService");
+    const announced = (await listVms("listVms", create(ListVmsRequestSchema, {}))) as ListVmsResponse;
+    expect(announced.vms.map((vm) => [vm.uuid, vm.state, vm.origin?.namespace, vm.origin?.name])).toEqual([[DOMAIN_UUID, State.AWAITING_CONNECTION, "team-a", "vm-1"]]);
+
+    // QEMU with the right cookie is hooked; one with a wrong cookie refuses the bridge.
+    const vm = createEmulatedVm({ kind: "unix", path: qemu.socketPath }, { uuid: DOMAIN_UUID, secret: cookie, reconnectMs: 100, workload: false });
+    simulators.push({ stop: () => vm.stop() } as unknown as Simulator);
+    vm.start();
+    const bad = createSimulator({ endpoint: { kind: "unix", path: qemu.socketPath }, vms: 1, secret: new TextEncoder().encode("wrong"), reconnectMs: 100, namePrefix: "impostor", workload: false });
+    simulators.push(bad);
+    bad.start();
     await vi.waitFor(
       async () => {
         const list = (await listVms("listVms", create(ListVmsRequestSchema, {}))) as ListVmsResponse;
-        expect(list.vms.map((vm) => [vm.uuid, vm.state])).toEqual([[good.vms[0]!.uuid, State.HOOKED]]);
+        expect(list.vms.map((v) => [v.uuid, v.state, v.origin?.name])).toEqual([[DOMAIN_UUID, State.HOOKED, "vm-1"]]);
       },
       { timeout: 10_000, interval: 100 },
     );
     await new Promise((resolve) => setTimeout(resolve, 300)); // the impostor retried a few times by now
     const list = (await listVms("listVms", create(ListVmsRequestSchema, {}))) as ListVmsResponse;
-    expect(list.vms.map((vm) => vm.uuid)).toEqual([good.vms[0]!.uuid]);
+    expect(list.vms.map((v) => v.uuid)).toEqual([DOMAIN_UUID]);
     await bad.stop();
 
     // virt-launcher is done with the VM: Shutdown stops the sidecar, which releases the VM.

@@ -1,28 +1,36 @@
 // SPDX-License-Identifier: Apache-2.0
 /**
- * The composition root of `kvmi-kubevirt-sidecar`: kvmi-bridge for one VM, plus the KubeVirt hook
- * server that points the VM's QEMU at it.
+ * The composition root of `kvmi-kubevirt-sidecar`: the KubeVirt hook server that points the VM's
+ * QEMU at a KVMI socket in the pod, and behind that socket either a kvmi-bridge for this one VM
+ * (pod mode) or a forwarder to the node's bridge (node mode, `--node-bridge`).
  *
  * 1. Creates `<hooks>/<subdir>/` and a random cookie there (a per-pod secret: QEMU checks it
- *    against the bridge's handshake answer, kvmi-abi.md §2.2). A restarted sidecar keeps the
- *    cookie it finds: QEMU read its secret object once, at start, and reconnects with it.
- * 2. Starts the bridge with the KVMI socket in that directory (the arguments after `--` and
- *    `KVMI_BRIDGE_*` configure the rest; the socket and cookie are the sidecar's to choose).
- * 3. Serves the hook protocol: OnDefineDomain adds `-chardev`, `-object secret` and
- *    `-object introspection` with the compute container's view of those paths.
+ *    against the bridge's handshake answer, docs/kubevirt-forwarder.md). A restarted sidecar
+ *    keeps the cookie it finds: QEMU read its secret object once, at start, and reconnects with it.
+ * 2. Pod mode: starts the bridge with the KVMI socket in that directory (the arguments after `--`
+ *    and `KVMI_BRIDGE_*` configure the rest). Node mode: starts the forwarder on that socket; the
+ *    node bridge answers QEMU with this pod's cookie hash, which the forwarder's hello carries.
+ * 3. Serves the hook protocol (legacy sidecar or Plugin API): the domain hook adds `-chardev`,
+ *    `-object secret` and `-object introspection` with the compute container's view of those
+ *    paths, and announces the VM (the domain's `<uuid>`, the VMI's namespace/name) so that a QEMU
+ *    that never connects is listed as not connected, with the reason, instead of not at all.
  * 4. Stops on SIGTERM/SIGINT or when virt-launcher calls Shutdown: hook server, then the bridge
- *    (which releases the VM through the unhook flow).
+ *    (which releases the VM through the unhook flow) or the forwarder.
  */
-import { randomBytes } from "node:crypto";
-import { chmodSync, existsSync, mkdirSync, statSync, writeFileSync } from "node:fs";
+import { createHash, randomBytes } from "node:crypto";
+import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { status } from "@grpc/grpc-js";
 import { startBridge } from "../bridge.js";
 import { applyConfigAction, loadConfig, readSecret } from "../config/index.js";
 import { createRootLogger } from "../log/index.js";
 import { injectQemuArgs } from "./domain-xml.js";
+import { NEVER_CONNECTED_PROBLEM } from "../forward/forward-listener.js";
 import { startHookServer, HookRequestError } from "./hook-server.js";
 import type { DefineDomainCall } from "./hook-server.js";
 import { INTROSPECTION_OWNED_ARGS, INTROSPECTION_QOM_TYPE, introspectionQemuArgs } from "./introspection-args.js";
+import { startForwarder } from "../forward/forwarder.js";
+import type { Upstream } from "../forward/forwarder.js";
+import type { HelloOrigin } from "../forward/hello.js";
 import { computePaths, containerNameFromVmi, parseSidecarArgs, sidecarPaths } from "./sidecar-options.js";
 import type { SidecarOptions } from "./sidecar-options.js";
 
@@ -63,7 +71,7 @@ export function processIo(): SidecarIo {
  */
 export function defineDomain(options: SidecarOptions, call: DefineDomainCall): string {
   let containerName = options.containerName;
-  if (containerName === undefined) {
+  if (containerName === undefined && options.api === "hook-sidecar") {
     const derived = containerNameFromVmi(call.vmi);
     if (!derived.ok) throw new HookRequestError(status.FAILED_PRECONDITION, `cannot tell this sidecar's container name: ${derived.error}`);
     containerName = derived.name;
@@ -82,9 +90,54 @@ export function defineDomain(options: SidecarOptions, call: DefineDomainCall): s
   return injectQemuArgs(call.domainXml, args, { singletonObjectTypes: [INTROSPECTION_QOM_TYPE], owned: INTROSPECTION_OWNED_ARGS });
 }
 
+const UUID_TEXT = "([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})";
+const DOMAIN_UUID = new RegExp(`<uuid>\\s*${UUID_TEXT}\\s*</uuid>`);
+const SYSINFO_UUID = new RegExp(`<entry\\s+name=["']uuid["']\\s*>\\s*${UUID_TEXT}\\s*</entry>`);
+
+/**
+ * The VM a domain hook call describes: the UUID QEMU will send in its handshake, the domain name,
+ * the VMI's namespace/name. KubeVirt writes no `<uuid>` into the domain but the firmware UUID into
+ * `<sysinfo><system><entry name="uuid">`, and libvirt then takes that as the domain's (and QEMU's
+ * `-uuid`); a `<uuid>` another hook set wins, as it does in libvirt.
+ */
+export function vmOfCall(call: DefineDomainCall, podName: string): { uuid: string; name: string; origin?: HelloOrigin } | undefined {
+  const vmi = call.vmi as { metadata?: { namespace?: unknown; name?: unknown }; spec?: { domain?: { firmware?: { uuid?: unknown } } } } | undefined;
+  const firmware = vmi?.spec?.domain?.firmware?.uuid;
+  const uuid = (
+    DOMAIN_UUID.exec(call.domainXml)?.[1] ??
+    SYSINFO_UUID.exec(call.domainXml)?.[1] ??
+    (typeof firmware === "string" && new RegExp(`^${UUID_TEXT}$`).test(firmware) ? firmware : undefined)
+  )?.toLowerCase();
+  if (uuid === undefined) return undefined;
+  const name = /<name>([^<]{1,253})<\/name>/.exec(call.domainXml)?.[1] ?? "";
+  const metadata = vmi?.metadata;
+  const origin =
+    typeof metadata?.namespace === "string" && typeof metadata.name === "string" ? { namespace: metadata.namespace, name: metadata.name, pod: podName } : undefined;
+  return { uuid, name, ...(origin && { origin }) };
+}
+
+function upstreamOf(options: SidecarOptions): Upstream {
+  const address = options.nodeBridge!;
+  if (address.kind === "unix") return address;
+  const tls = options.nodeBridgeTls;
+  return {
+    kind: "tcp",
+    host: address.host,
+    port: address.port,
+    ...(address.tls && {
+      tls: {
+        ...(tls.caFile !== undefined && { ca: readFileSync(tls.caFile) }),
+        ...(tls.certFile !== undefined && { cert: readFileSync(tls.certFile) }),
+        ...(tls.keyFile !== undefined && { key: readFileSync(tls.keyFile) }),
+        ...(tls.serverName !== undefined && { serverName: tls.serverName }),
+      },
+    }),
+  };
+}
+
 /** Runs the sidecar until a stop signal or Shutdown; resolves with the exit code. */
 export async function main(argv: readonly string[], io: SidecarIo = processIo()): Promise<number> {
-  const parsed = parseSidecarArgs(argv);
+  const parsed = parseSidecarArgs(argv, io.env);
   if (parsed.action === "help") {
     io.stdout(parsed.help);
     return 0;
@@ -113,7 +166,11 @@ export async function main(argv: readonly string[], io: SidecarIo = processIo())
     "--secret-file",
     paths.cookie,
   ];
-  const outcome = applyConfigAction(loadConfig({ argv: bridgeArgv, env: io.env, cwd: process.cwd(), pid: process.pid }), {
+  const mode = options.nodeBridge === undefined ? "pod" : "node";
+  // Node mode runs no bridge: only its logging settings apply (the image's KVMI_BRIDGE_GRPC_LISTEN
+  // and the like must not make the forwarder refuse to start).
+  const configEnv = mode === "pod" ? io.env : Object.fromEntries(Object.entries(io.env).filter(([name]) => name === "KVMI_BRIDGE_LOG_LEVEL"));
+  const outcome = applyConfigAction(loadConfig({ argv: mode === "pod" ? bridgeArgv : options.bridgeArgs, env: configEnv, cwd: process.cwd(), pid: process.pid }), {
     stdout: io.stdout,
     stderr: io.stderr,
   });
@@ -122,20 +179,60 @@ export async function main(argv: readonly string[], io: SidecarIo = processIo())
   const logger = createRootLogger(config);
   for (const warning of warnings) logger.warn({}, warning);
   const log = logger.child({ component: "kubevirt-sidecar" });
+  for (const warning of options.warnings) log.warn({}, warning);
   log.info(
     {
+      api: options.api,
+      mode,
       hookSocket: paths.hookSocket,
       kvmiSocket: paths.kvmiSocket,
       cookie: cookieKept ? "kept from an earlier start" : "new",
-      containerName: options.containerName ?? "(from the VMI annotation)",
+      containerName: options.containerName ?? (options.api === "plugin" ? "(not needed)" : "(from the VMI annotation)"),
       commands: options.commands ?? "all",
       events: options.events ?? "all",
     },
-    "starting kvmi-bridge as a KubeVirt hook sidecar",
+    mode === "pod" ? "starting kvmi-bridge as a KubeVirt hook sidecar" : "starting the KVMI forwarder to the node's bridge as a KubeVirt hook sidecar",
   );
-  const secret = readSecret(config);
-  const bridge = await startBridge({ config, logger, ...(secret && { secret: new Uint8Array(secret) }) });
 
+  // The VMI, once a domain hook told it: the forwarder's hello and the announcement carry it.
+  let origin: HelloOrigin | undefined;
+  let announce: (vm: { uuid: string; name: string; origin?: HelloOrigin }) => void;
+  let stopBehind: () => Promise<void>;
+  if (mode === "pod") {
+    const secret = readSecret(config);
+    const bridge = await startBridge({ config, logger, ...(secret && { secret: new Uint8Array(secret) }) });
+    announce = (vm) =>
+      void bridge.registry.expect({
+        uuid: vm.uuid,
+        name: vm.name,
+        ...(vm.origin && { origin: vm.origin }),
+        deadlineMs: options.connectDeadlineSeconds * 1000,
+        problem: NEVER_CONNECTED_PROBLEM,
+        peer: "kubevirt-sidecar",
+      });
+    stopBehind = () => bridge.stop();
+  } else {
+    let forwarder;
+    try {
+      forwarder = await startForwarder({
+        listenPath: paths.kvmiSocket,
+        socketMode: 0o666,
+        upstream: upstreamOf(options),
+        cookieHash: createHash("sha1").update(readFileSync(paths.cookie)).digest("hex"),
+        origin: () => origin,
+        logger: logger.child({ component: "forwarder" }),
+      });
+    } catch (error) {
+      log.error({ err: error }, "cannot start the KVMI forwarder");
+      return 1;
+    }
+    const started = forwarder;
+    announce = (vm) => void started.announce({ ...vm, deadlineSeconds: options.connectDeadlineSeconds });
+    stopBehind = () => started.close();
+  }
+
+  const announced = new Set<string>();
+  const podName = io.env.POD_NAME ?? "";
   let stop: (reason: string) => void = () => undefined;
   const stopped = new Promise<string>((resolve) => (stop = resolve));
   let hooks;
@@ -143,22 +240,32 @@ export async function main(argv: readonly string[], io: SidecarIo = processIo())
     hooks = await startHookServer({
       socketPath: paths.hookSocket,
       name: options.hookName,
-      priority: options.hookPriority,
+      api: options.api,
       logger: log,
-      onDefineDomain: (call) => defineDomain(options, call),
+      onDefineDomain: (call) => {
+        const xml = defineDomain(options, call);
+        const vm = vmOfCall(call, podName);
+        if (vm?.origin) origin = vm.origin;
+        // Several calls per start (each definition, the migration target): announce a VM once.
+        if (vm !== undefined && call.invocation !== "MigrationSource" && !announced.has(vm.uuid)) {
+          announced.add(vm.uuid);
+          announce(vm);
+        }
+        return xml;
+      },
       onShutdown: () => stop("Shutdown hook"),
     });
   } catch (error) {
     log.error({ err: error, socket: paths.hookSocket }, "cannot serve the hook socket");
-    await bridge.stop();
+    await stopBehind();
     return 1;
   }
   const removeSignals = io.onSignal((signal) => stop(signal));
   const reason = await stopped;
   removeSignals();
-  log.info({ reason }, "shutting down: hook server, then the bridge releases the VM");
+  log.info({ reason }, mode === "pod" ? "shutting down: hook server, then the bridge releases the VM" : "shutting down: hook server, then the forwarder");
   await hooks.close();
-  await bridge.stop();
+  await stopBehind();
   log.info({}, "stopped");
   return 0;
 }

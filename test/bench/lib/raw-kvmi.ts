@@ -44,12 +44,18 @@ function readExactly(socket: Socket, length: number): Promise<Buffer> {
 
 /**
  * Listens on `path` and answers each device manager's handshake (no cookie secret). The kernel
- * side sends nothing before the tool does, so the caller attaches its reader afterwards.
+ * side sends nothing before the tool does, so the caller attaches its reader afterwards. With
+ * `forwarded`, each connection starts with a KVMI forwarder's hello (12-byte head, JSON), which is
+ * skipped: the node bridge's side of KubeVirt node mode, reduced to the raw tool.
  */
-export async function listenRaw(path: string, onConnection: (c: RawConnection) => void): Promise<Server> {
+export async function listenRaw(path: string, onConnection: (c: RawConnection) => void, options: { forwarded?: boolean } = {}): Promise<Server> {
   const server = createServer((socket) => {
     socket.on("error", () => undefined);
     void (async () => {
+      if (options.forwarded) {
+        const hello = await readExactly(socket, 12);
+        await readExactly(socket, hello.readUInt32BE(8));
+      }
       const head = await readExactly(socket, 4);
       const size = viewOf(head).getUint32(0, true);
       checkHandshakeSize(size);
