@@ -17,6 +17,8 @@ const PF_KTHREAD = 0x00200000n;
 /** IA32_KERNEL_GS_BASE: the kernel's GS base while a vCPU runs user code (after SWAPGS). */
 const MSR_KERNEL_GS_BASE = 0xc0000102;
 const MAX_TASKS = 32768;
+/** First address of the x86-64 kernel half (canonical upper half). */
+const KERNEL_HALF = 0xffff800000000000n;
 
 /** One process (task) as read from guest memory. */
 export interface LinuxProcess {
@@ -178,11 +180,15 @@ export class LinuxGuest {
     return this.profile.requireSymbol("current_task");
   }
 
-  /** The task running on a vCPU: `current_task` in its per-CPU area (GS base, or KERNEL_GS_BASE in user mode). */
+  /**
+   * The task running on a vCPU: `current_task` in its per-CPU area. That area is GS's base in the
+   * kernel and IA32_KERNEL_GS_BASE in user mode and at the syscall entry before its SWAPGS, so the
+   * one of the two that holds a kernel address is taken.
+   */
   async currentProcess(vcpu: number, options?: CallOptions): Promise<LinuxProcess> {
     const snapshot = await this.vm.getRegisters(vcpu, { ...options, msrs: [MSR_KERNEL_GS_BASE] });
-    const userMode = (snapshot.sregs.cs?.selector ?? 0) % 4 === 3;
-    const gsBase = userMode ? snapshot.msrs.get(MSR_KERNEL_GS_BASE) ?? 0n : snapshot.sregs.gs?.base ?? 0n;
+    const gs = snapshot.sregs.gs?.base ?? 0n;
+    const gsBase = gs >= KERNEL_HALF ? gs : snapshot.msrs.get(MSR_KERNEL_GS_BASE) ?? 0n;
     const pointer = u64(await this.vm.readVirtual(vcpu, gsBase + this.currentTaskOffset(), 8, options), 0);
     return this.readTask(pointer, options);
   }
