@@ -63,7 +63,15 @@ export default tseslint.config(
     rules: {
       "no-restricted-imports": [
         "error",
-        { patterns: [forbid(["@kvmi/service", "@kvmi/kvm-bridge", "@kvmi/kvm-bridge/*", ...crossPackageDeep.filter((p) => !p.includes("clients"))], "clients talk to the bridge only over gRPC (conventions §2).")] },
+        {
+          // The codec (tables, encoder/decoder, framer, handshake, errors) is the one part of
+          // kvm-bridge a client may use, e.g. a relay for libkvmi tools (README, design notes).
+          paths: [{ name: "@kvmi/kvm-bridge", message: "clients may import only @kvmi/kvm-bridge/codec of kvm-bridge (README, design notes)." }],
+          patterns: [
+            forbid(["@kvmi/service", ...crossPackageDeep.filter((p) => !p.includes("clients"))], "clients talk to the bridge only over gRPC (conventions §2)."),
+            forbid(["@kvmi/kvm-bridge/*", "!@kvmi/kvm-bridge/codec"], "clients may import only @kvmi/kvm-bridge/codec of kvm-bridge (README, design notes)."),
+          ],
+        },
       ],
     },
   },

@@ -12,6 +12,7 @@ const kTransport = Symbol.for("kvmi-bridge.error.transport");
 const kTimeout = Symbol.for("kvmi-bridge.error.timeout");
 const kUnsupported = Symbol.for("kvmi-bridge.error.unsupported");
 const kArgument = Symbol.for("kvmi-bridge.error.argument");
+const kNotInDialect = Symbol.for("kvmi-bridge.error.not-in-dialect");
 
 function branded(value: unknown, brand: symbol): boolean {
   return typeof value === "object" && value !== null && (value as Record<symbol, unknown>)[brand] === true;
@@ -111,7 +112,7 @@ export class KvmiTimeoutError extends KvmiTransportError {
 
 /** The kernel does not offer a command or event (`KVMI_VM_CHECK_COMMAND`/`_EVENT` said no). */
 export class KvmiUnsupportedError extends KvmiError {
-  readonly code = "KVMI_UNSUPPORTED";
+  readonly code: string = "KVMI_UNSUPPORTED";
 
   constructor(message: string, context: KvmiErrorContext = {}) {
     super(message, context);
@@ -121,6 +122,30 @@ export class KvmiUnsupportedError extends KvmiError {
 
   static override [Symbol.hasInstance](value: unknown): boolean {
     return branded(value, kUnsupported);
+  }
+}
+
+/**
+ * The dialect lacks a command or event that exists in another dialect (v12 has no GET_MAX_GFN,
+ * only kvmi-v7 has CONTROL_CMD_RESPONSE). The service maps it to FAILED_PRECONDITION
+ * `NOT_IN_DIALECT`; `dialect` and `op` name what was asked.
+ */
+export class KvmiNotInDialectError extends KvmiUnsupportedError {
+  override readonly code = "KVMI_NOT_IN_DIALECT";
+  readonly dialect: string;
+  /** The op or event kind the dialect lacks. */
+  readonly op: string;
+
+  constructor(dialect: string, op: string, what: "command" | "event") {
+    super(`the ${dialect} dialect has no ${op} ${what}`, { command: op });
+    this.name = "KvmiNotInDialectError";
+    this.dialect = dialect;
+    this.op = op;
+    Object.defineProperty(this, kNotInDialect, { value: true });
+  }
+
+  static override [Symbol.hasInstance](value: unknown): boolean {
+    return branded(value, kNotInDialect);
   }
 }
 

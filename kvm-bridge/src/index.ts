@@ -9,6 +9,7 @@
 export {
   KvmiArgumentError,
   KvmiError,
+  KvmiNotInDialectError,
   KvmiProtocolError,
   KvmiRemoteError,
   KvmiTimeoutError,

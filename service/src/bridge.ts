@@ -5,6 +5,7 @@
  * emulator; tests start this directly.
  */
 import { createKvmiListener, createVmRegistry } from "@kvmi/kvm-bridge";
+import { v9 } from "@kvmi/kvm-bridge/wire";
 import type { KvmiListener, ListenEndpoint, Logger, VmRegistry } from "@kvmi/kvm-bridge";
 import {
   file_kvmi_v1_command,
@@ -146,6 +147,8 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
     listener = await createKvmiListener(
       {
         endpoints: endpoints(config, options.cwd ?? process.cwd()),
+        // The only dialect the service maps today; `--kvmi-dialect` comes with issue 12's service work.
+        dialect: v9,
         handshakeVariant: config.handshakeVariant,
         logger: guestPathLogger.child({ component: "kvmi" }),
         channel: { defaultTimeoutMs: config.requestTimeoutMs },

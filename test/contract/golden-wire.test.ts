@@ -409,7 +409,7 @@ describe("framer over the golden messages", () => {
   }
 
   function run(chunks: Uint8Array[]): Array<{ hdr: MsgHdr; body: number[] }> {
-    const framer = createFramer();
+    const framer = createFramer(v9);
     const out: Array<{ hdr: MsgHdr; body: number[] }> = [];
     for (const chunk of chunks) framer.push(chunk, (hdr, body) => out.push({ hdr, body: [...body] }));
     expect(framer.pendingBytes).toBe(0);

@@ -230,7 +230,7 @@ describe("events: encodeEvent -> decodeEvent", () => {
         fc.property(seqArb, vcpuArb, layoutArb(archLayout), payloadArb, (seq, vcpu, arch, payload) => {
           const message = encodeEvent(v9, spec, seq, vcpu, arch, payload);
           const size = v9.layouts.event.size + (spec.payload?.size ?? 0);
-          expect(readMsgHdr(message)).toStrictEqual({ id: v9.eventMessageId, size, seq });
+          expect(readMsgHdr(message)).toStrictEqual({ id: v9.eventFraming.vcpuEventMessageId, size, seq });
           expect(message.length).toBe(HEADER_BYTES + size);
           expect(decodeEvent(v9, message.subarray(HEADER_BYTES))).toStrictEqual({
             spec,
@@ -256,7 +256,7 @@ describe("event replies: encodeEventReply -> decodeEventReply + decodeEventReply
           const message = encodeEventReply(v9, spec, seq, vcpu, action, replyData);
           const dataBytes = spec.replyData?.size ?? 0;
           const size = VCPU_HDR + v9.layouts.eventReply.size + dataBytes;
-          expect(readMsgHdr(message)).toStrictEqual({ id: v9.eventMessageId, size, seq });
+          expect(readMsgHdr(message)).toStrictEqual({ id: v9.eventFraming.vcpuEventMessageId, size, seq });
           expect(message.length).toBe(HEADER_BYTES + size);
           const decoded = decodeEventReply(v9, message.subarray(HEADER_BYTES));
           expect({ ...decoded, data: decoded.data.length }).toStrictEqual({

@@ -525,7 +525,7 @@ export async function fakeHook(
     peer.write(handshakeBytes(uuid));
     await peer.waitBytes(HANDSHAKE_REPLY_BYTES, options.timeoutMs ?? 2000);
     peer.consume(HANDSHAKE_REPLY_BYTES);
-    const framer = createFramer();
+    const framer = createFramer(v9);
     const answer = async (hdr: MsgHdr): Promise<void> => {
       await options.hold;
       const spec = commandById(v9, hdr.id);
@@ -604,7 +604,7 @@ export const arbitraryFrame: fc.Arbitrary<{ readonly kind: string; readonly byte
     bytes: frame(id, seq, body),
   })),
   // An event (id 0) with a random body: too short, inconsistent size, unknown event id.
-  fc.tuple(fc.nat(), fc.uint8Array({ maxLength: 700 })).map(([seq, body]) => ({ kind: "event", bytes: frame(v9.eventMessageId, seq, body) })),
+  fc.tuple(fc.nat(), fc.uint8Array({ maxLength: 700 })).map(([seq, body]) => ({ kind: "event", bytes: frame(v9.eventFraming.vcpuEventMessageId, seq, body) })),
   // A header that promises more than follows (the connection is closed mid-body).
   fc.tuple(fc.integer({ min: 0, max: 0xffff }), fc.integer({ min: 1, max: MAX_FRAME_BODY })).map(([id, size]) => ({
     kind: `truncated body of ${size}`,

@@ -169,7 +169,7 @@ export class WireTool {
   readonly closed: Promise<void>;
 
   constructor(readonly socket: Socket) {
-    const framer = createFramer();
+    const framer = createFramer(v9);
     socket.on("data", (chunk: Buffer) => framer.push(chunk, (hdr, body) => this.onMessage(hdr, body)));
     this.closed = new Promise((resolve) =>
       socket.once("close", () => {
@@ -196,7 +196,7 @@ export class WireTool {
       this.eventReplyErrors.push({ seq: hdr.seq, err: viewOf(body).getInt32(0, true) });
       return;
     }
-    if (hdr.id === v9.eventMessageId) {
+    if (hdr.id === v9.eventFraming.vcpuEventMessageId) {
       const event: ToolEvent = { ...decodeEvent(v9, body), seq: hdr.seq, size: hdr.size };
       const waiter = this.eventWaiters.shift();
       if (waiter !== undefined) waiter.resolve(event);

@@ -34,7 +34,7 @@ let channel: KvmiChannel;
 let kernel: Kernel;
 
 /** A channel over a fresh UNIX socket pair, with the test playing the kernel at the other end. */
-async function open(options: KvmiChannelOptions = {}): Promise<{ channel: KvmiChannel; kernel: Kernel }> {
+async function open(options: Partial<KvmiChannelOptions> = {}): Promise<{ channel: KvmiChannel; kernel: Kernel }> {
   const path = join(dir, `kvmi-${servers.length}.sock`);
   let server!: Server;
   const accepted = new Promise<Socket>((resolve) => {
@@ -47,7 +47,7 @@ async function open(options: KvmiChannelOptions = {}): Promise<{ channel: KvmiCh
   const received: MsgHdr[] = [];
   const unread: MsgHdr[] = [];
   const waiters: Array<(hdr: MsgHdr) => void> = [];
-  const framer = createFramer();
+  const framer = createFramer(v9);
   peer.on("data", (chunk: Buffer) =>
     framer.push(chunk, (hdr) => {
       received.push(hdr);
@@ -56,7 +56,7 @@ async function open(options: KvmiChannelOptions = {}): Promise<{ channel: KvmiCh
       else unread.push(hdr);
     }),
   );
-  const opened = createKvmiChannel(tool, { vm: "deadline-test", ...options });
+  const opened = createKvmiChannel(tool, { vm: "deadline-test", dialect: v9, ...options });
   channels.push(opened);
   return {
     channel: opened,
@@ -99,8 +99,8 @@ async function outcome(promise: Promise<unknown>, t0: number): Promise<{ error: 
 describe("KvmiChannel command deadlines", () => {
   it("fails each unanswered command at its own deadline, the earlier one first", async () => {
     const t0 = performance.now();
-    const slow = outcome(channel.command("KVMI_VM_GET_MAX_GFN", {}, undefined, { timeoutMs: 400 }), t0);
-    const fast = outcome(channel.command("KVMI_VM_GET_MAX_GFN", {}, undefined, { timeoutMs: 60 }), t0);
+    const slow = outcome(channel.command("GET_MAX_GFN", {}, undefined, { timeoutMs: 400 }), t0);
+    const fast = outcome(channel.command("GET_MAX_GFN", {}, undefined, { timeoutMs: 60 }), t0);
     const fastResult = await fast;
     expect(fastResult.error).toBeInstanceOf(KvmiTimeoutError);
     expect((fastResult.error as Error).message).toBe("KVMI_VM_GET_MAX_GFN got no reply within 60 ms");
@@ -116,9 +116,9 @@ describe("KvmiChannel command deadlines", () => {
 
   it("a command added with an earlier deadline than the armed one still fails on time", async () => {
     const t0 = performance.now();
-    const long = outcome(channel.command("KVMI_VM_GET_MAX_GFN", {}, undefined, { timeoutMs: 5_000 }), t0);
+    const long = outcome(channel.command("GET_MAX_GFN", {}, undefined, { timeoutMs: 5_000 }), t0);
     await kernel.next();
-    const short = await outcome(channel.command("KVMI_VM_GET_MAX_GFN", {}, undefined, { timeoutMs: 50 }), t0);
+    const short = await outcome(channel.command("GET_MAX_GFN", {}, undefined, { timeoutMs: 50 }), t0);
     expect(short.error).toBeInstanceOf(KvmiTimeoutError);
     expect(short.atMs).toBeLessThan(2_000);
     kernel.reply(kernel.received[0]!.seq);
@@ -126,11 +126,11 @@ describe("KvmiChannel command deadlines", () => {
   });
 
   it("drops a late reply to a timed-out command quietly and keeps working", async () => {
-    const first = channel.command("KVMI_VM_GET_MAX_GFN", {}, undefined, { timeoutMs: 30 });
+    const first = channel.command("GET_MAX_GFN", {}, undefined, { timeoutMs: 30 });
     const hdr = await kernel.next();
     await expect(first).rejects.toBeInstanceOf(KvmiTimeoutError);
     kernel.reply(hdr.seq);
-    const second = channel.command("KVMI_VM_GET_MAX_GFN", {}, undefined, { timeoutMs: 1_000 });
+    const second = channel.command("GET_MAX_GFN", {}, undefined, { timeoutMs: 1_000 });
     kernel.reply((await kernel.next()).seq);
     await expect(second).resolves.toEqual({ gfn: 0x1234n });
     expect(channel.isOpen).toBe(true);
@@ -138,7 +138,7 @@ describe("KvmiChannel command deadlines", () => {
 
   it("answered commands leave nothing for the deadline timer to fail", async () => {
     for (let i = 0; i < 3; i++) {
-      const done = channel.command("KVMI_VM_GET_MAX_GFN", {}, undefined, { timeoutMs: 40 });
+      const done = channel.command("GET_MAX_GFN", {}, undefined, { timeoutMs: 40 });
       kernel.reply((await kernel.next()).seq);
       await expect(done).resolves.toEqual({ gfn: 0x1234n });
     }
@@ -149,7 +149,7 @@ describe("KvmiChannel command deadlines", () => {
   });
 
   it("closing fails pending commands with KvmiTransportError, not a later timeout", async () => {
-    const pending = channel.command("KVMI_VM_GET_MAX_GFN", {}, undefined, { timeoutMs: 50 });
+    const pending = channel.command("GET_MAX_GFN", {}, undefined, { timeoutMs: 50 });
     await kernel.next();
     channel.close("device manager went away");
     await expect(pending).rejects.toBeInstanceOf(KvmiTransportError);
@@ -160,7 +160,7 @@ describe("KvmiChannel command deadlines", () => {
 
 describe("KvmiChannel.commandBatch", () => {
   it("sends every request at once and returns each one's own outcome, in request order", async () => {
-    const batch = channel.commandBatch("KVMI_VM_GET_MAX_GFN", [{}, {}, {}], undefined, { timeoutMs: 150 });
+    const batch = channel.commandBatch("GET_MAX_GFN", [{}, {}, {}], undefined, { timeoutMs: 150 });
     const hdrs = [await kernel.next(), await kernel.next(), await kernel.next()];
     expect(new Set(hdrs.map((h) => h.seq)).size).toBe(3);
     // Out of order, one failed by the kernel, one never answered.
@@ -177,7 +177,7 @@ describe("KvmiChannel.commandBatch", () => {
 
   it("an abort fails what is still in flight with the abort reason", async () => {
     const controller = new AbortController();
-    const batch = channel.commandBatch("KVMI_VM_GET_MAX_GFN", [{}, {}], undefined, { timeoutMs: 5_000, signal: controller.signal });
+    const batch = channel.commandBatch("GET_MAX_GFN", [{}, {}], undefined, { timeoutMs: 5_000, signal: controller.signal });
     const first = await kernel.next();
     await kernel.next();
     kernel.reply(first.seq);
@@ -192,7 +192,7 @@ describe("KvmiChannel.commandBatch", () => {
   });
 
   it("a closing socket fails the whole batch with KvmiTransportError", async () => {
-    const batch = channel.commandBatch("KVMI_VM_GET_MAX_GFN", [{}, {}], undefined, { timeoutMs: 5_000 });
+    const batch = channel.commandBatch("GET_MAX_GFN", [{}, {}], undefined, { timeoutMs: 5_000 });
     await kernel.next();
     channel.close("device manager went away");
     const results = await batch;
@@ -201,7 +201,7 @@ describe("KvmiChannel.commandBatch", () => {
 
   it("refuses a batch larger than the channel keeps in flight, sending nothing", async () => {
     const small = await open({ maxInFlight: 4 });
-    await expect(small.channel.commandBatch("KVMI_VM_GET_MAX_GFN", [{}, {}, {}, {}, {}])).rejects.toBeInstanceOf(KvmiArgumentError);
+    await expect(small.channel.commandBatch("GET_MAX_GFN", [{}, {}, {}, {}, {}])).rejects.toBeInstanceOf(KvmiArgumentError);
     expect(small.kernel.received).toHaveLength(0);
     expect(small.channel.pendingCommands).toBe(0);
   });
@@ -219,9 +219,9 @@ describe("KvmiChannel.commandBatch", () => {
         answered++;
       }
     })();
-    const first = small.channel.commandBatch("KVMI_VM_GET_MAX_GFN", [{}, {}, {}], undefined, { timeoutMs: 2_000 });
-    const second = small.channel.commandBatch("KVMI_VM_GET_MAX_GFN", [{}, {}, {}], undefined, { timeoutMs: 2_000 });
-    const single = small.channel.command("KVMI_VM_GET_MAX_GFN", {}, undefined, { timeoutMs: 2_000 });
+    const first = small.channel.commandBatch("GET_MAX_GFN", [{}, {}, {}], undefined, { timeoutMs: 2_000 });
+    const second = small.channel.commandBatch("GET_MAX_GFN", [{}, {}, {}], undefined, { timeoutMs: 2_000 });
+    const single = small.channel.command("GET_MAX_GFN", {}, undefined, { timeoutMs: 2_000 });
     const results = [...(await first), ...(await second), await single];
     await answerAll;
     expect(results).toHaveLength(7);

@@ -13,24 +13,34 @@ import { KvmiArgumentError, KvmiProtocolError, KvmiRemoteError, KvmiTimeoutError
 import type { KvmiErrorContext } from "../errors.js";
 import type { Logger } from "../logger.js";
 import { silentLogger } from "../logger.js";
-import type { BodyInput, BodyValue, CommandSpec, Dialect, EventSpec } from "../wire/dialect.js";
-import { V9_COMMANDS, v9 } from "../wire/dialects/v9.js";
-import type { V9CommandName } from "../wire/dialects/v9.js";
-import { decodeEvent, decodeReply, encodeCommand, encodeEventReply, isEventReplyError } from "../wire/message.js";
+import { requireCommand } from "../wire/dialect.js";
+import type { CommandSpec, Dialect, EventSpec } from "../wire/dialect.js";
+import {
+  decodeEvent,
+  decodeReply,
+  encodeCommand,
+  encodeEventReply,
+  isEventMessage,
+  isEventReplyError,
+  readReplyError,
+} from "../wire/message.js";
 import type { MsgHdr } from "../wire/message.js";
+import type { CommandOp, EventKind, OpReply, OpRequest } from "../wire/ops.js";
 import { createFramer } from "./framer.js";
 import { BatchedCommand, BatchResults, InFlightSlots, PendingCommands } from "./in-flight.js";
 
-type Commands = typeof V9_COMMANDS;
-/** The request body of a v9 command, with its tail's count field optional. */
-export type CommandRequest<N extends V9CommandName> = BodyInput<Commands[N]["request"]>;
-/** The decoded reply data of a v9 command. */
-export type CommandReply<N extends V9CommandName> = BodyValue<Commands[N]["reply"]>;
+/** The request body of `op` (dialect-neutral; integers as number or bigint). */
+export type CommandRequest<O extends CommandOp> = OpRequest<O>;
+/** The decoded reply data of `op` (dialect-neutral). */
+export type CommandReply<O extends CommandOp> = OpReply<O>;
 
-/** An event as the channel delivers it (kvmi-abi §3.3). */
+/** An event as the channel delivers it (kvmi-abi §3.3), the same shape in every dialect. */
 export interface KvmiEvent {
   readonly seq: number;
   readonly vcpu: number;
+  /** The dialect-neutral kind (`spec.kind`). */
+  readonly kind: EventKind;
+  /** The event's entry in the channel's dialect table (wire id, kernel name, layouts). */
   readonly spec: EventSpec;
   readonly arch: Record<string, unknown>;
   readonly payload: Record<string, unknown> | undefined;
@@ -55,7 +65,8 @@ export interface CommandOptions {
 
 /** Options of {@link createKvmiChannel}. */
 export interface KvmiChannelOptions {
-  readonly dialect?: Dialect;
+  /** The dialect the kernel on the other end speaks: every id, layout and limit comes from it. */
+  readonly dialect: Dialect;
   readonly logger?: Logger;
   /** VM UUID, for error context. */
   readonly vm?: string;
@@ -84,14 +95,14 @@ export class KvmiChannel {
 
   constructor(
     private readonly socket: Socket,
-    options: KvmiChannelOptions = {},
+    options: KvmiChannelOptions,
   ) {
-    this.dialect = options.dialect ?? v9;
+    this.dialect = options.dialect;
     this.log = options.logger ?? silentLogger;
     this.slots = new InFlightSlots(options.maxInFlight ?? 256);
     this.defaultTimeoutMs = options.defaultTimeoutMs ?? 30_000;
     this.vm = options.vm;
-    const framer = createFramer({ maxBodyBytes: this.dialect.maxMessageBytes });
+    const framer = createFramer(this.dialect);
     const onFrame = (hdr: MsgHdr, body: Uint8Array): void => this.onMessage(hdr, body);
     socket.on("data", (chunk: Buffer) => {
       try {
@@ -134,18 +145,35 @@ export class KvmiChannel {
   }
 
   /**
-   * Sends a v9 command and resolves with its reply data.
-   * @throws KvmiRemoteError when the kernel answers `err != 0` (errno kept as a positive number),
+   * Sends the command `op` of the channel's dialect and resolves with its reply data. The body is
+   * encoded with the dialect's layouts; `vcpu` addresses vCPU commands wherever the dialect puts
+   * it (`kvmi_vcpu_hdr`, or the body of v12's VM_PAUSE_VCPU).
+   * @throws KvmiNotInDialectError (a KvmiUnsupportedError) when the dialect has no `op`,
+   *   KvmiRemoteError when the kernel answers `err != 0` (errno kept as a positive number),
    *   KvmiTimeoutError after the deadline, KvmiTransportError when the socket goes away,
    *   KvmiArgumentError when the request cannot be encoded.
    */
-  async command<N extends V9CommandName>(
-    name: N,
-    request: CommandRequest<N>,
+  async command<O extends CommandOp>(
+    op: O,
+    request: CommandRequest<O>,
     vcpu?: number,
     options: CommandOptions = {},
-  ): Promise<CommandReply<N>> {
-    const spec: CommandSpec = V9_COMMANDS[name];
+  ): Promise<CommandReply<O>> {
+    const spec = requireCommand(this.dialect, op);
+    return (await this.commandBySpec(spec, request as Record<string, unknown>, vcpu, options)) as CommandReply<O>;
+  }
+
+  /**
+   * Sends the command `spec` (an entry of the channel's dialect table), untyped: for code that
+   * walks the table, such as a relay or a conformance tool. Same errors as {@link command}.
+   */
+  async commandBySpec(
+    spec: CommandSpec,
+    request: Record<string, unknown>,
+    vcpu?: number,
+    options: CommandOptions = {},
+  ): Promise<Record<string, unknown>> {
+    this.checkAnswered(spec, request);
     options.signal?.throwIfAborted();
     // A free slot is taken without a promise (a microtask per command adds up).
     const waitForSlot = this.slots.acquire(1);
@@ -153,7 +181,7 @@ export class KvmiChannel {
     try {
       if (this.closeError !== undefined) this.assertOpen(this.contextOf(spec, vcpu));
       const seq = this.pending.allocateSeq();
-      const message = encodeCommand(this.dialect, spec, seq, request as Record<string, unknown>, vcpu);
+      const message = encodeCommand(this.dialect, spec, seq, request, vcpu);
       const timeoutMs = options.timeoutMs ?? this.defaultTimeoutMs;
       const deadline = performance.now() + timeoutMs;
       const reply = new Promise<Record<string, unknown>>((resolve, reject) => {
@@ -166,7 +194,7 @@ export class KvmiChannel {
       if (signal !== undefined) this.pending.watch(signal, seq);
       try {
         await this.write(message, spec, vcpu);
-        return (await reply) as CommandReply<N>;
+        return await reply;
       } finally {
         if (signal !== undefined) this.pending.unwatch(signal, seq);
       }
@@ -183,16 +211,17 @@ export class KvmiChannel {
    * KVMI_VM_READ_PHYSICAL reads at most one page).
    * @throws KvmiArgumentError when a request cannot be encoded (nothing is sent then).
    */
-  async commandBatch<N extends V9CommandName>(
-    name: N,
-    requests: readonly CommandRequest<N>[],
+  async commandBatch<O extends CommandOp>(
+    op: O,
+    requests: readonly CommandRequest<O>[],
     vcpu?: number,
     options: CommandOptions = {},
-  ): Promise<Array<CommandReply<N> | Error>> {
-    const spec: CommandSpec = V9_COMMANDS[name];
+  ): Promise<Array<CommandReply<O> | Error>> {
+    const spec = requireCommand(this.dialect, op);
+    for (const request of requests) this.checkAnswered(spec, request as Record<string, unknown>);
     options.signal?.throwIfAborted();
     const count = requests.length;
-    const results = new Array<CommandReply<N> | Error>(count);
+    const results = new Array<CommandReply<O> | Error>(count);
     if (count === 0) return results;
     if (count > this.slots.limit) {
       throw new KvmiArgumentError("requests", `a batch of ${count} commands exceeds the ${this.slots.limit} the channel keeps in flight`);
@@ -258,6 +287,17 @@ export class KvmiChannel {
 
   // ---------------------------------------------------------------------------------------------
 
+  /**
+   * The channel pairs every command with its reply, so it refuses to turn replies off (kvmi-v7
+   * CONTROL_CMD_RESPONSE with `enable = 0`): the next replies would never come and their callers
+   * would wait out their deadlines. Turning them back on is harmless and allowed.
+   */
+  private checkAnswered(spec: CommandSpec, request: Record<string, unknown>): void {
+    if (spec.op === this.dialect.replyControlOp && Number(request["enable"]) === 0) {
+      throw new KvmiArgumentError("enable", `${spec.name} with enable = 0 would leave the channel's commands unanswered`, this.contextOf(spec, undefined));
+    }
+  }
+
   /** Error context of a command or event reply, built only when an error needs it. */
   private contextOf(spec: { readonly name: string }, vcpu: number | undefined): KvmiErrorContext {
     return { command: spec.name, ...(this.vm && { vm: this.vm }), ...(vcpu !== undefined && { vcpu }) };
@@ -311,11 +351,10 @@ export class KvmiChannel {
 
   private onMessage(hdr: MsgHdr, body: Uint8Array): void {
     if (isEventReplyError(this.dialect, hdr)) {
-      const err = new DataView(body.buffer, body.byteOffset, body.byteLength).getInt32(0, true);
-      this.log.warn({ seq: hdr.seq, errno: -err }, "the kernel rejected an event reply");
+      this.log.warn({ seq: hdr.seq, errno: -readReplyError(this.dialect, body) }, "the kernel rejected an event reply");
       return;
     }
-    if (hdr.id === this.dialect.eventMessageId) return this.onEvent(hdr, body);
+    if (isEventMessage(this.dialect, hdr)) return this.onEvent(hdr, body);
     const entry = this.pending.get(hdr.seq);
     if (entry === undefined) {
       if (this.pending.wasGivenUp(hdr.seq)) return;
@@ -340,7 +379,7 @@ export class KvmiChannel {
   private onEvent(hdr: MsgHdr, body: Uint8Array): void {
     let decoded;
     try {
-      decoded = decodeEvent(this.dialect, body);
+      decoded = decodeEvent(this.dialect, body, hdr.id);
     } catch (err) {
       this.close(`malformed event: ${(err as Error).message}`, err);
       return;
@@ -352,6 +391,7 @@ export class KvmiChannel {
     const event: KvmiEvent = {
       seq: hdr.seq,
       vcpu: decoded.vcpu,
+      kind: decoded.spec.kind,
       spec: decoded.spec,
       arch: decoded.arch,
       payload: decoded.payload,
@@ -379,7 +419,7 @@ function concat(parts: readonly Uint8Array[]): Uint8Array {
   return out;
 }
 
-/** Wraps a hooked socket (after the handshake) in a channel. */
-export function createKvmiChannel(socket: Socket, options: KvmiChannelOptions = {}): KvmiChannel {
+/** Wraps a hooked socket (after the handshake) in a channel speaking `options.dialect`. */
+export function createKvmiChannel(socket: Socket, options: KvmiChannelOptions): KvmiChannel {
   return new KvmiChannel(socket, options);
 }

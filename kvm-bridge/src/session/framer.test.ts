@@ -2,7 +2,10 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { KvmiProtocolError } from "../errors.js";
-import { createFramer, MAX_BODY_BYTES } from "./framer.js";
+import { v9 } from "../wire/dialects/v9.js";
+import { createFramer } from "./framer.js";
+
+const MAX_BODY_BYTES = v9.maxMessageBytes;
 
 function message(id: number, seq: number, body: Uint8Array): Uint8Array {
   const out = new Uint8Array(8 + body.length);
@@ -15,7 +18,7 @@ function message(id: number, seq: number, body: Uint8Array): Uint8Array {
 }
 
 function collect(chunks: Uint8Array[]): Array<{ id: number; seq: number; body: number[] }> {
-  const framer = createFramer();
+  const framer = createFramer(v9);
   const out: Array<{ id: number; seq: number; body: number[] }> = [];
   for (const chunk of chunks) framer.push(chunk, (hdr, body) => out.push({ id: hdr.id, seq: hdr.seq, body: [...body] }));
   expect(framer.pendingBytes).toBe(0);
@@ -41,7 +44,7 @@ describe("framer", () => {
     expect(collect([message(6, 1, new Uint8Array(MAX_BODY_BYTES))])[0]!.body.length).toBe(MAX_BODY_BYTES);
     const oversize = new Uint8Array(8);
     new DataView(oversize.buffer).setUint16(2, MAX_BODY_BYTES + 1, true);
-    const framer = createFramer();
+    const framer = createFramer(v9);
     expect(() => framer.push(oversize, () => undefined)).toThrow(KvmiProtocolError);
     // A failed framer stays failed: the session must be closed, not resynchronised.
     expect(() => framer.push(new Uint8Array(8), () => undefined)).toThrow(KvmiProtocolError);
@@ -62,7 +65,7 @@ describe("framer", () => {
   });
 
   it("hands out bodies that survive later pushes (split messages are copied out)", () => {
-    const framer = createFramer();
+    const framer = createFramer(v9);
     const bodies: Uint8Array[] = [];
     const stream = Buffer.concat([message(1, 1, new Uint8Array([9, 9])), message(2, 2, new Uint8Array([8, 8]))]);
     framer.push(stream.subarray(0, 9), (_h, b) => bodies.push(b));
@@ -77,7 +80,7 @@ describe("framer", () => {
   it("raises only KvmiProtocolError on random bytes", () => {
     fc.assert(
       fc.property(fc.array(fc.uint8Array({ maxLength: 20_000 }), { maxLength: 5 }), (chunks) => {
-        const framer = createFramer();
+        const framer = createFramer(v9);
         try {
           for (const chunk of chunks) framer.push(chunk, () => undefined);
         } catch (err) {

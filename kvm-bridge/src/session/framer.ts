@@ -1,20 +1,19 @@
 // SPDX-License-Identifier: Apache-2.0
 /**
- * Splits a KVMI byte stream into messages (kvmi-abi §3.1). A message is `kvmi_msg_hdr` (8 bytes)
- * and `size` body bytes; `size` above KVMI_MSG_SIZE (8184) is a protocol error, on which the
- * kernel closes the socket and so do we.
+ * Splits a KVMI byte stream into messages (kvmi-abi §3.1). A message is `kvmi_msg_hdr` and `size`
+ * body bytes; `size` above the dialect's KVMI_MSG_SIZE is a protocol error, on which the kernel
+ * closes the socket and so do we. Header offsets and the size limit come from the dialect table.
  *
  * Like pg-protocol's parser, this keeps one growable buffer with cursors and never concatenates
  * per chunk. A message that lies wholly inside one socket chunk is handed out as a view of that
  * chunk (no copy: Node never reuses a chunk it gave us); only a message split across chunks is
  * assembled in the buffer and copied out once.
  */
-import { KvmiProtocolError } from "../errors.js";
-import { HEADER_BYTES } from "../wire/message.js";
+import { KvmiArgumentError, KvmiProtocolError } from "../errors.js";
+import type { Dialect } from "../wire/dialect.js";
+import type { Layout } from "../wire/layout.js";
 import type { MsgHdr } from "../wire/message.js";
 
-/** KVMI_MSG_SIZE of v9 and every later dialect: 4096 * 2 - 8 (kvmi-abi §3.1). */
-export const MAX_BODY_BYTES = 8184;
 const INITIAL_BUFFER_BYTES = 16 * 1024;
 
 /** Receives each complete message. `body` stays valid after the callback returns. */
@@ -33,13 +32,32 @@ export interface Framer {
 
 /** Options of {@link createFramer}. */
 export interface FramerOptions {
-  /** Largest accepted body; defaults to {@link MAX_BODY_BYTES}. */
+  /** Largest accepted body; defaults to the dialect's KVMI_MSG_SIZE (`maxMessageBytes`). */
   readonly maxBodyBytes?: number;
 }
 
-/** Creates a framer (conventions §4: a state machine with named constants). */
-export function createFramer(options: FramerOptions = {}): Framer {
-  return new StreamFramer(options.maxBodyBytes ?? MAX_BODY_BYTES);
+/** Where the three header fields sit (all dialects share `kvmi_msg_hdr`, but it is read from the table). */
+interface HeaderOffsets {
+  readonly bytes: number;
+  readonly id: number;
+  readonly size: number;
+  readonly seq: number;
+}
+
+function headerOffsets(layout: Layout): HeaderOffsets {
+  const field = (name: string, type: string): number => {
+    const f = layout.fields[name];
+    if (f?.kind !== "scalar" || f.type !== type) {
+      throw new KvmiArgumentError("dialect", `${layout.name}.${name} must be a ${type} for the framer`);
+    }
+    return f.offset;
+  };
+  return { bytes: layout.size, id: field("id", "u16"), size: field("size", "u16"), seq: field("seq", "u32") };
+}
+
+/** Creates a framer for `dialect`'s streams (conventions §4: a state machine with named constants). */
+export function createFramer(dialect: Dialect, options: FramerOptions = {}): Framer {
+  return new StreamFramer(headerOffsets(dialect.layouts.msgHdr), options.maxBodyBytes ?? dialect.maxMessageBytes);
 }
 
 class StreamFramer implements Framer {
@@ -48,7 +66,10 @@ class StreamFramer implements Framer {
   private held = 0;
   private failure: KvmiProtocolError | undefined;
 
-  constructor(private readonly maxBodyBytes: number) {}
+  constructor(
+    private readonly hdr: HeaderOffsets,
+    private readonly maxBodyBytes: number,
+  ) {}
 
   get pendingBytes(): number {
     return this.held;
@@ -63,11 +84,11 @@ class StreamFramer implements Framer {
     if (this.held > 0) {
       // Complete the held message first; everything after it is parsed straight from `chunk`.
       const needed = this.messageBytes(this.buffer, 0, this.held);
-      const take = needed === undefined ? Math.min(chunk.length, HEADER_BYTES - this.held) : needed - this.held;
+      const take = needed === undefined ? Math.min(chunk.length, this.hdr.bytes - this.held) : needed - this.held;
       const taken = Math.min(take, chunk.length);
       this.append(chunk.subarray(0, taken));
       if (needed === undefined) {
-        if (this.held < HEADER_BYTES) return;
+        if (this.held < this.hdr.bytes) return;
         this.push(chunk.subarray(taken), onFrame);
         return;
       }
@@ -93,9 +114,10 @@ class StreamFramer implements Framer {
         this.append(source.subarray(at, end));
         return;
       }
-      const view = new DataView(source.buffer, source.byteOffset + at, HEADER_BYTES);
-      const hdr: MsgHdr = { id: view.getUint16(0, true), size: view.getUint16(2, true), seq: view.getUint32(4, true) };
-      const bodyStart = at + HEADER_BYTES;
+      const { bytes, id, size, seq } = this.hdr;
+      const view = new DataView(source.buffer, source.byteOffset + at, bytes);
+      const hdr: MsgHdr = { id: view.getUint16(id, true), size: view.getUint16(size, true), seq: view.getUint32(seq, true) };
+      const bodyStart = at + bytes;
       const body = copyBodies
         ? source.slice(bodyStart, bodyStart + hdr.size)
         : source.subarray(bodyStart, bodyStart + hdr.size);
@@ -106,15 +128,16 @@ class StreamFramer implements Framer {
 
   /** Whole-message length if the header is available, validating `size`; undefined otherwise. */
   private messageBytes(source: Uint8Array, at: number, available: number): number | undefined {
-    if (available < HEADER_BYTES) return undefined;
-    const size = source[at + 2]! | (source[at + 3]! << 8);
+    const { bytes, id, size: sizeAt } = this.hdr;
+    if (available < bytes) return undefined;
+    const size = source[at + sizeAt]! | (source[at + sizeAt + 1]! << 8);
     if (size > this.maxBodyBytes) {
       this.failure = new KvmiProtocolError(
-        `message id ${source[at]! | (source[at + 1]! << 8)} declares ${size} body bytes, more than ${this.maxBodyBytes}`,
+        `message id ${source[at + id]! | (source[at + id + 1]! << 8)} declares ${size} body bytes, more than ${this.maxBodyBytes}`,
       );
       throw this.failure;
     }
-    return HEADER_BYTES + size;
+    return bytes + size;
   }
 
   private append(bytes: Uint8Array): void {

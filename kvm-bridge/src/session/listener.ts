@@ -8,10 +8,11 @@ import { chmodSync, mkdirSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import type { AddressInfo, Server, Socket } from "node:net";
 import { dirname } from "node:path";
-import { KvmiProtocolError } from "../errors.js";
+import { KvmiProtocolError, KvmiTransportError } from "../errors.js";
 import type { Logger } from "../logger.js";
 import { silentLogger } from "../logger.js";
 import { viewOf } from "../wire/codec.js";
+import type { Dialect } from "../wire/dialect.js";
 import type { HandshakeVariant, VmIdentity } from "../wire/handshake.js";
 import { checkHandshakeSize, encodeHandshakeReply, parseHandshake } from "../wire/handshake.js";
 import { createKvmiChannel } from "./channel.js";
@@ -34,6 +35,8 @@ export interface AcceptedVm {
 /** Options of {@link createKvmiListener}. */
 export interface KvmiListenerOptions {
   readonly endpoints: readonly ListenEndpoint[];
+  /** The KVMI dialect the kernels behind these endpoints speak (docs/protocol/). */
+  readonly dialect: Dialect;
   /** The shared secret whose SHA-1 QEMU checks (kvmi-abi §2.2). */
   readonly secret?: Uint8Array;
   /** Which handshake to expect; `auto` guesses from the size (104 bytes reads as max-gpa). */
@@ -41,7 +44,7 @@ export interface KvmiListenerOptions {
   /** QEMU drops us after its own handshake_timeout (10 s); we give up on a silent peer as well. */
   readonly handshakeTimeoutMs?: number;
   readonly logger?: Logger;
-  readonly channel?: Omit<KvmiChannelOptions, "vm" | "logger">;
+  readonly channel?: Omit<KvmiChannelOptions, "vm" | "logger" | "dialect">;
 }
 
 /** A running listener. */
@@ -54,7 +57,7 @@ export interface KvmiListener {
 
 /**
  * Starts listening on every endpoint; `onVm` receives each VM after a successful handshake.
- * @throws when an endpoint cannot be bound (the error names it).
+ * @throws KvmiTransportError when an endpoint cannot be bound (the error names it).
  */
 export async function createKvmiListener(
   options: KvmiListenerOptions,
@@ -84,7 +87,9 @@ export async function createKvmiListener(
 
 function listen(server: Server, endpoint: ListenEndpoint): Promise<void> {
   return new Promise((resolve, reject) => {
-    server.once("error", (err) => reject(new Error(`cannot listen on ${label(endpoint)}: ${err.message}`, { cause: err })));
+    server.once("error", (err) =>
+      reject(new KvmiTransportError(`cannot listen on ${label(endpoint)}: ${err.message}`, {}, { cause: err })),
+    );
     if (endpoint.kind === "unix") {
       mkdirSync(dirname(endpoint.path), { recursive: true });
       // A stale socket file from a previous run would make bind fail with EADDRINUSE.
@@ -135,7 +140,12 @@ async function accept(
     socket.destroy();
     return;
   }
-  const channel = createKvmiChannel(socket, { ...options.channel, vm: identity.uuid, logger: log.child({ vm: identity.uuid }) });
-  log.info({ vm: identity.uuid, name: identity.name, variant: identity.variant, peer }, "handshake complete");
+  const channel = createKvmiChannel(socket, {
+    ...options.channel,
+    dialect: options.dialect,
+    vm: identity.uuid,
+    logger: log.child({ vm: identity.uuid }),
+  });
+  log.info({ vm: identity.uuid, name: identity.name, variant: identity.variant, peer, dialect: options.dialect.name }, "handshake complete");
   onVm({ identity, channel, peer });
 }

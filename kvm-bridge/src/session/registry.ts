@@ -8,7 +8,7 @@
 import { KvmiRemoteError } from "../errors.js";
 import type { Logger } from "../logger.js";
 import { silentLogger } from "../logger.js";
-import { KVMI_EVENT_UNHOOK } from "../wire/dialects/v9.js";
+import { eventByKind } from "../wire/dialect.js";
 import type { E820Entry, HandshakeVariant } from "../wire/handshake.js";
 import type { KvmiChannel } from "./channel.js";
 import type { AcceptedVm } from "./listener.js";
@@ -32,7 +32,10 @@ export interface VmRecord {
   readonly variant: HandshakeVariant;
   readonly dialect: string;
   readonly kvmiVersion: number;
-  /** The kernel can single-step (GET_VERSION features). */
+  /**
+   * The kernel can single-step (GET_VERSION features; false in kvmi-v7, whose features do not
+   * report it; ask CHECK_COMMAND there).
+   */
   readonly singlestep: boolean;
   readonly state: VmState;
   /** 1 on the first hook, +1 on every later hook of the same UUID. */
@@ -103,16 +106,19 @@ class Registry implements VmRegistry {
     const { identity, channel, peer } = accepted;
     const timeoutMs = this.options.hookTimeoutMs ?? 10_000;
     // What libkvmi does right after the handshake (kvmi-abi §2.2 step 7).
-    const version = await channel.command("KVMI_GET_VERSION", {}, undefined, { timeoutMs });
-    const info = await channel.command("KVMI_VM_GET_INFO", {}, undefined, { timeoutMs });
+    const version = await channel.command("GET_VERSION", {}, undefined, { timeoutMs });
+    const info = await channel.command("GET_VM_INFO", {}, undefined, { timeoutMs });
     // Enable UNHOOK so that PREUNHOOK always reaches us (and through us the remote controller).
     let unhookEventEnabled = false;
-    try {
-      await channel.command("KVMI_VM_CONTROL_EVENTS", { event_id: KVMI_EVENT_UNHOOK, enable: 1 }, undefined, { timeoutMs });
-      unhookEventEnabled = true;
-    } catch (err) {
-      if (!(err instanceof KvmiRemoteError)) throw err;
-      this.log.warn({ vm: identity.uuid, errno: err.errno }, "UNHOOK event not allowed; unhook will not be announced");
+    const unhook = eventByKind(channel.dialect, "UNHOOK");
+    if (unhook !== undefined) {
+      try {
+        await channel.command("CONTROL_VM_EVENTS", { event_id: unhook.id, enable: 1 }, undefined, { timeoutMs });
+        unhookEventEnabled = true;
+      } catch (err) {
+        if (!(err instanceof KvmiRemoteError)) throw err;
+        this.log.warn({ vm: identity.uuid, errno: err.errno }, "UNHOOK event not allowed; unhook will not be announced");
+      }
     }
     const previous = this.channels.get(identity.uuid);
     if (previous !== undefined && previous !== channel) previous.close("the VM hooked again on a new connection");

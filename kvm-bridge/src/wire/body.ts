@@ -4,7 +4,7 @@
  * entries, `u8 data[size]`). Sizes and counts come from the {@link BodySchema}; nothing is hand-offset.
  */
 import { KvmiArgumentError, KvmiProtocolError } from "../errors.js";
-import { checkScalar, decodeFrom, encodeInto, findNonZeroPadding, readScalar, writeScalar } from "./codec.js";
+import { coerceScalar, decodeFrom, encodeInto, findNonZeroPadding, readScalar, writeScalar } from "./codec.js";
 import type { BodySchema, TailSpec } from "./dialect.js";
 import type { Layout, LayoutValue } from "./layout.js";
 import { SCALAR_BYTES } from "./layout.js";
@@ -80,9 +80,7 @@ export function encodeBodyInto(schema: BodySchema, value: AnyValue, view: DataVi
     const type = tail.element;
     const width = SCALAR_BYTES[type];
     for (let i = 0; i < count; i++) {
-      const item = list[i];
-      checkScalar(type, item, `${tail.name}[${i}]`);
-      writeScalar(view, at + i * width, type, item as number | bigint);
+      writeScalar(view, at + i * width, type, coerceScalar(type, list[i], `${tail.name}[${i}]`));
     }
     return at + count * width - offset;
   }

@@ -5,11 +5,11 @@
  * KVMI ABI is host-native and x86_64 is little-endian (kvmi-abi "Conventions"). Nothing here knows
  * a struct by name.
  */
-import { KvmiProtocolError } from "../errors.js";
+import { KvmiArgumentError, KvmiProtocolError } from "../errors.js";
 import { compiled } from "./compile.js";
 import type { Layout, LayoutValue, ScalarType } from "./layout.js";
 
-export { checkScalar } from "./compile.js";
+export { checkScalar, coerceScalar } from "./compile.js";
 
 const LE = true;
 
@@ -62,11 +62,12 @@ export function readScalar(view: DataView, at: number, type: ScalarType): number
 
 /**
  * Encodes `value` as `layout` at `offset` of `view`, padding as zero.
- * @throws KvmiArgumentError when a field is missing or out of range for its wire type.
+ * @throws KvmiArgumentError when a field is missing or out of range for its wire type, or when
+ *   `view` has no room for the layout at `offset`.
  */
 export function encodeInto<L extends Layout>(layout: L, value: LayoutValue<L>, view: DataView, offset = 0): void {
   if (offset < 0 || offset + layout.size > view.byteLength) {
-    throw new RangeError(`${layout.name} needs ${layout.size} bytes at ${offset}, view has ${view.byteLength}`);
+    throw new KvmiArgumentError("offset", `${layout.name} needs ${layout.size} bytes at ${offset}, view has ${view.byteLength}`);
   }
   compiled(layout).encode(value, view, offset);
 }

@@ -12,7 +12,7 @@
  * same error text (a failing check falls back to {@link checkScalar} to throw it), padding written
  * as zero, byte fields copied out.
  */
-import { KvmiArgumentError } from "../errors.js";
+import { KvmiArgumentError, KvmiProtocolError } from "../errors.js";
 import type { Field, Layout, ScalarType } from "./layout.js";
 import { SCALAR_BYTES } from "./layout.js";
 
@@ -64,6 +64,24 @@ export function checkScalar(type: ScalarType, value: unknown, path: string): voi
   }
 }
 
+/**
+ * `value` as the JS type of `type`'s wire width, range-checked: a safe-integer `number` is accepted
+ * for u64/s64 and an in-range `bigint` for the narrower types, so one value fits a field that is
+ * u16 in one dialect and u64 in another (docs/decisions/0010-dialect-model.md).
+ * @throws KvmiArgumentError naming `path` when the value is not an integer of that range.
+ */
+export function coerceScalar(type: ScalarType, value: unknown, path: string): number | bigint {
+  let v = value;
+  if (type === "u64" || type === "s64") {
+    if (typeof v === "number" && Number.isSafeInteger(v)) v = BigInt(v);
+  } else if (typeof v === "bigint") {
+    const [min, max] = INT_RANGE[type];
+    if (v >= BigInt(min) && v <= BigInt(max)) v = Number(v);
+  }
+  checkScalar(type, v, path);
+  return v as number | bigint;
+}
+
 /** The compiled form of `layout`, built on first use. */
 export function compiled(layout: Layout): Compiled {
   let c = cache.get(layout);
@@ -110,7 +128,7 @@ const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]*$/;
 function checkedName(layout: Layout, name: string): string {
   // Names come from our own layout tables; refusing anything else keeps the generated source
   // trivially safe.
-  if (!IDENTIFIER.test(name) || name === "__proto__") throw new Error(`layout ${layout.name}: field name ${JSON.stringify(name)} is not an identifier`);
+  if (!IDENTIFIER.test(name) || name === "__proto__") throw new KvmiProtocolError(`layout ${layout.name}: field name ${JSON.stringify(name)} is not an identifier`);
   return name;
 }
 
@@ -131,8 +149,8 @@ function fieldSource(field: Field, access: string, at: number, path: string, fre
     case "scalar": {
       const x = fresh();
       const le = SCALAR_BYTES[field.type] > 1 ? ", true" : "";
-      return `const ${x} = ${access};
-if (${misfit(field.type, x)}) checkScalar(${JSON.stringify(field.type)}, ${x}, ${path});
+      return `let ${x} = ${access};
+if (${misfit(field.type, x)}) ${x} = coerceScalar(${JSON.stringify(field.type)}, ${x}, ${path});
 view.set${ACCESSOR[field.type]}(o + ${at}, ${x}${le});`;
     }
     case "bytes": {
@@ -149,8 +167,8 @@ putBytes(view, o + ${at}, ${x}, ${field.length});`;
       return `const ${x} = ${access};
 if (!Array.isArray(${x}) || ${x}.length !== ${field.count}) notArray(${path}, ${field.count}, ${JSON.stringify(field.type)});
 for (let i = 0; i < ${field.count}; i++) {
-  const ${e} = ${x}[i];
-  if (${misfit(field.type, e)}) checkScalar(${JSON.stringify(field.type)}, ${e}, ${path} + "[" + i + "]");
+  let ${e} = ${x}[i];
+  if (${misfit(field.type, e)}) ${e} = coerceScalar(${JSON.stringify(field.type)}, ${e}, ${path} + "[" + i + "]");
   view.set${ACCESSOR[field.type]}(o + ${at} + i * ${width}, ${e}${le});
 }`;
     }
@@ -173,9 +191,11 @@ function decoderSource(layout: Layout, base: number): string {
     const at = base + field.offset;
     const key = checkedName(layout, name);
     switch (field.kind) {
-      case "scalar":
-        parts.push(`${key}: view.get${ACCESSOR[field.type]}(o + ${at}${SCALAR_BYTES[field.type] > 1 ? ", true" : ""})`);
+      case "scalar": {
+        const read = `view.get${ACCESSOR[field.type]}(o + ${at}${SCALAR_BYTES[field.type] > 1 ? ", true" : ""})`;
+        parts.push(`${key}: ${field.asNumber === true ? `Number(${read})` : read}`);
         break;
+      }
       case "bytes":
         parts.push(`${key}: copyBytes(view, o + ${at}, ${field.length})`);
         break;
@@ -197,7 +217,7 @@ function decoderSource(layout: Layout, base: number): string {
 }
 
 const helpers = {
-  checkScalar,
+  coerceScalar,
   U64_MAX,
   S64_MIN,
   S64_MAX,

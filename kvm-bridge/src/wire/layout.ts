@@ -8,6 +8,15 @@
  * from `kvmi.h` finds our code. u64/s64 become `bigint`; every other integer is a `number`.
  */
 
+import { KvmiProtocolError } from "../errors.js";
+
+/**
+ * A layout table contradicts itself (a field outside the struct, misaligned, overlapping, a hole).
+ * Raised at import time, so it never reaches the wire; a protocol error because the table is the
+ * protocol's description.
+ */
+class LayoutDefinitionError extends KvmiProtocolError {}
+
 /** Integer types of the KVMI ABI (kvmi-abi "Conventions"): all little-endian on x86_64. */
 export type ScalarType = "u8" | "u16" | "u32" | "s32" | "u64" | "s64";
 
@@ -25,6 +34,11 @@ export interface ScalarField<T extends ScalarType = ScalarType> {
   readonly kind: "scalar";
   readonly type: T;
   readonly offset: number;
+  /**
+   * A u64 that decodes as a `number` (see {@link u64AsNumber}): set where a dialect widens a field
+   * that is narrow elsewhere, so that every dialect hands consumers the same JS type.
+   */
+  readonly asNumber?: true;
 }
 
 /** A fixed-size byte array (`u8 uuid[16]`, `char name[64]`). */
@@ -73,9 +87,18 @@ export interface Layout<F extends FieldMap = FieldMap> {
 
 type ScalarValue<T extends ScalarType> = T extends "u64" | "s64" ? bigint : number;
 
-/** The TS value of one field. Padding has none. */
+/**
+ * The TS value of one field. Padding has none.
+ *
+ * Width normalisation (docs/decisions/0010-dialect-model.md): u64/s64 decode as `bigint`, narrower
+ * integers as `number`, except a u64 built with {@link u64AsNumber}, which decodes as `number`. The
+ * encoder accepts either JS type for any integer field (range-checked), so a value read from one
+ * dialect can be written to another whatever the field's width there.
+ */
 export type FieldValue<F extends Field> =
-  F extends ScalarField<infer T>
+  F extends { readonly asNumber: true }
+    ? number
+    : F extends ScalarField<infer T>
     ? ScalarValue<T>
     : F extends BytesField
       ? Uint8Array
@@ -98,6 +121,18 @@ export const u16 = (offset: number): ScalarField<"u16"> => ({ kind: "scalar", ty
 export const u32 = (offset: number): ScalarField<"u32"> => ({ kind: "scalar", type: "u32", offset });
 export const s32 = (offset: number): ScalarField<"s32"> => ({ kind: "scalar", type: "s32", offset });
 export const u64 = (offset: number): ScalarField<"u64"> => ({ kind: "scalar", type: "u64", offset });
+/**
+ * A u64 on the wire that decodes as a JS `number`: for a field that is u16 in one dialect and u64 in
+ * another (kvmi-v7's READ/WRITE_PHYSICAL `size`) and whose meaningful range is small. Values above
+ * 2^53 decode to the nearest double, which is still far above any kernel limit, so a range check
+ * on the decoded number rejects them as the kernel would.
+ */
+export const u64AsNumber = (offset: number): ScalarField<"u64"> & { readonly asNumber: true } => ({
+  kind: "scalar",
+  type: "u64",
+  offset,
+  asNumber: true,
+});
 export const s64 = (offset: number): ScalarField<"s64"> => ({ kind: "scalar", type: "s64", offset });
 export const bytes = (offset: number, length: number): BytesField => ({ kind: "bytes", offset, length });
 export const array = <T extends ScalarType>(offset: number, type: T, count: number): ArrayField<T> => ({
@@ -146,21 +181,21 @@ export function defineLayout<const F extends FieldMap>(name: string, size: numbe
   for (const [fieldName, field] of Object.entries(fields)) {
     const width = fieldBytes(field);
     if (field.offset < 0 || field.offset + width > size) {
-      throw new Error(`layout ${name}: field ${fieldName} @${field.offset}+${width} exceeds size ${size}`);
+      throw new LayoutDefinitionError(`layout ${name}: field ${fieldName} @${field.offset}+${width} exceeds size ${size}`);
     }
     const alignment = field.kind === "scalar" || field.kind === "array" ? SCALAR_BYTES[field.type] : 1;
     if (field.offset % alignment !== 0) {
-      throw new Error(`layout ${name}: field ${fieldName} @${field.offset} is not ${alignment}-byte aligned`);
+      throw new LayoutDefinitionError(`layout ${name}: field ${fieldName} @${field.offset} is not ${alignment}-byte aligned`);
     }
     for (let i = field.offset; i < field.offset + width; i++) {
       if (owner[i] !== undefined) {
-        throw new Error(`layout ${name}: field ${fieldName} overlaps ${owner[i]} at byte ${i}`);
+        throw new LayoutDefinitionError(`layout ${name}: field ${fieldName} overlaps ${owner[i]} at byte ${i}`);
       }
       owner[i] = fieldName;
     }
   }
   for (let i = 0; i < size; i++) {
-    if (owner[i] === undefined) throw new Error(`layout ${name}: byte ${i} is not covered by any field`);
+    if (owner[i] === undefined) throw new LayoutDefinitionError(`layout ${name}: byte ${i} is not covered by any field`);
   }
   return Object.freeze({ name, size, fields: Object.freeze(fields) });
 }

@@ -8,13 +8,14 @@
 import { KvmiArgumentError, KvmiProtocolError } from "../errors.js";
 import { bodyBytes, decodeBody, encodeBodyInto } from "./body.js";
 import type { DecodedBody } from "./body.js";
-import { decodeFrom, encodeInto, findNonZeroPadding, viewOf } from "./codec.js";
+import { decodeFrom, encodeInto, findNonZeroPadding, viewOf, zeroValue } from "./codec.js";
 import { eventById } from "./dialect.js";
 import type { BodySchema, CommandSpec, Dialect, EventSpec } from "./dialect.js";
 import type { Layout, LayoutValue } from "./layout.js";
+import { kvmiMsgHdr } from "./layouts/common.js";
 
-/** Size of `kvmi_msg_hdr` (kvmi-abi §3.1). */
-export const HEADER_BYTES = 8;
+/** Size of `kvmi_msg_hdr`, the same in every dialect (kvmi-abi §3.1, §1.4). */
+export const HEADER_BYTES = kvmiMsgHdr.size;
 
 /** A decoded `kvmi_msg_hdr`. */
 export interface MsgHdr {
@@ -25,21 +26,19 @@ export interface MsgHdr {
 
 type AnyValue = Record<string, unknown>;
 
-/** Reads `kvmi_msg_hdr` at the start of `buf` (which must hold at least 8 bytes). */
+/**
+ * Reads `kvmi_msg_hdr` at `offset` of `buf` (every dialect shares it, kvmi-abi §1.4).
+ * @throws KvmiProtocolError when fewer than 8 bytes are there.
+ */
 export function readMsgHdr(buf: Uint8Array, offset = 0): MsgHdr {
-  const view = viewOf(buf);
-  return {
-    id: view.getUint16(offset, true),
-    size: view.getUint16(offset + 2, true),
-    seq: view.getUint32(offset + 4, true),
-  };
+  return decodeFrom(kvmiMsgHdr, viewOf(buf), offset) as MsgHdr;
 }
 
 function allocate(dialect: Dialect, id: number, seq: number, bodySize: number): { out: Uint8Array; view: DataView } {
   if (bodySize > dialect.maxMessageBytes) {
     throw new KvmiArgumentError("size", `message body of ${bodySize} bytes exceeds ${dialect.maxMessageBytes}`);
   }
-  const out = new Uint8Array(HEADER_BYTES + bodySize);
+  const out = new Uint8Array(dialect.layouts.msgHdr.size + bodySize);
   const view = viewOf(out);
   encodeInto(dialect.layouts.msgHdr, { id, size: bodySize, seq }, view, 0);
   return { out, view };
@@ -54,7 +53,8 @@ function writeVcpuHdr(dialect: Dialect, view: DataView, offset: number, vcpu: nu
 
 /**
  * Encodes a command request: `kvmi_msg_hdr`, then `kvmi_vcpu_hdr` for vCPU-scoped commands,
- * then the body (kvmi-abi §3.2).
+ * then the body (kvmi-abi §3.2). A VM command that names its vCPU in the body (`spec.vcpuField`,
+ * v12 VM_PAUSE_VCPU) gets `vcpu` there instead, so callers pass the vCPU the same way everywhere.
  * @throws KvmiArgumentError when a field is out of range, `vcpu` is missing for a vCPU command,
  *   or the message would exceed KVMI_MSG_SIZE.
  */
@@ -66,18 +66,20 @@ export function encodeCommand(
   vcpu?: number,
 ): Uint8Array {
   const vcpuBytes = spec.scope === "vcpu" ? dialect.layouts.vcpuHdr.size : 0;
-  if (spec.scope === "vcpu" && vcpu === undefined) {
-    throw new KvmiArgumentError("vcpu", `${spec.name} is vCPU-scoped and needs a vCPU index`);
+  if ((spec.scope === "vcpu" || spec.vcpuField !== undefined) && vcpu === undefined) {
+    throw new KvmiArgumentError("vcpu", `${spec.name} addresses one vCPU and needs its index`);
   }
-  const { out, view } = allocate(dialect, spec.id, seq, vcpuBytes + bodyBytes(spec.request, body));
-  if (spec.scope === "vcpu") writeVcpuHdr(dialect, view, HEADER_BYTES, vcpu!);
-  encodeBodyInto(spec.request, body, view, HEADER_BYTES + vcpuBytes);
+  const value = spec.vcpuField === undefined ? body : { ...body, [spec.vcpuField]: vcpu };
+  const start = dialect.layouts.msgHdr.size;
+  const { out, view } = allocate(dialect, spec.id, seq, vcpuBytes + bodyBytes(spec.request, value));
+  if (spec.scope === "vcpu") writeVcpuHdr(dialect, view, start, vcpu!);
+  encodeBodyInto(spec.request, value, view, start + vcpuBytes);
   return out;
 }
 
 /** What the kernel side learns from a command body, before it decides how to answer. */
 export interface DecodedCommand extends DecodedBody {
-  /** vCPU index from `kvmi_vcpu_hdr`, for vCPU-scoped commands. */
+  /** vCPU index from `kvmi_vcpu_hdr` (vCPU-scoped commands) or from the body's `vcpuField`. */
   readonly vcpu: number | undefined;
   /** True when the `kvmi_vcpu_hdr` padding is non-zero (-KVM_EINVAL at dispatch, kvmi-abi §2.9). */
   readonly vcpuHdrPadding: boolean;
@@ -103,6 +105,7 @@ export function decodeCommand(dialect: Dialect, spec: CommandSpec, body: Uint8Ar
     offset = hdrLayout.size;
   }
   const decoded = decodeBody(spec.request, view, offset, Math.max(0, body.length - offset), { zeroExtendFixed: true });
+  if (spec.vcpuField !== undefined) vcpu = decoded.value[spec.vcpuField] as number;
   // A literal, not a spread: this runs per command in the emulator (and per page of a dump).
   return { value: decoded.value, nonZeroPadding: decoded.nonZeroPadding, extraBytes: decoded.extraBytes, vcpu, vcpuHdrPadding };
 }
@@ -122,8 +125,9 @@ export function encodeReply(
   const withData = err === 0 && (spec.reply.layout !== null || spec.reply.tail !== undefined);
   if (withData && value === undefined) throw new KvmiArgumentError("reply", "a successful reply needs its data");
   const { out, view } = allocate(dialect, spec.id, seq, errBytes + (withData ? bodyBytes(spec.reply, value!) : 0));
-  encodeInto(dialect.layouts.errorCode, { err } as LayoutValue<Layout>, view, HEADER_BYTES);
-  if (withData) encodeBodyInto(spec.reply, value!, view, HEADER_BYTES + errBytes);
+  const start = dialect.layouts.msgHdr.size;
+  encodeInto(dialect.layouts.errorCode, { err } as LayoutValue<Layout>, view, start);
+  if (withData) encodeBodyInto(spec.reply, value!, view, start + errBytes);
   return out;
 }
 
@@ -145,9 +149,28 @@ export function decodeReply(dialect: Dialect, spec: Pick<CommandSpec, "reply">, 
 // ---------------------------------------------------------------------------------------------
 // Events (kernel -> tool) and event replies (tool -> kernel)
 
+/** True when an event of `spec`'s scope carries the common part (`layouts.event`) in `dialect`. */
+function carriesCommon(dialect: Dialect, scope: EventSpec["scope"]): boolean {
+  return scope === "vcpu" || dialect.eventFraming.vmEventsCarryCommon;
+}
+
+/** The message id an event of `scope` arrives with in `dialect`. */
+export function eventMessageId(dialect: Dialect, scope: EventSpec["scope"]): number {
+  return scope === "vm" ? dialect.eventFraming.vmEventMessageId : dialect.eventFraming.vcpuEventMessageId;
+}
+
+/** True when a kernel -> tool message with this id is an event in `dialect` (docs/protocol/). */
+export function isEventMessage(dialect: Dialect, hdr: MsgHdr): boolean {
+  const framing = dialect.eventFraming;
+  return (hdr.id === framing.vmEventMessageId || hdr.id === framing.vcpuEventMessageId) && !isEventReplyError(dialect, hdr);
+}
+
 /**
- * Encodes an event: `kvmi_msg_hdr{id=0, seq}`, `kvmi_event{size, vcpu, event, arch}`, payload
- * (kvmi-abi §3.3). UNHOOK carries vcpu 0 and an all-zero arch.
+ * Encodes an event as `dialect` frames it (docs/protocol/): `kvmi_msg_hdr{id, seq}`, then the
+ * event header if the dialect has one (v12 `kvmi_event_hdr`), then the common part with `size`,
+ * `vcpu` and `arch` (v9/kvmi-v7 `kvmi_event`, which also holds the event id; v12 `kvmi_vcpu_event`,
+ * for vCPU events only), then the payload. UNHOOK carries vcpu 0 and an all-zero arch where the
+ * dialect sends a common part for VM events.
  */
 export function encodeEvent(
   dialect: Dialect,
@@ -157,18 +180,21 @@ export function encodeEvent(
   arch: AnyValue,
   payload?: AnyValue,
 ): Uint8Array {
-  const eventLayout = dialect.layouts.event;
+  const { eventHdr, event: common } = dialect.layouts;
+  const withCommon = carriesCommon(dialect, spec.scope);
+  const hdrBytes = eventHdr?.size ?? 0;
+  const commonBytes = withCommon ? common.size : 0;
   const payloadSize = spec.payload?.size ?? 0;
-  const { out, view } = allocate(dialect, dialect.eventMessageId, seq, eventLayout.size + payloadSize);
-  encodeInto(
-    eventLayout,
-    { size: eventLayout.size, vcpu, event: spec.id, arch } as LayoutValue<Layout>,
-    view,
-    HEADER_BYTES,
-  );
+  const { out, view } = allocate(dialect, eventMessageId(dialect, spec.scope), seq, hdrBytes + commonBytes + payloadSize);
+  const start = dialect.layouts.msgHdr.size;
+  if (eventHdr !== null) encodeInto(eventHdr, { event: spec.id } as LayoutValue<Layout>, view, start);
+  // `event` is ignored by a common part that has no such field (v12).
+  if (withCommon) {
+    encodeInto(common, { size: common.size, vcpu, event: spec.id, arch } as LayoutValue<Layout>, view, start + hdrBytes);
+  }
   if (spec.payload !== null) {
     if (payload === undefined) throw new KvmiArgumentError("payload", `${spec.name} needs its payload`);
-    encodeInto(spec.payload, payload as LayoutValue<Layout>, view, HEADER_BYTES + eventLayout.size);
+    encodeInto(spec.payload, payload as LayoutValue<Layout>, view, start + hdrBytes + commonBytes);
   }
   return out;
 }
@@ -178,33 +204,62 @@ export interface DecodedEvent {
   /** The event's table entry, or undefined for an id this dialect does not know. */
   readonly spec: EventSpec | undefined;
   readonly eventId: number;
+  /** The vCPU index; 0 for VM events. */
   readonly vcpu: number;
+  /**
+   * The vCPU state at the event (`kvmi_event_arch`); all zero for a VM event, also where the
+   * dialect sends none for it (v12), so consumers see the same shape as v9's UNHOOK.
+   */
   readonly arch: AnyValue;
   readonly payload: AnyValue | undefined;
 }
 
-/**
- * Decodes an event body. The payload is located with `kvmi_event.size`, not with our own sizeof,
- * as the kernel asks for forward compatibility (kvmi-abi §3.3, §10).
- * @throws KvmiProtocolError when the body is shorter than `kvmi_event` or than its payload.
- */
-export function decodeEvent(dialect: Dialect, body: Uint8Array): DecodedEvent {
-  const view = viewOf(body);
-  const head = decodeFrom(dialect.layouts.event, view) as { size: number; vcpu: number; event: number; arch: AnyValue };
-  if (head.size < dialect.layouts.event.size || head.size > body.length) {
-    throw new KvmiProtocolError(`kvmi_event.size ${head.size} is inconsistent with a ${body.length}-byte event`);
-  }
-  const spec = eventById(dialect, head.event);
-  let payload: AnyValue | undefined;
-  if (spec?.payload != null) {
-    payload = decodeBody({ layout: spec.payload }, view, head.size, body.length - head.size).value;
-  }
-  return { spec, eventId: head.event, vcpu: head.vcpu, arch: head.arch, payload };
+function archLayout(dialect: Dialect): Layout {
+  const field = dialect.layouts.event.fields["arch"];
+  if (field?.kind !== "struct") throw new KvmiProtocolError(`${dialect.layouts.event.name} has no arch struct`);
+  return field.layout;
 }
 
 /**
- * Encodes an event reply: `kvmi_msg_hdr{id=0, seq=event seq}`, `kvmi_vcpu_hdr`, `kvmi_event_reply`,
- * and the event's reply data (kvmi-abi §3.4).
+ * Decodes an event body as `dialect` frames it. The payload is located with the common part's
+ * `size`, not with our own sizeof, as the kernel asks for forward compatibility (kvmi-abi §3.3, §10).
+ * `messageId` (the header's id) decides whether an event id the table does not know carries the
+ * common part; known events are decided by their scope.
+ * @throws KvmiProtocolError when the body is shorter than its framing or its payload.
+ */
+export function decodeEvent(dialect: Dialect, body: Uint8Array, messageId?: number): DecodedEvent {
+  const view = viewOf(body);
+  const { eventHdr, event: common } = dialect.layouts;
+  let at = 0;
+  let eventId: number | undefined;
+  if (eventHdr !== null) {
+    eventId = (decodeFrom(eventHdr, view) as { event: number }).event;
+    at = eventHdr.size;
+  }
+  let head: { size: number; vcpu: number; event?: number; arch: AnyValue } | undefined;
+  const known = eventId === undefined ? undefined : eventById(dialect, eventId);
+  const withCommon =
+    eventHdr === null ||
+    (known !== undefined ? carriesCommon(dialect, known.scope) : messageId === dialect.eventFraming.vcpuEventMessageId);
+  if (withCommon) {
+    head = decodeFrom(common, view, at) as typeof head & object;
+    if (head.size < common.size || at + head.size > body.length) {
+      throw new KvmiProtocolError(`${common.name}.size ${head.size} is inconsistent with a ${body.length}-byte event`);
+    }
+    eventId ??= head.event!;
+    at += head.size;
+  }
+  const spec = eventById(dialect, eventId!);
+  let payload: AnyValue | undefined;
+  if (spec?.payload != null) {
+    payload = decodeBody({ layout: spec.payload }, view, at, body.length - at).value;
+  }
+  return { spec, eventId: eventId!, vcpu: head?.vcpu ?? 0, arch: head?.arch ?? zeroValue(archLayout(dialect)), payload };
+}
+
+/**
+ * Encodes an event reply: `kvmi_msg_hdr{id = the dialect's reply id, seq = event seq}`,
+ * `kvmi_vcpu_hdr`, `kvmi_event_reply`, and the event's reply data (kvmi-abi §3.4, docs/protocol/).
  */
 export function encodeEventReply(
   dialect: Dialect,
@@ -216,16 +271,14 @@ export function encodeEventReply(
 ): Uint8Array {
   const { vcpuHdr, eventReply } = dialect.layouts;
   const dataSize = spec.replyData?.size ?? 0;
-  const { out, view } = allocate(dialect, dialect.eventMessageId, seq, vcpuHdr.size + eventReply.size + dataSize);
-  writeVcpuHdr(dialect, view, HEADER_BYTES, vcpu);
-  encodeInto(eventReply, { action, event: spec.id } as LayoutValue<Layout>, view, HEADER_BYTES + vcpuHdr.size);
+  const { out, view } = allocate(dialect, dialect.eventFraming.replyMessageId, seq, vcpuHdr.size + eventReply.size + dataSize);
+  const start = dialect.layouts.msgHdr.size;
+  writeVcpuHdr(dialect, view, start, vcpu);
+  encodeInto(eventReply, { action, event: spec.id } as LayoutValue<Layout>, view, start + vcpuHdr.size);
   if (spec.replyData !== null) {
-    encodeInto(
-      spec.replyData,
-      (replyData ?? {}) as LayoutValue<Layout>,
-      view,
-      HEADER_BYTES + vcpuHdr.size + eventReply.size,
-    );
+    // Missing reply data is written as zero: the kernel zero-fills short reply data too (kvmi-abi §3.4).
+    const data = replyData ?? zeroValue(spec.replyData);
+    encodeInto(spec.replyData, data as LayoutValue<Layout>, view, start + vcpuHdr.size + eventReply.size);
   }
   return out;
 }
@@ -278,9 +331,23 @@ export function decodeEventReplyData(spec: EventSpec, data: Uint8Array): AnyValu
 }
 
 /**
- * True for the one kernel -> tool message with id 0 that is not an event: the error reply to an
- * event reply rejected at dispatch, `id == 0 && size == 8` (kvmi-abi §3.1). Real events are ≥ 544 bytes.
+ * True for the kernel's error reply to an event reply it rejected at dispatch: the reply id with a
+ * body of exactly `kvmi_error_code` (kvmi-abi §3.1; v9 id 0, v12 id 1, kvmi-v7 id 0). No event is
+ * that short where it shares the reply's id: v9 and v12 vCPU events are at least 544 bytes.
  */
 export function isEventReplyError(dialect: Dialect, hdr: MsgHdr): boolean {
-  return hdr.id === dialect.eventMessageId && hdr.size === dialect.layouts.errorCode.size;
+  return hdr.id === dialect.eventFraming.replyMessageId && hdr.size === dialect.layouts.errorCode.size;
+}
+
+/** The `err` of an error reply body (0 or a negative KVM errno), read through the dialect's layout. */
+export function readReplyError(dialect: Dialect, body: Uint8Array): number {
+  const layout = dialect.layouts.errorCode;
+  const bytes = body.length >= layout.size ? body : zeroExtended(body, layout.size);
+  return (decodeFrom(layout, viewOf(bytes)) as { err: number }).err;
+}
+
+function zeroExtended(body: Uint8Array, size: number): Uint8Array {
+  const out = new Uint8Array(size);
+  out.set(body.subarray(0, size));
+  return out;
 }

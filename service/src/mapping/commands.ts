@@ -22,9 +22,8 @@
 import { create } from "@bufbuild/protobuf";
 import type { DescMessage, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
 import { KvmiArgumentError } from "@kvmi/kvm-bridge";
-import type { CommandReply, CommandRequest } from "@kvmi/kvm-bridge";
 import { layouts, V9_COMMANDS, v9Ids } from "@kvmi/kvm-bridge/wire";
-import type { V9CommandName } from "@kvmi/kvm-bridge/wire";
+import type { V9CommandName, V9CommandReply as CommandReply, V9CommandRequest as CommandRequest } from "@kvmi/kvm-bridge/wire";
 import {
   CheckCommandRequestSchema,
   CheckCommandResponseSchema,

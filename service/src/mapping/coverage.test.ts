@@ -269,6 +269,7 @@ describe.each(EVENT_SPECS.filter((e) => e.scope === "vcpu").map((e) => e.name))(
     return {
       seq: 5,
       vcpu: decoded.vcpu,
+      kind: spec.kind,
       spec,
       arch: trackBody(decoded.arch, { layout: layouts.kvmiEventArch }, "arch", reads),
       payload: decoded.payload && spec.payload ? trackBody(decoded.payload, { layout: spec.payload }, "payload", reads) : undefined,

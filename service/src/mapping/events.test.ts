@@ -85,7 +85,7 @@ function wireEvent(name: V9EventName, vcpu = 3, seq = 41): KvmiEvent {
   const spec = V9_EVENTS[name];
   const bytes = encodeEvent(v9, spec, seq, vcpu, sampleArch(), PAYLOADS[name].wire);
   const decoded = decodeEvent(v9, bytes.subarray(8));
-  return { seq, vcpu: decoded.vcpu, spec: decoded.spec!, arch: decoded.arch, payload: decoded.payload, receivedAt: 0n, receivedAtMs: 0 };
+  return { seq, vcpu: decoded.vcpu, kind: spec.kind, spec: decoded.spec!, arch: decoded.arch, payload: decoded.payload, receivedAt: 0n, receivedAtMs: 0 };
 }
 
 const DEADLINE = new Date("2025-01-02T03:04:05.678Z");

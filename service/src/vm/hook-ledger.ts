@@ -11,9 +11,10 @@
  * ledger stays as small as the live modifications.
  */
 import { KvmiRemoteError } from "@kvmi/kvm-bridge";
-import type { CommandReply, CommandRequest, KvmiChannel } from "@kvmi/kvm-bridge";
+import type { KvmiChannel } from "@kvmi/kvm-bridge";
 import { v9Ids } from "@kvmi/kvm-bridge/wire";
-import type { V9CommandName } from "@kvmi/kvm-bridge/wire";
+import type { V9CommandName, V9CommandReply as CommandReply, V9CommandRequest as CommandRequest } from "@kvmi/kvm-bridge/wire";
+import { sendCommand } from "./v9-commands.js";
 
 const PAGE_BYTES = 4096;
 const PAGE_MASK = BigInt(PAGE_BYTES - 1);
@@ -102,7 +103,7 @@ export class HookLedger {
     // same reason: let the write fail with its own error rather than report the read's.
     let before: { data: Uint8Array };
     try {
-      before = await channel.command("KVMI_VM_READ_PHYSICAL", { gpa, size });
+      before = await sendCommand(channel, "KVMI_VM_READ_PHYSICAL", { gpa, size });
     } catch (err) {
       if (err instanceof KvmiRemoteError) return;
       throw err;
@@ -180,7 +181,7 @@ export class HookLedger {
     const send = async <N extends V9CommandName>(name: N, request: CommandRequest<N>, vcpu?: number): Promise<void> => {
       commands++;
       try {
-        await channel.command(name, request, vcpu, { timeoutMs });
+        await sendCommand(channel, name, request, vcpu, { timeoutMs });
       } catch {
         failures++;
       }

@@ -9,12 +9,13 @@
  * to read, controller gone, unhook, shutdown) with the safe default.
  */
 import { randomUUID } from "node:crypto";
-import type { CommandReply, CommandRequest, KvmiChannel, KvmiEvent, KvmiTransportError, Logger, VmRecord, VmRegistry } from "@kvmi/kvm-bridge";
+import type { KvmiChannel, KvmiEvent, KvmiTransportError, Logger, VmRecord, VmRegistry } from "@kvmi/kvm-bridge";
 import { v9Ids } from "@kvmi/kvm-bridge/wire";
-import type { V9CommandName } from "@kvmi/kvm-bridge/wire";
+import type { V9CommandName, V9CommandReply as CommandReply, V9CommandRequest as CommandRequest } from "@kvmi/kvm-bridge/wire";
 import { BridgeError } from "../mapping/bridge-error.js";
 import type { AutoReplyReason } from "../metrics/index.js";
 import { HookLedger } from "./hook-ledger.js";
+import { sendCommand, sendCommandBatch } from "./v9-commands.js";
 import type { UndoReport } from "./hook-ledger.js";
 
 /** Commands that change guest state: controller only (session.proto, SessionCommand). */
@@ -239,8 +240,8 @@ export class VmHost {
     try {
       // The caller's timeoutMs and signal are the channel's command options.
       const reply = mutating
-        ? await this.ledger.run(this.channel, name, request, vcpu, () => this.channel.command(name, request, vcpu, caller))
-        : await this.channel.command(name, request, vcpu, caller);
+        ? await this.ledger.run(this.channel, name, request, vcpu, () => sendCommand(this.channel, name, request, vcpu, caller))
+        : await sendCommand(this.channel, name, request, vcpu, caller);
       this.options.metrics?.command(name, undefined, seconds(started));
       if (name === "KVMI_VM_READ_PHYSICAL") this.options.metrics?.bytesRead((reply as { data: Uint8Array }).data.length);
       return reply;
@@ -264,7 +265,7 @@ export class VmHost {
   ): Promise<Array<CommandReply<N> | Error>> {
     if (MUTATING_COMMANDS.has(name)) throw new Error(`${name} changes guest state: send it with command()`);
     const started = process.hrtime.bigint();
-    const results = await this.channel.commandBatch(name, requests, vcpu, caller);
+    const results = await sendCommandBatch(this.channel, name, requests, vcpu, caller);
     const metrics = this.options.metrics;
     if (metrics !== undefined) {
       const elapsed = seconds(started);
@@ -325,7 +326,7 @@ export class VmHost {
     const pending = this.pending.get(vcpu)!;
     // Register changes ride on the reply: the kernel applies them when it processes it (kvmi-abi §3.4).
     if (reply.registers !== undefined) {
-      await this.channel.command("KVMI_VCPU_SET_REGISTERS", reply.registers as never, vcpu);
+      await sendCommand(this.channel, "KVMI_VCPU_SET_REGISTERS", reply.registers as never, vcpu);
     }
     await this.send(vcpu, pending, reply.action, reply.replyData);
   }

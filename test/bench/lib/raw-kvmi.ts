@@ -100,7 +100,7 @@ export class PipelinedReader {
   private onReply: ((err: number) => void) | undefined;
 
   constructor(private readonly socket: Socket) {
-    const framer = createFramer();
+    const framer = createFramer(v9);
     socket.on("data", (chunk: Buffer) =>
       framer.push(chunk, (_hdr, body) => this.onReply?.(body.length >= 4 ? viewOf(body).getInt32(0, true) : -1)),
     );

@@ -12,9 +12,9 @@ import { silentLogger } from "../../logger.js";
 import { createFramer } from "../../session/framer.js";
 import { zeroValue } from "../../wire/codec.js";
 import type { CommandSpec, Dialect, EventSpec } from "../../wire/dialect.js";
-import { commandById } from "../../wire/dialect.js";
+import { commandById, requireEvent } from "../../wire/dialect.js";
 import { KVM_EAGAIN, KVM_EFAULT, KVM_EINVAL, KVM_ENOENT, KVM_ENOSYS, KVM_EPERM } from "../../wire/dialects/errno.js";
-import { v9, V9_EVENTS } from "../../wire/dialects/v9.js";
+import { v9 } from "../../wire/dialects/v9.js";
 import type { DecodedCommand, MsgHdr } from "../../wire/message.js";
 import { decodeCommand, decodeEventReply, encodeEvent, encodeReply } from "../../wire/message.js";
 import { AllowMasks, validateFeature } from "./allow-masks.js";
@@ -178,7 +178,7 @@ export class KvmiVm implements KernelContext {
     this.checkModuleParam(ioctl);
     const hooked = this.hooked;
     if (hooked === undefined) this.fail(ioctl, KVM_EFAULT);
-    const unhook = V9_EVENTS.KVMI_EVENT_UNHOOK;
+    const unhook = requireEvent(this.dialect, "UNHOOK");
     if (!hooked.vmEvents.has(unhook.id) || !hooked.alive) this.fail(ioctl, KVM_ENOENT);
     const arch = this.zeroArch();
     const sent = this.send(encodeEvent(this.dialect, unhook, ++hooked.eventSeq, 0, arch));
@@ -237,7 +237,7 @@ export class KvmiVm implements KernelContext {
 
   private startReceiving(hooked: Hooked, finish: () => void): void {
     const { socket } = hooked;
-    const framer = createFramer({ maxBodyBytes: this.dialect.maxMessageBytes });
+    const framer = createFramer(this.dialect);
     const onFrame = (hdr: MsgHdr, body: Uint8Array): void => this.dispatch(hooked, hdr, body);
     const onData = (chunk: Buffer): void => {
       if (!hooked.alive) return;
@@ -298,7 +298,7 @@ export class KvmiVm implements KernelContext {
 
   private dispatch(hooked: Hooked, hdr: MsgHdr, body: Uint8Array): void {
     if (!hooked.alive) return;
-    if (hdr.id === this.dialect.eventMessageId) {
+    if (hdr.id === this.dialect.eventFraming.replyMessageId) {
       this.dispatchEventReply(hooked, hdr, body);
       return;
     }

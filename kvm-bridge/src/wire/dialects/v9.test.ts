@@ -124,7 +124,7 @@ describe("v9 dialect numbers (kvmi-abi §1.2, §3.1, §9)", () => {
     expect(v9.name).toBe("v9");
     expect(v9.kvmiVersion).toBe(1);
     expect(v9.maxMessageBytes).toBe(8184);
-    expect(v9.eventMessageId).toBe(0);
+    expect(v9.eventFraming).toStrictEqual({ vmEventMessageId: 0, vcpuEventMessageId: 0, replyMessageId: 0, vmEventsCarryCommon: true });
     expect(v9.numMessages).toBe(26);
     expect(v9.numEvents).toBe(11);
   });

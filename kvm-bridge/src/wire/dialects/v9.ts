@@ -4,7 +4,7 @@
  * "VM introspection" v9 series with its request, reply, payload and reply-data layouts. This is the
  * pinned dialect; later ones (v10-v12, the libkvmi product dialect) are further files of this shape.
  */
-import type { CommandSpec, Dialect, EventSpec } from "../dialect.js";
+import type { BodyInput, BodyValue, CommandSpec, Dialect, EventSpec } from "../dialect.js";
 import type { Layout } from "../layout.js";
 import {
   kvmiGetVersionReply,
@@ -126,6 +126,10 @@ export const V9_MAX_GET_REGISTERS_MSRS = 481;
 export const V9_MAX_PAGE_ACCESS_ENTRIES = 511;
 /** SET_XSAVE accepts at most sizeof(struct kvm_xsave) bytes (kvmi-abi §4 id 20). */
 export const V9_MAX_XSAVE_BYTES = 4096;
+/** KVMI_VCPU_PAUSE answers EBUSY beyond 1001 pending pauses (kvmi-abi §4 id 9). */
+export const V9_MAX_PENDING_PAUSES = 1001;
+/** KVM_CAP_INTROSPECTION of v9 (kvmi-abi §2.4). */
+export const KVM_CAP_INTROSPECTION = 184;
 
 const NO_BODY = { layout: null } as const;
 
@@ -138,6 +142,7 @@ const NO_BODY = { layout: null } as const;
  */
 export const V9_COMMANDS = {
   KVMI_GET_VERSION: {
+    op: "GET_VERSION",
     id: KVMI_GET_VERSION,
     name: "KVMI_GET_VERSION",
     scope: "vm",
@@ -148,6 +153,7 @@ export const V9_COMMANDS = {
     closesOnShortTail: false,
   },
   KVMI_VM_CHECK_COMMAND: {
+    op: "CHECK_COMMAND",
     id: KVMI_VM_CHECK_COMMAND,
     name: "KVMI_VM_CHECK_COMMAND",
     scope: "vm",
@@ -158,6 +164,7 @@ export const V9_COMMANDS = {
     closesOnShortTail: false,
   },
   KVMI_VM_CHECK_EVENT: {
+    op: "CHECK_EVENT",
     id: KVMI_VM_CHECK_EVENT,
     name: "KVMI_VM_CHECK_EVENT",
     scope: "vm",
@@ -168,6 +175,7 @@ export const V9_COMMANDS = {
     closesOnShortTail: false,
   },
   KVMI_VM_GET_INFO: {
+    op: "GET_VM_INFO",
     id: KVMI_VM_GET_INFO,
     name: "KVMI_VM_GET_INFO",
     scope: "vm",
@@ -178,6 +186,7 @@ export const V9_COMMANDS = {
     closesOnShortTail: false,
   },
   KVMI_VM_CONTROL_EVENTS: {
+    op: "CONTROL_VM_EVENTS",
     id: KVMI_VM_CONTROL_EVENTS,
     name: "KVMI_VM_CONTROL_EVENTS",
     scope: "vm",
@@ -188,6 +197,7 @@ export const V9_COMMANDS = {
     closesOnShortTail: false,
   },
   KVMI_VM_READ_PHYSICAL: {
+    op: "READ_PHYSICAL",
     id: KVMI_VM_READ_PHYSICAL,
     name: "KVMI_VM_READ_PHYSICAL",
     scope: "vm",
@@ -199,6 +209,7 @@ export const V9_COMMANDS = {
     closesOnShortTail: false,
   },
   KVMI_VM_WRITE_PHYSICAL: {
+    op: "WRITE_PHYSICAL",
     id: KVMI_VM_WRITE_PHYSICAL,
     name: "KVMI_VM_WRITE_PHYSICAL",
     scope: "vm",
@@ -212,6 +223,7 @@ export const V9_COMMANDS = {
     closesOnShortTail: true,
   },
   KVMI_VCPU_GET_INFO: {
+    op: "GET_VCPU_INFO",
     id: KVMI_VCPU_GET_INFO,
     name: "KVMI_VCPU_GET_INFO",
     scope: "vcpu",
@@ -223,6 +235,7 @@ export const V9_COMMANDS = {
   },
   /** Carries `kvmi_vcpu_hdr` but runs on the receive thread (kvmi-abi §2.5, §4 id 9). */
   KVMI_VCPU_PAUSE: {
+    op: "PAUSE_VCPU",
     id: KVMI_VCPU_PAUSE,
     name: "KVMI_VCPU_PAUSE",
     scope: "vcpu",
@@ -233,6 +246,7 @@ export const V9_COMMANDS = {
     closesOnShortTail: false,
   },
   KVMI_VCPU_CONTROL_EVENTS: {
+    op: "CONTROL_VCPU_EVENTS",
     id: KVMI_VCPU_CONTROL_EVENTS,
     name: "KVMI_VCPU_CONTROL_EVENTS",
     scope: "vcpu",
@@ -243,6 +257,7 @@ export const V9_COMMANDS = {
     closesOnShortTail: false,
   },
   KVMI_VCPU_GET_REGISTERS: {
+    op: "GET_REGISTERS",
     id: KVMI_VCPU_GET_REGISTERS,
     name: "KVMI_VCPU_GET_REGISTERS",
     scope: "vcpu",
@@ -260,6 +275,7 @@ export const V9_COMMANDS = {
     closesOnShortTail: true,
   },
   KVMI_VCPU_SET_REGISTERS: {
+    op: "SET_REGISTERS",
     id: KVMI_VCPU_SET_REGISTERS,
     name: "KVMI_VCPU_SET_REGISTERS",
     scope: "vcpu",
@@ -270,6 +286,7 @@ export const V9_COMMANDS = {
     closesOnShortTail: false,
   },
   KVMI_VCPU_GET_CPUID: {
+    op: "GET_CPUID",
     id: KVMI_VCPU_GET_CPUID,
     name: "KVMI_VCPU_GET_CPUID",
     scope: "vcpu",
@@ -280,6 +297,7 @@ export const V9_COMMANDS = {
     closesOnShortTail: false,
   },
   KVMI_VM_CONTROL_CLEANUP: {
+    op: "CONTROL_CLEANUP",
     id: KVMI_VM_CONTROL_CLEANUP,
     name: "KVMI_VM_CONTROL_CLEANUP",
     scope: "vm",
@@ -290,6 +308,7 @@ export const V9_COMMANDS = {
     closesOnShortTail: false,
   },
   KVMI_VCPU_CONTROL_CR: {
+    op: "CONTROL_CR",
     id: KVMI_VCPU_CONTROL_CR,
     name: "KVMI_VCPU_CONTROL_CR",
     scope: "vcpu",
@@ -300,6 +319,7 @@ export const V9_COMMANDS = {
     closesOnShortTail: false,
   },
   KVMI_VCPU_INJECT_EXCEPTION: {
+    op: "INJECT_EXCEPTION",
     id: KVMI_VCPU_INJECT_EXCEPTION,
     name: "KVMI_VCPU_INJECT_EXCEPTION",
     scope: "vcpu",
@@ -310,6 +330,7 @@ export const V9_COMMANDS = {
     closesOnShortTail: false,
   },
   KVMI_VM_GET_MAX_GFN: {
+    op: "GET_MAX_GFN",
     id: KVMI_VM_GET_MAX_GFN,
     name: "KVMI_VM_GET_MAX_GFN",
     scope: "vm",
@@ -320,6 +341,7 @@ export const V9_COMMANDS = {
     closesOnShortTail: false,
   },
   KVMI_VCPU_GET_XCR: {
+    op: "GET_XCR",
     id: KVMI_VCPU_GET_XCR,
     name: "KVMI_VCPU_GET_XCR",
     scope: "vcpu",
@@ -330,6 +352,7 @@ export const V9_COMMANDS = {
     closesOnShortTail: false,
   },
   KVMI_VCPU_GET_XSAVE: {
+    op: "GET_XSAVE",
     id: KVMI_VCPU_GET_XSAVE,
     name: "KVMI_VCPU_GET_XSAVE",
     scope: "vcpu",
@@ -341,6 +364,7 @@ export const V9_COMMANDS = {
     closesOnShortTail: false,
   },
   KVMI_VCPU_SET_XSAVE: {
+    op: "SET_XSAVE",
     id: KVMI_VCPU_SET_XSAVE,
     name: "KVMI_VCPU_SET_XSAVE",
     scope: "vcpu",
@@ -352,6 +376,7 @@ export const V9_COMMANDS = {
     closesOnShortTail: true,
   },
   KVMI_VCPU_GET_MTRR_TYPE: {
+    op: "GET_MTRR_TYPE",
     id: KVMI_VCPU_GET_MTRR_TYPE,
     name: "KVMI_VCPU_GET_MTRR_TYPE",
     scope: "vcpu",
@@ -362,6 +387,7 @@ export const V9_COMMANDS = {
     closesOnShortTail: false,
   },
   KVMI_VCPU_CONTROL_MSR: {
+    op: "CONTROL_MSR",
     id: KVMI_VCPU_CONTROL_MSR,
     name: "KVMI_VCPU_CONTROL_MSR",
     scope: "vcpu",
@@ -372,6 +398,7 @@ export const V9_COMMANDS = {
     closesOnShortTail: false,
   },
   KVMI_VM_SET_PAGE_ACCESS: {
+    op: "SET_PAGE_ACCESS",
     id: KVMI_VM_SET_PAGE_ACCESS,
     name: "KVMI_VM_SET_PAGE_ACCESS",
     scope: "vm",
@@ -391,6 +418,7 @@ export const V9_COMMANDS = {
     closesOnShortTail: false,
   },
   KVMI_VCPU_CONTROL_SINGLESTEP: {
+    op: "CONTROL_SINGLESTEP",
     id: KVMI_VCPU_CONTROL_SINGLESTEP,
     name: "KVMI_VCPU_CONTROL_SINGLESTEP",
     scope: "vcpu",
@@ -401,6 +429,7 @@ export const V9_COMMANDS = {
     closesOnShortTail: false,
   },
   KVMI_VCPU_TRANSLATE_GVA: {
+    op: "TRANSLATE_GVA",
     id: KVMI_VCPU_TRANSLATE_GVA,
     name: "KVMI_VCPU_TRANSLATE_GVA",
     scope: "vcpu",
@@ -414,6 +443,10 @@ export const V9_COMMANDS = {
 
 /** Kernel name of a v9 command. */
 export type V9CommandName = keyof typeof V9_COMMANDS;
+/** The request body of a v9 command by kernel name, with its tail's count field optional. */
+export type V9CommandRequest<N extends V9CommandName> = BodyInput<(typeof V9_COMMANDS)[N]["request"]>;
+/** The decoded reply data of a v9 command by kernel name. */
+export type V9CommandReply<N extends V9CommandName> = BodyValue<(typeof V9_COMMANDS)[N]["reply"]>;
 
 // ---------------------------------------------------------------------------------------------
 // Events (kvmi-abi §5)
@@ -422,6 +455,7 @@ export type V9CommandName = keyof typeof V9_COMMANDS;
 export const V9_EVENTS = {
   /** The only VM event: zeroed `arch`, vcpu 0, and no reply at all (kvmi-abi §2.6). */
   KVMI_EVENT_UNHOOK: {
+    kind: "UNHOOK",
     id: KVMI_EVENT_UNHOOK,
     name: "KVMI_EVENT_UNHOOK",
     scope: "vm",
@@ -431,6 +465,7 @@ export const V9_EVENTS = {
     actions: [],
   },
   KVMI_EVENT_PAUSE_VCPU: {
+    kind: "PAUSE_VCPU",
     id: KVMI_EVENT_PAUSE_VCPU,
     name: "KVMI_EVENT_PAUSE_VCPU",
     scope: "vcpu",
@@ -440,6 +475,7 @@ export const V9_EVENTS = {
     actions: ["CONTINUE", "CRASH"],
   },
   KVMI_EVENT_HYPERCALL: {
+    kind: "HYPERCALL",
     id: KVMI_EVENT_HYPERCALL,
     name: "KVMI_EVENT_HYPERCALL",
     scope: "vcpu",
@@ -449,6 +485,7 @@ export const V9_EVENTS = {
     actions: ["CONTINUE", "CRASH"],
   },
   KVMI_EVENT_BREAKPOINT: {
+    kind: "BREAKPOINT",
     id: KVMI_EVENT_BREAKPOINT,
     name: "KVMI_EVENT_BREAKPOINT",
     scope: "vcpu",
@@ -459,6 +496,7 @@ export const V9_EVENTS = {
   },
   /** Also needs the CR selected with KVMI_VCPU_CONTROL_CR. */
   KVMI_EVENT_CR: {
+    kind: "CR",
     id: KVMI_EVENT_CR,
     name: "KVMI_EVENT_CR",
     scope: "vcpu",
@@ -468,6 +506,7 @@ export const V9_EVENTS = {
     actions: ["CONTINUE", "CRASH"],
   },
   KVMI_EVENT_TRAP: {
+    kind: "TRAP",
     id: KVMI_EVENT_TRAP,
     name: "KVMI_EVENT_TRAP",
     scope: "vcpu",
@@ -477,6 +516,7 @@ export const V9_EVENTS = {
     actions: ["CONTINUE", "CRASH"],
   },
   KVMI_EVENT_XSETBV: {
+    kind: "XSETBV",
     id: KVMI_EVENT_XSETBV,
     name: "KVMI_EVENT_XSETBV",
     scope: "vcpu",
@@ -486,6 +526,7 @@ export const V9_EVENTS = {
     actions: ["CONTINUE", "CRASH"],
   },
   KVMI_EVENT_DESCRIPTOR: {
+    kind: "DESCRIPTOR",
     id: KVMI_EVENT_DESCRIPTOR,
     name: "KVMI_EVENT_DESCRIPTOR",
     scope: "vcpu",
@@ -496,6 +537,7 @@ export const V9_EVENTS = {
   },
   /** Also needs the MSR selected with KVMI_VCPU_CONTROL_MSR. */
   KVMI_EVENT_MSR: {
+    kind: "MSR",
     id: KVMI_EVENT_MSR,
     name: "KVMI_EVENT_MSR",
     scope: "vcpu",
@@ -506,6 +548,7 @@ export const V9_EVENTS = {
   },
   /** Also needs a restriction set with KVMI_VM_SET_PAGE_ACCESS. */
   KVMI_EVENT_PF: {
+    kind: "PF",
     id: KVMI_EVENT_PF,
     name: "KVMI_EVENT_PF",
     scope: "vcpu",
@@ -516,6 +559,7 @@ export const V9_EVENTS = {
   },
   /** Requested by KVMI_VCPU_CONTROL_SINGLESTEP; `kvmi_event_singlestep` is payload, not reply data. */
   KVMI_EVENT_SINGLESTEP: {
+    kind: "SINGLESTEP",
     id: KVMI_EVENT_SINGLESTEP,
     name: "KVMI_EVENT_SINGLESTEP",
     scope: "vcpu",
@@ -551,22 +595,44 @@ deepFreeze(V9_EVENTS);
 /**
  * The v9 dialect (kvmi-abi §1.1): KVMI version 1, KVMI_MSG_SIZE 8184, events and event replies on
  * message id 0, 26 message ids and 11 event ids. `commands` and `events` are sorted by id; look them
- * up with `commandById`/`eventById` from `../dialect.js`.
+ * up with `commandByOp`/`eventByKind` (or by wire id) from `../dialect.js`.
  */
 export const v9: Dialect = Object.freeze({
   name: "v9",
   kvmiVersion: KVMI_VERSION,
   maxMessageBytes: KVMI_MSG_SIZE,
-  eventMessageId: KVMI_EVENT,
+  eventFraming: Object.freeze({
+    vmEventMessageId: KVMI_EVENT,
+    vcpuEventMessageId: KVMI_EVENT,
+    replyMessageId: KVMI_EVENT,
+    vmEventsCarryCommon: true,
+  }),
   numMessages: KVMI_NUM_MESSAGES,
   numEvents: KVMI_NUM_EVENTS,
   layouts: Object.freeze({
     msgHdr: kvmiMsgHdr,
     errorCode: kvmiErrorCode,
     vcpuHdr: kvmiVcpuHdr,
+    eventHdr: null,
     event: kvmiEvent,
     eventReply: kvmiEventReply,
   }),
+  limits: Object.freeze({
+    maxPhysicalBytes: V9_MAX_PHYSICAL_BYTES,
+    maxPageAccessEntries: V9_MAX_PAGE_ACCESS_ENTRIES,
+    maxGetRegistersMsrs: V9_MAX_GET_REGISTERS_MSRS,
+    maxXsaveBytes: V9_MAX_XSAVE_BYTES,
+    maxPendingPauses: V9_MAX_PENDING_PAUSES,
+  }),
+  ioctls: Object.freeze({
+    hook: 0xc3,
+    unhook: 0xc4,
+    command: 0xc5,
+    event: 0xc6,
+    preunhook: 0xc7,
+    capIntrospection: Object.freeze([KVM_CAP_INTROSPECTION]),
+  }),
+  replyControlOp: null,
   commands: Object.freeze(Object.values<CommandSpec>(V9_COMMANDS).sort((a, b) => a.id - b.id)),
   events: Object.freeze(Object.values<EventSpec>(V9_EVENTS).sort((a, b) => a.id - b.id)),
 });

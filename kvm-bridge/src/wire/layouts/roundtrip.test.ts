@@ -85,19 +85,20 @@ function setPath(value: AnyValue, path: string, leafValue: unknown): void {
 function outOfRange(type: ScalarType): unknown[] {
   switch (type) {
     // The compiled checks use integer masking (compile.ts), so the list covers what masking could
-    // let through: fractions, NaN, values that wrap to an in-range one, the wrong JS type.
+    // let through: fractions, NaN, values that wrap to an in-range one, non-integers. The other JS
+    // integer type is accepted when in range (coerceScalar), so only out-of-range ones of it are here.
     case "u8":
-      return [0x100, -1, 1.5, Number.NaN, 0x1_0000_0001, "1", 1n, undefined];
+      return [0x100, -1, 1.5, Number.NaN, 0x1_0000_0001, "1", 0x100n, -1n, undefined];
     case "u16":
-      return [0x1_0000, -1, 0.5, Number.NaN, 2 ** 40 + 1, "1", 1n];
+      return [0x1_0000, -1, 0.5, Number.NaN, 2 ** 40 + 1, "1", 0x1_0000n];
     case "u32":
-      return [0x1_0000_0000, -1, 0.5, Number.NaN, 2 ** 53, Number.POSITIVE_INFINITY, null, 1n];
+      return [0x1_0000_0000, -1, 0.5, Number.NaN, 2 ** 53, Number.POSITIVE_INFINITY, null, 0x1_0000_0000n];
     case "s32":
-      return [0x8000_0000, -0x8000_0001, -0.5, Number.NaN, 2 ** 32, "0", 0n];
+      return [0x8000_0000, -0x8000_0001, -0.5, Number.NaN, 2 ** 32, "0", 0x8000_0000n];
     case "u64":
-      return [U64_MAX + 1n, -1n, 1, "1", undefined];
+      return [U64_MAX + 1n, -1n, -1, 1.5, 2 ** 53, "1", undefined];
     case "s64":
-      return [S64_MAX + 1n, S64_MIN - 1n, 1];
+      return [S64_MAX + 1n, S64_MIN - 1n, 0.5, 2 ** 60];
   }
 }
 
