@@ -85,8 +85,10 @@ export class QemuGuest implements GuestPort {
     if (--this.holds > 0) return;
     this.resumeTimer = setImmediate(() => {
       this.resumeTimer = undefined;
-      if (this.holds > 0 || this.managerStopped || this.gdb.closed) return;
-      this.transition = this.transition.then(() => this.gdb.resume()).catch(() => undefined);
+      // Checked again inside the chain: a holder that came meanwhile keeps the VM stopped.
+      this.transition = this.transition
+        .then(() => (this.holds > 0 || this.managerStopped || this.gdb.closed ? undefined : this.gdb.resume()))
+        .catch(() => undefined);
     });
   }
 
