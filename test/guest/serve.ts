@@ -28,7 +28,7 @@ const kvmiSocket = await new Promise<string>((resolve, reject) => {
 const grpc = /gRPC endpoint\s*:\s*(\S+)/.exec(banner)?.[1] ?? "127.0.0.1:50051";
 const qemu: ChildProcess = spawn(
   process.execPath,
-  [join(ROOT, "kvm-bridge/bin/kvmi-qemu.mjs"), "run", "--kernel", image.kernel, "--initrd", image.initrd, "--append", image.cmdline, "--connect", kvmiSocket, "--name", "linux-0", "--log-level", "warn"],
+  [join(ROOT, "kvm-bridge/bin/kvmi-qemu.mjs"), "run", "--kernel", image.kernel, "--initrd", image.initrd, "--append", image.cmdline, "--connect", kvmiSocket, "--name", "linux-0", "--log-level", process.env["KVMI_QEMU_LOG_LEVEL"] ?? "warn"],
   { stdio: ["ignore", "pipe", "inherit"] },
 );
 say(`linux-0: Debian ${image.kernelRelease} under QEMU (TCG) is booting (its processes appear once it is up)`);
@@ -42,7 +42,6 @@ const onConsole = (chunk: Buffer) => {
 };
 qemu.stdout!.on("data", onConsole);
 say(`try: npx kvmictl --target ${grpc} ps linux-0 --profile ${image.profile}`);
-say(`     npx tsx clients/examples/trace.ts --target ${grpc} --vm linux-0 --profile ${image.profile} --symbol __x64_sys_getppid --duration 3000`);
 
 const stop = () => {
   qemu.kill("SIGTERM");
