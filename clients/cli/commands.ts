@@ -9,6 +9,7 @@ import { MemoryHoleError, UnavailableError, uuidOf } from "@kvmi/clients";
 import type { Session, SessionItem, TranslationTarget, VcpuEvent, VcpuEventName } from "@kvmi/clients";
 import { accessString, parseAccess, parseEventTypes, parseHexBytes, parseIndex, parseLength, parseNumberList, parseU64, UsageError } from "./args.js";
 import type { CliContext } from "./context.js";
+import { readProcess } from "./os-commands.js";
 import { untilAborted, waitOrAbort } from "./context.js";
 import { changeName, formatBytes, formatRegisters, hex, hexdump, modeName, stateName, table, toJson, vmDetails, vmJson, vmTable } from "./format.js";
 
@@ -110,10 +111,16 @@ function translationOf(options: { virtual?: boolean; vcpu?: string; cr3?: string
 }
 
 /** `read <vm> <addr> <len>`: a hex dump of guest memory. */
-export async function read(ctx: CliContext, ref: string, addrText: string, lenText: string, options: { virtual?: boolean; vcpu?: string; cr3?: string }): Promise<number> {
+export async function read(ctx: CliContext, ref: string, addrText: string, lenText: string, options: { virtual?: boolean; vcpu?: string; cr3?: string; pid?: string; profile?: string }): Promise<number> {
   const address = parseU64(addrText, "addr");
   const length = parseLength(lenText, "len");
   if (length > 64 * 1024 * 1024) throw new UsageError("len: read at most 64 MiB at once; use `kvmictl dump` for more");
+  if (options.pid !== undefined) {
+    const data = await readProcess(ctx, ref, options.pid, address, length, options);
+    if (ctx.json) ctx.out(toJson({ vm: ref, pid: Number(options.pid), address, length, space: `virtual (pid ${options.pid})`, data }, 2));
+    else ctx.io.stdout(hexdump(data, address));
+    return 0;
+  }
   const via = translationOf(options);
   const vm = await ctx.resolveVm(ref);
   const h = ctx.client.vm(vm.uuid);

@@ -9,6 +9,7 @@ import { isKvmiBridgeError } from "@kvmi/clients";
 import { UsageError } from "./args.js";
 import * as commands from "./commands.js";
 import { completionScript } from "./completion.js";
+import * as osCommands from "./os-commands.js";
 import { createContext } from "./context.js";
 import { dump } from "./dump-command.js";
 import { connectionHint } from "./hints.js";
@@ -119,7 +120,13 @@ export function buildProgram(io: CliIo, setExit: (code: number) => void): Comman
     .option("--virtual", "addr is a guest virtual address (translated with vCPU 0 unless --vcpu or --cr3)")
     .option("--vcpu <n>", "translate with this vCPU's paging (implies --virtual)")
     .option("--cr3 <value>", "translate by walking the page tables at this CR3 (implies --virtual)")
+    .option("--pid <pid>", "addr is a virtual address of this guest process (found through --profile)")
+    .option("--profile <file>", "guest profile (ISF JSON) for --pid; default $KVMI_PROFILE or the emulator's workload")
     .action(run(commands.read));
+  const profileOption = (): Option => new Option("--profile <file>", "guest profile (ISF JSON); default $KVMI_PROFILE or the emulator's workload");
+  program.command("ps <vm>").description("the guest's processes, from its task list (needs a profile)").addOption(profileOption()).action(run(osCommands.ps));
+  program.command("modules <vm>").description("the guest kernel's loaded modules (needs a profile)").addOption(profileOption()).action(run(osCommands.modules));
+  program.command("sym <name-or-address>").description("symbol → address, or address → symbol+offset, from a profile").addOption(profileOption()).action(run(osCommands.sym));
   program
     .command("dump <vm>")
     .description("write guest physical memory to a file: raw sparse image, ELF core or LiME")

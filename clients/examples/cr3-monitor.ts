@@ -9,14 +9,15 @@
  */
 import { CancelledError, UnavailableError } from "@kvmi/clients";
 import { fail, integerOption, setup, stdout, stdoutClosed } from "./example-args.js";
-import { listTasks, TaskIndex } from "./guest-profile.js";
+import { openGuest, PROFILE_OPTION, TaskIndex } from "./guest-profile.js";
 
-const USAGE = "usage: cr3-monitor.ts --vm <uuid|name> [--target host:port] [--duration ms] [--count n] [--json]";
+const USAGE = "usage: cr3-monitor.ts --vm <uuid|name> [--target host:port] [--duration ms] [--count n] [--profile isf.json] [--json]";
 
 async function main(): Promise<void> {
-  const { client, vm, json, values } = await setup<{ duration?: string; count?: string }>(USAGE, {
+  const { client, vm, json, values } = await setup<{ duration?: string; count?: string; profile?: string }>(USAGE, {
     duration: { type: "string" },
     count: { type: "string" },
+    ...PROFILE_OPTION,
   });
   const stop = new AbortController();
   // `cr3-monitor --json | head`: the reader's exit ends the monitor like Ctrl-C, releasing the session.
@@ -26,7 +27,7 @@ async function main(): Promise<void> {
   if (duration !== undefined) setTimeout(() => stop.abort(), duration).unref();
   const max = integerOption(values, "count", USAGE) ?? Infinity;
 
-  const tasks = new TaskIndex(await listTasks(client.vm(vm.uuid)));
+  const tasks = new TaskIndex(await (await openGuest(client.vm(vm.uuid), values.profile)).processes());
   const session = await client.attach(vm.uuid, { role: "controller" });
   const vcpus = Array.from({ length: session.vm.vcpuCount }, (_, i) => i);
   let switches = 0;

@@ -1,111 +1,39 @@
 // SPDX-License-Identifier: Apache-2.0
 /**
- * What the examples know about their target OS: the layout of the emulator's built-in workload, a
- * tiny Linux-shaped kernel. A real tool gets the same facts from the guest's symbol table and
- * structure offsets (a LibVMI profile, a Volatility symbol file); these values are copied from the
- * documented contract (README "The built-in workload", and the comment at the top of
- * kvm-bridge/src/emulator/guest/workload.ts), never imported from the emulator.
+ * What the examples know about their target OS comes from a profile (docs/profiles.md): `--profile
+ * FILE` names one (ISF JSON, e.g. built by test/guest/build.ts for Debian's kernel, or a Volatility
+ * 3 symbol file); without it the examples use the profile of the emulator's built-in workload
+ * (clients/profiles/kvmi-sim-workload.json). No offset or address is written here.
  */
-import type { TranslationTarget, VmCommands } from "@kvmi/clients";
+import { fileURLToPath } from "node:url";
+import { Profile, linux } from "@kvmi/clients";
+import type { LinuxGuest, LinuxProcess, VmCommands } from "@kvmi/clients";
 
-/** Kernel image base (`_text`). */
-export const KERNEL_BASE_GVA = 0xffffffff80000000n;
-/** `entry_SYSCALL_64` (MSR_LSTAR): every syscall enters the kernel here. */
-export const SYSCALL_ENTRY_GVA = KERNEL_BASE_GVA + 0x1000n;
-/** `switch_mm`: the RIP of every scheduler CR3 write. */
-export const SWITCH_MM_GVA = KERNEL_BASE_GVA + 0x2000n;
-/** `init_task` (pid 0): the head of the circular task list. */
-export const INIT_TASK_GVA = KERNEL_BASE_GVA + 0x10000n;
-/** Per-CPU area of CPU 0 (GS base); CPU n's is `+ n * PERCPU_STRIDE`. */
-export const PERCPU_BASE_GVA = KERNEL_BASE_GVA + 0x20000n;
-/** Distance between per-CPU areas. */
-export const PERCPU_STRIDE = 0x1000n;
-/** `current_task` (u64 pointer to the running task_struct) in the per-CPU area. */
-export const PERCPU_CURRENT_TASK = 0x0n;
+export type { LinuxProcess } from "@kvmi/clients";
 
-/** `struct task_struct` offsets (0x100 bytes, little-endian). */
-export const TASK_STRUCT = Object.freeze({
-  size: 0x100,
-  tasksNext: 0x00,
-  tasksPrev: 0x08,
-  pid: 0x10,
-  ppid: 0x14,
-  state: 0x18,
-  cpu: 0x1c,
-  cr3: 0x20,
-  flags: 0x28,
-  nrSyscalls: 0x30,
-  startCode: 0x38,
-  comm: 0x40,
-  commLength: 16,
-});
+/** The profile of the emulator's built-in workload. */
+export const WORKLOAD_PROFILE = fileURLToPath(new URL("../profiles/kvmi-sim-workload.json", import.meta.url));
 
-/** `PF_KTHREAD` in `task_struct.flags`. */
-export const PF_KTHREAD = 0x00200000n;
+/** The `--profile` option every OS-aware example takes. */
+export const PROFILE_OPTION = { profile: { type: "string" } } as const;
 
-/** One task as read from guest memory. */
-export interface GuestTask {
-  /** GVA of its `task_struct`. */
-  readonly gva: bigint;
-  readonly pid: number;
-  readonly ppid: number;
-  /** Its page-table root: the CR3 value while it runs. */
-  readonly cr3: bigint;
-  /** Its name (`comm`). */
-  readonly comm: string;
-  readonly kernelThread: boolean;
-  /** Syscalls it entered so far (`nr_syscalls`). */
-  readonly nrSyscalls: bigint;
+/** Loads `--profile`, `$KVMI_PROFILE` or the workload's profile, and binds it to a VM. */
+export async function openGuest(vm: VmCommands, profilePath?: string): Promise<LinuxGuest> {
+  return linux(vm, await Profile.load(profilePath ?? process.env["KVMI_PROFILE"] ?? WORKLOAD_PROFILE));
 }
 
-/** Decodes a `task_struct` read at `gva`. */
-export function parseTask(gva: bigint, bytes: Uint8Array): GuestTask {
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const t = TASK_STRUCT;
-  const comm = bytes.subarray(t.comm, t.comm + t.commLength);
-  const nul = comm.indexOf(0);
-  return {
-    gva,
-    pid: view.getUint32(t.pid, true),
-    ppid: view.getUint32(t.ppid, true),
-    cr3: view.getBigUint64(t.cr3, true),
-    comm: new TextDecoder().decode(nul < 0 ? comm : comm.subarray(0, nul)),
-    kernelThread: (view.getBigUint64(t.flags, true) & PF_KTHREAD) !== 0n,
-    nrSyscalls: view.getBigUint64(t.nrSyscalls, true),
-  };
-}
-
-/**
- * Walks the task list from outside, as `for_each_process` does inside: start at `init_task`,
- * follow `tasks.next` until it comes back to `init_task`. Kernel addresses are the same in every
- * address space, so any vCPU (or any task's CR3) translates them.
- * @param via the vCPU whose paging translates, or `{ cr3 }`.
- * @throws Error when the list does not close within `maxTasks` (a corrupt or changing list).
- */
-export async function listTasks(vm: VmCommands, via: TranslationTarget = 0, options: { signal?: AbortSignal; maxTasks?: number } = {}): Promise<GuestTask[]> {
-  const tasks: GuestTask[] = [];
-  let gva = INIT_TASK_GVA;
-  do {
-    const bytes = await vm.readVirtual(via, gva, TASK_STRUCT.size, { signal: options.signal });
-    const task = parseTask(gva, bytes);
-    tasks.push(task);
-    gva = new DataView(bytes.buffer, bytes.byteOffset).getBigUint64(TASK_STRUCT.tasksNext, true);
-    if (tasks.length > (options.maxTasks ?? 4096)) throw new Error("the task list does not return to init_task");
-  } while (gva !== INIT_TASK_GVA);
-  return tasks;
-}
-
-/** Looks tasks up by CR3 (which identifies the running process on a CR3 write or a syscall). */
+/** Looks processes up by page-table root (which identifies the running process on a CR3 write or a syscall). */
 export class TaskIndex {
-  private readonly byCr3 = new Map<bigint, GuestTask>();
+  private readonly byRoot = new Map<bigint, LinuxProcess>();
 
-  constructor(readonly tasks: readonly GuestTask[]) {
-    for (const task of tasks) this.byCr3.set(task.cr3, task);
+  constructor(readonly tasks: readonly LinuxProcess[]) {
+    // Threads share their process's page tables: keep the group leader (pid === tgid).
+    for (const task of tasks) if (task.pageTable !== undefined && (task.pid === task.tgid || !this.byRoot.has(task.pageTable))) this.byRoot.set(task.pageTable, task);
   }
 
-  /** The task whose page tables are rooted at `cr3` (PCID bits ignored). */
-  byPageTable(cr3: bigint): GuestTask | undefined {
-    return this.byCr3.get(cr3 & ~0xfffn);
+  /** The process whose page tables are rooted at `cr3` (PCID and flag bits ignored). */
+  byPageTable(cr3: bigint): LinuxProcess | undefined {
+    return this.byRoot.get(cr3 & 0x000ffffffffff000n);
   }
 
   /** `pid (comm)`, or `? (cr3 0x…)` for an unknown CR3. */
@@ -113,11 +41,4 @@ export class TaskIndex {
     const task = this.byPageTable(cr3);
     return task === undefined ? `? (cr3 0x${cr3.toString(16)})` : `${task.pid} (${task.comm})`;
   }
-}
-
-/** Reads `current_task` of a vCPU from its per-CPU area (`gsBase`), the other way to identify the running task. */
-export async function currentTask(vm: VmCommands, vcpu: number, gsBase: bigint, signal?: AbortSignal): Promise<GuestTask> {
-  const pointer = await vm.readVirtual(vcpu, gsBase + PERCPU_CURRENT_TASK, 8, { signal });
-  const gva = new DataView(pointer.buffer, pointer.byteOffset).getBigUint64(0, true);
-  return parseTask(gva, await vm.readVirtual(vcpu, gva, TASK_STRUCT.size, { signal }));
 }

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 /**
  * trace: counts system calls per process with a breakpoint on the kernel's syscall entry, the way
- * DRAKVUF's syscall tracing works:
+ * DRAKVUF's syscall tracing works (`--symbol` picks another kernel function, e.g. one syscall's
+ * `__x64_sys_getppid`; the profile gives its address):
  *
  * 1. write INT3 (0xCC) over the first byte of `entry_SYSCALL_64`, keeping the original byte;
  * 2. on each BREAKPOINT there: count it for the running process (its CR3 names the task), then
@@ -17,9 +18,9 @@
 import { CancelledError, UnavailableError } from "@kvmi/clients";
 import type { BreakpointEvent, Session, SessionItem } from "@kvmi/clients";
 import { fail, integerOption, setup, stdout } from "./example-args.js";
-import { currentTask, listTasks, SYSCALL_ENTRY_GVA, TaskIndex } from "./guest-profile.js";
+import { openGuest, PROFILE_OPTION, TaskIndex } from "./guest-profile.js";
 
-const USAGE = "usage: trace.ts --vm <uuid|name> [--target host:port] [--duration ms] [--json]";
+const USAGE = "usage: trace.ts --vm <uuid|name> [--target host:port] [--duration ms] [--profile isf.json] [--symbol name] [--json]";
 const INT3 = Uint8Array.of(0xcc);
 /** How long the final drain waits for events still on their way. */
 const DRAIN_QUIET_MS = 150;
@@ -31,13 +32,20 @@ interface Counter {
 }
 
 async function main(): Promise<void> {
-  const { client, vm, json, values } = await setup<{ duration?: string }>(USAGE, { duration: { type: "string" } });
+  const { client, vm, json, values } = await setup<{ duration?: string; profile?: string; symbol?: string }>(USAGE, {
+    duration: { type: "string" },
+    symbol: { type: "string", default: "entry_SYSCALL_64" },
+    ...PROFILE_OPTION,
+  });
   const stop = new AbortController();
   for (const signal of ["SIGINT", "SIGTERM"] as const) process.once(signal, () => stop.abort());
   const duration = integerOption(values, "duration", USAGE);
   if (duration !== undefined) setTimeout(() => stop.abort(), duration).unref();
 
-  const tasks = new TaskIndex(await listTasks(client.vm(vm.uuid)));
+  const guest = await openGuest(client.vm(vm.uuid), values.profile);
+  const symbol = values.symbol ?? "entry_SYSCALL_64";
+  const entryGva = guest.profile.requireSymbol(symbol);
+  const tasks = new TaskIndex(await guest.processes());
   const session = await client.attach(vm.uuid, { role: "controller" });
   const vcpus = Array.from({ length: session.vm.vcpuCount }, (_, i) => i);
   const counts = new Map<number, Counter>();
@@ -46,14 +54,14 @@ async function main(): Promise<void> {
   let started = 0;
 
   // The breakpoint goes into guest-physical memory: the kernel image is shared by every address space.
-  const entryGpa = await session.translate(0, SYSCALL_ENTRY_GVA);
-  if (entryGpa === undefined) throw new Error("entry_SYSCALL_64 is not mapped");
+  const entryGpa = await session.translate(0, entryGva);
+  if (entryGpa === undefined) throw new Error(`${symbol} is not mapped`);
   const original = await session.readPhysical(entryGpa, 1);
 
   const count = async (item: BreakpointEvent): Promise<void> => {
     const cr3 = item.arch.sregs.cr3;
     // Identify the process by its page tables; fall back to the per-CPU `current_task`.
-    const task = tasks.byPageTable(cr3) ?? (await currentTask(session, item.vcpu, item.arch.sregs.gs?.base ?? 0n));
+    const task = tasks.byPageTable(cr3) ?? (await guest.currentProcess(item.vcpu));
     const entry = counts.get(task.pid) ?? { pid: task.pid, comm: task.comm, count: 0 };
     entry.count++;
     counts.set(task.pid, entry);
@@ -89,7 +97,7 @@ async function main(): Promise<void> {
       });
     }
     started = performance.now();
-    process.stderr.write(`armed: INT3 at entry_SYSCALL_64 (gva 0x${SYSCALL_ENTRY_GVA.toString(16)}, gpa 0x${entryGpa.toString(16)}), original byte 0x${original[0]!.toString(16)}\n`);
+    process.stderr.write(`armed: INT3 at ${symbol} (gva 0x${entryGva.toString(16)}, gpa 0x${entryGpa.toString(16)}), original byte 0x${original[0]!.toString(16)}\n`);
     await loop(session, stop.signal, handle);
   } finally {
     await disarm(session, vcpus, stepping, entryGpa, original, () => (armed = false));

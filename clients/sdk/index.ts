@@ -35,6 +35,13 @@ export type {
 export type { BearerToken, CallOptions, TlsOptions } from "./channel.js";
 export type { AttachOptions, EventsOptions, ReleaseOptions, Session, SessionRole } from "./session.js";
 export { PAGE_ACCESS, PAGE_SIZE } from "./commands.js";
+// Guest profiles (ISF JSON) and OS-aware helpers (docs/profiles.md).
+export { Profile, ProfileError, stringifyIsf } from "./profile/profile.js";
+export type { FieldLayout, IsfDocument, IsfTypeRef } from "./profile/profile.js";
+export { LinuxGuest, linux } from "./profile/linux.js";
+export type { LinuxModule, LinuxProcess } from "./profile/linux.js";
+export { buildLinuxProfile, extractVmlinux, parseKallsyms } from "./profile/build-linux.js";
+export type { KernelSymbol, LinuxProfileInput } from "./profile/build-linux.js";
 export type {
   CpuidLeaf,
   ExceptionInput,

@@ -319,3 +319,35 @@ async function waitUntil(probe: () => Promise<boolean>, timeoutMs = 5000): Promi
     await new Promise((r) => setTimeout(r, 20));
   }
 }
+
+describe("kvmictl OS commands (the workload's profile)", () => {
+  it("ps lists the workload's tasks, sym resolves both ways, read --pid reads through the process's page tables", async () => {
+    const [ps, psJson, sym, back, missing] = await Promise.all([
+      spawnCli("ps", "cli-b"),
+      kvmictl("--json", "ps", "cli-b"),
+      kvmictl("sym", "init_task"),
+      kvmictl("sym", hex(INIT_TASK_GVA + 0x10n)),
+      kvmictl("sym", "no_such_symbol"),
+    ]);
+    expect(ps.code, ps.stderr).toBe(0);
+    const lines = ps.stdout.trim().split("\n");
+    expect(lines[0]).toMatch(/^PID\s+PPID\s+PAGE TABLE\s+COMMAND$/);
+    expect(lines.slice(1).map((line) => line.trim().split(/\s+/).at(-1))).toEqual(guestModel.WORKLOAD_TASKS.map((t) => (t.kernelThread ? `[${t.comm}]` : t.comm)));
+    const processes = JSON.parse(psJson.stdout) as Array<{ pid: number; ppid: number; comm: string; task: string; pageTable: string }>;
+    expect(processes.map((p) => [p.pid, p.ppid])).toEqual(guestModel.WORKLOAD_TASKS.map((t) => [t.pid, t.ppid]));
+    expect(sym.stdout).toBe(`init_task = ${hex(INIT_TASK_GVA)}\n`);
+    expect(back.stdout).toBe(`${hex(INIT_TASK_GVA + 0x10n)} = init_task+0x10\n`);
+    expect(missing.code).toBe(1);
+
+    const bash = processes.find((p) => p.comm === "bash")!;
+    const vm = bridge.client.vm(manualVm.uuid);
+    const startCode = new DataView((await vm.readVirtual(0, BigInt(bash.task) + 0x38n, 8)).buffer).getBigUint64(0, true);
+    const expected = await vm.readVirtual({ cr3: BigInt(bash.pageTable) }, startCode, 16);
+    const read = await kvmictl("--json", "read", "cli-b", hex(startCode), "16", "--pid", String(bash.pid));
+    expect(read.code, read.stderr).toBe(0);
+    expect(JSON.parse(read.stdout)).toMatchObject({ pid: 1024, data: Buffer.from(expected).toString("hex") });
+    const unknown = await kvmictl("read", "cli-b", hex(startCode), "16", "--pid", "4242");
+    expect(unknown.code).toBe(2);
+    expect(unknown.stderr).toMatch(/no process with pid 4242/);
+  });
+});

@@ -16,6 +16,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { gzipSync } from "node:zlib";
+import { buildLinuxProfile, stringifyIsf } from "@kvmi/clients";
 import { writeNewc, type NewcEntry } from "./newc.js";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -37,6 +38,8 @@ export interface GuestImage {
   readonly initrd: string;
   /** /proc/kallsyms of this kernel booted with `nokaslr`. */
   readonly kallsyms: string;
+  /** The kernel's profile (ISF JSON, gzip): its BTF layouts and the kallsyms above. */
+  readonly profile: string;
   readonly cmdline: string;
   readonly kernelRelease: string;
 }
@@ -70,9 +73,9 @@ export async function ensureGuestImage(options: BuildOptions = {}): Promise<Gues
   const kernel = options.kernel ?? findDebianKernel();
   const busybox = options.busybox ?? "/bin/busybox";
   if (!existsSync(busybox)) throw new Error(`no ${busybox}: install Debian's busybox-static (test/setup/prepare.sh does)`);
-  const sources = ["workload.c", "init.sh", "newc.ts", "build.ts"].map((name) => readFileSync(join(HERE, name)));
+  const sources = ["workload.c", "init.sh", "newc.ts"].map((name) => readFileSync(join(HERE, name)));
   const hash = createHash("sha256");
-  for (const part of [readFileSync(kernel), readFileSync(busybox), ...sources]) hash.update(part);
+  for (const part of [readFileSync(kernel), readFileSync(busybox), ...sources, GUEST_CMDLINE, APPLETS.join(",")]) hash.update(part);
   const dir = join(options.cacheRoot ?? process.env.KVMI_GUEST_CACHE ?? join(HERE, ".cache"), hash.digest("hex").slice(0, 16));
   const kernelRelease = kernel.replace(/^.*vmlinuz-/, "");
   const image: GuestImage = {
@@ -80,10 +83,14 @@ export async function ensureGuestImage(options: BuildOptions = {}): Promise<Gues
     kernel: join(dir, "vmlinuz"),
     initrd: join(dir, "initrd.cpio.gz"),
     kallsyms: join(dir, "kallsyms"),
+    profile: join(dir, `linux-profile-${profileSourcesHash()}.json.gz`),
     cmdline: GUEST_CMDLINE,
     kernelRelease,
   };
-  if (existsSync(join(dir, "complete"))) return image;
+  if (existsSync(join(dir, "complete"))) {
+    if (!existsSync(image.profile)) writeProfile(image, log);
+    return image;
+  }
 
   requireTool("gcc", "gcc and libc6-dev");
   requireTool("qemu-system-x86_64", "qemu-system-x86");
@@ -114,7 +121,23 @@ export async function ensureGuestImage(options: BuildOptions = {}): Promise<Gues
   } finally {
     rmSync(work, { recursive: true, force: true });
   }
+  writeProfile(image, log);
   return image;
+}
+
+/** The profile is derived from the cached kernel and kallsyms, keyed by the profile code's own hash. */
+function profileSourcesHash(): string {
+  const hash = createHash("sha256");
+  for (const name of ["btf.ts", "build-linux.ts", "profile.ts"]) hash.update(readFileSync(join(HERE, "../../clients/sdk/profile", name)));
+  return hash.digest("hex").slice(0, 12);
+}
+
+function writeProfile(image: GuestImage, log: (line: string) => void): void {
+  log("building the kernel's profile from its BTF and kallsyms");
+  const profile = buildLinuxProfile({ kernelImage: readFileSync(image.kernel), symbols: readFileSync(image.kallsyms, "latin1"), kernelRelease: image.kernelRelease });
+  const partial = `${image.profile}.partial-${process.pid}`;
+  writeFileSync(partial, gzipSync(stringifyIsf(profile)));
+  renameSync(partial, image.profile);
 }
 
 /** Boots the guest in dump mode; its init writes /proc/kallsyms to ttyS1 (a file) and powers off. */

@@ -11,3 +11,6 @@ export { QemuProcess, launchQemu, qemuArguments } from "./qemu-process.js";
 export type { GuestPsEntry, QemuLaunchOptions } from "./qemu-process.js";
 export { formatSocketEndpoint, parseSocketEndpoint } from "./endpoint.js";
 export type { SocketEndpoint } from "./endpoint.js";
+export { QEMU_COMMANDS, QEMU_EVENTS, attachQemu } from "./backend.js";
+export type { QemuBackend, QemuBackendOptions } from "./backend.js";
+export { QemuGuest } from "./qemu-guest.js";

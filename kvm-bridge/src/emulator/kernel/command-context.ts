@@ -3,7 +3,8 @@
 import type { Dialect } from "../../wire/dialect.js";
 import type { DecodedCommand } from "../../wire/message.js";
 import type { AllowMasks } from "./allow-masks.js";
-import type { GuestPort, HostFeatures } from "./guest-port.js";
+import type { GuestPort, HostFeatures, MaybePromise } from "./guest-port.js";
+import { isPromise } from "./guest-port.js";
 import type { VcpuIntrospection } from "./vcpu-introspection.js";
 
 /** A handler's answer: a positive KVM errno, or 0 with the reply data. */
@@ -27,7 +28,15 @@ export interface KernelContext {
   vcpu(index: number): VcpuIntrospection | undefined;
 }
 
-/** A VM-scoped handler, run on the receive thread. `raw` is the undecoded body. */
-export type VmCommandHandler = (ctx: KernelContext, cmd: DecodedCommand, raw: Uint8Array) => CommandResult;
+/**
+ * A VM-scoped handler, run on the receive thread. `raw` is the undecoded body. A promise (a guest
+ * behind QEMU) holds the receive thread until it settles, as the kernel's thread blocks on a command.
+ */
+export type VmCommandHandler = (ctx: KernelContext, cmd: DecodedCommand, raw: Uint8Array) => MaybePromise<CommandResult>;
 /** A vCPU-scoped handler, run as a job on the target vCPU (or on the receive thread for VCPU_PAUSE). */
-export type VcpuCommandHandler = (ctx: KernelContext, cmd: DecodedCommand, vcpu: VcpuIntrospection) => CommandResult;
+export type VcpuCommandHandler = (ctx: KernelContext, cmd: DecodedCommand, vcpu: VcpuIntrospection) => MaybePromise<CommandResult>;
+
+/** Applies `map` to a port answer now or when it arrives (no promise on the synchronous path). */
+export function whenReady<T>(value: MaybePromise<T>, map: (value: T) => CommandResult): MaybePromise<CommandResult> {
+  return isPromise(value) ? value.then(map) : map(value);
+}

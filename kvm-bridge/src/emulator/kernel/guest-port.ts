@@ -8,6 +8,16 @@ import type { LayoutValue } from "../../wire/layout.js";
 import type { kvmRegs, kvmSregs } from "../../wire/layouts/x86.js";
 
 export type KvmRegs = LayoutValue<typeof kvmRegs>;
+/**
+ * A value now, or later: the emulated guest answers at once, a guest behind QEMU's gdbstub
+ * (kvm-bridge/src/qemu/) needs a round trip. The kernel side keeps its synchronous path for the former.
+ */
+export type MaybePromise<T> = T | Promise<T>;
+
+/** True when a port answered asynchronously. */
+export function isPromise<T>(value: MaybePromise<T>): value is Promise<T> {
+  return typeof (value as { then?: unknown } | undefined)?.then === "function";
+}
 export type KvmSregs = LayoutValue<typeof kvmSregs>;
 
 /** One CPUID leaf. */
@@ -41,7 +51,12 @@ export interface VcpuPort {
   mtrrType(gpa: bigint): number;
   tscHz(): bigint;
   /** Guest page walk with the vCPU's current paging mode; undefined when unmapped. */
-  translate(gva: bigint): bigint | undefined;
+  translate(gva: bigint): MaybePromise<bigint | undefined>;
+  /**
+   * Brings the synchronous state accessors (registers, MSRs, mode) up to date before vCPU jobs run
+   * and before an event's `kvmi_event_arch` is taken. Absent for a guest whose state is always at hand.
+   */
+  refresh?(): Promise<void>;
   /** Queues an exception for delivery to the guest at this entry (what KVM injects). */
   queueException(vector: number, errorCode: number, address: bigint): void;
   /** The exception the guest already has pending, if any (e.g. #BP re-injected after CONTINUE). */
@@ -64,9 +79,9 @@ export interface GuestPort {
    * Reads guest physical memory inside one page; undefined when a page is not mapped (ENOENT). The
    * bytes may be a view of guest memory: encode them before the guest runs again.
    */
-  readPhysical(gpa: bigint, size: number): Uint8Array | undefined;
+  readPhysical(gpa: bigint, size: number): MaybePromise<Uint8Array | undefined>;
   /** Writes guest physical memory inside one page; false when not mapped (ENOENT). */
-  writePhysical(gpa: bigint, data: Uint8Array): boolean;
+  writePhysical(gpa: bigint, data: Uint8Array): MaybePromise<boolean>;
   /** 1 + highest GFN of the user memslots (KVMI_VM_GET_MAX_GFN). */
   maxGfn(): bigint;
   /** True when a memslot covers the GFN (SET_PAGE_ACCESS `visible`). */

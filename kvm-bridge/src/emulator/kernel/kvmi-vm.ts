@@ -20,7 +20,7 @@ import { decodeCommand, decodeEventReply, encodeEvent, encodeReply } from "../..
 import { AllowMasks, validateFeature } from "./allow-masks.js";
 import type { CommandResult, KernelContext } from "./command-context.js";
 import type { GuestPort, HostFeatures } from "./guest-port.js";
-import { DEFAULT_HOST_FEATURES } from "./guest-port.js";
+import { DEFAULT_HOST_FEATURES, isPromise } from "./guest-port.js";
 import { VCPU_COMMAND_HANDLERS } from "./vcpu-commands.js";
 import { VcpuIntrospection } from "./vcpu-introspection.js";
 import { VM_COMMAND_HANDLERS } from "./vm-commands.js";
@@ -63,6 +63,8 @@ interface Hooked {
   alive: boolean;
   /** Resolves when the receive "thread" has finished. */
   readonly receiveDone: Promise<void>;
+  /** Set while a command's asynchronous answer holds the receive thread; later messages queue behind it. */
+  busy: Promise<void> | undefined;
 }
 
 /** The emulated KVMI state of one VM. */
@@ -143,6 +145,7 @@ export class KvmiVm implements KernelContext {
       cleanup: false,
       alive: true,
       receiveDone,
+      busy: undefined,
     };
     this.hooked = hooked;
     hooked.vcpus.push(...this.guest.vcpus.map((port) => new VcpuIntrospection(this.vcpuContext(), port)));
@@ -252,7 +255,14 @@ export class KvmiVm implements KernelContext {
     const framer = createFramer(this.dialect);
     const onFrame = (hdr: MsgHdr, body: Uint8Array): void => {
       this.received.set(hdr.id, (this.received.get(hdr.id) ?? 0) + 1);
-      this.dispatch(hooked, hdr, body);
+      // The receive thread handles one message at a time: behind an asynchronous answer, the
+      // next messages wait their turn (the framer reuses its buffer, so the body is copied).
+      if (hooked.busy !== undefined) {
+        const copy = body.slice();
+        hooked.busy = hooked.busy.then(() => this.dispatch(hooked, hdr, copy));
+      } else {
+        this.dispatch(hooked, hdr, body);
+      }
     };
     const onData = (chunk: Buffer): void => {
       if (!hooked.alive) return;
@@ -339,7 +349,17 @@ export class KvmiVm implements KernelContext {
     }
     if (spec.scope === "vm") {
       if (fatal !== undefined) return this.shutdown(hooked, fatal);
-      return this.reply(spec, hdr.seq, VM_COMMAND_HANDLERS[spec.name]!(this, decoded, body));
+      const result = VM_COMMAND_HANDLERS[spec.name]!(this, decoded, body);
+      if (!isPromise(result)) return this.reply(spec, hdr.seq, result);
+      const settled = result.then(
+        (value) => this.reply(spec, hdr.seq, value),
+        (err: unknown) => this.shutdown(hooked, `${spec.name}: ${(err as Error).message}`),
+      );
+      const held = (hooked.busy = (hooked.busy ?? Promise.resolve()).then(() => settled));
+      void held.then(() => {
+        if (hooked.busy === held) hooked.busy = undefined;
+      });
+      return;
     }
     // VCPU_PAUSE is a receive-thread command: it is never answered EAGAIN (kvmi-abi §4 id 9, §10).
     const vcpu = this.checkVcpuTarget(hooked, decoded.vcpu!, decoded.vcpuHdrPadding, spec.dispatch === "vcpu-job");
@@ -347,9 +367,17 @@ export class KvmiVm implements KernelContext {
     // The vCPU handler checks the length once the dispatch checks passed (kvmi-abi §2.9 first).
     if (fatal !== undefined) return this.shutdown(hooked, fatal);
     const handler = VCPU_COMMAND_HANDLERS[spec.name]!;
-    if (spec.dispatch === "receive-thread") return this.reply(spec, hdr.seq, handler(this, decoded, vcpu));
+    if (spec.dispatch === "receive-thread") return this.reply(spec, hdr.seq, handler(this, decoded, vcpu) as CommandResult);
     vcpu.queueJob(() => {
-      if (hooked.alive) this.reply(spec, hdr.seq, handler(this, decoded, vcpu));
+      if (!hooked.alive) return;
+      const result = handler(this, decoded, vcpu);
+      if (!isPromise(result)) return this.reply(spec, hdr.seq, result);
+      return result.then(
+        (value) => {
+          if (hooked.alive) this.reply(spec, hdr.seq, value);
+        },
+        (err: unknown) => this.shutdown(hooked, `${spec.name}: ${(err as Error).message}`),
+      );
     });
   }
 

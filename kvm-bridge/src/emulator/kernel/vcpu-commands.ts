@@ -24,7 +24,7 @@ import { kvmiErrorCode } from "../../wire/layouts/common.js";
 import { kvmiVcpuGetRegistersReply } from "../../wire/layouts/commands.js";
 import { kvmMsrEntry } from "../../wire/layouts/x86.js";
 import type { VcpuCommandHandler } from "./command-context.js";
-import { fail, ok } from "./command-context.js";
+import { fail, ok, whenReady } from "./command-context.js";
 import type { KvmRegs } from "./guest-port.js";
 
 /** v9 refuses a pause when this many are already pending (kvmi-abi §4 id 9). */
@@ -157,5 +157,5 @@ export const VCPU_COMMAND_HANDLERS: Readonly<Record<string, VcpuCommandHandler>>
   },
 
   KVMI_VCPU_TRANSLATE_GVA: (_ctx, { value }, vcpu) =>
-    ok({ gpa: vcpu.port.translate(value["gva"] as bigint) ?? UNMAPPED_GPA }),
+    whenReady(vcpu.port.translate(value["gva"] as bigint), (gpa) => ok({ gpa: gpa ?? UNMAPPED_GPA })),
 };

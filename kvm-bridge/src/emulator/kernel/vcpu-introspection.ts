@@ -61,7 +61,9 @@ export class VcpuIntrospection {
   /** KVMI_VCPU_INJECT_EXCEPTION accepted and not yet reported by its TRAP event (EBUSY meanwhile). */
   injection: Exception | undefined;
   private waiting: PendingReply | undefined;
-  private jobs: Array<() => void> = [];
+  private jobs: Array<() => void | Promise<void>> = [];
+  /** Set while an asynchronous job (a guest behind QEMU) runs; jobs stay in order behind it. */
+  private draining: Promise<void> | undefined;
   private drainScheduled = false;
   private thread: Promise<unknown> = Promise.resolve();
   private readonly unsubscribe: () => void;
@@ -105,7 +107,7 @@ export class VcpuIntrospection {
   // Jobs (kvmi-abi §2.5: vCPU commands run on the vCPU thread, only inside KVM_RUN)
 
   /** Queues a vCPU command; it runs soon if the vCPU is in KVM_RUN, else when it resumes. */
-  queueJob(job: () => void): void {
+  queueJob(job: () => void | Promise<void>): void {
     this.jobs.push(job);
     this.scheduleDrain();
   }
@@ -119,9 +121,24 @@ export class VcpuIntrospection {
     });
   }
 
-  private runJobs(): void {
+  /** Runs queued jobs in order; synchronous jobs run at once, an asynchronous one holds the rest. */
+  private runJobs(): void | Promise<void> {
     if (!this.port.running) return;
-    while (this.jobs.length > 0) this.jobs.shift()!();
+    if (this.draining !== undefined) return this.draining;
+    if (this.jobs.length > 0 && this.port.refresh !== undefined) return this.drainAsync(this.port.refresh());
+    while (this.jobs.length > 0) {
+      const pending = this.jobs.shift()!();
+      if (pending !== undefined) return this.drainAsync(pending);
+    }
+  }
+
+  private drainAsync(first: Promise<void>): Promise<void> {
+    const run = (async () => {
+      await first.catch(() => undefined);
+      while (this.jobs.length > 0 && this.port.running) await this.jobs.shift()!();
+    })();
+    this.draining = run.finally(() => (this.draining = undefined));
+    return this.draining;
   }
 
   /** Stashes registers for the pending event; false when no event is pending (EOPNOTSUPP). */
@@ -145,7 +162,7 @@ export class VcpuIntrospection {
   }
 
   private async entryWork(): Promise<void> {
-    this.runJobs();
+    await this.runJobs();
     // TRAP is sent before any other event (kvmi-abi §3.3).
     const injection = this.injection;
     if (injection !== undefined) {
@@ -162,11 +179,11 @@ export class VcpuIntrospection {
       this.injection = undefined;
     }
     // PAUSE_VCPU events only after every queued command has run (kvmi-abi §3.3).
-    this.runJobs();
+    await this.runJobs();
     while (this.pausePending > 0 && this.vm.canSendEvents()) {
       this.pausePending--;
       await this.sendEventLocked("KVMI_EVENT_PAUSE_VCPU", undefined);
-      this.runJobs();
+      await this.runJobs();
     }
   }
 
@@ -189,6 +206,7 @@ export class VcpuIntrospection {
     payload: Record<string, unknown> | undefined,
   ): Promise<EventOutcome | undefined> {
     if (!this.vm.canSendEvents()) return undefined;
+    if (this.port.refresh !== undefined) await this.port.refresh();
     const spec = this.vm.eventSpec(name);
     const seq = this.vm.nextEventSeq();
     const message = encodeEvent(this.vm.dialect, spec, seq, this.index, this.archSnapshot(), payload);

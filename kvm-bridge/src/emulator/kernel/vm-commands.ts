@@ -17,7 +17,7 @@ import {
 } from "../../wire/dialects/v9.js";
 import { findNonZeroPadding } from "../../wire/codec.js";
 import type { KernelContext, VmCommandHandler } from "./command-context.js";
-import { fail, ok } from "./command-context.js";
+import { fail, ok, whenReady } from "./command-context.js";
 
 const PAGE_BYTES = 4096;
 const PAGE_SHIFT = 12n;
@@ -75,15 +75,14 @@ export const VM_COMMAND_HANDLERS: Readonly<Record<string, VmCommandHandler>> = {
     const gpa = big(value, "gpa");
     const size = num(value, "size");
     if (nonZeroPadding !== undefined || invalidPhysicalRange(gpa, size)) return fail(KVM_EINVAL);
-    const data = ctx.guest.readPhysical(gpa, size);
-    return data === undefined ? fail(KVM_ENOENT) : ok({ data });
+    return whenReady(ctx.guest.readPhysical(gpa, size), (data) => (data === undefined ? fail(KVM_ENOENT) : ok({ data })));
   },
 
   KVMI_VM_WRITE_PHYSICAL: (ctx, { value, nonZeroPadding }) => {
     const gpa = big(value, "gpa");
     const size = num(value, "size");
     if (nonZeroPadding !== undefined || invalidPhysicalRange(gpa, size)) return fail(KVM_EINVAL);
-    return ctx.guest.writePhysical(gpa, value["data"] as Uint8Array) ? ok() : fail(KVM_ENOENT);
+    return whenReady(ctx.guest.writePhysical(gpa, value["data"] as Uint8Array), (written) => (written ? ok() : fail(KVM_ENOENT)));
   },
 
   KVMI_VM_CONTROL_CLEANUP: (ctx, { value, nonZeroPadding }) => {

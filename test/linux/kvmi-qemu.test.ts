@@ -1,0 +1,147 @@
+// SPDX-License-Identifier: Apache-2.0
+// kvmi-qemu end to end: Debian's kernel under QEMU (TCG), presented to a real bridge through the
+// emulated KVMI kernel side, beside an emulated VM. The guest's own `ps` and console are the ground
+// truth (test/guest/README.md). One boot for the whole file.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Profile, State, linux } from "@kvmi/clients";
+import type { LinuxGuest, Session, SessionItem } from "@kvmi/clients";
+import { main as kvmictlMain } from "@kvmi/clients/cli";
+import { attachQemu, launchQemu, type QemuBackend, type QemuProcess } from "@kvmi/kvm-bridge/qemu";
+import { ensureGuestImage, MARKER, TICKER_SYSCALL, type GuestImage } from "../guest/build.js";
+import { startClientsBridge, type ClientsBridge } from "../support/clients-harness.js";
+
+let image: GuestImage;
+let bridge: ClientsBridge;
+let qemu: QemuProcess;
+let backend: QemuBackend;
+let guest: LinuxGuest;
+
+beforeAll(async () => {
+  image = await ensureGuestImage();
+  bridge = await startClientsBridge({ vms: [{ name: "emu-0", vcpus: 1 }] });
+  qemu = await launchQemu({ kernel: image.kernel, initrd: image.initrd, append: image.cmdline, name: "linux-0" });
+  await qemu.waitForConsole(/KVMI-READY/, 240_000, { seen: true });
+  backend = await attachQemu({ gdb: { kind: "unix", path: qemu.gdbSocket }, qmp: { kind: "unix", path: qemu.qmpSocket }, connect: { kind: "unix", path: bridge.kvmiSocket }, reconnectMs: 200 });
+  await bridge.waitForVm(backend.uuid, (vm) => vm.state === State.HOOKED && vm.vcpuCount === 2, 30_000);
+  guest = linux(bridge.client.vm(backend.uuid), await Profile.load(image.profile));
+});
+
+afterAll(async () => {
+  await backend?.close().catch(() => undefined);
+  await qemu?.stop();
+  await bridge?.stop();
+});
+
+async function kvmictl(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  let stdout = "";
+  let stderr = "";
+  const code = await kvmictlMain(["--target", bridge.target, ...args], {
+    stdout: (t) => (stdout += t),
+    stderr: (t) => (stderr += t),
+    stderrIsTTY: false,
+    signal: new AbortController().signal,
+    env: {},
+  });
+  return { code, stdout, stderr };
+}
+
+/** The next event matching `match`; every other event is continued. */
+async function nextEvent(session: Session, match: (item: SessionItem) => boolean, timeoutMs = 60_000): Promise<SessionItem> {
+  for await (const item of session.events({ signal: AbortSignal.timeout(timeoutMs) })) {
+    if (match(item)) return item;
+    if (item.kind === "event") await item.continue();
+  }
+  throw new Error("the event stream ended");
+}
+
+describe("kvmi-qemu: a real Linux VM behind the bridge", () => {
+  it("is listed with QEMU's uuid and name beside the emulated VM", async () => {
+    const vms = await bridge.client.listVms();
+    expect(vms.map((vm) => vm.displayName).sort()).toEqual(["emu-0", "linux-0"]);
+    expect(vms.find((vm) => vm.displayName === "linux-0")!.uuid).toBe(qemu.uuid);
+  });
+
+  it("kvmictl ps lists the same pids and names as the guest's own ps", async () => {
+    const before = await qemu.guestPs();
+    const listed = await kvmictl("--json", "ps", "linux-0", "--profile", image.profile);
+    const after = await qemu.guestPs();
+    expect(listed.code, listed.stderr).toBe(0);
+    const ours = new Map((JSON.parse(listed.stdout) as Array<{ pid: number; comm: string }>).map((p) => [p.pid, p.comm]));
+    // Every task alive in both guest listings (minus the two `ps` processes themselves) is ours, by pid and name.
+    const stable = before.filter((p) => p.comm !== "ps" && after.some((q) => q.pid === p.pid && q.comm === p.comm));
+    expect(stable.length).toBeGreaterThan(20);
+    // /proc shows a busy kworker as "kworker/0:0-events": the kernel appends the workqueue's name
+    // when printing (wq_worker_comm); task_struct.comm, which we read, has the bare name.
+    const bare = (comm: string) => comm.replace(/^(kworker\/[^-]+)-.*$/, "$1");
+    for (const task of stable) expect(ours.get(task.pid), `pid ${task.pid}`).toBe(bare(task.comm));
+    // And we list nothing the guest did not have at one of the two moments (pid 0 is not in ps).
+    for (const [pid] of ours) if (pid !== 0) expect(before.some((p) => p.pid === pid) || after.some((p) => p.pid === pid), `pid ${pid}`).toBe(true);
+    expect([...ours.values()]).toEqual(expect.arrayContaining(["kvmi-ticker", "kvmi-marker", "kvmi-idle"]));
+  });
+
+  it("CHECK_COMMAND and CHECK_EVENT tell what QEMU cannot do", async () => {
+    const vm = bridge.client.vm(backend.uuid);
+    await expect(vm.checkEvent("breakpoint")).resolves.toBeUndefined();
+    await expect(vm.checkEvent("cr")).rejects.toThrow();
+  });
+
+  it("a breakpoint on the ticker's syscall fires while kvmi-ticker runs; single-step and restore follow KVMI's contract", async () => {
+    const session = await bridge.client.attach(backend.uuid, { role: "controller" });
+    try {
+      const gva = guest.profile.requireSymbol(TICKER_SYSCALL.kernelFunction);
+      const gpa = (await session.translate(0, gva))!;
+      const original = await session.readPhysical(gpa, 1);
+      await session.writePhysical(gpa, Uint8Array.of(0xcc));
+      expect((await session.readPhysical(gpa, 1))[0]).toBe(0xcc); // reads show what the tool wrote
+      for (const v of [0, 1]) await session.controlVcpuEvents(v, "breakpoint", true);
+      const hit = await nextEvent(session, (item) => item.kind === "event" && item.type === "breakpoint");
+      if (hit.kind !== "event" || hit.type !== "breakpoint") throw new Error("unreachable");
+      expect(hit.gpa).toBe(gpa);
+      expect(hit.arch.regs.rip).toBe(gva);
+      const running = await guest.currentProcess(hit.vcpu);
+      expect(running.comm).toBe("kvmi-ticker");
+      // Step over: restore the byte, single-step, RETRY; then the SINGLESTEP event.
+      await session.writePhysical(gpa, original);
+      await session.controlSingleStep(hit.vcpu, true);
+      await hit.retry();
+      const step = await nextEvent(session, (item) => item.kind === "event" && item.type === "singleStep");
+      if (step.kind !== "event") throw new Error("unreachable");
+      expect(step.vcpu).toBe(hit.vcpu);
+      expect(step.arch.regs.rip).toBeGreaterThan(gva);
+      await session.controlSingleStep(step.vcpu, false);
+      await step.continue();
+      for (const v of [0, 1]) await session.controlVcpuEvents(v, "breakpoint", false);
+      expect(await session.readPhysical(gpa, 1)).toEqual(original);
+    } finally {
+      await session.release();
+    }
+  });
+
+  it("PAUSE_VCPU stops the vCPU with its state, and the guest goes on after the reply", async () => {
+    const session = await bridge.client.attach(backend.uuid, { role: "controller" });
+    try {
+      await session.pauseVcpu(1);
+      const paused = await nextEvent(session, (item) => item.kind === "event" && item.type === "pauseVcpu");
+      if (paused.kind !== "event") throw new Error("unreachable");
+      expect(paused.vcpu).toBe(1);
+      expect(paused.arch.sregs.cr3).toBeGreaterThan(0n);
+      await paused.continue();
+    } finally {
+      await session.release();
+    }
+    expect((await qemu.guestPs()).length).toBeGreaterThan(0); // the guest still answers
+  });
+
+  it("a write into kvmi-marker's memory is seen by the guest itself", async () => {
+    const session = await bridge.client.attach(backend.uuid, { role: "controller" });
+    try {
+      const marker = (await guest.processes()).find((p) => p.comm === "kvmi-marker")!;
+      expect(new TextDecoder().decode(await guest.readProcessMemory(marker.pid, MARKER.gva, MARKER.text.length))).toBe(MARKER.text);
+      const seen = qemu.waitForConsole(/KVMI-MARKER written-by-kvmi/, 30_000);
+      await session.writeVirtual({ cr3: marker.pageTable! }, MARKER.gva, new TextEncoder().encode("written-by-kvmi\0"));
+      await seen;
+    } finally {
+      await session.release({ keepChanges: true });
+    }
+  });
+});
