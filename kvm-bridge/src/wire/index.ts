@@ -28,6 +28,7 @@ export * as errno from "./dialects/errno.js";
 export type { V9CommandReply, V9CommandRequest } from "./dialects/v9.js";
 export { v12 } from "./dialects/v12.js";
 export { kvmiV7 } from "./dialects/kvmi-v7.js";
+export { dialectByName, KNOWN_DIALECT_NAMES, KNOWN_DIALECTS } from "./dialects/known.js";
 export {
   commandById,
   commandByName,
