@@ -97,7 +97,9 @@ export function createEmulatedVm(endpoint: KvmiEndpoint, options: EmulatedVmOpti
   });
   // CRASH kills QEMU (v9: SIGTERM to every vCPU thread): the connection goes away with it.
   guest.onLifecycle((event) => {
-    if (event.type === "crashed") void deviceManager.stop();
+    if (event.type !== "crashed") return;
+    logger.warn({ reason: event.reason }, "guest crashed: QEMU exits");
+    void deviceManager.stop();
   });
   return {
     uuid,

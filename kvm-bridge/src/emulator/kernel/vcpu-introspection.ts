@@ -258,6 +258,9 @@ export class VcpuIntrospection {
     const msr = this.msrOrZero;
     return {
       mode: this.port.mode(),
+      // kvmi-v7's arch names the EPT view the vCPU runs in: always the default one here (no EPTP
+      // switching). Layouts without the field ignore it.
+      view: 0,
       regs: this.port.getRegs(),
       sregs: this.port.getSregs(),
       msrs: {
