@@ -5,8 +5,9 @@
  * emulator; tests start this directly.
  */
 import { createKvmiListener, createVmRegistry } from "@kvmi/kvm-bridge";
-import { v9 } from "@kvmi/kvm-bridge/wire";
-import type { KvmiListener, ListenEndpoint, Logger, VmRegistry } from "@kvmi/kvm-bridge";
+import { dialectByName } from "@kvmi/kvm-bridge/wire";
+import type { Dialect } from "@kvmi/kvm-bridge/wire";
+import type { AcceptedVm, KvmiListener, ListenEndpoint, Logger, VmRegistry } from "@kvmi/kvm-bridge";
 import {
   file_kvmi_v1_command,
   file_kvmi_v1_event,
@@ -16,7 +17,7 @@ import {
   file_kvmi_v1_session,
   file_kvmi_v1_vm,
 } from "@kvmi/proto";
-import { parseKvmiListen } from "./config/index.js";
+import { parseKvmiListen, splitListenDialect } from "./config/index.js";
 import type { BridgeConfig } from "./config/index.js";
 import { createRateLimitedLogger } from "./log/index.js";
 import { commandStatusOf, createBridgeMetrics, startMetricsServer } from "./metrics/index.js";
@@ -33,6 +34,8 @@ export interface Bridge {
   readonly grpcTarget: string;
   /** Where device managers connect (`unix:/…`, `tcp:…`). */
   readonly kvmiAddresses: readonly string[];
+  /** The same addresses with the dialect each listener speaks. */
+  readonly kvmiEndpoints: ReadonlyArray<{ readonly address: string; readonly dialect: string }>;
   /** The metrics URL, unless metrics are off. */
   readonly metricsUrl: string | undefined;
   readonly registry: VmRegistry;
@@ -76,15 +79,20 @@ function hostMetrics(metrics: BridgeMetrics): VmHostMetrics {
   };
 }
 
-function endpoints(config: BridgeConfig, cwd: string): ListenEndpoint[] {
-  return config.kvmiListen.map((text) => {
-    const parsed = parseKvmiListen(text, cwd);
+/** The KVMI endpoints grouped by dialect: one listener per dialect (`DIALECT@ADDRESS` entries). */
+function endpointsByDialect(config: BridgeConfig, cwd: string): Map<Dialect, ListenEndpoint[]> {
+  const groups = new Map<Dialect, ListenEndpoint[]>();
+  for (const text of config.kvmiListen) {
+    const { dialect: name, address } = splitListenDialect(text);
+    const dialect = dialectByName(name ?? config.kvmiDialect, "kvmiDialect");
+    const parsed = parseKvmiListen(address, cwd);
     if (!parsed.ok) throw new Error(`kvmiListen ${text}: ${parsed.error}`);
-    const address = parsed.value;
-    return address.kind === "unix"
-      ? { kind: "unix", path: address.path, mode: config.kvmiSocketMode }
-      : { kind: "tcp", host: address.host, port: address.port };
-  });
+    const a = parsed.value;
+    const endpoint: ListenEndpoint =
+      a.kind === "unix" ? { kind: "unix", path: a.path, mode: config.kvmiSocketMode } : { kind: "tcp", host: a.host, port: a.port };
+    groups.set(dialect, [...(groups.get(dialect) ?? []), endpoint]);
+  }
+  return groups;
 }
 
 /** Starts every part of the bridge; rejects (after cleaning up) if one cannot start. */
@@ -140,35 +148,40 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
     },
   });
   grpc.shuttingDown.addEventListener("abort", () => shuttingDown.abort(), { once: true });
-  let listener: KvmiListener | undefined;
+  const listeners: KvmiListener[] = [];
+  const kvmiEndpoints: Array<{ readonly address: string; readonly dialect: string }> = [];
   let metricsServer: MetricsServer | undefined;
   try {
     const bound = await grpc.listen();
-    listener = await createKvmiListener(
-      {
-        endpoints: endpoints(config, options.cwd ?? process.cwd()),
-        // The only dialect the service maps today; `--kvmi-dialect` comes with issue 12's service work.
-        dialect: v9,
-        handshakeVariant: config.handshakeVariant,
-        logger: guestPathLogger.child({ component: "kvmi" }),
-        channel: { defaultTimeoutMs: config.requestTimeoutMs },
-        ...(options.secret && { secret: options.secret }),
-      },
-      (vm) => {
-        if (hosts.all().length >= config.maxVms) {
-          logger.warn({ vm: vm.identity.uuid, maxVms: config.maxVms }, "refusing a VM: maxVms reached");
-          vm.channel.close("the bridge serves maxVms VMs already");
-          return;
-        }
-        void hosts.adopt(vm);
-      },
-    );
+    const onVm = (vm: AcceptedVm): void => {
+      if (hosts.all().length >= config.maxVms) {
+        logger.warn({ vm: vm.identity.uuid, maxVms: config.maxVms }, "refusing a VM: maxVms reached");
+        vm.channel.close("the bridge serves maxVms VMs already");
+        return;
+      }
+      void hosts.adopt(vm);
+    };
+    for (const [dialect, group] of endpointsByDialect(config, options.cwd ?? process.cwd())) {
+      const one = await createKvmiListener(
+        {
+          endpoints: group,
+          dialect,
+          handshakeVariant: config.handshakeVariant,
+          logger: guestPathLogger.child({ component: "kvmi", dialect: dialect.name }),
+          channel: { defaultTimeoutMs: config.requestTimeoutMs },
+          ...(options.secret && { secret: options.secret }),
+        },
+        onVm,
+      );
+      listeners.push(one);
+      for (const address of one.addresses) kvmiEndpoints.push({ address, dialect: dialect.name });
+    }
     if (config.metricsListen !== "off") metricsServer = await startMetricsServer(config.metricsListen, metrics.registry);
-    const kvmiListener = listener;
     const server = metricsServer;
     return {
       grpcTarget: bound.target,
-      kvmiAddresses: kvmiListener.addresses,
+      kvmiAddresses: kvmiEndpoints.map((e) => e.address),
+      kvmiEndpoints,
       metricsUrl: server?.url,
       registry,
       hosts,
@@ -176,7 +189,7 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
       grpc,
       stop: async () => {
         grpc.health.setServing(false);
-        await kvmiListener.close();
+        for (const one of listeners) await one.close();
         await hosts.releaseAll();
         await grpc.shutdown(config.shutdownGraceMs);
         await server?.close();
@@ -185,7 +198,7 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
     };
   } catch (err) {
     guestPathLogger.close();
-    await listener?.close();
+    for (const one of listeners) await one.close();
     await grpc.shutdown(0).catch(() => undefined);
     throw err;
   }

@@ -18,6 +18,8 @@ import { credentials, makeGenericClientConstructor, Metadata, status as GrpcStat
 import type { ChannelCredentials, ChannelOptions, Client, ClientDuplexStream, ClientReadableStream, StatusObject } from "@grpc/grpc-js";
 import { silentLogger } from "@kvmi/kvm-bridge";
 import { createEmulatedVm } from "@kvmi/kvm-bridge/emulator";
+import { dialectByName } from "@kvmi/kvm-bridge/wire";
+import type { Dialect } from "@kvmi/kvm-bridge/wire";
 import type { EmulatedVm, EmulatedVmOptions } from "@kvmi/kvm-bridge/emulator";
 import {
   DumpMemoryRequestSchema,
@@ -511,6 +513,12 @@ export interface Harness {
   stop(): Promise<void>;
 }
 
+/**
+ * The KVMI dialect of the harness's bridge listener and emulated VMs. The e2e suites run once per
+ * dialect (vitest projects e2e, e2e-v12, e2e-kvmi-v7 set it; vitest.config.ts): a matrix, not copies.
+ */
+export const E2E_DIALECT: Dialect = dialectByName(process.env["KVMI_E2E_DIALECT"] ?? "v9", "KVMI_E2E_DIALECT");
+
 const VM_DEFAULTS: VmSpec = { vcpus: 2, memoryMiB: 8, workload: false, reconnectMs: 50, unhookTimeoutMs: 10_000 };
 
 /** The harness's bridge flags; a flag in HarnessOptions.bridgeArgs replaces its default. */
@@ -525,7 +533,8 @@ const BRIDGE_DEFAULTS: Readonly<Record<string, string>> = {
 
 function bridgeArgv(kvmiPath: string, extra: readonly string[]): string[] {
   const defaults = Object.entries(BRIDGE_DEFAULTS).filter(([flag]) => !extra.includes(flag));
-  return [...defaults.flat(), "--kvmi-listen", `unix:${kvmiPath}`, ...extra];
+  const dialect = extra.includes("--kvmi-dialect") ? [] : ["--kvmi-dialect", E2E_DIALECT.name];
+  return [...defaults.flat(), ...dialect, "--kvmi-listen", `unix:${kvmiPath}`, ...extra];
 }
 
 /** Starts a bridge with emulated VMs; by default waits until every VM is hooked. */
@@ -548,7 +557,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
   const vms = specs.map((spec, i) =>
     createEmulatedVm(
       { kind: "unix", path: kvmiPath },
-      { name: `e2e-${i}`, ...VM_DEFAULTS, ...options.vmDefaults, ...(options.secret && { secret: options.secret }), ...spec },
+      { name: `e2e-${i}`, dialect: E2E_DIALECT, ...VM_DEFAULTS, ...options.vmDefaults, ...(options.secret && { secret: options.secret }), ...spec },
     ),
   );
   const clients: IntrospectionClient[] = [];

@@ -15,6 +15,7 @@ export {
   HANDSHAKE_VARIANTS,
   LOG_LEVELS,
   MAX_TIMER_MS,
+  splitListenDialect,
 } from "./options.js";
 export type { BridgeConfig, ControllerGonePolicy, EventName, HandshakeVariant, LogLevel } from "./options.js";
 export {

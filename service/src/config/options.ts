@@ -5,6 +5,7 @@
  * `--request-timeout-ms` → `KVMI_BRIDGE_REQUEST_TIMEOUT_MS`), and the same table drives parsing,
  * validation, `--help` and `--print-config`.
  */
+import { KNOWN_DIALECT_NAMES } from "@kvmi/kvm-bridge/wire";
 import { accessSync, constants as fsConstants, statSync } from "node:fs";
 import { resolve } from "node:path";
 import { formatGrpcListen, formatHostPort, formatKvmiListen, parseGrpcListen, parseHostPort, parseKvmiListen } from "./address.js";
@@ -73,6 +74,8 @@ export interface BridgeConfig {
   readonly secretFile: string | undefined;
   /** The cookie secret itself (prefer {@link secretFile}); redacted everywhere. */
   readonly secret: string | undefined;
+  /** KVMI dialect of listeners without their own (`DIALECT@ADDRESS` in kvmiListen). */
+  readonly kvmiDialect: string;
   /** Handshake layout expected from QEMU. */
   readonly handshakeVariant: HandshakeVariant;
   /** Default deadline of one KVMI command round trip, in ms. */
@@ -240,7 +243,13 @@ const kvmiListen: OptionSpec<readonly string[]>["parse"] = (raw, ctx) => {
   const seen = new Set<string>();
   const out: string[] = [];
   for (const item of items.value) {
-    const parsed = parseKvmiListen(item, ctx.baseDir);
+    // `DIALECT@ADDRESS` chooses the dialect of one listener (kvmi-v7@unix:/run/kvmi/libkvmi.sock).
+    const { dialect, address } = splitListenDialect(item);
+    if (dialect !== undefined && !KNOWN_DIALECT_NAMES.includes(dialect)) {
+      problems.push(`${item}: the dialect before @ must be one of ${KNOWN_DIALECT_NAMES.join(", ")}`);
+      continue;
+    }
+    const parsed = parseKvmiListen(address, ctx.baseDir);
     if (!parsed.ok) {
       problems.push(parsed.error);
       continue;
@@ -248,10 +257,19 @@ const kvmiListen: OptionSpec<readonly string[]>["parse"] = (raw, ctx) => {
     const normal = formatKvmiListen(parsed.value);
     if (seen.has(normal)) problems.push(`${normal} is listed twice`);
     seen.add(normal);
-    out.push(normal);
+    out.push(dialect === undefined ? normal : `${dialect}@${normal}`);
   }
   return problems.length > 0 ? fail(problems.join("; ")) : ok(out);
 };
+
+/**
+ * Splits `DIALECT@ADDRESS` (a kvmiListen entry with its own dialect) from a plain address. Only a
+ * prefix before `unix:` or `tcp:` counts, so a unix path holding `@` stays a path.
+ */
+export function splitListenDialect(item: string): { readonly dialect: string | undefined; readonly address: string } {
+  const match = /^([a-z0-9-]+)@((?:unix|tcp):.*)$/.exec(item);
+  return match === null ? { dialect: undefined, address: item } : { dialect: match[1]!, address: match[2]! };
+}
 
 const socketMode: OptionSpec<number>["parse"] = (raw) => {
   if (typeof raw === "number") {
@@ -330,7 +348,8 @@ export const OPTIONS: { readonly [K in keyof BridgeConfig]-?: OptionSpec<BridgeC
   kvmiListen: {
     shape: "list",
     valueName: "<unix:path|tcp:host:port>",
-    description: "Where QEMU connects with KVMI. Repeat the flag or separate with commas for several sockets.",
+    description:
+      "Where QEMU connects with KVMI. Repeat the flag or separate with commas for several sockets; prefix DIALECT@ (e.g. kvmi-v7@unix:PATH) to give one its own dialect.",
     defaultValue: ({ embedded, tmpDir, pid }) =>
       embedded ? [`unix:${resolve(tmpDir, `kvmi-bridge-${pid}`, "kvmi.sock")}`] : [DEFAULT_KVMI_LISTEN],
     defaultHelp: `${DEFAULT_KVMI_LISTEN}; embedded: unix:$TMPDIR/kvmi-bridge-<pid>/kvmi.sock`,
@@ -393,6 +412,14 @@ export const OPTIONS: { readonly [K in keyof BridgeConfig]-?: OptionSpec<BridgeC
     defaultValue: undefined,
     parse: nonEmptyString,
     secret: true,
+  },
+  kvmiDialect: {
+    shape: "scalar",
+    valueName: `<${KNOWN_DIALECT_NAMES.join("|")}>`,
+    description:
+      "KVMI dialect of the kernels that connect (kvmi-v7: KVM-VMI kvmi-v7 kernels, libkvmi's; v12: KVM-VMI kvmi-v12); a kvmiListen entry DIALECT@ADDRESS overrides it for that socket.",
+    defaultValue: "v9",
+    parse: oneOf(KNOWN_DIALECT_NAMES),
   },
   handshakeVariant: {
     shape: "scalar",

@@ -28,6 +28,7 @@ import {
   KvmiRemoteError,
   KvmiTimeoutError,
   KvmiTransportError,
+  KvmiNotInDialectError,
   KvmiUnsupportedError,
 } from "@kvmi/kvm-bridge";
 import type { KvmiErrorContext } from "@kvmi/kvm-bridge";
@@ -376,6 +377,7 @@ function bridgeDetails(err: BridgeError, ctx: ErrorContext): StatusDetail[] {
 type Classified =
   | { readonly kind: "argument"; readonly error: KvmiArgumentError }
   | { readonly kind: "remote"; readonly error: KvmiRemoteError }
+  | { readonly kind: "notInDialect"; readonly error: KvmiNotInDialectError }
   | { readonly kind: "unsupported"; readonly error: KvmiUnsupportedError }
   | { readonly kind: "protocol"; readonly error: KvmiProtocolError }
   | { readonly kind: "timeout"; readonly error: KvmiTimeoutError }
@@ -388,6 +390,8 @@ function classify(err: unknown): Classified {
   // Order matters: KvmiTimeoutError is a KvmiTransportError.
   if (err instanceof KvmiArgumentError) return { kind: "argument", error: err };
   if (err instanceof KvmiRemoteError) return { kind: "remote", error: err };
+  // Before KvmiUnsupportedError, its base class.
+  if (err instanceof KvmiNotInDialectError) return { kind: "notInDialect", error: err };
   if (err instanceof KvmiUnsupportedError) return { kind: "unsupported", error: err };
   if (err instanceof KvmiProtocolError) return { kind: "protocol", error: err };
   if (err instanceof KvmiTimeoutError) return { kind: "timeout", error: err };
@@ -481,6 +485,17 @@ export function mapError(err: unknown, context: ErrorContext = {}): MappedError 
       };
     case "remote":
       return remote(c.error, ctx);
+    // The VM's dialect has no such command or event (v12 has no GET_MAX_GFN): a fact of this VM,
+    // not of the bridge, so FAILED_PRECONDITION rather than UNIMPLEMENTED (docs/protocol/README.md).
+    case "notInDialect":
+      return {
+        code: GrpcCode.FAILED_PRECONDITION,
+        reason: "NOT_IN_DIALECT",
+        message: `${what} does not exist in the ${c.error.dialect} dialect this VM's kernel speaks`,
+        metadata: { ...md, dialect: c.error.dialect },
+        details: [],
+        known: true,
+      };
     case "unsupported":
       return {
         code: GrpcCode.UNIMPLEMENTED,

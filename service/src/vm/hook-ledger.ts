@@ -36,7 +36,7 @@ export interface UndoReport {
   readonly restoredBytes: number;
 }
 
-type Channel = Pick<KvmiChannel, "command">;
+type Channel = Pick<KvmiChannel, "command" | "dialect">;
 type AnyRequest = Record<string, unknown>;
 
 /** The changes one controller made to one VM. */
