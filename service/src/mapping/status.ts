@@ -32,7 +32,7 @@ import {
   KvmiUnsupportedError,
 } from "@kvmi/kvm-bridge";
 import type { KvmiErrorContext } from "@kvmi/kvm-bridge";
-import { errno as kvmErrno, layouts, V9_COMMANDS } from "@kvmi/kvm-bridge/wire";
+import { commandByName, commandByOp, errno as kvmErrno, KNOWN_DIALECTS, layouts, v9, V9_COMMANDS } from "@kvmi/kvm-bridge/wire";
 import type { V9CommandName } from "@kvmi/kvm-bridge/wire";
 import {
   BadRequest_FieldViolationSchema,
@@ -402,12 +402,25 @@ function classify(err: unknown): Classified {
   return { kind: "unknown" };
 }
 
+/**
+ * kvmi.v1 names commands as v9 does (its `Command` enum follows v9's ids): a kernel name of another
+ * dialect (kvmi-v7's KVMI_SET_REGISTERS, v12's KVMI_VM_PAUSE_VCPU) is reported under the v9 name of
+ * the same op, so ErrorInfo reads the same whatever the VM's dialect.
+ */
+function kvmiV1CommandName(name: string): string {
+  for (const dialect of KNOWN_DIALECTS) {
+    const spec = commandByName(dialect, name);
+    if (spec !== undefined) return commandByOp(v9, spec.op)?.name ?? name;
+  }
+  return name;
+}
+
 function contextOf(c: Classified, fallback: ErrorContext): ErrorContext {
   if (c.kind === "aborted" || c.kind === "unknown") return fallback;
   const own = c.error.context;
   return {
     ...fallback,
-    ...(own.command !== undefined && { command: own.command }),
+    ...(own.command !== undefined && { command: kvmiV1CommandName(own.command) }),
     ...(own.vm !== undefined && { vm: own.vm }),
     ...(own.vcpu !== undefined && { vcpu: own.vcpu }),
   };
