@@ -17,6 +17,7 @@ import type { MessageInitShape, MessageShape } from "@bufbuild/protobuf";
 import { credentials, makeGenericClientConstructor, Metadata, status as GrpcStatus } from "@grpc/grpc-js";
 import type { ChannelCredentials, ChannelOptions, Client, ClientDuplexStream, ClientReadableStream, StatusObject } from "@grpc/grpc-js";
 import { silentLogger } from "@kvmi/kvm-bridge";
+import type { Logger } from "@kvmi/kvm-bridge";
 import { createEmulatedVm } from "@kvmi/kvm-bridge/emulator";
 import { dialectByName } from "@kvmi/kvm-bridge/wire";
 import type { Dialect } from "@kvmi/kvm-bridge/wire";
@@ -537,6 +538,21 @@ function bridgeArgv(kvmiPath: string, extra: readonly string[]): string[] {
   return [...defaults.flat(), ...dialect, "--kvmi-listen", `unix:${kvmiPath}`, ...extra];
 }
 
+/**
+ * The logger of the bridge and the emulated VMs: silent, or info, warnings and errors on stderr when `KVMI_E2E_LOG=1` (to see
+ * why a kernel side closed a tool's socket while debugging a failing e2e test).
+ */
+const E2E_LOGGER: Logger = process.env["KVMI_E2E_LOG"] ? stderrLogger({}) : silentLogger;
+
+function stderrLogger(bindings: Record<string, unknown>): Logger {
+  const write = (level: string) => (fields: Record<string, unknown>, message?: string) => {
+    const line = { level, ...bindings, ...fields, ...(message !== undefined && { msg: message }) };
+    process.stderr.write(`${JSON.stringify(line, (_k, v: unknown) => (typeof v === "bigint" ? v.toString() : v instanceof Error ? v.message : v))}\n`);
+  };
+  const noop = (): void => undefined;
+  return { trace: noop, debug: noop, info: write("info"), warn: write("warn"), error: write("error"), child: (more) => stderrLogger({ ...bindings, ...more }) };
+}
+
 /** Starts a bridge with emulated VMs; by default waits until every VM is hooked. */
 export async function startHarness(options: HarnessOptions = {}): Promise<Harness> {
   const dir = mkdtempSync(join(tmpdir(), "kvmi-e2e-"));
@@ -548,7 +564,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
   });
   let bridge: Bridge;
   try {
-    bridge = await startBridge({ config, logger: silentLogger, ...(options.secret && { secret: options.secret }) });
+    bridge = await startBridge({ config, logger: E2E_LOGGER, ...(options.secret && { secret: options.secret }) });
   } catch (err) {
     rmSync(dir, { recursive: true, force: true });
     throw err;
@@ -557,7 +573,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
   const vms = specs.map((spec, i) =>
     createEmulatedVm(
       { kind: "unix", path: kvmiPath },
-      { name: `e2e-${i}`, dialect: E2E_DIALECT, ...VM_DEFAULTS, ...options.vmDefaults, ...(options.secret && { secret: options.secret }), ...spec },
+      { name: `e2e-${i}`, dialect: E2E_DIALECT, logger: E2E_LOGGER, ...VM_DEFAULTS, ...options.vmDefaults, ...(options.secret && { secret: options.secret }), ...spec },
     ),
   );
   const clients: IntrospectionClient[] = [];

@@ -121,9 +121,11 @@ export const EVENT_MAPPINGS = {
   }),
   KVMI_EVENT_XSETBV: defineEvent({
     event: "KVMI_EVENT_XSETBV",
-    payloadToProto: (p) => ({
+    // kvmi-v7's XSETBV carries no payload (docs/protocol/kvmi-v7.md): the fields stay 0 there.
+    payloadToProto: (p: EventPayload<"KVMI_EVENT_XSETBV"> | undefined) => ({
       case: "xsetbv",
-      value: create(XsetbvEventSchema, { xcr: p.xcr, oldValue: p.old_value, newValue: p.new_value }),
+      value:
+        p === undefined ? create(XsetbvEventSchema) : create(XsetbvEventSchema, { xcr: p.xcr, oldValue: p.old_value, newValue: p.new_value }),
     }),
     wireFields: [
       ...mapFields(layouts.kvmiEventXsetbv.name, XsetbvEventSchema.name, { xcr: "xcr", old_value: "old_value", new_value: "new_value" }),

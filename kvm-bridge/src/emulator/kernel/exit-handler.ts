@@ -100,7 +100,9 @@ export function createKvmiExitHandler(target: KvmiExitTarget): VcpuExitHandler {
       // Without the PF event the restriction has no listener and KVM lets the access through.
       const kvmi = enabled(vcpu, "PF");
       if (kvmi === undefined) return "continue";
-      return toExitAction(await kvmi.sendEvent("PF", { gva, gpa, access }));
+      // kvmi-v7's PF names the EPT view the fault happened in: always the default view here (no
+      // EPTP switching, as in the arch's `view`). Layouts without the field ignore it.
+      return toExitAction(await kvmi.sendEvent("PF", { gva, gpa, access, view: 0 }));
     },
 
     async hypercall(vcpu): Promise<HypercallReply> {
