@@ -19,8 +19,8 @@ import type { ChannelCredentials, ChannelOptions, Client, ClientDuplexStream, Cl
 import { silentLogger } from "@kvmi/kvm-bridge";
 import type { Logger } from "@kvmi/kvm-bridge";
 import { createEmulatedVm } from "@kvmi/kvm-bridge/emulator";
-import { dialectByName } from "@kvmi/kvm-bridge/wire";
-import type { Dialect } from "@kvmi/kvm-bridge/wire";
+import { commandByOp, dialectByName, eventByKind } from "@kvmi/kvm-bridge/wire";
+import type { CommandOp, Dialect, EventKind } from "@kvmi/kvm-bridge/wire";
 import type { EmulatedVm, EmulatedVmOptions } from "@kvmi/kvm-bridge/emulator";
 import {
   DumpMemoryRequestSchema,
@@ -519,6 +519,20 @@ export interface Harness {
  * dialect (vitest projects e2e, e2e-v12, e2e-kvmi-v7 set it; vitest.config.ts): a matrix, not copies.
  */
 export const E2E_DIALECT: Dialect = dialectByName(process.env["KVMI_E2E_DIALECT"] ?? "v9", "KVMI_E2E_DIALECT");
+
+/** The wire id of an event kind in {@link E2E_DIALECT} (the emulator's state holds wire ids). */
+export function e2eEventId(kind: EventKind): number {
+  const spec = eventByKind(E2E_DIALECT, kind);
+  if (spec === undefined) throw new Error(`event ${kind} is not in ${E2E_DIALECT.name}`);
+  return spec.id;
+}
+
+/** The wire id of a command op in {@link E2E_DIALECT} (the device manager's allow lists take wire ids). */
+export function e2eCommandId(op: CommandOp): number {
+  const spec = commandByOp(E2E_DIALECT, op);
+  if (spec === undefined) throw new Error(`command ${op} is not in ${E2E_DIALECT.name}`);
+  return spec.id;
+}
 
 const VM_DEFAULTS: VmSpec = { vcpus: 2, memoryMiB: 8, workload: false, reconnectMs: 50, unhookTimeoutMs: 10_000 };
 
