@@ -2,6 +2,20 @@
 // One runner, several projects (conventions §7): `vitest run --project unit` runs one layer.
 import { defineConfig } from "vitest/config";
 
+/** The e2e files whose behaviour depends on the KVMI dialect; the others speak only gRPC or TLS. */
+const DIALECT_E2E_FILES = [
+  "commands",
+  "events",
+  "memory",
+  "unhook-flow",
+  "ledger-undo",
+  "ledger-keep",
+  "roles",
+  "faults-deadlines",
+  "faults-device-manager",
+  "faults-controller",
+];
+
 export default defineConfig({
   test: {
     reporters: ["default", "./test/support/summary-reporter.ts"],
@@ -35,6 +49,16 @@ export default defineConfig({
           testTimeout: 30_000,
         },
       },
+      // The e2e matrix (issue 12): the dialect-relevant suites again against a bridge and emulated
+      // VMs speaking v12 and kvmi-v7 (test/support/bridge-harness.ts reads KVMI_E2E_DIALECT).
+      ...(["v12", "kvmi-v7"] as const).map((dialect) => ({
+        test: {
+          name: `e2e-${dialect}`,
+          include: DIALECT_E2E_FILES.map((file) => `test/e2e/${file}.test.ts`),
+          env: { KVMI_E2E_DIALECT: dialect },
+          testTimeout: 30_000,
+        },
+      })),
       {
         test: {
           name: "integration",

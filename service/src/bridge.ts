@@ -5,7 +5,8 @@
  * emulator; tests start this directly.
  */
 import { createKvmiListener, createVmRegistry } from "@kvmi/kvm-bridge";
-import { v9 } from "@kvmi/kvm-bridge/wire";
+import { dialectByName } from "@kvmi/kvm-bridge/wire";
+import type { Dialect } from "@kvmi/kvm-bridge/wire";
 import type { AcceptedVm, KvmiListener, ListenEndpoint, Logger, VmRegistry } from "@kvmi/kvm-bridge";
 import {
   file_google_rpc_error_details,
@@ -27,7 +28,7 @@ import { createJwtVerifier, readJwksFile } from "./auth/jwt.js";
 import { ALLOW_ALL } from "./auth/policy.js";
 import { loadPolicyStore } from "./auth/policy-store.js";
 import type { PolicyStore } from "./auth/policy-store.js";
-import { isLoopback, parseGrpcListen, parseKvmiListen } from "./config/index.js";
+import { isLoopback, parseGrpcListen, parseKvmiListen, splitListenDialect } from "./config/index.js";
 import type { BridgeConfig } from "./config/index.js";
 import { createRateLimitedLogger } from "./log/index.js";
 import { commandStatusOf, createBridgeMetrics, startMetricsServer } from "./metrics/index.js";
@@ -50,6 +51,8 @@ export interface Bridge {
   readonly kvmiAddresses: readonly string[];
   /** Where KVMI forwarders connect (`forwardListen`); empty when off. */
   readonly forwardAddresses: readonly string[];
+  /** The same addresses with the dialect each listener speaks. */
+  readonly kvmiEndpoints: ReadonlyArray<{ readonly address: string; readonly dialect: string }>;
   /** The metrics URL, unless metrics are off. */
   readonly metricsUrl: string | undefined;
   readonly registry: VmRegistry;
@@ -106,15 +109,20 @@ function raise(message: string): never {
   throw new Error(message);
 }
 
-function endpoints(config: BridgeConfig, cwd: string): ListenEndpoint[] {
-  return config.kvmiListen.map((text) => {
-    const parsed = parseKvmiListen(text, cwd);
+/** The KVMI endpoints grouped by dialect: one listener per dialect (`DIALECT@ADDRESS` entries). */
+function endpointsByDialect(config: BridgeConfig, cwd: string): Map<Dialect, ListenEndpoint[]> {
+  const groups = new Map<Dialect, ListenEndpoint[]>();
+  for (const text of config.kvmiListen) {
+    const { dialect: name, address } = splitListenDialect(text);
+    const dialect = dialectByName(name ?? config.kvmiDialect, "kvmiDialect");
+    const parsed = parseKvmiListen(address, cwd);
     if (!parsed.ok) throw new Error(`kvmiListen ${text}: ${parsed.error}`);
-    const address = parsed.value;
-    return address.kind === "unix"
-      ? { kind: "unix", path: address.path, mode: config.kvmiSocketMode, ...(config.kvmiSocketOwner && { owner: config.kvmiSocketOwner }) }
-      : { kind: "tcp", host: address.host, port: address.port };
-  });
+    const a = parsed.value;
+    const endpoint: ListenEndpoint =
+      a.kind === "unix" ? { kind: "unix", path: a.path, mode: config.kvmiSocketMode, ...(config.kvmiSocketOwner && { owner: config.kvmiSocketOwner }) } : { kind: "tcp", host: a.host, port: a.port };
+    groups.set(dialect, [...(groups.get(dialect) ?? []), endpoint]);
+  }
+  return groups;
 }
 
 /** The audit trail the config asks for: a file, stdout, both or none. */
@@ -259,14 +267,13 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
     },
   });
   grpc.shuttingDown.addEventListener("abort", () => shuttingDown.abort(), { once: true });
-  let listener: KvmiListener | undefined;
+  const listeners: KvmiListener[] = [];
+  const kvmiEndpoints: Array<{ readonly address: string; readonly dialect: string }> = [];
   let forwardListener: ForwardListener | undefined;
   let metricsServer: MetricsServer | undefined;
   try {
     const bound = await grpc.listen();
     const kvmiOptions = {
-      // The dialect of every listener; `--kvmi-dialect` and DIALECT@ADDRESS come with the service's dialect work.
-      dialect: v9,
       handshakeVariant: config.handshakeVariant,
       logger: guestPathLogger.child({ component: "kvmi" }),
       channel: { defaultTimeoutMs: config.requestTimeoutMs },
@@ -279,10 +286,20 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
       }
       void hosts.adopt(vm);
     };
-    listener = await createKvmiListener(
-      { ...kvmiOptions, endpoints: endpoints(config, options.cwd ?? process.cwd()), ...(options.secret && { secret: options.secret }) },
-      admit,
-    );
+    for (const [dialect, group] of endpointsByDialect(config, options.cwd ?? process.cwd())) {
+      const one = await createKvmiListener(
+        {
+          ...kvmiOptions,
+          endpoints: group,
+          dialect,
+          logger: guestPathLogger.child({ component: "kvmi", dialect: dialect.name }),
+          ...(options.secret && { secret: options.secret }),
+        },
+        admit,
+      );
+      listeners.push(one);
+      for (const address of one.addresses) kvmiEndpoints.push({ address, dialect: dialect.name });
+    }
     if (config.forwardListen.length > 0) {
       forwardListener = await startForwardListener({
         addresses: config.forwardListen.map((text) => parseKvmiListen(text, options.cwd ?? process.cwd())).map((r) => (r.ok ? r.value : raise(r.error))),
@@ -290,7 +307,8 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
           config.tlsKey !== undefined && { tls: { certFile: config.tlsCert, keyFile: config.tlsKey, ...(config.tlsClientCa !== undefined && { clientCaFile: config.tlsClientCa }) } }),
         allowInsecure: config.allowInsecure,
         socketMode: config.kvmiSocketMode,
-        kvmi: kvmiOptions,
+        // Forwarded VMs speak the bridge's default dialect (--kvmi-dialect).
+        kvmi: { ...kvmiOptions, dialect: dialectByName(config.kvmiDialect, "kvmiDialect") },
         registry,
         onVm: admit,
         maxConnections: config.maxVms * 2,
@@ -298,12 +316,12 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
       });
     }
     if (config.metricsListen !== "off") metricsServer = await startMetricsServer(config.metricsListen, metrics.registry);
-    const kvmiListener = listener;
     const forwarders = forwardListener;
     const server = metricsServer;
     return {
       grpcTarget: bound.target,
-      kvmiAddresses: kvmiListener.addresses,
+      kvmiAddresses: kvmiEndpoints.map((e) => e.address),
+      kvmiEndpoints,
       forwardAddresses: forwardListener?.addresses ?? [],
       metricsUrl: server?.url,
       registry,
@@ -315,7 +333,7 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
       reloadPolicy: () => policy?.reload("SIGHUP") ?? true,
       stop: async () => {
         grpc.health.setServing(false);
-        await kvmiListener.close();
+        for (const one of listeners) await one.close();
         await forwarders?.close();
         await hosts.releaseAll();
         await grpc.shutdown(config.shutdownGraceMs);
@@ -331,7 +349,7 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
     guestPathLogger.close();
     policy?.close();
     audit.close();
-    await listener?.close();
+    for (const one of listeners) await one.close();
     await forwardListener?.close();
     await grpc.shutdown(0).catch(() => undefined);
     throw err;

@@ -6,6 +6,7 @@
  */
 import type { Logger } from "@kvmi/kvm-bridge";
 import { createSimulator, parseEndpoint } from "@kvmi/kvm-bridge/emulator";
+import { dialectByName } from "@kvmi/kvm-bridge/wire";
 import type { KvmiEndpoint, Simulator } from "@kvmi/kvm-bridge/emulator";
 import type { BridgeConfig } from "./config/index.js";
 
@@ -17,9 +18,16 @@ function endpointOf(address: string): KvmiEndpoint {
 }
 
 /** Starts `embeddedVms` emulated VMs running the built-in workload against `address`. */
-export function startEmbeddedVms(config: BridgeConfig, address: string, logger: Logger, secret?: Uint8Array): Simulator {
+export function startEmbeddedVms(
+  config: BridgeConfig,
+  endpoint: { readonly address: string; readonly dialect: string },
+  logger: Logger,
+  secret?: Uint8Array,
+): Simulator {
   const simulator = createSimulator({
-    endpoint: endpointOf(address),
+    endpoint: endpointOf(endpoint.address),
+    // The emulated kernels speak the dialect of the listener they connect to.
+    dialect: dialectByName(endpoint.dialect),
     vms: config.embeddedVms,
     vcpus: config.embeddedVcpus,
     memoryMiB: config.embeddedMemoryMib,

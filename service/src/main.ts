@@ -63,7 +63,7 @@ export async function main(argv: readonly string[], env: NodeJS.ProcessEnv = pro
     return 1;
   }
   const embedded = config.embedded
-    ? startEmbeddedVms(config, bridge.kvmiAddresses[0]!, logger.child({ component: "emulator" }), secret && new Uint8Array(secret))
+    ? startEmbeddedVms(config, bridge.kvmiEndpoints[0]!, logger.child({ component: "emulator" }), secret && new Uint8Array(secret))
     : undefined;
 
   const kvmiSocket = bridge.kvmiAddresses.join(", ");

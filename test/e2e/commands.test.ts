@@ -14,8 +14,8 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Command, CpuMode, EventType, HandshakeVariant, MtrrType, State } from "@kvmi/proto";
 import type { Vm } from "@kvmi/proto";
-import { errno, v9Ids, V9_COMMANDS } from "@kvmi/kvm-bridge/wire";
-import type { V9CommandName } from "@kvmi/kvm-bridge/wire";
+import { commandByOp, errno, V9_COMMANDS } from "@kvmi/kvm-bridge/wire";
+import type { CommandOp, V9CommandName } from "@kvmi/kvm-bridge/wire";
 import { guestModel } from "@kvmi/kvm-bridge/emulator";
 import {
   CONTINUE,
@@ -27,6 +27,8 @@ import {
   startHarness,
   streamFailure,
   waitUntil,
+  E2E_DIALECT,
+  e2eEventId,
 } from "../support/bridge-harness.js";
 import type { Harness, SessionClient } from "../support/bridge-harness.js";
 
@@ -39,10 +41,10 @@ const UNKNOWN_UUID = "00000000-0000-4000-8000-000000000000";
 const MSR_EFER = 0xc0000080;
 const MSR_LSTAR = 0xc0000082;
 const COMMANDS_TOTAL = "kvmi_bridge_commands_total";
-/** v9 command ids allowed on the restricted VM: everything but KVMI_VCPU_GET_XSAVE (19). */
-const RESTRICTED_COMMANDS = Array.from({ length: 25 }, (_, i) => i + 1).filter((id) => id !== v9Ids.KVMI_VCPU_GET_XSAVE);
-/** v9 event ids allowed on the restricted VM: no PAUSE_VCPU (1), TRAP (5), SINGLESTEP (10). */
-const RESTRICTED_EVENTS = [0, 2, 3, 4, 6, 7, 8, 9];
+/** Command ids allowed on the restricted VM: everything but GET_XSAVE. */
+const RESTRICTED_COMMANDS = E2E_DIALECT.commands.filter((spec) => spec.op !== "GET_XSAVE").map((spec) => spec.id);
+/** Event ids allowed on the restricted VM: no PAUSE_VCPU, TRAP, SINGLESTEP. */
+const RESTRICTED_EVENTS = E2E_DIALECT.events.filter((spec) => !["PAUSE_VCPU", "TRAP", "SINGLESTEP"].includes(spec.kind)).map((spec) => spec.id);
 
 let h: Harness;
 let ctl: SessionClient;
@@ -58,8 +60,11 @@ const kernelVcpu = (n: number, i = MAIN) => h.vms[i]!.kernel.vcpu(n)!;
 
 /** Frames with the id of `command` that the emulated kernels of every VM received (KvmiVm.receivedFrames). */
 function kernelFrames(command: string): number {
-  const id = V9_COMMANDS[command as V9CommandName]?.id;
-  if (id === undefined) throw new Error(`${command} is not a v9 command`);
+  // kvmi.v1 names commands as v9 does; the frames carry the id of the same op in the VM's dialect.
+  const op = V9_COMMANDS[command as V9CommandName]?.op;
+  if (op === undefined) throw new Error(`${command} is not a v9 command`);
+  const id = commandByOp(E2E_DIALECT, op)?.id;
+  if (id === undefined) throw new Error(`${command} does not exist in ${E2E_DIALECT.name}`);
   return h.vms.reduce((sum, v) => sum + v.kernel.receivedFrames(id), 0);
 }
 
@@ -82,6 +87,23 @@ async function neverReachesSocket<T>(command: string, call: () => Promise<T>): P
   await socketsFlushed();
   expect(kernelFrames(command) - before, `frames of ${command} the kernel received`).toBe(0);
   return result;
+}
+
+/** Whether the dialect's GET_VERSION reply carries the singlestep feature. */
+const REPORTS_SINGLESTEP = JSON.stringify(commandByOp(E2E_DIALECT, "GET_VERSION")?.reply.layout ?? null).includes('"singlestep"');
+/** Whether the dialect's SET_PAGE_ACCESS entries carry `visible`. */
+const PAGE_ACCESS_HAS_VISIBLE = JSON.stringify(commandByOp(E2E_DIALECT, "SET_PAGE_ACCESS")?.request ?? null).includes('"visible"');
+
+/**
+ * When the dialect lacks `op`, asserts that the RPC fails with FAILED_PRECONDITION, reason
+ * NOT_IN_DIALECT, naming the dialect, and returns true; returns false when the dialect has it.
+ */
+async function failsNotInDialect(op: CommandOp, call: () => Promise<unknown>): Promise<boolean> {
+  if (commandByOp(E2E_DIALECT, op) !== undefined) return false;
+  const failure = await expectGrpcError(call(), GrpcStatus.FAILED_PRECONDITION);
+  expect(failure.details).toMatchObject({ reason: "NOT_IN_DIALECT", vm: uuid() });
+  expect(failure.message).toContain(E2E_DIALECT.name);
+  return true;
 }
 
 /**
@@ -139,13 +161,13 @@ describe("GetVm", () => {
       state: State.HOOKED,
       generation: 1n,
       vcpuCount: 2,
-      dialect: "v9",
+      dialect: E2E_DIALECT.name,
       kvmiVersion: 1,
       handshakeVariant: HandshakeVariant.BASE,
       controllerAttached: true,
       observerCount: 1,
     } satisfies Partial<Vm>);
-    expect(got!.features?.singlestep).toBe(true);
+    expect(got!.features?.singlestep).toBe(REPORTS_SINGLESTEP);
     expect(got!.startTime?.seconds).toBe(h.vms[MAIN]!.deviceManager.vmStartTime);
   });
 
@@ -187,7 +209,8 @@ describe("GetVersion", () => {
   it("returns version 1, the host features and the v9 message size", async () => {
     const reply = await reachesSocket("KVMI_GET_VERSION", "ok", () => h.client.unary("getVersion", { vm: vm() }));
     expect(reply).toMatchObject({ version: 1, maxMsgSize: 8184 });
-    expect(reply.features?.singlestep).toBe(true);
+    // A kernel whose GET_VERSION carries no singlestep feature (kvmi-v7) reports it as false.
+    expect(reply.features?.singlestep).toBe(REPORTS_SINGLESTEP);
     const noHw = await h.client.unary("getVersion", { vm: vm(NO_HW) });
     expect(noHw.features?.singlestep).toBe(false);
   });
@@ -253,17 +276,17 @@ describe("ControlVmEvents", () => {
   it("enables UNHOOK for the controller, and keeps it enabled when the controller disables it", async () => {
     const vmEvents = h.vms[MAIN]!.kernel.vmEvents();
     await h.client.unary("controlVmEvents", { vm: vm(), event: EventType.UNHOOK, enable: true }, asController());
-    expect(vmEvents.has(v9Ids.KVMI_EVENT_UNHOOK)).toBe(true);
+    expect(vmEvents.has(e2eEventId("UNHOOK"))).toBe(true);
     // The bridge needs UNHOOK to announce unhooks: disabling it succeeds and changes nothing.
     await h.client.unary("controlVmEvents", { vm: vm(), event: EventType.UNHOOK, enable: false }, asController());
-    expect(vmEvents.has(v9Ids.KVMI_EVENT_UNHOOK)).toBe(true);
+    expect(vmEvents.has(e2eEventId("UNHOOK"))).toBe(true);
   });
 
   it("is refused without the controller's session id", async () => {
     await expectNotController("KVMI_VM_CONTROL_EVENTS", (sessionId) =>
       h.client.unary("controlVmEvents", { vm: vm(), event: EventType.UNHOOK, enable: false }, { ...(sessionId && { sessionId }) }),
     );
-    expect(h.vms[MAIN]!.kernel.vmEvents().has(v9Ids.KVMI_EVENT_UNHOOK)).toBe(true);
+    expect(h.vms[MAIN]!.kernel.vmEvents().has(e2eEventId("UNHOOK"))).toBe(true);
   });
 
   it("rejects a vCPU event before the socket", async () => {
@@ -385,10 +408,10 @@ describe("PauseVcpu", () => {
 describe("ControlVcpuEvents", () => {
   it("enables and disables an event on one vCPU", async () => {
     await h.client.unary("controlVcpuEvents", { name: vcpu(1), event: EventType.XSETBV, enable: true }, asController());
-    expect(kernelVcpu(1).enabledEvents.has(v9Ids.KVMI_EVENT_XSETBV)).toBe(true);
-    expect(kernelVcpu(0).enabledEvents.has(v9Ids.KVMI_EVENT_XSETBV)).toBe(false);
+    expect(kernelVcpu(1).enabledEvents.has(e2eEventId("XSETBV"))).toBe(true);
+    expect(kernelVcpu(0).enabledEvents.has(e2eEventId("XSETBV"))).toBe(false);
     await h.client.unary("controlVcpuEvents", { name: vcpu(1), event: EventType.XSETBV, enable: false }, asController());
-    expect(kernelVcpu(1).enabledEvents.has(v9Ids.KVMI_EVENT_XSETBV)).toBe(false);
+    expect(kernelVcpu(1).enabledEvents.has(e2eEventId("XSETBV"))).toBe(false);
   });
 
   it("is refused without the controller's session id", async () => {
@@ -397,7 +420,7 @@ describe("ControlVcpuEvents", () => {
       (sessionId) => h.client.unary("controlVcpuEvents", { name: vcpu(1), event: EventType.CR, enable: true }, { ...(sessionId && { sessionId }) }),
       1,
     );
-    expect(kernelVcpu(1).enabledEvents.has(v9Ids.KVMI_EVENT_CR)).toBe(false);
+    expect(kernelVcpu(1).enabledEvents.has(e2eEventId("CR"))).toBe(false);
   });
 
   it("rejects UNHOOK before the socket", async () => {
@@ -475,7 +498,8 @@ describe("GetCpuid", () => {
 });
 
 describe("ControlCleanup", () => {
-  it("is accepted from the controller", async () => {
+  it("is accepted from the controller (FAILED_PRECONDITION NOT_IN_DIALECT where the kernel lacks it)", async () => {
+    if (await failsNotInDialect("CONTROL_CLEANUP", () => h.client.unary("controlCleanup", { vm: vm(), enable: true }, asController()))) return;
     await reachesSocket("KVMI_VM_CONTROL_CLEANUP", "ok", () => h.client.unary("controlCleanup", { vm: vm(), enable: true }, asController()));
   });
 
@@ -538,7 +562,8 @@ describe("InjectException", () => {
 });
 
 describe("GetMaxGfn", () => {
-  it("returns the first GFN past guest memory", async () => {
+  it("returns the first GFN past guest memory (FAILED_PRECONDITION NOT_IN_DIALECT where the kernel lacks it)", async () => {
+    if (await failsNotInDialect("GET_MAX_GFN", () => h.client.unary("getMaxGfn", { vm: vm() }))) return;
     expect((await h.client.unary("getMaxGfn", { vm: vm() })).gfn).toBe(guest().memory.maxGfn());
   });
 
@@ -651,7 +676,8 @@ describe("SetPageAccess", () => {
     expect(guest().memory.getPageAccess(7n)).toBe(7);
   });
 
-  it("fails with INVALID_ARGUMENT (EINVAL) for visible=true on a page guest memory does not back", async () => {
+  // Only kernels whose page access entries carry `visible` (v9) can refuse it.
+  it.runIf(PAGE_ACCESS_HAS_VISIBLE)("fails with INVALID_ARGUMENT (EINVAL) for visible=true on a page guest memory does not back", async () => {
     const failure = await expectGrpcError(
       h.client.unary("setPageAccess", { vm: vm(), entries: [{ gpa: 0xa0000n, access: 1, visible: true }] }, asController()),
       GrpcStatus.INVALID_ARGUMENT,

@@ -9,8 +9,8 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { EventType, State } from "@kvmi/proto";
-import { v9Ids } from "@kvmi/kvm-bridge/wire";
-import { Role, settle, startHarness, waitUntil } from "../support/bridge-harness.js";
+import type { EventKind } from "@kvmi/kvm-bridge/wire";
+import { e2eEventId, Role, settle, startHarness, waitUntil } from "../support/bridge-harness.js";
 import type { Harness, SessionClient } from "../support/bridge-harness.js";
 import { cleanState, guestState, hookPlan, prepareGuest, ramDigest, SPOTS, startControllerProcess } from "../support/fault-tools.js";
 import type { ControllerProcess } from "../support/fault-tools.js";
@@ -36,14 +36,17 @@ afterAll(async () => {
   await h?.stop();
 });
 
+/** The wire ids of event kinds in the e2e dialect, ascending (as the emulator's state lists them). */
+const sortedEventIds = (...kinds: EventKind[]): number[] => kinds.map(e2eEventId).sort((a, b) => a - b);
+
 /** The hooks of {@link hookPlan} (with single-step) as the emulator shows them. */
 function expectHooksInPlace(before: string): void {
   const state = guestState(vm());
   expect(state.ramDigest).not.toBe(before);
   expect(state.restrictions).toEqual({ [`0x${(SPOTS.PF_GPA >> 12n).toString(16)}`]: 1, [`0x${(SPOTS.PF2_GPA >> 12n).toString(16)}`]: 5 });
-  expect(state.vcpus[0]).toMatchObject({ events: [v9Ids.KVMI_EVENT_BREAKPOINT, v9Ids.KVMI_EVENT_CR, v9Ids.KVMI_EVENT_PF], crs: [3] });
+  expect(state.vcpus[0]).toMatchObject({ events: sortedEventIds("BREAKPOINT", "CR", "PF"), crs: [3] });
   expect(state.vcpus[1]).toMatchObject({
-    events: [v9Ids.KVMI_EVENT_BREAKPOINT, v9Ids.KVMI_EVENT_MSR, v9Ids.KVMI_EVENT_PF],
+    events: sortedEventIds("BREAKPOINT", "MSR", "PF"),
     msrs: [SPOTS.MSR_LSTAR],
     singlestep: true,
   });

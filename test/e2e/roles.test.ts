@@ -8,7 +8,6 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { EventType, State } from "@kvmi/proto";
-import { v9Ids } from "@kvmi/kvm-bridge/wire";
 import {
   CONTINUE,
   GrpcStatus,
@@ -18,6 +17,7 @@ import {
   startHarness,
   streamFailure,
   waitUntil,
+  e2eEventId,
 } from "../support/bridge-harness.js";
 import type { Harness, SessionClient, SessionCommandRequest } from "../support/bridge-harness.js";
 
@@ -145,7 +145,7 @@ describe("observers", () => {
     expect(kernel.vcpu(0)!.enabledEvents.size).toBe(0);
     expect(kernel.vcpu(0)!.crMask.size + kernel.vcpu(0)!.msrWrites.size).toBe(0);
     expect(kernel.vcpu(0)!.singlestep).toBe(false);
-    expect(kernel.vmEvents().has(v9Ids.KVMI_EVENT_UNHOOK)).toBe(true);
+    expect(kernel.vmEvents().has(e2eEventId("UNHOOK"))).toBe(true);
     expect(h.vms[0]!.guest.memory.getPageAccess(1n)).toBe(7);
     expect(h.vms[0]!.guest.memory.read(0x1000n, 1)).toMatchObject({ ok: true, bytes: Uint8Array.of(0) });
   });

@@ -11,7 +11,6 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { EventType, State, UnhookReason, VmChangeType } from "@kvmi/proto";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import { v9Ids } from "@kvmi/kvm-bridge/wire";
 import {
   expectGrpcError,
   GrpcStatus,
@@ -20,6 +19,8 @@ import {
   startHarness,
   streamFailure,
   waitUntil,
+  E2E_DIALECT,
+  e2eEventId,
 } from "../support/bridge-harness.js";
 import type { Harness, SessionClient } from "../support/bridge-harness.js";
 import { captureAtUnhook, cleanState, guestState, hookPlan, prepareGuest, ramDigest, SPOTS } from "../support/fault-tools.js";
@@ -34,10 +35,8 @@ const SILENT = 1;
 const NOT_ALLOWED = 2;
 const SWITCHER = 3;
 
-/** Every v9 event id but UNHOOK: what `event=` allows on the third VM. */
-const ALL_BUT_UNHOOK = Object.entries(v9Ids)
-  .filter(([name, id]) => name.startsWith("KVMI_EVENT_") && typeof id === "number" && id !== v9Ids.KVMI_EVENT_UNHOOK)
-  .map(([, id]) => id as number);
+/** Every event id of the dialect but UNHOOK: what `event=` allows on the third VM. */
+const ALL_BUT_UNHOOK = E2E_DIALECT.events.filter((spec) => spec.kind !== "UNHOOK").map((spec) => spec.id);
 
 let h: Harness;
 
@@ -96,8 +95,8 @@ async function resume(i: number): Promise<number> {
 
 describe("hook time", () => {
   it("enables UNHOOK on every VM that allows it; a VM that does not is hooked anyway and unhooks without a notice", async () => {
-    for (const i of [COOPERATIVE, SILENT, SWITCHER]) expect(h.vms[i]!.kernel.vmEvents().has(v9Ids.KVMI_EVENT_UNHOOK), `VM ${i}`).toBe(true);
-    expect(h.vms[NOT_ALLOWED]!.kernel.vmEvents().has(v9Ids.KVMI_EVENT_UNHOOK)).toBe(false);
+    for (const i of [COOPERATIVE, SILENT, SWITCHER]) expect(h.vms[i]!.kernel.vmEvents().has(e2eEventId("UNHOOK")), `VM ${i}`).toBe(true);
+    expect(h.vms[NOT_ALLOWED]!.kernel.vmEvents().has(e2eEventId("UNHOOK"))).toBe(false);
     expect((await h.client.unary("getVm", { name: h.vmName(NOT_ALLOWED) })).vm?.state).toBe(State.HOOKED);
 
     const controller = await h.attach(NOT_ALLOWED, Role.CONTROLLER);
@@ -117,7 +116,7 @@ describe("hook time", () => {
     const result = await controller.command({ case: "controlVmEvents", value: { vm: h.vmName(SWITCHER), event: EventType.UNHOOK, enable: false } });
     // Refusing the command or accepting it without passing it on are both fine; what must hold is
     // that the kernel still sends UNHOOK to the bridge.
-    expect(h.vms[SWITCHER]!.kernel.vmEvents().has(v9Ids.KVMI_EVENT_UNHOOK), `after ${result.result.case}`).toBe(true);
+    expect(h.vms[SWITCHER]!.kernel.vmEvents().has(e2eEventId("UNHOOK")), `after ${result.result.case}`).toBe(true);
     const pausing = h.vms[SWITCHER]!.runAction("pause");
     const notice = await controller.next("unhook", () => true, 3000);
     expect(notice.reason).toBe(UnhookReason.DEVICE_MANAGER);

@@ -17,7 +17,10 @@ import type { MessageInitShape, MessageShape } from "@bufbuild/protobuf";
 import { credentials, makeGenericClientConstructor, Metadata, status as GrpcStatus } from "@grpc/grpc-js";
 import type { ChannelCredentials, ChannelOptions, Client, ClientDuplexStream, ClientReadableStream, StatusObject } from "@grpc/grpc-js";
 import { silentLogger } from "@kvmi/kvm-bridge";
+import type { Logger } from "@kvmi/kvm-bridge";
 import { createEmulatedVm } from "@kvmi/kvm-bridge/emulator";
+import { commandByOp, dialectByName, eventByKind } from "@kvmi/kvm-bridge/wire";
+import type { CommandOp, Dialect, EventKind } from "@kvmi/kvm-bridge/wire";
 import type { EmulatedVm, EmulatedVmOptions } from "@kvmi/kvm-bridge/emulator";
 import {
   DumpMemoryRequestSchema,
@@ -522,6 +525,26 @@ export interface Harness {
   stop(): Promise<void>;
 }
 
+/**
+ * The KVMI dialect of the harness's bridge listener and emulated VMs. The e2e suites run once per
+ * dialect (vitest projects e2e, e2e-v12, e2e-kvmi-v7 set it; vitest.config.ts): a matrix, not copies.
+ */
+export const E2E_DIALECT: Dialect = dialectByName(process.env["KVMI_E2E_DIALECT"] ?? "v9", "KVMI_E2E_DIALECT");
+
+/** The wire id of an event kind in {@link E2E_DIALECT} (the emulator's state holds wire ids). */
+export function e2eEventId(kind: EventKind): number {
+  const spec = eventByKind(E2E_DIALECT, kind);
+  if (spec === undefined) throw new Error(`event ${kind} is not in ${E2E_DIALECT.name}`);
+  return spec.id;
+}
+
+/** The wire id of a command op in {@link E2E_DIALECT} (the device manager's allow lists take wire ids). */
+export function e2eCommandId(op: CommandOp): number {
+  const spec = commandByOp(E2E_DIALECT, op);
+  if (spec === undefined) throw new Error(`command ${op} is not in ${E2E_DIALECT.name}`);
+  return spec.id;
+}
+
 const VM_DEFAULTS: VmSpec = { vcpus: 2, memoryMiB: 8, workload: false, reconnectMs: 50, unhookTimeoutMs: 10_000 };
 
 /** The harness's bridge flags; a flag in HarnessOptions.bridgeArgs replaces its default. */
@@ -536,7 +559,23 @@ const BRIDGE_DEFAULTS: Readonly<Record<string, string>> = {
 
 function bridgeArgv(kvmiPath: string, extra: readonly string[]): string[] {
   const defaults = Object.entries(BRIDGE_DEFAULTS).filter(([flag]) => !extra.includes(flag));
-  return [...defaults.flat(), "--kvmi-listen", `unix:${kvmiPath}`, ...extra];
+  const dialect = extra.includes("--kvmi-dialect") ? [] : ["--kvmi-dialect", E2E_DIALECT.name];
+  return [...defaults.flat(), ...dialect, "--kvmi-listen", `unix:${kvmiPath}`, ...extra];
+}
+
+/**
+ * The logger of the bridge and the emulated VMs: silent, or info, warnings and errors on stderr when `KVMI_E2E_LOG=1` (to see
+ * why a kernel side closed a tool's socket while debugging a failing e2e test).
+ */
+const E2E_LOGGER: Logger = process.env["KVMI_E2E_LOG"] ? stderrLogger({}) : silentLogger;
+
+function stderrLogger(bindings: Record<string, unknown>): Logger {
+  const write = (level: string) => (fields: Record<string, unknown>, message?: string) => {
+    const line = { level, ...bindings, ...fields, ...(message !== undefined && { msg: message }) };
+    process.stderr.write(`${JSON.stringify(line, (_k, v: unknown) => (typeof v === "bigint" ? v.toString() : v instanceof Error ? v.message : v))}\n`);
+  };
+  const noop = (): void => undefined;
+  return { trace: noop, debug: noop, info: write("info"), warn: write("warn"), error: write("error"), child: (more) => stderrLogger({ ...bindings, ...more }) };
 }
 
 /** Starts a bridge with emulated VMs; by default waits until every VM is hooked. */
@@ -550,7 +589,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
   });
   let bridge: Bridge;
   try {
-    bridge = await startBridge({ config, logger: silentLogger, ...(options.secret && { secret: options.secret }) });
+    bridge = await startBridge({ config, logger: E2E_LOGGER, ...(options.secret && { secret: options.secret }) });
   } catch (err) {
     rmSync(dir, { recursive: true, force: true });
     throw err;
@@ -559,7 +598,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
   const vms = specs.map((spec, i) =>
     createEmulatedVm(
       { kind: "unix", path: kvmiPath },
-      { name: `e2e-${i}`, ...VM_DEFAULTS, ...options.vmDefaults, ...(options.secret && { secret: options.secret }), ...spec },
+      { name: `e2e-${i}`, dialect: E2E_DIALECT, logger: E2E_LOGGER, ...VM_DEFAULTS, ...options.vmDefaults, ...(options.secret && { secret: options.secret }), ...spec },
     ),
   );
   const clients: IntrospectionClient[] = [];

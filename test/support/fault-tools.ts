@@ -33,14 +33,13 @@ import {
   HEADER_BYTES,
   layouts,
   v9,
-  v9Ids,
   zeroValue,
 } from "@kvmi/kvm-bridge/wire";
 import type { HandshakeVariant, MsgHdr } from "@kvmi/kvm-bridge/wire";
 import type { EmulatedVm } from "@kvmi/kvm-bridge/emulator";
 import { EventType } from "@kvmi/proto";
 import type { SessionCommandSchema } from "@kvmi/proto";
-import { waitUntil, withTimeout } from "./bridge-harness.js";
+import { e2eEventId, waitUntil, withTimeout } from "./bridge-harness.js";
 
 /** The repository root. */
 export const REPO_ROOT = resolve(fileURLToPath(new URL("../..", import.meta.url)));
@@ -337,7 +336,7 @@ export function cleanState(vm: EmulatedVm, digest: string): GuestState {
     ramDigest: digest,
     restrictions: {},
     vcpus: vm.guest.vcpus.map(() => ({ events: [], crs: [], msrs: [], singlestep: false })),
-    vmEvents: [v9Ids.KVMI_EVENT_UNHOOK],
+    vmEvents: [e2eEventId("UNHOOK")],
   };
 }
 

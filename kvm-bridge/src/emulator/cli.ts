@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 /**
- * `kvmi-sim`: runs emulated VMs (QEMU + KVMI v9 kernel side + the built-in workload) against any
+ * `kvmi-sim`: runs emulated VMs (QEMU + a KVMI kernel side of any dialect + the built-in workload) against any
  * KVMI tool until interrupted, logging JSON lines. `--pause-after`, `--migrate-after` and
  * `--shutdown-after` run the device manager's unhook flow (kvmi-abi §2.6) on every VM.
  */
+import { KNOWN_DIALECT_NAMES, KNOWN_DIALECTS } from "../wire/dialects/known.js";
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import type { HandshakeVariant } from "../wire/handshake.js";
@@ -24,6 +25,8 @@ Options:
   --vcpus N                 vCPUs per VM (default 2)
   --memory-mib N            guest RAM per VM in MiB (default 64)
   --secret-file FILE        shared secret; QEMU checks SHA-1(secret) against the tool's cookie
+  --dialect NAME            KVMI dialect of the emulated kernel: v9 | v12 | kvmi-v7 (default v9);
+                            kvmi-v7 is what libkvmi and LibVMI speak
   --handshake VARIANT       base | max-gpa | e820 (default base)
   --reconnect-ms N          delay between connection attempts, like reconnect=N (default 1000)
   --unhook-timeout-ms N     how long to wait for the tool after UNHOOK (default 60000)
@@ -60,6 +63,7 @@ export async function main(argv: string[]): Promise<number> {
         vcpus: { type: "string" },
         "memory-mib": { type: "string" },
         "secret-file": { type: "string" },
+        dialect: { type: "string" },
         handshake: { type: "string" },
         "reconnect-ms": { type: "string" },
         "unhook-timeout-ms": { type: "string" },
@@ -90,6 +94,8 @@ export async function main(argv: string[]): Promise<number> {
   const errors: string[] = [];
   const endpoint = parsed.connect === undefined ? undefined : parseEndpoint(parsed.connect);
   if (endpoint === undefined) errors.push(`--connect must be unix:PATH or tcp:HOST:PORT, got "${parsed.connect ?? ""}"`);
+  const dialect = KNOWN_DIALECTS.find((d) => d.name === (parsed.dialect ?? "v9"));
+  if (dialect === undefined) errors.push(`--dialect must be one of ${KNOWN_DIALECT_NAMES.join(", ")}, got "${parsed.dialect ?? ""}"`);
   const handshake = parsed.handshake ?? "base";
   if (!["base", "max-gpa", "e820"].includes(handshake)) errors.push(`--handshake must be base, max-gpa or e820`);
   const level = parseLogLevel(parsed["log-level"] ?? "info");
@@ -133,6 +139,7 @@ export async function main(argv: string[]): Promise<number> {
       vcpus,
       memoryMiB,
       handshake: handshake as HandshakeVariant,
+      dialect: dialect!,
       reconnectMs,
       unhookTimeoutMs,
       seed,
@@ -148,7 +155,7 @@ export async function main(argv: string[]): Promise<number> {
     return 2;
   }
   simulator.start();
-  log.info({ vms: simulator.vms.map((vm) => ({ uuid: vm.uuid, name: vm.name })), connect: parsed.connect }, "emulated VMs started");
+  log.info({ vms: simulator.vms.map((vm) => ({ uuid: vm.uuid, name: vm.name })), connect: parsed.connect, dialect: dialect!.name }, "emulated VMs started");
 
   return new Promise<number>((resolve) => {
     const finish = async (code: number): Promise<void> => {

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 /**
- * `@kvmi/kvm-bridge/emulator`: the QEMU + KVMI v9 kernel side, and the guest it introspects.
+ * `@kvmi/kvm-bridge/emulator`: QEMU + the KVMI kernel side (v9, v12 or kvmi-v7), and the guest it introspects.
  * Used by `kvmi-sim`, the bridge's embedded mode, and every test.
  */
 

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 /**
- * The emulator as a library: emulated VMs (guest model + v9 kernel side + QEMU device manager)
+ * The emulator as a library: emulated VMs (guest model + KVMI kernel side of any dialect + QEMU device manager)
  * that connect to any KVMI tool. `kvmi-sim`, the bridge's embedded mode and the tests all use it.
  */
+import type { Dialect } from "../wire/dialect.js";
 import { randomUUID } from "node:crypto";
 import type { Logger } from "../logger.js";
 import { silentLogger } from "../logger.js";
@@ -34,6 +35,8 @@ export interface EmulatedVmOptions extends IntrospectionObjectOptions {
   readonly workload?: boolean | WorkloadOptions;
   readonly seed?: number;
   readonly features?: Partial<HostFeatures>;
+  /** The KVMI dialect the emulated kernel speaks (default v9; see `KNOWN_DIALECTS`). */
+  readonly dialect?: Dialect;
   /** The `kvm.introspection` module parameter (default on). */
   readonly introspectionEnabled?: boolean;
   readonly logger?: Logger;
@@ -71,6 +74,7 @@ export function createEmulatedVm(endpoint: KvmiEndpoint, options: EmulatedVmOpti
     ...(options.seed !== undefined && { seed: options.seed }),
   });
   const kernel = new KvmiVm(createGuestPort(guest), {
+    ...(options.dialect && { dialect: options.dialect }),
     ...(options.features && { features: options.features }),
     ...(options.introspectionEnabled !== undefined && { introspectionEnabled: options.introspectionEnabled }),
     logger: logger.child({ component: "kernel" }),
@@ -91,9 +95,11 @@ export function createEmulatedVm(endpoint: KvmiEndpoint, options: EmulatedVmOpti
     ...(options.events && { events: options.events }),
     logger: logger.child({ component: "device-manager" }),
   });
-  // v9 CRASH kills QEMU (kvmi-abi §3.5): the connection goes away with it.
+  // CRASH kills QEMU (v9: SIGTERM to every vCPU thread): the connection goes away with it.
   guest.onLifecycle((event) => {
-    if (event.type === "crashed") void deviceManager.stop();
+    if (event.type !== "crashed") return;
+    logger.warn({ reason: event.reason }, "guest crashed: QEMU exits");
+    void deviceManager.stop();
   });
   return {
     uuid,

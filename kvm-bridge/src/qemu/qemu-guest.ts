@@ -187,6 +187,11 @@ export class QemuGuest implements GuestPort {
 
   clearPageAccess(): void {}
 
+  /** Page restrictions are not applied through the gdbstub (docs/qemu-backend.md): every page is rwx. */
+  pageAccess(): number {
+    return 7;
+  }
+
   crash(reason: string): void {
     this.log.warn({ reason }, "KVMI asked to crash the VM: quitting QEMU");
     void this.qmp.quit();

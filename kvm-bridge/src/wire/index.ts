@@ -27,6 +27,7 @@ export type { KvmiErrorContext } from "../errors.js";
 export { v9 } from "./dialects/v9.js";
 export { v12 } from "./dialects/v12.js";
 export { kvmiV7 } from "./dialects/kvmi-v7.js";
+export { dialectByName, KNOWN_DIALECT_NAMES, KNOWN_DIALECTS } from "./dialects/known.js";
 export {
   commandById,
   commandByName,

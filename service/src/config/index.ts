@@ -16,6 +16,7 @@ export {
   LOG_LEVELS,
   MAX_TIMER_MS,
 } from "./options.js";
+export { splitListenDialect } from "./parsers.js";
 export type { BridgeConfig, ControllerGonePolicy, EventName, HandshakeVariant, LogLevel } from "./options.js";
 export {
   formatGrpcListen,

@@ -5,6 +5,7 @@
  * `--request-timeout-ms` → `KVMI_BRIDGE_REQUEST_TIMEOUT_MS`), and the same table drives parsing,
  * validation, `--help` and `--print-config`.
  */
+import { KNOWN_DIALECT_NAMES } from "@kvmi/kvm-bridge/wire";
 import { resolve } from "node:path";
 import {
   boolean,
@@ -142,7 +143,8 @@ export const OPTIONS = {
   kvmiListen: option<readonly string[]>({
     shape: "list",
     valueName: "<unix:path|tcp:host:port>",
-    description: "Where QEMU connects with KVMI. Repeat the flag or separate with commas for several sockets.",
+    description:
+      "Where QEMU connects with KVMI. Repeat the flag or separate with commas for several sockets; prefix DIALECT@ (e.g. kvmi-v7@unix:PATH) to give one its own dialect.",
     defaultValue: ({ embedded, tmpDir, pid }) =>
       embedded ? [`unix:${resolve(tmpDir, `kvmi-bridge-${pid}`, "kvmi.sock")}`] : [DEFAULT_KVMI_LISTEN],
     defaultHelp: `${DEFAULT_KVMI_LISTEN}; embedded: unix:$TMPDIR/kvmi-bridge-<pid>/kvmi.sock`,
@@ -222,6 +224,14 @@ export const OPTIONS = {
     defaultValue: undefined,
     parse: nonEmptyString,
     secret: true,
+  }),
+  kvmiDialect: option<string>({
+    shape: "scalar",
+    valueName: `<${KNOWN_DIALECT_NAMES.join("|")}>`,
+    description:
+      "KVMI dialect of the kernels that connect (kvmi-v7: KVM-VMI kvmi-v7 kernels, libkvmi's; v12: KVM-VMI kvmi-v12); a kvmiListen entry DIALECT@ADDRESS overrides it for that socket.",
+    defaultValue: "v9",
+    parse: oneOf(KNOWN_DIALECT_NAMES),
   }),
   handshakeVariant: option<HandshakeVariant>({
     shape: "scalar",

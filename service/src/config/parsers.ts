@@ -4,6 +4,7 @@
  * from a flag or the environment, any JSON value from the file) and returns the typed value or a
  * message saying what is wrong, never throwing, so that every error is reported at once.
  */
+import { KNOWN_DIALECT_NAMES } from "@kvmi/kvm-bridge/wire";
 import { accessSync, constants as fsConstants, statSync } from "node:fs";
 import { resolve } from "node:path";
 import { formatGrpcListen, formatHostPort, formatKvmiListen, parseGrpcListen, parseHostPort, parseKvmiListen } from "./address.js";
@@ -115,7 +116,13 @@ export const kvmiListen: Parser<readonly string[]> = (raw, ctx) => {
   const seen = new Set<string>();
   const out: string[] = [];
   for (const item of items.value) {
-    const parsed = parseKvmiListen(item, ctx.baseDir);
+    // `DIALECT@ADDRESS` chooses the dialect of one listener (kvmi-v7@unix:/run/kvmi/libkvmi.sock).
+    const { dialect, address } = splitListenDialect(item);
+    if (dialect !== undefined && !KNOWN_DIALECT_NAMES.includes(dialect)) {
+      problems.push(`${item}: the dialect before @ must be one of ${KNOWN_DIALECT_NAMES.join(", ")}`);
+      continue;
+    }
+    const parsed = parseKvmiListen(address, ctx.baseDir);
     if (!parsed.ok) {
       problems.push(parsed.error);
       continue;
@@ -123,10 +130,19 @@ export const kvmiListen: Parser<readonly string[]> = (raw, ctx) => {
     const normal = formatKvmiListen(parsed.value);
     if (seen.has(normal)) problems.push(`${normal} is listed twice`);
     seen.add(normal);
-    out.push(normal);
+    out.push(dialect === undefined ? normal : `${dialect}@${normal}`);
   }
   return problems.length > 0 ? fail(problems.join("; ")) : ok(out);
 };
+
+/**
+ * Splits `DIALECT@ADDRESS` (a kvmiListen entry with its own dialect) from a plain address. Only a
+ * prefix before `unix:` or `tcp:` counts, so a unix path holding `@` stays a path.
+ */
+export function splitListenDialect(item: string): { readonly dialect: string | undefined; readonly address: string } {
+  const match = /^([a-z0-9-]+)@((?:unix|tcp):.*)$/.exec(item);
+  return match === null ? { dialect: undefined, address: item } : { dialect: match[1]!, address: match[2]! };
+}
 
 /** `UID:GID`, both numeric: names would need the host's user database, which a container may lack. */
 export const socketOwner: Parser<{ readonly uid: number; readonly gid: number } | undefined> = (raw) => {

@@ -121,9 +121,11 @@ export const EVENT_MAPPINGS = {
   }),
   KVMI_EVENT_XSETBV: defineEvent({
     event: "KVMI_EVENT_XSETBV",
-    payloadToProto: (p) => ({
+    // kvmi-v7's XSETBV carries no payload (docs/protocol/kvmi-v7.md): the fields stay 0 there.
+    payloadToProto: (p: EventPayload<"KVMI_EVENT_XSETBV"> | undefined) => ({
       case: "xsetbv",
-      value: create(XsetbvEventSchema, { xcr: p.xcr, oldValue: p.old_value, newValue: p.new_value }),
+      value:
+        p === undefined ? create(XsetbvEventSchema) : create(XsetbvEventSchema, { xcr: p.xcr, oldValue: p.old_value, newValue: p.new_value }),
     }),
     wireFields: [
       ...mapFields(layouts.kvmiEventXsetbv.name, XsetbvEventSchema.name, { xcr: "xcr", old_value: "old_value", new_value: "new_value" }),
@@ -186,9 +188,27 @@ export const EVENT_WIRE_FIELDS: readonly WireFieldMapping[] = [
   ...Object.values<EventMapping>(EVENT_MAPPINGS as unknown as Record<string, EventMapping>).flatMap((m) => m.wireFields),
 ];
 
+/**
+ * The mappings by dialect-neutral kind: an event of any dialect (v12's KVMI_VCPU_EVENT_CR, kvmi-v7's
+ * KVMI_EVENT_CR) maps as the v9 event of the same kind, whose ids kvmi.v1's EventType follows.
+ */
+const MAPPINGS_BY_KIND: ReadonlyMap<string, EventMapping> = new Map(
+  Object.values<EventMapping>(EVENT_MAPPINGS as unknown as Record<string, EventMapping>).map((m) => [V9_EVENTS[m.event].kind, m]),
+);
+
+/** True when kvmi.v1 can carry events of `kind` (kvmi-v7's CREATE_VCPU and CPUID it cannot yet). */
+export function hasEventMapping(kind: string): boolean {
+  return MAPPINGS_BY_KIND.has(kind);
+}
+
+/** The v9 kernel name of an event kind, for metric labels and config keys that predate dialects. */
+export function v9EventName(kind: string): string {
+  return MAPPINGS_BY_KIND.get(kind)?.event ?? kind;
+}
+
 function mappingOf(spec: EventSpec): EventMapping {
-  const mapping = (EVENT_MAPPINGS as Readonly<Record<string, EventMapping | undefined>>)[spec.name];
-  // A spec from another dialect table with a name v9 does not have: a bug in the caller's wiring.
+  const mapping = MAPPINGS_BY_KIND.get(spec.kind);
+  // A kind kvmi.v1 has no message for: the VM host answers such events itself (hasEventMapping).
   if (mapping === undefined) throw new Error(`no kvmi.v1 mapping for event ${spec.name}`);
   return mapping;
 }

@@ -28,9 +28,10 @@ import {
   KvmiRemoteError,
   KvmiTimeoutError,
   KvmiTransportError,
+  KvmiNotInDialectError,
   KvmiUnsupportedError,
 } from "@kvmi/kvm-bridge";
-import { layouts } from "@kvmi/kvm-bridge/wire";
+import { commandByName, commandByOp, KNOWN_DIALECTS, layouts, v9 } from "@kvmi/kvm-bridge/wire";
 import type { Status } from "@kvmi/proto";
 import { AccessError } from "./access-error.js";
 import { BridgeError } from "./bridge-error.js";
@@ -56,6 +57,7 @@ export { GrpcCode };
 type Classified =
   | { readonly kind: "argument"; readonly error: KvmiArgumentError }
   | { readonly kind: "remote"; readonly error: KvmiRemoteError }
+  | { readonly kind: "notInDialect"; readonly error: KvmiNotInDialectError }
   | { readonly kind: "unsupported"; readonly error: KvmiUnsupportedError }
   | { readonly kind: "protocol"; readonly error: KvmiProtocolError }
   | { readonly kind: "timeout"; readonly error: KvmiTimeoutError }
@@ -69,6 +71,8 @@ function classify(err: unknown): Classified {
   // Order matters: KvmiTimeoutError is a KvmiTransportError.
   if (err instanceof KvmiArgumentError) return { kind: "argument", error: err };
   if (err instanceof KvmiRemoteError) return { kind: "remote", error: err };
+  // Before KvmiUnsupportedError, its base class.
+  if (err instanceof KvmiNotInDialectError) return { kind: "notInDialect", error: err };
   if (err instanceof KvmiUnsupportedError) return { kind: "unsupported", error: err };
   if (err instanceof KvmiProtocolError) return { kind: "protocol", error: err };
   if (err instanceof KvmiTimeoutError) return { kind: "timeout", error: err };
@@ -80,13 +84,26 @@ function classify(err: unknown): Classified {
   return { kind: "unknown" };
 }
 
+/**
+ * kvmi.v1 names commands as v9 does (its `Command` enum follows v9's ids): a kernel name of another
+ * dialect (kvmi-v7's KVMI_SET_REGISTERS, v12's KVMI_VM_PAUSE_VCPU) is reported under the v9 name of
+ * the same op, so ErrorInfo reads the same whatever the VM's dialect.
+ */
+function kvmiV1CommandName(name: string): string {
+  for (const dialect of KNOWN_DIALECTS) {
+    const spec = commandByName(dialect, name);
+    if (spec !== undefined) return commandByOp(v9, spec.op)?.name ?? name;
+  }
+  return name;
+}
+
 function contextOf(c: Classified, fallback: ErrorContext): ErrorContext {
   if (c.kind === "aborted" || c.kind === "unknown") return fallback;
   if (c.kind === "access") return { ...fallback, ...(c.error.vm !== undefined && { vm: c.error.vm }) };
   const own = c.error.context;
   return {
     ...fallback,
-    ...(own.command !== undefined && { command: own.command }),
+    ...(own.command !== undefined && { command: kvmiV1CommandName(own.command) }),
     ...(own.vm !== undefined && { vm: own.vm }),
     ...(own.vcpu !== undefined && { vcpu: own.vcpu }),
   };
@@ -113,6 +130,17 @@ export function mapError(err: unknown, context: ErrorContext = {}): MappedError 
       };
     case "remote":
       return mapRemoteError(c.error, ctx);
+    // The VM's dialect has no such command or event (v12 has no GET_MAX_GFN): a fact of this VM,
+    // not of the bridge, so FAILED_PRECONDITION rather than UNIMPLEMENTED (docs/protocol/README.md).
+    case "notInDialect":
+      return {
+        code: GrpcCode.FAILED_PRECONDITION,
+        reason: "NOT_IN_DIALECT",
+        message: `${what} does not exist in the ${c.error.dialect} dialect this VM's kernel speaks`,
+        metadata: { ...md, dialect: c.error.dialect },
+        details: [],
+        known: true,
+      };
     case "unsupported":
       return {
         code: GrpcCode.UNIMPLEMENTED,

@@ -37,7 +37,9 @@ export type AutoReplyReason =
   /** The VM is being unhooked (device manager or operator). */
   | "unhook"
   /** The bridge is shutting down. */
-  | "shutdown";
+  | "shutdown"
+  /** The event's kind has no kvmi.v1 message (kvmi-v7's CREATE_VCPU and CPUID). */
+  | "not_in_api";
 
 /**
  * Buckets for one KVMI command round trip on a local socket: 20 µs (a cached reply) to 1 s

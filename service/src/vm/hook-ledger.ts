@@ -41,7 +41,7 @@ export interface UndoReport {
   readonly restoredBytes: number;
 }
 
-type Channel = Pick<KvmiChannel, "command">;
+type Channel = Pick<KvmiChannel, "command" | "dialect">;
 type AnyRequest = Record<string, unknown>;
 
 /** The whole ledger as plain data (a journal snapshot). */

@@ -1,33 +1,121 @@
 // SPDX-License-Identifier: Apache-2.0
 /**
- * The service still names commands by their v9 kernel names (`KVMI_VM_READ_PHYSICAL`); the channel
- * takes dialect-neutral ops (docs/decisions/0010-dialect-model.md). These two helpers are the one
- * place that turns the first into the second, until the mapping speaks ops itself.
+ * kvmi.v1 numbers commands and events as v9 does (the proto's `Command` values are v9 message ids,
+ * `EventType` values v9 event ids + 1), and the service's mapping builds v9-shaped bodies. This is
+ * the one place that turns such a request into the VM's own dialect (docs/decisions/0010-dialect-
+ * model.md): the command goes by its op, ids inside bodies are renumbered (CHECK_COMMAND's `id`,
+ * CHECK_EVENT's `id`, CONTROL_*_EVENTS' `event_id`), fields the dialect has and kvmi.v1 does not
+ * carry are sent as zero (kvmi-v7's SET_PAGE_ACCESS `view` unless given), and GET_VERSION's reply
+ * is read back in v9's shape. A command or event the VM's dialect lacks fails with
+ * KvmiNotInDialectError (FAILED_PRECONDITION, reason NOT_IN_DIALECT).
  */
 import type { CommandOptions, KvmiChannel } from "@kvmi/kvm-bridge";
-import { V9_COMMANDS } from "@kvmi/kvm-bridge/wire";
-import type { V9CommandName, V9CommandReply, V9CommandRequest } from "@kvmi/kvm-bridge/wire";
+import { KvmiNotInDialectError } from "@kvmi/kvm-bridge/wire";
+import { commandById, commandByOp, eventById, eventByKind, v9, V9_COMMANDS, zeroValue } from "@kvmi/kvm-bridge/wire";
+import type { Dialect, EventKind, Layout, V9CommandName, V9CommandReply, V9CommandRequest } from "@kvmi/kvm-bridge/wire";
+
+type AnyValue = Record<string, unknown>;
+type Channel = Pick<KvmiChannel, "command" | "dialect">;
 
 /** Sends the command named `name` in v9 by its op, on whatever dialect the channel speaks. */
-export function sendCommand<N extends V9CommandName>(
-  channel: Pick<KvmiChannel, "command">,
+export async function sendCommand<N extends V9CommandName>(
+  channel: Channel,
   name: N,
   request: V9CommandRequest<N>,
   vcpu?: number,
   options?: CommandOptions,
 ): Promise<V9CommandReply<N>> {
-  return channel.command(V9_COMMANDS[name].op, request as never, vcpu, options) as unknown as Promise<V9CommandReply<N>>;
+  const spec = V9_COMMANDS[name];
+  const body = toDialectBody(channel.dialect, name, request as unknown as AnyValue);
+  const reply = (await channel.command(spec.op, body as never, vcpu, options)) as unknown as AnyValue;
+  return fromDialectReply(name, reply) as unknown as V9CommandReply<N>;
 }
 
 /** {@link sendCommand} for a burst of read-only commands (KvmiChannel.commandBatch). */
 export function sendCommandBatch<N extends V9CommandName>(
-  channel: Pick<KvmiChannel, "commandBatch">,
+  channel: Pick<KvmiChannel, "commandBatch" | "dialect">,
   name: N,
   requests: readonly V9CommandRequest<N>[],
   vcpu?: number,
   options?: CommandOptions,
 ): Promise<Array<V9CommandReply<N> | Error>> {
-  return channel.commandBatch(V9_COMMANDS[name].op, requests as never, vcpu, options) as unknown as Promise<
-    Array<V9CommandReply<N> | Error>
-  >;
+  const bodies = requests.map((r) => toDialectBody(channel.dialect, name, r as unknown as AnyValue));
+  return channel.commandBatch(V9_COMMANDS[name].op, bodies as never, vcpu, options) as unknown as Promise<Array<V9CommandReply<N> | Error>>;
+}
+
+/**
+ * The v9-shaped `request` as the VM's dialect wants it. v9 itself passes through unchanged (the
+ * tables agree on every id and field), so the common case costs one comparison.
+ */
+export function toDialectBody(dialect: Dialect, name: V9CommandName, request: AnyValue): AnyValue {
+  if (dialect === v9) return request;
+  const op = V9_COMMANDS[name].op;
+  const spec = commandByOp(dialect, op);
+  if (spec === undefined) throw new KvmiNotInDialectError(dialect.name, op, "command");
+  let body = request;
+  switch (op) {
+    case "CHECK_COMMAND":
+      body = { ...body, id: commandIdIn(dialect, body["id"] as number) };
+      break;
+    case "CHECK_EVENT":
+      body = { ...body, id: eventIdIn(dialect, body["id"] as number) };
+      break;
+    case "CONTROL_VM_EVENTS":
+    case "CONTROL_VCPU_EVENTS":
+      body = { ...body, event_id: eventIdIn(dialect, body["event_id"] as number) };
+      break;
+    default:
+      break;
+  }
+  return withDefaults(spec.request.layout, body);
+}
+
+/** The dialect's id of the command v9 calls `v9Id`; ids v9 does not know pass through (the kernel answers ENOENT). */
+function commandIdIn(dialect: Dialect, v9Id: number): number {
+  const known = commandById(v9, v9Id);
+  if (known === undefined) return v9Id;
+  const spec = commandByOp(dialect, known.op);
+  if (spec === undefined) throw new KvmiNotInDialectError(dialect.name, known.op, "command");
+  return spec.id;
+}
+
+/** The dialect's id of the event v9 numbers `v9Id`; ids v9 does not know pass through. */
+function eventIdIn(dialect: Dialect, v9Id: number): number {
+  const known = eventById(v9, v9Id);
+  if (known === undefined) return v9Id;
+  return requireEventId(dialect, known.kind);
+}
+
+function requireEventId(dialect: Dialect, kind: EventKind): number {
+  const spec = eventByKind(dialect, kind);
+  if (spec === undefined) throw new KvmiNotInDialectError(dialect.name, kind, "event");
+  return spec.id;
+}
+
+/** GET_VERSION's reply in v9's shape: kvmi-v7 reports other feature bytes and no `singlestep`. */
+function fromDialectReply(name: V9CommandName, reply: AnyValue): AnyValue {
+  if (name !== "KVMI_GET_VERSION") return reply;
+  const features = (reply["features"] ?? {}) as AnyValue;
+  return { ...reply, features: { ...features, singlestep: (features["singlestep"] as number | undefined) ?? 0 } };
+}
+
+/**
+ * `value` completed with zero for every field `layout` declares and `value` lacks (nested structs
+ * too), so a kvmi.v1 request that does not carry a dialect-only field still encodes.
+ */
+export function withDefaults(layout: Layout | null, value: AnyValue): AnyValue {
+  if (layout === null) return value;
+  let out: AnyValue | undefined;
+  for (const [key, field] of Object.entries(layout.fields)) {
+    if (field.kind === "pad") continue;
+    const given = value[key];
+    if (given === undefined) {
+      out ??= { ...value };
+      out[key] = zeroValue(layout)[key as never];
+    } else if (field.kind === "struct") {
+      const nested = withDefaults(field.layout, given as AnyValue);
+      if (nested !== given) (out ??= { ...value })[key] = nested;
+    }
+  }
+  return out ?? value;
 }

@@ -18,7 +18,8 @@ import { BridgeError } from "../mapping/bridge-error.js";
 import { MUTATING_COMMANDS } from "../mapping/command-facts.js";
 import type { AutoReplyReason } from "../metrics/index.js";
 import { HookLedger } from "./hook-ledger.js";
-import { sendCommand, sendCommandBatch } from "./v9-commands.js";
+import { sendCommand, sendCommandBatch, withDefaults } from "./v9-commands.js";
+import { hasEventMapping, v9EventName } from "../mapping/events.js";
 import type { UndoReport } from "./hook-ledger.js";
 import type { LedgerJournal, LedgerJournals } from "./ledger-journal.js";
 
@@ -291,12 +292,12 @@ export class VmHost {
   // Events
 
   private deadlineFor(event: KvmiEvent): number {
-    return this.controller?.eventDeadlineMs ?? this.options.eventDeadlines?.[event.spec.name] ?? this.options.eventDeadlineMs;
+    return this.controller?.eventDeadlineMs ?? this.options.eventDeadlines?.[v9EventName(event.kind)] ?? this.options.eventDeadlineMs;
   }
 
   private onEvent(event: KvmiEvent): boolean {
-    this.options.metrics?.event(event.spec.name);
-    if (event.spec.id === v9Ids.KVMI_EVENT_UNHOOK) {
+    this.options.metrics?.event(v9EventName(event.kind));
+    if (event.kind === "UNHOOK") {
       this.startUnhook("device-manager");
       return true;
     }
@@ -308,6 +309,12 @@ export class VmHost {
       // is not a KVMI kernel we can trust, so its connection ends here.
       this.log.warn({ vcpu: event.vcpu, seq: event.seq, event: event.spec.name, reason: violation }, "closing the VM's connection: invalid event");
       this.channel.close(`protocol error: ${violation}`, new KvmiProtocolError(violation, { vm: this.uuid, vcpu: event.vcpu }));
+      return true;
+    }
+    // kvmi-v7's CREATE_VCPU and CPUID have no kvmi.v1 message yet: answered at once, never held.
+    if (!hasEventMapping(event.kind)) {
+      this.pending.set(event.vcpu, { event, timer: undefined });
+      void this.autoReply(event.vcpu, "not_in_api");
       return true;
     }
     const controller = this.controller;
@@ -385,9 +392,10 @@ export class VmHost {
   /** Event reply data the bridge uses itself: CONTINUE; CR/MSR get the value the guest wrote. */
   private defaultReply(event: KvmiEvent): { action: number; data: Record<string, unknown> | undefined } {
     const payload = event.payload;
-    if (event.spec.replyData !== null) return { action: 0, data: { new_val: payload?.["new_value"] ?? 0n } };
+    // CR/MSR: the value the guest wrote; other reply data (kvmi-v7's PF reply) is all zero.
+    if (event.spec.replyData !== null) return { action: 0, data: withDefaults(event.spec.replyData, { new_val: payload?.["new_value"] ?? 0n }) };
     // A breakpoint whose INT3 the bridge just removed must be re-executed, not re-injected.
-    if (event.spec.id === v9Ids.KVMI_EVENT_BREAKPOINT && this.ledger.wasRestored(payload?.["gpa"] as bigint)) {
+    if (event.kind === "BREAKPOINT" && this.ledger.wasRestored(payload?.["gpa"] as bigint)) {
       return { action: 1, data: undefined };
     }
     return { action: 0, data: undefined };
@@ -397,7 +405,7 @@ export class VmHost {
     const pending = this.pending.get(vcpu);
     if (pending === undefined) return;
     const { action, data } = this.defaultReply(pending.event);
-    this.options.metrics?.autoReply(pending.event.spec.name, reason);
+    this.options.metrics?.autoReply(v9EventName(pending.event.kind), reason);
     if (reason !== "no_controller") this.log.debug({ vcpu, seq: pending.event.seq, reason }, "bridge answered the event");
     await this.send(vcpu, pending, action, data).catch(() => undefined);
   }
@@ -406,9 +414,10 @@ export class VmHost {
     if (this.pending.get(vcpu) !== pending) return;
     this.pending.delete(vcpu);
     clearTimeout(pending.timer);
-    await this.channel.replyEvent(pending.event, action, data);
+    const replyData = data === undefined ? undefined : withDefaults(pending.event.spec.replyData, data);
+    await this.channel.replyEvent(pending.event, action, replyData);
     const elapsed = Number(process.hrtime.bigint() - pending.event.receivedAt) / 1e9;
-    this.options.metrics?.eventRoundTrip(pending.event.spec.name, elapsed);
+    this.options.metrics?.eventRoundTrip(v9EventName(pending.event.kind), elapsed);
   }
 
   // ---------------------------------------------------------------------------------------------

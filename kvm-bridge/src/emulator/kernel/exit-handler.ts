@@ -1,18 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 /**
- * Turns guest exits into KVMI v9 events (kvmi-abi §5): the filtering KVM does (enable masks,
+ * Turns guest exits into KVMI events of the VM's dialect (docs/protocol/README.md, "Events"): the filtering KVM does (enable masks,
  * CONTROL_CR / CONTROL_MSR selections, "fires only when the value changes"), the event payloads,
  * and what each reply means for the guest.
  */
-import {
-  KVMI_EVENT_BREAKPOINT,
-  KVMI_EVENT_CR,
-  KVMI_EVENT_DESCRIPTOR,
-  KVMI_EVENT_HYPERCALL,
-  KVMI_EVENT_MSR,
-  KVMI_EVENT_PF,
-  KVMI_EVENT_XSETBV,
-} from "../../wire/dialects/v9.js";
+import type { EventKind } from "../../wire/ops.js";
 import type { DescriptorKind, ExitAction, HypercallReply, NotifyAction, VcpuExitHandler, WriteReply } from "../guest/exits.js";
 import { passThroughExitHandler } from "../guest/exits.js";
 import type { Vcpu } from "../guest/vcpu.js";
@@ -20,6 +12,8 @@ import type { EventOutcome, VcpuIntrospection } from "./vcpu-introspection.js";
 
 /** What the exit handler needs from the per-VM kernel state. */
 export interface KvmiExitTarget {
+  /** The wire id of an event kind in the VM's dialect; undefined when the dialect lacks it. */
+  eventId(kind: EventKind): number | undefined;
   /** The introspection state of a vCPU while the VM is hooked. */
   vcpu(index: number): VcpuIntrospection | undefined;
   /** Every entry, hooked or not: frees the leftovers of a failed HOOK (kvmi-abi §8 step 1). */
@@ -54,9 +48,10 @@ function toWriteReply(outcome: EventOutcome | undefined, newValue: bigint): Writ
 /** Creates the exit handler the guest calls. */
 export function createKvmiExitHandler(target: KvmiExitTarget): VcpuExitHandler {
   const lookup = (index: number): VcpuIntrospection | undefined => target.vcpu(index);
-  const enabled = (vcpu: Vcpu, event: number): VcpuIntrospection | undefined => {
+  const enabled = (vcpu: Vcpu, kind: EventKind): VcpuIntrospection | undefined => {
     const kvmi = lookup(vcpu.index);
-    return kvmi?.enabledEvents.has(event) === true ? kvmi : undefined;
+    const id = target.eventId(kind);
+    return id !== undefined && kvmi?.enabledEvents.has(id) === true ? kvmi : undefined;
   };
 
   return {
@@ -66,59 +61,61 @@ export function createKvmiExitHandler(target: KvmiExitTarget): VcpuExitHandler {
     },
 
     async breakpoint(vcpu, gpa, insnLen): Promise<ExitAction> {
-      const kvmi = enabled(vcpu, KVMI_EVENT_BREAKPOINT);
+      const kvmi = enabled(vcpu, "BREAKPOINT");
       if (kvmi === undefined) return passThroughExitHandler.breakpoint(vcpu, gpa, insnLen) as ExitAction;
-      return toExitAction(await kvmi.sendEvent("KVMI_EVENT_BREAKPOINT", { gpa, insn_len: insnLen }));
+      return toExitAction(await kvmi.sendEvent("BREAKPOINT", { gpa, insn_len: insnLen }));
     },
 
     async crWrite(vcpu, cr, oldValue, newValue): Promise<WriteReply> {
-      const kvmi = enabled(vcpu, KVMI_EVENT_CR);
+      const kvmi = enabled(vcpu, "CR");
       if (kvmi === undefined || !kvmi.crMask.has(cr) || oldValue === newValue) {
         return { action: "continue", value: newValue };
       }
-      const outcome = await kvmi.sendEvent("KVMI_EVENT_CR", { cr, old_value: oldValue, new_value: newValue });
+      const outcome = await kvmi.sendEvent("CR", { cr, old_value: oldValue, new_value: newValue });
       return toWriteReply(outcome, newValue);
     },
 
     async msrWrite(vcpu, msr, oldValue, newValue): Promise<WriteReply> {
-      const kvmi = enabled(vcpu, KVMI_EVENT_MSR);
+      const kvmi = enabled(vcpu, "MSR");
       if (kvmi === undefined || !kvmi.msrWrites.has(msr) || oldValue === newValue) {
         return { action: "continue", value: newValue };
       }
-      const outcome = await kvmi.sendEvent("KVMI_EVENT_MSR", { msr, old_value: oldValue, new_value: newValue });
+      const outcome = await kvmi.sendEvent("MSR", { msr, old_value: oldValue, new_value: newValue });
       return toWriteReply(outcome, newValue);
     },
 
     async xsetbv(vcpu, xcr, oldValue, newValue): Promise<NotifyAction> {
-      const kvmi = enabled(vcpu, KVMI_EVENT_XSETBV);
+      const kvmi = enabled(vcpu, "XSETBV");
       if (kvmi === undefined || oldValue === newValue) return "continue";
-      return toNotifyAction(await kvmi.sendEvent("KVMI_EVENT_XSETBV", { xcr, old_value: oldValue, new_value: newValue }));
+      return toNotifyAction(await kvmi.sendEvent("XSETBV", { xcr, old_value: oldValue, new_value: newValue }));
     },
 
     async descriptor(vcpu, descriptor: DescriptorKind, write): Promise<ExitAction> {
-      const kvmi = enabled(vcpu, KVMI_EVENT_DESCRIPTOR);
+      const kvmi = enabled(vcpu, "DESCRIPTOR");
       if (kvmi === undefined) return "continue";
-      return toExitAction(await kvmi.sendEvent("KVMI_EVENT_DESCRIPTOR", { descriptor, write: write ? 1 : 0 }));
+      return toExitAction(await kvmi.sendEvent("DESCRIPTOR", { descriptor, write: write ? 1 : 0 }));
     },
 
     async pageFault(vcpu, gva, gpa, access): Promise<ExitAction> {
       // Without the PF event the restriction has no listener and KVM lets the access through.
-      const kvmi = enabled(vcpu, KVMI_EVENT_PF);
+      const kvmi = enabled(vcpu, "PF");
       if (kvmi === undefined) return "continue";
-      return toExitAction(await kvmi.sendEvent("KVMI_EVENT_PF", { gva, gpa, access }));
+      // kvmi-v7's PF names the EPT view the fault happened in: always the default view here (no
+      // EPTP switching, as in the arch's `view`). Layouts without the field ignore it.
+      return toExitAction(await kvmi.sendEvent("PF", { gva, gpa, access, view: 0 }));
     },
 
     async hypercall(vcpu): Promise<HypercallReply> {
-      const kvmi = enabled(vcpu, KVMI_EVENT_HYPERCALL);
+      const kvmi = enabled(vcpu, "HYPERCALL");
       if (kvmi === undefined) return { action: "continue", consumed: false };
-      const outcome = await kvmi.sendEvent("KVMI_EVENT_HYPERCALL", undefined);
+      const outcome = await kvmi.sendEvent("HYPERCALL", undefined);
       return { action: toNotifyAction(outcome), consumed: true };
     },
 
     async singleStep(vcpu, failed): Promise<NotifyAction> {
       const kvmi = lookup(vcpu.index);
       if (kvmi === undefined || !kvmi.singlestep) return "continue";
-      return toNotifyAction(await kvmi.sendEvent("KVMI_EVENT_SINGLESTEP", { failed: failed ? 1 : 0 }));
+      return toNotifyAction(await kvmi.sendEvent("SINGLESTEP", { failed: failed ? 1 : 0 }));
     },
   };
 }

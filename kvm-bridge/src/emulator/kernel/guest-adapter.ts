@@ -63,6 +63,7 @@ export function createGuestPort(guest: Guest): GuestPort {
     setPageAccess: (gfn, access) => {
       memory.setPageAccess(gfn, access);
     },
+    pageAccess: (gfn) => memory.restrictions().get(gfn) ?? 7,
     clearPageAccess: () => memory.clearAllRestrictions(),
     crash: (reason) => guest.crash(reason),
   };

@@ -88,6 +88,8 @@ export interface GuestPort {
   isGfnVisible(gfn: bigint): boolean;
   /** The EPT/NPT access the guest may use on a GFN (7 = rwx, no restriction). */
   setPageAccess(gfn: bigint, access: number): void;
+  /** The access the guest may use on a GFN now (7 when unrestricted; kvmi-v7 GET_PAGE_ACCESS). */
+  pageAccess(gfn: bigint): number;
   /** Drops every restriction (KVM_INTROSPECTION_UNHOOK, kvmi-abi §2.6 step 6). */
   clearPageAccess(): void;
   /**

@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 /**
- * The emulated v9 kernel side of one VM (`struct kvm_introspection`): the five VM ioctls as an
- * in-process API (kvmi-abi §2.4), the receive "thread" that reads the tool's messages and
- * dispatches them (§2.5, §2.9), the close-on-malformed rules (§2.7) and the release on tool
- * disconnect (§2.8). Command semantics live in `vm-commands.ts` and `vcpu-commands.ts`.
+ * The emulated KVMI kernel side of one VM (`struct kvm_introspection`), in any dialect the package
+ * has a table for (v9, v12, kvmi-v7): the five VM ioctls as an in-process API, the receive
+ * "thread" that reads the tool's messages and dispatches them, the close-on-malformed rules, the
+ * reply switch of kvmi-v7 (CONTROL_CMD_RESPONSE) and the release on tool disconnect
+ * (docs/protocol/README.md). Command semantics live in `vm-commands.ts` and `vcpu-commands.ts`,
+ * keyed by op; nothing here depends on which dialect the table is.
  */
 import type { Socket } from "node:net";
 import { KvmiProtocolError, KvmiRemoteError } from "../../errors.js";
@@ -11,12 +13,14 @@ import type { Logger } from "../../logger.js";
 import { silentLogger } from "../../logger.js";
 import { createFramer } from "../../session/framer.js";
 import { zeroValue } from "../../wire/codec.js";
-import type { CommandSpec, Dialect, EventSpec } from "../../wire/dialect.js";
-import { commandById, requireEvent } from "../../wire/dialect.js";
-import { KVM_EAGAIN, KVM_EFAULT, KVM_EINVAL, KVM_ENOENT, KVM_ENOSYS, KVM_EPERM } from "../../wire/dialects/errno.js";
+import type { CommandSpec, Dialect } from "../../wire/dialect.js";
+import { commandById, eventByKind, requireEvent } from "../../wire/dialect.js";
+import { KVM_EAGAIN, KVM_EFAULT, KVM_EINVAL, KVM_ENOENT, KVM_ENOSYS, KVM_EOPNOTSUPP, KVM_EPERM } from "../../wire/dialects/errno.js";
 import { v9 } from "../../wire/dialects/v9.js";
 import type { DecodedCommand, MsgHdr } from "../../wire/message.js";
 import { decodeCommand, decodeEventReply, encodeEvent, encodeReply } from "../../wire/message.js";
+import type { EventKind } from "../../wire/ops.js";
+import { describeForeignDialect } from "./foreign-dialect.js";
 import { AllowMasks, validateFeature } from "./allow-masks.js";
 import type { CommandResult, KernelContext } from "./command-context.js";
 import type { GuestPort, HostFeatures } from "./guest-port.js";
@@ -27,7 +31,7 @@ import { VM_COMMAND_HANDLERS } from "./vm-commands.js";
 
 /** Options of the emulated kernel. */
 export interface KvmiVmOptions {
-  /** Only v9 is emulated today; the table is a parameter so that other dialects can follow. */
+  /** The dialect this kernel speaks (default v9). */
   readonly dialect?: Dialect;
   readonly features?: Partial<HostFeatures>;
   /** The `kvm.introspection` module parameter: when false every ioctl fails with EPERM. */
@@ -50,6 +54,8 @@ export interface FeatureArgs {
 }
 
 const EEXIST = 17;
+/** How many of a connection's first messages are compared with the other dialects. */
+const FOREIGN_DIALECT_PROBE_MESSAGES = 2;
 
 /** State that exists only between HOOK and UNHOOK. */
 interface Hooked {
@@ -65,6 +71,10 @@ interface Hooked {
   readonly receiveDone: Promise<void>;
   /** Set while a command's asynchronous answer holds the receive thread; later messages queue behind it. */
   busy: Promise<void> | undefined;
+  /** kvmi-v7 CONTROL_CMD_RESPONSE: false while the tool turned command replies off. */
+  repliesOn: boolean;
+  /** Messages received so far; the first ones tell whether the tool speaks this dialect. */
+  messages: number;
 }
 
 /** The emulated KVMI state of one VM. */
@@ -146,6 +156,8 @@ export class KvmiVm implements KernelContext {
       alive: true,
       receiveDone,
       busy: undefined,
+      repliesOn: true,
+      messages: 0,
     };
     this.hooked = hooked;
     hooked.vcpus.push(...this.guest.vcpus.map((port) => new VcpuIntrospection(this.vcpuContext(), port)));
@@ -228,17 +240,16 @@ export class KvmiVm implements KernelContext {
     return {
       dialect: this.dialect,
       guest: this.guest,
-      eventSpec: (name) => this.eventSpec(name),
+      eventSpec: (kind) => requireEvent(this.dialect, kind),
       canSendEvents: () => this.hooked?.alive === true,
       nextEventSeq: () => ++this.hooked!.eventSeq,
       send: (message) => this.send(message),
     };
   }
 
-  private eventSpec(name: string): EventSpec {
-    const spec = this.dialect.events.find((e) => e.name === name);
-    if (spec === undefined) throw new KvmiProtocolError(`dialect ${this.dialect.name} has no ${name}`);
-    return spec;
+  /** The wire id of an event kind in this VM's dialect (the exit handler's filter). */
+  eventId(kind: EventKind): number | undefined {
+    return eventByKind(this.dialect, kind)?.id;
   }
 
   private zeroArch(): Record<string, unknown> {
@@ -317,42 +328,73 @@ export class KvmiVm implements KernelContext {
     return true;
   }
 
-  private reply(spec: Pick<CommandSpec, "id" | "reply">, seq: number, result: CommandResult): void {
-    this.send(encodeReply(this.dialect, spec, seq, -result.err, "value" in result ? result.value : undefined));
+  /**
+   * Sends a command's reply unless the tool turned replies off (kvmi-v7 CONTROL_CMD_RESPONSE):
+   * then the command has run, an error is only logged, and a command that produced data closes the
+   * socket, as the kvmi-v7 kernel does (docs/protocol/kvmi-v7.md, "Reply switch").
+   */
+  private reply(hooked: Hooked, answer: boolean, spec: Pick<CommandSpec, "id" | "reply">, seq: number, result: CommandResult): void {
+    const value = "value" in result ? result.value : undefined;
+    if (answer) {
+      this.send(encodeReply(this.dialect, spec, seq, -result.err, value));
+      return;
+    }
+    if (result.err !== 0) {
+      this.log.info({ msgId: spec.id, seq, errno: result.err }, "command failed while replies are off");
+      return;
+    }
+    if (spec.reply.layout !== null || spec.reply.tail !== undefined) {
+      this.shutdown(hooked, `command ${spec.id} returns data while command replies are off`);
+    }
   }
 
   private dispatch(hooked: Hooked, hdr: MsgHdr, body: Uint8Array): void {
     if (!hooked.alive) return;
+    if (hooked.messages++ < FOREIGN_DIALECT_PROBE_MESSAGES) this.warnIfForeign(hdr, body);
     if (hdr.id === this.dialect.eventFraming.replyMessageId) {
       this.dispatchEventReply(hooked, hdr, body);
       return;
     }
+    // Whether this message gets a reply is decided now, in arrival order, even for a vCPU command
+    // that replies later from its job.
+    let answer = hooked.repliesOn;
     const spec = commandById(this.dialect, hdr.id);
     const echo = { id: hdr.id, reply: { layout: null } };
-    if (spec === undefined) return this.reply(echo, hdr.seq, { err: KVM_ENOSYS });
-    if (!hooked.masks.isCommandAllowed(hdr.id)) return this.reply(spec, hdr.seq, { err: KVM_EPERM });
+    if (spec === undefined) return this.reply(hooked, answer, echo, hdr.seq, { err: KVM_ENOSYS });
+    if (!hooked.masks.isCommandAllowed(hdr.id)) return this.reply(hooked, answer, spec, hdr.seq, { err: KVM_EPERM });
     // The variable-length handlers check the message against their fixed part plus the declared
-    // tail and fail with a non-wire error, which closes the socket (kvmi-abi §2.7). A message too
-    // short for `kvmi_vcpu_hdr` + fixed part is as fatal as a truncated tail, even though the
-    // zero-filled receive buffer makes the fixed part decodable.
+    // tail and fail with a non-wire error, which closes the socket. A message too short for
+    // `kvmi_vcpu_hdr` + fixed part is as fatal as a truncated tail, even though the zero-filled
+    // receive buffer makes the fixed part decodable.
     let decoded: DecodedCommand;
     let fatal: string | undefined;
     try {
       decoded = decodeCommand(this.dialect, spec, body);
     } catch (err) {
-      if (!spec.closesOnShortTail) return this.reply(spec, hdr.seq, { err: KVM_EINVAL });
+      if (!spec.closesOnShortTail) return this.reply(hooked, answer, spec, hdr.seq, { err: KVM_EINVAL });
       fatal = (err as Error).message;
       decoded = decodeCommand(this.dialect, { ...spec, request: { layout: spec.request.layout } }, body);
     }
     if (spec.closesOnShortTail && body.length < this.fixedRequestBytes(spec)) {
       fatal ??= `${spec.name}: ${body.length}-byte message is shorter than its fixed part`;
     }
-    if (spec.scope === "vm") {
+    if (spec.op === this.dialect.replyControlOp) {
       if (fatal !== undefined) return this.shutdown(hooked, fatal);
-      const result = VM_COMMAND_HANDLERS[spec.name]!(this, decoded, body);
-      if (!isPromise(result)) return this.reply(spec, hdr.seq, result);
+      const result = this.controlReplies(hooked, decoded);
+      // With `now = 1` the new state already decides this command's own reply.
+      if (result.err === 0 && decoded.value["now"] === 1) answer = hooked.repliesOn;
+      return this.reply(hooked, answer, spec, hdr.seq, result);
+    }
+    if (spec.scope === "vm" && spec.vcpuField === undefined) {
+      if (fatal !== undefined) return this.shutdown(hooked, fatal);
+      const handler = VM_COMMAND_HANDLERS[spec.op];
+      // Commands of the table this host cannot carry out (EPT views, SPP, #VE, host mapping).
+      if (handler === undefined) return this.reply(hooked, answer, spec, hdr.seq, { err: KVM_EOPNOTSUPP });
+      const result = handler(this, decoded, body);
+      if (!isPromise(result)) return this.reply(hooked, answer, spec, hdr.seq, result);
+      // An asynchronous answer (the QEMU backend) holds the receive thread: later messages queue.
       const settled = result.then(
-        (value) => this.reply(spec, hdr.seq, value),
+        (value) => this.reply(hooked, answer, spec, hdr.seq, value),
         (err: unknown) => this.shutdown(hooked, `${spec.name}: ${(err as Error).message}`),
       );
       const held = (hooked.busy = (hooked.busy ?? Promise.resolve()).then(() => settled));
@@ -361,24 +403,44 @@ export class KvmiVm implements KernelContext {
       });
       return;
     }
-    // VCPU_PAUSE is a receive-thread command: it is never answered EAGAIN (kvmi-abi §4 id 9, §10).
+    // A pause is a receive-thread command: it is never answered EAGAIN.
     const vcpu = this.checkVcpuTarget(hooked, decoded.vcpu!, decoded.vcpuHdrPadding, spec.dispatch === "vcpu-job");
-    if (typeof vcpu === "number") return this.reply(spec, hdr.seq, { err: vcpu });
-    // The vCPU handler checks the length once the dispatch checks passed (kvmi-abi §2.9 first).
+    if (typeof vcpu === "number") return this.reply(hooked, answer, spec, hdr.seq, { err: vcpu });
+    // The vCPU handler checks the length once the dispatch checks passed.
     if (fatal !== undefined) return this.shutdown(hooked, fatal);
-    const handler = VCPU_COMMAND_HANDLERS[spec.name]!;
-    if (spec.dispatch === "receive-thread") return this.reply(spec, hdr.seq, handler(this, decoded, vcpu) as CommandResult);
+    const handler = VCPU_COMMAND_HANDLERS[spec.op];
+    if (handler === undefined) return this.reply(hooked, answer, spec, hdr.seq, { err: KVM_EOPNOTSUPP });
+    if (spec.dispatch === "receive-thread") return this.reply(hooked, answer, spec, hdr.seq, handler(this, decoded, vcpu) as CommandResult);
     vcpu.queueJob(() => {
       if (!hooked.alive) return;
       const result = handler(this, decoded, vcpu);
-      if (!isPromise(result)) return this.reply(spec, hdr.seq, result);
+      if (!isPromise(result)) return this.reply(hooked, answer, spec, hdr.seq, result);
       return result.then(
         (value) => {
-          if (hooked.alive) this.reply(spec, hdr.seq, value);
+          if (hooked.alive) this.reply(hooked, answer, spec, hdr.seq, value);
         },
         (err: unknown) => this.shutdown(hooked, `${spec.name}: ${(err as Error).message}`),
       );
     });
+  }
+
+  /** CONTROL_CMD_RESPONSE `{enable, now}`: EINVAL for padding or values above 1. */
+  private controlReplies(hooked: Hooked, { value, nonZeroPadding }: DecodedCommand): CommandResult {
+    const enable = value["enable"] as number;
+    const now = value["now"] as number;
+    if (nonZeroPadding !== undefined || enable > 1 || now > 1) return { err: KVM_EINVAL };
+    hooked.repliesOn = enable === 1;
+    return { err: 0, value: {} };
+  }
+
+  /**
+   * One clear line when the first messages look like another dialect's (a libkvmi tool against a
+   * v9 kernel sends kvmi-v7's GET_VERSION, which v9 reads as CHECK_COMMAND): without it the tool
+   * just closes the socket and nobody learns why.
+   */
+  private warnIfForeign(hdr: MsgHdr, body: Uint8Array): void {
+    const hint = describeForeignDialect(this.dialect, hdr, body.length);
+    if (hint !== undefined) this.log.warn({ msgId: hdr.id, size: body.length, dialect: this.dialect.name }, hint);
   }
 
   /** Dispatch-time checks of a vCPU-scoped message (kvmi-abi §2.9); returns an errno or the vCPU. */
@@ -400,7 +462,7 @@ export class KvmiVm implements KernelContext {
     const vcpu = this.checkVcpuTarget(hooked, reply.vcpu, reply.vcpuHdrPadding);
     if (typeof vcpu === "number") {
       // Rejected at dispatch: an ordinary error reply with id 0 and size 8 (kvmi-abi §3.1).
-      return this.reply({ id: hdr.id, reply: { layout: null } }, hdr.seq, { err: vcpu });
+      return this.reply(hooked, hooked.repliesOn, { id: hdr.id, reply: { layout: null } }, hdr.seq, { err: vcpu });
     }
     if (reply.replyPadding) return this.shutdown(hooked, "non-zero kvmi_event_reply padding");
     const problem = vcpu.completeEvent(hdr.seq, reply.action, reply.data);

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 /**
- * Per-vCPU KVMI state of the emulated v9 kernel (`struct kvm_vcpu_introspection`): the job queue
+ * Per-vCPU KVMI state of the emulated kernel (`struct kvm_vcpu_introspection`): the job queue
  * of vCPU commands, the event currently awaiting its reply, the enable masks, and the code that
  * turns guest exits into events (kvmi-abi §2.5, §3.3, §5).
  *
@@ -10,6 +10,7 @@
  */
 import type { Dialect, EventActionName, EventSpec } from "../../wire/dialect.js";
 import { decodeEventReplyData, encodeEvent } from "../../wire/message.js";
+import type { EventKind } from "../../wire/ops.js";
 import type { GuestPort, KvmRegs, VcpuPort } from "./guest-port.js";
 
 /** The reply a vCPU gets for its event; undefined when the tool went away (treated as CONTINUE). */
@@ -22,8 +23,8 @@ export interface EventOutcome {
 export interface VmIntrospectionContext {
   readonly dialect: Dialect;
   readonly guest: GuestPort;
-  /** Event spec by kernel name, e.g. `KVMI_EVENT_CR`. */
-  eventSpec(name: string): EventSpec;
+  /** The spec of an event kind in the VM's dialect (docs/decisions/0010-dialect-model.md). */
+  eventSpec(kind: EventKind): EventSpec;
   /** True while hooked and the socket is usable: otherwise no event is sent (kvmi-abi §2.8). */
   canSendEvents(): boolean;
   /** Pre-incremented per-VM event counter: the first event has seq 1 (kvmi-abi §3.1). */
@@ -171,7 +172,7 @@ export class VcpuIntrospection {
       const guestException = this.port.pendingException();
       const injected = guestException ?? injection;
       if (guestException === undefined) this.port.queueException(injected.vector, injected.errorCode, injected.address);
-      await this.sendEventLocked("KVMI_EVENT_TRAP", {
+      await this.sendEventLocked("TRAP", {
         nr: injected.vector,
         error_code: injected.errorCode,
         address: injected.address,
@@ -182,7 +183,7 @@ export class VcpuIntrospection {
     await this.runJobs();
     while (this.pausePending > 0 && this.vm.canSendEvents()) {
       this.pausePending--;
-      await this.sendEventLocked("KVMI_EVENT_PAUSE_VCPU", undefined);
+      await this.sendEventLocked("PAUSE_VCPU", undefined);
       await this.runJobs();
     }
   }
@@ -197,17 +198,17 @@ export class VcpuIntrospection {
   }
 
   /** Sends an event and blocks this vCPU until its reply (or the tool's departure). */
-  sendEvent(name: string, payload: Record<string, unknown> | undefined): Promise<EventOutcome | undefined> {
-    return this.exclusive(() => this.sendEventLocked(name, payload));
+  sendEvent(kind: EventKind, payload: Record<string, unknown> | undefined): Promise<EventOutcome | undefined> {
+    return this.exclusive(() => this.sendEventLocked(kind, payload));
   }
 
   private async sendEventLocked(
-    name: string,
+    kind: EventKind,
     payload: Record<string, unknown> | undefined,
   ): Promise<EventOutcome | undefined> {
     if (!this.vm.canSendEvents()) return undefined;
     if (this.port.refresh !== undefined) await this.port.refresh();
-    const spec = this.vm.eventSpec(name);
+    const spec = this.vm.eventSpec(kind);
     const seq = this.vm.nextEventSeq();
     const message = encodeEvent(this.vm.dialect, spec, seq, this.index, this.archSnapshot(), payload);
     const outcome = new Promise<EventOutcome | undefined>((resolve) => {
@@ -275,6 +276,9 @@ export class VcpuIntrospection {
     const msr = this.msrOrZero;
     return {
       mode: this.port.mode(),
+      // kvmi-v7's arch names the EPT view the vCPU runs in: always the default one here (no EPTP
+      // switching). Layouts without the field ignore it.
+      view: 0,
       regs: this.port.getRegs(),
       sregs: this.port.getSregs(),
       msrs: {

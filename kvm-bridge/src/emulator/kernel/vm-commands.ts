@@ -1,21 +1,15 @@
 // SPDX-License-Identifier: Apache-2.0
 /**
- * VM-scoped v9 commands, answered in order on the receive thread (kvmi-abi §2.5, §4). The order of
- * the checks in each handler is the kernel's: it decides which errno a request with several faults
- * gets, and the v9 selftest asserts it (kvmi-abi §8).
+ * VM-scoped commands, answered in order on the receive thread (docs/protocol/README.md, "Threads"),
+ * keyed by the dialect-neutral op so that one handler serves v9, v12 and kvmi-v7: ids, layouts and
+ * limits come from the VM's dialect table. The order of the checks in each handler is the kernel's:
+ * it decides which errno a request with several faults gets, and the selftests assert it.
  */
-import {
-  KVM_EINVAL,
-  KVM_ENOENT,
-  KVM_EPERM,
-} from "../../wire/dialects/errno.js";
-import {
-  KVMI_VERSION,
-  V9_MAX_PAGE_ACCESS_ENTRIES,
-  V9_COMMANDS,
-  V9_MAX_PHYSICAL_BYTES,
-} from "../../wire/dialects/v9.js";
-import { findNonZeroPadding } from "../../wire/codec.js";
+import { findNonZeroPadding, zeroValue } from "../../wire/codec.js";
+import type { Layout } from "../../wire/layout.js";
+import { commandById, eventById, requireCommand } from "../../wire/dialect.js";
+import { KVM_EINVAL, KVM_ENOENT, KVM_EOPNOTSUPP, KVM_EPERM } from "../../wire/dialects/errno.js";
+import type { CommandOp } from "../../wire/ops.js";
 import type { KernelContext, VmCommandHandler } from "./command-context.js";
 import { fail, ok, whenReady } from "./command-context.js";
 
@@ -28,40 +22,71 @@ interface Fields {
 const num = (value: Fields, name: string): number => value[name] as number;
 const big = (value: Fields, name: string): bigint => value[name] as bigint;
 
-/** gpa/size validation of READ/WRITE_PHYSICAL: 1..4096 bytes inside one page (kvmi-abi §4 ids 6, 7). */
-function invalidPhysicalRange(gpa: bigint, size: number): boolean {
+/** gpa/size validation of READ/WRITE_PHYSICAL: 1..max bytes inside one page (docs/protocol/v9.md). */
+function invalidPhysicalRange(ctx: KernelContext, gpa: bigint, size: number): boolean {
   const inPage = Number(gpa & BigInt(PAGE_BYTES - 1));
-  return size === 0 || size > V9_MAX_PHYSICAL_BYTES || inPage + size > PAGE_BYTES;
+  return size === 0 || size > ctx.dialect.limits.maxPhysicalBytes || inPage + size > PAGE_BYTES;
 }
 
 function isVmEvent(ctx: KernelContext, id: number): boolean {
-  return ctx.dialect.events.some((e) => e.id === id && e.scope === "vm");
+  return eventById(ctx.dialect, id)?.scope === "vm";
 }
 
-export const VM_COMMAND_HANDLERS: Readonly<Record<string, VmCommandHandler>> = {
-  KVMI_GET_VERSION: (ctx) =>
-    ok({ version: KVMI_VERSION, features: { singlestep: ctx.features.singlestep ? 1 : 0 } }),
+/**
+ * A command id the kernel knows (CHECK_COMMAND answers ENOENT otherwise): a command of the table, or
+ * the event-reply id, which v9 counts as a command too (docs/protocol/v9.md, "Permissions" quirk).
+ */
+function isKnownCommandId(ctx: KernelContext, id: number): boolean {
+  if (id >= ctx.dialect.numMessages) return false;
+  return commandById(ctx.dialect, id) !== undefined || id === ctx.dialect.eventFraming.replyMessageId;
+}
 
-  // EINVAL padding, then ENOENT unknown id, then EPERM disallowed (kvmi-abi §4 id 2). Id 0 counts
-  // as a known command (the §9 quirk): EPERM unless bit 0 was allowed.
-  KVMI_VM_CHECK_COMMAND: (ctx, { value, nonZeroPadding }) => {
+/**
+ * `value` shaped as `layout`: every field zero, then the given ones that the layout has. GET_VERSION
+ * replies differ per dialect (v12's `max_msg_size`, kvmi-v7's feature bytes); one description fills
+ * whichever the table declares.
+ */
+function shaped(layout: Layout | null, value: Fields): Record<string, unknown> {
+  if (layout === null) return {};
+  const out = zeroValue(layout) as Record<string, unknown>;
+  for (const [key, given] of Object.entries(value)) {
+    if (!(key in out)) continue;
+    const field = layout.fields[key];
+    out[key] = field?.kind === "struct" ? shaped(field.layout, given as Fields) : given;
+  }
+  return out;
+}
+
+export const VM_COMMAND_HANDLERS: Readonly<Partial<Record<CommandOp, VmCommandHandler>>> = {
+  GET_VERSION: (ctx) =>
+    ok(
+      shaped(requireCommand(ctx.dialect, "GET_VERSION").reply.layout, {
+        version: ctx.dialect.kvmiVersion,
+        max_msg_size: ctx.dialect.maxMessageBytes,
+        // The emulated host has neither EPT views, #VE nor SPP (kvmi-v7's feature bytes stay 0).
+        features: { singlestep: ctx.features.singlestep ? 1 : 0 },
+      }),
+    ),
+
+  // EINVAL padding, then ENOENT unknown id, then EPERM disallowed.
+  CHECK_COMMAND: (ctx, { value, nonZeroPadding }) => {
     if (nonZeroPadding !== undefined) return fail(KVM_EINVAL);
     const id = num(value, "id");
-    if (id >= ctx.dialect.numMessages) return fail(KVM_ENOENT);
+    if (!isKnownCommandId(ctx, id)) return fail(KVM_ENOENT);
     return ctx.masks().isCommandAllowed(id) ? ok() : fail(KVM_EPERM);
   },
 
-  KVMI_VM_CHECK_EVENT: (ctx, { value, nonZeroPadding }) => {
+  CHECK_EVENT: (ctx, { value, nonZeroPadding }) => {
     if (nonZeroPadding !== undefined) return fail(KVM_EINVAL);
     const id = num(value, "id");
-    if (id >= ctx.dialect.numEvents) return fail(KVM_ENOENT);
+    if (eventById(ctx.dialect, id) === undefined) return fail(KVM_ENOENT);
     return ctx.masks().isEventAllowed(id) ? ok() : fail(KVM_EPERM);
   },
 
-  KVMI_VM_GET_INFO: (ctx) => ok({ vcpu_count: ctx.vcpuCount() }),
+  GET_VM_INFO: (ctx) => ok({ vcpu_count: ctx.vcpuCount() }),
 
-  // Only UNHOOK is a VM event; a vCPU event id here is EINVAL (kvmi-abi §5 notes).
-  KVMI_VM_CONTROL_EVENTS: (ctx, { value, nonZeroPadding }) => {
+  // Only UNHOOK is a VM event; a vCPU event id here is EINVAL.
+  CONTROL_VM_EVENTS: (ctx, { value, nonZeroPadding }) => {
     const id = num(value, "event_id");
     const enable = num(value, "enable");
     if (nonZeroPadding !== undefined || enable > 1 || !isVmEvent(ctx, id)) return fail(KVM_EINVAL);
@@ -71,53 +96,70 @@ export const VM_COMMAND_HANDLERS: Readonly<Record<string, VmCommandHandler>> = {
     return ok();
   },
 
-  KVMI_VM_READ_PHYSICAL: (ctx, { value, nonZeroPadding }) => {
+  READ_PHYSICAL: (ctx, { value, nonZeroPadding }) => {
     const gpa = big(value, "gpa");
     const size = num(value, "size");
-    if (nonZeroPadding !== undefined || invalidPhysicalRange(gpa, size)) return fail(KVM_EINVAL);
+    if (nonZeroPadding !== undefined || invalidPhysicalRange(ctx, gpa, size)) return fail(KVM_EINVAL);
     return whenReady(ctx.guest.readPhysical(gpa, size), (data) => (data === undefined ? fail(KVM_ENOENT) : ok({ data })));
   },
 
-  KVMI_VM_WRITE_PHYSICAL: (ctx, { value, nonZeroPadding }) => {
+  WRITE_PHYSICAL: (ctx, { value, nonZeroPadding }) => {
     const gpa = big(value, "gpa");
     const size = num(value, "size");
-    if (nonZeroPadding !== undefined || invalidPhysicalRange(gpa, size)) return fail(KVM_EINVAL);
+    if (nonZeroPadding !== undefined || invalidPhysicalRange(ctx, gpa, size)) return fail(KVM_EINVAL);
     return whenReady(ctx.guest.writePhysical(gpa, value["data"] as Uint8Array), (written) => (written ? ok() : fail(KVM_ENOENT)));
   },
 
-  KVMI_VM_CONTROL_CLEANUP: (ctx, { value, nonZeroPadding }) => {
+  CONTROL_CLEANUP: (ctx, { value, nonZeroPadding }) => {
     const enable = num(value, "enable");
     if (nonZeroPadding !== undefined || enable > 1) return fail(KVM_EINVAL);
     ctx.setCleanup(enable === 1);
     return ok();
   },
 
-  KVMI_VM_GET_MAX_GFN: (ctx) => ok({ gfn: ctx.guest.maxGfn() }),
+  GET_MAX_GFN: (ctx) => ok({ gfn: ctx.guest.maxGfn() }),
 
-  // Every entry is attempted; the first error is returned and the tool must roll back itself
-  // (kvmi-abi §4 id 23). A count larger than the message carries is EINVAL, not a close: the
-  // dispatcher answers that before we get here.
-  KVMI_VM_SET_PAGE_ACCESS: (ctx, { value }, raw) => {
-    const header = V9_COMMANDS.KVMI_VM_SET_PAGE_ACCESS.request;
+  // Every entry is attempted; the first error is returned and the tool must roll back itself. A
+  // count larger than the message carries is EINVAL, not a close: the dispatcher answers that first.
+  SET_PAGE_ACCESS: (ctx, { value }, raw) => {
+    const header = requireCommand(ctx.dialect, "SET_PAGE_ACCESS").request;
+    const fixed = header.layout!;
+    const element = header.tail!.element as Layout;
     const count = num(value, "count");
     const entries = value["entries"] as Fields[];
     const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
-    if (findNonZeroPadding(header.layout, view) !== undefined) return fail(KVM_EINVAL);
-    if (count > V9_MAX_PAGE_ACCESS_ENTRIES) return fail(KVM_EINVAL);
+    if (findNonZeroPadding(fixed, view) !== undefined) return fail(KVM_EINVAL);
+    if (count > ctx.dialect.limits.maxPageAccessEntries) return fail(KVM_EINVAL);
+    // kvmi-v7 names an EPT view; this host has only the default one (no EPTP switching).
+    if ((value["view"] as number | undefined ?? 0) !== 0) return fail(KVM_EOPNOTSUPP);
     let first = 0;
     entries.forEach((entry, i) => {
-      const at = header.layout.size + i * header.tail.element.size;
-      const badPadding = findNonZeroPadding(header.tail.element, view, at) !== undefined;
+      const badPadding = findNonZeroPadding(element, view, fixed.size + i * element.size) !== undefined;
       const err = applyPageAccess(ctx, entry, badPadding);
       if (first === 0) first = err;
     });
     return first === 0 ? ok() : fail(first);
   },
+
+  // kvmi-v7: one access byte per requested gpa, in the default view.
+  GET_PAGE_ACCESS: (ctx, { value, nonZeroPadding }) => {
+    if (nonZeroPadding !== undefined) return fail(KVM_EINVAL);
+    if (num(value, "view") !== 0) return fail(KVM_EOPNOTSUPP);
+    const gpas = value["gpa"] as bigint[];
+    const access = new Uint8Array(gpas.length);
+    for (const [i, gpa] of gpas.entries()) {
+      const gfn = gpa >> PAGE_SHIFT;
+      if (!ctx.guest.isGfnVisible(gfn)) return fail(KVM_EINVAL);
+      access[i] = ctx.guest.pageAccess(gfn);
+    }
+    return ok({ access });
+  },
 };
 
 function applyPageAccess(ctx: KernelContext, entry: Fields, badPadding: boolean): number {
   const access = num(entry, "access");
-  const visible = num(entry, "visible");
+  // Only v9 entries carry `visible`; the others behave as visible = 0 (skip invisible gfns).
+  const visible = (entry["visible"] as number | undefined) ?? 0;
   if (badPadding || access > 7 || visible > 1) return KVM_EINVAL;
   const gfn = big(entry, "gpa") >> PAGE_SHIFT;
   if (!ctx.guest.isGfnVisible(gfn)) return visible === 1 ? KVM_EINVAL : 0;

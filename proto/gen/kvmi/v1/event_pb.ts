@@ -430,7 +430,8 @@ export const HypercallEventSchema: GenMessage<HypercallEvent> = /*@__PURE__*/
  */
 export type XsetbvEvent = Message<"kvmi.v1.XsetbvEvent"> & {
   /**
-   * Holds the XCR number (0).
+   * Holds the XCR number (0). kvmi-v7 kernels send XSETBV without a payload:
+   * there, xcr, old_value and new_value are all 0.
    *
    * @generated from field: uint32 xcr = 1;
    */
