@@ -34,7 +34,7 @@ export const sizeLabel = (n: number): string => (n >= MiB ? `${n / MiB} MiB` : `
 // Measurement loops (this process)
 
 /** Sequential round trips for `ms`; returns the latencies in µs. */
-async function timeLoop(ms: number, once: () => Promise<unknown>): Promise<Float64Array> {
+export async function timeLoop(ms: number, once: () => Promise<unknown>): Promise<Float64Array> {
   const out: number[] = [];
   const end = performance.now() + ms;
   while (performance.now() < end) {
