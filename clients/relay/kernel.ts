@@ -7,7 +7,7 @@
  * CONTROL_EVENTS) are the tool's dialect ids: they are looked up in its table by id and renumbered
  * to kvmi.v1 through the op or kind, never by a dialect's name.
  */
-import { Command } from "@kvmi/clients";
+import { Command, isKvmiBridgeError } from "@kvmi/clients";
 import type { EventName, Session, VcpuEventName } from "@kvmi/clients";
 import { commandById, commandByOp, errno, eventById, v9 } from "@kvmi/kvm-bridge/codec";
 import type { CommandOp, Dialect, EventKind } from "@kvmi/kvm-bridge/codec";
@@ -150,7 +150,20 @@ const HANDLERS: Partial<Record<CommandOp, Handler>> = {
     });
     return ok();
   },
-  GET_MAX_GFN: async (ctx) => ({ gfn: await ctx.session.getMaxGfn() }),
+  GET_MAX_GFN: async (ctx) => {
+    try {
+      return { gfn: await ctx.session.getMaxGfn() };
+    } catch (error) {
+      // v12 kernels have no GET_MAX_GFN; their QEMU sends max_gpa (one past the highest guest
+      // address) in the handshake, which the bridge keeps on the Vm resource (docs/protocol/v12.md).
+      // libkvmi tools need the answer: the first inaccessible GFN, as GET_MAX_GFN reports it.
+      const maxGpa = ctx.session.vm.maxGpa;
+      if (isKvmiBridgeError(error) && error.reason === "NOT_IN_DIALECT" && maxGpa !== undefined && maxGpa > 0n) {
+        return { gfn: (maxGpa + 0xfffn) >> 12n };
+      }
+      throw error;
+    }
+  },
   GET_XCR: async (ctx, body, vcpu) => ({ value: await ctx.session.getXcr(vcpu, body["xcr"] as number) }),
   GET_XSAVE: async (ctx, _body, vcpu) => ({ region: await ctx.session.getXsave(vcpu) }),
   SET_XSAVE: async (ctx, body, vcpu) => {

@@ -14,7 +14,7 @@ import type { BridgeClient } from "@kvmi/clients";
 import { runRelay } from "@kvmi/clients/relay";
 import type { RelayOptions, RelayResult } from "@kvmi/clients/relay";
 import { silentLogger } from "@kvmi/kvm-bridge";
-import { commandByOp, kvmiV7, v12, v9 } from "@kvmi/kvm-bridge/codec";
+import { commandByOp, encodeCommand, kvmiV7, v12, v9 } from "@kvmi/kvm-bridge/codec";
 import type { Dialect } from "@kvmi/kvm-bridge/codec";
 import { loadConfigOrThrow, startBridge } from "@kvmi/service";
 import type { Bridge } from "@kvmi/service";
@@ -63,15 +63,16 @@ async function freePort(): Promise<number> {
 
 async function startRelay(
   node: Dialect,
-  extra: Partial<RelayOptions> & { bridgeArgs?: string[]; workload?: boolean } = {},
+  extra: Partial<RelayOptions> & { bridgeArgs?: string[]; workload?: boolean; toolSecret?: Uint8Array } = {},
 ): Promise<Running> {
   const harness = await startHarness({
     vms: 1,
-    vmDefaults: { dialect: node, workload: extra.workload ?? false },
+    // max-gpa: the handshake v12's QEMU sends (GET_MAX_GFN is answered from it on v12 nodes).
+    vmDefaults: { dialect: node, workload: extra.workload ?? false, handshake: "max-gpa" },
     bridgeArgs: ["--kvmi-dialect", node.name, ...(extra.bridgeArgs ?? [])],
   });
   const client = connect({ target: harness.bridge.grpcTarget, retry: { maxAttempts: 1 } });
-  const tool = await startLibkvmiTool(kvmiV7);
+  const tool = await startLibkvmiTool(kvmiV7, { ...(extra.toolSecret && { secret: extra.toolSecret }) });
   const logs: string[] = [];
   const relay = runRelay({
     client,
@@ -109,9 +110,7 @@ describe.each([
     expect(conn.version["version"]).toBe(kvmiV7.kvmiVersion);
     expect(conn.version["features"]).toEqual({ spp: 0, vmfunc: 0, eptp: 0, ve: 0 });
     expect((await conn.command("GET_VM_INFO", {}))["vcpu_count"]).toBe(2);
-    if (commandByOp(node, "GET_MAX_GFN") !== undefined) {
-      expect((await conn.command("GET_MAX_GFN", {}))["gfn"]).toBe(vm.guest.memory.maxGfn());
-    }
+    expect((await conn.command("GET_MAX_GFN", {}))["gfn"]).toBe(vm.guest.memory.maxGfn());
     const pattern = Uint8Array.from({ length: 64 }, (_, i) => (i * 5 + 1) & 0xff);
     await conn.command("WRITE_PHYSICAL", { gpa: 0x7000n, size: 64, data: pattern });
     expect((await conn.command("READ_PHYSICAL", { gpa: 0x7000n, size: 64 }))["data"]).toEqual(pattern);
@@ -150,6 +149,75 @@ describe.each([
     }
     await conn.command("CONTROL_CR", { cr: 3, enable: 0 }, 0);
     expect(conn.problems).toEqual([]);
+  });
+});
+
+describe("kvmi-relay on the wire (node speaks v9)", () => {
+  it("keeps pipelined page reads pipelined and answers each at its own seq, in one write each", async () => {
+    const { conn } = await startRelay(v9);
+    const spec = commandByOp(kvmiV7, "READ_PHYSICAL")!;
+    const pages = 16;
+    for (let i = 0; i < pages; i++) {
+      const data = new Uint8Array(4096).fill(i + 1);
+      await conn.command("WRITE_PHYSICAL", { gpa: BigInt(0x10000 + i * 4096), size: 4096, data });
+    }
+    // The tool's socket is taken over: sixteen requests in one write, replies collected by seq.
+    const replies = new Map<number, Buffer>();
+    let buffered = Buffer.alloc(0);
+    conn.socket.removeAllListeners("data");
+    conn.socket.on("data", (chunk: Buffer) => {
+      buffered = Buffer.concat([buffered, chunk]);
+      while (buffered.length >= 8 && buffered.length >= 8 + buffered.readUInt16LE(2)) {
+        const size = buffered.readUInt16LE(2);
+        replies.set(buffered.readUInt32LE(4), buffered.subarray(0, 8 + size));
+        buffered = buffered.subarray(8 + size);
+      }
+    });
+    const seqs = Array.from({ length: pages }, (_, i) => 5000 + i);
+    conn.socket.write(Buffer.concat(seqs.map((seq, i) => encodeCommand(kvmiV7, spec, seq, { gpa: BigInt(0x10000 + i * 4096), size: 4096 }))));
+    await waitUntil(() => replies.size === pages || undefined, "every pipelined reply");
+    seqs.forEach((seq, i) => {
+      const reply = replies.get(seq)!;
+      expect(reply.readUInt16LE(0)).toBe(spec.id);
+      expect(reply.readInt32LE(8)).toBe(0);
+      expect(reply.subarray(16)).toEqual(Buffer.alloc(4096, i + 1));
+    });
+  });
+
+  it("answers a command id the dialect does not have with ENOSYS and goes on", async () => {
+    const { conn } = await startRelay(v9);
+    const replies: Buffer[] = [];
+    conn.socket.removeAllListeners("data");
+    conn.socket.on("data", (chunk: Buffer) => replies.push(chunk));
+    const unknown = Buffer.alloc(8);
+    unknown.writeUInt16LE(999, 0);
+    unknown.writeUInt32LE(77, 4);
+    conn.socket.write(unknown);
+    await waitUntil(() => Buffer.concat(replies).length >= 16 || undefined, "the ENOSYS reply");
+    const reply = Buffer.concat(replies);
+    expect([reply.readUInt16LE(0), reply.readUInt16LE(2), reply.readUInt32LE(4), reply.readInt32LE(8)]).toEqual([999, 8, 77, -1000]);
+  });
+
+  it("refuses a tool whose cookie hash does not match --secret-file, and releases the VM", async () => {
+    const harness = await startHarness({ vms: 1, vmDefaults: { dialect: v9 }, bridgeArgs: ["--kvmi-dialect", "v9"] });
+    const client = connect({ target: harness.bridge.grpcTarget });
+    const tool = await startLibkvmiTool(kvmiV7, { secret: new TextEncoder().encode("tool-secret") });
+    try {
+      await expect(
+        runRelay({ client, vm: harness.vms[0]!.uuid, toolPath: tool.path, dialect: kvmiV7, secret: new TextEncoder().encode("other") }),
+      ).rejects.toThrow(/cookie hash mismatch/);
+      const host = harness.bridge.hosts.all()[0]!;
+      await waitUntil(() => host.sessions.length === 0 || undefined, "the VM released");
+      const ok = runRelay({ client, vm: harness.vms[0]!.uuid, toolPath: tool.path, dialect: kvmiV7, secret: new TextEncoder().encode("tool-secret") });
+      const conn = await tool.nextConnection();
+      expect(conn.identity.uuid).toBe(harness.vms[0]!.uuid);
+      conn.close();
+      await expect(ok).resolves.toMatchObject({ end: "tool-closed" });
+    } finally {
+      await tool.close();
+      client.close();
+      await harness.stop();
+    }
   });
 });
 
