@@ -26,10 +26,11 @@ import {
   errno,
   eventByKind,
 } from "@kvmi/kvm-bridge/codec";
-import type { CommandSpec, Dialect, EventKind, EventSpec, MsgHdr } from "@kvmi/kvm-bridge/codec";
+import type { CommandSpec, Dialect, EventSpec, MsgHdr } from "@kvmi/kvm-bridge/codec";
 import { runCommand } from "./kernel.js";
 import type { KernelContext, KernelResult } from "./kernel.js";
 import { connectTool } from "./tool-link.js";
+import { KIND_BY_TYPE, payloadOf, ZERO_ARCH } from "./event-wire.js";
 import { eventArchToWire } from "./wire-state.js";
 
 /** Where the relay reports what happens (one line each). */
@@ -67,45 +68,13 @@ export interface RelayResult {
   readonly reason: string;
 }
 
+/**
+ * Tool commands in flight before the relay stops reading the tool's socket: a tool that pipelines
+ * without bound cannot make the relay's memory grow (the bridge bounds its own queue the same way).
+ */
+export const MAX_OUTSTANDING_COMMANDS = 256;
+
 const SILENT: RelayLogger = { info: () => undefined, warn: () => undefined };
-
-/** SDK event type -> dialect-neutral kind. */
-const KIND_BY_TYPE: Readonly<Record<VcpuEvent["type"], EventKind>> = {
-  breakpoint: "BREAKPOINT",
-  pageFault: "PF",
-  descriptor: "DESCRIPTOR",
-  cr: "CR",
-  msr: "MSR",
-  singleStep: "SINGLESTEP",
-  pauseVcpu: "PAUSE_VCPU",
-  trap: "TRAP",
-  hypercall: "HYPERCALL",
-  xsetbv: "XSETBV",
-};
-
-/** The dialect-neutral payload of an SDK event (EventPayloads); PF and TRAP in v9's names. */
-function payloadOf(event: VcpuEvent): Record<string, unknown> | undefined {
-  switch (event.type) {
-    case "breakpoint":
-      return { gpa: event.gpa, insn_len: event.insnLen };
-    case "pageFault":
-      return { gva: event.gva, gpa: event.gpa, access: event.access, view: 0 };
-    case "descriptor":
-      return { descriptor: event.descriptor, write: event.write ? 1 : 0 };
-    case "cr":
-      return { cr: event.cr, old_value: event.oldValue, new_value: event.newValue };
-    case "msr":
-      return { msr: event.msr, old_value: event.oldValue, new_value: event.newValue };
-    case "singleStep":
-      return { failed: event.failed ? 1 : 0 };
-    case "trap":
-      return { nr: event.vector, error_code: event.errorCode, address: event.address };
-    case "xsetbv":
-      return { xcr: event.xcr, old_value: event.oldValue, new_value: event.newValue };
-    default:
-      return undefined;
-  }
-}
 
 /** Interception state the tool turned on; replayed on a new session after a bridge restart. */
 type Replay = (session: Session) => Promise<unknown>;
@@ -148,6 +117,8 @@ class RelayConnection {
   /** Commands run while replies were off; the reply that turns them on waits for these. */
   private suppressed: Promise<unknown>[] = [];
   private unhookEnabled = false;
+  private outstanding = 0;
+  private readPaused = false;
   private readonly replays = new Map<string, Replay>();
   private finished = false;
   private finish!: (result: RelayResult) => void;
@@ -272,7 +243,15 @@ class RelayConnection {
   }
 
   private reply(spec: CommandSpec, seq: number, answer: boolean, outcome: Promise<KernelResult>): void {
+    if (++this.outstanding >= MAX_OUTSTANDING_COMMANDS && !this.readPaused) {
+      this.readPaused = true;
+      this.socket.pause();
+    }
     void outcome.then((result) => {
+      if (--this.outstanding <= MAX_OUTSTANDING_COMMANDS / 2 && this.readPaused) {
+        this.readPaused = false;
+        this.socket.resume();
+      }
       if (this.finished) return;
       if (!answer) {
         if (result.err !== 0) this.log.info("command failed while replies are off", { command: spec.name, err: result.err });
@@ -436,10 +415,3 @@ class RelayConnection {
     this.finish({ end, reason });
   }
 }
-
-const ZERO_ARCH = {
-  mode: 0,
-  regs: undefined as never,
-  sregs: undefined as never,
-  msrs: undefined as never,
-};

@@ -63,7 +63,7 @@ async function freePort(): Promise<number> {
 
 async function startRelay(
   node: Dialect,
-  extra: Partial<RelayOptions> & { bridgeArgs?: string[]; workload?: boolean; toolSecret?: Uint8Array } = {},
+  extra: Partial<RelayOptions> & { bridgeArgs?: string[]; workload?: boolean; toolSecret?: Uint8Array; toolDialect?: Dialect } = {},
 ): Promise<Running> {
   const harness = await startHarness({
     vms: 1,
@@ -72,13 +72,14 @@ async function startRelay(
     bridgeArgs: ["--kvmi-dialect", node.name, ...(extra.bridgeArgs ?? [])],
   });
   const client = connect({ target: harness.bridge.grpcTarget, retry: { maxAttempts: 1 } });
-  const tool = await startLibkvmiTool(kvmiV7, { ...(extra.toolSecret && { secret: extra.toolSecret }) });
+  const toolDialect = extra.toolDialect ?? kvmiV7;
+  const tool = await startLibkvmiTool(toolDialect, { ...(extra.toolSecret && { secret: extra.toolSecret }) });
   const logs: string[] = [];
   const relay = runRelay({
     client,
     vm: harness.vms[0]!.uuid,
     toolPath: tool.path,
-    dialect: kvmiV7,
+    dialect: toolDialect,
     log: { info: (m, f) => logs.push(`${m} ${JSON.stringify(f ?? {})}`), warn: (m, f) => logs.push(`WARN ${m} ${JSON.stringify(f ?? {})}`) },
     ...extra,
   });
@@ -148,6 +149,29 @@ describe.each([
       conn.reply(event, "CONTINUE", { new_val: event.payload!["new_value"] as bigint });
     }
     await conn.command("CONTROL_CR", { cr: 3, enable: 0 }, 0);
+    expect(conn.problems).toEqual([]);
+  });
+});
+
+describe.each([
+  ["v9", v9],
+  ["v12", v12],
+] as const)("a %s tool through kvmi-relay --dialect to a kvmi-v7 node", (_name, toolDialect) => {
+  it("gets its own dialect's version, memory and CR events with replies", async () => {
+    const { conn, harness } = await startRelay(kvmiV7, { workload: true, toolDialect });
+    expect(conn.version["version"]).toBe(toolDialect.kvmiVersion);
+    expect((await conn.command("GET_VM_INFO", {}))["vcpu_count"]).toBe(2);
+    const data = await conn.command("READ_PHYSICAL", { gpa: 0x7000n, size: 16 });
+    const truth = harness.vms[0]!.guest.memory.read(0x7000n, 16);
+    expect(truth).toEqual({ ok: true, bytes: data["data"] });
+    const cr = toolDialect.events.find((e) => e.kind === "CR")!.id;
+    await conn.command("CONTROL_VCPU_EVENTS", { event_id: cr, enable: 1 }, 0);
+    await conn.command("CONTROL_CR", { cr: 3, enable: 1 }, 0);
+    for (let i = 0; i < 2; i++) {
+      const event = await conn.nextEventOf("CR", 15_000);
+      expect(event.eventId).toBe(cr);
+      conn.reply(event, "CONTINUE", { new_val: event.payload!["new_value"] as bigint });
+    }
     expect(conn.problems).toEqual([]);
   });
 });
