@@ -9,7 +9,7 @@ export default defineConfig({
       {
         test: {
           name: "unit",
-          include: ["{kvm-bridge,service,clients}/**/src/**/*.test.ts", "clients/{sdk,cli,examples}/**/*.test.ts"],
+          include: ["{kvm-bridge,service,clients}/**/src/**/*.test.ts", "clients/{sdk,cli,examples,relay}/**/*.test.ts"],
           exclude: ["**/node_modules/**"],
         },
       },

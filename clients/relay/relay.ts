@@ -341,7 +341,12 @@ class RelayConnection {
           return;
         }
         const seq = this.nextEventSeq++;
-        if (this.session?.role === "controller") this.pending.set(seq, { event: item, spec });
+        if (this.session?.role === "controller") {
+          // A vCPU waits for one event at a time (kvmi-abi lifecycle in docs/protocol/): a newer event
+          // of the same vCPU means the bridge's deadline answered the older one, so it goes.
+          for (const [old, entry] of this.pending) if (entry.event.vcpu === item.vcpu) this.pending.delete(old);
+          this.pending.set(seq, { event: item, spec });
+        }
         this.send(encodeEvent(this.dialect, spec, seq, item.vcpu, eventArchToWire(item.arch), payloadOf(item)));
         return;
       }

@@ -293,6 +293,23 @@ describe("kvmi-relay lifecycle (node speaks v9)", () => {
     expect(h.uuid).toBe(harness.vms[0]!.uuid);
   });
 
+  it("a tool that stops answering: the bridge's deadline answers the vCPU, which runs on to the next event", async () => {
+    const { conn, logs } = await startRelay(v9, { workload: true, eventDeadlineMs: 300 });
+    await conn.command("CONTROL_VCPU_EVENTS", { event_id: eventId("CR"), enable: 1 }, 0);
+    await conn.command("CONTROL_CR", { cr: 3, enable: 1 }, 0);
+    const first = await conn.nextEventOf("CR", 15_000);
+    // No reply: the next CR event of the same vCPU can only come once the deadline answered the first.
+    const second = await conn.nextEvent(10_000);
+    expect(second?.kind).toBe("CR");
+    expect(second!.seq).not.toBe(first.seq);
+    // The late reply to the first is dropped by the relay, and the tool stays connected.
+    conn.reply(first, "CONTINUE", { new_val: first.payload!["new_value"] as bigint });
+    await waitUntil(() => logs.some((l) => l.startsWith("event reply for no pending event")) || undefined, "the late reply logged");
+    conn.reply(second!, "CONTINUE", { new_val: second!.payload!["new_value"] as bigint });
+    expect((await conn.command("GET_VM_INFO", {}))["vcpu_count"]).toBe(2);
+    expect(conn.closed).toBeUndefined();
+  });
+
   it("closes the socket of a tool that sends garbage, with a logged reason, and releases the VM", async () => {
     const { conn, harness, relay, logs } = await startRelay(v9);
     const garbage = Buffer.alloc(8);
