@@ -178,7 +178,7 @@ describe.each([
 
 describe("kvmi-relay on the wire (node speaks v9)", () => {
   it("keeps pipelined page reads pipelined and answers each at its own seq, in one write each", async () => {
-    const { conn } = await startRelay(v9);
+    const { conn, harness } = await startRelay(v9);
     const spec = commandByOp(kvmiV7, "READ_PHYSICAL")!;
     const pages = 16;
     for (let i = 0; i < pages; i++) {
@@ -206,6 +206,15 @@ describe("kvmi-relay on the wire (node speaks v9)", () => {
       expect(reply.readInt32LE(8)).toBe(0);
       expect(reply.subarray(16)).toEqual(Buffer.alloc(4096, i + 1));
     });
+    // Every tool command went over the session: no unary RPC per message.
+    const metrics = await harness.metrics();
+    // The control: the relay's one lookup of the VM (GetVm or ListVms) is counted under this label.
+    const lookups = ["GetVm", "ListVms"].map((m) => metrics.value("kvmi_bridge_grpc_requests_total", { method: `/kvmi.v1.IntrospectionService/${m}` }));
+    expect(lookups[0]! + lookups[1]!).toBeGreaterThan(0);
+    for (const method of ["ReadPhysicalMemory", "WritePhysicalMemory", "GetVmInfo", "GetVersion"]) {
+      expect(metrics.value("kvmi_bridge_grpc_requests_total", { method: `/kvmi.v1.IntrospectionService/${method}` }), method).toBe(0);
+    }
+    expect(metrics.value("kvmi_bridge_commands_total", { command: "KVMI_VM_READ_PHYSICAL" })).toBeGreaterThanOrEqual(pages);
   });
 
   it("answers a command id the dialect does not have with ENOSYS and goes on", async () => {
