@@ -266,6 +266,24 @@ describe("kvmi-relay lifecycle (node speaks v9)", () => {
     await outcome;
   });
 
+  it("applies SET_REGISTERS sent while the tool holds an event", async () => {
+    const { conn } = await startRelay(v9);
+    await conn.pauseAll(2);
+    const first = await conn.nextEventOf("PAUSE_VCPU");
+    const regs = first.arch["regs"] as Record<string, bigint>;
+    await conn.command("SET_REGISTERS", { ...regs, rax: 0x1234n }, first.vcpu);
+    conn.reply(first, "CONTINUE");
+    conn.reply(await conn.nextEventOf("PAUSE_VCPU"), "CONTINUE");
+    await conn.pauseAll(2);
+    const raxByVcpu = new Map<number, bigint>();
+    for (let i = 0; i < 2; i++) {
+      const again = await conn.nextEventOf("PAUSE_VCPU");
+      raxByVcpu.set(again.vcpu, (again.arch["regs"] as { rax: bigint }).rax);
+      conn.reply(again, "CONTINUE");
+    }
+    expect(raxByVcpu.get(first.vcpu)).toBe(0x1234n);
+  });
+
   it("answers EPERM to an observer's commands that change the guest", async () => {
     const { conn } = await startRelay(v9, { role: "observer" });
     expect((await conn.command("GET_VM_INFO", {}))["vcpu_count"]).toBe(2);
