@@ -36,6 +36,7 @@ import type { RawConnection } from "./lib/raw-kvmi.js";
 import { formatFigure, renderTable, Results } from "./lib/report.js";
 import type { Figure } from "./lib/report.js";
 import { MEMORY_VM_MIB, MEMORY_VMS, memoryPhase } from "./memory-phase.js";
+import { relayPart } from "./relay-phase.js";
 import type { MemoryReport } from "./memory-phase.js";
 import {
   BATCH_SIZES,
@@ -71,7 +72,10 @@ const HELP = `npm run bench [-- options]
                        function (the memory test is then profiled too, which slows it down)
   --no-memory          skip the 50-VM memory test
   --memory-seconds S   length of the memory test (default 30, quick 24; the first 12 s are warm-up)
-  --only perf|memory   run only the latency/throughput part or only the memory test
+  --only perf|memory|relay
+                       run only the latency/throughput part, only the memory test, or only the
+                       kvmi-relay comparison (a libkvmi tool through relay + bridge vs a local socket)
+  --no-relay           skip the kvmi-relay comparison
   --emulator WHERE     where the emulated VMs of the latency/throughput part run: "in-bridge"
                        (default; the bridge's process, as embedded mode and npm start run them, so
                        the KVMI peer costs no process wake-up, as the kernel's would not) or
@@ -90,6 +94,7 @@ const { values: flags } = parseArgs({
     json: { type: "string", default: "bench-results.json" },
     profile: { type: "boolean", default: false },
     "no-memory": { type: "boolean", default: false },
+    "no-relay": { type: "boolean", default: false },
     "memory-seconds": { type: "string" },
     "bridge-log": { type: "string", default: "info" },
     only: { type: "string" },
@@ -98,8 +103,8 @@ const { values: flags } = parseArgs({
     help: { type: "boolean", short: "h", default: false },
   },
 });
-if (flags.only !== undefined && flags.only !== "perf" && flags.only !== "memory") {
-  process.stderr.write(`--only takes perf or memory\n${HELP}`);
+if (flags.only !== undefined && flags.only !== "perf" && flags.only !== "memory" && flags.only !== "relay") {
+  process.stderr.write(`--only takes perf, memory or relay\n${HELP}`);
   process.exit(2);
 }
 if (flags.emulator !== "in-bridge" && flags.emulator !== "process") {
@@ -166,8 +171,9 @@ async function main(): Promise<void> {
   let cpuMeter: CpuMeter | undefined;
   const t0 = performance.now();
   try {
-    if (flags.only !== "memory") await perfPart();
-    if (!flags["no-memory"] && flags.only !== "perf") {
+    if (flags.only === undefined || flags.only === "perf") await perfPart();
+    if (!flags["no-relay"] && (flags.only === undefined || flags.only === "relay")) await relayPart(SETTINGS, results);
+    if (!flags["no-memory"] && (flags.only === undefined || flags.only === "memory")) {
       progress(`memory: ${MEMORY_VMS} VMs × ${MEMORY_VM_MIB} MiB × 1 vCPU with the workload, ${SETTINGS.memoryMs / 1000} s`);
       memory = await memoryPhase(SETTINGS, dir, profileDir, warnings);
     }
@@ -308,6 +314,8 @@ async function main(): Promise<void> {
     compare(results, { metric: "KVMI event round trip through the KubeVirt forwarder / straight (1 vCPU, guest-timed)", bridge: "fwd.forwarded.event", baseline: "fwd.straight.event", target: undefined }),
     compare(results, { metric: `BatchReadMemory 16 MiB (best: ${sizeLabel(bestBatch)} calls) / bare server stream`, bridge: `bridge.batch.${bestBatch}`, baseline: `echo.stream.${bestBatch}`, target: { op: "≥", ratio: 0.8 } }),
     compare(results, { metric: `DumpMemory 16 MiB (best: ${sizeLabel(bestDump)} chunks) / bare server stream`, bridge: `bridge.dump.${bestDump}`, baseline: `echo.stream.${bestDump}`, target: { op: "≥", ratio: 0.8 } }),
+    compare(results, { metric: "libkvmi tool READ_PHYSICAL 4 KiB via kvmi-relay + bridge / local KVMI socket", bridge: "relay.read4k", baseline: "local.read4k", target: undefined }),
+    compare(results, { metric: "libkvmi tool CR event round trip via kvmi-relay + bridge / local KVMI socket", bridge: "relay.event.cr", baseline: "local.event.cr", target: undefined }),
   ];
   const rows = comparisons.map((c) => [
     c.metric,
