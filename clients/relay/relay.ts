@@ -230,9 +230,11 @@ class RelayConnection {
       case "CONTROL_VCPU_EVENTS":
       case "CONTROL_CR":
       case "CONTROL_MSR": {
-        const ctx = () => ({ session: this.session!, dialect: this.dialect, remoteSinglestep: this.remoteSinglestep });
         key = `${spec.op}/${vcpu}/${String(body["event_id"] ?? body["cr"] ?? body["msr"])}`;
-        replay = () => runCommand(ctx(), spec.op, body, vcpu);
+        replay = async (session) => {
+          const result = await runCommand({ session, dialect: this.dialect, remoteSinglestep: this.remoteSinglestep }, spec.op, body, vcpu);
+          if (result.err !== 0) throw new Error(`${spec.name} failed with ${result.err}`);
+        };
         break;
       }
       default:
@@ -381,7 +383,9 @@ class RelayConnection {
     while (!this.finished && Date.now() < giveUpAt) {
       try {
         const session = await this.attach();
-        for (const replay of this.replays.values()) await replay(session).catch(() => undefined);
+        for (const replay of this.replays.values()) {
+          await replay(session).catch((error: Error) => this.log.warn("could not turn the tool's interception back on", { error: error.message }));
+        }
         this.session = session;
         ready(session);
         this.log.info("re-attached", { sessionId: session.sessionId });

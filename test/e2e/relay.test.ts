@@ -354,7 +354,7 @@ describe("kvmi-relay lifecycle (node speaks v9)", () => {
   it("with --reconnect keeps serving the tool across a bridge restart, with its events turned back on", async () => {
     const port = await freePort();
     const listen = ["--grpc-listen", `127.0.0.1:${port}`];
-    const { conn, harness, relay } = await startRelay(v9, { reconnect: true, workload: true, bridgeArgs: listen });
+    const { conn, harness, relay, logs } = await startRelay(v9, { reconnect: true, workload: true, bridgeArgs: listen });
     await conn.command("CONTROL_VCPU_EVENTS", { event_id: eventId("CR"), enable: 1 }, 0);
     await conn.command("CONTROL_CR", { cr: 3, enable: 1 }, 0);
     conn.reply(await conn.nextEventOf("CR", 15_000), "CONTINUE", { new_val: 0n });
@@ -370,6 +370,8 @@ describe("kvmi-relay lifecycle (node speaks v9)", () => {
     const event = await conn.nextEventOf("CR", 20_000);
     expect(event.payload!["cr"]).toBe(3);
     conn.reply(event, "CONTINUE", { new_val: event.payload!["new_value"] as bigint });
+    expect(logs.filter((l) => l.includes("re-attached"))).toHaveLength(1);
+    expect(logs.filter((l) => l.includes("could not turn"))).toEqual([]);
     expect(conn.closed).toBeUndefined();
     conn.close();
     await expect(withTimeout(relay, 10_000, "relay end")).resolves.toMatchObject({ end: "tool-closed" });
