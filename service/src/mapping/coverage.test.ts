@@ -321,6 +321,8 @@ describe("VM identity carries what it declares", () => {
       controllerAttached: false,
       observerCount: 0,
       unhookDeadline: new Date(0),
+      commands: ["READ_PHYSICAL"],
+      events: ["CR"],
     };
     const reads = new Set<string>();
     const tracked = new Proxy(record, {

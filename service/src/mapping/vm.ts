@@ -72,6 +72,9 @@ export interface VmRecord {
   readonly observerCount: number;
   /** When the bridge closes the socket (unhook-pending, releasing). */
   readonly unhookDeadline?: Date;
+  /** Commands (ops) and events (kinds) the kernel accepted with CHECK_COMMAND / CHECK_EVENT at hook time. */
+  readonly commands?: readonly string[];
+  readonly events?: readonly string[];
 }
 
 const STATES: Readonly<Record<VmState, State>> = {
@@ -115,6 +118,8 @@ export function vmToProto(record: VmRecord): Vm {
     controllerAttached: record.controllerAttached,
     observerCount: record.observerCount,
     ...(record.unhookDeadline !== undefined && { unhookDeadline: timestampFromDate(record.unhookDeadline) }),
+    commands: [...(record.commands ?? [])],
+    events: [...(record.events ?? [])],
   });
 }
 
