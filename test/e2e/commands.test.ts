@@ -168,6 +168,14 @@ describe("GetVm", () => {
       observerCount: 1,
     } satisfies Partial<Vm>);
     expect(got!.features?.singlestep).toBe(REPORTS_SINGLESTEP);
+    // Every command and event of the dialect, as CHECK_COMMAND / CHECK_EVENT reported them at hook time.
+    expect(got!.commands).toEqual(E2E_DIALECT.commands.map((spec) => spec.op));
+    expect(got!.events).toEqual(E2E_DIALECT.events.map((spec) => spec.kind));
+    // QEMU's allow lists remove some on the restricted VM.
+    const { vm: restricted } = await h.client.unary("getVm", { name: vm(RESTRICTED) });
+    expect(restricted!.commands).not.toContain("GET_XSAVE");
+    expect(restricted!.commands).toContain("READ_PHYSICAL");
+    expect(restricted!.events).toEqual(E2E_DIALECT.events.filter((spec) => RESTRICTED_EVENTS.includes(spec.id)).map((spec) => spec.kind));
     expect(got!.startTime?.seconds).toBe(h.vms[MAIN]!.deviceManager.vmStartTime);
   });
 

@@ -15,6 +15,7 @@ import { createEmulatedVm } from "@kvmi/kvm-bridge/emulator";
 import type { EmulatedVm } from "@kvmi/kvm-bridge/emulator";
 import {
   CONTINUE,
+  E2E_DIALECT,
   expectGrpcError,
   GrpcStatus,
   Role,
@@ -199,7 +200,7 @@ describe("the same VM hooks again while clients are attached", () => {
     const oldChannel = h.bridge.hosts.get(first.uuid)!.channel;
     let second: EmulatedVm | undefined;
     try {
-      second = createEmulatedVm({ kind: "unix", path: h.kvmiPath }, { uuid: first.uuid, name: "e2e-2-restarted", vcpus: 2, memoryMiB: 8, workload: false, reconnectMs: 60_000 });
+      second = createEmulatedVm({ kind: "unix", path: h.kvmiPath }, { uuid: first.uuid, dialect: E2E_DIALECT, name: "e2e-2-restarted", vcpus: 2, memoryMiB: 8, workload: false, reconnectMs: 60_000 });
       second.guest.memory.write(0x5000n, Uint8Array.of(0x5e, 0xc0, 0x0d));
       second.start();
       expect(streamFailure(await controller.closed())).toMatchObject({ code: GrpcStatus.UNAVAILABLE, details: { reason: "KVMI_SESSION_LOST" } });

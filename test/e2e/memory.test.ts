@@ -65,7 +65,7 @@ const hole = (address: bigint, length: bigint, reason: HoleReason) => ({ address
 const holesOf = (holes: readonly MemoryHole[]) => holes.map((x) => hole(x.address, x.length, x.reason));
 
 beforeAll(async () => {
-  h = await startHarness({ vms: [{ memoryMiB: 8 }, { memoryMiB: 2 }] });
+  h = await startHarness({ vms: [{ memoryMiB: 8 }, { memoryMiB: 2, handshake: "max-gpa" }] });
   const g = guest();
   beyondRam = g.memory.maxGfn() << 12n;
   // Known content in low RAM, around page boundaries.

@@ -9,6 +9,7 @@ import { KvmiRemoteError } from "../errors.js";
 import type { Logger } from "../logger.js";
 import { silentLogger } from "../logger.js";
 import { eventByKind } from "../wire/dialect.js";
+import type { CommandOp, EventKind } from "../wire/ops.js";
 import type { E820Entry, HandshakeVariant } from "../wire/handshake.js";
 import type { KvmiChannel } from "./channel.js";
 import type { AcceptedVm, VmOrigin } from "./listener.js";
@@ -41,6 +42,13 @@ export interface VmRecord {
    * report it; ask CHECK_COMMAND there).
    */
   readonly singlestep: boolean;
+  /**
+   * The commands (ops) and events (kinds) this VM really offers: those of its dialect's table that
+   * the kernel accepted with CHECK_COMMAND / CHECK_EVENT at hook time (the device manager's allow
+   * masks, docs/protocol/), in table order.
+   */
+  readonly commands: readonly CommandOp[];
+  readonly events: readonly EventKind[];
   readonly state: VmState;
   /** 1 on the first hook, +1 on every later hook of the same UUID. */
   readonly generation: number;
@@ -117,6 +125,36 @@ export interface VmRegistry {
   expect(expectation: VmExpectation, onMissed?: (record: VmRecord) => void): VmRecord;
 }
 
+/**
+ * Asks the kernel, one CHECK_COMMAND / CHECK_EVENT per table entry (sent together), which commands
+ * and events it allows. A refusal (ENOENT, EPERM) leaves the entry out; any other failure (the
+ * socket closed, a deadline) fails the hook. Always-allowed commands need no check.
+ */
+async function offeredByKernel(channel: KvmiChannel, timeoutMs: number): Promise<{ commands: CommandOp[]; events: EventKind[] }> {
+  const allowed = async (ask: () => Promise<unknown>): Promise<boolean> => {
+    try {
+      await ask();
+      return true;
+    } catch (err) {
+      if (err instanceof KvmiRemoteError) return false;
+      throw err;
+    }
+  };
+  const { commands: commandSpecs, events: eventSpecs } = channel.dialect;
+  const [commandOk, eventOk] = await Promise.all([
+    Promise.all(
+      commandSpecs.map((spec) =>
+        spec.alwaysAllowed ? true : allowed(() => channel.command("CHECK_COMMAND", { id: spec.id }, undefined, { timeoutMs })),
+      ),
+    ),
+    Promise.all(eventSpecs.map((spec) => allowed(() => channel.command("CHECK_EVENT", { id: spec.id }, undefined, { timeoutMs })))),
+  ]);
+  return {
+    commands: commandSpecs.filter((_, i) => commandOk[i]).map((spec) => spec.op),
+    events: eventSpecs.filter((_, i) => eventOk[i]).map((spec) => spec.kind),
+  };
+}
+
 /** Creates an empty registry. */
 export function createVmRegistry(options: VmRegistryOptions = {}): VmRegistry {
   return new Registry(options);
@@ -152,6 +190,7 @@ class Registry implements VmRegistry {
         this.log.warn({ vm: identity.uuid, errno: err.errno }, "UNHOOK event not allowed; unhook will not be announced");
       }
     }
+    const { commands, events } = await offeredByKernel(channel, timeoutMs);
     const previous = this.channels.get(identity.uuid);
     if (previous !== undefined && previous !== channel) previous.close("the VM hooked again on a new connection");
     const earlier = this.records.get(identity.uuid);
@@ -169,6 +208,8 @@ class Registry implements VmRegistry {
       dialect: channel.dialect.name,
       kvmiVersion: version.version,
       singlestep: version.features.singlestep === 1,
+      commands,
+      events,
       state: "hooked",
       generation,
       ...(identity.maxGpa !== undefined && { maxGpa: identity.maxGpa }),

@@ -323,6 +323,8 @@ describe("VM identity carries what it declares", () => {
       unhookDeadline: new Date(0),
       origin: { namespace: "ns", name: "vmi", pod: "virt-launcher-vmi-x" },
       problem: "p",
+      commands: ["READ_PHYSICAL"],
+      events: ["CR"],
     };
     const reads = new Set<string>();
     const tracked = new Proxy(record, {

@@ -77,6 +77,9 @@ export interface VmRecord {
   readonly origin?: { readonly namespace: string; readonly name: string; readonly pod: string };
   /** Why the VM is `not-connected`. */
   readonly problem?: string;
+  /** Commands (ops) and events (kinds) the kernel accepted with CHECK_COMMAND / CHECK_EVENT at hook time. */
+  readonly commands?: readonly string[];
+  readonly events?: readonly string[];
 }
 
 const STATES: Readonly<Record<VmState, State>> = {
@@ -124,6 +127,8 @@ export function vmToProto(record: VmRecord): Vm {
     ...(record.unhookDeadline !== undefined && { unhookDeadline: timestampFromDate(record.unhookDeadline) }),
     ...(record.origin !== undefined && { origin: create(VmOriginSchema, record.origin) }),
     ...(record.problem !== undefined && { problem: record.problem }),
+    commands: [...(record.commands ?? [])],
+    events: [...(record.events ?? [])],
   });
 }
 

@@ -7,7 +7,7 @@
 import { create } from "@bufbuild/protobuf";
 import type { ServerUnaryCall, ServerWritableStream } from "@grpc/grpc-js";
 import { KvmiArgumentError, KvmiRemoteError } from "@kvmi/kvm-bridge";
-import { errno } from "@kvmi/kvm-bridge/wire";
+import { commandByOp, errno } from "@kvmi/kvm-bridge/wire";
 import {
   AddressSpace,
   BatchReadMemoryResponseSchema,
@@ -302,6 +302,21 @@ export function dumpMemoryHandler(deps: RpcDeps) {
   };
 }
 
+/**
+ * The first address past guest memory, for a dump without a length: GET_MAX_GFN where the VM's
+ * dialect has it; otherwise (v12) what QEMU's handshake reported (max-gpa, or the end of the e820
+ * map); otherwise GET_MAX_GFN's FAILED_PRECONDITION NOT_IN_DIALECT tells the client to give a length.
+ */
+async function memoryEnd(deps: RpcDeps, uuid: string, getMaxGfn: () => Promise<{ gfn: bigint }>): Promise<bigint> {
+  const dialect = deps.registry.channel(uuid)?.dialect;
+  if (dialect === undefined || commandByOp(dialect, "GET_MAX_GFN") !== undefined) return (await getMaxGfn()).gfn * PAGE;
+  const record = deps.registry.get(uuid);
+  if (record?.maxGpa !== undefined) return record.maxGpa;
+  const e820End = (record?.e820 ?? []).reduce((end, entry) => (entry.address + entry.length > end ? entry.address + entry.length : end), 0n);
+  if (e820End > 0n) return e820End;
+  return (await getMaxGfn()).gfn * PAGE;
+}
+
 async function dump(deps: RpcDeps, call: ServerWritableStream<DumpMemoryRequest, DumpMemoryResponse>, signal: AbortSignal): Promise<void> {
   const request = call.request;
   const chunkSize = request.chunkSize === 0 ? DEFAULT_CHUNK : request.chunkSize;
@@ -310,9 +325,10 @@ async function dump(deps: RpcDeps, call: ServerWritableStream<DumpMemoryRequest,
   }
   if (request.startGpa % PAGE !== 0n) throw new KvmiArgumentError("start_gpa", "start_gpa must be a multiple of 4096");
   if (request.length % PAGE !== 0n) throw new KvmiArgumentError("length", "length must be a multiple of 4096");
-  const host = deps.hosts.require(parseVmName(request.vm, "vm"));
+  const uuid = parseVmName(request.vm, "vm");
+  const host = deps.hosts.require(uuid);
   const caller = { timeoutMs: deps.requestTimeoutMs, signal };
-  const end = request.length === 0n ? (await host.command("KVMI_VM_GET_MAX_GFN", {}, undefined, caller)).gfn * PAGE : request.startGpa + request.length;
+  const end = request.length === 0n ? await memoryEnd(deps, uuid, () => host.command("KVMI_VM_GET_MAX_GFN", {}, undefined, caller)) : request.startGpa + request.length;
   const total = end > request.startGpa ? end - request.startGpa : 0n;
   let chunk = new Uint8Array(chunkSize);
   let chunkStart = request.startGpa;

@@ -43,6 +43,8 @@ export function recordOf(deps: RpcDeps, record: RegistryRecord): VmRecord {
     dialect: record.dialect,
     kvmiVersion: record.kvmiVersion,
     features: { singlestep: record.singlestep },
+    commands: record.commands,
+    events: record.events,
     ...(record.maxGpa !== undefined && { maxGpa: record.maxGpa }),
     ...(record.cpuType !== undefined && { cpuType: record.cpuType }),
     ...(record.e820 !== undefined && { e820: record.e820 }),
