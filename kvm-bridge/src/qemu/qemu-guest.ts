@@ -9,6 +9,7 @@
  * last holder lets go (`release`, deferred by one turn so that a burst of commands shares one stop).
  * Events hold the VM stopped until their reply, as a vCPU waiting in KVMI holds its own thread.
  */
+import { KvmiProtocolError } from "../errors.js";
 import type { VcpuExitHandler } from "../emulator/guest/exits.js";
 import type { Vcpu } from "../emulator/guest/vcpu.js";
 import type { CpuidLeaf, GuestPort, KvmRegs, KvmSregs, VcpuPort } from "../emulator/kernel/guest-port.js";
@@ -290,7 +291,7 @@ export class QemuVcpuPort implements VcpuPort {
   }
 
   private state(): Snapshot {
-    if (!this.snapshot) throw new Error(`vCPU ${this.index}: registers read before refresh()`);
+    if (!this.snapshot) throw new KvmiProtocolError(`vCPU ${this.index}: registers read before refresh()`);
     return this.snapshot;
   }
 

@@ -4,6 +4,7 @@
  * modulo-256 checksum, `}` escaping of `$ # } *`, `*` run-length encoding in replies, `+`/`-`
  * acknowledgements until QStartNoAckMode, and the bare 0x03 byte that interrupts a running target.
  */
+import { KvmiProtocolError } from "../errors.js";
 
 /** Largest payload we send; QEMU's gdbstub buffer is 4096 bytes (MAX_PACKET_LENGTH). */
 export const MAX_PACKET_PAYLOAD = 4000;
@@ -55,7 +56,7 @@ export class RspParser {
       this.pending = this.pending.slice(i);
       const hash = this.pending.indexOf("#");
       if (hash < 0 || this.pending.length < hash + 3) {
-        if (this.pending.length > this.maxPacketBytes) throw new Error(`gdbstub packet over ${this.maxPacketBytes} bytes`);
+        if (this.pending.length > this.maxPacketBytes) throw new KvmiProtocolError(`gdbstub packet over ${this.maxPacketBytes} bytes`);
         return items;
       }
       const raw = this.pending.slice(1, hash);

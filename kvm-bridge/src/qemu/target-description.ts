@@ -6,6 +6,7 @@
  * eflags, the selectors, fs_base/gs_base/k_gs_base, cr0/cr2/cr3/cr4/cr8/efer, x87 and SSE state.
  * Reading the description instead of hard-coding QEMU 7.2's order keeps other versions working.
  */
+import { KvmiProtocolError } from "../errors.js";
 
 export interface GdbRegister {
   readonly name: string;
@@ -23,7 +24,7 @@ export async function parseTargetDescription(xml: string, include: (href: string
   const walk = async (text: string): Promise<void> => {
     for (const match of text.replace(/<!--[\s\S]*?-->/g, "").matchAll(/<xi:include\s+href="([^"]+)"\s*\/>|<reg\s([^>]*?)\/?>/g)) {
       if (match[1] !== undefined) {
-        if (++includes > MAX_INCLUDES) throw new Error("target description includes nest too deep");
+        if (++includes > MAX_INCLUDES) throw new KvmiProtocolError("target description includes nest too deep");
         await walk(await include(match[1]));
         continue;
       }

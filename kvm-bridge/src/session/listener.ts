@@ -144,7 +144,11 @@ function lstatOrUndefined(path: string): Stats | undefined {
  * @throws Error naming the path and what is there.
  */
 async function prepareSocketPath(path: string, log: Logger): Promise<void> {
-  mkdirSync(dirname(path), { recursive: true, mode: 0o750 });
+  try {
+    mkdirSync(dirname(path), { recursive: true, mode: 0o750 });
+  } catch (err) {
+    throw new KvmiTransportError(`cannot listen on unix:${path}: ${(err as Error).message}`, {}, { cause: err });
+  }
   const stats = lstatOrUndefined(path);
   if (stats === undefined) return;
   if (!stats.isSocket()) {

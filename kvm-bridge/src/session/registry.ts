@@ -5,7 +5,7 @@
  * reconnect after a guest reset, a QEMU restart, a resume), so clients can tell a fresh hook from
  * the one they were talking to.
  */
-import { KvmiRemoteError } from "../errors.js";
+import { KvmiProtocolError, KvmiRemoteError } from "../errors.js";
 import type { Logger } from "../logger.js";
 import { silentLogger } from "../logger.js";
 import { eventByKind } from "../wire/dialect.js";
@@ -269,7 +269,7 @@ class Registry implements VmRegistry {
     // can make the registry grow without bound (they stay up to their deadline).
     let awaiting = 0;
     for (const r of this.records.values()) if (r.state === "awaiting-connection") awaiting++;
-    if (awaiting >= (this.options.maxRemembered ?? 1000)) throw new RangeError(`${awaiting} announced VMs are awaiting their QEMU already`);
+    if (awaiting >= (this.options.maxRemembered ?? 1000)) throw new KvmiProtocolError(`${awaiting} announced VMs are awaiting their QEMU already`);
     const record: VmRecord = {
       uuid,
       name: known?.name ?? expectation.name,
@@ -285,6 +285,8 @@ class Registry implements VmRegistry {
       hookedAt: known?.hookedAt ?? new Date(0),
       unhookEventEnabled: false,
       peer: expectation.peer,
+      commands: known?.commands ?? [],
+      events: known?.events ?? [],
       ...((expectation.origin ?? known?.origin) && { origin: expectation.origin ?? known!.origin! }),
     };
     this.records.delete(uuid);

@@ -6,7 +6,7 @@
  * that the bridge and the emulator's device manager share one codec.
  */
 import { createHash } from "node:crypto";
-import { KvmiProtocolError } from "../errors.js";
+import { KvmiArgumentError, KvmiProtocolError } from "../errors.js";
 import { decodeBody, encodeBodyInto } from "./body.js";
 import { decode, encode, viewOf } from "./codec.js";
 import {
@@ -146,7 +146,7 @@ export function encodeHandshakeReply(secret: Uint8Array | undefined): Uint8Array
 
 /** Encodes the tool's answer from a cookie hash known already (a forwarded VM's own, kvmi-abi §2.2). */
 export function encodeHandshakeReplyWithHash(hash: Uint8Array): Uint8Array {
-  if (hash.length !== QEMU_VMI_COOKIE_HASH_SIZE) throw new RangeError(`a cookie hash has ${QEMU_VMI_COOKIE_HASH_SIZE} bytes, got ${hash.length}`);
+  if (hash.length !== QEMU_VMI_COOKIE_HASH_SIZE) throw new KvmiArgumentError("cookie_hash", `a cookie hash has ${QEMU_VMI_COOKIE_HASH_SIZE} bytes, got ${hash.length}`);
   return encode(qemuVmiFromIntrospector, { struct_size: HANDSHAKE_REPLY_BYTES, cookie_hash: hash });
 }
 
