@@ -91,6 +91,8 @@ async function neverReachesSocket<T>(command: string, call: () => Promise<T>): P
 
 /** Whether the dialect's GET_VERSION reply carries the singlestep feature. */
 const REPORTS_SINGLESTEP = JSON.stringify(commandByOp(E2E_DIALECT, "GET_VERSION")?.reply.layout ?? null).includes('"singlestep"');
+/** Whether the dialect's SET_PAGE_ACCESS names an EPT view. */
+const PAGE_ACCESS_HAS_VIEW = JSON.stringify(commandByOp(E2E_DIALECT, "SET_PAGE_ACCESS")?.request.layout ?? null).includes('"view"');
 /** Whether the dialect's SET_PAGE_ACCESS entries carry `visible`. */
 const PAGE_ACCESS_HAS_VISIBLE = JSON.stringify(commandByOp(E2E_DIALECT, "SET_PAGE_ACCESS")?.request ?? null).includes('"visible"');
 
@@ -681,6 +683,20 @@ describe("SetPageAccess", () => {
     );
     expect(failure.details).toMatchObject({ reason: "KVMI_INVALID_ARGUMENT", command: "KVMI_VM_SET_PAGE_ACCESS", vm: uuid() });
     expect(failure.details.fieldViolations).toEqual([expect.objectContaining({ field: "entries[0].access" })]);
+    expect(guest().memory.getPageAccess(7n)).toBe(7);
+  });
+
+  it("takes an EPT view only where the dialect has views: elsewhere FAILED_PRECONDITION NOT_IN_DIALECT", async () => {
+    const call = (): Promise<unknown> => h.client.unary("setPageAccess", { vm: vm(), view: 1, entries: [{ gpa: 0x7000n, access: 7 }] }, asController());
+    if (PAGE_ACCESS_HAS_VIEW) {
+      // kvmi-sim's host has only the default view: the kernel itself refuses view 1.
+      const failure = await reachesSocket("KVMI_VM_SET_PAGE_ACCESS", "failed", () => expectGrpcError(call(), GrpcStatus.UNIMPLEMENTED));
+      expect(failure.details).toMatchObject({ errno: errno.KVM_EOPNOTSUPP, vm: uuid() });
+    } else {
+      const failure = await expectGrpcError(call(), GrpcStatus.FAILED_PRECONDITION);
+      expect(failure.details).toMatchObject({ reason: "NOT_IN_DIALECT", vm: uuid() });
+      expect(failure.message).toContain(E2E_DIALECT.name);
+    }
     expect(guest().memory.getPageAccess(7n)).toBe(7);
   });
 

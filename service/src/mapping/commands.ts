@@ -557,7 +557,9 @@ export const COMMAND_MAPPINGS = {
         }
         return { gpa: e.gpa, access: e.access, visible: flag(e.visible) };
       });
-      return { vm, body: { entries } };
+      // kvmi-v7's EPT view (v9-commands.ts refuses a non-zero view on dialects without one).
+      if (r.view > 0xffff) throw new KvmiArgumentError("view", `view ${r.view} is not an EPT view index (0..65535)`);
+      return { vm, body: { entries, ...(r.view !== 0 && { view: r.view }) } };
     },
     fromWire: () => ({}),
     wireFields: [

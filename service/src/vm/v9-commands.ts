@@ -15,6 +15,9 @@ import { commandById, commandByOp, eventById, eventByKind, v9, V9_COMMANDS, zero
 import type { Dialect, EventKind, Layout, V9CommandName, V9CommandReply, V9CommandRequest } from "@kvmi/kvm-bridge/wire";
 
 type AnyValue = Record<string, unknown>;
+
+/** Request fields kvmi.v1 adds beyond v9 for the dialects that have them. */
+const DIALECT_ONLY_FIELDS = ["view"] as const;
 type Channel = Pick<KvmiChannel, "command" | "dialect">;
 
 /** Sends the command named `name` in v9 by its op, on whatever dialect the channel speaks. */
@@ -48,10 +51,17 @@ export function sendCommandBatch<N extends V9CommandName>(
  * tables agree on every id and field), so the common case costs one comparison.
  */
 export function toDialectBody(dialect: Dialect, name: V9CommandName, request: AnyValue): AnyValue {
-  if (dialect === v9) return request;
   const op = V9_COMMANDS[name].op;
   const spec = commandByOp(dialect, op);
   if (spec === undefined) throw new KvmiNotInDialectError(dialect.name, op, "command");
+  // kvmi.v1 fields only some dialects carry (kvmi-v7's SET_PAGE_ACCESS `view`) are set only when
+  // non-zero: one the dialect's layout lacks cannot be honoured (docs/decisions/0110).
+  for (const field of DIALECT_ONLY_FIELDS) {
+    if (request[field] !== undefined && (spec.request.layout === null || !(field in spec.request.layout.fields))) {
+      throw new KvmiNotInDialectError(dialect.name, `${op} ${field}`, "command");
+    }
+  }
+  if (dialect === v9) return request;
   let body = request;
   switch (op) {
     case "CHECK_COMMAND":
