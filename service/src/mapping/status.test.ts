@@ -274,6 +274,7 @@ const BRIDGE_ROWS: ReadonlyArray<readonly [BridgeErrorCode, GrpcCode, Row["expec
   ["EVENT_NOT_PENDING", GrpcCode.NOT_FOUND, { resourceInfo: { resourceType: "kvmi.v1.Event", resourceName: VCPU, description: "msg" } }],
   ["SESSION_STATE", GrpcCode.FAILED_PRECONDITION, { preconditionViolations: [{ type: "SESSION", subject: VM, description: "msg" }] }],
   ["TOO_MANY_IN_FLIGHT", GrpcCode.RESOURCE_EXHAUSTED],
+  ["QUOTA_EXCEEDED", GrpcCode.RESOURCE_EXHAUSTED],
   ["CANCELLED", GrpcCode.CANCELLED],
   ["DEADLINE_EXCEEDED", GrpcCode.DEADLINE_EXCEEDED],
 ];

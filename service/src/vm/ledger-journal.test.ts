@@ -6,6 +6,7 @@
  * not undone, a reboot (another start time) is not confused with the same boot, and two bridges
  * cannot share a state directory.
  */
+import { v9 } from "@kvmi/kvm-bridge/wire";
 import { appendFileSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -28,12 +29,17 @@ afterEach(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-/** A channel that answers reads with 0x90 and records every command it gets. */
+/**
+ * A channel that answers reads with 0x90 and records every command it gets under its v9 name. It
+ * takes ops, as KvmiChannel does; `apply` below calls it with v9 names directly, which map to themselves.
+ */
 function fakeChannel(refuse: ReadonlySet<string> = new Set()) {
   const sent: Array<{ name: string; request: Record<string, unknown>; vcpu: number | undefined }> = [];
   return {
     sent,
-    command: async (name: string, request: Record<string, unknown>, vcpu?: number) => {
+    dialect: v9,
+    command: async (opOrName: string, request: Record<string, unknown>, vcpu?: number) => {
+      const name = v9.commands.find((c) => c.op === opOrName)?.name ?? opOrName;
       sent.push({ name, request, vcpu });
       if (refuse.has(name)) throw new KvmiRemoteError(22);
       if (name === "KVMI_VM_READ_PHYSICAL") return { data: new Uint8Array(request["size"] as number).fill(0x90) };
