@@ -96,6 +96,9 @@ const SINGLE_FILES = [
   "package-lock.json",
   "proto/package.json",
   "proto/index.ts",
+  // The shared decoder of google.rpc.Status details (`@kvmi/proto/status-details`), which the
+  // service's status mapping imports.
+  "proto/status-details.ts",
   "kvm-bridge/package.json",
   "service/package.json",
   "clients/package.json",

@@ -17,7 +17,7 @@
 import { KvmiArgumentError } from "@kvmi/kvm-bridge";
 import type { VmRegistry } from "@kvmi/kvm-bridge";
 import { BridgeError } from "../mapping/bridge-error.js";
-import { vmName } from "../mapping/resource-names.js";
+import { parseVmName, vmName } from "../mapping/resource-names.js";
 
 /** Prefix of a VM named by its display name. */
 export const BY_NAME_PREFIX = "vms/-/by-name/";
@@ -55,6 +55,16 @@ function merged(newer: string, newerField: string, legacy: string): string {
 }
 
 /**
+ * `name` when its VM part is a well-formed `vms/{uuid}` (or empty, which the handler reports as
+ * missing); otherwise INVALID_ARGUMENT naming the field the caller really set, before the two
+ * fields are made one and that attribution is lost.
+ */
+function checkedName(name: string, field: string): string {
+  if (name !== "") parseVmName(name.split("/vcpus/")[0]!, field);
+  return name;
+}
+
+/**
  * Rewrites the name fields of a decoded request in place: after it, `name` holds the vCPU name of a
  * vCPU request or the VM name of a registry request, `vm` the VM name of a VM-scoped command, all
  * with UUIDs. Cheap when there is nothing to do (the per-command path runs it).
@@ -65,12 +75,14 @@ export function normalizeRequestNames(request: unknown, registry: VmRegistry): v
   const r = request as NamedRequest;
   const hasName = typeof r.name === "string";
   if (typeof r.vcpu === "string" && hasName) {
-    r.name = resolveDisplayName(merged(r.vcpu, "vcpu", r.name as string), registry, r.vcpu === "" ? "name" : "vcpu");
+    const field = r.vcpu === "" ? "name" : "vcpu";
+    r.name = checkedName(resolveDisplayName(merged(r.vcpu, "vcpu", r.name as string), registry, field), field);
     r.vcpu = r.name;
     return;
   }
   if (typeof r.vm === "string" && hasName) {
-    r.name = resolveDisplayName(merged(r.vm, "vm", r.name as string), registry, r.vm === "" ? "name" : "vm");
+    const field = r.vm === "" ? "name" : "vm";
+    r.name = checkedName(resolveDisplayName(merged(r.vm, "vm", r.name as string), registry, field), field);
     r.vm = r.name;
     return;
   }
