@@ -12,9 +12,8 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { EventType } from "@kvmi/proto";
-import { v9Ids } from "@kvmi/kvm-bridge/wire";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import { expectGrpcError, GrpcStatus, inlineFailure, Role, settle, startHarness, waitUntil } from "../support/bridge-harness.js";
+import { e2eCommandId, expectGrpcError, GrpcStatus, inlineFailure, Role, settle, startHarness, waitUntil } from "../support/bridge-harness.js";
 import type { Harness } from "../support/bridge-harness.js";
 import { SPOTS, startControllerProcess } from "../support/fault-tools.js";
 import type { ControllerProcess } from "../support/fault-tools.js";
@@ -137,7 +136,7 @@ describe("command deadlines", () => {
     const state = vm().guest.vcpus[1]!.state;
     await vm().guest.stop(); // vCPU commands now wait in the kernel: no reply comes
     state.regs.rax = OLD_RAX;
-    const framesBefore = vm().kernel.receivedFrames(v9Ids.KVMI_VCPU_GET_REGISTERS);
+    const framesBefore = vm().kernel.receivedFrames(e2eCommandId("GET_REGISTERS"));
     const started = Date.now();
     const err = await h.client.unary("getRegisters", { name: h.vcpuName(0, 1) }, { deadlineMs: 150 }).then(
       () => undefined,
@@ -149,7 +148,7 @@ describe("command deadlines", () => {
     expect(Date.now() - started).toBeLessThan(REQUEST_TIMEOUT_MS);
     // The old command waits in the vCPU's job queue; a job queued behind it changes RAX, so the old
     // reply (RAX = OLD_RAX) and a fresh one (NEW_RAX) differ.
-    expect(vm().kernel.receivedFrames(v9Ids.KVMI_VCPU_GET_REGISTERS)).toBe(framesBefore + 1);
+    expect(vm().kernel.receivedFrames(e2eCommandId("GET_REGISTERS"))).toBe(framesBefore + 1);
     vm().kernel.vcpu(1)!.queueJob(() => void (state.regs.rax = NEW_RAX));
     vm().guest.resume();
     // The vCPU answers the old command now; the bridge drops that reply and keeps the socket: the
