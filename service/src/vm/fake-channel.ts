@@ -7,7 +7,7 @@
  */
 import { KvmiRemoteError, KvmiTransportError } from "@kvmi/kvm-bridge";
 import type { KvmiChannel, KvmiEvent, VmRecord, VmRegistry } from "@kvmi/kvm-bridge";
-import { V9_COMMANDS, V9_EVENTS } from "@kvmi/kvm-bridge/wire";
+import { v9, V9_COMMANDS, V9_EVENTS } from "@kvmi/kvm-bridge/wire";
 
 /** One command as the fake channel received it. */
 export interface SentCommand {
@@ -40,6 +40,8 @@ export class FakeChannel {
   readonly replies: SentReply[] = [];
   /** How commands are answered: return the reply, or throw (e.g. a KvmiRemoteError). */
   answer: Answer = () => ({});
+  /** The kernel's dialect: v9, whose requests the service's mapping builds unchanged. */
+  readonly dialect = v9;
   private open = true;
   private sink: ((event: KvmiEvent) => boolean) | undefined;
   private readonly closeListeners: Array<(err: KvmiTransportError) => void> = [];
