@@ -114,3 +114,27 @@ export function findNonZeroPadding(layout: Layout, view: DataView, offset = 0, p
 export function zeroValue<L extends Layout>(layout: L): LayoutValue<L> {
   return decode(layout, new Uint8Array(layout.size));
 }
+
+/**
+ * `value` completed with zero for every field `layout` declares and `value` lacks, nested structs
+ * too, so that a value written for one dialect's layout encodes in another's that has more fields
+ * (kvmi-v7's `view`, v12's `max_msg_size`, the 272-byte PF reply). Returns `value` itself when
+ * nothing is missing; other keys are kept (the encoder reads only the layout's).
+ */
+export function withZeroDefaults(layout: Layout | null, value: Readonly<Record<string, unknown>>): Record<string, unknown> {
+  if (layout === null) return value as Record<string, unknown>;
+  let out: Record<string, unknown> | undefined;
+  let zeros: Record<string, unknown> | undefined;
+  for (const [key, field] of Object.entries(layout.fields)) {
+    if (field.kind === "pad") continue;
+    const given = value[key];
+    if (given === undefined) {
+      zeros ??= zeroValue(layout) as Record<string, unknown>;
+      (out ??= { ...value })[key] = zeros[key];
+    } else if (field.kind === "struct") {
+      const nested = withZeroDefaults(field.layout, given as Record<string, unknown>);
+      if (nested !== given) (out ??= { ...value })[key] = nested;
+    }
+  }
+  return out ?? (value as Record<string, unknown>);
+}

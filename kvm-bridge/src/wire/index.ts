@@ -111,7 +111,7 @@ export type { E820Entry, HandshakeRequest, HandshakeVariant, VmIdentity } from "
 export { LAYOUTS as layouts, V9_LAYOUTS } from "./layouts/index.js";
 export { KVMI_V7_LAYOUTS } from "./layouts/kvmi-v7.js";
 export { V12_LAYOUTS } from "./layouts/v12.js";
-export { decode, decodeFrom, encode, encodeInto, findNonZeroPadding, viewOf, zeroValue } from "./codec.js";
+export { decode, decodeFrom, encode, encodeInto, findNonZeroPadding, viewOf, withZeroDefaults, zeroValue } from "./codec.js";
 export { bodyBytes, decodeBody, encodeBodyInto } from "./body.js";
 export { defineLayout, fieldBytes, orderedFields } from "./layout.js";
 export type { Field, Layout, LayoutValue } from "./layout.js";

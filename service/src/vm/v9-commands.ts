@@ -11,8 +11,8 @@
  */
 import type { CommandOptions, KvmiChannel } from "@kvmi/kvm-bridge";
 import { KvmiNotInDialectError } from "@kvmi/kvm-bridge/wire";
-import { commandById, commandByOp, eventById, eventByKind, v9, V9_COMMANDS, zeroValue } from "@kvmi/kvm-bridge/wire";
-import type { Dialect, EventKind, Layout, V9CommandName, V9CommandReply, V9CommandRequest } from "@kvmi/kvm-bridge/wire";
+import { commandById, commandByOp, eventById, eventByKind, v9, V9_COMMANDS, withZeroDefaults } from "@kvmi/kvm-bridge/wire";
+import type { Dialect, EventKind, V9CommandName, V9CommandReply, V9CommandRequest } from "@kvmi/kvm-bridge/wire";
 
 type AnyValue = Record<string, unknown>;
 
@@ -77,7 +77,7 @@ export function toDialectBody(dialect: Dialect, name: V9CommandName, request: An
     default:
       break;
   }
-  return withDefaults(spec.request.layout, body);
+  return withZeroDefaults(spec.request.layout, body);
 }
 
 /** The dialect's id of the command v9 calls `v9Id`; ids v9 does not know pass through (the kernel answers ENOENT). */
@@ -107,25 +107,4 @@ function fromDialectReply(name: V9CommandName, reply: AnyValue): AnyValue {
   if (name !== "KVMI_GET_VERSION") return reply;
   const features = (reply["features"] ?? {}) as AnyValue;
   return { ...reply, features: { ...features, singlestep: (features["singlestep"] as number | undefined) ?? 0 } };
-}
-
-/**
- * `value` completed with zero for every field `layout` declares and `value` lacks (nested structs
- * too), so a kvmi.v1 request that does not carry a dialect-only field still encodes.
- */
-export function withDefaults(layout: Layout | null, value: AnyValue): AnyValue {
-  if (layout === null) return value;
-  let out: AnyValue | undefined;
-  for (const [key, field] of Object.entries(layout.fields)) {
-    if (field.kind === "pad") continue;
-    const given = value[key];
-    if (given === undefined) {
-      out ??= { ...value };
-      out[key] = zeroValue(layout)[key as never];
-    } else if (field.kind === "struct") {
-      const nested = withDefaults(field.layout, given as AnyValue);
-      if (nested !== given) (out ??= { ...value })[key] = nested;
-    }
-  }
-  return out ?? value;
 }

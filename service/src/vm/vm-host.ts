@@ -11,14 +11,14 @@
 import { randomUUID } from "node:crypto";
 import { KvmiProtocolError } from "@kvmi/kvm-bridge";
 import type { KvmiChannel, KvmiEvent, KvmiTransportError, Logger, VmRecord, VmRegistry } from "@kvmi/kvm-bridge";
-import { v9Ids } from "@kvmi/kvm-bridge/wire";
+import { v9Ids, withZeroDefaults } from "@kvmi/kvm-bridge/wire";
 import type { V9CommandName, V9CommandReply as CommandReply, V9CommandRequest as CommandRequest } from "@kvmi/kvm-bridge/wire";
 import { permissionDenied } from "../mapping/access-error.js";
 import { BridgeError } from "../mapping/bridge-error.js";
 import { MUTATING_COMMANDS } from "../mapping/command-facts.js";
 import type { AutoReplyReason } from "../metrics/index.js";
 import { HookLedger } from "./hook-ledger.js";
-import { sendCommand, sendCommandBatch, withDefaults } from "./v9-commands.js";
+import { sendCommand, sendCommandBatch } from "./v9-commands.js";
 import { hasEventMapping, v9EventName } from "../mapping/events.js";
 import type { UndoReport } from "./hook-ledger.js";
 import type { LedgerJournal, LedgerJournals } from "./ledger-journal.js";
@@ -392,8 +392,8 @@ export class VmHost {
   /** Event reply data the bridge uses itself: CONTINUE; CR/MSR get the value the guest wrote. */
   private defaultReply(event: KvmiEvent): { action: number; data: Record<string, unknown> | undefined } {
     const payload = event.payload;
-    // CR/MSR: the value the guest wrote; other reply data (kvmi-v7's PF reply) is all zero.
-    if (event.spec.replyData !== null) return { action: 0, data: withDefaults(event.spec.replyData, { new_val: payload?.["new_value"] ?? 0n }) };
+    // CR/MSR: the value the guest wrote; send() zero-fills other reply data (kvmi-v7's PF reply).
+    if (event.spec.replyData !== null) return { action: 0, data: { new_val: payload?.["new_value"] ?? 0n } };
     // A breakpoint whose INT3 the bridge just removed must be re-executed, not re-injected.
     if (event.kind === "BREAKPOINT" && this.ledger.wasRestored(payload?.["gpa"] as bigint)) {
       return { action: 1, data: undefined };
@@ -414,7 +414,8 @@ export class VmHost {
     if (this.pending.get(vcpu) !== pending) return;
     this.pending.delete(vcpu);
     clearTimeout(pending.timer);
-    const replyData = data === undefined ? undefined : withDefaults(pending.event.spec.replyData, data);
+    // Fields of the dialect's reply data that kvmi.v1 does not carry (kvmi-v7's PF reply) are zero.
+    const replyData = data === undefined ? undefined : withZeroDefaults(pending.event.spec.replyData, data);
     await this.channel.replyEvent(pending.event, action, replyData);
     const elapsed = Number(process.hrtime.bigint() - pending.event.receivedAt) / 1e9;
     this.options.metrics?.eventRoundTrip(v9EventName(pending.event.kind), elapsed);

@@ -5,7 +5,7 @@
  * limits come from the VM's dialect table. The order of the checks in each handler is the kernel's:
  * it decides which errno a request with several faults gets, and the selftests assert it.
  */
-import { findNonZeroPadding, zeroValue } from "../../wire/codec.js";
+import { findNonZeroPadding, withZeroDefaults } from "../../wire/codec.js";
 import type { Layout } from "../../wire/layout.js";
 import { commandById, eventById, requireCommand } from "../../wire/dialect.js";
 import { KVM_EINVAL, KVM_ENOENT, KVM_EOPNOTSUPP, KVM_EPERM } from "../../wire/dialects/errno.js";
@@ -41,26 +41,12 @@ function isKnownCommandId(ctx: KernelContext, id: number): boolean {
   return commandById(ctx.dialect, id) !== undefined || id === ctx.dialect.eventFraming.replyMessageId;
 }
 
-/**
- * `value` shaped as `layout`: every field zero, then the given ones that the layout has. GET_VERSION
- * replies differ per dialect (v12's `max_msg_size`, kvmi-v7's feature bytes); one description fills
- * whichever the table declares.
- */
-function shaped(layout: Layout | null, value: Fields): Record<string, unknown> {
-  if (layout === null) return {};
-  const out = zeroValue(layout) as Record<string, unknown>;
-  for (const [key, given] of Object.entries(value)) {
-    if (!(key in out)) continue;
-    const field = layout.fields[key];
-    out[key] = field?.kind === "struct" ? shaped(field.layout, given as Fields) : given;
-  }
-  return out;
-}
-
 export const VM_COMMAND_HANDLERS: Readonly<Partial<Record<CommandOp, VmCommandHandler>>> = {
   GET_VERSION: (ctx) =>
     ok(
-      shaped(requireCommand(ctx.dialect, "GET_VERSION").reply.layout, {
+      // GET_VERSION replies differ per dialect (v12's `max_msg_size`, kvmi-v7's feature bytes): one
+      // description, completed with zeros for whatever else the table's layout declares.
+      withZeroDefaults(requireCommand(ctx.dialect, "GET_VERSION").reply.layout, {
         version: ctx.dialect.kvmiVersion,
         max_msg_size: ctx.dialect.maxMessageBytes,
         // The emulated host has neither EPT views, #VE nor SPP (kvmi-v7's feature bytes stay 0).
