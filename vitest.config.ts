@@ -6,6 +6,7 @@ import { defineConfig } from "vitest/config";
 const DIALECT_E2E_FILES = [
   "commands",
   "events",
+  "dialect-only",
   "memory",
   "unhook-flow",
   "ledger-undo",

@@ -197,6 +197,32 @@ const CASES: readonly Case[] = [
     expected: { vcpu: 1, vcpuHdrPadding: false, action: 1, event: 6, replyPadding: false, data: PF_REPLY },
     encode: () => encodeEventReply(kvmiV7, requireEvent(kvmiV7, "PF"), 11, 1, 1, PF_REPLY),
   },
+  {
+    dialect: kvmiV7,
+    file: "kvmi-v7/cpuid.event.hex",
+    hdr: { id: 1, size: 560, seq: 12 },
+    decode: (body) => decodeEvent(kvmiV7, body, 1),
+    expected: {
+      spec: requireEvent(kvmiV7, "CPUID"),
+      eventId: 13,
+      vcpu: 0,
+      arch: arch({ view: 0 }),
+      payload: { function: 0x4000_0000, index: 1, insn_length: 2 },
+    },
+    encode: () => encodeEvent(kvmiV7, requireEvent(kvmiV7, "CPUID"), 12, 0, arch({ view: 0 }), { function: 0x4000_0000, index: 1, insn_length: 2 }),
+  },
+  {
+    dialect: kvmiV7,
+    file: "kvmi-v7/cpuid.event-reply.hex",
+    hdr: { id: 0, size: 16, seq: 12 },
+    decode: (body) => {
+      const reply = decodeEventReply(kvmiV7, body);
+      return { ...reply, data: decodeEventReplyData(requireEvent(kvmiV7, "CPUID"), reply.data) };
+    },
+    // No reply data: what the tool wants the guest to see goes in with SET_REGISTERS before it.
+    expected: { vcpu: 0, vcpuHdrPadding: false, action: 1, event: 13, replyPadding: false, data: undefined },
+    encode: () => encodeEventReply(kvmiV7, requireEvent(kvmiV7, "CPUID"), 12, 0, 1, undefined),
+  },
 ];
 
 describe.each(CASES.map((c) => [c.file, c] as const))("%s", (_file, c) => {

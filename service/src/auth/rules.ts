@@ -49,6 +49,7 @@ export const COMMAND_VERBS: Readonly<Record<string, Verb>> = {
   setPageAccess: "control",
   controlSingleStep: "control",
   translateGva: "read",
+  getPageAccess: "read",
   batchReadMemory: "read",
 };
 

@@ -37,7 +37,16 @@ describe("COMMAND_FACTS", () => {
   });
 
   it("is keyed by the dialect-neutral op too", () => {
-    expect(COMMAND_FACTS_BY_OP.size).toBe(Object.keys(V9_COMMANDS).length);
+    // v9's commands and the commands v9 lacks that kvmi.v1 has RPCs for (kvmi-v7's GET_PAGE_ACCESS).
+    expect(COMMAND_FACTS_BY_OP.size).toBe(Object.keys(V9_COMMANDS).length + 1);
+    expect(COMMAND_FACTS_BY_OP.get("GET_PAGE_ACCESS")).toMatchObject({
+      command: "KVMI_GET_PAGE_ACCESS",
+      method: "getPageAccess",
+      effect: GuestEffect.NONE,
+      mutating: false,
+      idempotent: true,
+      undo: undefined,
+    });
     expect(COMMAND_FACTS_BY_OP.get("READ_PHYSICAL")?.command).toBe("KVMI_VM_READ_PHYSICAL");
     expect(COMMAND_FACTS_BY_OP.get("PAUSE_VCPU")).toMatchObject({ command: "KVMI_VCPU_PAUSE", mutating: true, idempotent: false });
   });

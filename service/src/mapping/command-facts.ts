@@ -19,6 +19,8 @@ import { V9_COMMANDS } from "@kvmi/kvm-bridge/wire";
 import type { CommandOp, V9CommandName } from "@kvmi/kvm-bridge/wire";
 import { guest_effect, GuestEffect, IntrospectionService } from "@kvmi/proto";
 import { COMMAND_MAPPINGS } from "./commands.js";
+import { DIALECT_COMMAND_MAPPINGS } from "./dialect-commands.js";
+import type { AnyDialectCommandMapping } from "./dialect-commands.js";
 
 /**
  * How the hook ledger takes a change back (hook-ledger.ts):
@@ -34,7 +36,8 @@ export type UndoKind = "vm-event" | "vcpu-event" | "cr" | "msr" | "singlestep" |
 export interface CommandFacts {
   /** The dialect-neutral op (`READ_PHYSICAL`), the key outside v9's own names. */
   readonly op: CommandOp;
-  readonly command: V9CommandName;
+  /** v9's kernel name, or for a command v9 lacks the name in the dialect that has it (`KVMI_GET_PAGE_ACCESS`). */
+  readonly command: string;
   /** The IntrospectionService method (and SessionCommand case) of the command. */
   readonly method: string;
   /** The `(kvmi.v1.guest_effect)` of its RPC. */
@@ -103,12 +106,25 @@ function buildFacts(): { readonly [N in V9CommandName]: CommandFacts } {
 /** The facts of every v9 command. */
 export const COMMAND_FACTS: { readonly [N in V9CommandName]: CommandFacts } = buildFacts();
 
-/** The same facts by dialect-neutral op, for code that speaks ops (KvmiChannel, other dialects). */
-export const COMMAND_FACTS_BY_OP: ReadonlyMap<CommandOp, CommandFacts> = new Map(Object.values(COMMAND_FACTS).map((f) => [f.op, f]));
+/**
+ * The facts of the commands v9 lacks that kvmi.v1 has RPCs for (dialect-commands.ts). They are
+ * read-only so far, so they need no undo entry; one that changes the guest fails here at startup
+ * until it has one and the VM host runs it through the ledger.
+ */
+function buildDialectFacts(): CommandFacts[] {
+  return Object.values<AnyDialectCommandMapping>(DIALECT_COMMAND_MAPPINGS).map((mapping) => {
+    const effect = effectOf((IntrospectionService.method as Record<string, DescMethod>)[mapping.method]);
+    if (effect !== GuestEffect.NONE) throw new Error(`${mapping.command}: its RPC ${mapping.method} declares ${GuestEffect[effect]}, which needs an undo entry`);
+    return { op: mapping.op, command: mapping.command, method: mapping.method, effect, mutating: false, idempotent: true, undo: undefined };
+  });
+}
+
+/** The facts of every command kvmi.v1 has an RPC for, by dialect-neutral op (KvmiChannel, other dialects). */
+export const COMMAND_FACTS_BY_OP: ReadonlyMap<CommandOp, CommandFacts> = new Map(
+  [...Object.values(COMMAND_FACTS), ...buildDialectFacts()].map((f) => [f.op, f]),
+);
 
 /** Commands that change guest state: controller only (session.proto, SessionCommand). */
 export const MUTATING_COMMANDS: ReadonlySet<V9CommandName> = new Set(
-  Object.values(COMMAND_FACTS)
-    .filter((f) => f.mutating)
-    .map((f) => f.command),
+  (Object.entries(COMMAND_FACTS) as [V9CommandName, CommandFacts][]).filter(([, f]) => f.mutating).map(([name]) => name),
 );

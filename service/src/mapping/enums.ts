@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 /**
  * Proto enums <-> kernel numbers. Several proto enums are NOT the kernel value (read the enum
- * comments in the .proto files): EventType and EventAction are kernel + 1 because the kernel uses 0
- * for a real value (KVMI_EVENT_UNHOOK, KVMI_EVENT_ACTION_CONTINUE); MtrrType is kernel + 1 because
+ * comments in the .proto files): EventType is v9's event id + 1 (then the events v9 lacks) and
+ * EventAction is kernel + 1, because the kernel uses 0 for a real value (KVMI_EVENT_UNHOOK,
+ * KVMI_EVENT_ACTION_CONTINUE); MtrrType is kernel + 1 because
  * UC is 0; CpuType is a remapping; Command, CpuMode and DescriptorType are the identity.
  *
  * Proto3 enums are open: a client may send a number the enum does not list. "To wire" functions
@@ -10,32 +11,65 @@
  * never throw and map a value the enum cannot express to `*_UNSPECIFIED`.
  */
 import { KvmiArgumentError } from "@kvmi/kvm-bridge";
-import { EVENT_ACTION_VALUES, layouts, V9_EVENTS, v9Ids } from "@kvmi/kvm-bridge/wire";
-import type { EventActionName, EventSpec } from "@kvmi/kvm-bridge/wire";
+import { EVENT_ACTION_VALUES, eventByKind, KNOWN_DIALECTS, layouts, V9_EVENTS, v9Ids } from "@kvmi/kvm-bridge/wire";
+import type { EventActionName, EventKind, EventSpec } from "@kvmi/kvm-bridge/wire";
 import { Command, CpuMode, CpuType, DescriptorType, EventAction, EventType, MtrrType } from "@kvmi/proto";
 
 const U16_MAX = 0xffff;
 
 // ---------------------------------------------------------------------------------------------
-// EventType <-> v9 event id (proto = kernel + 1)
+// EventType <-> event kind (event.proto: v9's events are their v9 id + 1, then the events v9 lacks)
 
-const EVENT_SPECS_BY_ID: ReadonlyMap<number, EventSpec> = new Map(Object.values<EventSpec>(V9_EVENTS).map((s) => [s.id, s]));
+/**
+ * An event as kvmi.v1 names it: its dialect-neutral kind and its kvmi.v1 id (`EventType - 1`, which
+ * is the v9 id for v9's events). Bodies the mapping builds carry this id; `vm/v9-commands.ts` turns
+ * it into the VM's dialect by kind.
+ */
+export interface ApiEvent {
+  readonly kind: EventKind;
+  /** `EventType - 1`: the v9 id of v9's events, 11 for CREATE_VCPU, 12 for CPUID. */
+  readonly id: number;
+  /** VM events (UNHOOK) are enabled with ControlVmEvents, the others with ControlVcpuEvents. */
+  readonly scope: "vm" | "vcpu";
+  /** Kernel name in the first dialect that has the event (`KVMI_EVENT_CR`, `KVMI_EVENT_CPUID`). */
+  readonly name: string;
+}
 
-/** The proto EventType of a v9 event id; EVENT_TYPE_UNSPECIFIED for an id v9 does not have. */
-export function eventTypeFromWire(id: number): EventType {
-  return EVENT_SPECS_BY_ID.has(id) ? ((id + 1) as EventType) : EventType.UNSPECIFIED;
+/** The EventType of every kind: v9's events by their id, kvmi-v7's extra events by event.proto's values. */
+const EVENT_TYPE_BY_KIND: ReadonlyMap<EventKind, EventType> = new Map<EventKind, EventType>([
+  ...Object.values<EventSpec>(V9_EVENTS).map((s): [EventKind, EventType] => [s.kind, (s.id + 1) as EventType]),
+  ["CREATE_VCPU", EventType.CREATE_VCPU],
+  ["CPUID", EventType.CPUID],
+]);
+
+/** Every EventType the bridge knows, with its kind and scope (from the first dialect that has it). */
+const API_EVENTS: ReadonlyMap<EventType, ApiEvent> = new Map(
+  [...EVENT_TYPE_BY_KIND].map(([kind, type]) => {
+    const spec = KNOWN_DIALECTS.map((d) => eventByKind(d, kind)).find((s) => s !== undefined);
+    if (spec === undefined) throw new Error(`EventType ${type} names ${kind}, which no dialect table has`);
+    return [type, Object.freeze({ kind, id: type - 1, scope: spec.scope, name: spec.name })];
+  }),
+);
+
+/** The proto EventType of an event kind; EVENT_TYPE_UNSPECIFIED for a kind kvmi.v1 does not list. */
+export function eventTypeOfKind(kind: EventKind): EventType {
+  return EVENT_TYPE_BY_KIND.get(kind) ?? EventType.UNSPECIFIED;
+}
+
+/** The event kind of a kvmi.v1 event id (`EventType - 1`, see {@link ApiEvent}); undefined when unknown. */
+export function eventKindOfApiId(id: number): EventKind | undefined {
+  return API_EVENTS.get((id + 1) as EventType)?.kind;
 }
 
 /**
- * The v9 event spec an EventType names, for the commands that need a known event
- * (Control{Vm,Vcpu}Events).
- * @throws KvmiArgumentError for UNSPECIFIED or a value v9 does not have.
+ * The event an EventType names, for the commands that need a known event (Control{Vm,Vcpu}Events).
+ * @throws KvmiArgumentError for UNSPECIFIED or a value the bridge does not know.
  */
-export function eventSpecFromProto(type: EventType, field: string): EventSpec {
+export function eventSpecFromProto(type: EventType, field: string): ApiEvent {
   if (type === EventType.UNSPECIFIED) throw new KvmiArgumentError(field, `${field} is required: name an EVENT_TYPE_*`);
-  const spec = EVENT_SPECS_BY_ID.get(type - 1);
-  if (spec === undefined) throw new KvmiArgumentError(field, `${field} ${type} is not an event type this bridge knows`);
-  return spec;
+  const event = API_EVENTS.get(type);
+  if (event === undefined) throw new KvmiArgumentError(field, `${field} ${type} is not an event type this bridge knows`);
+  return event;
 }
 
 /**

@@ -14,6 +14,8 @@ import {
   decodeEventReplyData,
   encodeEvent,
   encodeEventReply,
+  kvmiV7,
+  requireEvent,
   v9,
   V9_EVENTS,
 } from "@kvmi/kvm-bridge/wire";
@@ -29,7 +31,7 @@ import {
 } from "@kvmi/proto";
 import type { Event } from "@kvmi/proto";
 import { describe, expect, it } from "vitest";
-import { continueReply, EVENT_MAPPINGS, eventReplyToWire, eventToProto, isVmEvent, unhookNotice } from "./events.js";
+import { continueReply, DIALECT_EVENT_MAPPINGS, EVENT_MAPPINGS, eventReplyToWire, eventToProto, hasEventMapping, isVmEvent, unhookNotice } from "./events.js";
 import { eventArchToProto } from "./registers.js";
 import { sampleArch, UUID, VM } from "./test-support.js";
 
@@ -243,5 +245,48 @@ describe("unhookNotice", () => {
     expect(notice.vm).toBe(VM);
     expect(notice.deadline).toEqual(timestampFromDate(DEADLINE));
     expect(notice.reason).toBe(UnhookReason.DEVICE_MANAGER);
+  });
+});
+
+describe("events v9 lacks (kvmi-v7's CPUID and CREATE_VCPU; docs/protocol/kvmi-v7.md)", () => {
+  const cpuid = (): KvmiEvent => {
+    const spec = requireEvent(kvmiV7, "CPUID");
+    const bytes = encodeEvent(kvmiV7, spec, 7, 1, { ...sampleArch(), view: 0 }, { function: 0x4000_0000, index: 2, insn_length: 2 });
+    const decoded = decodeEvent(kvmiV7, bytes.subarray(8), 1);
+    return { seq: 7, vcpu: decoded.vcpu, kind: spec.kind, spec: decoded.spec!, arch: decoded.arch, payload: decoded.payload, receivedAt: 0n, receivedAtMs: 0 };
+  };
+
+  it("have EventType values after v9's (CREATE_VCPU 12, CPUID 13), each matching its payload case", () => {
+    expect(DIALECT_EVENT_MAPPINGS.CPUID.type).toBe(EventType.CPUID);
+    expect(DIALECT_EVENT_MAPPINGS.CREATE_VCPU.type).toBe(EventType.CREATE_VCPU);
+    expect([EventType.CREATE_VCPU, EventType.CPUID]).toEqual([12, 13]);
+    expect(hasEventMapping("CPUID")).toBe(true);
+    expect(hasEventMapping("CREATE_VCPU")).toBe(true);
+  });
+
+  it("map a kvmi-v7 CPUID event read through the real codec, payload and arch", () => {
+    const event = eventToProto(UUID, cpuid(), DEADLINE, RECEIVED);
+    expect(event).toMatchObject({ vcpu: 1, seq: 7, type: EventType.CPUID });
+    expect(event.payload).toMatchObject({ case: "cpuid", value: { function: 0x4000_0000, index: 2, insnLength: 2 } });
+    expect(event.arch).toEqual(eventArchToProto(sampleArch()));
+    expect(fromBinary(EventSchema, toBinary(EventSchema, event))).toEqual(event);
+  });
+
+  it("declare the kvmi_event_cpuid fields they carry", () => {
+    expect(DIALECT_EVENT_MAPPINGS.CPUID.wireFields.map((f) => f.wire).sort()).toEqual(
+      Object.keys(requireEvent(kvmiV7, "CPUID").payload!.fields).filter((k) => !k.startsWith("padding")).map((k) => `kvmi_event_cpuid.${k}`).sort(),
+    );
+  });
+
+  it("answer CPUID with its actions and no reply data (the kernel reads none): new_val is refused", () => {
+    const event = cpuid();
+    expect(eventReplyToWire(event, create(EventReplySchema, { vcpu: 1, seq: 7, action: EventAction.RETRY }))).toMatchObject({
+      action: 1,
+      actionName: "RETRY",
+      replyData: undefined,
+    });
+    expect(() => eventReplyToWire(event, create(EventReplySchema, { vcpu: 1, seq: 7, action: EventAction.CONTINUE, newVal: 5n }))).toThrow(
+      expect.objectContaining({ field: "new_val" }),
+    );
   });
 });

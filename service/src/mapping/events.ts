@@ -15,10 +15,12 @@ import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { KvmiArgumentError } from "@kvmi/kvm-bridge";
 import type { KvmiEvent } from "@kvmi/kvm-bridge";
-import { layouts, V9_EVENTS } from "@kvmi/kvm-bridge/wire";
-import type { EventActionName, EventSpec, Layout, LayoutValue, V9EventName } from "@kvmi/kvm-bridge/wire";
+import { KVMI_V7_LAYOUTS, layouts, V9_EVENTS } from "@kvmi/kvm-bridge/wire";
+import type { EventActionName, EventKind, EventPayloads, EventSpec, Layout, LayoutValue, V9EventName } from "@kvmi/kvm-bridge/wire";
 import {
   BreakpointEventSchema,
+  CpuidEventSchema,
+  CreateVcpuEventSchema,
   CrEventSchema,
   DescriptorEventSchema,
   EventAction,
@@ -34,7 +36,7 @@ import {
   XsetbvEventSchema,
 } from "@kvmi/proto";
 import type { Event, EventReply, EventType, UnhookNotice, UnhookReason } from "@kvmi/proto";
-import { descriptorTypeFromWire, eventActionName, eventActionToWire, eventTypeFromWire } from "./enums.js";
+import { descriptorTypeFromWire, eventActionName, eventActionToWire, eventTypeOfKind } from "./enums.js";
 import { eventArchToProto, regsToWire } from "./registers.js";
 import type { WireEventArch, WireRegs } from "./registers.js";
 import { vcpuName, vmName } from "./resource-names.js";
@@ -67,7 +69,7 @@ export interface EventMapping<N extends V9EventName = V9EventName> {
 }
 
 function defineEvent<N extends V9EventName>(entry: Omit<EventMapping<N>, "type">): EventMapping<N> {
-  return Object.freeze({ ...entry, type: eventTypeFromWire(V9_EVENTS[entry.event].id) });
+  return Object.freeze({ ...entry, type: eventTypeOfKind(V9_EVENTS[entry.event].kind) });
 }
 
 const EVENT = EventSchema.name;
@@ -172,6 +174,49 @@ export const EVENT_MAPPINGS = {
   }),
 } as const satisfies { readonly [N in V9EventName]: EventMapping<N> };
 
+/** What every event mapping offers, v9's (keyed by v9 name) and the others' (keyed by kind). */
+interface AnyEventMapping {
+  /** Kernel name: v9's, or that of the dialect that has the event (`KVMI_EVENT_CPUID`). */
+  readonly event: string;
+  readonly type: EventType;
+  payloadToProto(payload: never): Event["payload"];
+  replyData?(newVal: bigint | undefined, payload: never): Record<string, unknown> | undefined;
+  readonly wireFields: readonly WireFieldMapping[];
+}
+
+/** The mapping of an event v9 does not have: payload by the kind's dialect-neutral shape. */
+interface DialectEventMapping<K extends EventKind> extends AnyEventMapping {
+  payloadToProto(payload: EventPayloads[K]): Event["payload"];
+}
+
+const kvmiV7Layout = (name: string): string => KVMI_V7_LAYOUTS[name]!.name;
+
+/**
+ * Events only some dialects send (docs/protocol/kvmi-v7.md), by kind. Their kernel reply carries
+ * no data: CPUID's values reach the guest as EventReply.registers with RETRY (event.proto).
+ */
+export const DIALECT_EVENT_MAPPINGS: { readonly CPUID: DialectEventMapping<"CPUID">; readonly CREATE_VCPU: DialectEventMapping<"CREATE_VCPU"> } = {
+  CPUID: Object.freeze({
+    event: "KVMI_EVENT_CPUID",
+    type: eventTypeOfKind("CPUID"),
+    payloadToProto: (p: EventPayloads["CPUID"]) => ({
+      case: "cpuid" as const,
+      value: create(CpuidEventSchema, { function: p.function, index: p.index, insnLength: p.insn_length }),
+    }),
+    wireFields: mapFields(kvmiV7Layout("kvmi_event_cpuid"), CpuidEventSchema.name, {
+      function: "function",
+      index: "index",
+      insn_length: "insn_length",
+    }),
+  }),
+  CREATE_VCPU: Object.freeze({
+    event: "KVMI_EVENT_CREATE_VCPU",
+    type: eventTypeOfKind("CREATE_VCPU"),
+    payloadToProto: () => ({ case: "createVcpu" as const, value: create(CreateVcpuEventSchema) }),
+    wireFields: [],
+  }),
+};
+
 /** The framing fields events and event replies carry, whatever the event. */
 const FRAMING_WIRE_FIELDS: readonly WireFieldMapping[] = [
   ...mapFields(layouts.kvmiMsgHdr.name, EVENT, { seq: "seq" }),
@@ -182,7 +227,10 @@ const FRAMING_WIRE_FIELDS: readonly WireFieldMapping[] = [
   ...mapFields(layouts.kvmiEventReply.name, EventReplySchema.name, { action: "action" }),
 ];
 
-/** The wire fields the event mappings carry (see wire-coverage.ts). */
+/**
+ * The wire fields the v9 event mappings carry (see wire-coverage.ts, whose coverage test walks v9's
+ * layouts); DIALECT_EVENT_MAPPINGS declare theirs for events.test.ts.
+ */
 export const EVENT_WIRE_FIELDS: readonly WireFieldMapping[] = [
   ...FRAMING_WIRE_FIELDS,
   ...Object.values<EventMapping>(EVENT_MAPPINGS as unknown as Record<string, EventMapping>).flatMap((m) => m.wireFields),
@@ -192,11 +240,14 @@ export const EVENT_WIRE_FIELDS: readonly WireFieldMapping[] = [
  * The mappings by dialect-neutral kind: an event of any dialect (v12's KVMI_VCPU_EVENT_CR, kvmi-v7's
  * KVMI_EVENT_CR) maps as the v9 event of the same kind, whose ids kvmi.v1's EventType follows.
  */
-const MAPPINGS_BY_KIND: ReadonlyMap<string, EventMapping> = new Map(
-  Object.values<EventMapping>(EVENT_MAPPINGS as unknown as Record<string, EventMapping>).map((m) => [V9_EVENTS[m.event].kind, m]),
-);
+const MAPPINGS_BY_KIND: ReadonlyMap<string, AnyEventMapping> = new Map<string, AnyEventMapping>([
+  ...Object.values<EventMapping>(EVENT_MAPPINGS as unknown as Record<string, EventMapping>).map(
+    (m): [string, AnyEventMapping] => [V9_EVENTS[m.event].kind, m as unknown as AnyEventMapping],
+  ),
+  ...Object.entries(DIALECT_EVENT_MAPPINGS),
+]);
 
-/** True when kvmi.v1 can carry events of `kind` (kvmi-v7's CREATE_VCPU and CPUID it cannot yet). */
+/** True when kvmi.v1 can carry events of `kind` (every kind of every dialect table today). */
 export function hasEventMapping(kind: string): boolean {
   return MAPPINGS_BY_KIND.has(kind);
 }
@@ -206,7 +257,7 @@ export function v9EventName(kind: string): string {
   return MAPPINGS_BY_KIND.get(kind)?.event ?? kind;
 }
 
-function mappingOf(spec: EventSpec): EventMapping {
+function mappingOf(spec: EventSpec): AnyEventMapping {
   const mapping = MAPPINGS_BY_KIND.get(spec.kind);
   // A kind kvmi.v1 has no message for: the VM host answers such events itself (hasEventMapping).
   if (mapping === undefined) throw new Error(`no kvmi.v1 mapping for event ${spec.name}`);

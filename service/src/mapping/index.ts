@@ -82,7 +82,8 @@ export {
   eventActionToWire,
   eventIdForCheck,
   eventSpecFromProto,
-  eventTypeFromWire,
+  eventKindOfApiId,
+  eventTypeOfKind,
   mtrrTypeFromWire,
 } from "./enums.js";
 

@@ -9,6 +9,9 @@ import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
 import { checkVcpuIndex } from "../mapping/bridge-error.js";
 import { COMMAND_MAPPINGS, responseFromWire } from "../mapping/commands.js";
 import type { AnyCommandMapping, CommandMapping } from "../mapping/commands.js";
+import { DIALECT_COMMAND_MAPPINGS, dialectResponseFromWire } from "../mapping/dialect-commands.js";
+import type { AnyDialectCommandMapping, DialectCommandMapping } from "../mapping/dialect-commands.js";
+import type { CommandOp } from "@kvmi/kvm-bridge/wire";
 import { parseVcpuName, parseVmName } from "../mapping/resource-names.js";
 import type { ErrorContext } from "../mapping/status.js";
 import { auditCommand } from "../audit/audit-records.js";
@@ -48,11 +51,24 @@ export async function runCommand(deps: RpcDeps, mapping: AnyCommandMapping, requ
 }
 
 /**
+ * Runs a command v9 lacks (mapping/dialect-commands.ts) for a client: read-only, so no controller
+ * check and no audit record; NOT_IN_DIALECT when the VM's dialect lacks it.
+ */
+export async function runDialectCommand(deps: RpcDeps, mapping: AnyDialectCommandMapping, request: unknown, caller: CommandCaller): Promise<unknown> {
+  const entry = mapping as unknown as DialectCommandMapping<CommandOp, DescMessage, DescMessage>;
+  const wire = entry.toWire(request as MessageShape<DescMessage>);
+  const host = deps.hosts.require(wire.vm);
+  if (wire.vcpu !== undefined) checkVcpuIndex(wire.vm, wire.vcpu, host.record.vcpuCount);
+  const reply = await host.commandOp(entry.op, wire.body, wire.vcpu, caller);
+  return dialectResponseFromWire(entry, reply, wire.body);
+}
+
+/**
  * What an error of a command is about, for the ErrorInfo metadata (`command`, `vm`, `vcpu`) of
  * errors raised before the command reached a VM (argument checks, unknown VM or vCPU). Best effort:
  * a name that does not parse contributes nothing (that name is then the error).
  */
-export function commandErrorContext(mapping: AnyCommandMapping, request: unknown): ErrorContext {
+export function commandErrorContext(mapping: { readonly scope: "vm" | "vcpu"; readonly command: string }, request: unknown): ErrorContext {
   const { vm, name } = request as { vm?: string; name?: string };
   const attempt = <T>(parse: () => T): T | undefined => {
     try {
@@ -86,6 +102,15 @@ export function commandHandlers(deps: RpcDeps): Record<string, ReturnType<typeof
         signal: abortSignalOf(call),
       });
     },
+      (request) => commandErrorContext(mapping, request),
+    );
+  }
+  for (const mapping of Object.values<AnyDialectCommandMapping>(DIALECT_COMMAND_MAPPINGS)) {
+    handlers[mapping.method] = unary(
+      deps,
+      mapping.method,
+      (call: ServerUnaryCall<unknown, unknown>) =>
+        runDialectCommand(deps, mapping, call.request, { timeoutMs: callTimeoutMs(call, deps.requestTimeoutMs), signal: abortSignalOf(call) }),
       (request) => commandErrorContext(mapping, request),
     );
   }

@@ -28,7 +28,7 @@ const definition = createServiceDefinition(IntrospectionService);
 describe("createServiceDefinition (shape)", () => {
   it("has one entry per proto method, keyed by localName, with the gRPC path", () => {
     expect(Object.keys(definition)).toHaveLength(IntrospectionService.methods.length);
-    expect(IntrospectionService.methods.length).toBe(32);
+    expect(IntrospectionService.methods.length).toBe(33);
     for (const method of IntrospectionService.methods) {
       const entry = definition[method.localName as keyof typeof definition];
       expect(entry, `missing ${method.localName}`).toBeDefined();

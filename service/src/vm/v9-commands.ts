@@ -11,8 +11,9 @@
  */
 import type { CommandOptions, KvmiChannel } from "@kvmi/kvm-bridge";
 import { KvmiNotInDialectError } from "@kvmi/kvm-bridge/wire";
-import { commandById, commandByOp, eventById, eventByKind, v9, V9_COMMANDS, withZeroDefaults } from "@kvmi/kvm-bridge/wire";
-import type { Dialect, EventKind, V9CommandName, V9CommandReply, V9CommandRequest } from "@kvmi/kvm-bridge/wire";
+import { commandById, commandByOp, eventByKind, v9, V9_COMMANDS, withZeroDefaults } from "@kvmi/kvm-bridge/wire";
+import type { CommandOp, Dialect, EventKind, Layout, OpReply, OpRequest, V9CommandName, V9CommandReply, V9CommandRequest } from "@kvmi/kvm-bridge/wire";
+import { eventKindOfApiId } from "../mapping/enums.js";
 
 type AnyValue = Record<string, unknown>;
 
@@ -32,6 +33,18 @@ export async function sendCommand<N extends V9CommandName>(
   const body = toDialectBody(channel.dialect, name, request as unknown as AnyValue);
   const reply = (await channel.command(spec.op, body as never, vcpu, options)) as unknown as AnyValue;
   return fromDialectReply(name, reply) as unknown as V9CommandReply<N>;
+}
+
+/**
+ * Sends a command v9 does not have (mapping/dialect-commands.ts) by its op, with fields kvmi.v1
+ * does not carry as zero.
+ * @throws KvmiNotInDialectError when the channel's dialect lacks `op` (nothing is written).
+ */
+export async function sendOp<O extends CommandOp>(channel: Channel, op: O, request: OpRequest<O>, vcpu?: number, options?: CommandOptions): Promise<OpReply<O>> {
+  const spec = commandByOp(channel.dialect, op);
+  if (spec === undefined) throw new KvmiNotInDialectError(channel.dialect.name, op, "command");
+  const body = withZeroDefaults(spec.request.layout, request as unknown as AnyValue);
+  return channel.command(op, body as never, vcpu, options);
 }
 
 /** {@link sendCommand} for a burst of read-only commands (KvmiChannel.commandBatch). */
@@ -61,23 +74,32 @@ export function toDialectBody(dialect: Dialect, name: V9CommandName, request: An
       throw new KvmiNotInDialectError(dialect.name, `${op} ${field}`, "command");
     }
   }
-  if (dialect === v9) return request;
   let body = request;
+  // Event ids are kvmi.v1's (EventType - 1: v9's ids, then the events v9 lacks), so they are
+  // translated on v9 too: kvmi-v7's CPUID there is NOT_IN_DIALECT, not whatever v9 id 12 would be.
+  switch (op) {
+    case "CHECK_EVENT":
+      return finish(dialect, spec.request.layout, { ...body, id: eventIdIn(dialect, body["id"] as number) });
+    case "CONTROL_VM_EVENTS":
+    case "CONTROL_VCPU_EVENTS":
+      return finish(dialect, spec.request.layout, { ...body, event_id: eventIdIn(dialect, body["event_id"] as number) });
+    default:
+      break;
+  }
+  if (dialect === v9) return request;
   switch (op) {
     case "CHECK_COMMAND":
       body = { ...body, id: commandIdIn(dialect, body["id"] as number) };
-      break;
-    case "CHECK_EVENT":
-      body = { ...body, id: eventIdIn(dialect, body["id"] as number) };
-      break;
-    case "CONTROL_VM_EVENTS":
-    case "CONTROL_VCPU_EVENTS":
-      body = { ...body, event_id: eventIdIn(dialect, body["event_id"] as number) };
       break;
     default:
       break;
   }
   return withZeroDefaults(spec.request.layout, body);
+}
+
+/** v9 bodies pass through as they are; other dialects get the fields kvmi.v1 does not carry as zero. */
+function finish(dialect: Dialect, layout: Layout | null, body: AnyValue): AnyValue {
+  return dialect === v9 ? body : withZeroDefaults(layout, body);
 }
 
 /** The dialect's id of the command v9 calls `v9Id`; ids v9 does not know pass through (the kernel answers ENOENT). */
@@ -89,11 +111,14 @@ function commandIdIn(dialect: Dialect, v9Id: number): number {
   return spec.id;
 }
 
-/** The dialect's id of the event v9 numbers `v9Id`; ids v9 does not know pass through. */
-function eventIdIn(dialect: Dialect, v9Id: number): number {
-  const known = eventById(v9, v9Id);
-  if (known === undefined) return v9Id;
-  return requireEventId(dialect, known.kind);
+/**
+ * The dialect's id of the event kvmi.v1 numbers `apiId` (`EventType - 1`, mapping/enums.ts); ids
+ * kvmi.v1 does not know pass through, so that the kernel answers them itself.
+ */
+function eventIdIn(dialect: Dialect, apiId: number): number {
+  const kind = eventKindOfApiId(apiId);
+  if (kind === undefined) return apiId;
+  return requireEventId(dialect, kind);
 }
 
 function requireEventId(dialect: Dialect, kind: EventKind): number {

@@ -114,6 +114,15 @@ export interface VcpuExitHandler {
   hypercall(vcpu: Vcpu): Awaitable<HypercallReply>;
 
   /**
+   * The guest executed CPUID with EAX = `fn` and ECX = `index`, before it runs (kvmi-v7's CPUID
+   * event, docs/protocol/kvmi-v7.md). `continue` executes it (the guest gets the table's leaf),
+   * `retry` re-enters without executing it: the instruction is skipped when the tool moved RIP (it
+   * answered the leaf itself through the registers), else it runs again; `crash` kills the VM.
+   * @param insnLen length of the CPUID instruction (2, `0f a2`).
+   */
+  cpuid(vcpu: Vcpu, fn: number, index: number, insnLen: number): Awaitable<ExitAction>;
+
+  /**
    * An instruction completed while single-stepping (kvmi-abi §5 id 10). `failed` is always false in
    * this model (there is no VM-entry failure to report).
    */
@@ -130,6 +139,7 @@ export const passThroughExitHandler: VcpuExitHandler = Object.freeze({
   descriptor: () => "continue" as const,
   pageFault: () => "continue" as const,
   hypercall: () => ({ action: "continue" as const, consumed: false }),
+  cpuid: () => "continue" as const,
   singleStep: () => "continue" as const,
 });
 

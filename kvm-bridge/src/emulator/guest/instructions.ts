@@ -14,6 +14,7 @@ import type { Awaitable, OperationOutcome, VcpuExitHandler } from "./exits.js";
 import { KVMI_PAGE_ACCESS_R, KVMI_PAGE_ACCESS_W, KVMI_PAGE_ACCESS_X, PAGE_SIZE, type GuestMemory } from "./memory.js";
 import { walkPageTables } from "./paging.js";
 import { loadCr, readCr } from "./control-registers.js";
+import type { CpuidEntry } from "./cpuid.js";
 import type { KvmRegs, VcpuState } from "./vcpu-state.js";
 import type { Vcpu } from "./vcpu.js";
 import {
@@ -353,6 +354,37 @@ export function hypercallInstruction(rax: bigint, rdi: bigint, rsi: bigint, at?:
       }
       regs.rax = result;
       return done(ctx, rip.start, 3, result);
+    },
+  };
+}
+
+/** Length of CPUID (`0f a2`). */
+export const CPUID_INSN_LEN = 2;
+
+/**
+ * CPUID with EAX = `fn`, ECX = `index`: the `cpuid` exit first (kvmi-v7's CPUID event), then the
+ * leaf from the vCPU's table into EAX..EDX (zeros for a leaf the table lacks, where a CPU would
+ * repeat its highest basic leaf: no test depends on that). After a RETRY that moved RIP the tool
+ * answered in the guest's registers and the instruction is skipped.
+ */
+export function cpuidInstruction(fn: number, index: number, at?: bigint): Instruction<CpuidEntry> {
+  const rip = { start: 0n };
+  return {
+    kind: "cpuid",
+    countsAsInstruction: true,
+    async exec(ctx, attempt) {
+      const regs = ctx.state.regs;
+      if (attempt === 0) Object.assign(regs, { rax: BigInt(fn >>> 0), rcx: BigInt(index >>> 0) });
+      if (!enter(ctx, at, attempt, rip)) return SKIPPED;
+      // The leaf and sub-leaf come from the registers, which the tool may have changed on a RETRY.
+      const leaf = Number(regs.rax & 0xffffffffn);
+      const subleaf = Number(regs.rcx & 0xffffffffn);
+      const reply = await ctx.exit("cpuid", (h) => h.cpuid(ctx.vcpu, leaf, subleaf, CPUID_INSN_LEN));
+      const step = follow(ctx, reply, "cpuid");
+      if (step !== undefined) return step;
+      const entry = ctx.state.cpuid.get(leaf, subleaf) ?? { eax: 0, ebx: 0, ecx: 0, edx: 0 };
+      Object.assign(regs, { rax: BigInt(entry.eax >>> 0), rbx: BigInt(entry.ebx >>> 0), rcx: BigInt(entry.ecx >>> 0), rdx: BigInt(entry.edx >>> 0) });
+      return done(ctx, rip.start, CPUID_INSN_LEN, entry);
     },
   };
 }

@@ -11,7 +11,7 @@
 import { GuestModelError } from "./errors.js";
 import { passThroughExitHandler, type AbortReason, type OperationOutcome, type VcpuExitHandler } from "./exits.js";
 import {
-  ABORTED, HALTING, RETRY, descriptorInstruction, executeInstruction, haltInstruction, hypercallInstruction,
+  ABORTED, HALTING, RETRY, cpuidInstruction, descriptorInstruction, executeInstruction, haltInstruction, hypercallInstruction,
   memoryInstruction, writeCrInstruction, writeMsrInstruction, xsetbvInstruction,
   type DescriptorInstruction, type ExecContext, type ExitKind, type GuestAddress, type Instruction,
 } from "./instructions.js";
@@ -238,6 +238,9 @@ class VcpuThread implements VcpuController {
   }
   hypercall(rax: bigint, rdi: bigint, rsi: bigint, options: InstructionOptions = {}) {
     return this.submit(hypercallInstruction(rax, rdi, rsi, options.at));
+  }
+  cpuid(fn: number, index: number, options: InstructionOptions = {}) {
+    return this.submit(cpuidInstruction(fn, index, options.at));
   }
   halt(ms: number) {
     return this.submit(haltInstruction(ms));

@@ -12,6 +12,7 @@
  *
  * The implementation lives in `vcpu-thread.ts`; this module is the contract.
  */
+import type { CpuidEntry } from "./cpuid.js";
 import type { OperationOutcome } from "./exits.js";
 import type {
   DescriptorInstruction, DescriptorResult, ExecuteResult, ExitKind, GuestAddress,
@@ -109,6 +110,11 @@ export interface Vcpu {
   writeMemory(address: GuestAddress, bytes: Uint8Array, options?: InstructionOptions): Promise<OperationOutcome<void>>;
   /** VMCALL with the given RAX/RDI/RSI; the value is the RAX the guest got back. */
   hypercall(rax: bigint, rdi: bigint, rsi: bigint, options?: InstructionOptions): Promise<OperationOutcome<bigint>>;
+  /**
+   * CPUID with EAX = `fn`, ECX = `index` (the `cpuid` exit first); the value is the leaf the guest
+   * got in EAX..EDX. `skipped` when the tool answered it itself (RETRY after moving RIP).
+   */
+  cpuid(fn: number, index: number, options?: InstructionOptions): Promise<OperationOutcome<CpuidEntry>>;
   /** HLT for `ms` milliseconds (ends early when an exception is delivered). */
   halt(ms: number): Promise<OperationOutcome<void>>;
 }

@@ -112,6 +112,13 @@ export function createKvmiExitHandler(target: KvmiExitTarget): VcpuExitHandler {
       return { action: toNotifyAction(outcome), consumed: true };
     },
 
+    async cpuid(vcpu, fn, index, insnLen): Promise<ExitAction> {
+      // kvmi-v7 only: a dialect without the event never has it enabled (eventId is undefined).
+      const kvmi = enabled(vcpu, "CPUID");
+      if (kvmi === undefined) return "continue";
+      return toExitAction(await kvmi.sendEvent("CPUID", { function: fn, index, insn_length: insnLen }));
+    },
+
     async singleStep(vcpu, failed): Promise<NotifyAction> {
       const kvmi = lookup(vcpu.index);
       if (kvmi === undefined || !kvmi.singlestep) return "continue";

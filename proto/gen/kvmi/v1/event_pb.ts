@@ -22,7 +22,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file kvmi/v1/event.proto.
  */
 export const file_kvmi_v1_event: GenFile = /*@__PURE__*/
-  fileDesc("ChNrdm1pL3YxL2V2ZW50LnByb3RvEgdrdm1pLnYxIpwFCgVFdmVudBIMCgRuYW1lGAEgASgJEgoKAnZtGAIgASgJEgwKBHZjcHUYAyABKA0SCwoDc2VxGAQgASgNEiAKBHR5cGUYBSABKA4yEi5rdm1pLnYxLkV2ZW50VHlwZRIgCgRhcmNoGAYgASgLMhIua3ZtaS52MS5FdmVudEFyY2gSMgoOcmVwbHlfZGVhZGxpbmUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmJyZWFrcG9pbnQYCCABKAsyGC5rdm1pLnYxLkJyZWFrcG9pbnRFdmVudEgAEi0KCnBhZ2VfZmF1bHQYCSABKAsyFy5rdm1pLnYxLlBhZ2VGYXVsdEV2ZW50SAASHgoCY3IYCiABKAsyEC5rdm1pLnYxLkNyRXZlbnRIABIgCgNtc3IYCyABKAsyES5rdm1pLnYxLk1zckV2ZW50SAASLwoLc2luZ2xlX3N0ZXAYDCABKAsyGC5rdm1pLnYxLlNpbmdsZVN0ZXBFdmVudEgAEi0KCnBhdXNlX3ZjcHUYDSABKAsyFy5rdm1pLnYxLlBhdXNlVmNwdUV2ZW50SAASIgoEdHJhcBgOIAEoCzISLmt2bWkudjEuVHJhcEV2ZW50SAASLAoJaHlwZXJjYWxsGA8gASgLMhcua3ZtaS52MS5IeXBlcmNhbGxFdmVudEgAEiYKBnhzZXRidhgQIAEoCzIULmt2bWkudjEuWHNldGJ2RXZlbnRIABIuCgpkZXNjcmlwdG9yGBEgASgLMhgua3ZtaS52MS5EZXNjcmlwdG9yRXZlbnRIABIwCgxyZWNlaXZlX3RpbWUYEiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgkKB3BheWxvYWQiMAoPQnJlYWtwb2ludEV2ZW50EgsKA2dwYRgBIAEoBBIQCghpbnNuX2xlbhgCIAEoDSI6Cg5QYWdlRmF1bHRFdmVudBILCgNndmEYASABKAQSCwoDZ3BhGAIgASgEEg4KBmFjY2VzcxgDIAEoDSI7CgdDckV2ZW50EgoKAmNyGAEgASgNEhEKCW9sZF92YWx1ZRgCIAEoBBIRCgluZXdfdmFsdWUYAyABKAQiPQoITXNyRXZlbnQSCwoDbXNyGAEgASgNEhEKCW9sZF92YWx1ZRgCIAEoBBIRCgluZXdfdmFsdWUYAyABKAQiIQoPU2luZ2xlU3RlcEV2ZW50Eg4KBmZhaWxlZBgBIAEoCCIQCg5QYXVzZVZjcHVFdmVudCJACglUcmFwRXZlbnQSDgoGdmVjdG9yGAEgASgNEhIKCmVycm9yX2NvZGUYAiABKA0SDwoHYWRkcmVzcxgDIAEoBCIQCg5IeXBlcmNhbGxFdmVudCJACgtYc2V0YnZFdmVudBILCgN4Y3IYASABKA0SEQoJb2xkX3ZhbHVlGAIgASgEEhEKCW5ld192YWx1ZRgDIAEoBCJNCg9EZXNjcmlwdG9yRXZlbnQSKwoKZGVzY3JpcHRvchgBIAEoDjIXLmt2bWkudjEuRGVzY3JpcHRvclR5cGUSDQoFd3JpdGUYAiABKAgioAEKCkV2ZW50UmVwbHkSDAoEdmNwdRgBIAEoDRILCgNzZXEYAiABKA0SKQoGYWN0aW9uGAMgASgOMhQua3ZtaS52MS5FdmVudEFjdGlvbkID4EECEhkKB25ld192YWwYBCABKARCA+BBAUgAiAEBEiUKCXJlZ2lzdGVycxgFIAEoCzINLmt2bWkudjEuUmVnc0ID4EEBQgoKCF9uZXdfdmFsIm8KDFVuaG9va05vdGljZRIKCgJ2bRgBIAEoCRIsCghkZWFkbGluZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJQoGcmVhc29uGAMgASgOMhUua3ZtaS52MS5Vbmhvb2tSZWFzb24qqgIKCUV2ZW50VHlwZRIaChZFVkVOVF9UWVBFX1VOU1BFQ0lGSUVEEAASFQoRRVZFTlRfVFlQRV9VTkhPT0sQARIZChVFVkVOVF9UWVBFX1BBVVNFX1ZDUFUQAhIYChRFVkVOVF9UWVBFX0hZUEVSQ0FMTBADEhkKFUVWRU5UX1RZUEVfQlJFQUtQT0lOVBAEEhEKDUVWRU5UX1RZUEVfQ1IQBRITCg9FVkVOVF9UWVBFX1RSQVAQBhIVChFFVkVOVF9UWVBFX1hTRVRCVhAHEhkKFUVWRU5UX1RZUEVfREVTQ1JJUFRPUhAIEhIKDkVWRU5UX1RZUEVfTVNSEAkSEQoNRVZFTlRfVFlQRV9QRhAKEhkKFUVWRU5UX1RZUEVfU0lOR0xFU1RFUBALKnYKC0V2ZW50QWN0aW9uEhwKGEVWRU5UX0FDVElPTl9VTlNQRUNJRklFRBAAEhkKFUVWRU5UX0FDVElPTl9DT05USU5VRRABEhYKEkVWRU5UX0FDVElPTl9SRVRSWRACEhYKEkVWRU5UX0FDVElPTl9DUkFTSBADKpcBCg5EZXNjcmlwdG9yVHlwZRIfChtERVNDUklQVE9SX1RZUEVfVU5TUEVDSUZJRUQQABIYChRERVNDUklQVE9SX1RZUEVfSURUUhABEhgKFERFU0NSSVBUT1JfVFlQRV9HRFRSEAISGAoUREVTQ1JJUFRPUl9UWVBFX0xEVFIQAxIWChJERVNDUklQVE9SX1RZUEVfVFIQBCqOAQoMVW5ob29rUmVhc29uEh0KGVVOSE9PS19SRUFTT05fVU5TUEVDSUZJRUQQABIgChxVTkhPT0tfUkVBU09OX0RFVklDRV9NQU5BR0VSEAESGgoWVU5IT09LX1JFQVNPTl9PUEVSQVRPUhACEiEKHVVOSE9PS19SRUFTT05fQlJJREdFX1NIVVRET1dOEANiBnByb3RvMw", [file_google_api_field_behavior, file_google_protobuf_timestamp, file_kvmi_v1_registers]);
+  fileDesc("ChNrdm1pL3YxL2V2ZW50LnByb3RvEgdrdm1pLnYxIvMFCgVFdmVudBIMCgRuYW1lGAEgASgJEgoKAnZtGAIgASgJEgwKBHZjcHUYAyABKA0SCwoDc2VxGAQgASgNEiAKBHR5cGUYBSABKA4yEi5rdm1pLnYxLkV2ZW50VHlwZRIgCgRhcmNoGAYgASgLMhIua3ZtaS52MS5FdmVudEFyY2gSMgoOcmVwbHlfZGVhZGxpbmUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmJyZWFrcG9pbnQYCCABKAsyGC5rdm1pLnYxLkJyZWFrcG9pbnRFdmVudEgAEi0KCnBhZ2VfZmF1bHQYCSABKAsyFy5rdm1pLnYxLlBhZ2VGYXVsdEV2ZW50SAASHgoCY3IYCiABKAsyEC5rdm1pLnYxLkNyRXZlbnRIABIgCgNtc3IYCyABKAsyES5rdm1pLnYxLk1zckV2ZW50SAASLwoLc2luZ2xlX3N0ZXAYDCABKAsyGC5rdm1pLnYxLlNpbmdsZVN0ZXBFdmVudEgAEi0KCnBhdXNlX3ZjcHUYDSABKAsyFy5rdm1pLnYxLlBhdXNlVmNwdUV2ZW50SAASIgoEdHJhcBgOIAEoCzISLmt2bWkudjEuVHJhcEV2ZW50SAASLAoJaHlwZXJjYWxsGA8gASgLMhcua3ZtaS52MS5IeXBlcmNhbGxFdmVudEgAEiYKBnhzZXRidhgQIAEoCzIULmt2bWkudjEuWHNldGJ2RXZlbnRIABIuCgpkZXNjcmlwdG9yGBEgASgLMhgua3ZtaS52MS5EZXNjcmlwdG9yRXZlbnRIABIkCgVjcHVpZBgeIAEoCzITLmt2bWkudjEuQ3B1aWRFdmVudEgAEi8KC2NyZWF0ZV92Y3B1GB8gASgLMhgua3ZtaS52MS5DcmVhdGVWY3B1RXZlbnRIABIwCgxyZWNlaXZlX3RpbWUYEiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgkKB3BheWxvYWQiMAoPQnJlYWtwb2ludEV2ZW50EgsKA2dwYRgBIAEoBBIQCghpbnNuX2xlbhgCIAEoDSI6Cg5QYWdlRmF1bHRFdmVudBILCgNndmEYASABKAQSCwoDZ3BhGAIgASgEEg4KBmFjY2VzcxgDIAEoDSI7CgdDckV2ZW50EgoKAmNyGAEgASgNEhEKCW9sZF92YWx1ZRgCIAEoBBIRCgluZXdfdmFsdWUYAyABKAQiPQoITXNyRXZlbnQSCwoDbXNyGAEgASgNEhEKCW9sZF92YWx1ZRgCIAEoBBIRCgluZXdfdmFsdWUYAyABKAQiIQoPU2luZ2xlU3RlcEV2ZW50Eg4KBmZhaWxlZBgBIAEoCCIQCg5QYXVzZVZjcHVFdmVudCJACglUcmFwRXZlbnQSDgoGdmVjdG9yGAEgASgNEhIKCmVycm9yX2NvZGUYAiABKA0SDwoHYWRkcmVzcxgDIAEoBCIQCg5IeXBlcmNhbGxFdmVudCJACgtYc2V0YnZFdmVudBILCgN4Y3IYASABKA0SEQoJb2xkX3ZhbHVlGAIgASgEEhEKCW5ld192YWx1ZRgDIAEoBCJNCg9EZXNjcmlwdG9yRXZlbnQSKwoKZGVzY3JpcHRvchgBIAEoDjIXLmt2bWkudjEuRGVzY3JpcHRvclR5cGUSDQoFd3JpdGUYAiABKAgiQgoKQ3B1aWRFdmVudBIQCghmdW5jdGlvbhgBIAEoDRINCgVpbmRleBgCIAEoDRITCgtpbnNuX2xlbmd0aBgDIAEoDSIRCg9DcmVhdGVWY3B1RXZlbnQioAEKCkV2ZW50UmVwbHkSDAoEdmNwdRgBIAEoDRILCgNzZXEYAiABKA0SKQoGYWN0aW9uGAMgASgOMhQua3ZtaS52MS5FdmVudEFjdGlvbkID4EECEhkKB25ld192YWwYBCABKARCA+BBAUgAiAEBEiUKCXJlZ2lzdGVycxgFIAEoCzINLmt2bWkudjEuUmVnc0ID4EEBQgoKCF9uZXdfdmFsIm8KDFVuaG9va05vdGljZRIKCgJ2bRgBIAEoCRIsCghkZWFkbGluZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJQoGcmVhc29uGAMgASgOMhUua3ZtaS52MS5Vbmhvb2tSZWFzb24q3AIKCUV2ZW50VHlwZRIaChZFVkVOVF9UWVBFX1VOU1BFQ0lGSUVEEAASFQoRRVZFTlRfVFlQRV9VTkhPT0sQARIZChVFVkVOVF9UWVBFX1BBVVNFX1ZDUFUQAhIYChRFVkVOVF9UWVBFX0hZUEVSQ0FMTBADEhkKFUVWRU5UX1RZUEVfQlJFQUtQT0lOVBAEEhEKDUVWRU5UX1RZUEVfQ1IQBRITCg9FVkVOVF9UWVBFX1RSQVAQBhIVChFFVkVOVF9UWVBFX1hTRVRCVhAHEhkKFUVWRU5UX1RZUEVfREVTQ1JJUFRPUhAIEhIKDkVWRU5UX1RZUEVfTVNSEAkSEQoNRVZFTlRfVFlQRV9QRhAKEhkKFUVWRU5UX1RZUEVfU0lOR0xFU1RFUBALEhoKFkVWRU5UX1RZUEVfQ1JFQVRFX1ZDUFUQDBIUChBFVkVOVF9UWVBFX0NQVUlEEA0qdgoLRXZlbnRBY3Rpb24SHAoYRVZFTlRfQUNUSU9OX1VOU1BFQ0lGSUVEEAASGQoVRVZFTlRfQUNUSU9OX0NPTlRJTlVFEAESFgoSRVZFTlRfQUNUSU9OX1JFVFJZEAISFgoSRVZFTlRfQUNUSU9OX0NSQVNIEAMqlwEKDkRlc2NyaXB0b3JUeXBlEh8KG0RFU0NSSVBUT1JfVFlQRV9VTlNQRUNJRklFRBAAEhgKFERFU0NSSVBUT1JfVFlQRV9JRFRSEAESGAoUREVTQ1JJUFRPUl9UWVBFX0dEVFIQAhIYChRERVNDUklQVE9SX1RZUEVfTERUUhADEhYKEkRFU0NSSVBUT1JfVFlQRV9UUhAEKo4BCgxVbmhvb2tSZWFzb24SHQoZVU5IT09LX1JFQVNPTl9VTlNQRUNJRklFRBAAEiAKHFVOSE9PS19SRUFTT05fREVWSUNFX01BTkFHRVIQARIaChZVTkhPT0tfUkVBU09OX09QRVJBVE9SEAISIQodVU5IT09LX1JFQVNPTl9CUklER0VfU0hVVERPV04QA2IGcHJvdG8z", [file_google_api_field_behavior, file_google_protobuf_timestamp, file_kvmi_v1_registers]);
 
 /**
  * Carries one vCPU event. The bridge sends it to the controller, which must
@@ -168,6 +168,23 @@ export type Event = Message<"kvmi.v1.Event"> & {
      */
     value: DescriptorEvent;
     case: "descriptor";
+  } | {
+    /**
+     * Carries a KVMI_EVENT_CPUID payload (kvmi-v7 only, docs/protocol/kvmi-v7.md).
+     * Field numbers from 30 up are kept for events only some dialects send.
+     *
+     * @generated from field: kvmi.v1.CpuidEvent cpuid = 30;
+     */
+    value: CpuidEvent;
+    case: "cpuid";
+  } | {
+    /**
+     * Carries a KVMI_EVENT_CREATE_VCPU payload (kvmi-v7 only).
+     *
+     * @generated from field: kvmi.v1.CreateVcpuEvent create_vcpu = 31;
+     */
+    value: CreateVcpuEvent;
+    case: "createVcpu";
   } | { case: undefined; value?: undefined };
 
   /**
@@ -490,6 +507,64 @@ export const DescriptorEventSchema: GenMessage<DescriptorEvent> = /*@__PURE__*/
   messageDesc(file_kvmi_v1_event, 10);
 
 /**
+ * Reports a guest CPUID instruction (KVMI_EVENT_CPUID, `struct
+ * kvmi_event_cpuid`; kvmi-v7 only, enabled with ControlVcpuEvents, which
+ * fails with FAILED_PRECONDITION, reason NOT_IN_DIALECT, on v9 and v12). The
+ * vCPU waits before executing CPUID. The kernel's reply carries no data, only
+ * the action: CONTINUE executes CPUID and the guest gets the real leaf; RETRY
+ * re-enters the guest without executing it, so a tool that answers the leaf
+ * itself sets EventReply.registers (RAX, RBX, RCX, RDX with its values and RIP
+ * advanced by `insn_length`) and replies RETRY; CRASH kills the VM.
+ *
+ * @generated from message kvmi.v1.CpuidEvent
+ */
+export type CpuidEvent = Message<"kvmi.v1.CpuidEvent"> & {
+  /**
+   * Holds the leaf the guest asked for (EAX, `function`).
+   *
+   * @generated from field: uint32 function = 1;
+   */
+  function: number;
+
+  /**
+   * Holds the sub-leaf (ECX, `index`).
+   *
+   * @generated from field: uint32 index = 2;
+   */
+  index: number;
+
+  /**
+   * Holds the length of the CPUID instruction in bytes (2).
+   *
+   * @generated from field: uint32 insn_length = 3;
+   */
+  insnLength: number;
+};
+
+/**
+ * Describes the message kvmi.v1.CpuidEvent.
+ * Use `create(CpuidEventSchema)` to create a new message.
+ */
+export const CpuidEventSchema: GenMessage<CpuidEvent> = /*@__PURE__*/
+  messageDesc(file_kvmi_v1_event, 11);
+
+/**
+ * Reports that the VM created a vCPU (KVMI_EVENT_CREATE_VCPU; kvmi-v7 only;
+ * no payload, the vCPU is Event.vcpu). Accepted actions: CONTINUE, CRASH.
+ *
+ * @generated from message kvmi.v1.CreateVcpuEvent
+ */
+export type CreateVcpuEvent = Message<"kvmi.v1.CreateVcpuEvent"> & {
+};
+
+/**
+ * Describes the message kvmi.v1.CreateVcpuEvent.
+ * Use `create(CreateVcpuEventSchema)` to create a new message.
+ */
+export const CreateVcpuEventSchema: GenMessage<CreateVcpuEvent> = /*@__PURE__*/
+  messageDesc(file_kvmi_v1_event, 12);
+
+/**
  * Answers one vCPU event. Replies are idempotent per (vcpu, seq): the bridge
  * forwards the first valid reply and ignores repeats of an answered event.
  * An invalid reply (unknown seq, action not accepted by the event type,
@@ -547,7 +622,7 @@ export type EventReply = Message<"kvmi.v1.EventReply"> & {
  * Use `create(EventReplySchema)` to create a new message.
  */
 export const EventReplySchema: GenMessage<EventReply> = /*@__PURE__*/
-  messageDesc(file_kvmi_v1_event, 11);
+  messageDesc(file_kvmi_v1_event, 13);
 
 /**
  * Tells every session attached to a VM that the bridge is going to close its
@@ -585,14 +660,16 @@ export type UnhookNotice = Message<"kvmi.v1.UnhookNotice"> & {
  * Use `create(UnhookNoticeSchema)` to create a new message.
  */
 export const UnhookNoticeSchema: GenMessage<UnhookNotice> = /*@__PURE__*/
-  messageDesc(file_kvmi_v1_event, 12);
+  messageDesc(file_kvmi_v1_event, 14);
 
 /**
- * Lists the v9 events (KVMI_NUM_EVENTS = 11). Proto values are the v9 event id
- * plus one, because v9 uses 0 for KVMI_EVENT_UNHOOK. The bridge maps them to
- * the VM's dialect (v10+ renumbers events). This enum can grow with events of
- * other dialects; unknown values fail with INVALID_ARGUMENT (CheckEvent:
- * NOT_FOUND).
+ * Lists the events of every dialect. Values 1..11 are the v9 events
+ * (KVMI_NUM_EVENTS = 11) with the v9 event id plus one, because v9 uses 0 for
+ * KVMI_EVENT_UNHOOK; values from 12 on are events v9 does not have (kvmi-v7's
+ * CREATE_VCPU and CPUID). The bridge maps them to the VM's dialect (v10+
+ * renumbers events); an event the VM's dialect lacks fails with
+ * FAILED_PRECONDITION, reason NOT_IN_DIALECT. Unknown values fail with
+ * INVALID_ARGUMENT (CheckEvent: NOT_FOUND).
  *
  * @generated from enum kvmi.v1.EventType
  */
@@ -681,6 +758,20 @@ export enum EventType {
    * @generated from enum value: EVENT_TYPE_SINGLESTEP = 11;
    */
   SINGLESTEP = 11,
+
+  /**
+   * Indicates KVMI_EVENT_CREATE_VCPU (kvmi-v7 id 9; no v9 id).
+   *
+   * @generated from enum value: EVENT_TYPE_CREATE_VCPU = 12;
+   */
+  CREATE_VCPU = 12,
+
+  /**
+   * Indicates KVMI_EVENT_CPUID (kvmi-v7 id 13; no v9 id).
+   *
+   * @generated from enum value: EVENT_TYPE_CPUID = 13;
+   */
+  CPUID = 13,
 }
 
 /**
