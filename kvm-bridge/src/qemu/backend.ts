@@ -9,7 +9,6 @@
 import { DeviceManager, type KvmiEndpoint, type UnhookOutcome } from "../emulator/device-manager.js";
 import { createKvmiExitHandler } from "../emulator/kernel/exit-handler.js";
 import { KvmiVm } from "../emulator/kernel/kvmi-vm.js";
-import { KvmiArgumentError } from "../errors.js";
 import type { Logger } from "../logger.js";
 import { silentLogger } from "../logger.js";
 import type { Dialect } from "../wire/dialect.js";
@@ -35,7 +34,7 @@ export interface QemuBackendOptions {
   readonly qmp: SocketEndpoint;
   /** The KVMI tool's socket (the bridge's KVMI listener). */
   readonly connect: KvmiEndpoint;
-  /** Only v9 is emulated by the kernel side today. */
+  /** The KVMI dialect the kernel side speaks to the tool (default v9; any of `KNOWN_DIALECTS`). */
   readonly dialect?: Dialect;
   /** Display name in the handshake; QMP's query-name when absent. */
   readonly name?: string;
@@ -64,11 +63,13 @@ function e820Of(ram: ReadonlyArray<{ start: bigint; end: bigint }>): E820Entry[]
 /** Attaches to QEMU and starts connecting to the tool. */
 export async function attachQemu(options: QemuBackendOptions): Promise<QemuBackend> {
   const log = options.logger ?? silentLogger;
+  // The kernel side reads every wire fact from the dialect's table, so QEMU is offered in each one.
   const dialect = options.dialect ?? v9;
-  if (dialect !== v9) throw new KvmiArgumentError("dialect", `the emulated kernel side speaks v9 only so far, not ${dialect.name}`);
   const qmp: QmpClient = await connectQmp(options.qmp);
   let gdb: GdbClient;
   try {
+    // A QEMU started from a snapshot (`-incoming`) is attached once its state has arrived.
+    await qmp.waitWhileIncoming();
     gdb = await connectGdb(options.gdb);
   } catch (error) {
     qmp.close();
