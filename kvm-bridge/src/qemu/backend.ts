@@ -25,9 +25,14 @@ export const QEMU_COMMANDS: readonly CommandOp[] = [
   "GET_VERSION", "CHECK_COMMAND", "CHECK_EVENT", "GET_VM_INFO", "CONTROL_VM_EVENTS", "READ_PHYSICAL",
   "WRITE_PHYSICAL", "GET_VCPU_INFO", "PAUSE_VCPU", "CONTROL_VCPU_EVENTS", "GET_REGISTERS", "SET_REGISTERS",
   "CONTROL_CLEANUP", "GET_MAX_GFN", "GET_MTRR_TYPE", "CONTROL_SINGLESTEP", "TRANSLATE_GVA",
+  // Protocol only, no guest involved: kvmi-v7's reply switch, which libkvmi's batches need
+  // (kvmi_pause_all_vcpus). Dialects without it simply do not list it.
+  "CONTROL_CMD_RESPONSE",
+  // Restrictions as watchpoints over the page's kernel mappings (qemu/page-watch.ts says what holds).
+  "SET_PAGE_ACCESS", "GET_PAGE_ACCESS",
 ];
 /** Events it can raise. */
-export const QEMU_EVENTS: readonly EventKind[] = ["UNHOOK", "PAUSE_VCPU", "BREAKPOINT", "SINGLESTEP"];
+export const QEMU_EVENTS: readonly EventKind[] = ["UNHOOK", "PAUSE_VCPU", "BREAKPOINT", "SINGLESTEP", "PF"];
 
 export interface QemuBackendOptions {
   readonly gdb: SocketEndpoint;
@@ -86,7 +91,8 @@ export async function attachQemu(options: QemuBackendOptions): Promise<QemuBacke
     guest: {
       stop: () => {
         guest.managerStopped = true;
-        void guest.acquire();
+        // QEMU may be going away (its exit is what stops us): a failed stop is not an error here.
+        void guest.acquire().catch(() => undefined);
       },
       resume: () => {
         guest.managerStopped = false;
