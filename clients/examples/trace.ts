@@ -10,6 +10,12 @@
  * 3. on the SINGLESTEP that follows: put the INT3 back, stop single-stepping, reply CONTINUE;
  * 4. on exit (Ctrl-C, --duration) or on the unhook notice: restore the original byte and release.
  *
+ * `--duration` counts from the moment the INT3 is armed, not from the start: on a real guest behind
+ * kvmi-qemu the preparation (profile, process list, translation) takes seconds of gdbstub round
+ * trips, and a timer started before it used to end the trace right after arming.
+ * `--comm NAME` counts only that process's calls; `--follow` prints each counted call as it happens
+ * (a JSON line each with `--json`), before the summary.
+ *
  * While one vCPU steps over the entry the INT3 is lifted, so a syscall that another vCPU enters in
  * that window is not counted; production tracers pause the other vCPUs or use EPT views for it.
  *
@@ -20,7 +26,7 @@ import type { BreakpointEvent, Session, SessionItem } from "@kvmi/clients";
 import { fail, integerOption, setup, stdout } from "./example-args.js";
 import { openGuest, PROFILE_OPTION, TaskIndex } from "./guest-profile.js";
 
-const USAGE = "usage: trace.ts --vm <uuid|name> [--target host:port] [--duration ms] [--profile isf.json] [--symbol name] [--json]";
+const USAGE = "usage: trace.ts --vm <uuid|name> [--target host:port] [--duration ms] [--profile isf.json] [--symbol name] [--comm name] [--follow] [--json]";
 const INT3 = Uint8Array.of(0xcc);
 /** How long the final drain waits for events still on their way. */
 const DRAIN_QUIET_MS = 150;
@@ -32,15 +38,16 @@ interface Counter {
 }
 
 async function main(): Promise<void> {
-  const { client, vm, json, values } = await setup<{ duration?: string; profile?: string; symbol?: string }>(USAGE, {
+  const { client, vm, json, values } = await setup<{ duration?: string; profile?: string; symbol?: string; comm?: string; follow?: boolean }>(USAGE, {
     duration: { type: "string" },
     symbol: { type: "string", default: "entry_SYSCALL_64" },
+    comm: { type: "string" },
+    follow: { type: "boolean", default: false },
     ...PROFILE_OPTION,
   });
   const stop = new AbortController();
   for (const signal of ["SIGINT", "SIGTERM"] as const) process.once(signal, () => stop.abort());
   const duration = integerOption(values, "duration", USAGE);
-  if (duration !== undefined) setTimeout(() => stop.abort(), duration).unref();
 
   const guest = await openGuest(client.vm(vm.uuid), values.profile);
   const symbol = values.symbol ?? "entry_SYSCALL_64";
@@ -62,6 +69,8 @@ async function main(): Promise<void> {
     const cr3 = item.arch.sregs.cr3;
     // Identify the process by its page tables; fall back to the per-CPU `current_task`.
     const task = tasks.byPageTable(cr3) ?? (await guest.currentProcess(item.vcpu));
+    if (values.comm !== undefined && task.comm !== values.comm) return;
+    if (values.follow) follow(item.vcpu, task.pid, task.comm, (performance.now() - started) / 1000, json);
     const entry = counts.get(task.pid) ?? { pid: task.pid, comm: task.comm, count: 0 };
     entry.count++;
     counts.set(task.pid, entry);
@@ -87,6 +96,7 @@ async function main(): Promise<void> {
   };
 
   try {
+    started = performance.now();
     await session.writePhysical(entryGpa, INT3);
     armed = true;
     for (const v of vcpus) {
@@ -96,7 +106,8 @@ async function main(): Promise<void> {
         process.stderr.write(`vCPU ${v} is not started yet; not traced\n`);
       });
     }
-    started = performance.now();
+    // The duration is the tracing time (see the header): its timer starts once the INT3 is armed.
+    if (duration !== undefined) setTimeout(() => stop.abort(), duration).unref();
     process.stderr.write(`armed: INT3 at ${symbol} (gva 0x${entryGva.toString(16)}, gpa 0x${entryGpa.toString(16)}), original byte 0x${original[0]!.toString(16)}\n`);
     await loop(session, stop.signal, handle);
   } finally {
@@ -148,6 +159,12 @@ async function drain(session: Session, handle: (item: SessionItem) => Promise<vo
   } catch (err) {
     if (!(err instanceof CancelledError)) throw err;
   }
+}
+
+/** One counted call, as it happens (`--follow`). */
+function follow(vcpu: number, pid: number, comm: string, seconds: number, json: boolean): void {
+  if (json) stdout.write(`${JSON.stringify({ t: Number(seconds.toFixed(3)), vcpu, pid, comm })}\n`);
+  else stdout.write(`${seconds.toFixed(3).padStart(9)}  vcpu ${vcpu}  ${pid} (${comm})\n`);
 }
 
 function report(counts: Map<number, Counter>, seconds: number, json: boolean): void {

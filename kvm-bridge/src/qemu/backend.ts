@@ -9,7 +9,6 @@
 import { DeviceManager, type KvmiEndpoint, type UnhookOutcome } from "../emulator/device-manager.js";
 import { createKvmiExitHandler } from "../emulator/kernel/exit-handler.js";
 import { KvmiVm } from "../emulator/kernel/kvmi-vm.js";
-import { KvmiArgumentError } from "../errors.js";
 import type { Logger } from "../logger.js";
 import { silentLogger } from "../logger.js";
 import type { Dialect } from "../wire/dialect.js";
@@ -26,16 +25,21 @@ export const QEMU_COMMANDS: readonly CommandOp[] = [
   "GET_VERSION", "CHECK_COMMAND", "CHECK_EVENT", "GET_VM_INFO", "CONTROL_VM_EVENTS", "READ_PHYSICAL",
   "WRITE_PHYSICAL", "GET_VCPU_INFO", "PAUSE_VCPU", "CONTROL_VCPU_EVENTS", "GET_REGISTERS", "SET_REGISTERS",
   "CONTROL_CLEANUP", "GET_MAX_GFN", "GET_MTRR_TYPE", "CONTROL_SINGLESTEP", "TRANSLATE_GVA",
+  // Protocol only, no guest involved: kvmi-v7's reply switch, which libkvmi's batches need
+  // (kvmi_pause_all_vcpus). Dialects without it simply do not list it.
+  "CONTROL_CMD_RESPONSE",
+  // Restrictions as watchpoints over the page's kernel mappings (qemu/page-watch.ts says what holds).
+  "SET_PAGE_ACCESS", "GET_PAGE_ACCESS",
 ];
 /** Events it can raise. */
-export const QEMU_EVENTS: readonly EventKind[] = ["UNHOOK", "PAUSE_VCPU", "BREAKPOINT", "SINGLESTEP"];
+export const QEMU_EVENTS: readonly EventKind[] = ["UNHOOK", "PAUSE_VCPU", "BREAKPOINT", "SINGLESTEP", "PF"];
 
 export interface QemuBackendOptions {
   readonly gdb: SocketEndpoint;
   readonly qmp: SocketEndpoint;
   /** The KVMI tool's socket (the bridge's KVMI listener). */
   readonly connect: KvmiEndpoint;
-  /** Only v9 is emulated by the kernel side today. */
+  /** The KVMI dialect the kernel side speaks to the tool (default v9; any of `KNOWN_DIALECTS`). */
   readonly dialect?: Dialect;
   /** Display name in the handshake; QMP's query-name when absent. */
   readonly name?: string;
@@ -64,11 +68,13 @@ function e820Of(ram: ReadonlyArray<{ start: bigint; end: bigint }>): E820Entry[]
 /** Attaches to QEMU and starts connecting to the tool. */
 export async function attachQemu(options: QemuBackendOptions): Promise<QemuBackend> {
   const log = options.logger ?? silentLogger;
+  // The kernel side reads every wire fact from the dialect's table, so QEMU is offered in each one.
   const dialect = options.dialect ?? v9;
-  if (dialect !== v9) throw new KvmiArgumentError("dialect", `the emulated kernel side speaks v9 only so far, not ${dialect.name}`);
   const qmp: QmpClient = await connectQmp(options.qmp);
   let gdb: GdbClient;
   try {
+    // A QEMU started from a snapshot (`-incoming`) is attached once its state has arrived.
+    await qmp.waitWhileIncoming();
     gdb = await connectGdb(options.gdb);
   } catch (error) {
     qmp.close();
@@ -85,7 +91,8 @@ export async function attachQemu(options: QemuBackendOptions): Promise<QemuBacke
     guest: {
       stop: () => {
         guest.managerStopped = true;
-        void guest.acquire();
+        // QEMU may be going away (its exit is what stops us): a failed stop is not an error here.
+        void guest.acquire().catch(() => undefined);
       },
       resume: () => {
         guest.managerStopped = false;

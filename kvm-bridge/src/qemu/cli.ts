@@ -2,7 +2,7 @@
 /**
  * `kvmi-qemu`: presents a running QEMU VM to a KVMI tool (docs/qemu-backend.md).
  *
- *   kvmi-qemu --gdb unix:PATH|tcp:HOST:PORT --qmp unix:PATH --connect unix:BRIDGE_SOCKET [--name N]
+ *   kvmi-qemu --gdb unix:PATH|tcp:HOST:PORT --qmp unix:PATH --connect unix:BRIDGE_SOCKET [--name N] [--dialect v9|v12|kvmi-v7]
  *   kvmi-qemu run --kernel K --initrd I [--append CMDLINE] [--snapshot S] --connect unix:BRIDGE_SOCKET
  *
  * `run` starts QEMU itself (TCG, direct kernel boot, serial console on stdout) and attaches to it.
@@ -12,13 +12,14 @@ import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { parseEndpoint } from "../emulator/device-manager.js";
 import { createJsonLinesLogger, parseLogLevel } from "../emulator/json-logger.js";
+import { KNOWN_DIALECT_NAMES, KNOWN_DIALECTS } from "../wire/dialects/known.js";
 import { attachQemu, type QemuBackend } from "./backend.js";
 import { parseSocketEndpoint } from "./endpoint.js";
 import { launchQemu, type QemuProcess } from "./qemu-process.js";
 
 const USAGE = `usage:
-  kvmi-qemu --gdb unix:PATH|tcp:HOST:PORT --qmp unix:PATH --connect unix:PATH|tcp:HOST:PORT [--name NAME] [--dialect v9] [--secret-file F]
-  kvmi-qemu run --kernel FILE --initrd FILE [--append CMDLINE] [--memory-mib N] [--vcpus N] [--snapshot FILE] --connect ... [--name NAME]`;
+  kvmi-qemu --gdb unix:PATH|tcp:HOST:PORT --qmp unix:PATH --connect unix:PATH|tcp:HOST:PORT [--name NAME] [--dialect v9|v12|kvmi-v7] [--secret-file F]
+  kvmi-qemu run --kernel FILE --initrd FILE [--append CMDLINE] [--memory-mib N] [--vcpus N] [--snapshot FILE] --connect ... [--name NAME] [--dialect ...]`;
 
 export async function main(argv: readonly string[]): Promise<number> {
   const runMode = argv[0] === "run";
@@ -45,8 +46,14 @@ export async function main(argv: readonly string[]): Promise<number> {
   const connect = typeof values.connect === "string" ? parseEndpoint(values.connect) : undefined;
   const needs = runMode ? ["kernel", "initrd"] : ["gdb", "qmp"];
   const missing = needs.filter((key) => typeof values[key] !== "string");
-  if (!connect || missing.length > 0 || values.dialect !== "v9") {
-    process.stderr.write(`${!connect ? "--connect unix:PATH|tcp:HOST:PORT is required\n" : ""}${missing.map((m) => `--${m} is required\n`).join("")}${values.dialect !== "v9" ? "--dialect: the kernel side speaks v9 only so far\n" : ""}${USAGE}\n`);
+  const dialect = KNOWN_DIALECTS.find((d) => d.name === values.dialect);
+  if (!connect || missing.length > 0 || !dialect) {
+    const problems = [
+      ...(connect ? [] : ["--connect unix:PATH|tcp:HOST:PORT is required"]),
+      ...missing.map((m) => `--${m} is required`),
+      ...(dialect ? [] : [`--dialect must be one of ${KNOWN_DIALECT_NAMES.join(", ")}, got "${String(values.dialect)}"`]),
+    ];
+    process.stderr.write(`${problems.join("\n")}\n${USAGE}\n`);
     return 2;
   }
   const logger = createJsonLinesLogger(process.stderr, parseLogLevel(String(values["log-level"])), { component: "kvmi-qemu" });
@@ -70,6 +77,7 @@ export async function main(argv: readonly string[]): Promise<number> {
       gdb: qemu ? { kind: "unix", path: qemu.gdbSocket } : parseSocketEndpoint(String(values.gdb)),
       qmp: qemu ? { kind: "unix", path: qemu.qmpSocket } : parseSocketEndpoint(String(values.qmp)),
       connect,
+      dialect,
       name: typeof values.name === "string" ? values.name : undefined,
       secret: typeof values["secret-file"] === "string" ? new Uint8Array(readFileSync(values["secret-file"])) : undefined,
       logger,

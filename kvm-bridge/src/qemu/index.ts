@@ -14,3 +14,5 @@ export type { SocketEndpoint } from "./endpoint.js";
 export { QEMU_COMMANDS, QEMU_EVENTS, attachQemu } from "./backend.js";
 export type { QemuBackend, QemuBackendOptions } from "./backend.js";
 export { QemuGuest } from "./qemu-guest.js";
+export { DIRECT_MAP, KERNEL_TEXT_MAP, PageWatches } from "./page-watch.js";
+export type { PageHit } from "./page-watch.js";

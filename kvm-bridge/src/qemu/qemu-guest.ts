@@ -17,12 +17,10 @@ import type { Logger } from "../logger.js";
 import { silentLogger } from "../logger.js";
 import { GdbPoint, type GdbClient, type StopReply } from "./gdb-client.js";
 import type { QmpClient } from "./qmp-client.js";
+import { kernelAliases, PageWatches } from "./page-watch.js";
 import { kvmRegsOf, kvmSregsOf, modeOf, parseInfoRegisters } from "./qemu-registers.js";
 
 const INT3 = 0xcc;
-/** Linux x86-64 kernel text and direct map: where a tool's INT3 at a GPA is looked for as a GVA. */
-const KERNEL_TEXT_MAP = 0xffffffff80000000n;
-const DIRECT_MAP = 0xffff888000000000n;
 const MSR_EFER = 0xc0000080;
 const MSR_FS_BASE = 0xc0000100;
 const MSR_GS_BASE = 0xc0000101;
@@ -54,6 +52,8 @@ export class QemuGuest implements GuestPort {
   private transition: Promise<void> = Promise.resolve();
   private resumeTimer: NodeJS.Immediate | undefined;
   private readonly breakpoints = new Map<bigint, SoftBreakpoint>();
+  /** Page-access restrictions as watchpoints (page-watch.ts). */
+  private readonly pageWatches: PageWatches;
   private readonly log: Logger;
 
   constructor(
@@ -64,6 +64,7 @@ export class QemuGuest implements GuestPort {
   ) {
     this.log = options.logger ?? silentLogger;
     this.vcpus = gdb.threads.map((_, index) => new QemuVcpuPort(this, index));
+    this.pageWatches = new PageWatches(gdb, qmp);
     gdb.onUnsolicitedStop((stop) => void this.onStop(stop));
   }
 
@@ -153,12 +154,8 @@ export class QemuGuest implements GuestPort {
     if (value === INT3) {
       if (existing) return;
       const original = (await this.gdb.readMemory(gpa, 1))[0]!;
-      const gvas: bigint[] = [];
-      for (const candidate of [KERNEL_TEXT_MAP + gpa, DIRECT_MAP + gpa]) {
-        if ((await this.qmp.gva2gpa(0, candidate)) !== gpa) continue;
-        await this.gdb.insertPoint(GdbPoint.Software, candidate);
-        gvas.push(candidate);
-      }
+      const gvas = await kernelAliases(this.qmp, gpa);
+      for (const gva of gvas) await this.gdb.insertPoint(GdbPoint.Software, gva);
       if (gvas.length === 0) {
         // No kernel mapping found: the INT3 goes into guest memory, as KVM would leave it.
         await this.gdb.writeMemory(gpa, Uint8Array.of(INT3));
@@ -182,15 +179,17 @@ export class QemuGuest implements GuestPort {
     return this.isRam(gfn << 12n, 4096);
   }
 
-  setPageAccess(): void {
-    // Not offered: the device manager disallows KVMI_VM_SET_PAGE_ACCESS for this guest.
+  /** A restriction becomes watchpoints over the page's kernel mappings (page-watch.ts says what holds). */
+  setPageAccess(gfn: bigint, access: number): Promise<number> {
+    return this.withStopped(() => this.pageWatches.set(gfn, access));
   }
 
-  clearPageAccess(): void {}
+  clearPageAccess(): void {
+    if (this.pageWatches.size > 0) void this.withStopped(() => this.pageWatches.clear()).catch(() => undefined);
+  }
 
-  /** Page restrictions are not applied through the gdbstub (docs/qemu-backend.md): every page is rwx. */
-  pageAccess(): number {
-    return 7;
+  pageAccess(gfn: bigint): number {
+    return this.pageWatches.access(gfn);
   }
 
   crash(reason: string): void {
@@ -198,10 +197,11 @@ export class QemuGuest implements GuestPort {
     void this.qmp.quit();
   }
 
-  /** Removes every tool breakpoint (unhook, shutdown). */
+  /** Removes every tool breakpoint and watchpoint (unhook, shutdown). */
   async clearBreakpoints(): Promise<void> {
-    if (this.breakpoints.size === 0) return;
+    if (this.breakpoints.size === 0 && this.pageWatches.size === 0) return;
     await this.withStopped(async () => {
+      await this.pageWatches.clear();
       for (const [gpa, bp] of this.breakpoints) {
         for (const gva of bp.gvas) await this.gdb.removePoint(GdbPoint.Software, gva).catch(() => undefined);
         this.breakpoints.delete(gpa);
@@ -212,7 +212,7 @@ export class QemuGuest implements GuestPort {
   // ---------------------------------------------------------------------------------------------
   // vCPU exits
 
-  /** A stop the VM reached while running: one of our breakpoints (else it just resumes). */
+  /** A stop the VM reached while running: one of our breakpoints or watchpoints (else it just resumes). */
   private async onStop(stop: StopReply): Promise<void> {
     const index = this.gdb.vcpuOf(stop);
     await this.acquire();
@@ -221,7 +221,13 @@ export class QemuGuest implements GuestPort {
       await vcpu.refresh();
       const rip = vcpu.snapshot!.regs.rip;
       const gpa = [...this.breakpoints].find(([, bp]) => bp.gvas.includes(rip))?.[0];
-      if (gpa !== undefined && this.exitHandler) {
+      const pageHit = this.pageWatches.hitOf(stop);
+      if (pageHit && this.exitHandler) {
+        // After the access (QEMU stops past the instruction): CONTINUE and RETRY both carry on.
+        const action = await this.exitHandler.pageFault(vcpu.asVcpu(), pageHit.gva, pageHit.gpa, pageHit.access);
+        if (action === "crash") this.crash("the tool answered a PF event with CRASH");
+        await this.runVcpu(vcpu);
+      } else if (gpa !== undefined && this.exitHandler) {
         // RETRY re-executes at the same RIP (the tool restored the byte); CONTINUE would re-inject
         // #BP into the guest, which for an INT3 the guest never had means the same as RETRY here.
         await this.exitHandler.breakpoint(vcpu.asVcpu(), gpa, 1);

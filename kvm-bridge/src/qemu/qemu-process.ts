@@ -11,6 +11,7 @@ import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { KvmiTimeoutError, KvmiTransportError } from "../errors.js";
+import { connectQmp } from "./qmp-client.js";
 
 export interface QemuLaunchOptions {
   readonly kernel: string;
@@ -22,7 +23,10 @@ export interface QemuLaunchOptions {
   readonly uuid?: string;
   /** "tcg" (default) or "kvm". */
   readonly accel?: string;
-  /** A migration stream written by `saveSnapshot`: the VM starts from it instead of booting. */
+  /**
+   * A migration stream written by `QemuProcess.saveSnapshot` with the same kernel, initrd, append,
+   * memory and vCPUs: the VM resumes from it (in about a second) instead of booting.
+   */
   readonly snapshot?: string;
   readonly qemuBinary?: string;
   /** Console lines kept for `consoleTail`/`waitForConsole`. */
@@ -141,6 +145,20 @@ export class QemuProcess {
       .map((line) => /^\s*(\d+)\s+(\d+)\s+(.*)$/.exec(line))
       .filter((match): match is RegExpExecArray => match !== null)
       .map((match) => ({ pid: Number(match[1]), ppid: Number(match[2]), comm: match[3]!.trim() }));
+  }
+
+  /**
+   * Saves the running VM to `file` (a migration stream) through a QMP connection of its own, so
+   * call it before kvmi-qemu attaches (QEMU's QMP socket serves one client at a time). The VM is
+   * left stopped; a QEMU launched with `snapshot: file` and the same options resumes from there.
+   */
+  async saveSnapshot(file: string): Promise<void> {
+    const qmp = await connectQmp({ kind: "unix", path: this.qmpSocket });
+    try {
+      await qmp.migrateToFile(file);
+    } finally {
+      qmp.close();
+    }
   }
 
   /** Ends QEMU (SIGTERM, then SIGKILL) and removes its socket directory. */

@@ -213,6 +213,37 @@ export class QmpClient {
     await this.execute("pmemsave", { val: Number(gpa), size, filename });
   }
 
+  /**
+   * Writes the VM's state (a migration stream: RAM, devices, vCPUs) to `file` on QEMU's host and
+   * waits for it to finish; QEMU is left stopped (`postmigrate`). `-incoming exec:cat FILE` on an
+   * identically configured QEMU restores it (QemuLaunchOptions.snapshot).
+   */
+  async migrateToFile(file: string, timeoutMs = 120_000): Promise<void> {
+    await this.execute("migrate", { uri: `exec:cat > '${file.replace(/'/g, `'\\''`)}'` });
+    const until = Date.now() + timeoutMs;
+    for (;;) {
+      const info = await this.execute<{ status?: string; "error-desc"?: string }>("query-migrate");
+      if (info.status === "completed") return;
+      if (info.status === "failed" || info.status === "cancelled") throw new QmpCommandError("migrate", info.status, info["error-desc"] ?? "");
+      if (Date.now() > until) throw new KvmiTimeoutError(`saving the VM to ${file} took over ${timeoutMs} ms`);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  }
+
+  /**
+   * Waits while QEMU restores an incoming migration stream (status `inmigrate`): the gdbstub must
+   * not stop a VM whose state is still arriving. Returns the status that followed.
+   */
+  async waitWhileIncoming(timeoutMs = 60_000): Promise<string> {
+    const until = Date.now() + timeoutMs;
+    for (;;) {
+      const { status } = await this.status();
+      if (status !== "inmigrate") return status;
+      if (Date.now() > until) throw new KvmiTimeoutError(`QEMU was still restoring its snapshot after ${timeoutMs} ms`);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  }
+
   /** Ends QEMU. */
   async quit(): Promise<void> {
     await this.execute("quit").catch(() => undefined);

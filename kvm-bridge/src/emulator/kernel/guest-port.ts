@@ -86,8 +86,12 @@ export interface GuestPort {
   maxGfn(): bigint;
   /** True when a memslot covers the GFN (SET_PAGE_ACCESS `visible`). */
   isGfnVisible(gfn: bigint): boolean;
-  /** The EPT/NPT access the guest may use on a GFN (7 = rwx, no restriction). */
-  setPageAccess(gfn: bigint, access: number): void;
+  /**
+   * The EPT/NPT access the guest may use on a GFN (7 = rwx, no restriction). A guest that cannot
+   * enforce a restriction answers with a KVM errno (e.g. -KVM_EOPNOTSUPP), and may answer later
+   * (QEMU inserts gdbstub watchpoints); undefined or 0 is success.
+   */
+  setPageAccess(gfn: bigint, access: number): MaybePromise<number | void>;
   /** The access the guest may use on a GFN now (7 when unrestricted; kvmi-v7 GET_PAGE_ACCESS). */
   pageAccess(gfn: bigint): number;
   /** Drops every restriction (KVM_INTROSPECTION_UNHOOK, kvmi-abi §2.6 step 6). */

@@ -10,8 +10,9 @@ import type { Layout } from "../../wire/layout.js";
 import { commandById, eventById, requireCommand } from "../../wire/dialect.js";
 import { KVM_EINVAL, KVM_ENOENT, KVM_EOPNOTSUPP, KVM_EPERM } from "../../wire/dialects/errno.js";
 import type { CommandOp } from "../../wire/ops.js";
-import type { KernelContext, VmCommandHandler } from "./command-context.js";
+import type { CommandResult, KernelContext, VmCommandHandler } from "./command-context.js";
 import { fail, ok, whenReady } from "./command-context.js";
+import { isPromise, type MaybePromise } from "./guest-port.js";
 
 const PAGE_BYTES = 4096;
 const PAGE_SHIFT = 12n;
@@ -118,13 +119,13 @@ export const VM_COMMAND_HANDLERS: Readonly<Partial<Record<CommandOp, VmCommandHa
     if (count > ctx.dialect.limits.maxPageAccessEntries) return fail(KVM_EINVAL);
     // kvmi-v7 names an EPT view; this host has only the default one (no EPTP switching).
     if ((value["view"] as number | undefined ?? 0) !== 0) return fail(KVM_EOPNOTSUPP);
-    let first = 0;
-    entries.forEach((entry, i) => {
-      const badPadding = findNonZeroPadding(element, view, fixed.size + i * element.size) !== undefined;
-      const err = applyPageAccess(ctx, entry, badPadding);
-      if (first === 0) first = err;
-    });
-    return first === 0 ? ok() : fail(first);
+    const errs = entries.map((entry, i) => applyPageAccess(ctx, entry, findNonZeroPadding(element, view, fixed.size + i * element.size) !== undefined));
+    const firstError = (all: readonly number[]): CommandResult => {
+      const first = all.find((err) => err !== 0);
+      return first === undefined ? ok() : fail(first);
+    };
+    // A guest that applies restrictions asynchronously (QEMU's watchpoints) answers once all are in place.
+    return errs.some(isPromise) ? Promise.all(errs).then(firstError) : firstError(errs as number[]);
   },
 
   // kvmi-v7: one access byte per requested gpa, in the default view.
@@ -142,13 +143,13 @@ export const VM_COMMAND_HANDLERS: Readonly<Partial<Record<CommandOp, VmCommandHa
   },
 };
 
-function applyPageAccess(ctx: KernelContext, entry: Fields, badPadding: boolean): number {
+function applyPageAccess(ctx: KernelContext, entry: Fields, badPadding: boolean): MaybePromise<number> {
   const access = num(entry, "access");
   // Only v9 entries carry `visible`; the others behave as visible = 0 (skip invisible gfns).
   const visible = (entry["visible"] as number | undefined) ?? 0;
   if (badPadding || access > 7 || visible > 1) return KVM_EINVAL;
   const gfn = big(entry, "gpa") >> PAGE_SHIFT;
   if (!ctx.guest.isGfnVisible(gfn)) return visible === 1 ? KVM_EINVAL : 0;
-  ctx.guest.setPageAccess(gfn, access);
-  return 0;
+  const applied = ctx.guest.setPageAccess(gfn, access);
+  return isPromise(applied) ? applied.then((err) => err || 0) : applied || 0;
 }
