@@ -35,6 +35,7 @@ import { commandStatusOf, createBridgeMetrics, startMetricsServer } from "./metr
 import type { AutoReplyReason, BridgeMetrics, MetricsServer } from "./metrics/index.js";
 import { startForwardListener } from "./forward/forward-listener.js";
 import type { ForwardListener } from "./forward/forward-listener.js";
+import { callerOfMetadata } from "./rpc/authorization.js";
 import { createIntrospectionService } from "./rpc/introspection-service.js";
 import { Quotas } from "./rpc/quotas.js";
 import { createGrpcServer } from "./server/index.js";
@@ -261,6 +262,7 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
       file_google_rpc_error_details,
     ],
     metrics,
+    accessLogCallerOf: callerOfMetadata,
     channelOptions: {
       "grpc.keepalive_time_ms": config.grpcKeepaliveTimeMs,
       "grpc.keepalive_timeout_ms": config.grpcKeepaliveTimeoutMs,

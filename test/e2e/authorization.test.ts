@@ -22,6 +22,7 @@ import { createTestPki } from "@kvmi/service/testing";
 import type { TestKeyPair, TestPki } from "@kvmi/service/testing";
 import { expectGrpcError, GrpcStatus, Role, startHarness, streamFailure, waitUntil } from "../support/bridge-harness.js";
 import type { Harness, IntrospectionClient } from "../support/bridge-harness.js";
+import type { Logger } from "@kvmi/kvm-bridge";
 
 const ISSUER = "https://kubernetes.default.svc.cluster.local";
 const SCANNER = "spiffe://example.org/ns/intro/sa/scanner";
@@ -77,6 +78,13 @@ function token(claims: Record<string, unknown>): Promise<string> {
     .sign(signingKey);
 }
 
+/** The bridge's log lines, as a logger that keeps them (for the access lines). */
+const logLines: Array<Record<string, unknown>> = [];
+function keepingLogger(bindings: Record<string, unknown>): Logger {
+  const keep = (fields: Record<string, unknown>, msg?: string): void => void logLines.push({ ...bindings, ...fields, msg });
+  return { trace: () => undefined, debug: () => undefined, info: keep, warn: keep, error: keep, child: (more) => keepingLogger({ ...bindings, ...more }) };
+}
+
 function auditRecords(): Array<Record<string, unknown>> {
   return readFileSync(auditFile, "utf8").trimEnd().split("\n").map((line) => JSON.parse(line) as Record<string, unknown>);
 }
@@ -107,6 +115,7 @@ beforeAll(async () => {
       ...["--jwt-jwks-file", jwks, "--jwt-issuer", ISSUER, "--jwt-audience", "kvmi-bridge"],
     ],
     clientCredentials: mtls(pki.client),
+    bridgeLogger: keepingLogger({}),
   });
   scanner = h.connect(mtls(certs["scanner"]!));
   debuggerClient = h.connect(mtls(certs["debugger"]!));
@@ -156,6 +165,32 @@ describe("a certificate of the CA gets only what the policy grants", () => {
     });
     const refused = await expectGrpcError(expired.unary("listVms", {}), GrpcStatus.UNAUTHENTICATED);
     expect(refused.message).toMatch(/exp/);
+  });
+});
+
+describe("the access log names the caller", () => {
+  it("gives every access line the identity and how it was authenticated: mTLS, JWT, and none for a refused token", async () => {
+    const accessLines = (method: string): Array<Record<string, unknown>> =>
+      logLines.filter((l) => l["msg"] === "rpc finished" && l["method"] === `/kvmi.v1.IntrospectionService/${method}`);
+    const before = { getVmInfo: accessLines("GetVmInfo").length, getVersion: accessLines("GetVersion").length };
+    await scanner.unary("getVmInfo", { vm: h.vmName(0) });
+    await expectGrpcError(h.connect(mtls(certs["stranger"]!)).unary("getVmInfo", { vm: h.vmName(0) }), GrpcStatus.PERMISSION_DENIED);
+    const sa = h.connect(mtls(pki.client), { interceptors: [bearer(await token({ sub: "system:serviceaccount:intro:scanner" }))] });
+    await sa.unary("getVmInfo", { vm: h.vmName(0) });
+    const forged = h.connect(mtls(pki.client), { interceptors: [bearer("not-a-jwt")] });
+    await expectGrpcError(forged.unary("getVersion", {}), GrpcStatus.UNAUTHENTICATED);
+    await waitUntil(() => accessLines("GetVmInfo").length >= before.getVmInfo + 3 && accessLines("GetVersion").length > before.getVersion, "the access lines");
+    expect(accessLines("GetVmInfo").slice(before.getVmInfo).map((l) => [l["grpcCode"], l["identity"], l["auth"]])).toEqual([
+      ["OK", SCANNER, "mtls"],
+      // A denial names who was denied.
+      ["PERMISSION_DENIED", "stranger", "mtls"],
+      ["OK", "system:serviceaccount:intro:scanner", "jwt"],
+    ]);
+    // Refused before an identity was established: the line says so by naming none.
+    const refused = accessLines("GetVersion").at(-1)!;
+    expect(refused).toMatchObject({ grpcCode: "UNAUTHENTICATED" });
+    expect(refused).not.toHaveProperty("identity");
+    expect(refused["peer"]).toMatch(/127\.0\.0\.1|localhost|::1/);
   });
 });
 
