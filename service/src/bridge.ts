@@ -206,6 +206,8 @@ function openJournals(config: BridgeConfig, logger: Logger): LedgerJournals | un
     return undefined;
   }
   const journals = new LedgerJournals({ stateDir: config.stateDir, compactBytes: config.ledgerCompactBytes, logger: logger.child({ component: "ledger" }) });
+  // Journals of VMs that left long ago go first: their VMs are gone, with their memory.
+  if (config.ledgerMaxAgeHours > 0) journals.startPruning(config.ledgerMaxAgeHours * 3_600_000);
   const waiting = journals.list();
   if (waiting.length > 0) logger.info({ vms: waiting }, "ledger journals of a previous run wait for their VMs to reconnect");
   return journals;
