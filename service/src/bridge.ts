@@ -24,7 +24,9 @@ import type { AuditTrail } from "./audit/audit-log.js";
 import { createAccessControl } from "./auth/access-control.js";
 import type { AccessControl } from "./auth/access-control.js";
 import { createIdentityResolver } from "./auth/identity.js";
-import { createJwtVerifier, readJwksFile } from "./auth/jwt.js";
+import { loadJwksStore } from "./auth/jwks-store.js";
+import type { JwksStore } from "./auth/jwks-store.js";
+import { createJwtVerifier } from "./auth/jwt.js";
 import { ALLOW_ALL } from "./auth/policy.js";
 import { loadPolicyStore } from "./auth/policy-store.js";
 import type { PolicyStore } from "./auth/policy-store.js";
@@ -35,6 +37,7 @@ import { commandStatusOf, createBridgeMetrics, startMetricsServer } from "./metr
 import type { AutoReplyReason, BridgeMetrics, MetricsServer } from "./metrics/index.js";
 import { startForwardListener } from "./forward/forward-listener.js";
 import type { ForwardListener } from "./forward/forward-listener.js";
+import { callerOfMetadata } from "./rpc/authorization.js";
 import { createIntrospectionService } from "./rpc/introspection-service.js";
 import { Quotas } from "./rpc/quotas.js";
 import { createGrpcServer } from "./server/index.js";
@@ -68,6 +71,11 @@ export interface Bridge {
    * every error is logged. True without a policy file (nothing to reload).
    */
   reloadPolicy(): boolean;
+  /**
+   * Reads the JWKS file again (SIGHUP). False when it is bad: the previous keys stay and the error
+   * is logged. True without a JWKS file.
+   */
+  reloadJwks(): boolean;
   /**
    * Graceful stop: health goes NOT_SERVING, every VM is released (controllers get the unhook
    * deadline, the ledger is undone, pending events are answered), then the servers close.
@@ -141,14 +149,23 @@ function openAuditTrail(config: BridgeConfig, logger: Logger): AuditTrail {
  * Identities, policy and audit (docs/authorization.md). Without a policy every caller may do
  * everything; the config loader allows that only on loopback, or with `authorization: none`.
  */
-function startAccessControl(config: BridgeConfig, logger: Logger, registry: VmRegistry, audit: AuditTrail): { access: AccessControl; policy: PolicyStore | undefined } {
+function startAccessControl(
+  config: BridgeConfig,
+  logger: Logger,
+  registry: VmRegistry,
+  audit: AuditTrail,
+): { access: AccessControl; policy: PolicyStore | undefined; jwks: JwksStore | undefined } {
   const policy = config.policyFile === undefined ? undefined : loadPolicyStore({ file: config.policyFile, logger, audit });
   if (config.authorization === "none") logger.warn({}, "authorization is off (--authorization none): every caller that reaches the gRPC port may do everything");
   else if (policy === undefined) logger.warn({}, "no policy file: every caller on this loopback listener may do everything (identity local)");
-  const jwt =
-    config.jwtJwksFile === undefined
-      ? undefined
-      : createJwtVerifier({ jwks: readJwksFile(config.jwtJwksFile), issuers: config.jwtIssuer, audiences: config.jwtAudience, groupsClaim: config.jwtGroupsClaim });
+  let jwks: JwksStore | undefined;
+  try {
+    jwks = config.jwtJwksFile === undefined ? undefined : loadJwksStore({ file: config.jwtJwksFile, logger, audit });
+  } catch (err) {
+    policy?.close();
+    throw err;
+  }
+  const jwt = jwks === undefined ? undefined : createJwtVerifier({ jwks, issuers: config.jwtIssuer, audiences: config.jwtAudience, groupsClaim: config.jwtGroupsClaim });
   const address = parseGrpcListen(config.grpcListen, process.cwd());
   const plaintextLoopback = config.tlsCert === undefined && address.ok && isLoopback(address.value);
   const access = createAccessControl({
@@ -158,7 +175,7 @@ function startAccessControl(config: BridgeConfig, logger: Logger, registry: VmRe
     vmName: (uuid) => registry.get(uuid)?.name ?? "",
     audit,
   });
-  return { access, policy };
+  return { access, policy, jwks };
 }
 
 /** The VM gauges from the registry's states (announced VMs without QEMU are not hooked). */
@@ -189,6 +206,8 @@ function openJournals(config: BridgeConfig, logger: Logger): LedgerJournals | un
     return undefined;
   }
   const journals = new LedgerJournals({ stateDir: config.stateDir, compactBytes: config.ledgerCompactBytes, logger: logger.child({ component: "ledger" }) });
+  // Journals of VMs that left long ago go first: their VMs are gone, with their memory.
+  if (config.ledgerMaxAgeHours > 0) journals.startPruning(config.ledgerMaxAgeHours * 3_600_000);
   const waiting = journals.list();
   if (waiting.length > 0) logger.info({ vms: waiting }, "ledger journals of a previous run wait for their VMs to reconnect");
   return journals;
@@ -212,7 +231,7 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
     guestPathLogger.close();
     throw err;
   }
-  const { access, policy } = authorization;
+  const { access, policy, jwks } = authorization;
   const hosts = new VmHosts(
     registry,
     {
@@ -261,6 +280,7 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
       file_google_rpc_error_details,
     ],
     metrics,
+    accessLogCallerOf: callerOfMetadata,
     channelOptions: {
       "grpc.keepalive_time_ms": config.grpcKeepaliveTimeMs,
       "grpc.keepalive_timeout_ms": config.grpcKeepaliveTimeoutMs,
@@ -331,6 +351,7 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
       access,
       audit,
       reloadPolicy: () => policy?.reload("SIGHUP") ?? true,
+      reloadJwks: () => jwks?.reload("SIGHUP") ?? true,
       stop: async () => {
         grpc.health.setServing(false);
         for (const one of listeners) await one.close();
@@ -339,6 +360,7 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
         await grpc.shutdown(config.shutdownGraceMs);
         await server?.close();
         policy?.close();
+        jwks?.close();
         audit.close();
         journals?.close();
         guestPathLogger.close();
@@ -348,6 +370,7 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
     journals?.close();
     guestPathLogger.close();
     policy?.close();
+    jwks?.close();
     audit.close();
     for (const one of listeners) await one.close();
     await forwardListener?.close();

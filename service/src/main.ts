@@ -5,7 +5,7 @@
  * `kvmi-bridge doctor` reports whether this host's kernel offers KVMI, and in which dialect; it exits
  * non-zero when it does not (`--report-only`: always 0). `kvmi-bridge audit verify FILE` checks an
  * audit trail's hash chain, `kvmi-bridge policy check FILE` a policy file. SIGHUP reloads the
- * authorization policy.
+ * authorization policy and the JWKS.
  */
 import { readFileSync, rmdirSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -94,8 +94,11 @@ export async function main(argv: readonly string[], env: NodeJS.ProcessEnv = pro
       logger.info({}, "stopped");
       resolve(0);
     };
-    // Reload the policy without dropping sessions; a bad file keeps the old policy (logged).
-    const reload = (): void => void bridge.reloadPolicy();
+    // Reload the policy and the JWKS without dropping sessions; a bad file keeps what was in force (logged).
+    const reload = (): void => {
+      bridge.reloadPolicy();
+      bridge.reloadJwks();
+    };
     process.on("SIGHUP", reload);
     process.once("SIGTERM", () => void stop("SIGTERM"));
     process.once("SIGINT", () => void stop("SIGINT"));

@@ -22,6 +22,7 @@ import { createTestPki } from "@kvmi/service/testing";
 import type { TestKeyPair, TestPki } from "@kvmi/service/testing";
 import { expectGrpcError, GrpcStatus, Role, startHarness, streamFailure, waitUntil } from "../support/bridge-harness.js";
 import type { Harness, IntrospectionClient } from "../support/bridge-harness.js";
+import type { Logger } from "@kvmi/kvm-bridge";
 
 const ISSUER = "https://kubernetes.default.svc.cluster.local";
 const SCANNER = "spiffe://example.org/ns/intro/sa/scanner";
@@ -31,6 +32,7 @@ let pki: TestPki;
 let dir: string;
 let policyFile: string;
 let auditFile: string;
+let jwksFile: string;
 let signingKey: CryptoKey;
 let h: Harness;
 const certs: Record<string, TestKeyPair> = {};
@@ -40,6 +42,9 @@ version: 1
 grants:
   - identities: ["${SCANNER}", "system:serviceaccount:intro:*"]
     verbs: [read]
+    vms: [{ labels: { kubevirt.io/namespace: tenant-a } }]
+  - identities: ["system:serviceaccount:intro:watcher"]
+    verbs: [observe]
     vms: [{ labels: { kubevirt.io/namespace: tenant-a } }]
   - identities: ["${DEBUGGER}"]
     verbs: [${debuggerVerbs}]
@@ -77,6 +82,13 @@ function token(claims: Record<string, unknown>): Promise<string> {
     .sign(signingKey);
 }
 
+/** The bridge's log lines, as a logger that keeps them (for the access lines). */
+const logLines: Array<Record<string, unknown>> = [];
+function keepingLogger(bindings: Record<string, unknown>): Logger {
+  const keep = (fields: Record<string, unknown>, msg?: string): void => void logLines.push({ ...bindings, ...fields, msg });
+  return { trace: () => undefined, debug: () => undefined, info: keep, warn: keep, error: keep, child: (more) => keepingLogger({ ...bindings, ...more }) };
+}
+
 function auditRecords(): Array<Record<string, unknown>> {
   return readFileSync(auditFile, "utf8").trimEnd().split("\n").map((line) => JSON.parse(line) as Record<string, unknown>);
 }
@@ -94,8 +106,8 @@ beforeAll(async () => {
   certs["stranger"] = pki.issueClient("stranger", { cn: "stranger" });
   const pair = await generateKeyPair("ES256");
   signingKey = pair.privateKey;
-  const jwks = join(dir, "jwks.json");
-  writeFileSync(jwks, JSON.stringify({ keys: [{ ...(await exportJWK(pair.publicKey)), kid: "sa", alg: "ES256" }] }));
+  jwksFile = join(dir, "jwks.json");
+  writeFileSync(jwksFile, JSON.stringify({ keys: [{ ...(await exportJWK(pair.publicKey)), kid: "sa", alg: "ES256" }] }));
   policyFile = join(dir, "policy.yaml");
   writeFileSync(policyFile, policy("control"));
   auditFile = join(dir, "audit.jsonl");
@@ -104,9 +116,10 @@ beforeAll(async () => {
     bridgeArgs: [
       ...["--tls-cert", pki.server.cert, "--tls-key", pki.server.key, "--tls-client-ca", pki.ca.cert],
       ...["--policy-file", policyFile, "--audit-file", auditFile],
-      ...["--jwt-jwks-file", jwks, "--jwt-issuer", ISSUER, "--jwt-audience", "kvmi-bridge"],
+      ...["--jwt-jwks-file", jwksFile, "--jwt-issuer", ISSUER, "--jwt-audience", "kvmi-bridge"],
     ],
     clientCredentials: mtls(pki.client),
+    bridgeLogger: keepingLogger({}),
   });
   scanner = h.connect(mtls(certs["scanner"]!));
   debuggerClient = h.connect(mtls(certs["debugger"]!));
@@ -156,6 +169,32 @@ describe("a certificate of the CA gets only what the policy grants", () => {
     });
     const refused = await expectGrpcError(expired.unary("listVms", {}), GrpcStatus.UNAUTHENTICATED);
     expect(refused.message).toMatch(/exp/);
+  });
+});
+
+describe("the access log names the caller", () => {
+  it("gives every access line the identity and how it was authenticated: mTLS, JWT, and none for a refused token", async () => {
+    const accessLines = (method: string): Array<Record<string, unknown>> =>
+      logLines.filter((l) => l["msg"] === "rpc finished" && l["method"] === `/kvmi.v1.IntrospectionService/${method}`);
+    const before = { getVmInfo: accessLines("GetVmInfo").length, getVersion: accessLines("GetVersion").length };
+    await scanner.unary("getVmInfo", { vm: h.vmName(0) });
+    await expectGrpcError(h.connect(mtls(certs["stranger"]!)).unary("getVmInfo", { vm: h.vmName(0) }), GrpcStatus.PERMISSION_DENIED);
+    const sa = h.connect(mtls(pki.client), { interceptors: [bearer(await token({ sub: "system:serviceaccount:intro:scanner" }))] });
+    await sa.unary("getVmInfo", { vm: h.vmName(0) });
+    const forged = h.connect(mtls(pki.client), { interceptors: [bearer("not-a-jwt")] });
+    await expectGrpcError(forged.unary("getVersion", {}), GrpcStatus.UNAUTHENTICATED);
+    await waitUntil(() => accessLines("GetVmInfo").length >= before.getVmInfo + 3 && accessLines("GetVersion").length > before.getVersion, "the access lines");
+    expect(accessLines("GetVmInfo").slice(before.getVmInfo).map((l) => [l["grpcCode"], l["identity"], l["auth"]])).toEqual([
+      ["OK", SCANNER, "mtls"],
+      // A denial names who was denied.
+      ["PERMISSION_DENIED", "stranger", "mtls"],
+      ["OK", "system:serviceaccount:intro:scanner", "jwt"],
+    ]);
+    // Refused before an identity was established: the line says so by naming none.
+    const refused = accessLines("GetVersion").at(-1)!;
+    expect(refused).toMatchObject({ grpcCode: "UNAUTHENTICATED" });
+    expect(refused).not.toHaveProperty("identity");
+    expect(refused["peer"]).toMatch(/127\.0\.0\.1|localhost|::1/);
   });
 });
 
@@ -244,6 +283,42 @@ describe("policy reload", () => {
     await session.ok(write); // the same stream, never dropped
     const reloads = auditRecords().filter((r) => r["action"] === "policy_reload");
     expect(reloads.some((r) => r["result"] === "invalid" && (r["errors"] as string[]).length >= 2)).toBe(true);
+    session.release();
+    await session.closed();
+  });
+});
+
+describe("JWKS reload", () => {
+  it("follows a key rotation of the JWKS file without dropping a session opened with the old key; a bad file keeps the keys", async () => {
+    const oldToken = await token({ sub: "system:serviceaccount:intro:watcher" });
+    const sa = h.connect(mtls(pki.client), { interceptors: [bearer(oldToken)] });
+    const session = await sa.attach(h.vmName(0), Role.OBSERVER);
+    const read = { case: "readPhysicalMemory", value: { vm: h.vmName(0), gpa: 0x5000n, size: 8 } } as const;
+    await session.ok(read);
+
+    const rotated = await generateKeyPair("ES256");
+    const original = readFileSync(jwksFile, "utf8");
+    try {
+      writeFileSync(jwksFile, JSON.stringify({ keys: [{ ...(await exportJWK(rotated.publicKey)), kid: "sa-next", alg: "ES256" }] }));
+      await waitUntil(() => logLines.some((l) => l["msg"] === "JWKS reloaded"), "the watcher to reload the JWKS", { timeoutMs: 10_000, intervalMs: 50 });
+      const now = Math.floor(Date.now() / 1000);
+      const newToken = await new SignJWT({ iss: ISSUER, aud: ["kvmi-bridge"], iat: now, exp: now + 600, sub: "system:serviceaccount:intro:watcher" })
+        .setProtectedHeader({ alg: "ES256", kid: "sa-next" })
+        .sign(rotated.privateKey);
+      expect((await h.connect(mtls(pki.client), { interceptors: [bearer(newToken)] }).unary("listVms", {})).vms).toHaveLength(1);
+      await expectGrpcError(h.connect(mtls(pki.client), { interceptors: [bearer(oldToken)] }).unary("listVms", {}), GrpcStatus.UNAUTHENTICATED);
+      // The session opened with the old key is the same stream, still served.
+      await session.ok(read);
+
+      writeFileSync(jwksFile, "{ not json");
+      expect(h.bridge.reloadJwks()).toBe(false);
+      expect(logLines.some((l) => l["msg"] === "JWKS reload failed; the previous keys stay in force" && /not readable JSON/.test(String(l["error"])))).toBe(true);
+      expect((await h.connect(mtls(pki.client), { interceptors: [bearer(newToken)] }).unary("listVms", {})).vms).toHaveLength(1);
+    } finally {
+      writeFileSync(jwksFile, original);
+      expect(h.bridge.reloadJwks()).toBe(true);
+    }
+    await session.ok(read);
     session.release();
     await session.closed();
   });

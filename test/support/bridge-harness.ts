@@ -495,6 +495,8 @@ export interface HarnessOptions {
   readonly secret?: Uint8Array;
   /** Wait until every VM is hooked (default true). */
   readonly waitForHook?: boolean;
+  /** The bridge's logger (default: silent, or stderr with KVMI_E2E_LOG=1), e.g. to read its access lines. */
+  readonly bridgeLogger?: Logger;
 }
 
 /** A running bridge with its VMs and a client. */
@@ -589,7 +591,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
   });
   let bridge: Bridge;
   try {
-    bridge = await startBridge({ config, logger: E2E_LOGGER, ...(options.secret && { secret: options.secret }) });
+    bridge = await startBridge({ config, logger: options.bridgeLogger ?? E2E_LOGGER, ...(options.secret && { secret: options.secret }) });
   } catch (err) {
     rmSync(dir, { recursive: true, force: true });
     throw err;

@@ -8,6 +8,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { createConnection, createServer } from "node:net";
 import type { Server, Socket } from "node:net";
 import { tmpdir } from "node:os";
+import { setMaxListeners } from "node:events";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { KvmiArgumentError, KvmiRemoteError, KvmiTimeoutError, KvmiTransportError } from "../errors.js";
@@ -24,6 +25,8 @@ interface Kernel {
   reply(seq: number): void;
   /** Answers the command with `seq` with a kernel error (a positive errno). */
   fail(seq: number, errno: number): void;
+  /** Answers the command with `seq` as another command (KVMI_GET_VERSION): a protocol error. */
+  wrongId(seq: number): void;
   next(): Promise<MsgHdr>;
 }
 
@@ -64,6 +67,7 @@ async function open(options: Partial<KvmiChannelOptions> = {}): Promise<{ channe
       received,
       reply: (seq) => void peer.write(encodeReply(v9, GET_MAX_GFN, seq, 0, { gfn: 0x1234n })),
       fail: (seq, errno) => void peer.write(encodeReply(v9, GET_MAX_GFN, seq, -errno)),
+      wrongId: (seq) => void peer.write(encodeReply(v9, V9_COMMANDS.KVMI_GET_VERSION, seq, -22)),
       next: () => {
         const hdr = unread.shift();
         return hdr ? Promise.resolve(hdr) : new Promise((resolve) => waiters.push(resolve));
@@ -231,5 +235,54 @@ describe("KvmiChannel.commandBatch", () => {
     expect(mostInFlight).toBeGreaterThanOrEqual(3);
     expect(small.kernel.received).toHaveLength(7);
     expect(small.channel.pendingCommands).toBe(0);
+  });
+
+  it("a caller that gives up thousands of commands before the kernel answers cannot close the channel: only the slots' worth reach the kernel, every late reply is matched", async () => {
+    const small = await open({ maxInFlight: 8 });
+    const controller = new AbortController();
+    setMaxListeners(10_000, controller.signal);
+    const options = { timeoutMs: 60_000, signal: controller.signal };
+    // Thousands of page reads queued behind 8 slots, as a session's unread BatchReadMemory does.
+    const calls: Array<Promise<unknown>> = [];
+    for (let i = 0; i < 3000; i++) calls.push(small.channel.commandBatch("GET_MAX_GFN", [{}, {}, {}, {}], undefined, options));
+    for (let i = 0; i < 3000; i++) calls.push(small.channel.command("GET_MAX_GFN", {}, undefined, options).catch((e: unknown) => e));
+    await vi.waitFor(() => expect(small.kernel.received).toHaveLength(8), { timeout: 5_000, interval: 5 });
+    controller.abort(new Error("session ended"));
+    const outcomes = await Promise.all(calls);
+    expect(outcomes.flat().every((o) => o instanceof Error && o.message === "session ended")).toBe(true);
+    // Every queued command was dropped before being written: the kernel got the first 8 only.
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(small.kernel.received).toHaveLength(8);
+    expect(small.channel.unansweredGivenUpCommands).toBe(8);
+    // The kernel answers them now: dropped quietly, and the slots come back.
+    for (const hdr of small.kernel.received) small.kernel.reply(hdr.seq);
+    await vi.waitFor(() => expect(small.channel.unansweredGivenUpCommands).toBe(0), { timeout: 5_000, interval: 5 });
+    expect(small.channel.isOpen).toBe(true);
+    const next = small.channel.command("GET_MAX_GFN", {}, undefined, { timeoutMs: 5_000 });
+    await vi.waitFor(() => expect(small.kernel.received).toHaveLength(9), { timeout: 5_000, interval: 5 });
+    small.kernel.reply(small.kernel.received[8]!.seq);
+    await expect(next).resolves.toEqual({ gfn: 0x1234n });
+  });
+
+  it("commands that time out faster than the kernel answers keep their slots: later ones time out waiting for one, unsent, and every late reply is matched", async () => {
+    const small = await open({ maxInFlight: 8 });
+    const calls: Array<Promise<unknown>> = [];
+    for (let i = 0; i < 2000; i++) calls.push(small.channel.command("GET_MAX_GFN", {}, undefined, { timeoutMs: 30 }).catch((e: unknown) => e));
+    const outcomes = await Promise.all(calls);
+    expect(outcomes.every((o) => o instanceof KvmiTimeoutError)).toBe(true);
+    expect(small.kernel.received).toHaveLength(8);
+    for (const hdr of small.kernel.received) small.kernel.reply(hdr.seq);
+    await vi.waitFor(() => expect(small.channel.unansweredGivenUpCommands).toBe(0), { timeout: 5_000, interval: 5 });
+    expect(small.channel.isOpen).toBe(true);
+  });
+
+  it("a reply whose seq was given up but whose id differs is still a protocol error", async () => {
+    const controller = new AbortController();
+    const call = channel.command("GET_MAX_GFN", {}, undefined, { timeoutMs: 5_000, signal: controller.signal });
+    const hdr = await kernel.next();
+    controller.abort(new Error("cancelled"));
+    await expect(call).rejects.toThrow("cancelled");
+    kernel.wrongId(hdr.seq);
+    await vi.waitFor(() => expect(channel.isOpen).toBe(false), { timeout: 5_000, interval: 5 });
   });
 });

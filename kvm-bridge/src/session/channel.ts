@@ -81,7 +81,8 @@ export class KvmiChannel {
   readonly dialect: Dialect;
   private readonly log: Logger;
   private readonly pending = new PendingCommands<CommandSpec>(
-    (entry) => new KvmiTimeoutError(`${entry.spec.name} got no reply within ${entry.timeoutMs} ms`, this.contextOf(entry.spec, entry.vcpu)),
+    (entry) => this.timeoutError(entry.spec, entry.vcpu, entry.timeoutMs),
+    (count) => this.slots.release(count),
   );
   private readonly slots: InFlightSlots;
   private drained: Promise<void> | undefined;
@@ -121,9 +122,17 @@ export class KvmiChannel {
     return this.closeError === undefined;
   }
 
-  /** Commands waiting for a reply. */
+  /** Commands whose callers wait for a reply. */
   get pendingCommands(): number {
     return this.pending.size;
+  }
+
+  /**
+   * Commands whose callers gave up (deadline, abort) and whose replies have not come yet: each
+   * still holds its in-flight slot until the kernel answers (docs/decisions/0140).
+   */
+  get unansweredGivenUpCommands(): number {
+    return this.pending.givenUpCount;
   }
 
   /** Installs the event consumer (one per channel). */
@@ -174,32 +183,41 @@ export class KvmiChannel {
     options: CommandOptions = {},
   ): Promise<Record<string, unknown>> {
     this.checkAnswered(spec, request);
-    options.signal?.throwIfAborted();
+    const signal = options.signal;
+    signal?.throwIfAborted();
+    const timeoutMs = options.timeoutMs ?? this.defaultTimeoutMs;
+    // The deadline covers the wait for a slot too: slots may be held by commands the kernel does
+    // not answer (a stopped vCPU), and no caller waits past its deadline for one.
+    const deadline = performance.now() + timeoutMs;
     // A free slot is taken without a promise (a microtask per command adds up).
-    const waitForSlot = this.slots.acquire(1);
-    if (waitForSlot !== undefined) await waitForSlot;
+    const waitForSlot = this.slots.acquire(1, deadline, signal);
+    if (waitForSlot !== undefined && !(await waitForSlot)) throw this.timeoutError(spec, vcpu, timeoutMs);
+    // The slot passes to the pending table with the command, and is given back when the kernel
+    // answers it, even if this caller stops waiting before (docs/decisions/0140).
+    let slotHandedOver = false;
     try {
       if (this.closeError !== undefined) this.assertOpen(this.contextOf(spec, vcpu));
       const seq = this.pending.allocateSeq();
       const message = encodeCommand(this.dialect, spec, seq, request, vcpu);
-      const timeoutMs = options.timeoutMs ?? this.defaultTimeoutMs;
-      const deadline = performance.now() + timeoutMs;
       const reply = new Promise<Record<string, unknown>>((resolve, reject) => {
         this.pending.add(seq, { id: spec.id, spec, vcpu, resolve, reject, deadline, timeoutMs });
       });
+      slotHandedOver = true;
       // The reply may be rejected (close, timeout, abort) while the write still waits for its turn;
       // it is awaited below, this only keeps that early rejection from counting as unhandled.
       reply.catch(() => undefined);
-      const signal = options.signal;
       if (signal !== undefined) this.pending.watch(signal, seq);
       try {
-        await this.write(message, spec, vcpu);
+        await this.waitForTurn(spec, vcpu);
+        // Given up while waiting for its turn: never sent, so no reply will come.
+        if (this.pending.isWaited(seq)) this.send(message);
+        else this.pending.forgetUnsent(seq);
         return await reply;
       } finally {
         if (signal !== undefined) this.pending.unwatch(signal, seq);
       }
     } finally {
-      this.slots.release(1);
+      if (!slotHandedOver) this.slots.release(1);
     }
   }
 
@@ -219,16 +237,26 @@ export class KvmiChannel {
   ): Promise<Array<CommandReply<O> | Error>> {
     const spec = requireCommand(this.dialect, op);
     for (const request of requests) this.checkAnswered(spec, request as Record<string, unknown>);
-    options.signal?.throwIfAborted();
+    const signal = options.signal;
+    signal?.throwIfAborted();
     const count = requests.length;
     const results = new Array<CommandReply<O> | Error>(count);
     if (count === 0) return results;
     if (count > this.slots.limit) {
       throw new KvmiArgumentError("requests", `a batch of ${count} commands exceeds the ${this.slots.limit} the channel keeps in flight`);
     }
+    const timeoutMs = options.timeoutMs ?? this.defaultTimeoutMs;
+    const deadline = performance.now() + timeoutMs;
     // All slots at once or none: two batches each holding part of what it needs would wait forever.
-    const waitForSlots = this.slots.acquire(count);
-    if (waitForSlots !== undefined) await waitForSlots;
+    // A batch whose deadline passes or whose signal aborts while it waits sends nothing; each
+    // request fails the way it would have in flight.
+    const waitForSlots = this.slots.acquire(count, deadline, signal);
+    if (waitForSlots !== undefined) {
+      const granted = await waitForSlots.catch((reason: unknown) => reason as Error);
+      if (granted !== true) return results.fill(granted === false ? this.timeoutError(spec, vcpu, timeoutMs) : granted);
+    }
+    // Each command's slot passes to the pending table with it (see commandBySpec).
+    let slotsHandedOver = false;
     try {
       if (this.closeError !== undefined) this.assertOpen(this.contextOf(spec, vcpu));
       const seqs = new Array<number>(count);
@@ -237,25 +265,26 @@ export class KvmiChannel {
         seqs[i] = this.pending.allocateSeq();
         messages[i] = encodeCommand(this.dialect, spec, seqs[i]!, requests[i] as Record<string, unknown>, vcpu);
       }
-      const timeoutMs = options.timeoutMs ?? this.defaultTimeoutMs;
-      const deadline = performance.now() + timeoutMs;
       const all = new Promise<void>((resolve) => {
         const batch = new BatchResults(results, resolve);
         for (let i = 0; i < count; i++) this.pending.add(seqs[i]!, new BatchedCommand(spec, vcpu, deadline, timeoutMs, batch, i));
       });
-      const signal = options.signal;
+      slotsHandedOver = true;
       if (signal !== undefined) for (const seq of seqs) this.pending.watch(signal, seq);
       try {
-        await this.write(concat(messages), spec, vcpu).catch((err: unknown) => {
-          for (const seq of seqs) this.pending.abandon(seq, err as Error);
-        });
+        await this.waitForTurn(spec, vcpu).then(
+          () => this.send(concat(this.stillWaited(seqs, messages))),
+          (err: unknown) => {
+            for (const seq of seqs) this.pending.abandon(seq, err as Error);
+          },
+        );
         await all;
       } finally {
         if (signal !== undefined) for (const seq of seqs) this.pending.unwatch(signal, seq);
       }
       return results;
     } finally {
-      this.slots.release(count);
+      if (!slotsHandedOver) this.slots.release(count);
     }
   }
 
@@ -309,15 +338,43 @@ export class KvmiChannel {
     }
   }
 
+  private timeoutError(spec: CommandSpec, vcpu: number | undefined, timeoutMs: number): KvmiTimeoutError {
+    return new KvmiTimeoutError(`${spec.name} got no reply within ${timeoutMs} ms`, this.contextOf(spec, vcpu));
+  }
+
   /**
-   * Writes one message, after the writes that wait for `drain` before it.
-   * @throws KvmiTransportError when the channel closed while the write waited for its turn.
+   * The messages of `seqs` whose callers still wait; the others were given up before being written
+   * and are forgotten (no reply will come for them).
    */
+  private stillWaited(seqs: readonly number[], messages: readonly Uint8Array[]): Uint8Array[] {
+    const kept: Uint8Array[] = [];
+    for (let i = 0; i < seqs.length; i++) {
+      if (this.pending.isWaited(seqs[i]!)) kept.push(messages[i]!);
+      else this.pending.forgetUnsent(seqs[i]!);
+    }
+    return kept;
+  }
+
+  /** Writes one message, after the writes that wait for `drain` before it. */
   private async write(message: Uint8Array, spec: { readonly name: string }, vcpu: number | undefined): Promise<void> {
+    await this.waitForTurn(spec, vcpu);
+    this.send(message);
+  }
+
+  /**
+   * Waits until the writes that wait for `drain` before this one are out.
+   * @throws KvmiTransportError when the channel closed while waiting.
+   */
+  private async waitForTurn(spec: { readonly name: string }, vcpu: number | undefined): Promise<void> {
     while (this.drained !== undefined) await this.drained;
     // The socket may have closed while this write waited: a 'close' that already fired would never
     // resolve a new drain promise, and every later write would wait behind it forever.
     if (this.closeError !== undefined) this.assertOpen(this.contextOf(spec, vcpu));
+  }
+
+  /** Writes `message` now (its turn has come: {@link waitForTurn}); nothing for an empty one. */
+  private send(message: Uint8Array): void {
+    if (message.length === 0) return;
     this.corkUntilNextTick();
     // A destroyed socket never drains; its 'close' (due now) fails the pending replies.
     if (!this.socket.write(message) && !this.socket.destroyed) {
@@ -357,8 +414,11 @@ export class KvmiChannel {
     if (isEventMessage(this.dialect, hdr)) return this.onEvent(hdr, body);
     const entry = this.pending.get(hdr.seq);
     if (entry === undefined) {
-      if (this.pending.wasGivenUp(hdr.seq)) return;
-      this.close(`reply seq ${hdr.seq} (id ${hdr.id}) matches no command`, new KvmiProtocolError("unexpected seq"));
+      // The reply to a command whose caller gave up: dropped, its slot is free again.
+      const givenUpId = this.pending.takeGivenUp(hdr.seq);
+      if (givenUpId === hdr.id) return;
+      if (givenUpId === undefined) this.close(`reply seq ${hdr.seq} (id ${hdr.id}) matches no command`, new KvmiProtocolError("unexpected seq"));
+      else this.close(`reply seq ${hdr.seq} has id ${hdr.id}, expected ${givenUpId}`, new KvmiProtocolError("unexpected id"));
       return;
     }
     if (entry.id !== hdr.id) {

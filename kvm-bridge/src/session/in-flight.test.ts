@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-import { getEventListeners } from "node:events";
+import { getEventListeners, setMaxListeners } from "node:events";
 import { describe, expect, it } from "vitest";
 import { InFlightSlots, PendingCommands } from "./in-flight.js";
 
@@ -17,6 +17,23 @@ describe("InFlightSlots", () => {
     await Promise.all([big, small]);
     expect(order).toEqual(["big", "small"]);
     expect(slots.inUse).toBe(4);
+  });
+
+  it("a waiter whose deadline passes or whose signal aborts leaves the queue with nothing taken, and the next one moves up", async () => {
+    const slots = new InFlightSlots(2);
+    slots.acquire(2);
+    const controller = new AbortController();
+    const timedOut = slots.acquire(1, performance.now() + 20);
+    const aborted = slots.acquire(1, Number.POSITIVE_INFINITY, controller.signal);
+    const patient = slots.acquire(2);
+    const reason = new Error("gone");
+    controller.abort(reason);
+    await expect(aborted).rejects.toBe(reason);
+    await expect(timedOut).resolves.toBe(false);
+    expect(slots.waiting).toBe(1);
+    slots.release(2);
+    await expect(patient).resolves.toBe(true);
+    expect(slots.inUse).toBe(2);
   });
 
   it("close lets every waiter through, so each can find the channel closed and give back its slots", async () => {
@@ -48,16 +65,55 @@ describe("PendingCommands", () => {
     expect(pending.size).toBe(0);
   });
 
-  it("fails a command at its deadline with the timeout error and drops its late reply quietly once", async () => {
+  it("fails a command at its deadline, but keeps its slot until the late reply comes, matched once", async () => {
     const errors: Error[] = [];
-    const pending = new PendingCommands<string>((entry) => new Error(`${entry.spec} timed out after ${entry.timeoutMs} ms`));
+    let retired = 0;
+    const pending = new PendingCommands<string>(
+      (entry) => new Error(`${entry.spec} timed out after ${entry.timeoutMs} ms`),
+      (n) => void (retired += n),
+    );
     const seq = pending.allocateSeq();
-    pending.add(seq, { id: 1, spec: "GET", vcpu: undefined, resolve: () => undefined, reject: (e) => errors.push(e), deadline: performance.now() + 20, timeoutMs: 20 });
+    pending.add(seq, { id: 7, spec: "GET", vcpu: undefined, resolve: () => undefined, reject: (e) => errors.push(e), deadline: performance.now() + 20, timeoutMs: 20 });
     await new Promise((resolve) => setTimeout(resolve, 60));
     expect(errors.map((e) => e.message)).toEqual(["GET timed out after 20 ms"]);
     expect(pending.get(seq)).toBeUndefined();
-    expect(pending.wasGivenUp(seq)).toBe(true);
-    expect(pending.wasGivenUp(seq)).toBe(false);
+    expect(pending.size).toBe(0);
+    // Given up, not forgotten: the kernel still has the command, so its slot is still taken.
+    expect(pending.givenUpCount).toBe(1);
+    expect(retired).toBe(0);
+    // Its seq is not handed out again while the reply may come.
+    for (let i = 0; i < 3; i++) expect(pending.allocateSeq()).not.toBe(seq);
+    expect(pending.takeGivenUp(seq)).toBe(7);
+    expect(retired).toBe(1);
+    expect(pending.takeGivenUp(seq)).toBeUndefined();
+    expect(retired).toBe(1);
+  });
+
+  it("however many commands are given up, each holds its slot until answered or the close: the table never outgrows the slots", () => {
+    const slots = new InFlightSlots(8);
+    const pending = new PendingCommands<string>(() => new Error("timeout"), (n) => slots.release(n));
+    const controller = new AbortController();
+    setMaxListeners(200, controller.signal);
+    const failed: unknown[] = [];
+    // More callers than slots: the first 8 get theirs, the rest wait.
+    const waits: Array<Promise<boolean> | undefined> = [];
+    for (let i = 0; i < 100; i++) waits.push(slots.acquire(1, Number.POSITIVE_INFINITY, controller.signal));
+    for (let i = 0; i < 8; i++) {
+      expect(waits[i]).toBeUndefined();
+      const seq = pending.allocateSeq();
+      pending.add(seq, { id: 1, spec: "x", vcpu: undefined, resolve: () => undefined, reject: (e) => failed.push(e), deadline: performance.now() + 60_000, timeoutMs: 60_000 });
+      pending.watch(controller.signal, seq);
+    }
+    for (const wait of waits.slice(8)) wait!.catch((e: unknown) => failed.push(e));
+    controller.abort(new Error("cancelled"));
+    // Everyone fails at once; the 8 sent keep their slots (the kernel has them), nobody else got one.
+    expect(pending.size).toBe(0);
+    expect(pending.givenUpCount).toBe(8);
+    expect(slots.inUse).toBe(8);
+    expect(slots.waiting).toBe(0);
+    pending.failAll(() => new Error("closed"));
+    expect(pending.givenUpCount).toBe(0);
+    expect(slots.inUse).toBe(0);
   });
 
   it("fails every command a signal covers when it aborts, with one listener on the signal", () => {

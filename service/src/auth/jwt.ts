@@ -9,14 +9,20 @@
  */
 import { readFileSync } from "node:fs";
 import { createLocalJWKSet, jwtVerify } from "jose";
-import type { JSONWebKeySet } from "jose";
+import type { JSONWebKeySet, JWTVerifyGetKey } from "jose";
 import { unauthenticated } from "../mapping/access-error.js";
 import type { Identity } from "./identity.js";
 
+/** The keys tokens are verified with, as they are now (a JWKS file that is reloaded). */
+export interface JwksSource {
+  /** The current key set; a new object after each reload that changed it. */
+  current(): JWTVerifyGetKey;
+}
+
 /** Options of {@link createJwtVerifier}. */
 export interface JwtVerifierOptions {
-  /** The JWKS document (`{"keys": [...]}`). */
-  readonly jwks: JSONWebKeySet;
+  /** The JWKS document (`{"keys": [...]}`), or a source that follows its file (jwks-store.ts). */
+  readonly jwks: JSONWebKeySet | JwksSource;
   /** Accepted `iss` values (at least one). */
   readonly issuers: readonly string[];
   /** Accepted `aud` values (at least one), e.g. `kvmi-bridge`. */
@@ -61,15 +67,17 @@ export function readJwksFile(path: string): JSONWebKeySet {
 
 /** Creates a verifier. */
 export function createJwtVerifier(options: JwtVerifierOptions): JwtVerifier {
-  const keys = createLocalJWKSet(options.jwks);
+  const source: JwksSource = isJwksSource(options.jwks) ? options.jwks : fixedKeys(createLocalJWKSet(options.jwks));
   const groupsClaim = options.groupsClaim ?? "groups";
-  const cache = new Map<string, { readonly identity: Identity; readonly expiresAtMs: number }>();
+  /** Verified tokens, with the key set that verified them: a reload that changes the keys re-verifies. */
+  const cache = new Map<string, { readonly identity: Identity; readonly expiresAtMs: number; readonly keys: JWTVerifyGetKey }>();
   const now = options.now ?? (() => new Date());
   return {
     async verify(token) {
       if (token.length > MAX_TOKEN_BYTES) throw unauthenticated("the bearer token is too large");
+      const keys = source.current();
       const cached = cache.get(token);
-      if (cached !== undefined && cached.expiresAtMs > now().getTime()) return cached.identity;
+      if (cached !== undefined && cached.keys === keys && cached.expiresAtMs > now().getTime()) return cached.identity;
       cache.delete(token);
       let payload;
       try {
@@ -91,8 +99,16 @@ export function createJwtVerifier(options: JwtVerifierOptions): JwtVerifier {
       const groups = typeof raw === "string" ? [raw] : Array.isArray(raw) ? raw.filter((g): g is string => typeof g === "string") : [];
       const identity: Identity = { name: payload.sub!, source: "jwt", groups };
       if (cache.size >= MAX_CACHED_TOKENS) cache.delete(cache.keys().next().value!);
-      cache.set(token, { identity, expiresAtMs: payload.exp! * 1000 });
+      cache.set(token, { identity, expiresAtMs: payload.exp! * 1000, keys });
       return identity;
     },
   };
+}
+
+function isJwksSource(jwks: JSONWebKeySet | JwksSource): jwks is JwksSource {
+  return typeof (jwks as Partial<JwksSource>).current === "function";
+}
+
+function fixedKeys(keys: JWTVerifyGetKey): JwksSource {
+  return { current: () => keys };
 }

@@ -6,11 +6,10 @@
  * session command asks {@link PolicyStore.current} again.
  */
 import { createHash } from "node:crypto";
-import { readFileSync, watch } from "node:fs";
-import type { FSWatcher } from "node:fs";
-import { basename, dirname } from "node:path";
+import { readFileSync } from "node:fs";
 import type { Logger } from "@kvmi/kvm-bridge";
 import type { AuditTrail } from "../audit/audit-log.js";
+import { watchConfigFile } from "./file-watch.js";
 import { compilePolicy, PolicyError } from "./policy.js";
 import type { Policy } from "./policy.js";
 
@@ -69,27 +68,14 @@ export function loadPolicyStore(options: PolicyStoreOptions): PolicyStore {
     return true;
   };
 
-  let watcher: FSWatcher | undefined;
-  let timer: NodeJS.Timeout | undefined;
-  if (options.watch !== false) {
-    const name = basename(file);
-    watcher = watch(dirname(file), { persistent: false }, (_event, changed) => {
-      // ConfigMap volumes swap a `..data` symlink; editors rename temporary files: any change in
-      // the directory may be ours, and an unchanged digest makes a spurious reload free.
-      if (changed !== null && changed !== name && !changed.startsWith("..")) return;
-      clearTimeout(timer);
-      timer = setTimeout(() => reload("file changed"), options.debounceMs ?? 200);
-      timer.unref();
-    });
-    watcher.on("error", (err) => logger.warn({ err, policy: file }, "cannot watch the policy file; reload with SIGHUP"));
-  }
+  const stopWatching =
+    options.watch === false
+      ? () => undefined
+      : watchConfigFile({ file, what: "policy", logger, onChange: () => reload("file changed"), ...(options.debounceMs !== undefined && { debounceMs: options.debounceMs }) });
 
   return {
     current: () => policy,
     reload,
-    close() {
-      clearTimeout(timer);
-      watcher?.close();
-    },
+    close: stopWatching,
   };
 }

@@ -118,7 +118,7 @@ export const AUTH_OPTIONS: { readonly [K in keyof AuthConfig]-?: OptionSpec<Auth
   jwtJwksFile: {
     shape: "scalar",
     valueName: "<file>",
-    description: "JWKS file to verify bearer JWTs against (e.g. the cluster's service-account keys); enables bearer tokens.",
+    description: "JWKS file to verify bearer JWTs against (e.g. the cluster's service-account keys); enables bearer tokens; reloaded on change and SIGHUP.",
     defaultValue: undefined,
     parse: readableFile,
   },

@@ -298,6 +298,14 @@ export const OPTIONS = {
     defaultValue: 1024 * 1024,
     parse: integer(64 * 1024, 1024 * 1024 * 1024, "bytes"),
   }),
+  ledgerMaxAgeHours: option<number>({
+    shape: "scalar",
+    valueName: "<hours>",
+    description:
+      "Hours after which the ledger journal of a VM that left and never came back is deleted (its changes can no longer be undone if it does come back); 0 keeps journals until removed by hand.",
+    defaultValue: 168,
+    parse: integer(0, 1_000_000, "hours"),
+  }),
   maxSessionsPerIdentity: limit("Session streams one caller identity may hold open", 256),
   maxSessions: limit("Session streams the bridge holds open in all", 1024),
   maxWatchersPerIdentity: limit("WatchVms streams one caller identity may hold open", 64),

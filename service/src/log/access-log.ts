@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 /**
- * One access-log line per RPC (conventions §9): method, status, duration and peer. grpc-js 1.14
+ * One access-log line per RPC (conventions §9): method, status, duration, peer, and who called
+ * (identity and how it was authenticated, once the authorization point resolved it). grpc-js 1.14
  * has server interceptors (`new Server({ interceptors })`), so {@link createAccessLogInterceptor}
  * sees every call of every service, including reflection and health, without touching handlers.
  * {@link writeAccessLog} is the same line for code paths outside grpc-js (e.g. an in-memory
@@ -9,7 +10,7 @@
  * @see https://github.com/grpc/proposal/blob/master/L112-node-server-interceptors.md
  */
 import { ServerInterceptingCall, status as GrpcStatus } from "@grpc/grpc-js";
-import type { Responder, ServerInterceptor, ServerInterceptingCallInterface, ServerListener } from "@grpc/grpc-js";
+import type { Metadata, Responder, ServerInterceptor, ServerInterceptingCallInterface, ServerListener } from "@grpc/grpc-js";
 
 /** The status a responder sees (grpc-js does not export `PartialStatusObject` from its index). */
 type PartialStatus = Parameters<NonNullable<Responder["sendStatus"]>>[0];
@@ -26,10 +27,26 @@ export interface AccessLogEntry {
   readonly durationMs: number;
   /** Client address as grpc-js reports it (`127.0.0.1:54321`, or `unknown` on unix sockets). */
   readonly peer?: string;
+  /**
+   * Who called: the identity the policy matched (a SPIFFE ID, DNS name, CN, JWT `sub`, `local`),
+   * absent when the call ended before it was resolved (e.g. UNAUTHENTICATED).
+   */
+  readonly identity?: string;
+  /** How the caller was authenticated: `mtls`, `jwt`, `local` (loopback plaintext) or `anonymous`. */
+  readonly auth?: CallerAuth;
   /** Messages received from the client (1 for unary calls). */
   readonly requestMessages?: number;
   /** Messages sent to the client. */
   readonly responseMessages?: number;
+}
+
+/** How a caller was authenticated, as the access line says it. */
+export type CallerAuth = "mtls" | "jwt" | "local" | "anonymous";
+
+/** The caller of a call, as the authorization point resolved it. */
+export interface AccessLogCaller {
+  readonly identity: string;
+  readonly auth: CallerAuth;
 }
 
 /**
@@ -44,8 +61,8 @@ export function grpcCodeName(code: number): string {
 }
 
 /**
- * Writes one access line: `{"method":..,"grpcCode":"NOT_FOUND","durationMs":1.234,"peer":..}
- * rpc finished`, at `warn` for INTERNAL/UNKNOWN/DATA_LOSS and `info` otherwise.
+ * Writes one access line: `{"method":..,"grpcCode":"NOT_FOUND","durationMs":1.234,"peer":..,
+ * "identity":"spiffe://..","auth":"mtls"} rpc finished`, at `warn` for INTERNAL/UNKNOWN/DATA_LOSS and `info` otherwise.
  */
 export function writeAccessLog(logger: Logger, entry: AccessLogEntry): void {
   const fields: Record<string, unknown> = {
@@ -54,6 +71,8 @@ export function writeAccessLog(logger: Logger, entry: AccessLogEntry): void {
     durationMs: Math.round(entry.durationMs * 1000) / 1000,
   };
   if (entry.peer !== undefined) fields.peer = entry.peer;
+  if (entry.identity !== undefined) fields.identity = entry.identity;
+  if (entry.auth !== undefined) fields.auth = entry.auth;
   if (entry.requestMessages !== undefined) fields.requestMessages = entry.requestMessages;
   if (entry.responseMessages !== undefined) fields.responseMessages = entry.responseMessages;
   if (SERVER_FAULTS.has(entry.code)) logger.warn(fields, "rpc finished");
@@ -68,6 +87,11 @@ export interface AccessLogOptions {
   readonly metrics?: Pick<BridgeMetrics, "grpcRequestsTotal">;
   /** Methods not logged (still counted), e.g. `/grpc.health.v1.Health/Check` polled by probes. */
   readonly skipMethods?: readonly string[];
+  /**
+   * The caller of a call, by its request metadata (the object grpc-js hands both the interceptor
+   * and the handler): undefined until the authorization point resolved it.
+   */
+  readonly callerOf?: (metadata: Metadata) => AccessLogCaller | undefined;
 }
 
 /**
@@ -106,6 +130,7 @@ class AccessLoggedCall implements Responder, ServerListener {
   private requestMessages = 0;
   private responseMessages = 0;
   private done = false;
+  private metadata: Metadata | undefined;
 
   constructor(
     private readonly options: AccessLogOptions,
@@ -115,7 +140,16 @@ class AccessLoggedCall implements Responder, ServerListener {
   ) {}
 
   start(next: (listener?: ServerListener) => void): void {
-    next({ onReceiveMessage: this.onReceiveMessage.bind(this), onCancel: this.onCancel.bind(this) });
+    next({
+      onReceiveMetadata: this.onReceiveMetadata.bind(this),
+      onReceiveMessage: this.onReceiveMessage.bind(this),
+      onCancel: this.onCancel.bind(this),
+    });
+  }
+
+  onReceiveMetadata(metadata: Metadata, next: (metadata: Metadata) => void): void {
+    this.metadata = metadata;
+    next(metadata);
   }
 
   sendMessage(message: unknown, next: (message: unknown) => void): void {
@@ -145,11 +179,13 @@ class AccessLoggedCall implements Responder, ServerListener {
     this.done = true;
     this.options.metrics?.grpcRequestsTotal.inc({ method: this.method, code: grpcCodeName(code) });
     if (this.skip) return;
+    const caller = this.metadata === undefined ? undefined : this.options.callerOf?.(this.metadata);
     writeAccessLog(this.options.logger, {
       method: this.method,
       code,
       durationMs: Number(process.hrtime.bigint() - this.started) / 1e6,
       peer: this.call.getPeer(),
+      ...(caller !== undefined && { identity: caller.identity, auth: caller.auth }),
       requestMessages: this.requestMessages,
       responseMessages: this.responseMessages,
     });

@@ -9,5 +9,5 @@ export type { BridgeLogger, RootLoggerOptions } from "./logger.js";
 export { createRateLimitedLogger } from "./rate-limited.js";
 export type { RateLimitedLogger, RateLimitOptions } from "./rate-limited.js";
 export { createAccessLogInterceptor, grpcCodeName, writeAccessLog } from "./access-log.js";
-export type { AccessLogEntry, AccessLogOptions } from "./access-log.js";
+export type { AccessLogCaller, AccessLogEntry, AccessLogOptions, CallerAuth } from "./access-log.js";
 export { routeGrpcJsLogs } from "./grpc-js-logs.js";

@@ -55,11 +55,12 @@ describe("createRootLogger", () => {
 });
 
 describe("writeAccessLog", () => {
-  it("writes method, status name, duration and peer; server faults at warn", () => {
+  it("writes method, status name, duration, peer and caller; server faults at warn", () => {
     const { logger, lines } = capture();
-    writeAccessLog(logger, { method: "/kvmi.v1.IntrospectionService/GetVm", code: 5, durationMs: 1.23456, peer: "127.0.0.1:1" });
+    writeAccessLog(logger, { method: "/kvmi.v1.IntrospectionService/GetVm", code: 5, durationMs: 1.23456, peer: "127.0.0.1:1", identity: "spiffe://example.org/a", auth: "mtls" });
     writeAccessLog(logger, { method: "/kvmi.v1.IntrospectionService/GetVm", code: 13, durationMs: 2 });
-    expect(lines[0]).toMatchObject({ level: "info", method: "/kvmi.v1.IntrospectionService/GetVm", grpcCode: "NOT_FOUND", durationMs: 1.235, peer: "127.0.0.1:1", msg: "rpc finished" });
+    expect(lines[0]).toMatchObject({ level: "info", method: "/kvmi.v1.IntrospectionService/GetVm", grpcCode: "NOT_FOUND", durationMs: 1.235, peer: "127.0.0.1:1", identity: "spiffe://example.org/a", auth: "mtls", msg: "rpc finished" });
     expect(lines[1]).toMatchObject({ level: "warn", grpcCode: "INTERNAL" });
+    expect(lines[1]).not.toHaveProperty("identity");
   });
 });

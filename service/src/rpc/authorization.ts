@@ -7,11 +7,12 @@
  * RPC cannot be served unchecked. Session messages are checked by session-rpc.ts through
  * {@link authorizeSessionCommand}, with the same table.
  */
-import type { ServerDuplexStream, ServerUnaryCall, ServerWritableStream, UntypedServiceImplementation, sendUnaryData } from "@grpc/grpc-js";
+import type { Metadata, ServerDuplexStream, ServerUnaryCall, ServerWritableStream, UntypedServiceImplementation, sendUnaryData } from "@grpc/grpc-js";
 import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
 import type { AccessControl } from "../auth/access-control.js";
 import { identityKey } from "../auth/access-control.js";
-import type { Principal } from "../auth/identity.js";
+import type { IdentitySource, Principal } from "../auth/identity.js";
+import type { AccessLogCaller, CallerAuth } from "../log/index.js";
 import { COMMAND_VERBS, requestVm, RPC_RULES } from "../auth/rules.js";
 import type { RpcRule } from "../auth/rules.js";
 import type { Verb } from "../mapping/access-error.js";
@@ -20,6 +21,11 @@ import type { RpcDeps } from "./call-context.js";
 import { failStream, failure } from "./call-context.js";
 
 const principals = new WeakMap<object, Principal>();
+/**
+ * The same principals by the call's request metadata: the one object grpc-js hands both the
+ * handler and the interceptors, so that the access log can name the caller ({@link callerOfMetadata}).
+ */
+const principalsByMetadata = new WeakMap<Metadata, Principal>();
 
 /**
  * The principal of a call that passed the guard.
@@ -29,6 +35,28 @@ export function principalOf(call: object): Principal {
   const principal = principals.get(call);
   if (principal === undefined) throw new Error("the call has no principal: its handler is not guarded");
   return principal;
+}
+
+/** The caller of a call whose request metadata is `metadata`, once the guard resolved it (access log). */
+export function callerOfMetadata(metadata: Metadata): AccessLogCaller | undefined {
+  const principal = principalsByMetadata.get(metadata);
+  if (principal === undefined) return undefined;
+  return { identity: principal.identity.name, auth: authOf(principal.identity.source) };
+}
+
+function authOf(source: IdentitySource): CallerAuth {
+  switch (source) {
+    case "spiffe":
+    case "dns":
+    case "cn":
+      return "mtls";
+    case "jwt":
+    case "local":
+    case "anonymous":
+      return source;
+    default:
+      return source satisfies never;
+  }
 }
 
 /** The identity key a controller is bound to (see VmHost.attach). */
@@ -74,6 +102,7 @@ function withPrincipal(access: AccessControl, call: AnyCall, next: (principal: P
   }
   const run = (principal: Principal): void => {
     principals.set(call, principal);
+    principalsByMetadata.set(call.metadata, principal);
     try {
       next(principal);
     } catch (err) {

@@ -13,6 +13,7 @@ import type { Logger } from "@kvmi/kvm-bridge";
 import { formatGrpcListen, isLoopback, parseGrpcListen } from "../config/index.js";
 import type { BridgeConfig } from "../config/index.js";
 import { createAccessLogInterceptor } from "../log/index.js";
+import type { AccessLogOptions } from "../log/index.js";
 import type { BridgeMetrics } from "../metrics/index.js";
 import { createServerCredentials } from "./credentials.js";
 import type { TlsMode } from "./credentials.js";
@@ -65,6 +66,8 @@ export interface GrpcServerOptions {
   readonly metrics?: Pick<BridgeMetrics, "grpcRequestsTotal">;
   /** Methods left out of the access log (still counted), e.g. health checks polled by probes. */
   readonly accessLogSkipMethods?: readonly string[];
+  /** Who made a call, for its access line (see AccessLogOptions.callerOf). */
+  readonly accessLogCallerOf?: AccessLogOptions["callerOf"];
   /** Overrides of {@link GRPC_SERVER_OPTIONS}, mostly for tests. */
   readonly channelOptions?: Partial<ChannelOptions>;
 }
@@ -124,6 +127,7 @@ export function createGrpcServer(options: GrpcServerOptions): BridgeGrpcServer {
         logger: logger.child({ component: "grpc-access" }),
         ...(options.metrics ? { metrics: options.metrics } : {}),
         ...(options.accessLogSkipMethods ? { skipMethods: options.accessLogSkipMethods } : {}),
+        ...(options.accessLogCallerOf ? { callerOf: options.accessLogCallerOf } : {}),
       }),
     ],
   };

@@ -7,7 +7,7 @@
  * cannot share a state directory.
  */
 import { v9 } from "@kvmi/kvm-bridge/wire";
-import { appendFileSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { appendFileSync, mkdtempSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
@@ -163,5 +163,49 @@ describe("the ledger journal", () => {
   it("refuses a state directory another live bridge holds", () => {
     writeFileSync(join(dir, "lock"), `${process.ppid}\n`);
     expect(() => new LedgerJournals({ stateDir: dir, compactBytes: 65536, logger: silentLogger })).toThrow(/is in use by process/);
+  });
+
+  it("prunes journals of VMs that left longer ago than the age, never a connected VM's, counting from when it left", async () => {
+    const HOUR = 3_600_000;
+    const gone = "0a3c8a2e-1b4d-4c6e-9a7f-0123456789ab";
+    const recent = "1b3c8a2e-1b4d-4c6e-9a7f-0123456789ab";
+    const connected = "2c3c8a2e-1b4d-4c6e-9a7f-0123456789ab";
+    const now = Date.now();
+    // A previous run's journals: one written ten days ago, one an hour ago.
+    for (const [uuid, ageMs] of [[gone, 240 * HOUR], [recent, HOUR]] as const) {
+      await journals.open(uuid, 1n).close();
+      const then = new Date(now - ageMs);
+      utimesSync(join(dir, "ledger", `${uuid}.journal`), then, then);
+    }
+    // A VM hooked for ten days without a change: its journal is old but in use.
+    const open = journals.open(connected, 1n);
+    const tenDaysAgo = new Date(now - 240 * HOUR);
+    utimesSync(join(dir, "ledger", `${connected}.journal`), tenDaysAgo, tenDaysAgo);
+
+    expect(journals.prune(168 * HOUR, now)).toEqual([gone]);
+    expect(journals.list().sort()).toEqual([recent, connected].sort());
+    // It leaves: its age counts from now, so it is kept for another week.
+    await open.close();
+    expect(journals.prune(168 * HOUR, Date.now())).toEqual([]);
+    expect(journals.prune(168 * HOUR, Date.now() + 169 * HOUR).sort()).toEqual([recent, connected].sort());
+    expect(journals.list()).toEqual([]);
+  });
+
+  it("a quick re-hook keeps the VM connected even when the previous journal finishes closing after it", async () => {
+    const first = journals.open(UUID, 1n);
+    const closing = first.close();
+    const second = journals.open(UUID, 1n);
+    await closing;
+    expect(journals.prune(0, Date.now() + 1000)).toEqual([]);
+    await second.close();
+    expect(journals.prune(0, Date.now() + 1000)).toEqual([UUID]);
+  });
+
+  it("prunes at start when asked to (startPruning)", async () => {
+    await journals.open(UUID, 1n).close();
+    const old = new Date(Date.now() - 10_000);
+    utimesSync(join(dir, "ledger", `${UUID}.journal`), old, old);
+    journals.startPruning(5_000);
+    expect(journals.list()).toEqual([]);
   });
 });

@@ -17,7 +17,7 @@
  * original bytes), `f` (that change failed: the kernel refused it; written without fsync, since
  * losing it only makes the undo do a little more than needed).
  */
-import { closeSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, truncateSync, writeFileSync, writeSync } from "node:fs";
+import { closeSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, truncateSync, utimesSync, writeFileSync, writeSync } from "node:fs";
 import { open } from "node:fs/promises";
 import type { FileHandle } from "node:fs/promises";
 import { join } from "node:path";
@@ -142,6 +142,9 @@ export interface LedgerJournalsOptions {
 export class LedgerJournals {
   private readonly dir: string;
   private readonly lockPath: string;
+  /** VMs whose journal this bridge has open (connected), with that journal: never pruned. */
+  private readonly connected = new Map<string, LedgerJournal>();
+  private pruning: NodeJS.Timeout | undefined;
 
   constructor(private readonly options: LedgerJournalsOptions) {
     this.dir = join(options.stateDir, "ledger");
@@ -164,12 +167,60 @@ export class LedgerJournals {
 
   /** Releases the state directory (on a clean stop). */
   close(): void {
+    clearInterval(this.pruning);
     rmSync(this.lockPath, { force: true });
   }
 
   private pathOf(uuid: string): string {
     if (!/^[0-9a-f-]{36}$/i.test(uuid)) throw new Error(`not a VM UUID: ${uuid}`);
     return join(this.dir, `${uuid}.journal`);
+  }
+
+  /**
+   * Deletes the journals of VMs that are not connected to this bridge and whose journal was last
+   * written (or, for a VM that left while this bridge ran, left) more than `maxAgeMs` ago. A VM
+   * that never came back has no memory to restore: its hooks died with it. One that does come back
+   * (the same boot) after its journal was pruned keeps what the previous controller left in place,
+   * so `maxAgeMs` must be longer than any time a VM may stay away and come back.
+   * @returns the UUIDs pruned.
+   */
+  prune(maxAgeMs: number, nowMs = Date.now()): string[] {
+    const pruned: string[] = [];
+    for (const uuid of this.list()) {
+      if (this.connected.has(uuid)) continue;
+      let mtimeMs: number;
+      try {
+        mtimeMs = statSync(this.pathOf(uuid)).mtimeMs;
+      } catch {
+        continue; // gone meanwhile
+      }
+      if (nowMs - mtimeMs <= maxAgeMs) continue;
+      this.discard(uuid);
+      pruned.push(uuid);
+      this.options.logger.warn(
+        { vm: uuid, ageHours: Math.round((nowMs - mtimeMs) / 3_600_000) },
+        "deleted the ledger journal of a VM that never came back; if it returns with the same boot, what its controller left in guest memory stays",
+      );
+    }
+    return pruned;
+  }
+
+  /**
+   * Prunes journals older than `maxAgeMs` now and then every `everyMs` (default: a quarter of the
+   * age, at most an hour), until {@link close}. The timer never keeps the process alive.
+   */
+  startPruning(maxAgeMs: number, everyMs = Math.min(3_600_000, Math.max(1_000, maxAgeMs / 4))): void {
+    const prune = (): void => {
+      try {
+        this.prune(maxAgeMs);
+      } catch (err) {
+        this.options.logger.warn({ err: (err as Error).message }, "could not prune old ledger journals");
+      }
+    };
+    prune();
+    clearInterval(this.pruning);
+    this.pruning = setInterval(prune, everyMs);
+    this.pruning.unref();
   }
 
   /** UUIDs with a journal on disk (VMs whose previous connection may have left changes). */
@@ -219,7 +270,25 @@ export class LedgerJournals {
     const path = this.pathOf(uuid);
     writeDurably(path, [encodeRecord({ t: "h", vm: uuid, startTime })]);
     fsyncDirectory(this.dir);
-    return new LedgerJournal(path, uuid, startTime, this.options.compactBytes, () => fsyncDirectory(this.dir));
+    const journal: LedgerJournal = new LedgerJournal(path, uuid, startTime, this.options.compactBytes, () => fsyncDirectory(this.dir), () => this.left(uuid, journal));
+    this.connected.set(uuid, journal);
+    return journal;
+  }
+
+  /**
+   * The VM's connection ended (its journal closed): from now on its journal's age counts, so the
+   * file's time is set to now (its last write may be weeks old for a VM hooked that long).
+   */
+  private left(uuid: string, journal: LedgerJournal): void {
+    // A quick re-hook may have opened the VM's next journal before this one finished closing.
+    if (this.connected.get(uuid) !== journal) return;
+    this.connected.delete(uuid);
+    try {
+      const now = new Date();
+      utimesSync(this.pathOf(uuid), now, now);
+    } catch {
+      // Discarded already (nothing was left to undo).
+    }
   }
 }
 
@@ -268,6 +337,8 @@ export class LedgerJournal implements LedgerJournalWriter {
     private readonly startTime: bigint,
     private readonly compactBytes: number,
     private readonly syncDirectory: () => void,
+    /** Called once the journal is closed (the VM's connection ended). */
+    private readonly onClosed: () => void = () => undefined,
   ) {
     this.bytes = statSync(path).size;
     this.threshold = compactBytes;
@@ -341,7 +412,11 @@ export class LedgerJournal implements LedgerJournalWriter {
 
   /** Closes the file (the journal stays on disk). */
   async close(): Promise<void> {
-    await this.tail;
-    await (await this.handle).close();
+    try {
+      await this.tail;
+      await (await this.handle).close();
+    } finally {
+      this.onClosed();
+    }
   }
 }
