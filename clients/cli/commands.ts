@@ -331,9 +331,21 @@ export async function pause(ctx: CliContext, ref: string, vcpuText: string, opti
   }), 60_000);
 }
 
-/** `page-access <vm> <gpa> <rwx>`. */
-export async function pageAccess(ctx: CliContext, ref: string, gpaText: string, accessText: string, options: { hold?: boolean }): Promise<void> {
+/**
+ * `page-access <vm> <gpa> [rwx]`: with `rwx`, restricts the page (SetPageAccess, as controller);
+ * without, shows the page's access (GetPageAccess, read only; kvmi-v7 VMs only).
+ */
+export async function pageAccess(ctx: CliContext, ref: string, gpaText: string, accessText: string | undefined, options: { hold?: boolean }): Promise<void> {
   const gpa = parseU64(gpaText, "gpa");
+  if (accessText === undefined) {
+    if (options.hold === true) throw new UsageError("--hold only applies when setting an access (give rwx)");
+    const vm = await ctx.resolveVm(ref);
+    const [page] = await ctx.client.vm(vm.uuid).getPageAccess([gpa], { signal: ctx.io.signal });
+    if (page === undefined) throw new Error(`the bridge returned no access for ${hex(gpa)}`);
+    if (ctx.json) ctx.out(toJson({ vm: vm.name, page: gpa, access: accessString(page.access) }));
+    else ctx.out(`page ${hex(gpa)} of ${vm.name} is ${accessString(page.access)}`);
+    return;
+  }
   const access = parseAccess(accessText);
   // KVMI_VM_SET_PAGE_ACCESS works on whole pages (docs/protocol/v9.md): an unaligned address would
   // silently restrict the page around it.

@@ -166,8 +166,8 @@ export function buildProgram(io: CliIo, setExit: (code: number) => void): Comman
     .option("--duration <ms>", "resume after this many ms (at most 55000)")
     .action(run(commands.pause));
   program
-    .command("page-access <vm> <gpa> <rwx>")
-    .description("restrict the EPT access of a guest page (rwx, r-x, r--, none or 0..7)")
+    .command("page-access <vm> <gpa> [rwx]")
+    .description("restrict the EPT access of a guest page (rwx, r-x, r--, none or 0..7); without rwx, show it (kvmi-v7 VMs)")
     .option("--hold", "keep the controller session until Ctrl-C, then let the bridge undo the restriction")
     .action(run(commands.pageAccess));
   program

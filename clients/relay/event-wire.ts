@@ -18,6 +18,7 @@ export const KIND_BY_TYPE: Readonly<Record<VcpuEvent["type"], EventKind>> = {
   trap: "TRAP",
   hypercall: "HYPERCALL",
   xsetbv: "XSETBV",
+  cpuid: "CPUID",
 };
 
 /** The dialect-neutral payload of an SDK event (EventPayloads); PF and TRAP in v9's names. */
@@ -39,6 +40,8 @@ export function payloadOf(event: VcpuEvent): Record<string, unknown> | undefined
       return { nr: event.vector, error_code: event.errorCode, address: event.address };
     case "xsetbv":
       return { xcr: event.xcr, old_value: event.oldValue, new_value: event.newValue };
+    case "cpuid":
+      return { function: event.function, index: event.index, insn_length: event.insnLength };
     default:
       return undefined;
   }

@@ -105,6 +105,25 @@ export interface VmHandle extends VmCommands {
   attach(options: AttachOptions): Promise<Session>;
   /** The same VM with another controller session id (or none). */
   withSession(sessionId: string | undefined): VmHandle;
+  /**
+   * KVMI_GET_PAGE_ACCESS (kvmi-v7 VMs only; a unary RPC, not a session command): the R/W/X access
+   * SetPageAccess left on each page, in the order asked.
+   * @throws FailedPreconditionError (reason NOT_IN_DIALECT) on a v9 or v12 VM.
+   */
+  getPageAccess(gpas: readonly bigint[], options?: GetPageAccessOptions): Promise<PageAccessInfo[]>;
+}
+
+/** Options of {@link VmHandle.getPageAccess}. */
+export interface GetPageAccessOptions extends CallOptions {
+  /** The EPT view (default 0, the default view). */
+  readonly view?: number;
+}
+
+/** One page of {@link VmHandle.getPageAccess}. */
+export interface PageAccessInfo {
+  readonly gpa: bigint;
+  /** Allowed access bits: R = 1, W = 2, X = 4; 7 when unrestricted. */
+  readonly access: number;
 }
 
 /** A connection to one kvmi-bridge. */
@@ -216,6 +235,11 @@ class Handle extends CommandSurface implements VmHandle {
 
   withSession(sessionId: string | undefined): VmHandle {
     return new Handle(this.uuid, this.client, sessionId);
+  }
+
+  async getPageAccess(gpas: readonly bigint[], options: GetPageAccessOptions = {}): Promise<PageAccessInfo[]> {
+    const r = await this.call("getPageAccess", { vm: this.name, gpas: [...gpas], view: options.view ?? 0 }, options);
+    return r.entries.map((e) => ({ gpa: e.gpa, access: e.access }));
   }
 }
 

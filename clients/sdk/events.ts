@@ -152,8 +152,23 @@ export interface XsetbvEvent extends VcpuEventBase {
   readonly newValue: bigint;
 }
 
+/**
+ * The guest is about to execute CPUID (KVMI_EVENT_CPUID; kvmi-v7 VMs only). `continue()` runs it;
+ * to answer the leaf yourself, `retry({ registers })` with RAX..RDX set and RIP advanced by
+ * `insnLength` (the kernel's reply carries no data).
+ */
+export interface CpuidEvent extends VcpuEventBase, RetryableEvent {
+  readonly type: "cpuid";
+  /** The leaf (EAX). */
+  readonly function: number;
+  /** The sub-leaf (ECX). */
+  readonly index: number;
+  readonly insnLength: number;
+}
+
 /** A vCPU event; switch on `type`. Each carries only the replies its type accepts. */
 export type VcpuEvent =
+  | CpuidEvent
   | BreakpointEvent
   | PageFaultEvent
   | DescriptorEvent
@@ -267,6 +282,8 @@ export function toVcpuEvent(vmUuid: string, message: Event, reply: EventReplier)
       return withProps(base, { type: "hypercall", continue: cont });
     case "xsetbv":
       return withProps(base, { type: "xsetbv", xcr: p.value.xcr, oldValue: p.value.oldValue, newValue: p.value.newValue, continue: cont });
+    case "cpuid":
+      return withProps(base, { type: "cpuid", function: p.value.function, index: p.value.index, insnLength: p.value.insnLength, continue: cont, retry });
     default:
       return undefined;
   }

@@ -63,6 +63,7 @@ export type {
   CrEvent,
   DescriptorEvent,
   EventArchState,
+  CpuidEvent,
   HypercallEvent,
   MsrEvent,
   PageFaultEvent,

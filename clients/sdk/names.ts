@@ -32,7 +32,7 @@ export function uuidOf(ref: string): string | undefined {
   return isUuid(uuid) ? uuid : undefined;
 }
 
-/** The events of the v9 dialect by the SDK's names (the `payload` case names of `kvmi.v1.Event`). */
+/** The events by the SDK's names (the `payload` case names of `kvmi.v1.Event`): v9's, then kvmi-v7's CPUID. */
 export type EventName =
   | "unhook"
   | "pauseVcpu"
@@ -44,7 +44,9 @@ export type EventName =
   | "descriptor"
   | "msr"
   | "pageFault"
-  | "singleStep";
+  | "singleStep"
+  /** kvmi-v7 only: enabling it on another dialect fails with NOT_IN_DIALECT. */
+  | "cpuid";
 
 /** The vCPU events (every event except `unhook`). */
 export type VcpuEventName = Exclude<EventName, "unhook">;
@@ -62,9 +64,10 @@ export const EVENT_TYPES: Readonly<Record<EventName, EventType>> = Object.freeze
   msr: EventType.MSR,
   pageFault: EventType.PF,
   singleStep: EventType.SINGLESTEP,
+  cpuid: EventType.CPUID,
 });
 
-/** Every event name, in v9 id order. */
+/** Every event name, in EventType order. */
 export const EVENT_NAMES: readonly EventName[] = Object.freeze(Object.keys(EVENT_TYPES) as EventName[]);
 
 /** `kvmi.v1.EventType` → event name; `undefined` for values this SDK does not know. */

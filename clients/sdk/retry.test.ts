@@ -18,7 +18,7 @@ describe("IDEMPOTENT_METHODS", () => {
     expect([...IDEMPOTENT_METHODS].sort()).toEqual(
       [
         "getVm", "listVms", "getVersion", "checkCommand", "checkEvent", "getVmInfo", "readPhysicalMemory", "getVcpuInfo",
-        "getRegisters", "getCpuid", "getMaxGfn", "getXcr", "getXsave", "getMtrrType", "translateGva", "batchReadMemory",
+        "getRegisters", "getCpuid", "getMaxGfn", "getXcr", "getXsave", "getMtrrType", "translateGva", "getPageAccess", "batchReadMemory",
         "controlVmEvents", "writePhysicalMemory", "controlVcpuEvents", "setRegisters", "controlCleanup", "controlCr",
         "setXsave", "controlMsr", "setPageAccess", "controlSingleStep",
       ].sort(), // prettier-ignore

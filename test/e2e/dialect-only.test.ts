@@ -11,6 +11,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EventType } from "@kvmi/proto";
 import { commandByOp, eventByKind } from "@kvmi/kvm-bridge/wire";
 import type { Vcpu } from "@kvmi/kvm-bridge/emulator";
+import { connect } from "@kvmi/clients";
+import { main as kvmictlMain } from "@kvmi/clients/cli";
 import { CONTINUE, E2E_DIALECT, expectGrpcError, GrpcStatus, RETRY, Role, settle, startHarness } from "../support/bridge-harness.js";
 import type { Harness, SessionClient } from "../support/bridge-harness.js";
 
@@ -144,5 +146,37 @@ describe("GetPageAccess", () => {
     const call = h.client.unary("getPageAccess", { vm: h.vmName(0), gpas: [0x7000n] }, { sessionId: observer.id });
     if (!HAS_GET_PAGE_ACCESS) return expectNotInDialect(call);
     expect((await call).entries).toHaveLength(1);
+  });
+
+  it("reaches SDK and kvmictl users: VmHandle.getPageAccess and `kvmictl page-access <vm> <gpa>`", async () => {
+    const sdk = connect({ target: h.bridge.grpcTarget, timeoutMs: 10_000 });
+    let stdout = "";
+    let stderr = "";
+    const kvmictl = (...args: string[]): Promise<number> =>
+      kvmictlMain(["--target", h.bridge.grpcTarget, ...args], {
+        stdout: (t) => (stdout += t),
+        stderr: (t) => (stderr += t),
+        stderrIsTTY: false,
+        signal: new AbortController().signal,
+        env: {},
+      });
+    try {
+      if (!HAS_GET_PAGE_ACCESS) {
+        await expect(sdk.vm(uuid()).getPageAccess([0x7000n])).rejects.toMatchObject({ reason: "NOT_IN_DIALECT" });
+        expect(await kvmictl("page-access", uuid(), "0x7000")).not.toBe(0);
+        expect(stderr).toContain("NOT_IN_DIALECT");
+        return;
+      }
+      await h.client.unary("setPageAccess", { vm: h.vmName(0), entries: [{ gpa: 0x7000n, access: 5 }] }, { sessionId: ctl.id });
+      expect(await sdk.vm(uuid()).getPageAccess([0x7000n, 0x8000n])).toEqual([
+        { gpa: 0x7000n, access: 5 },
+        { gpa: 0x8000n, access: 7 },
+      ]);
+      expect(await kvmictl("--json", "page-access", uuid(), "0x7000"), stderr).toBe(0);
+      expect(JSON.parse(stdout)).toMatchObject({ access: "r-x" });
+      await h.client.unary("setPageAccess", { vm: h.vmName(0), entries: [{ gpa: 0x7000n, access: 7 }] }, { sessionId: ctl.id });
+    } finally {
+      sdk.close();
+    }
   });
 });

@@ -7,7 +7,7 @@ import { create } from "@bufbuild/protobuf";
 import type { DescMessage } from "@bufbuild/protobuf";
 import { KvmiArgumentError } from "@kvmi/kvm-bridge";
 import { decodeCommand, decodeReply, encodeCommand, encodeReply, v9, V9_COMMANDS } from "@kvmi/kvm-bridge/wire";
-import type { V9CommandName } from "@kvmi/kvm-bridge/wire";
+import type { DialectLimits, V9CommandName } from "@kvmi/kvm-bridge/wire";
 import {
   Command,
   CpuMode,
@@ -20,7 +20,7 @@ import {
 } from "@kvmi/proto";
 import { describe, expect, it } from "vitest";
 import { COMMAND_MAPPINGS, commandMappingByMethod, responseFromWire } from "./commands.js";
-import type { AnyCommandMapping } from "./commands.js";
+import type { AnyCommandMapping, LimitsOf } from "./commands.js";
 import { msrEntryToProto, regsToProto, sregsToProto } from "./registers.js";
 import { sampleRegs, sampleSregs, UUID, VCPU, VM } from "./test-support.js";
 
@@ -175,9 +175,11 @@ const CASES: { readonly [N in V9CommandName]: Case } = {
 
 const mappings = Object.values<AnyCommandMapping>(COMMAND_MAPPINGS);
 
-function toWire(m: AnyCommandMapping, init: Record<string, unknown>) {
-  return (m.toWire as (r: unknown) => { vm: string; vcpu?: number; body: Record<string, unknown> })(
+/** The VM's kernel limits in these tests: v9's, unless a test gives another dialect's. */
+function toWire(m: AnyCommandMapping, init: Record<string, unknown>, limits: DialectLimits = v9.limits) {
+  return (m.toWire as (r: unknown, limitsOf: LimitsOf) => { vm: string; vcpu?: number; body: Record<string, unknown> })(
     create(m.requestSchema as DescMessage, init as never),
+    () => limits,
   );
 }
 
@@ -251,10 +253,10 @@ describe("resource names", () => {
 
 describe("argument pre-checks (before the socket)", () => {
   /** Asserts a KvmiArgumentError naming `field` with a message matching `message`. */
-  function rejects(name: V9CommandName, request: Record<string, unknown>, field: string, message: RegExp): void {
+  function rejects(name: V9CommandName, request: Record<string, unknown>, field: string, message: RegExp, limits?: DialectLimits): void {
     let thrown: unknown;
     try {
-      toWire(COMMAND_MAPPINGS[name], request);
+      toWire(COMMAND_MAPPINGS[name], request, limits);
     } catch (err) {
       thrown = err;
     }
@@ -295,6 +297,31 @@ describe("argument pre-checks (before the socket)", () => {
     rejects("KVMI_VM_SET_PAGE_ACCESS", { vm: VM, entries: new Array(512).fill(entry) }, "entries", /512 pages, at most 511/);
     rejects("KVMI_VM_SET_PAGE_ACCESS", { vm: VM, entries: [entry, { ...entry, access: 8 }] }, "entries[1].access", /bits other than R \(1\), W \(2\) and X \(4\)/);
     expect(toWire(COMMAND_MAPPINGS.KVMI_VM_SET_PAGE_ACCESS, { vm: VM, entries: new Array(511).fill(entry) }).body["entries"]).toHaveLength(511);
+  });
+
+  it("takes every dialect-dependent limit from the VM's dialect table, not from v9", () => {
+    // A dialect whose limits all differ from v9's (none of the three real ones does today: they
+    // share KVMI_MSG_SIZE), so that a check still reading v9's numbers would let these through.
+    const small: DialectLimits = { maxPhysicalBytes: 2048, maxPageAccessEntries: 100, maxGetRegistersMsrs: 7, maxXsaveBytes: 1024, maxPendingPauses: null };
+    const entry = { gpa: 0x1000n, access: 7, visible: false };
+    rejects("KVMI_VM_READ_PHYSICAL", { vm: VM, gpa: 0x1000n, size: 2049 }, "size", /above the 2048-byte limit/, small);
+    rejects("KVMI_VM_WRITE_PHYSICAL", { vm: VM, gpa: 0n, data: new Uint8Array(2049) }, "data", /above the 2048-byte limit/, small);
+    rejects("KVMI_VM_SET_PAGE_ACCESS", { vm: VM, entries: new Array(101).fill(entry) }, "entries", /101 pages, at most 100/, small);
+    rejects("KVMI_VCPU_GET_REGISTERS", { name: VCPU, msrIndices: new Array(8).fill(0x10) }, "msr_indices", /8 MSRs, at most 7/, small);
+    rejects("KVMI_VCPU_SET_XSAVE", { name: VCPU, region: new Uint8Array(1025) }, "region", /larger than struct kvm_xsave \(1024 bytes\)/, small);
+    // And v9's own numbers pass where that dialect's would not.
+    expect(toWire(COMMAND_MAPPINGS.KVMI_VM_READ_PHYSICAL, { vm: VM, gpa: 0x1000n, size: 4096 }).body).toEqual({ gpa: 0x1000n, size: 4096 });
+  });
+
+  it("asks for the limits of the VM the request names", () => {
+    const asked: string[] = [];
+    const limitsOf: LimitsOf = (vm) => {
+      asked.push(vm);
+      return v9.limits;
+    };
+    const read = COMMAND_MAPPINGS.KVMI_VM_READ_PHYSICAL;
+    (read.toWire as (r: unknown, l: LimitsOf) => unknown)(create(read.requestSchema, { vm: VM, gpa: 0n, size: 1 }), limitsOf);
+    expect(asked).toEqual([UUID]);
   });
 
   it("SetXsave: 1..4096 bytes", () => {

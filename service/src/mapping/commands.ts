@@ -15,7 +15,7 @@
  *
  * @example
  * const m = COMMAND_MAPPINGS.KVMI_VM_READ_PHYSICAL;
- * const { vm, vcpu, body } = m.toWire(request);          // throws KvmiArgumentError
+ * const { vm, vcpu, body } = m.toWire(request, limitsOf); // throws KvmiArgumentError
  * const reply = await channelOf(vm).command(m.command, body, vcpu);
  * return create(m.responseSchema, m.fromWire(reply));
  */
@@ -23,7 +23,7 @@ import { create } from "@bufbuild/protobuf";
 import type { DescMessage, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
 import { KvmiArgumentError } from "@kvmi/kvm-bridge";
 import { layouts, V9_COMMANDS, v9Ids } from "@kvmi/kvm-bridge/wire";
-import type { V9CommandName, V9CommandReply as CommandReply, V9CommandRequest as CommandRequest } from "@kvmi/kvm-bridge/wire";
+import type { DialectLimits, V9CommandName, V9CommandReply as CommandReply, V9CommandRequest as CommandRequest } from "@kvmi/kvm-bridge/wire";
 import {
   CheckCommandRequestSchema,
   CheckCommandResponseSchema,
@@ -86,7 +86,9 @@ import { mapFields } from "./wire-coverage.js";
 import type { WireFieldMapping } from "./wire-coverage.js";
 
 // ---------------------------------------------------------------------------------------------
-// Limits the v9 kernel enforces (kvmi-abi §4), checked before the socket
+// Rules the kernel enforces, checked before the socket. The limits that depend on the dialect
+// (sizes that must fit its message size) come from the VM's dialect table (`DialectLimits`), never
+// from here; what stays here is x86 and the same in every dialect.
 
 /** Guest page size: READ/WRITE_PHYSICAL must stay within one page (kvmi-abi §4 ids 6, 7). */
 export const PAGE_BYTES = 4096;
@@ -107,11 +109,17 @@ const UNMAPPED_GPA = (1n << 64n) - 1n;
 const hex = (value: number | bigint): string => `0x${value.toString(16)}`;
 
 /**
- * Checks a READ/WRITE_PHYSICAL range: 1..4096 bytes inside one 4 KiB page.
+ * The kernel limits of the VM a request names: its dialect's `limits`. The RPC layer resolves the
+ * VM (NOT_FOUND for an unknown one) only when a check needs them.
+ */
+export type LimitsOf = (vm: string) => DialectLimits;
+
+/**
+ * Checks a READ/WRITE_PHYSICAL range: 1..`max` bytes (the dialect's `maxPhysicalBytes`) inside one
+ * 4 KiB page.
  * @throws KvmiArgumentError naming `field` (`size` or `data`).
  */
-export function checkPhysicalRange(gpa: bigint, size: number, field: string, verb: "read" | "write"): void {
-  const max = v9Ids.V9_MAX_PHYSICAL_BYTES;
+export function checkPhysicalRange(gpa: bigint, size: number, field: string, verb: "read" | "write", max: number): void {
   if (size === 0) throw new KvmiArgumentError(field, `${field} is required: ${verb} 1..${max} bytes`);
   if (size > max) {
     throw new KvmiArgumentError(
@@ -185,10 +193,11 @@ export interface CommandMapping<
   readonly requestSchema: Req;
   readonly responseSchema: Res;
   /**
-   * Parses the name, checks the arguments and shapes the wire request.
+   * Parses the name, checks the arguments (kernel limits from `limitsOf`, the VM's dialect) and
+   * shapes the wire request.
    * @throws KvmiArgumentError (INVALID_ARGUMENT) with the proto field name.
    */
-  toWire(request: MessageShape<Req>): WireCommand<N>;
+  toWire(request: MessageShape<Req>, limitsOf: LimitsOf): WireCommand<N>;
   /** Turns the reply data into the response init. Never throws for a decodable reply. */
   fromWire(reply: CommandReply<N>): MessageInitShape<Res>;
   /** The wire fields this entry carries (see wire-coverage.ts). */
@@ -219,11 +228,12 @@ export const COMMAND_MAPPINGS = {
     requestSchema: GetVersionRequestSchema,
     responseSchema: GetVersionResponseSchema,
     toWire: (r) => ({ vm: vmOf(r), body: {} }),
-    // v9 has no max_msg_size in the reply (its `padding` word becomes it in v10): report the constant.
+    // v12 reports max_msg_size; for v9 and kvmi-v7, which do not, vm/v9-commands.ts fills in the
+    // dialect table's KVMI_MSG_SIZE.
     fromWire: (w) => ({
       version: w.version,
       features: create(FeaturesSchema, { singlestep: w.features.singlestep !== 0 }),
-      maxMsgSize: v9Ids.KVMI_MSG_SIZE,
+      maxMsgSize: (w as { max_msg_size?: number }).max_msg_size ?? v9Ids.KVMI_MSG_SIZE,
     }),
     wireFields: [
       ...mapFields(layouts.kvmiGetVersionReply.name, GetVersionResponseSchema.name, { version: "version", features: "features" }),
@@ -279,9 +289,9 @@ export const COMMAND_MAPPINGS = {
     method: "readPhysicalMemory",
     requestSchema: ReadPhysicalMemoryRequestSchema,
     responseSchema: ReadPhysicalMemoryResponseSchema,
-    toWire: (r) => {
+    toWire: (r, limitsOf) => {
       const vm = vmOf(r);
-      checkPhysicalRange(r.gpa, r.size, "size", "read");
+      checkPhysicalRange(r.gpa, r.size, "size", "read", limitsOf(vm).maxPhysicalBytes);
       return { vm, body: { gpa: r.gpa, size: r.size } };
     },
     // Copy: the reply view may point into the framer's reusable buffer.
@@ -297,9 +307,9 @@ export const COMMAND_MAPPINGS = {
     method: "writePhysicalMemory",
     requestSchema: WritePhysicalMemoryRequestSchema,
     responseSchema: WritePhysicalMemoryResponseSchema,
-    toWire: (r) => {
+    toWire: (r, limitsOf) => {
       const vm = vmOf(r);
-      checkPhysicalRange(r.gpa, r.data.length, "data", "write");
+      checkPhysicalRange(r.gpa, r.data.length, "data", "write", limitsOf(vm).maxPhysicalBytes);
       return { vm, body: { gpa: r.gpa, data: r.data } };
     },
     fromWire: () => ({}),
@@ -347,9 +357,9 @@ export const COMMAND_MAPPINGS = {
     method: "getRegisters",
     requestSchema: GetRegistersRequestSchema,
     responseSchema: GetRegistersResponseSchema,
-    toWire: (r) => {
+    toWire: (r, limitsOf) => {
       const target = parseVcpuName(r.name);
-      const max = v9Ids.V9_MAX_GET_REGISTERS_MSRS;
+      const max = limitsOf(target.vm).maxGetRegistersMsrs;
       if (r.msrIndices.length > max) {
         throw new KvmiArgumentError(
           "msr_indices",
@@ -493,9 +503,9 @@ export const COMMAND_MAPPINGS = {
     method: "setXsave",
     requestSchema: SetXsaveRequestSchema,
     responseSchema: SetXsaveResponseSchema,
-    toWire: (r) => {
+    toWire: (r, limitsOf) => {
       const target = parseVcpuName(r.name);
-      const max = v9Ids.V9_MAX_XSAVE_BYTES;
+      const max = limitsOf(target.vm).maxXsaveBytes;
       if (r.region.length === 0) {
         throw new KvmiArgumentError("region", "region is required: send the XSAVE area read with GetXsave, changed as needed");
       }
@@ -541,10 +551,10 @@ export const COMMAND_MAPPINGS = {
     method: "setPageAccess",
     requestSchema: SetPageAccessRequestSchema,
     responseSchema: SetPageAccessResponseSchema,
-    toWire: (r) => {
+    toWire: (r, limitsOf) => {
       const vm = vmOf(r);
-      const max = v9Ids.V9_MAX_PAGE_ACCESS_ENTRIES;
-      if (r.entries.length === 0) throw new KvmiArgumentError("entries", "entries is required: list 1..511 pages");
+      if (r.entries.length === 0) throw new KvmiArgumentError("entries", "entries is required: list the pages to change");
+      const max = limitsOf(vm).maxPageAccessEntries;
       if (r.entries.length > max) {
         throw new KvmiArgumentError("entries", `entries lists ${r.entries.length} pages, at most ${max} fit in one message; split the request`);
       }

@@ -41,7 +41,7 @@ import {
 import { create } from "@bufbuild/protobuf";
 import { describe, expect, it } from "vitest";
 import { COMMAND_MAPPINGS } from "./commands.js";
-import type { AnyCommandMapping } from "./commands.js";
+import type { AnyCommandMapping, LimitsOf } from "./commands.js";
 import { NOT_CARRIED, WIRE_FIELD_MAPPINGS } from "./coverage.js";
 import { eventReplyToWire, eventToProto } from "./events.js";
 import { tailKey, trackBody, UUID, VCPU, VM, writtenKeys } from "./test-support.js";
@@ -240,7 +240,7 @@ describe.each(Object.keys(V9_COMMANDS) as V9CommandName[])("%s carries what it d
 
   it("toWire writes every declared request field and nothing the layout lacks", () => {
     const request = create(m.requestSchema as DescMessage, FULL_REQUESTS[name] as never);
-    const wire = (m.toWire as (r: unknown) => { vcpu?: number; body: Record<string, unknown> })(request);
+    const wire = (m.toWire as (r: unknown, limitsOf: LimitsOf) => { vcpu?: number; body: Record<string, unknown> })(request, () => v9.limits);
     const { present, unknown } = writtenKeys(wire.body, spec.request, `${name}.request`);
     expect(unknown).toEqual([]);
     const declared = declaredIn(spec.request, `${name}.request`);

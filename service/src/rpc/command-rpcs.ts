@@ -34,7 +34,8 @@ export interface CommandCaller {
 /** Runs one mapped command for a client; shared by the unary RPCs and the session stream. */
 export async function runCommand(deps: RpcDeps, mapping: AnyCommandMapping, request: unknown, caller: CommandCaller): Promise<unknown> {
   const entry = mapping as unknown as CommandMapping<never, DescMessage, DescMessage>;
-  const wire = entry.toWire(request as MessageShape<DescMessage>);
+  // Kernel limits are the VM's dialect's: resolved (NOT_FOUND for an unknown VM) when a check needs them.
+  const wire = entry.toWire(request as MessageShape<DescMessage>, (vm) => deps.hosts.require(vm).channel.dialect.limits);
   const host = deps.hosts.require(wire.vm);
   if (wire.vcpu !== undefined) checkVcpuIndex(wire.vm, wire.vcpu, host.record.vcpuCount);
   if (!MUTATING_COMMANDS.has(entry.command)) return responseFromWire(entry, await host.command(entry.command, wire.body, wire.vcpu, caller));

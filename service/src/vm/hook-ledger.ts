@@ -15,7 +15,7 @@
  */
 import { KvmiRemoteError } from "@kvmi/kvm-bridge";
 import type { KvmiChannel } from "@kvmi/kvm-bridge";
-import { v9Ids } from "@kvmi/kvm-bridge/wire";
+import { eventKindOfApiId } from "../mapping/enums.js";
 import type { V9CommandName, V9CommandReply as CommandReply, V9CommandRequest as CommandRequest } from "@kvmi/kvm-bridge/wire";
 import { COMMAND_FACTS } from "../mapping/command-facts.js";
 import { sendCommand } from "./v9-commands.js";
@@ -25,7 +25,6 @@ const PAGE_BYTES = 4096;
 const PAGE_MASK = BigInt(PAGE_BYTES - 1);
 const ACCESS_RWX = 7;
 /** SET_PAGE_ACCESS carries at most this many entries per message (the dialect table, kvmi-abi §4 id 23). */
-const MAX_ACCESS_ENTRIES = v9Ids.V9_MAX_PAGE_ACCESS_ENTRIES;
 
 /** Original bytes of one guest page the controller wrote to. */
 interface PageOriginal {
@@ -217,7 +216,8 @@ export class HookLedger {
         return;
       case "vm-event": {
         const id = body["event_id"] as number;
-        const baseline = id === v9Ids.KVMI_EVENT_UNHOOK;
+        // kvmi.v1 event ids (mapping/enums.ts): UNHOOK is the one the bridge keeps enabled.
+        const baseline = eventKindOfApiId(id) === "UNHOOK";
         if (enable === baseline) this.vmEvents.delete(id);
         else this.vmEvents.set(id, baseline);
         return;
@@ -288,8 +288,10 @@ export class HookLedger {
     for (const [vcpu, crs] of this.crs) for (const cr of crs) jobs.push(send("KVMI_VCPU_CONTROL_CR", { cr, enable: 0 }, vcpu));
     for (const [vcpu, msrs] of this.msrs) for (const msr of msrs) jobs.push(send("KVMI_VCPU_CONTROL_MSR", { msr, enable: 0 }, vcpu));
     const gfns = [...this.pageAccess.keys()];
-    for (let i = 0; i < gfns.length; i += MAX_ACCESS_ENTRIES) {
-      const entries = gfns.slice(i, i + MAX_ACCESS_ENTRIES).map((gpa) => ({ gpa, access: ACCESS_RWX, visible: 0 }));
+    // As many pages per message as the VM's dialect allows.
+    const perMessage = channel.dialect.limits.maxPageAccessEntries;
+    for (let i = 0; i < gfns.length; i += perMessage) {
+      const entries = gfns.slice(i, i + perMessage).map((gpa) => ({ gpa, access: ACCESS_RWX, visible: 0 }));
       jobs.push(send("KVMI_VM_SET_PAGE_ACCESS", { entries }));
     }
     let restoredBytes = 0;

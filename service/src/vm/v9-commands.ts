@@ -32,7 +32,7 @@ export async function sendCommand<N extends V9CommandName>(
   const spec = V9_COMMANDS[name];
   const body = toDialectBody(channel.dialect, name, request as unknown as AnyValue);
   const reply = (await channel.command(spec.op, body as never, vcpu, options)) as unknown as AnyValue;
-  return fromDialectReply(name, reply) as unknown as V9CommandReply<N>;
+  return fromDialectReply(channel.dialect, name, reply) as unknown as V9CommandReply<N>;
 }
 
 /**
@@ -127,9 +127,16 @@ function requireEventId(dialect: Dialect, kind: EventKind): number {
   return spec.id;
 }
 
-/** GET_VERSION's reply in v9's shape: kvmi-v7 reports other feature bytes and no `singlestep`. */
-function fromDialectReply(name: V9CommandName, reply: AnyValue): AnyValue {
+/**
+ * GET_VERSION's reply in v9's shape: kvmi-v7 reports other feature bytes and no `singlestep`; the
+ * largest message is what v12 reports in `max_msg_size`, else the dialect table's KVMI_MSG_SIZE.
+ */
+function fromDialectReply(dialect: Dialect, name: V9CommandName, reply: AnyValue): AnyValue {
   if (name !== "KVMI_GET_VERSION") return reply;
   const features = (reply["features"] ?? {}) as AnyValue;
-  return { ...reply, features: { ...features, singlestep: (features["singlestep"] as number | undefined) ?? 0 } };
+  return {
+    ...reply,
+    max_msg_size: (reply["max_msg_size"] as number | undefined) ?? dialect.maxMessageBytes,
+    features: { ...features, singlestep: (features["singlestep"] as number | undefined) ?? 0 },
+  };
 }

@@ -11,7 +11,8 @@
 import { randomUUID } from "node:crypto";
 import { KvmiProtocolError } from "@kvmi/kvm-bridge";
 import type { KvmiChannel, KvmiEvent, KvmiTransportError, Logger, VmRecord, VmRegistry } from "@kvmi/kvm-bridge";
-import { v9Ids, withZeroDefaults } from "@kvmi/kvm-bridge/wire";
+import { withZeroDefaults } from "@kvmi/kvm-bridge/wire";
+import { eventKindOfApiId } from "../mapping/enums.js";
 import type { CommandOp, OpReply, OpRequest, V9CommandName, V9CommandReply as CommandReply, V9CommandRequest as CommandRequest } from "@kvmi/kvm-bridge/wire";
 import { permissionDenied } from "../mapping/access-error.js";
 import { BridgeError } from "../mapping/bridge-error.js";
@@ -511,7 +512,7 @@ export class VmHost {
 
 function isUnhookDisable(request: unknown): boolean {
   const body = request as { event_id?: number; enable?: number };
-  return body.event_id === v9Ids.KVMI_EVENT_UNHOOK && body.enable === 0;
+  return body.event_id !== undefined && eventKindOfApiId(body.event_id) === "UNHOOK" && body.enable === 0;
 }
 
 function seconds(started: bigint): number {
