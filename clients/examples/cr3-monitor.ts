@@ -5,6 +5,10 @@
  * each write arrives as an event holding the old and the new value, which the task list maps to
  * processes. The tool lets every write through unchanged.
  *
+ * `--duration` counts from the moment monitoring starts (the preparation can take seconds on a real
+ * guest behind kvmi-qemu). A VM without the CR event (a stock QEMU behind kvmi-qemu: the gdbstub
+ * cannot intercept CR writes, docs/qemu-backend.md) is refused up front with that reason.
+ *
  *   npx tsx clients/examples/cr3-monitor.ts --target 127.0.0.1:50051 --vm demo-0 --duration 2000
  */
 import { CancelledError, UnavailableError } from "@kvmi/clients";
@@ -24,8 +28,11 @@ async function main(): Promise<void> {
   stdoutClosed.addEventListener("abort", () => stop.abort(), { once: true });
   for (const signal of ["SIGINT", "SIGTERM"] as const) process.once(signal, () => stop.abort());
   const duration = integerOption(values, "duration", USAGE);
-  if (duration !== undefined) setTimeout(() => stop.abort(), duration).unref();
   const max = integerOption(values, "count", USAGE) ?? Infinity;
+  // Vm.events lists what the VM offers once hooked (empty while only announced).
+  if (vm.events.length > 0 && !vm.events.includes("CR")) {
+    throw new Error(`${vm.displayName} does not offer CR events (it offers ${vm.events.join(", ")}): a VM behind kvmi-qemu cannot intercept CR3 writes; trace --symbol switch_mm_irqs_off follows switches there`);
+  }
 
   const tasks = new TaskIndex(await (await openGuest(client.vm(vm.uuid), values.profile)).processes());
   const session = await client.attach(vm.uuid, { role: "controller" });
@@ -42,6 +49,7 @@ async function main(): Promise<void> {
         process.stderr.write(`vCPU ${v} is not started yet; not monitored\n`);
       }
     }
+    if (duration !== undefined) setTimeout(() => stop.abort(), duration).unref();
     process.stderr.write(`monitoring CR3 writes on ${vcpus.length} vCPU(s) of ${vm.name}\n`);
     if (!json) stdout.write(`${"TIME".padEnd(24)}  VCPU  FROM -> TO\n`);
     for await (const item of session.events({ signal: stop.signal })) {

@@ -2,13 +2,9 @@
 /**
  * trace: counts system calls per process with a breakpoint on the kernel's syscall entry, the way
  * DRAKVUF's syscall tracing works (`--symbol` picks another kernel function, e.g. one syscall's
- * `__x64_sys_getppid`; the profile gives its address):
- *
- * 1. write INT3 (0xCC) over the first byte of `entry_SYSCALL_64`, keeping the original byte;
- * 2. on each BREAKPOINT there: count it for the running process (its CR3 names the task), then
- *    step over: restore the original byte, single-step the vCPU, reply RETRY;
- * 3. on the SINGLESTEP that follows: put the INT3 back, stop single-stepping, reply CONTINUE;
- * 4. on exit (Ctrl-C, --duration) or on the unhook notice: restore the original byte and release.
+ * `__x64_sys_getppid`; the profile gives its address): an INT3 on its first instruction, stepped
+ * over on every hit (kernel-breakpoint.ts); each hit is counted for the running process (its CR3
+ * names the task). Ctrl-C, --duration or the unhook notice restore the original byte and release.
  *
  * `--duration` counts from the moment the INT3 is armed, not from the start: on a real guest behind
  * kvmi-qemu the preparation (profile, process list, translation) takes seconds of gdbstub round
@@ -16,18 +12,15 @@
  * `--comm NAME` counts only that process's calls; `--follow` prints each counted call as it happens
  * (a JSON line each with `--json`), before the summary.
  *
- * While one vCPU steps over the entry the INT3 is lifted, so a syscall that another vCPU enters in
- * that window is not counted; production tracers pause the other vCPUs or use EPT views for it.
- *
  *   npx tsx clients/examples/trace.ts --target 127.0.0.1:50051 --vm demo-0 --duration 5000
  */
-import { CancelledError, UnavailableError } from "@kvmi/clients";
+import { CancelledError } from "@kvmi/clients";
 import type { BreakpointEvent, Session, SessionItem } from "@kvmi/clients";
 import { fail, integerOption, setup, stdout } from "./example-args.js";
 import { openGuest, PROFILE_OPTION, TaskIndex } from "./guest-profile.js";
+import { KernelBreakpoint } from "./kernel-breakpoint.js";
 
 const USAGE = "usage: trace.ts --vm <uuid|name> [--target host:port] [--duration ms] [--profile isf.json] [--symbol name] [--comm name] [--follow] [--json]";
-const INT3 = Uint8Array.of(0xcc);
 /** How long the final drain waits for events still on their way. */
 const DRAIN_QUIET_MS = 150;
 
@@ -54,16 +47,8 @@ async function main(): Promise<void> {
   const entryGva = guest.profile.requireSymbol(symbol);
   const tasks = new TaskIndex(await guest.processes());
   const session = await client.attach(vm.uuid, { role: "controller" });
-  const vcpus = Array.from({ length: session.vm.vcpuCount }, (_, i) => i);
   const counts = new Map<number, Counter>();
-  const stepping = new Set<number>();
-  let armed = false;
   let started = 0;
-
-  // The breakpoint goes into guest-physical memory: the kernel image is shared by every address space.
-  const entryGpa = await session.translate(0, entryGva);
-  if (entryGpa === undefined) throw new Error(`${symbol} is not mapped`);
-  const original = await session.readPhysical(entryGpa, 1);
 
   const count = async (item: BreakpointEvent): Promise<void> => {
     const cr3 = item.arch.sregs.cr3;
@@ -75,47 +60,22 @@ async function main(): Promise<void> {
     entry.count++;
     counts.set(task.pid, entry);
   };
-
-  const handle = async (item: SessionItem): Promise<void> => {
-    if (item.kind !== "event") return;
-    if (item.type === "breakpoint" && item.gpa === entryGpa) {
-      await count(item);
-      if (!armed) return item.retry(); // the original byte is back already: just re-execute it
-      if (stepping.size === 0) await session.writePhysical(entryGpa, original);
-      stepping.add(item.vcpu);
-      await session.controlSingleStep(item.vcpu, true);
-      return item.retry();
-    }
-    if (item.type === "singleStep" && stepping.delete(item.vcpu)) {
-      await session.controlSingleStep(item.vcpu, false);
-      if (armed && stepping.size === 0) await session.writePhysical(entryGpa, INT3);
-      return item.continue();
-    }
-    // Anything else (a guest's own INT3, a pause) goes on unchanged: CONTINUE re-injects a foreign #BP.
-    return item.continue();
-  };
+  const breakpoint = await KernelBreakpoint.at(session, entryGva, count);
+  const handle = (item: SessionItem): Promise<void> => breakpoint.handle(item);
 
   try {
     started = performance.now();
-    await session.writePhysical(entryGpa, INT3);
-    armed = true;
-    for (const v of vcpus) {
-      // KVM_EAGAIN (UnavailableError): the guest has not started this vCPU yet.
-      await session.controlVcpuEvents(v, "breakpoint", true).catch((err: unknown) => {
-        if (!(err instanceof UnavailableError)) throw err;
-        process.stderr.write(`vCPU ${v} is not started yet; not traced\n`);
-      });
-    }
+    await breakpoint.arm();
     // The duration is the tracing time (see the header): its timer starts once the INT3 is armed.
     if (duration !== undefined) setTimeout(() => stop.abort(), duration).unref();
-    process.stderr.write(`armed: INT3 at ${symbol} (gva 0x${entryGva.toString(16)}, gpa 0x${entryGpa.toString(16)}), original byte 0x${original[0]!.toString(16)}\n`);
+    process.stderr.write(`armed: INT3 at ${symbol} (gva 0x${entryGva.toString(16)}, gpa 0x${breakpoint.gpa.toString(16)}), original byte 0x${breakpoint.original[0]!.toString(16)}\n`);
     await loop(session, stop.signal, handle);
   } finally {
-    await disarm(session, vcpus, stepping, entryGpa, original, () => (armed = false));
+    await breakpoint.disarm();
     // Events the kernel sent before the breakpoint went away still need their reply.
     await drain(session, handle);
-    const back = await session.readPhysical(entryGpa, 1);
-    process.stderr.write(`disarmed: entry byte is 0x${back[0]!.toString(16)} (${back[0] === original[0] ? "restored" : "NOT restored"})\n`);
+    const back = await session.readPhysical(breakpoint.gpa, 1);
+    process.stderr.write(`disarmed: entry byte is 0x${back[0]!.toString(16)} (${back[0] === breakpoint.original[0] ? "restored" : "NOT restored"})\n`);
     await session.release();
     client.close();
   }
@@ -136,15 +96,6 @@ async function loop(session: Session, signal: AbortSignal, handle: (item: Sessio
   } catch (err) {
     if (!(signal.aborted && err instanceof CancelledError)) throw err;
   }
-}
-
-/** Stops the events and puts the original byte back. */
-async function disarm(session: Session, vcpus: number[], stepping: Set<number>, entryGpa: bigint, original: Uint8Array, disarmed: () => void): Promise<void> {
-  if (session.closed) return;
-  disarmed();
-  for (const v of vcpus) await session.controlVcpuEvents(v, "breakpoint", false).catch(() => undefined);
-  await session.writePhysical(entryGpa, original);
-  for (const v of stepping) await session.controlSingleStep(v, false);
 }
 
 /** Answers what is already buffered or still arriving, until the stream is quiet. */

@@ -1,34 +1,32 @@
 // SPDX-License-Identifier: Apache-2.0
 // kvmi-qemu end to end: Debian's kernel under QEMU (TCG), presented to a real bridge through the
 // emulated KVMI kernel side, beside an emulated VM. The guest's own `ps` and console are the ground
-// truth (test/guest/README.md). One boot for the whole file.
+// truth (test/guest/README.md). One guest for the whole file, restored from the suite's snapshot.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { Profile, State, linux } from "@kvmi/clients";
+import { Profile, linux } from "@kvmi/clients";
 import type { LinuxGuest, Session, SessionItem } from "@kvmi/clients";
 import { main as kvmictlMain } from "@kvmi/clients/cli";
-import { attachQemu, launchQemu, type QemuBackend, type QemuProcess } from "@kvmi/kvm-bridge/qemu";
-import { ensureGuestImage, MARKER, TICKER_SYSCALL, type GuestImage } from "../guest/build.js";
+import type { QemuBackend, QemuProcess } from "@kvmi/kvm-bridge/qemu";
+import { MARKER, TICKER_SYSCALL, type GuestImage } from "../guest/build.js";
 import { startClientsBridge, type ClientsBridge } from "../support/clients-harness.js";
+import { startLinuxVm, type LinuxVm } from "./linux-harness.js";
 
 let image: GuestImage;
 let bridge: ClientsBridge;
 let qemu: QemuProcess;
 let backend: QemuBackend;
 let guest: LinuxGuest;
+let vm: LinuxVm;
 
 beforeAll(async () => {
-  image = await ensureGuestImage();
   bridge = await startClientsBridge({ vms: [{ name: "emu-0", vcpus: 1 }] });
-  qemu = await launchQemu({ kernel: image.kernel, initrd: image.initrd, append: image.cmdline, name: "linux-0" });
-  await qemu.waitForConsole(/KVMI-READY/, 240_000, { seen: true });
-  backend = await attachQemu({ gdb: { kind: "unix", path: qemu.gdbSocket }, qmp: { kind: "unix", path: qemu.qmpSocket }, connect: { kind: "unix", path: bridge.kvmiSocket }, reconnectMs: 200 });
-  await bridge.waitForVm(backend.uuid, (vm) => vm.state === State.HOOKED && vm.vcpuCount === 2, 30_000);
+  vm = await startLinuxVm(bridge, { name: "linux-0" });
+  ({ image, qemu, backend } = vm);
   guest = linux(bridge.client.vm(backend.uuid), await Profile.load(image.profile));
 });
 
 afterAll(async () => {
-  await backend?.close().catch(() => undefined);
-  await qemu?.stop();
+  await vm?.stop();
   await bridge?.stop();
 });
 
