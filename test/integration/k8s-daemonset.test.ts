@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// The DaemonSet of each overlay, run by Docker as the kubelet would run its pod: the socket-dir and
+// The DaemonSet of each overlay, run by Docker as the kubelet would run its pod: the host-dirs and
 // doctor init containers, then the bridge with the overlay's environment, user, read-only root
 // filesystem, dropped capabilities and volumes (ConfigMap and Secrets projected as files, the host
 // socket directory as a volume). QEMU is played by kvmi-sim as another user in the QEMU group,
@@ -123,6 +123,15 @@ describe.skipIf(status.kind === "opted-out").each(["tls-off", "tls-on"] as const
     const result = await bridge.exec(["node", "-e", script]);
     expect(result.exitCode, result.output).toBe(0);
     expect(JSON.parse(result.stdout)).toEqual({ dir: [65532, qemuGid, "2770"], sock: [65532, qemuGid, "660"] });
+  });
+
+  it("prepared the host state directory for the bridge alone, and journals the hooked VM's ledger there", async () => {
+    const script =
+      "const fs = require('fs'); const d = fs.statSync('/var/lib/kvmi-bridge');" +
+      "console.log(JSON.stringify({ dir: [d.uid, d.gid, (d.mode & 0o7777).toString(8)], journals: fs.readdirSync('/var/lib/kvmi-bridge/ledger').filter((f) => f.endsWith('.journal')).length }))";
+    const result = await bridge.exec(["node", "-e", script]);
+    expect(result.exitCode, result.output).toBe(0);
+    expect(JSON.parse(result.stdout)).toEqual({ dir: [65532, 65532, "700"], journals: 1 });
   });
 
   it("passes its probes the way the kubelet runs them", async () => {

@@ -158,6 +158,19 @@ describe.each(OVERLAYS)("overlay %s", (overlay) => {
     const jwksSource = sourceOf(pod, bridge, config.jwtJwksFile as string)!;
     expect(Object.keys(dataOf(find(objects, "Secret", jwksSource.volume.secret!.secretName)))).toContain(jwksSource.file);
 
+    // The ledger journals (--state-dir) live on the host, in a directory the init container gives
+    // to the bridge's uid, so that they outlive the pod; journals of VMs that never come back go.
+    const stateDir = config.stateDir as string;
+    expect(stateDir).toMatch(/^\//);
+    const stateSource = sourceOf(pod, bridge, `${stateDir}/ledger/x.journal`)!;
+    expect(stateSource.volume.hostPath).toEqual({ path: stateDir, type: "DirectoryOrCreate" });
+    expect(bridge.volumeMounts!.find((m) => m.name === stateSource.volume.name)).not.toHaveProperty("readOnly", true);
+    const hostDirs = pod.initContainers.find((c) => c.name === "host-dirs")!;
+    expect(sourceOf(pod, hostDirs, `${stateDir}/x`)?.volume.name).toBe(stateSource.volume.name);
+    expect(hostDirs.command!.join("\n")).toContain(`prepare("${stateDir}", 65532, 0o700)`);
+    expect(pod.securityContext).toMatchObject({ runAsUser: 65532 });
+    expect(config.ledgerMaxAgeHours).toBeGreaterThan(24);
+
     // The metrics port is where Prometheus is told to scrape.
     const metricsPort = Number((config.metricsListen as string).split(":").at(-1));
     expect(bridge.ports!.find((p) => p.name === "metrics")!.containerPort).toBe(metricsPort);
@@ -186,16 +199,19 @@ describe.each(OVERLAYS)("overlay %s", (overlay) => {
     }
   });
 
-  it("runs unprivileged with resource requests; only the socket-dir init container is root, with three capabilities", () => {
+  it("runs unprivileged with resource requests; only the host-dirs init container is root, with three capabilities", () => {
     expect(pod.securityContext).toMatchObject({ runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532 });
     for (const c of [...pod.initContainers, ...pod.containers]) {
       expect(c.resources?.requests, c.name).toMatchObject({ cpu: expect.any(String), memory: expect.any(String) });
       expect(c.resources?.limits?.memory, c.name).toEqual(expect.any(String));
       expect(c.securityContext, c.name).toMatchObject({ allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ["ALL"] } });
-      if (c.name === "socket-dir") {
+      if (c.name === "host-dirs") {
         expect(c.securityContext).toMatchObject({ runAsUser: 0, runAsNonRoot: false, capabilities: { add: ["CHOWN", "FOWNER", "FSETID"] } });
         expect(c.env).toEqual([{ name: "QEMU_GID", valueFrom: { configMapKeyRef: { name: "kvmi-bridge-config", key: "qemu-gid" } } }]);
-        expect(c.volumeMounts).toEqual([{ name: "kvmi-socket-dir", mountPath: "/run/kvmi-bridge" }]);
+        expect(c.volumeMounts).toEqual([
+          { name: "kvmi-socket-dir", mountPath: "/run/kvmi-bridge" },
+          { name: "state", mountPath: "/var/lib/kvmi-bridge" },
+        ]);
       } else {
         expect(c.securityContext?.runAsUser, c.name).toBeUndefined();
         expect(c.securityContext?.capabilities?.add, c.name).toBeUndefined();
@@ -284,6 +300,8 @@ describe.each(OVERLAYS)("overlay %s", (overlay) => {
         authorization: "policy",
         jwtAudience: ["kvmi-bridge"],
         auditStdout: true,
+        stateDir: "/var/lib/kvmi-bridge",
+        ledgerMaxAgeHours: 168,
       });
       expect(r.stderr).toBe(""); // no warnings (unknown keys or variables)
     } finally {
