@@ -22,7 +22,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file kvmi/v1/event.proto.
  */
 export const file_kvmi_v1_event: GenFile = /*@__PURE__*/
-  fileDesc("ChNrdm1pL3YxL2V2ZW50LnByb3RvEgdrdm1pLnYxIpwFCgVFdmVudBIMCgRuYW1lGAEgASgJEgoKAnZtGAIgASgJEgwKBHZjcHUYAyABKA0SCwoDc2VxGAQgASgNEiAKBHR5cGUYBSABKA4yEi5rdm1pLnYxLkV2ZW50VHlwZRIgCgRhcmNoGAYgASgLMhIua3ZtaS52MS5FdmVudEFyY2gSMgoOcmVwbHlfZGVhZGxpbmUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmJyZWFrcG9pbnQYCCABKAsyGC5rdm1pLnYxLkJyZWFrcG9pbnRFdmVudEgAEi0KCnBhZ2VfZmF1bHQYCSABKAsyFy5rdm1pLnYxLlBhZ2VGYXVsdEV2ZW50SAASHgoCY3IYCiABKAsyEC5rdm1pLnYxLkNyRXZlbnRIABIgCgNtc3IYCyABKAsyES5rdm1pLnYxLk1zckV2ZW50SAASLwoLc2luZ2xlX3N0ZXAYDCABKAsyGC5rdm1pLnYxLlNpbmdsZVN0ZXBFdmVudEgAEi0KCnBhdXNlX3ZjcHUYDSABKAsyFy5rdm1pLnYxLlBhdXNlVmNwdUV2ZW50SAASIgoEdHJhcBgOIAEoCzISLmt2bWkudjEuVHJhcEV2ZW50SAASLAoJaHlwZXJjYWxsGA8gASgLMhcua3ZtaS52MS5IeXBlcmNhbGxFdmVudEgAEiYKBnhzZXRidhgQIAEoCzIULmt2bWkudjEuWHNldGJ2RXZlbnRIABIuCgpkZXNjcmlwdG9yGBEgASgLMhgua3ZtaS52MS5EZXNjcmlwdG9yRXZlbnRIABIwCgxyZWNlaXZlX3RpbWUYEiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgkKB3BheWxvYWQiMAoPQnJlYWtwb2ludEV2ZW50EgsKA2dwYRgBIAEoBBIQCghpbnNuX2xlbhgCIAEoDSI6Cg5QYWdlRmF1bHRFdmVudBILCgNndmEYASABKAQSCwoDZ3BhGAIgASgEEg4KBmFjY2VzcxgDIAEoDSI7CgdDckV2ZW50EgoKAmNyGAEgASgNEhEKCW9sZF92YWx1ZRgCIAEoBBIRCgluZXdfdmFsdWUYAyABKAQiPQoITXNyRXZlbnQSCwoDbXNyGAEgASgNEhEKCW9sZF92YWx1ZRgCIAEoBBIRCgluZXdfdmFsdWUYAyABKAQiIQoPU2luZ2xlU3RlcEV2ZW50Eg4KBmZhaWxlZBgBIAEoCCIQCg5QYXVzZVZjcHVFdmVudCJACglUcmFwRXZlbnQSDgoGdmVjdG9yGAEgASgNEhIKCmVycm9yX2NvZGUYAiABKA0SDwoHYWRkcmVzcxgDIAEoBCIQCg5IeXBlcmNhbGxFdmVudCJACgtYc2V0YnZFdmVudBILCgN4Y3IYASABKA0SEQoJb2xkX3ZhbHVlGAIgASgEEhEKCW5ld192YWx1ZRgDIAEoBCJNCg9EZXNjcmlwdG9yRXZlbnQSKwoKZGVzY3JpcHRvchgBIAEoDjIXLmt2bWkudjEuRGVzY3JpcHRvclR5cGUSDQoFd3JpdGUYAiABKAgioAEKCkV2ZW50UmVwbHkSDAoEdmNwdRgBIAEoDRILCgNzZXEYAiABKA0SKQoGYWN0aW9uGAMgASgOMhQua3ZtaS52MS5FdmVudEFjdGlvbkID4EECEhkKB25ld192YWwYBCABKARCA+BBAUgAiAEBEiUKCXJlZ2lzdGVycxgFIAEoCzINLmt2bWkudjEuUmVnc0ID4EEBQgoKCF9uZXdfdmFsIm8KDFVuaG9va05vdGljZRIKCgJ2bRgBIAEoCRIsCghkZWFkbGluZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJQoGcmVhc29uGAMgASgOMhUua3ZtaS52MS5Vbmhvb2tSZWFzb24qqgIKCUV2ZW50VHlwZRIaChZFVkVOVF9UWVBFX1VOU1BFQ0lGSUVEEAASFQoRRVZFTlRfVFlQRV9VTkhPT0sQARIZChVFVkVOVF9UWVBFX1BBVVNFX1ZDUFUQAhIYChRFVkVOVF9UWVBFX0hZUEVSQ0FMTBADEhkKFUVWRU5UX1RZUEVfQlJFQUtQT0lOVBAEEhEKDUVWRU5UX1RZUEVfQ1IQBRITCg9FVkVOVF9UWVBFX1RSQVAQBhIVChFFVkVOVF9UWVBFX1hTRVRCVhAHEhkKFUVWRU5UX1RZUEVfREVTQ1JJUFRPUhAIEhIKDkVWRU5UX1RZUEVfTVNSEAkSEQoNRVZFTlRfVFlQRV9QRhAKEhkKFUVWRU5UX1RZUEVfU0lOR0xFU1RFUBALKnYKC0V2ZW50QWN0aW9uEhwKGEVWRU5UX0FDVElPTl9VTlNQRUNJRklFRBAAEhkKFUVWRU5UX0FDVElPTl9DT05USU5VRRABEhYKEkVWRU5UX0FDVElPTl9SRVRSWRACEhYKEkVWRU5UX0FDVElPTl9DUkFTSBADKpcBCg5EZXNjcmlwdG9yVHlwZRIfChtERVNDUklQVE9SX1RZUEVfVU5TUEVDSUZJRUQQABIYChRERVNDUklQVE9SX1RZUEVfSURUUhABEhgKFERFU0NSSVBUT1JfVFlQRV9HRFRSEAISGAoUREVTQ1JJUFRPUl9UWVBFX0xEVFIQAxIWChJERVNDUklQVE9SX1RZUEVfVFIQBCqOAQoMVW5ob29rUmVhc29uEh0KGVVOSE9PS19SRUFTT05fVU5TUEVDSUZJRUQQABIgChxVTkhPT0tfUkVBU09OX0RFVklDRV9NQU5BR0VSEAESGgoWVU5IT09LX1JFQVNPTl9PUEVSQVRPUhACEiEKHVVOSE9PS19SRUFTT05fQlJJREdFX1NIVVRET1dOEANiBnByb3RvMw", [file_google_api_field_behavior, file_google_protobuf_timestamp, file_kvmi_v1_registers]);
+  fileDesc("ChNrdm1pL3YxL2V2ZW50LnByb3RvEgdrdm1pLnYxIs4FCgVFdmVudBIMCgRuYW1lGAEgASgJEgoKAnZtGAIgASgJEgwKBHZjcHUYAyABKA0SCwoDc2VxGAQgASgNEiAKBHR5cGUYBSABKA4yEi5rdm1pLnYxLkV2ZW50VHlwZRIgCgRhcmNoGAYgASgLMhIua3ZtaS52MS5FdmVudEFyY2gSMgoOcmVwbHlfZGVhZGxpbmUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmJyZWFrcG9pbnQYCCABKAsyGC5rdm1pLnYxLkJyZWFrcG9pbnRFdmVudEgAEi0KCnBhZ2VfZmF1bHQYCSABKAsyFy5rdm1pLnYxLlBhZ2VGYXVsdEV2ZW50SAASHgoCY3IYCiABKAsyEC5rdm1pLnYxLkNyRXZlbnRIABIgCgNtc3IYCyABKAsyES5rdm1pLnYxLk1zckV2ZW50SAASLwoLc2luZ2xlX3N0ZXAYDCABKAsyGC5rdm1pLnYxLlNpbmdsZVN0ZXBFdmVudEgAEi0KCnBhdXNlX3ZjcHUYDSABKAsyFy5rdm1pLnYxLlBhdXNlVmNwdUV2ZW50SAASIgoEdHJhcBgOIAEoCzISLmt2bWkudjEuVHJhcEV2ZW50SAASLAoJaHlwZXJjYWxsGA8gASgLMhcua3ZtaS52MS5IeXBlcmNhbGxFdmVudEgAEiYKBnhzZXRidhgQIAEoCzIULmt2bWkudjEuWHNldGJ2RXZlbnRIABIuCgpkZXNjcmlwdG9yGBEgASgLMhgua3ZtaS52MS5EZXNjcmlwdG9yRXZlbnRIABIwCgxyZWNlaXZlX3RpbWUYEiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDG5vdGlmaWNhdGlvbhgeIAEoCzIaLmt2bWkudjEuRXZlbnROb3RpZmljYXRpb25CCQoHcGF5bG9hZCJ3ChFFdmVudE5vdGlmaWNhdGlvbhIMCgRydWxlGAEgASgJEiQKBmFjdGlvbhgCIAEoDjIULmt2bWkudjEuRXZlbnRBY3Rpb24SLgoKcmVwbHlfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiMAoPQnJlYWtwb2ludEV2ZW50EgsKA2dwYRgBIAEoBBIQCghpbnNuX2xlbhgCIAEoDSI6Cg5QYWdlRmF1bHRFdmVudBILCgNndmEYASABKAQSCwoDZ3BhGAIgASgEEg4KBmFjY2VzcxgDIAEoDSI7CgdDckV2ZW50EgoKAmNyGAEgASgNEhEKCW9sZF92YWx1ZRgCIAEoBBIRCgluZXdfdmFsdWUYAyABKAQiPQoITXNyRXZlbnQSCwoDbXNyGAEgASgNEhEKCW9sZF92YWx1ZRgCIAEoBBIRCgluZXdfdmFsdWUYAyABKAQiIQoPU2luZ2xlU3RlcEV2ZW50Eg4KBmZhaWxlZBgBIAEoCCIQCg5QYXVzZVZjcHVFdmVudCJACglUcmFwRXZlbnQSDgoGdmVjdG9yGAEgASgNEhIKCmVycm9yX2NvZGUYAiABKA0SDwoHYWRkcmVzcxgDIAEoBCIQCg5IeXBlcmNhbGxFdmVudCJACgtYc2V0YnZFdmVudBILCgN4Y3IYASABKA0SEQoJb2xkX3ZhbHVlGAIgASgEEhEKCW5ld192YWx1ZRgDIAEoBCJNCg9EZXNjcmlwdG9yRXZlbnQSKwoKZGVzY3JpcHRvchgBIAEoDjIXLmt2bWkudjEuRGVzY3JpcHRvclR5cGUSDQoFd3JpdGUYAiABKAgioAEKCkV2ZW50UmVwbHkSDAoEdmNwdRgBIAEoDRILCgNzZXEYAiABKA0SKQoGYWN0aW9uGAMgASgOMhQua3ZtaS52MS5FdmVudEFjdGlvbkID4EECEhkKB25ld192YWwYBCABKARCA+BBAUgAiAEBEiUKCXJlZ2lzdGVycxgFIAEoCzINLmt2bWkudjEuUmVnc0ID4EEBQgoKCF9uZXdfdmFsIm8KDFVuaG9va05vdGljZRIKCgJ2bRgBIAEoCRIsCghkZWFkbGluZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJQoGcmVhc29uGAMgASgOMhUua3ZtaS52MS5Vbmhvb2tSZWFzb24qqgIKCUV2ZW50VHlwZRIaChZFVkVOVF9UWVBFX1VOU1BFQ0lGSUVEEAASFQoRRVZFTlRfVFlQRV9VTkhPT0sQARIZChVFVkVOVF9UWVBFX1BBVVNFX1ZDUFUQAhIYChRFVkVOVF9UWVBFX0hZUEVSQ0FMTBADEhkKFUVWRU5UX1RZUEVfQlJFQUtQT0lOVBAEEhEKDUVWRU5UX1RZUEVfQ1IQBRITCg9FVkVOVF9UWVBFX1RSQVAQBhIVChFFVkVOVF9UWVBFX1hTRVRCVhAHEhkKFUVWRU5UX1RZUEVfREVTQ1JJUFRPUhAIEhIKDkVWRU5UX1RZUEVfTVNSEAkSEQoNRVZFTlRfVFlQRV9QRhAKEhkKFUVWRU5UX1RZUEVfU0lOR0xFU1RFUBALKnYKC0V2ZW50QWN0aW9uEhwKGEVWRU5UX0FDVElPTl9VTlNQRUNJRklFRBAAEhkKFUVWRU5UX0FDVElPTl9DT05USU5VRRABEhYKEkVWRU5UX0FDVElPTl9SRVRSWRACEhYKEkVWRU5UX0FDVElPTl9DUkFTSBADKpcBCg5EZXNjcmlwdG9yVHlwZRIfChtERVNDUklQVE9SX1RZUEVfVU5TUEVDSUZJRUQQABIYChRERVNDUklQVE9SX1RZUEVfSURUUhABEhgKFERFU0NSSVBUT1JfVFlQRV9HRFRSEAISGAoUREVTQ1JJUFRPUl9UWVBFX0xEVFIQAxIWChJERVNDUklQVE9SX1RZUEVfVFIQBCqOAQoMVW5ob29rUmVhc29uEh0KGVVOSE9PS19SRUFTT05fVU5TUEVDSUZJRUQQABIgChxVTkhPT0tfUkVBU09OX0RFVklDRV9NQU5BR0VSEAESGgoWVU5IT09LX1JFQVNPTl9PUEVSQVRPUhACEiEKHVVOSE9PS19SRUFTT05fQlJJREdFX1NIVVRET1dOEANiBnByb3RvMw", [file_google_api_field_behavior, file_google_protobuf_timestamp, file_kvmi_v1_registers]);
 
 /**
  * Carries one vCPU event. The bridge sends it to the controller, which must
@@ -176,6 +176,15 @@ export type Event = Message<"kvmi.v1.Event"> & {
    * @generated from field: google.protobuf.Timestamp receive_time = 18;
    */
   receiveTime?: Timestamp | undefined;
+
+  /**
+   * Marks an event a rule of the controller's EventFilter already answered
+   * (notify, sample): it expects no reply and has no reply_deadline. Unset
+   * on events that wait for the controller's reply.
+   *
+   * @generated from field: kvmi.v1.EventNotification notification = 30;
+   */
+  notification?: EventNotification | undefined;
 };
 
 /**
@@ -184,6 +193,42 @@ export type Event = Message<"kvmi.v1.Event"> & {
  */
 export const EventSchema: GenMessage<Event> = /*@__PURE__*/
   messageDesc(file_kvmi_v1_event, 0);
+
+/**
+ * Marks an Event that a rule already answered: a notification, which
+ * expects no reply (an EventReply to it gets ReplyRejected NOT_FOUND).
+ *
+ * @generated from message kvmi.v1.EventNotification
+ */
+export type EventNotification = Message<"kvmi.v1.EventNotification"> & {
+  /**
+   * Holds the name of the rule that answered.
+   *
+   * @generated from field: string rule = 1;
+   */
+  rule: string;
+
+  /**
+   * Holds the action the bridge sent to the kernel.
+   *
+   * @generated from field: kvmi.v1.EventAction action = 2;
+   */
+  action: EventAction;
+
+  /**
+   * Holds the time the bridge wrote the reply on the KVMI socket.
+   *
+   * @generated from field: google.protobuf.Timestamp reply_time = 3;
+   */
+  replyTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message kvmi.v1.EventNotification.
+ * Use `create(EventNotificationSchema)` to create a new message.
+ */
+export const EventNotificationSchema: GenMessage<EventNotification> = /*@__PURE__*/
+  messageDesc(file_kvmi_v1_event, 1);
 
 /**
  * Reports a guest INT3 (KVMI_EVENT_BREAKPOINT, `struct kvmi_event_breakpoint`).
@@ -213,7 +258,7 @@ export type BreakpointEvent = Message<"kvmi.v1.BreakpointEvent"> & {
  * Use `create(BreakpointEventSchema)` to create a new message.
  */
 export const BreakpointEventSchema: GenMessage<BreakpointEvent> = /*@__PURE__*/
-  messageDesc(file_kvmi_v1_event, 1);
+  messageDesc(file_kvmi_v1_event, 2);
 
 /**
  * Reports an EPT/NPT violation on a page restricted with SetPageAccess
@@ -251,7 +296,7 @@ export type PageFaultEvent = Message<"kvmi.v1.PageFaultEvent"> & {
  * Use `create(PageFaultEventSchema)` to create a new message.
  */
 export const PageFaultEventSchema: GenMessage<PageFaultEvent> = /*@__PURE__*/
-  messageDesc(file_kvmi_v1_event, 2);
+  messageDesc(file_kvmi_v1_event, 3);
 
 /**
  * Reports a write that changes a control register selected with ControlCr
@@ -288,7 +333,7 @@ export type CrEvent = Message<"kvmi.v1.CrEvent"> & {
  * Use `create(CrEventSchema)` to create a new message.
  */
 export const CrEventSchema: GenMessage<CrEvent> = /*@__PURE__*/
-  messageDesc(file_kvmi_v1_event, 3);
+  messageDesc(file_kvmi_v1_event, 4);
 
 /**
  * Reports a WRMSR that changes an MSR selected with ControlMsr
@@ -325,7 +370,7 @@ export type MsrEvent = Message<"kvmi.v1.MsrEvent"> & {
  * Use `create(MsrEventSchema)` to create a new message.
  */
 export const MsrEventSchema: GenMessage<MsrEvent> = /*@__PURE__*/
-  messageDesc(file_kvmi_v1_event, 4);
+  messageDesc(file_kvmi_v1_event, 5);
 
 /**
  * Reports one single-stepped instruction (KVMI_EVENT_SINGLESTEP, `struct
@@ -347,7 +392,7 @@ export type SingleStepEvent = Message<"kvmi.v1.SingleStepEvent"> & {
  * Use `create(SingleStepEventSchema)` to create a new message.
  */
 export const SingleStepEventSchema: GenMessage<SingleStepEvent> = /*@__PURE__*/
-  messageDesc(file_kvmi_v1_event, 5);
+  messageDesc(file_kvmi_v1_event, 6);
 
 /**
  * Reports that the vCPU stopped because of PauseVcpu (KVMI_EVENT_PAUSE_VCPU;
@@ -363,7 +408,7 @@ export type PauseVcpuEvent = Message<"kvmi.v1.PauseVcpuEvent"> & {
  * Use `create(PauseVcpuEventSchema)` to create a new message.
  */
 export const PauseVcpuEventSchema: GenMessage<PauseVcpuEvent> = /*@__PURE__*/
-  messageDesc(file_kvmi_v1_event, 6);
+  messageDesc(file_kvmi_v1_event, 7);
 
 /**
  * Reports the exception actually injected after InjectException
@@ -401,7 +446,7 @@ export type TrapEvent = Message<"kvmi.v1.TrapEvent"> & {
  * Use `create(TrapEventSchema)` to create a new message.
  */
 export const TrapEventSchema: GenMessage<TrapEvent> = /*@__PURE__*/
-  messageDesc(file_kvmi_v1_event, 7);
+  messageDesc(file_kvmi_v1_event, 8);
 
 /**
  * Reports a guest hypercall meant for the introspection tool
@@ -419,7 +464,7 @@ export type HypercallEvent = Message<"kvmi.v1.HypercallEvent"> & {
  * Use `create(HypercallEventSchema)` to create a new message.
  */
 export const HypercallEventSchema: GenMessage<HypercallEvent> = /*@__PURE__*/
-  messageDesc(file_kvmi_v1_event, 8);
+  messageDesc(file_kvmi_v1_event, 9);
 
 /**
  * Reports that XCR0 changed (KVMI_EVENT_XSETBV, `struct kvmi_event_xsetbv`);
@@ -457,7 +502,7 @@ export type XsetbvEvent = Message<"kvmi.v1.XsetbvEvent"> & {
  * Use `create(XsetbvEventSchema)` to create a new message.
  */
 export const XsetbvEventSchema: GenMessage<XsetbvEvent> = /*@__PURE__*/
-  messageDesc(file_kvmi_v1_event, 9);
+  messageDesc(file_kvmi_v1_event, 10);
 
 /**
  * Reports an access to a descriptor table register (KVMI_EVENT_DESCRIPTOR,
@@ -487,7 +532,7 @@ export type DescriptorEvent = Message<"kvmi.v1.DescriptorEvent"> & {
  * Use `create(DescriptorEventSchema)` to create a new message.
  */
 export const DescriptorEventSchema: GenMessage<DescriptorEvent> = /*@__PURE__*/
-  messageDesc(file_kvmi_v1_event, 10);
+  messageDesc(file_kvmi_v1_event, 11);
 
 /**
  * Answers one vCPU event. Replies are idempotent per (vcpu, seq): the bridge
@@ -547,7 +592,7 @@ export type EventReply = Message<"kvmi.v1.EventReply"> & {
  * Use `create(EventReplySchema)` to create a new message.
  */
 export const EventReplySchema: GenMessage<EventReply> = /*@__PURE__*/
-  messageDesc(file_kvmi_v1_event, 11);
+  messageDesc(file_kvmi_v1_event, 12);
 
 /**
  * Tells every session attached to a VM that the bridge is going to close its
@@ -585,7 +630,7 @@ export type UnhookNotice = Message<"kvmi.v1.UnhookNotice"> & {
  * Use `create(UnhookNoticeSchema)` to create a new message.
  */
 export const UnhookNoticeSchema: GenMessage<UnhookNotice> = /*@__PURE__*/
-  messageDesc(file_kvmi_v1_event, 12);
+  messageDesc(file_kvmi_v1_event, 13);
 
 /**
  * Lists the v9 events (KVMI_NUM_EVENTS = 11). Proto values are the v9 event id
