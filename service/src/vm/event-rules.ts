@@ -151,7 +151,8 @@ export class CompiledFilter {
   }
 }
 
-function read(area: FieldArea, key: string, event: KvmiEvent): unknown {
+/** Reads a condition's field from a decoded event. @internal exported for the allocation check. */
+export function read(area: FieldArea, key: string, event: KvmiEvent): unknown {
   switch (area) {
     case FieldArea.PAYLOAD:
       return event.payload === undefined ? undefined : event.payload[key];
@@ -185,7 +186,8 @@ export function holds(c: Condition, event: KvmiEvent): boolean {
   }
 }
 
-function compare(op: ConditionOp, v: bigint, k: bigint): boolean {
+/** Compares two unsigned 64-bit values. @internal exported for the allocation check. */
+export function compare(op: ConditionOp, v: bigint, k: bigint): boolean {
   switch (op) {
     case ConditionOp.EQUAL:
       return v === k;
