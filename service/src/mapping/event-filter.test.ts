@@ -19,19 +19,20 @@ import { mapError } from "./status.js";
 
 type FilterInit = MessageInitShape<typeof EventFilterSchema>;
 type RuleInit = NonNullable<FilterInit["rules"]>[number];
+type Extra = { readonly summaryInterval?: { seconds: bigint; nanos: number } };
 
 const TARGET = { dialect: v9 as Dialect, vcpuCount: 4 };
 
-function compile(rules: RuleInit[], extra: Partial<FilterInit> = {}, target = TARGET): CompiledFilter {
-  const filter = compileEventFilter(create(EventFilterSchema, { rules, ...extra }), target, "filter");
+function compile(rules: RuleInit[], extra: Extra = {}, target = TARGET): CompiledFilter {
+  const filter = compileEventFilter(create(EventFilterSchema, { rules, ...(extra.summaryInterval !== undefined && { summaryInterval: extra.summaryInterval }) }), target, "filter");
   if (filter === undefined) throw new Error("no filter compiled");
   return filter;
 }
 
 /** The violations a filter fails with (field -> description). */
-function violations(rules: RuleInit[], extra: Partial<FilterInit> = {}, target = TARGET): Record<string, string> {
+function violations(rules: RuleInit[], extra: Extra = {}, target = TARGET): Record<string, string> {
   try {
-    compileEventFilter(create(EventFilterSchema, { rules, ...extra }), target, "filter");
+    compileEventFilter(create(EventFilterSchema, { rules, ...(extra.summaryInterval !== undefined && { summaryInterval: extra.summaryInterval }) }), target, "filter");
   } catch (err) {
     expect(err).toBeInstanceOf(InvalidFieldsError);
     return Object.fromEntries((err as InvalidFieldsError).violations.map((v) => [v.field, v.description]));
