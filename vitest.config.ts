@@ -15,6 +15,7 @@ const DIALECT_E2E_FILES = [
   "faults-deadlines",
   "faults-device-manager",
   "faults-controller",
+  "event-filters",
 ];
 
 export default defineConfig({

@@ -18,6 +18,7 @@ export * from "./gen/kvmi/v1/introspection_service_pb.js";
 export * from "./gen/kvmi/v1/session_pb.js";
 export * from "./gen/kvmi/v1/command_pb.js";
 export * from "./gen/kvmi/v1/event_pb.js";
+export * from "./gen/kvmi/v1/event_filter_pb.js";
 export * from "./gen/kvmi/v1/memory_pb.js";
 export * from "./gen/kvmi/v1/registers_pb.js";
 export * from "./gen/kvmi/v1/vm_pb.js";

@@ -5,8 +5,9 @@
  * written; with `--hold` they keep the session until Ctrl-C and then let the bridge undo the change.
  */
 import { timestampDate } from "@bufbuild/protobuf/wkt";
-import { MemoryHoleError, UnavailableError, uuidOf } from "@kvmi/clients";
-import type { Session, SessionItem, TranslationTarget, VcpuEvent, VcpuEventName } from "@kvmi/clients";
+import { MemoryHoleError, parseEventFilter, UnavailableError, uuidOf } from "@kvmi/clients";
+import type { EventFilter } from "@kvmi/proto";
+import type { EventNotice, Session, SessionItem, TranslationTarget, VcpuEvent, VcpuEventName } from "@kvmi/clients";
 import { accessString, parseAccess, parseEventTypes, parseHexBytes, parseIndex, parseLength, parseNumberList, parseU64, UsageError } from "./args.js";
 import type { CliContext } from "./context.js";
 import { readProcess } from "./os-commands.js";
@@ -208,12 +209,15 @@ export async function translate(ctx: CliContext, ref: string, vcpuText: string, 
   return gpa === undefined ? 1 : 0;
 }
 
+/** EventAction values (event.proto, kernel + 1) as JSON words. */
+const ANSWERS: Readonly<Record<number, string>> = { 1: "continue", 2: "retry", 3: "crash" };
+
 /** The JSON line of a session item. */
 export function itemJson(item: SessionItem): Record<string, unknown> {
   const time = new Date().toISOString();
   switch (item.kind) {
     case "event": {
-      const { message: _m, arch, kind, vm, vcpu, seq, type, replyDeadline: _d, receiveTime, answered: _a, ...payload } = item as VcpuEvent & Record<string, unknown>;
+      const { message: _m, arch, kind, vm, vcpu, seq, type, replyDeadline: _d, receiveTime, answered: _a, notification, ...payload } = item as VcpuEvent & Record<string, unknown>;
       const fields = Object.fromEntries(Object.entries(payload).filter(([, v]) => typeof v !== "function"));
       return {
         time: receiveTime?.toISOString() ?? time,
@@ -225,6 +229,8 @@ export function itemJson(item: SessionItem): Record<string, unknown> {
         ...fields,
         rip: arch.regs.rip,
         cr3: arch.sregs.cr3,
+        // A rule already answered it: which rule, with what (docs/event-filters.md).
+        ...(notification !== undefined && { rule: notification.rule, answeredWith: ANSWERS[(notification as EventNotice).action] ?? "unknown" }),
       };
     }
     case "unhook":
@@ -233,6 +239,14 @@ export function itemJson(item: SessionItem): Record<string, unknown> {
       return { time, kind: "vmChange", type: changeName(item.change.type), vm: item.change.vm && vmJson(item.change.vm) };
     case "replyRejected":
       return { time, kind: "replyRejected", vcpu: item.vcpu, seq: item.seq, code: item.error.codeName, reason: item.error.reason, message: item.error.message };
+    case "filterSummary":
+      return {
+        time: item.time?.toISOString() ?? time,
+        kind: "filterSummary",
+        rules: item.rules.map((r) => ({ name: r.name, matched: r.matched, replied: r.replied, notified: r.notified, delivered: r.delivered })),
+        unmatched: item.unmatched,
+        notificationsDropped: item.notificationsDropped,
+      };
   }
 }
 
@@ -252,7 +266,7 @@ async function enableEvents(session: Session, vcpu: number, types: readonly Vcpu
 export async function eventsWatch(
   ctx: CliContext,
   ref: string,
-  options: { type?: string; vcpu?: string; controller?: boolean; cr?: string; msr?: string; count?: string; duration?: string },
+  options: { type?: string; vcpu?: string; controller?: boolean; cr?: string; msr?: string; filter?: string; summaryInterval?: string; count?: string; duration?: string },
 ): Promise<void> {
   const types = options.type === undefined ? undefined : parseEventTypes(options.type);
   const vcpuFilter = options.vcpu === undefined ? undefined : parseIndex(options.vcpu, "--vcpu");
@@ -263,8 +277,9 @@ export async function eventsWatch(
   if (options.controller && types === undefined) throw new UsageError("--controller needs --type: which events should kvmictl enable?");
   if (types?.includes("msr") && msrs.length === 0 && options.controller) throw new UsageError("--type msr needs --msr <index,...> to select the MSRs");
   for (const cr of crs) if (![0, 3, 4].includes(cr)) throw new UsageError(`--cr: ${cr} is not 0, 3 or 4`);
+  const eventFilter = filterOption(options);
   const vm = await ctx.resolveVm(ref);
-  const session = await ctx.client.attach(vm.uuid, { role: options.controller ? "controller" : "observer" });
+  const session = await ctx.client.attach(vm.uuid, { role: options.controller ? "controller" : "observer", ...(eventFilter !== undefined && { eventFilter }) });
   const stop = new AbortController();
   const onAbort = (): void => stop.abort();
   ctx.io.signal.addEventListener("abort", onAbort, { once: true });
@@ -278,8 +293,9 @@ export async function eventsWatch(
       for await (const item of session.events({ signal: stop.signal })) {
         if (item.kind === "event") {
           const wanted = (types === undefined || types.includes(item.type)) && (vcpuFilter === undefined || item.vcpu === vcpuFilter);
-          // A controller answers everything; CONTINUE keeps the guest's behaviour (a CR/MSR write goes through).
-          if (session.role === "controller") await item.continue();
+          // A controller answers everything; CONTINUE keeps the guest's behaviour (a CR/MSR write goes
+          // through). A notification was answered by its filter rule already.
+          if (session.role === "controller" && item.notification === undefined) await item.continue();
           if (!wanted) continue;
         }
         ctx.out(toJson(itemJson(item)));
@@ -294,6 +310,20 @@ export async function eventsWatch(
       for (const v of vcpus) await enableEvents(session, v, types!, crs, msrs, false).catch(() => undefined);
     }
     await session.release();
+  }
+}
+
+/** `--filter` and `--summary-interval` of `events watch`, parsed before anything connects. */
+function filterOption(options: { controller?: boolean; filter?: string; summaryInterval?: string }): EventFilter | undefined {
+  if (options.summaryInterval !== undefined && options.filter === undefined) throw new UsageError("--summary-interval needs --filter");
+  if (options.filter === undefined) return undefined;
+  if (!options.controller) throw new UsageError("--filter needs --controller: the rules answer events on the controller's behalf");
+  const intervalMs = options.summaryInterval === undefined ? undefined : parseIndex(options.summaryInterval, "--summary-interval");
+  if (intervalMs !== undefined && (intervalMs < 100 || intervalMs > 3_600_000)) throw new UsageError("--summary-interval: between 100 and 3600000 ms");
+  try {
+    return parseEventFilter(options.filter, intervalMs === undefined ? {} : { summaryIntervalMs: intervalMs });
+  } catch (err) {
+    throw new UsageError(`--filter: ${(err as Error).message}`);
   }
 }
 

@@ -157,6 +157,8 @@ export function buildProgram(io: CliIo, setExit: (code: number) => void): Comman
     .option("--controller", "attach as controller: enable --type on the vCPUs and answer CONTINUE")
     .option("--cr <list>", "control registers for --type cr with --controller (default 3)")
     .option("--msr <list>", "MSR indexes for --type msr with --controller")
+    .option("--filter <rules>", 'with --controller: rules the bridge applies before sending, e.g. "cr cr=3 -> notify; hypercall -> count" (docs/event-filters.md)')
+    .option("--summary-interval <ms>", "with --filter: print the rules' counters every ms (100..3600000)")
     .option("--count <n>", "exit after n lines")
     .option("--duration <ms>", "exit after this many ms")
     .action(run(commands.eventsWatch));

@@ -27,7 +27,9 @@ import type { RequestOf, ResponseOf, ServiceMethods, UnaryMethodName } from "./r
 const REPEATABLE_EFFECTS: ReadonlySet<GuestEffect> = new Set([GuestEffect.NONE, GuestEffect.IDEMPOTENT]);
 
 /** The commands a session can run: the KVMI commands plus BatchReadMemory (`SessionCommand.request` cases). */
-export type CommandName = Exclude<SessionCommand["request"]["case"], undefined>;
+export type CommandName = Exclude<SessionCommand["request"]["case"], undefined | SessionOnlyCommand>;
+/** SessionCommand cases with no unary RPC; the session exposes them as methods of its own (setEventFilter). */
+export type SessionOnlyCommand = "setEventFilter";
 
 /**
  * The methods the SDK retries on UNAVAILABLE (AIP-194): those whose `(kvmi.v1.guest_effect)`

@@ -9,7 +9,7 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { CpuMode, EventAction, EventArchSchema, EventMsrsSchema, RegsSchema, SregsSchema, UnhookReason } from "@kvmi/proto";
-import type { DescriptorType, Event, EventMsrs, Regs, Sregs, UnhookNotice as UnhookNoticeMessage, VmChange } from "@kvmi/proto";
+import type { DescriptorType, Event, EventFilterSummary, EventMsrs, EventType, Regs, Sregs, UnhookNotice as UnhookNoticeMessage, VmChange } from "@kvmi/proto";
 import type { X86Regs } from "./commands.js";
 import { FailedPreconditionError, StatusCode } from "./errors.js";
 import type { KvmiBridgeError } from "./errors.js";
@@ -20,6 +20,16 @@ export interface EventArchState {
   readonly regs: Regs;
   readonly sregs: Sregs;
   readonly msrs: EventMsrs;
+}
+
+/** How a filter rule answered an event before it was delivered (Event.notification). */
+export interface EventNotice {
+  /** The rule's name. */
+  readonly rule: string;
+  /** The action the bridge sent to the kernel. */
+  readonly action: EventAction;
+  /** When the bridge wrote the reply. */
+  readonly replyTime: Date | undefined;
 }
 
 /** Options of `continue()` and `retry()`. */
@@ -50,8 +60,13 @@ export interface VcpuEventBase {
   readonly replyDeadline: Date | undefined;
   /** When the bridge read the event from the KVMI socket. */
   readonly receiveTime: Date | undefined;
-  /** True once a reply was sent from this client. */
+  /** True once a reply was sent from this client, and from the start for a notification. */
   readonly answered: boolean;
+  /**
+   * Set when a rule of the session's event filter already answered the event (`notify`, `sample`):
+   * the event takes no reply, and its reply methods reject with FailedPreconditionError.
+   */
+  readonly notification: EventNotice | undefined;
   /** The event as the bridge sent it. */
   readonly message: Event;
   /**
@@ -210,8 +225,44 @@ export interface ReplyRejectedNotice {
   readonly error: KvmiBridgeError;
 }
 
+/** One rule's counters in a {@link FilterSummaryNotice}. */
+export interface RuleCounts {
+  readonly name: string;
+  readonly event: EventType;
+  /** Events the rule matched. */
+  readonly matched: bigint;
+  /** Matched events the bridge answered and sent to nobody. */
+  readonly replied: bigint;
+  /** Matched events the bridge answered and sent as notifications. */
+  readonly notified: bigint;
+  /** Matched events delivered for this session's reply. */
+  readonly delivered: bigint;
+}
+
+/** The counters of the session's event filter (every `summaryInterval`, and from `setEventFilter`). */
+export interface FilterSummaryNotice {
+  readonly kind: "filterSummary";
+  readonly time: Date | undefined;
+  readonly rules: readonly RuleCounts[];
+  /** Events no rule matched (delivered). */
+  readonly unmatched: bigint;
+  /** Notifications the bridge could not send because this session did not read fast enough. */
+  readonly notificationsDropped: bigint;
+}
+
 /** One item of `Session.events()`; switch on `kind`. */
-export type SessionItem = VcpuEvent | UnhookNotice | VmChangeNotice | ReplyRejectedNotice;
+export type SessionItem = VcpuEvent | UnhookNotice | VmChangeNotice | ReplyRejectedNotice | FilterSummaryNotice;
+
+/** Builds the SDK summary of a proto EventFilterSummary. @internal */
+export function toFilterSummary(message: EventFilterSummary): FilterSummaryNotice {
+  return {
+    kind: "filterSummary",
+    time: message.time && timestampDate(message.time),
+    rules: message.rules.map((r) => ({ name: r.name, event: r.event, matched: r.matched, replied: r.replied, notified: r.notified, delivered: r.delivered })),
+    unmatched: message.unmatched,
+    notificationsDropped: message.notificationsDropped,
+  };
+}
 
 /** Sends an event reply on the session; throws synchronously when it cannot. @internal */
 export type EventReplier = (
@@ -223,8 +274,18 @@ export type EventReplier = (
 /** Builds the SDK event of a proto Event; `undefined` for payloads this SDK does not know. @internal */
 export function toVcpuEvent(vmUuid: string, message: Event, reply: EventReplier): VcpuEvent | undefined {
   const arch = message.arch ?? create(EventArchSchema);
-  let answered = false;
+  const notice = message.notification;
+  const notification: EventNotice | undefined =
+    notice === undefined ? undefined : { rule: notice.rule, action: notice.action, replyTime: notice.replyTime && timestampDate(notice.replyTime) };
+  let answered = notification !== undefined;
   const send = async (action: EventAction, extras: { newVal?: bigint | undefined; registers?: X86Regs | undefined } = {}): Promise<void> => {
+    if (notification !== undefined) {
+      throw new FailedPreconditionError({
+        code: StatusCode.FAILED_PRECONDITION,
+        message: `event seq ${message.seq} of vCPU ${message.vcpu} is a notification: filter rule ${notification.rule} already answered it`,
+        reason: "EVENT_ALREADY_ANSWERED",
+      });
+    }
     if (answered) {
       throw new FailedPreconditionError({
         code: StatusCode.FAILED_PRECONDITION,
@@ -253,6 +314,7 @@ export function toVcpuEvent(vmUuid: string, message: Event, reply: EventReplier)
     get answered() {
       return answered;
     },
+    notification,
     message,
     crash: () => send(EventAction.CRASH),
   };

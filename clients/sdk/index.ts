@@ -33,7 +33,8 @@ export type {
   WatchVmsOptions,
 } from "./client.js";
 export type { BearerToken, CallOptions, TlsOptions } from "./channel.js";
-export type { AttachOptions, EventsOptions, ReleaseOptions, Session, SessionRole } from "./session.js";
+export type { AttachOptions, EventFilterInput, EventsOptions, ReleaseOptions, Session, SessionRole, SetEventFilterOptions } from "./session.js";
+export { parseEventFilter } from "./filter-syntax.js";
 export { PAGE_ACCESS, PAGE_SIZE } from "./commands.js";
 // Guest profiles (ISF JSON) and OS-aware helpers (docs/profiles.md).
 export { Profile, ProfileError, stringifyIsf } from "./profile/profile.js";
@@ -64,6 +65,8 @@ export type {
   DescriptorEvent,
   EventArchState,
   CpuidEvent,
+  EventNotice,
+  FilterSummaryNotice,
   HypercallEvent,
   MsrEvent,
   PageFaultEvent,
@@ -71,6 +74,7 @@ export type {
   ReplyOptions,
   ReplyRejectedNotice,
   RetryableEvent,
+  RuleCounts,
   SessionItem,
   SingleStepEvent,
   TrapEvent,

@@ -12,8 +12,9 @@ import { create } from "@bufbuild/protobuf";
 import { durationFromMs, durationMs } from "@bufbuild/protobuf/wkt";
 import { status as GrpcStatus } from "@grpc/grpc-js";
 import type { ClientDuplexStream, StatusObject } from "@grpc/grpc-js";
+import type { MessageInitShape } from "@bufbuild/protobuf";
 import { RegsSchema, Role, SessionRequestSchema } from "@kvmi/proto";
-import type { Attached, Event, EventAction, SessionRequest, SessionResponse, Vm } from "@kvmi/proto";
+import type { Attached, Event, EventAction, EventFilterSchema, SessionRequest, SessionResponse, SetEventFilterResponse, Vm } from "@kvmi/proto";
 import type { Channel, CallOptions } from "./channel.js";
 import { CommandSurface } from "./commands.js";
 import type { CommandName, Transport, VmCommands, X86Regs } from "./commands.js";
@@ -28,7 +29,9 @@ import {
   toSdkError,
 } from "./errors.js";
 import type { KvmiBridgeError } from "./errors.js";
-import { toUnhookNotice, toVcpuEvent } from "./events.js";
+import { toFilterSummary, toUnhookNotice, toVcpuEvent } from "./events.js";
+import type { FilterSummaryNotice } from "./events.js";
+import { parseEventFilter } from "./filter-syntax.js";
 import { ItemQueue } from "./item-queue.js";
 import type { SessionItem } from "./events.js";
 import { vmName } from "./names.js";
@@ -47,10 +50,32 @@ export interface AttachOptions {
    * itself, 10..60000 ms; the bridge default when absent. Ignored for observers.
    */
   readonly eventDeadlineMs?: number;
+  /**
+   * The controller's event filter from the start (docs/event-filters.md): rules the bridge applies
+   * to each event before it crosses the network. A string is the compact syntax
+   * ({@link parseEventFilter}); a bad filter fails the attach with InvalidArgumentError naming the
+   * bad fields. Controllers only.
+   */
+  readonly eventFilter?: EventFilterInput;
   /** Ends the session (the stream is cancelled; everything pending rejects with CancelledError). */
   readonly signal?: AbortSignal;
   /** Items `events()` may buffer before the SDK stops reading the stream (default 4096). */
   readonly maxBufferedItems?: number;
+}
+
+/** An event filter: the message (or its init shape), or the compact syntax. */
+export type EventFilterInput = string | MessageInitShape<typeof EventFilterSchema>;
+
+/** Options of {@link Session.setEventFilter}. */
+export interface SetEventFilterOptions {
+  /** With the compact syntax: how often the bridge sends counters (a `filterSummary` item), in ms. */
+  readonly summaryIntervalMs?: number;
+  readonly signal?: AbortSignal;
+}
+
+/** The filter as a message init; the compact syntax parsed (summaryIntervalMs applies to it). */
+function filterInit(input: EventFilterInput, summaryIntervalMs?: number): MessageInitShape<typeof EventFilterSchema> {
+  return typeof input === "string" ? parseEventFilter(input, summaryIntervalMs === undefined ? {} : { summaryIntervalMs }) : input;
 }
 
 /** Options of {@link Session.events}. */
@@ -97,6 +122,13 @@ export interface Session extends VmCommands {
    * Breaking out of the loop does not release the session.
    */
   events(options?: EventsOptions): AsyncGenerator<SessionItem, void, undefined>;
+  /**
+   * Replaces this controller's event filter (an empty string or `{}` removes every rule). Resolves
+   * with the final counters of the filter it replaced. Nothing changes when it rejects.
+   * @throws InvalidArgumentError naming the bad fields (or the bad part of the compact syntax);
+   *   PermissionDeniedError for an observer.
+   */
+  setEventFilter(filter: EventFilterInput, options?: SetEventFilterOptions): Promise<FilterSummaryNotice | undefined>;
   /**
    * Ends the session cleanly (Release, then half-close) and resolves when the bridge has ended the
    * stream; the bridge answers outstanding events with CONTINUE and, for a controller, undoes the
@@ -180,6 +212,7 @@ class SessionStream implements Transport<CommandName> {
           vm: vmName(uuid),
           role: options.role === "controller" ? Role.CONTROLLER : Role.OBSERVER,
           ...(options.eventDeadlineMs !== undefined && { eventDeadline: durationFromMs(options.eventDeadlineMs) }),
+          ...(options.eventFilter !== undefined && { eventFilter: filterInit(options.eventFilter) }),
         },
       },
     });
@@ -362,6 +395,8 @@ class SessionStream implements Transport<CommandName> {
       case "vmChange":
         if (m.value.vm !== undefined) this.items.push({ kind: "vmChange", change: m.value });
         return;
+      case "filterSummary":
+        return this.items.push(toFilterSummary(m.value));
       case "replyRejected":
         return this.items.push({
           kind: "replyRejected",
@@ -453,6 +488,13 @@ class SessionImpl extends CommandSurface implements Session {
   release(options?: ReleaseOptions): Promise<void> {
     return this.stream.release(options);
   }
+
+  async setEventFilter(filter: EventFilterInput, options: SetEventFilterOptions = {}): Promise<FilterSummaryNotice | undefined> {
+    const init = filterInit(filter, options.summaryIntervalMs);
+    // A session-only command (no unary RPC): it runs on the stream like any other, never retried.
+    const response = (await this.stream.run("setEventFilter" as never, { filter: init } as never, { ...(options.signal && { signal: options.signal }) })) as SetEventFilterResponse;
+    return response.previous === undefined ? undefined : toFilterSummary(response.previous);
+  }
 }
 
 /**
@@ -463,7 +505,9 @@ class SessionImpl extends CommandSurface implements Session {
  * @internal
  */
 export async function openSession(channel: Channel, uuid: string, options: AttachOptions, policy: RetryPolicy): Promise<Session> {
-  const stream = new SessionStream(channel, uuid, options);
+  // A syntax error in the filter fails here, before a stream is opened.
+  const eventFilter = options.eventFilter === undefined ? undefined : filterInit(options.eventFilter);
+  const stream = new SessionStream(channel, uuid, { ...options, ...(eventFilter !== undefined && { eventFilter }) });
   const attached = await stream.attached;
   return new SessionImpl(uuid, stream, policy, attached);
 }

@@ -101,6 +101,19 @@ function eventLabel(kernelName: string): string {
   return label;
 }
 
+/** Bound children of kvmi_bridge_filter_events_total by event and outcome: no label object per event. */
+const FILTER_COUNTERS = new WeakMap<BridgeMetrics, Map<string, Map<string, { inc(): void }>>>();
+
+function filterCounter(metrics: BridgeMetrics, event: string, outcome: string): { inc(): void } {
+  let byEvent = FILTER_COUNTERS.get(metrics);
+  if (byEvent === undefined) FILTER_COUNTERS.set(metrics, (byEvent = new Map()));
+  let byOutcome = byEvent.get(event);
+  if (byOutcome === undefined) byEvent.set(event, (byOutcome = new Map()));
+  let child = byOutcome.get(outcome);
+  if (child === undefined) byOutcome.set(outcome, (child = metrics.filterEventsTotal.labels(event, outcome)));
+  return child;
+}
+
 function hostMetrics(metrics: BridgeMetrics): VmHostMetrics {
   return {
     // The status label vocabulary of the metrics module (ok, remote_error, timeout, session_lost, …).
@@ -110,6 +123,7 @@ function hostMetrics(metrics: BridgeMetrics): VmHostMetrics {
     autoReply: (name, reason) => metrics.eventAutoRepliesTotal.inc({ event: eventLabel(name), reason: reason as AutoReplyReason }),
     unhookToClose: (seconds) => metrics.unhookToCloseSeconds.observe(seconds),
     bytesRead: (bytes) => metrics.bytesReadTotal.inc(bytes),
+    filterEvent: (name, outcome) => filterCounter(metrics, eventLabel(name), outcome).inc(),
   };
 }
 

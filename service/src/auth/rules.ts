@@ -19,6 +19,15 @@ export type RpcRule =
   | { readonly kind: "session" };
 
 /**
+ * SessionCommand cases with no unary RPC: SetEventFilter changes what the bridge answers on the
+ * controller's behalf, so it is `control` (docs/event-filters.md).
+ */
+const SESSION_ONLY_COMMAND_VERBS: Readonly<Record<string, Verb>> = { setEventFilter: "control" };
+
+/** SessionCommand cases that have no unary RPC (no row in {@link RPC_RULES}). */
+export const SESSION_ONLY_COMMANDS: ReadonlySet<string> = new Set(Object.keys(SESSION_ONLY_COMMAND_VERBS));
+
+/**
  * The verb of each command, by its RPC local name, which is also its SessionCommand case.
  * `control` for exactly the commands that change the guest (vm-host.ts MUTATING_COMMANDS;
  * rules.test.ts checks the two agree).
@@ -51,6 +60,7 @@ export const COMMAND_VERBS: Readonly<Record<string, Verb>> = {
   translateGva: "read",
   getPageAccess: "read",
   batchReadMemory: "read",
+  ...SESSION_ONLY_COMMAND_VERBS,
 };
 
 /** Every RPC of IntrospectionService, by local name. */
@@ -61,7 +71,7 @@ export const RPC_RULES: Readonly<Record<string, RpcRule>> = {
   releaseVm: { kind: "release-vm" },
   session: { kind: "session" },
   dumpMemory: { kind: "vm", verb: "read" },
-  ...Object.fromEntries(Object.entries(COMMAND_VERBS).map(([method, verb]) => [method, { kind: "vm", verb } as const])),
+  ...Object.fromEntries(Object.entries(COMMAND_VERBS).filter(([method]) => !SESSION_ONLY_COMMANDS.has(method)).map(([method, verb]) => [method, { kind: "vm", verb } as const])),
 };
 
 /**

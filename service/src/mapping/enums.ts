@@ -116,6 +116,11 @@ export function eventActionName(action: EventAction): EventActionName | undefine
   return ACTION_NAMES[action];
 }
 
+/** The proto EventAction of a wire action value (`KVMI_EVENT_ACTION_*`; proto = kernel + 1). */
+export function eventActionFromWire(action: number): EventAction {
+  return (action + 1) as EventAction;
+}
+
 /** The wire value (`KVMI_EVENT_ACTION_*`) of a kernel action name. */
 export function eventActionToWire(name: EventActionName): number {
   return EVENT_ACTION_VALUES[name];

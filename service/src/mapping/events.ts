@@ -317,32 +317,44 @@ export interface WireEventReply {
  *   is set on an event without reply data. The event stays pending.
  */
 export function eventReplyToWire(event: Pick<KvmiEvent, "spec" | "payload">, reply: EventReply): WireEventReply {
-  const spec = event.spec;
-  if (spec.actions.length === 0) {
-    throw new KvmiArgumentError("seq", `${spec.name} events take no reply`);
-  }
-  const allowed = spec.actions.map((a) => `EVENT_ACTION_${a}`).join(", ");
-  const actionName = eventActionName(reply.action);
-  if (actionName === undefined) {
-    const what = reply.action === EventAction.UNSPECIFIED ? "action is required" : `action ${reply.action} is not an EventAction`;
-    throw new KvmiArgumentError("action", `${what}: use one of ${allowed}`);
-  }
-  if (!spec.actions.includes(actionName)) {
-    throw new KvmiArgumentError(
-      "action",
-      `EVENT_ACTION_${actionName} is not accepted by ${spec.name.replace("KVMI_EVENT_", "")} events: use one of ${allowed}`,
-    );
-  }
-  const mapping = mappingOf(spec);
-  if (reply.newVal !== undefined && mapping.replyData === undefined) {
-    throw new KvmiArgumentError("new_val", `new_val is allowed only for CR and MSR events, not ${spec.name.replace("KVMI_EVENT_", "")}`);
-  }
+  const violation = replyViolation(event.spec, reply.action, reply.newVal !== undefined);
+  if (violation !== undefined) throw new KvmiArgumentError(violation.field, violation.message);
+  const actionName = eventActionName(reply.action)!;
   return {
     action: eventActionToWire(actionName),
     actionName,
-    replyData: mapping.replyData?.(reply.newVal, event.payload as never) as Record<string, unknown> | undefined,
+    replyData: mappingOf(event.spec).replyData?.(reply.newVal, event.payload as never) as Record<string, unknown> | undefined,
     registers: reply.registers === undefined ? undefined : regsToWire(reply.registers),
   };
+}
+
+/**
+ * Why a reply with `action` (and a `new_val` when `hasNewVal`) cannot answer an event of `spec`, or
+ * undefined when it can: the checks of {@link eventReplyToWire}, shared with the replies of event
+ * filter rules (event-filter.ts), so both are refused for the same reasons.
+ */
+export function replyViolation(
+  spec: EventSpec,
+  action: EventAction,
+  hasNewVal: boolean,
+): { readonly field: "seq" | "action" | "new_val"; readonly message: string } | undefined {
+  if (spec.actions.length === 0) return { field: "seq", message: `${spec.name} events take no reply` };
+  const allowed = spec.actions.map((a) => `EVENT_ACTION_${a}`).join(", ");
+  const actionName = eventActionName(action);
+  if (actionName === undefined) {
+    const what = action === EventAction.UNSPECIFIED ? "action is required" : `action ${action} is not an EventAction`;
+    return { field: "action", message: `${what}: use one of ${allowed}` };
+  }
+  if (!spec.actions.includes(actionName)) {
+    return {
+      field: "action",
+      message: `EVENT_ACTION_${actionName} is not accepted by ${spec.name.replace("KVMI_EVENT_", "")} events: use one of ${allowed}`,
+    };
+  }
+  if (hasNewVal && mappingOf(spec).replyData === undefined) {
+    return { field: "new_val", message: `new_val is allowed only for CR and MSR events, not ${spec.name.replace("KVMI_EVENT_", "")}` };
+  }
+  return undefined;
 }
 
 /** Builds the EventReply that answers an event with CONTINUE (what the bridge sends at the deadline). */

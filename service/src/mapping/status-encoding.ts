@@ -33,7 +33,7 @@ function packDetail(detail: StatusDetail): Any {
       return anyPack(
         BadRequestSchema,
         create(BadRequestSchema, {
-          fieldViolations: [create(BadRequest_FieldViolationSchema, { field: detail.field, description: detail.description })],
+          fieldViolations: (detail.violations ?? [detail]).map((v) => create(BadRequest_FieldViolationSchema, { field: v.field, description: v.description })),
         }),
       );
     case "resourceInfo":

@@ -27,7 +27,13 @@ export type ErrorContext = KvmiErrorContext;
 
 /** A detail message to attach besides ErrorInfo. */
 export type StatusDetail =
-  | { readonly kind: "badRequest"; readonly field: string; readonly description: string }
+  | {
+      readonly kind: "badRequest";
+      readonly field: string;
+      readonly description: string;
+      /** Every violation when there are several (a rejected EventFilter); `field` is the first. */
+      readonly violations?: ReadonlyArray<{ readonly field: string; readonly description: string }>;
+    }
   | { readonly kind: "resourceInfo"; readonly resourceType: string; readonly resourceName: string; readonly description: string }
   | { readonly kind: "retryInfo"; readonly delayMs: number }
   | { readonly kind: "preconditionFailure"; readonly type: string; readonly subject: string; readonly description: string }

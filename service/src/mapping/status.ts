@@ -34,6 +34,7 @@ import {
 import { commandByName, commandByOp, KNOWN_DIALECTS, layouts, v9 } from "@kvmi/kvm-bridge/wire";
 import type { Status } from "@kvmi/proto";
 import { AccessError } from "./access-error.js";
+import { InvalidFieldsError } from "./field-violations.js";
 import { BridgeError } from "./bridge-error.js";
 import { grpcStatusObject, mappedToProto } from "./status-encoding.js";
 import { assertNever, BRIDGE_ERROR_STATUS, bridgeDetails, errorInfoMetadata, mapRemoteError } from "./status-table.js";
@@ -125,7 +126,14 @@ export function mapError(err: unknown, context: ErrorContext = {}): MappedError 
         reason: c.error.code,
         message: c.error.message,
         metadata: md,
-        details: [{ kind: "badRequest", field: c.error.field, description: c.error.message }],
+        details: [
+          {
+            kind: "badRequest",
+            field: c.error.field,
+            description: c.error.message,
+            ...(c.error instanceof InvalidFieldsError && { violations: c.error.violations }),
+          },
+        ],
         known: true,
       };
     case "remote":

@@ -81,6 +81,13 @@ export interface BridgeMetrics {
   readonly eventRoundTripSeconds: Histogram<"event">;
   /** `kvmi_bridge_event_auto_replies_total{event,reason}`: replies the bridge made itself. */
   readonly eventAutoRepliesTotal: Counter<"event" | "reason">;
+  /**
+   * `kvmi_bridge_filter_events_total{event,outcome}`: events the controllers' event filters looked
+   * at, by outcome (replied, notified, delivered, unmatched, notification_dropped). Per-rule
+   * counters go on the session stream (EventFilterSummary): rule names are the clients' words, not
+   * a bounded label set.
+   */
+  readonly filterEventsTotal: Counter<"event" | "outcome">;
   /** `kvmi_bridge_bytes_read_total`: guest physical memory bytes returned by memory-read RPCs. */
   readonly bytesReadTotal: Counter;
   /** `kvmi_bridge_unhook_to_close_seconds`: UNHOOK event sent → KVMI socket closed. */
@@ -140,6 +147,13 @@ export function createBridgeMetrics(options: BridgeMetricsOptions = {}): BridgeM
     registers,
   });
 
+  const filterEventsTotal = new Counter({
+    name: "kvmi_bridge_filter_events_total",
+    help: "Events the controllers' event filters looked at, by outcome: answered by a rule (replied, notified), delivered, unmatched, notification dropped.",
+    labelNames: ["event", "outcome"] as const,
+    registers,
+  });
+
   return {
     registry,
     vmsHooked: new Gauge({
@@ -163,6 +177,7 @@ export function createBridgeMetrics(options: BridgeMetricsOptions = {}): BridgeM
     }),
     eventRoundTripSeconds,
     eventAutoRepliesTotal,
+    filterEventsTotal,
     bytesReadTotal: new Counter({
       name: "kvmi_bridge_bytes_read_total",
       help: "Guest physical memory bytes returned to clients by memory-read RPCs.",

@@ -18,10 +18,21 @@ import {
   SessionResponseSchema,
   UnhookReason,
 } from "@kvmi/proto";
-import type { Attach, BatchReadMemoryRequest, CommandResult, EventReply, SessionCommand, SessionRequest, SessionResponse } from "@kvmi/proto";
+import type {
+  Attach,
+  BatchReadMemoryRequest,
+  CommandResult,
+  EventReply,
+  SessionCommand,
+  SessionRequest,
+  SessionResponse,
+  SetEventFilterRequest,
+} from "@kvmi/proto";
 import { BridgeError, QuotaExceededError } from "../mapping/bridge-error.js";
 import { commandMappingByMethod } from "../mapping/commands.js";
 import { eventReplyToWire, eventToProto, unhookNotice } from "../mapping/events.js";
+import { compileEventFilter, filterSummaryToProto, ruleNoticeToProto } from "../mapping/event-filter.js";
+import type { CompiledFilter } from "../vm/event-rules.js";
 import { parseVmName } from "../mapping/resource-names.js";
 import { normalizeRequestNames, resolveDisplayName } from "./request-names.js";
 import { statusToProto } from "../mapping/status.js";
@@ -82,6 +93,8 @@ class SessionStream {
   private heldUntilDrain: QuotaLease[] = [];
   /** True while requests are not read because responses are backed up. */
   private readingPaused = false;
+  /** Sends the controller's filter summaries (EventFilter.summary_interval). */
+  private summaryTimer: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly deps: RpcDeps,
@@ -192,24 +205,33 @@ class SessionStream {
         throw new KvmiArgumentError("attach.event_deadline", "attach.event_deadline must be between 10 ms and 60 s");
       }
     }
+    if (attach.eventFilter !== undefined && role !== "controller") {
+      throw new KvmiArgumentError("attach.event_filter", "only a controller has an event filter: leave attach.event_filter unset for observers");
+    }
     // Authorized before the VM is looked up: an unknown VM and a forbidden one look the same.
     this.deps.access.authorize(this.principal, role === "controller" ? "control" : "observe", uuid, "session.attach");
     const host = this.deps.hosts.require(uuid);
+    // Compiled before attaching: a filter with errors fails the attach and changes nothing.
+    const filter = compileEventFilter(attach.eventFilter, { dialect: host.channel.dialect, vcpuCount: host.record.vcpuCount }, "attach.event_filter");
     const session = host.attach(
       role,
       {
         // A client too far behind gets no more events: the controller's are answered by the bridge
         // ("slow_consumer"), an observer's copies are dropped. Memory stays bounded either way.
-        event: (event, deadline) => {
+        event: (event, deadline, notice) => {
           if (this.call.writableLength > MAX_BUFFERED_RESPONSES) {
             // An observer that stopped reading long ago is dropped; the controller's events are
             // answered by the bridge (slow_consumer) and it keeps its session.
             if (role === "observer" && this.call.writableLength > 2 * MAX_BUFFERED_RESPONSES) this.dropUnread();
             return false;
           }
-          this.write({ message: { case: "event", value: eventToProto(uuid, event, deadline, new Date(event.receivedAtMs)) } });
+          const message = eventToProto(uuid, event, deadline, new Date(event.receivedAtMs));
+          if (notice !== undefined) message.notification = ruleNoticeToProto(notice);
+          this.write({ message: { case: "event", value: message } });
           return true;
         },
+        // Checked per event like a client's reply is per reply: a policy reload applies at once.
+        mayAnswer: () => this.deps.access.allows(this.principal, "control", uuid),
         unhook: (deadline, cause) =>
           void this.write({ message: { case: "unhook", value: unhookNotice(uuid, deadline, UNHOOK_REASONS[cause]) } }),
         end: (err) => this.fail(err),
@@ -219,6 +241,7 @@ class SessionStream {
     );
     this.host = host;
     this.session = session;
+    if (filter !== undefined) this.applyFilter(filter);
     this.deps.audit.record({ action: "attach", ...who(this.principal), vm: uuid, role, session: session.id });
     this.stopWatching = this.deps.registry.watch((change) => {
       if (change.vm.uuid !== uuid || change.type === "unhooked") return;
@@ -262,6 +285,7 @@ class SessionStream {
       );
     }
     if (request.case === undefined) return this.commandFailed(id, request, new KvmiArgumentError("command.request", "the command is empty"));
+    if (request.case === "setEventFilter") return this.setEventFilter(id, request.value);
     let lease: QuotaLease;
     try {
       lease = this.commandLease(request);
@@ -286,6 +310,43 @@ class SessionStream {
         this.commandFailed(id, request, err, lease);
       },
     );
+  }
+
+  /**
+   * SetEventFilter: compiled and applied at once (no KVMI command), answered with the final
+   * counters of the filter it replaces.
+   */
+  private setEventFilter(id: bigint, request: SetEventFilterRequest): void {
+    const host = this.host!;
+    try {
+      authorizeSessionCommand(this.deps.access, this.principal, "setEventFilter", host.uuid);
+      if (this.session!.role !== "controller") {
+        throw new BridgeError("NOT_CONTROLLER", "only the controller may set an event filter: attach with role CONTROLLER", { vm: host.uuid });
+      }
+      const filter = compileEventFilter(request.filter, { dialect: host.channel.dialect, vcpuCount: host.record.vcpuCount }, "set_event_filter.filter");
+      const previous = this.applyFilter(filter);
+      this.commandResult(id, { case: "setEventFilter", value: { $typeName: "kvmi.v1.SetEventFilterResponse", previous: previous && filterSummaryToProto(previous) } });
+    } catch (err) {
+      this.commandResult(id, { case: "error", value: statusToProto(err) });
+    }
+  }
+
+  /** Installs the controller's filter and its summary timer; returns the filter it replaces. */
+  private applyFilter(filter: CompiledFilter | undefined): CompiledFilter | undefined {
+    const previous = this.host!.setEventFilter(this.session!, filter);
+    clearInterval(this.summaryTimer);
+    this.summaryTimer = undefined;
+    const intervalMs = filter?.summaryIntervalMs;
+    if (filter !== undefined && intervalMs !== undefined) {
+      this.summaryTimer = setInterval(() => {
+        if (this.host?.eventFilter !== filter) return clearInterval(this.summaryTimer);
+        // A summary replaces the last unread one in effect: with the stream backed up, skip it.
+        if (this.call.writableLength > MAX_BUFFERED_RESPONSES) return;
+        this.write({ message: { case: "filterSummary", value: filterSummaryToProto(filter) } });
+      }, intervalMs);
+      this.summaryTimer.unref();
+    }
+    return previous;
   }
 
   /** The identity's in-flight slot for a command, plus the bulk bytes of a batch read. */
@@ -370,6 +431,7 @@ class SessionStream {
     // The stream's buffers go away with it: so does the quota they held.
     for (const lease of this.heldUntilDrain.splice(0)) lease.release();
     this.stopWatching?.();
+    clearInterval(this.summaryTimer);
     this.ending.abort(new Error(reason));
     this.inflight.clear();
     if (this.session !== undefined) {

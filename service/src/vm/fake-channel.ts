@@ -86,13 +86,13 @@ export class FakeChannel {
   }
 
   /** Delivers an event as the kernel would send it; returns what the sink answered. */
-  emit(name: keyof typeof V9_EVENTS, vcpu: number, payload?: Record<string, unknown>): KvmiEvent {
+  emit(name: keyof typeof V9_EVENTS, vcpu: number, payload?: Record<string, unknown>, arch: Record<string, unknown> = {}): KvmiEvent {
     const event: KvmiEvent = {
       seq: ++this.seq,
       vcpu,
       kind: V9_EVENTS[name].kind,
       spec: V9_EVENTS[name],
-      arch: {},
+      arch,
       payload,
       receivedAt: process.hrtime.bigint(),
       receivedAtMs: Date.now(),

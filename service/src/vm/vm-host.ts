@@ -19,6 +19,8 @@ import { BridgeError } from "../mapping/bridge-error.js";
 import { COMMAND_FACTS_BY_OP, MUTATING_COMMANDS } from "../mapping/command-facts.js";
 import type { AutoReplyReason } from "../metrics/index.js";
 import { HookLedger } from "./hook-ledger.js";
+import { Counter, COUNTER_SLOTS, RuleActionKind } from "./event-rules.js";
+import type { CompiledFilter, CompiledRule } from "./event-rules.js";
 import { sendCommand, sendCommandBatch, sendOp } from "./v9-commands.js";
 import { hasEventMapping, v9EventName } from "../mapping/events.js";
 import type { UndoReport } from "./hook-ledger.js";
@@ -39,6 +41,21 @@ export interface VmHostMetrics {
   autoReply(name: string, reason: AutoReplyReason): void;
   unhookToClose(seconds: number): void;
   bytesRead(bytes: number): void;
+  /** One event the controller's filter looked at, by what became of it. */
+  filterEvent?(name: string, outcome: FilterOutcome): void;
+}
+
+/** What became of an event the controller's filter looked at (a metric label). */
+export type FilterOutcome = "replied" | "notified" | "delivered" | "unmatched" | "notification_dropped";
+
+/** Tells a session that a rule already answered the event it receives (a notification). */
+export interface RuleNotice {
+  /** The rule's name. */
+  readonly rule: string;
+  /** The wire action the bridge sent (KVMI_EVENT_ACTION_*). */
+  readonly action: number;
+  /** Wall-clock time the reply was written. */
+  readonly replyTimeMs: number;
 }
 
 /** Why the bridge is closing a VM's KVMI socket. */
@@ -52,7 +69,13 @@ const UNHOOK_CAUSES: Readonly<Record<UnhookCause, string>> = {
 
 /** Receives what a session must see. `event` returns false when the client is not keeping up. */
 export interface SessionSink {
-  event(event: KvmiEvent, replyDeadline: Date | undefined): boolean;
+  /** `notice` is set when a filter rule already answered the event: it expects no reply. */
+  event(event: KvmiEvent, replyDeadline: Date | undefined, notice?: RuleNotice): boolean;
+  /**
+   * True while the session may still answer events (the policy may have changed since attach): a
+   * rule answers only then, as a client's reply is authorized per reply. Absent: always.
+   */
+  mayAnswer?(): boolean;
   unhook(deadline: Date, cause: UnhookCause): void;
   /** The VM's socket closed or the VM hooked again: the session is over. */
   end(error: Error): void;
@@ -106,6 +129,8 @@ export class VmHost {
   private controller: Attached | undefined;
   private readonly observers = new Map<string, Attached>();
   private readonly pending = new Map<number, PendingEvent>();
+  /** The controller's event filter (docs/event-filters.md); it ends with the controller. */
+  private filter: CompiledFilter | undefined;
   private unhook:
     | { readonly cause: UnhookCause; readonly started: bigint; readonly timer: NodeJS.Timeout; readonly done: Promise<void>; finish: () => void }
     | undefined;
@@ -200,6 +225,7 @@ export class VmHost {
     if (this.observers.delete(session.id)) return this.sessionsChanged();
     if (this.controller?.id !== session.id) return;
     this.controller = undefined;
+    this.filter = undefined;
     this.sessionsChanged();
     this.log.info({ session: session.id, reason }, "controller detached");
     if (this.unhook !== undefined) {
@@ -345,6 +371,8 @@ export class VmHost {
       return true;
     }
     const controller = this.controller;
+    // Rules decide only while the controller is in charge (not once the bridge releases the VM).
+    if (controller !== undefined && !this.releasing && this.filter !== undefined && this.applyFilter(this.filter, controller, event)) return true;
     const deadlineMs = this.deadlineFor(event);
     const deadline = new Date(Date.now() + deadlineMs);
     for (const observer of this.observers.values()) observer.sink.event(event, undefined);
@@ -359,6 +387,82 @@ export class VmHost {
     this.pending.set(event.vcpu, { event, timer });
     if (!controller.sink.event(event, deadline)) void this.autoReply(event.vcpu, "slow_consumer");
     return true;
+  }
+
+  /**
+   * Runs the controller's filter on an event. Returns true when a rule answered it (reply, notify,
+   * sample, count); false when it goes the usual way (deliver, no rule matched, or the policy no
+   * longer lets the controller answer). A rule's answer goes through the pending table and send()
+   * like any reply, so the ledger's BREAKPOINT rule, metrics and a closing socket treat it the same;
+   * it never waits for anything, so no rule can keep a vCPU blocked.
+   */
+  private applyFilter(filter: CompiledFilter, controller: Attached, event: KvmiEvent): boolean {
+    const index = filter.match(event);
+    const metrics = this.options.metrics;
+    if (index < 0) {
+      filter.unmatched++;
+      metrics?.filterEvent?.(v9EventName(event.kind), "unmatched");
+      return false;
+    }
+    const rule = filter.rules[index]!;
+    const counters = filter.counters;
+    const base = index * COUNTER_SLOTS;
+    counters[base + Counter.MATCHED]!++;
+    if (rule.action === RuleActionKind.DELIVER || controller.sink.mayAnswer?.() === false) {
+      counters[base + Counter.DELIVERED]!++;
+      metrics?.filterEvent?.(v9EventName(event.kind), "delivered");
+      return false;
+    }
+    let notify = rule.action === RuleActionKind.NOTIFY;
+    if (rule.action === RuleActionKind.SAMPLE && ++counters[base + Counter.SAMPLE_TICK]! >= rule.every) {
+      counters[base + Counter.SAMPLE_TICK] = 0;
+      notify = true;
+    }
+    const pending: PendingEvent = { event, timer: undefined };
+    this.pending.set(event.vcpu, pending);
+    const action = this.ruleAction(rule, event);
+    void this.send(event.vcpu, pending, action, ruleReplyData(rule, event)).catch(() => undefined);
+    if (!notify) {
+      counters[base + Counter.REPLIED]!++;
+      metrics?.filterEvent?.(v9EventName(event.kind), "replied");
+      return true;
+    }
+    counters[base + Counter.NOTIFIED]!++;
+    metrics?.filterEvent?.(v9EventName(event.kind), "notified");
+    const notice: RuleNotice = { rule: rule.name, action, replyTimeMs: Date.now() };
+    for (const observer of this.observers.values()) observer.sink.event(event, undefined, notice);
+    if (!controller.sink.event(event, undefined, notice)) {
+      filter.notificationsDropped++;
+      metrics?.filterEvent?.(v9EventName(event.kind), "notification_dropped");
+    }
+    return true;
+  }
+
+  /** A rule's wire action; CONTINUE to a BREAKPOINT whose INT3 the bridge removed is RETRY (see defaultReply). */
+  private ruleAction(rule: CompiledRule, event: KvmiEvent): number {
+    const reply = rule.reply;
+    if (reply.isContinue && event.kind === "BREAKPOINT" && this.ledger.wasRestored(event.payload?.["gpa"] as bigint)) return reply.retryAction;
+    return reply.action;
+  }
+
+  /**
+   * Replaces the controller's event filter (undefined removes it) and returns the one it replaces,
+   * with its final counters.
+   * @throws BridgeError NOT_CONTROLLER when `session` is not the controller.
+   */
+  setEventFilter(session: Session, filter: CompiledFilter | undefined): CompiledFilter | undefined {
+    if (this.controller?.id !== session.id) {
+      throw new BridgeError("NOT_CONTROLLER", "only the controller may set an event filter: attach with role CONTROLLER", { vm: this.uuid });
+    }
+    const previous = this.filter;
+    this.filter = filter;
+    this.log.info({ session: session.id, rules: filter?.rules.length ?? 0 }, "event filter set");
+    return previous;
+  }
+
+  /** The controller's event filter, for summaries. */
+  get eventFilter(): CompiledFilter | undefined {
+    return this.filter;
   }
 
   /** Why an event cannot be accepted, or undefined when it can. */
@@ -508,6 +612,14 @@ export class VmHost {
     this.observers.clear();
     for (const session of sessions) session.sink.end(err);
   }
+}
+
+/** CR/MSR reply data of a rule's reply; undefined for events without any. */
+function ruleReplyData(rule: CompiledRule, event: KvmiEvent): Record<string, unknown> | undefined {
+  if (event.spec.replyData === null) return undefined;
+  const reply = rule.reply;
+  const payload = event.payload;
+  return { new_val: reply.value === "constant" ? reply.newVal : reply.value === "old" ? (payload?.["old_value"] ?? 0n) : (payload?.["new_value"] ?? 0n) };
 }
 
 function isUnhookDisable(request: unknown): boolean {

@@ -22,7 +22,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file kvmi/v1/event.proto.
  */
 export const file_kvmi_v1_event: GenFile = /*@__PURE__*/
-  fileDesc("ChNrdm1pL3YxL2V2ZW50LnByb3RvEgdrdm1pLnYxIvMFCgVFdmVudBIMCgRuYW1lGAEgASgJEgoKAnZtGAIgASgJEgwKBHZjcHUYAyABKA0SCwoDc2VxGAQgASgNEiAKBHR5cGUYBSABKA4yEi5rdm1pLnYxLkV2ZW50VHlwZRIgCgRhcmNoGAYgASgLMhIua3ZtaS52MS5FdmVudEFyY2gSMgoOcmVwbHlfZGVhZGxpbmUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmJyZWFrcG9pbnQYCCABKAsyGC5rdm1pLnYxLkJyZWFrcG9pbnRFdmVudEgAEi0KCnBhZ2VfZmF1bHQYCSABKAsyFy5rdm1pLnYxLlBhZ2VGYXVsdEV2ZW50SAASHgoCY3IYCiABKAsyEC5rdm1pLnYxLkNyRXZlbnRIABIgCgNtc3IYCyABKAsyES5rdm1pLnYxLk1zckV2ZW50SAASLwoLc2luZ2xlX3N0ZXAYDCABKAsyGC5rdm1pLnYxLlNpbmdsZVN0ZXBFdmVudEgAEi0KCnBhdXNlX3ZjcHUYDSABKAsyFy5rdm1pLnYxLlBhdXNlVmNwdUV2ZW50SAASIgoEdHJhcBgOIAEoCzISLmt2bWkudjEuVHJhcEV2ZW50SAASLAoJaHlwZXJjYWxsGA8gASgLMhcua3ZtaS52MS5IeXBlcmNhbGxFdmVudEgAEiYKBnhzZXRidhgQIAEoCzIULmt2bWkudjEuWHNldGJ2RXZlbnRIABIuCgpkZXNjcmlwdG9yGBEgASgLMhgua3ZtaS52MS5EZXNjcmlwdG9yRXZlbnRIABIkCgVjcHVpZBgeIAEoCzITLmt2bWkudjEuQ3B1aWRFdmVudEgAEi8KC2NyZWF0ZV92Y3B1GB8gASgLMhgua3ZtaS52MS5DcmVhdGVWY3B1RXZlbnRIABIwCgxyZWNlaXZlX3RpbWUYEiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgkKB3BheWxvYWQiMAoPQnJlYWtwb2ludEV2ZW50EgsKA2dwYRgBIAEoBBIQCghpbnNuX2xlbhgCIAEoDSI6Cg5QYWdlRmF1bHRFdmVudBILCgNndmEYASABKAQSCwoDZ3BhGAIgASgEEg4KBmFjY2VzcxgDIAEoDSI7CgdDckV2ZW50EgoKAmNyGAEgASgNEhEKCW9sZF92YWx1ZRgCIAEoBBIRCgluZXdfdmFsdWUYAyABKAQiPQoITXNyRXZlbnQSCwoDbXNyGAEgASgNEhEKCW9sZF92YWx1ZRgCIAEoBBIRCgluZXdfdmFsdWUYAyABKAQiIQoPU2luZ2xlU3RlcEV2ZW50Eg4KBmZhaWxlZBgBIAEoCCIQCg5QYXVzZVZjcHVFdmVudCJACglUcmFwRXZlbnQSDgoGdmVjdG9yGAEgASgNEhIKCmVycm9yX2NvZGUYAiABKA0SDwoHYWRkcmVzcxgDIAEoBCIQCg5IeXBlcmNhbGxFdmVudCJACgtYc2V0YnZFdmVudBILCgN4Y3IYASABKA0SEQoJb2xkX3ZhbHVlGAIgASgEEhEKCW5ld192YWx1ZRgDIAEoBCJNCg9EZXNjcmlwdG9yRXZlbnQSKwoKZGVzY3JpcHRvchgBIAEoDjIXLmt2bWkudjEuRGVzY3JpcHRvclR5cGUSDQoFd3JpdGUYAiABKAgiQgoKQ3B1aWRFdmVudBIQCghmdW5jdGlvbhgBIAEoDRINCgVpbmRleBgCIAEoDRITCgtpbnNuX2xlbmd0aBgDIAEoDSIRCg9DcmVhdGVWY3B1RXZlbnQioAEKCkV2ZW50UmVwbHkSDAoEdmNwdRgBIAEoDRILCgNzZXEYAiABKA0SKQoGYWN0aW9uGAMgASgOMhQua3ZtaS52MS5FdmVudEFjdGlvbkID4EECEhkKB25ld192YWwYBCABKARCA+BBAUgAiAEBEiUKCXJlZ2lzdGVycxgFIAEoCzINLmt2bWkudjEuUmVnc0ID4EEBQgoKCF9uZXdfdmFsIm8KDFVuaG9va05vdGljZRIKCgJ2bRgBIAEoCRIsCghkZWFkbGluZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJQoGcmVhc29uGAMgASgOMhUua3ZtaS52MS5Vbmhvb2tSZWFzb24q3AIKCUV2ZW50VHlwZRIaChZFVkVOVF9UWVBFX1VOU1BFQ0lGSUVEEAASFQoRRVZFTlRfVFlQRV9VTkhPT0sQARIZChVFVkVOVF9UWVBFX1BBVVNFX1ZDUFUQAhIYChRFVkVOVF9UWVBFX0hZUEVSQ0FMTBADEhkKFUVWRU5UX1RZUEVfQlJFQUtQT0lOVBAEEhEKDUVWRU5UX1RZUEVfQ1IQBRITCg9FVkVOVF9UWVBFX1RSQVAQBhIVChFFVkVOVF9UWVBFX1hTRVRCVhAHEhkKFUVWRU5UX1RZUEVfREVTQ1JJUFRPUhAIEhIKDkVWRU5UX1RZUEVfTVNSEAkSEQoNRVZFTlRfVFlQRV9QRhAKEhkKFUVWRU5UX1RZUEVfU0lOR0xFU1RFUBALEhoKFkVWRU5UX1RZUEVfQ1JFQVRFX1ZDUFUQDBIUChBFVkVOVF9UWVBFX0NQVUlEEA0qdgoLRXZlbnRBY3Rpb24SHAoYRVZFTlRfQUNUSU9OX1VOU1BFQ0lGSUVEEAASGQoVRVZFTlRfQUNUSU9OX0NPTlRJTlVFEAESFgoSRVZFTlRfQUNUSU9OX1JFVFJZEAISFgoSRVZFTlRfQUNUSU9OX0NSQVNIEAMqlwEKDkRlc2NyaXB0b3JUeXBlEh8KG0RFU0NSSVBUT1JfVFlQRV9VTlNQRUNJRklFRBAAEhgKFERFU0NSSVBUT1JfVFlQRV9JRFRSEAESGAoUREVTQ1JJUFRPUl9UWVBFX0dEVFIQAhIYChRERVNDUklQVE9SX1RZUEVfTERUUhADEhYKEkRFU0NSSVBUT1JfVFlQRV9UUhAEKo4BCgxVbmhvb2tSZWFzb24SHQoZVU5IT09LX1JFQVNPTl9VTlNQRUNJRklFRBAAEiAKHFVOSE9PS19SRUFTT05fREVWSUNFX01BTkFHRVIQARIaChZVTkhPT0tfUkVBU09OX09QRVJBVE9SEAISIQodVU5IT09LX1JFQVNPTl9CUklER0VfU0hVVERPV04QA2IGcHJvdG8z", [file_google_api_field_behavior, file_google_protobuf_timestamp, file_kvmi_v1_registers]);
+  fileDesc("ChNrdm1pL3YxL2V2ZW50LnByb3RvEgdrdm1pLnYxIqUGCgVFdmVudBIMCgRuYW1lGAEgASgJEgoKAnZtGAIgASgJEgwKBHZjcHUYAyABKA0SCwoDc2VxGAQgASgNEiAKBHR5cGUYBSABKA4yEi5rdm1pLnYxLkV2ZW50VHlwZRIgCgRhcmNoGAYgASgLMhIua3ZtaS52MS5FdmVudEFyY2gSMgoOcmVwbHlfZGVhZGxpbmUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmJyZWFrcG9pbnQYCCABKAsyGC5rdm1pLnYxLkJyZWFrcG9pbnRFdmVudEgAEi0KCnBhZ2VfZmF1bHQYCSABKAsyFy5rdm1pLnYxLlBhZ2VGYXVsdEV2ZW50SAASHgoCY3IYCiABKAsyEC5rdm1pLnYxLkNyRXZlbnRIABIgCgNtc3IYCyABKAsyES5rdm1pLnYxLk1zckV2ZW50SAASLwoLc2luZ2xlX3N0ZXAYDCABKAsyGC5rdm1pLnYxLlNpbmdsZVN0ZXBFdmVudEgAEi0KCnBhdXNlX3ZjcHUYDSABKAsyFy5rdm1pLnYxLlBhdXNlVmNwdUV2ZW50SAASIgoEdHJhcBgOIAEoCzISLmt2bWkudjEuVHJhcEV2ZW50SAASLAoJaHlwZXJjYWxsGA8gASgLMhcua3ZtaS52MS5IeXBlcmNhbGxFdmVudEgAEiYKBnhzZXRidhgQIAEoCzIULmt2bWkudjEuWHNldGJ2RXZlbnRIABIuCgpkZXNjcmlwdG9yGBEgASgLMhgua3ZtaS52MS5EZXNjcmlwdG9yRXZlbnRIABIkCgVjcHVpZBgeIAEoCzITLmt2bWkudjEuQ3B1aWRFdmVudEgAEi8KC2NyZWF0ZV92Y3B1GB8gASgLMhgua3ZtaS52MS5DcmVhdGVWY3B1RXZlbnRIABIwCgxyZWNlaXZlX3RpbWUYEiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDG5vdGlmaWNhdGlvbhgTIAEoCzIaLmt2bWkudjEuRXZlbnROb3RpZmljYXRpb25CCQoHcGF5bG9hZCJ3ChFFdmVudE5vdGlmaWNhdGlvbhIMCgRydWxlGAEgASgJEiQKBmFjdGlvbhgCIAEoDjIULmt2bWkudjEuRXZlbnRBY3Rpb24SLgoKcmVwbHlfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiMAoPQnJlYWtwb2ludEV2ZW50EgsKA2dwYRgBIAEoBBIQCghpbnNuX2xlbhgCIAEoDSI6Cg5QYWdlRmF1bHRFdmVudBILCgNndmEYASABKAQSCwoDZ3BhGAIgASgEEg4KBmFjY2VzcxgDIAEoDSI7CgdDckV2ZW50EgoKAmNyGAEgASgNEhEKCW9sZF92YWx1ZRgCIAEoBBIRCgluZXdfdmFsdWUYAyABKAQiPQoITXNyRXZlbnQSCwoDbXNyGAEgASgNEhEKCW9sZF92YWx1ZRgCIAEoBBIRCgluZXdfdmFsdWUYAyABKAQiIQoPU2luZ2xlU3RlcEV2ZW50Eg4KBmZhaWxlZBgBIAEoCCIQCg5QYXVzZVZjcHVFdmVudCJACglUcmFwRXZlbnQSDgoGdmVjdG9yGAEgASgNEhIKCmVycm9yX2NvZGUYAiABKA0SDwoHYWRkcmVzcxgDIAEoBCIQCg5IeXBlcmNhbGxFdmVudCJACgtYc2V0YnZFdmVudBILCgN4Y3IYASABKA0SEQoJb2xkX3ZhbHVlGAIgASgEEhEKCW5ld192YWx1ZRgDIAEoBCJNCg9EZXNjcmlwdG9yRXZlbnQSKwoKZGVzY3JpcHRvchgBIAEoDjIXLmt2bWkudjEuRGVzY3JpcHRvclR5cGUSDQoFd3JpdGUYAiABKAgiQgoKQ3B1aWRFdmVudBIQCghmdW5jdGlvbhgBIAEoDRINCgVpbmRleBgCIAEoDRITCgtpbnNuX2xlbmd0aBgDIAEoDSIRCg9DcmVhdGVWY3B1RXZlbnQioAEKCkV2ZW50UmVwbHkSDAoEdmNwdRgBIAEoDRILCgNzZXEYAiABKA0SKQoGYWN0aW9uGAMgASgOMhQua3ZtaS52MS5FdmVudEFjdGlvbkID4EECEhkKB25ld192YWwYBCABKARCA+BBAUgAiAEBEiUKCXJlZ2lzdGVycxgFIAEoCzINLmt2bWkudjEuUmVnc0ID4EEBQgoKCF9uZXdfdmFsIm8KDFVuaG9va05vdGljZRIKCgJ2bRgBIAEoCRIsCghkZWFkbGluZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJQoGcmVhc29uGAMgASgOMhUua3ZtaS52MS5Vbmhvb2tSZWFzb24q3AIKCUV2ZW50VHlwZRIaChZFVkVOVF9UWVBFX1VOU1BFQ0lGSUVEEAASFQoRRVZFTlRfVFlQRV9VTkhPT0sQARIZChVFVkVOVF9UWVBFX1BBVVNFX1ZDUFUQAhIYChRFVkVOVF9UWVBFX0hZUEVSQ0FMTBADEhkKFUVWRU5UX1RZUEVfQlJFQUtQT0lOVBAEEhEKDUVWRU5UX1RZUEVfQ1IQBRITCg9FVkVOVF9UWVBFX1RSQVAQBhIVChFFVkVOVF9UWVBFX1hTRVRCVhAHEhkKFUVWRU5UX1RZUEVfREVTQ1JJUFRPUhAIEhIKDkVWRU5UX1RZUEVfTVNSEAkSEQoNRVZFTlRfVFlQRV9QRhAKEhkKFUVWRU5UX1RZUEVfU0lOR0xFU1RFUBALEhoKFkVWRU5UX1RZUEVfQ1JFQVRFX1ZDUFUQDBIUChBFVkVOVF9UWVBFX0NQVUlEEA0qdgoLRXZlbnRBY3Rpb24SHAoYRVZFTlRfQUNUSU9OX1VOU1BFQ0lGSUVEEAASGQoVRVZFTlRfQUNUSU9OX0NPTlRJTlVFEAESFgoSRVZFTlRfQUNUSU9OX1JFVFJZEAISFgoSRVZFTlRfQUNUSU9OX0NSQVNIEAMqlwEKDkRlc2NyaXB0b3JUeXBlEh8KG0RFU0NSSVBUT1JfVFlQRV9VTlNQRUNJRklFRBAAEhgKFERFU0NSSVBUT1JfVFlQRV9JRFRSEAESGAoUREVTQ1JJUFRPUl9UWVBFX0dEVFIQAhIYChRERVNDUklQVE9SX1RZUEVfTERUUhADEhYKEkRFU0NSSVBUT1JfVFlQRV9UUhAEKo4BCgxVbmhvb2tSZWFzb24SHQoZVU5IT09LX1JFQVNPTl9VTlNQRUNJRklFRBAAEiAKHFVOSE9PS19SRUFTT05fREVWSUNFX01BTkFHRVIQARIaChZVTkhPT0tfUkVBU09OX09QRVJBVE9SEAISIQodVU5IT09LX1JFQVNPTl9CUklER0VfU0hVVERPV04QA2IGcHJvdG8z", [file_google_api_field_behavior, file_google_protobuf_timestamp, file_kvmi_v1_registers]);
 
 /**
  * Carries one vCPU event. The bridge sends it to the controller, which must
@@ -193,6 +193,15 @@ export type Event = Message<"kvmi.v1.Event"> & {
    * @generated from field: google.protobuf.Timestamp receive_time = 18;
    */
   receiveTime?: Timestamp | undefined;
+
+  /**
+   * Marks an event a rule of the controller's EventFilter already answered
+   * (notify, sample): it expects no reply and has no reply_deadline. Unset
+   * on events that wait for the controller's reply.
+   *
+   * @generated from field: kvmi.v1.EventNotification notification = 19;
+   */
+  notification?: EventNotification | undefined;
 };
 
 /**
@@ -201,6 +210,42 @@ export type Event = Message<"kvmi.v1.Event"> & {
  */
 export const EventSchema: GenMessage<Event> = /*@__PURE__*/
   messageDesc(file_kvmi_v1_event, 0);
+
+/**
+ * Marks an Event that a rule already answered: a notification, which
+ * expects no reply (an EventReply to it gets ReplyRejected NOT_FOUND).
+ *
+ * @generated from message kvmi.v1.EventNotification
+ */
+export type EventNotification = Message<"kvmi.v1.EventNotification"> & {
+  /**
+   * Holds the name of the rule that answered.
+   *
+   * @generated from field: string rule = 1;
+   */
+  rule: string;
+
+  /**
+   * Holds the action the bridge sent to the kernel.
+   *
+   * @generated from field: kvmi.v1.EventAction action = 2;
+   */
+  action: EventAction;
+
+  /**
+   * Holds the time the bridge wrote the reply on the KVMI socket.
+   *
+   * @generated from field: google.protobuf.Timestamp reply_time = 3;
+   */
+  replyTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message kvmi.v1.EventNotification.
+ * Use `create(EventNotificationSchema)` to create a new message.
+ */
+export const EventNotificationSchema: GenMessage<EventNotification> = /*@__PURE__*/
+  messageDesc(file_kvmi_v1_event, 1);
 
 /**
  * Reports a guest INT3 (KVMI_EVENT_BREAKPOINT, `struct kvmi_event_breakpoint`).
@@ -230,7 +275,7 @@ export type BreakpointEvent = Message<"kvmi.v1.BreakpointEvent"> & {
  * Use `create(BreakpointEventSchema)` to create a new message.
  */
 export const BreakpointEventSchema: GenMessage<BreakpointEvent> = /*@__PURE__*/
-  messageDesc(file_kvmi_v1_event, 1);
+  messageDesc(file_kvmi_v1_event, 2);
 
 /**
  * Reports an EPT/NPT violation on a page restricted with SetPageAccess
@@ -268,7 +313,7 @@ export type PageFaultEvent = Message<"kvmi.v1.PageFaultEvent"> & {
  * Use `create(PageFaultEventSchema)` to create a new message.
  */
 export const PageFaultEventSchema: GenMessage<PageFaultEvent> = /*@__PURE__*/
-  messageDesc(file_kvmi_v1_event, 2);
+  messageDesc(file_kvmi_v1_event, 3);
 
 /**
  * Reports a write that changes a control register selected with ControlCr
@@ -305,7 +350,7 @@ export type CrEvent = Message<"kvmi.v1.CrEvent"> & {
  * Use `create(CrEventSchema)` to create a new message.
  */
 export const CrEventSchema: GenMessage<CrEvent> = /*@__PURE__*/
-  messageDesc(file_kvmi_v1_event, 3);
+  messageDesc(file_kvmi_v1_event, 4);
 
 /**
  * Reports a WRMSR that changes an MSR selected with ControlMsr
@@ -342,7 +387,7 @@ export type MsrEvent = Message<"kvmi.v1.MsrEvent"> & {
  * Use `create(MsrEventSchema)` to create a new message.
  */
 export const MsrEventSchema: GenMessage<MsrEvent> = /*@__PURE__*/
-  messageDesc(file_kvmi_v1_event, 4);
+  messageDesc(file_kvmi_v1_event, 5);
 
 /**
  * Reports one single-stepped instruction (KVMI_EVENT_SINGLESTEP, `struct
@@ -364,7 +409,7 @@ export type SingleStepEvent = Message<"kvmi.v1.SingleStepEvent"> & {
  * Use `create(SingleStepEventSchema)` to create a new message.
  */
 export const SingleStepEventSchema: GenMessage<SingleStepEvent> = /*@__PURE__*/
-  messageDesc(file_kvmi_v1_event, 5);
+  messageDesc(file_kvmi_v1_event, 6);
 
 /**
  * Reports that the vCPU stopped because of PauseVcpu (KVMI_EVENT_PAUSE_VCPU;
@@ -380,7 +425,7 @@ export type PauseVcpuEvent = Message<"kvmi.v1.PauseVcpuEvent"> & {
  * Use `create(PauseVcpuEventSchema)` to create a new message.
  */
 export const PauseVcpuEventSchema: GenMessage<PauseVcpuEvent> = /*@__PURE__*/
-  messageDesc(file_kvmi_v1_event, 6);
+  messageDesc(file_kvmi_v1_event, 7);
 
 /**
  * Reports the exception actually injected after InjectException
@@ -418,7 +463,7 @@ export type TrapEvent = Message<"kvmi.v1.TrapEvent"> & {
  * Use `create(TrapEventSchema)` to create a new message.
  */
 export const TrapEventSchema: GenMessage<TrapEvent> = /*@__PURE__*/
-  messageDesc(file_kvmi_v1_event, 7);
+  messageDesc(file_kvmi_v1_event, 8);
 
 /**
  * Reports a guest hypercall meant for the introspection tool
@@ -436,7 +481,7 @@ export type HypercallEvent = Message<"kvmi.v1.HypercallEvent"> & {
  * Use `create(HypercallEventSchema)` to create a new message.
  */
 export const HypercallEventSchema: GenMessage<HypercallEvent> = /*@__PURE__*/
-  messageDesc(file_kvmi_v1_event, 8);
+  messageDesc(file_kvmi_v1_event, 9);
 
 /**
  * Reports that XCR0 changed (KVMI_EVENT_XSETBV, `struct kvmi_event_xsetbv`);
@@ -474,7 +519,7 @@ export type XsetbvEvent = Message<"kvmi.v1.XsetbvEvent"> & {
  * Use `create(XsetbvEventSchema)` to create a new message.
  */
 export const XsetbvEventSchema: GenMessage<XsetbvEvent> = /*@__PURE__*/
-  messageDesc(file_kvmi_v1_event, 9);
+  messageDesc(file_kvmi_v1_event, 10);
 
 /**
  * Reports an access to a descriptor table register (KVMI_EVENT_DESCRIPTOR,
@@ -504,7 +549,7 @@ export type DescriptorEvent = Message<"kvmi.v1.DescriptorEvent"> & {
  * Use `create(DescriptorEventSchema)` to create a new message.
  */
 export const DescriptorEventSchema: GenMessage<DescriptorEvent> = /*@__PURE__*/
-  messageDesc(file_kvmi_v1_event, 10);
+  messageDesc(file_kvmi_v1_event, 11);
 
 /**
  * Reports a guest CPUID instruction (KVMI_EVENT_CPUID, `struct
@@ -546,7 +591,7 @@ export type CpuidEvent = Message<"kvmi.v1.CpuidEvent"> & {
  * Use `create(CpuidEventSchema)` to create a new message.
  */
 export const CpuidEventSchema: GenMessage<CpuidEvent> = /*@__PURE__*/
-  messageDesc(file_kvmi_v1_event, 11);
+  messageDesc(file_kvmi_v1_event, 12);
 
 /**
  * Reports that the VM created a vCPU (KVMI_EVENT_CREATE_VCPU; kvmi-v7 only;
@@ -562,7 +607,7 @@ export type CreateVcpuEvent = Message<"kvmi.v1.CreateVcpuEvent"> & {
  * Use `create(CreateVcpuEventSchema)` to create a new message.
  */
 export const CreateVcpuEventSchema: GenMessage<CreateVcpuEvent> = /*@__PURE__*/
-  messageDesc(file_kvmi_v1_event, 12);
+  messageDesc(file_kvmi_v1_event, 13);
 
 /**
  * Answers one vCPU event. Replies are idempotent per (vcpu, seq): the bridge
@@ -622,7 +667,7 @@ export type EventReply = Message<"kvmi.v1.EventReply"> & {
  * Use `create(EventReplySchema)` to create a new message.
  */
 export const EventReplySchema: GenMessage<EventReply> = /*@__PURE__*/
-  messageDesc(file_kvmi_v1_event, 13);
+  messageDesc(file_kvmi_v1_event, 14);
 
 /**
  * Tells every session attached to a VM that the bridge is going to close its
@@ -660,7 +705,7 @@ export type UnhookNotice = Message<"kvmi.v1.UnhookNotice"> & {
  * Use `create(UnhookNoticeSchema)` to create a new message.
  */
 export const UnhookNoticeSchema: GenMessage<UnhookNotice> = /*@__PURE__*/
-  messageDesc(file_kvmi_v1_event, 14);
+  messageDesc(file_kvmi_v1_event, 15);
 
 /**
  * Lists the events of every dialect. Values 1..11 are the v9 events
