@@ -36,7 +36,7 @@ import { dropUnreadStream, failStream, failure, quotasOf } from "./call-context.
 import type { QuotaLease } from "./quotas.js";
 import { commandErrorContext, runCommand } from "./command-rpcs.js";
 import type { CommandCaller } from "./command-rpcs.js";
-import { batchRead } from "./memory-rpcs.js";
+import { batchRead, batchReadResponse } from "./memory-rpcs.js";
 import { recordOf, vmChangeOf } from "./registry-rpcs.js";
 
 /** Commands one session may have in flight. */
@@ -312,7 +312,7 @@ class SessionStream {
     }
     // Checked per command, not once at attach: a policy reload applies to running sessions.
     authorizeSessionCommand(this.deps.access, this.principal, request.case, this.host!.uuid);
-    if (request.case === "batchReadMemory") return batchRead(this.deps, request.value as BatchReadMemoryRequest, caller);
+    if (request.case === "batchReadMemory") return batchReadResponse(await batchRead(this.deps, request.value as BatchReadMemoryRequest, caller));
     return runCommand(this.deps, commandMappingByMethod(request.case)!, request.value as never, caller);
   }
 
