@@ -279,7 +279,7 @@ export class IntrospectionClient {
   }
 
   /** Opens a session and attaches; rejects with the stream's status if the bridge refuses. */
-  async attach(vm: string, role: Role, options: { eventDeadlineMs?: number } = {}): Promise<SessionClient> {
+  async attach(vm: string, role: Role, options: AttachOptions = {}): Promise<SessionClient> {
     const session = this.openSession();
     await session.attach(vm, role, options);
     return session;
@@ -326,6 +326,13 @@ type ResponseValue<C extends ResponseCase> = Extract<SessionResponse["message"],
 export type SessionCommandRequest = NonNullable<MessageInitShape<typeof SessionCommandSchema>["request"]>;
 
 /** One Session stream, driven by a test. */
+/** Attach options of the test sessions. */
+export interface AttachOptions {
+  readonly eventDeadlineMs?: number;
+  /** Attach.event_batches: events of a turn may come as one EventBatch. */
+  readonly eventBatches?: boolean;
+}
+
 export class SessionClient {
   readonly queue: StreamQueue<SessionResponse>;
   attached: Attached | undefined;
@@ -347,12 +354,12 @@ export class SessionClient {
     this.stream.write(create(SessionRequestSchema, { message } as never));
   }
 
-  async attach(vm: string, role: Role, options: { eventDeadlineMs?: number } = {}): Promise<Attached> {
+  async attach(vm: string, role: Role, options: AttachOptions = {}): Promise<Attached> {
     const eventDeadline =
       options.eventDeadlineMs === undefined
         ? undefined
         : { seconds: BigInt(Math.floor(options.eventDeadlineMs / 1000)), nanos: (options.eventDeadlineMs % 1000) * 1e6 };
-    this.send({ case: "attach", value: { vm, role, ...(eventDeadline && { eventDeadline }) } });
+    this.send({ case: "attach", value: { vm, role, ...(eventDeadline && { eventDeadline }), ...(options.eventBatches && { eventBatches: true }) } });
     try {
       this.attached = await this.next("attached");
     } catch (err) {
@@ -512,7 +519,7 @@ export interface Harness {
   /** A further client (closed by stop()). */
   connect(creds?: ChannelCredentials, options?: ChannelOptions): IntrospectionClient;
   /** Attaches a session with the default client (cancelled by closeSessions()/stop()). */
-  attach(i: number, role: Role, options?: { eventDeadlineMs?: number }): Promise<SessionClient>;
+  attach(i: number, role: Role, options?: AttachOptions): Promise<SessionClient>;
   /** Cancels every session opened through {@link attach} and waits for the bridge to detach them. */
   closeSessions(): Promise<void>;
   /** Polls GetVm until VM `i` is hooked and serving, with at least `generation`. */

@@ -12,13 +12,14 @@ import { KvmiArgumentError } from "@kvmi/kvm-bridge";
 import {
   AttachedSchema,
   CommandResultSchema,
+  EventBatchSchema,
   ReplyRejectedSchema,
   Role,
   SessionInfoSchema,
   SessionResponseSchema,
   UnhookReason,
 } from "@kvmi/proto";
-import type { Attach, BatchReadMemoryRequest, CommandResult, EventReply, SessionCommand, SessionRequest, SessionResponse } from "@kvmi/proto";
+import type { Attach, BatchReadMemoryRequest, CommandResult, Event, EventReply, SessionCommand, SessionRequest, SessionResponse } from "@kvmi/proto";
 import { BridgeError, QuotaExceededError } from "../mapping/bridge-error.js";
 import { commandMappingByMethod } from "../mapping/commands.js";
 import { eventReplyToWire, eventToProto, unhookNotice } from "../mapping/events.js";
@@ -82,6 +83,15 @@ class SessionStream {
   private heldUntilDrain: QuotaLease[] = [];
   /** True while requests are not read because responses are backed up. */
   private readingPaused = false;
+  /** The client asked for EventBatch messages (Attach.event_batches). */
+  private batchEvents = false;
+  /**
+   * Events received in this turn, written as one message on the next tick (or before any other
+   * response, so the order of the stream stays the order of the bridge).
+   * docs/decisions/0160-event-batches.md
+   */
+  private turnEvents: Event[] = [];
+  private readonly flushTurnEvents = (): void => this.writeTurnEvents();
 
   constructor(
     private readonly deps: RpcDeps,
@@ -113,6 +123,11 @@ class SessionStream {
       lease?.release();
       return false;
     }
+    if (this.turnEvents.length > 0) this.writeTurnEvents();
+    return this.send(message, lease);
+  }
+
+  private send(message: Parameters<typeof create<typeof SessionResponseSchema>>[1], lease?: QuotaLease): boolean {
     const flowing = this.call.write(create(SessionResponseSchema, message));
     if (flowing) {
       lease?.release();
@@ -127,6 +142,22 @@ class SessionStream {
       }
     }
     return this.call.writableLength <= MAX_BUFFERED_RESPONSES;
+  }
+
+  /**
+   * Queues an event for this turn's message: the first of a turn schedules the write. One event
+   * goes out as an Event, several as one EventBatch.
+   */
+  private queueEvent(event: Event): void {
+    if (this.turnEvents.push(event) === 1) process.nextTick(this.flushTurnEvents);
+  }
+
+  private writeTurnEvents(): void {
+    const events = this.turnEvents;
+    if (events.length === 0 || this.ended) return;
+    this.turnEvents = [];
+    if (events.length === 1) this.send({ message: { case: "event", value: events[0]! } });
+    else this.send({ message: { case: "events", value: create(EventBatchSchema, { events }) } });
   }
 
   private onDrain(): void {
@@ -169,11 +200,14 @@ class SessionStream {
           return this.command(message.value);
         case "eventReply":
           return this.eventReply(message.value);
+        case "eventReplies":
+          for (const reply of message.value.replies) this.eventReply(reply);
+          return;
         case "release":
           void this.finish("the client released the session", true, message.value.keepChanges);
           return;
         default:
-          throw new BridgeError("SESSION_STATE", "empty SessionRequest: set attach, command, event_reply or release");
+          throw new BridgeError("SESSION_STATE", "empty SessionRequest: set attach, command, event_reply, event_replies or release");
       }
     } catch (err) {
       this.fail(err);
@@ -207,7 +241,9 @@ class SessionStream {
             if (role === "observer" && this.call.writableLength > 2 * MAX_BUFFERED_RESPONSES) this.dropUnread();
             return false;
           }
-          this.write({ message: { case: "event", value: eventToProto(uuid, event, deadline, new Date(event.receivedAtMs)) } });
+          const value = eventToProto(uuid, event, deadline, new Date(event.receivedAtMs));
+          if (this.batchEvents) this.queueEvent(value);
+          else this.write({ message: { case: "event", value } });
           return true;
         },
         unhook: (deadline, cause) =>
@@ -219,6 +255,7 @@ class SessionStream {
     );
     this.host = host;
     this.session = session;
+    this.batchEvents = attach.eventBatches;
     this.deps.audit.record({ action: "attach", ...who(this.principal), vm: uuid, role, session: session.id });
     this.stopWatching = this.deps.registry.watch((change) => {
       if (change.vm.uuid !== uuid || change.type === "unhooked") return;
@@ -237,6 +274,7 @@ class SessionStream {
             ...(role === "controller" && session.eventDeadlineMs === undefined && { eventDeadline: durationFromMs(host.defaultEventDeadlineMs) }),
             maxInflightCommands: MAX_INFLIGHT_COMMANDS,
             attachTime: timestampFromDate(new Date()),
+            eventBatches: attach.eventBatches,
           }),
         }),
       },
