@@ -20,7 +20,7 @@ import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { create } from "@bufbuild/protobuf";
 import { v9Ids } from "@kvmi/kvm-bridge/wire";
-import { EventType, GetVcpuInfoRequestSchema, ReadPhysicalMemoryRequestSchema } from "@kvmi/proto";
+import { EventType, GetVcpuInfoRequestSchema, ReadPhysicalMemoryRequestSchema, Role } from "@kvmi/proto";
 import { WireTool } from "../support/wire-tool.js";
 import type { BridgeStarted } from "./bridge-child.js";
 import type { VmSpec } from "./lib/emulator-host.js";
@@ -82,6 +82,9 @@ const HELP = `npm run bench [-- options]
                        "process" (a process of their own). The memory test always uses a process.
   --phases LIST        the latency/throughput phases to run, comma-separated (default
                        commands,events,bulk,noisy,forwarder); for development, e.g. with perf attached
+  --event-batches on|off
+                       whether the measuring controller attaches with event_batches and answers
+                       a batch with one EventReplyBatch, as the SDK does (default on)
   --bridge-log LEVEL   the bridge's log level (trace..error; logs go to /dev/null), or "off" for
                        no logger at all (default info, the production default)
 `;
@@ -99,12 +102,17 @@ const { values: flags } = parseArgs({
     "bridge-log": { type: "string", default: "info" },
     only: { type: "string" },
     emulator: { type: "string", default: "in-bridge" },
+    "event-batches": { type: "string", default: "on" },
     phases: { type: "string", default: "commands,events,bulk,noisy,forwarder" },
     help: { type: "boolean", short: "h", default: false },
   },
 });
 if (flags.only !== undefined && flags.only !== "perf" && flags.only !== "memory" && flags.only !== "relay") {
   process.stderr.write(`--only takes perf, memory or relay\n${HELP}`);
+  process.exit(2);
+}
+if (flags["event-batches"] !== "on" && flags["event-batches"] !== "off") {
+  process.stderr.write(`--event-batches takes on or off\n${HELP}`);
   process.exit(2);
 }
 if (flags.emulator !== "in-bridge" && flags.emulator !== "process") {
@@ -232,7 +240,7 @@ async function main(): Promise<void> {
     const echo = new EchoClient(echoTarget);
     const echoStream = echo.bidi();
     closers.push(() => echoStream.end(), () => echo.close(), () => bridge.close());
-    const controller = new SessionClient(bridge, vm);
+    const controller = new SessionClient(bridge, vm, Role.CONTROLLER, undefined, flags["event-batches"] === "on");
     closers.unshift(() => controller.end());
     await controller.attached;
     for (let i = 0; i < PERF_VCPUS; i++) {
