@@ -19,6 +19,7 @@ import {
   decodeEvent,
   decodeReply,
   encodeCommand,
+  encodeCommands,
   encodeEventReply,
   isEventMessage,
   isEventReplyError,
@@ -232,11 +233,9 @@ export class KvmiChannel {
     try {
       if (this.closeError !== undefined) this.assertOpen(this.contextOf(spec, vcpu));
       const seqs = new Array<number>(count);
-      const messages = new Array<Uint8Array>(count);
-      for (let i = 0; i < count; i++) {
-        seqs[i] = this.pending.allocateSeq();
-        messages[i] = encodeCommand(this.dialect, spec, seqs[i]!, requests[i] as Record<string, unknown>, vcpu);
-      }
+      for (let i = 0; i < count; i++) seqs[i] = this.pending.allocateSeq();
+      // The whole burst encoded into one buffer: one write, no buffer per command.
+      const burst = encodeCommands(this.dialect, spec, seqs, requests as readonly Record<string, unknown>[], vcpu);
       const timeoutMs = options.timeoutMs ?? this.defaultTimeoutMs;
       const deadline = performance.now() + timeoutMs;
       const all = new Promise<void>((resolve) => {
@@ -246,7 +245,7 @@ export class KvmiChannel {
       const signal = options.signal;
       if (signal !== undefined) for (const seq of seqs) this.pending.watch(signal, seq);
       try {
-        await this.write(concat(messages), spec, vcpu).catch((err: unknown) => {
+        await this.write(burst, spec, vcpu).catch((err: unknown) => {
           for (const seq of seqs) this.pending.abandon(seq, err as Error);
         });
         await all;
@@ -403,20 +402,6 @@ export class KvmiChannel {
       this.socket.pause();
     }
   }
-}
-
-/** One buffer holding `parts` back to back (each still a whole message, kvmi-abi §3.1). */
-function concat(parts: readonly Uint8Array[]): Uint8Array {
-  if (parts.length === 1) return parts[0]!;
-  let size = 0;
-  for (const p of parts) size += p.length;
-  const out = new Uint8Array(size);
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
 }
 
 /** Wraps a hooked socket (after the handshake) in a channel speaking `options.dialect`. */
