@@ -9,12 +9,13 @@
  * @see ../../proto/kvmi/v1/session.proto
  */
 import { create } from "@bufbuild/protobuf";
+import type { MessageInitShape } from "@bufbuild/protobuf";
 import { durationFromMs, durationMs } from "@bufbuild/protobuf/wkt";
 import { status as GrpcStatus } from "@grpc/grpc-js";
 import type { ClientDuplexStream, StatusObject } from "@grpc/grpc-js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { RegsSchema, Role, SessionRequestSchema } from "@kvmi/proto";
-import type { Attached, Event, EventAction, EventFilterSchema, SessionRequest, SessionResponse, SetEventFilterResponse, Vm } from "@kvmi/proto";
+import type { Attached, Event, EventAction, EventFilterSchema, EventReplySchema, SessionRequest, SessionResponse, SetEventFilterResponse, Vm } from "@kvmi/proto";
 import type { Channel, CallOptions } from "./channel.js";
 import { CommandSurface } from "./commands.js";
 import type { CommandName, Transport, VmCommands, X86Regs } from "./commands.js";
@@ -169,6 +170,11 @@ class SessionStream implements Transport<CommandName> {
   private resolveDone!: (e: KvmiBridgeError | undefined) => void;
   private readonly signal: AbortSignal | undefined;
   private readonly onAbort = (): void => this.call.cancel();
+  /** The bridge accepts EventReplyBatch (SessionInfo.event_batches): replies of a turn go out together. */
+  private batchReplies = false;
+  /** Replies made in this turn, written on the next tick as one message (docs/decisions/0160-event-batches.md). */
+  private turnReplies: Array<{ readonly reply: MessageInitShape<typeof EventReplySchema>; readonly settle: (err?: Error | null) => void }> = [];
+  private readonly flushTurnReplies = (): void => this.writeTurnReplies();
 
   constructor(
     channel: Channel,
@@ -213,6 +219,9 @@ class SessionStream implements Transport<CommandName> {
           role: options.role === "controller" ? Role.CONTROLLER : Role.OBSERVER,
           ...(options.eventDeadlineMs !== undefined && { eventDeadline: durationFromMs(options.eventDeadlineMs) }),
           ...(options.eventFilter !== undefined && { eventFilter: filterInit(options.eventFilter) }),
+          // Events of several vCPUs that reach the bridge together come as one message; the
+          // iterator hands them out one by one, so callers never see the batching.
+          eventBatches: true,
         },
       },
     });
@@ -343,22 +352,32 @@ class SessionStream implements Transport<CommandName> {
         metadata: { vm: this.uuid, vcpu: String(event.vcpu) },
       });
     }
+    const reply: MessageInitShape<typeof EventReplySchema> = {
+      vcpu: event.vcpu,
+      seq: event.seq,
+      action,
+      ...(extras.newVal !== undefined && { newVal: extras.newVal }),
+      ...(extras.registers !== undefined && { registers: create(RegsSchema, extras.registers) }),
+    };
     return new Promise((resolve, reject) => {
-      this.write(
-        {
-          message: {
-            case: "eventReply",
-            value: {
-              vcpu: event.vcpu,
-              seq: event.seq,
-              action,
-              ...(extras.newVal !== undefined && { newVal: extras.newVal }),
-              ...(extras.registers !== undefined && { registers: create(RegsSchema, extras.registers) }),
-            },
-          },
-        },
-        (err) => (err ? reject(toSdkError(err)) : resolve()),
-      );
+      const settle = (err?: Error | null): void => (err ? reject(toSdkError(err)) : resolve());
+      if (!this.batchReplies) return this.write({ message: { case: "eventReply", value: reply } }, settle);
+      if (this.turnReplies.push({ reply, settle }) === 1) process.nextTick(this.flushTurnReplies);
+    });
+  }
+
+  /** Writes this turn's replies: one as an EventReply, several as one EventReplyBatch. */
+  private writeTurnReplies(): void {
+    const turn = this.turnReplies;
+    this.turnReplies = [];
+    if (turn.length === 0) return;
+    if (this.isClosed || this.call.writableEnded) {
+      for (const { settle } of turn) settle(this.unusableError());
+      return;
+    }
+    if (turn.length === 1) return this.write({ message: { case: "eventReply", value: turn[0]!.reply } }, turn[0]!.settle);
+    this.write({ message: { case: "eventReplies", value: { replies: turn.map((t) => t.reply) } } }, (err) => {
+      for (const { settle } of turn) settle(err);
     });
   }
 
@@ -369,6 +388,7 @@ class SessionStream implements Transport<CommandName> {
         const max = m.value.session?.maxInflightCommands ?? 0;
         if (max > 0) this.maxInflight = max;
         this.role = m.value.role === Role.OBSERVER ? "observer" : "controller";
+        this.batchReplies = m.value.session?.eventBatches === true;
         this.resolveAttached(m.value);
         return;
       }
@@ -385,11 +405,11 @@ class SessionStream implements Transport<CommandName> {
         } else entry.resolve(result.value);
         return;
       }
-      case "event": {
-        const event = toVcpuEvent(this.uuid, m.value, (e, action, extras) => this.reply(e, action, extras));
-        if (event !== undefined) this.items.push(event);
+      case "event":
+        return this.onEvent(m.value);
+      case "events":
+        for (const event of m.value.events) this.onEvent(event);
         return;
-      }
       case "unhook":
         return this.items.push(toUnhookNotice(this.uuid, m.value));
       case "vmChange":
@@ -407,6 +427,11 @@ class SessionStream implements Transport<CommandName> {
       default:
         return;
     }
+  }
+
+  private onEvent(message: Event): void {
+    const event = toVcpuEvent(this.uuid, message, (e, action, extras) => this.reply(e, action, extras));
+    if (event !== undefined) this.items.push(event);
   }
 
   private finish(error: KvmiBridgeError | undefined): void {
@@ -432,6 +457,8 @@ class SessionStream implements Transport<CommandName> {
 
   async release(options: ReleaseOptions = {}): Promise<void> {
     if (!this.isClosed && !this.ending) {
+      // Replies made in this turn go out before the release (the bridge would answer them CONTINUE).
+      this.writeTurnReplies();
       this.ending = true;
       this.released = true;
       this.write({ message: { case: "release", value: { keepChanges: options.keepChanges ?? false } } });

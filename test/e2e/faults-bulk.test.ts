@@ -5,7 +5,7 @@
  * the KVMI socket, and a device manager that drops mid-dump ends the stream with UNAVAILABLE at once
  * instead of leaving the client waiting.
  */
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { Metadata } from "@grpc/grpc-js";
 import type { ClientReadableStream, ServiceError } from "@grpc/grpc-js";
 import { create } from "@bufbuild/protobuf";
@@ -51,6 +51,52 @@ describe("faults mid-dump", () => {
     const { responses, status } = await h.client.dumpMemory({ vm: h.vmName(0), startGpa: 1n << 20n, length: 1n << 20n, chunkSize: 65536 });
     expect(status.code).toBe(GrpcStatus.OK);
     expect(responses.reduce((n, r) => n + r.data.length, 0)).toBe(1 << 20);
+  });
+
+  it("a client that stops reading stops the dump's page reads: the bridge holds a bounded amount, then finishes", async () => {
+    const target = host();
+    let pagesRequested = 0;
+    const original = target.commandBatch.bind(target);
+    const spy = vi.spyOn(target, "commandBatch").mockImplementation((name, requests, vcpu, caller) => {
+      pagesRequested += requests.length;
+      return original(name, requests, vcpu, caller);
+    });
+    try {
+      const stream = startDump();
+      let received = 0;
+      const ended = new Promise<ServiceError | undefined>((resolve) => {
+        stream.on("error", (err: ServiceError) => resolve(err));
+        stream.on("end", () => resolve(undefined));
+      });
+      stream.on("data", (response: DumpMemoryResponse) => {
+        received += response.data.length;
+        if (received === 1 << 20) stream.pause();
+      });
+      await waitUntil(() => received >= 1 << 20, "the first MiB to arrive");
+      // The reads stop while nobody reads: the count stays the same over 300 ms.
+      let seen = -1;
+      await waitUntil(
+        async () => {
+          const now = pagesRequested;
+          await new Promise((resolve) => setTimeout(resolve, 300));
+          const stable = now === pagesRequested && now === seen;
+          seen = now;
+          return stable;
+        },
+        "the page reads to stop while the client does not read",
+        { timeoutMs: 10_000 },
+      );
+      // What is read but not taken by the client: the bursts read ahead, the chunk, what grpc-js and
+      // HTTP/2 buffer on both sides. A bound far below the dump's 48 MiB.
+      const heldBytes = pagesRequested * 4096 - received;
+      expect(heldBytes).toBeLessThan(8 << 20);
+      stream.resume();
+      expect(await withTimeout(ended, 20_000, "the resumed dump to end")).toBeUndefined();
+      expect(received).toBe(48 << 20);
+      expect(pagesRequested).toBe((48 << 20) / 4096);
+    } finally {
+      spy.mockRestore();
+    }
   });
 
   it("a device manager that drops mid-dump ends the stream with UNAVAILABLE at once", async () => {

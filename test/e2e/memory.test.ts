@@ -121,6 +121,34 @@ describe("BatchReadMemory, physical", () => {
   });
 });
 
+describe("BatchReadMemory across bursts", () => {
+  it("reads an unaligned range of several page bursts across the low hole byte for byte, the hole zero-filled", async () => {
+    // 2 MiB + 3 bytes from an unaligned start: over 500 pieces (several bursts read ahead), the
+    // low hole (97 pages) in the middle of a burst, a partial first and last page.
+    const start = 0x40800n;
+    const length = 0x200003;
+    const { results } = await h.client.unary("batchReadMemory", { vm: h.vmName(MAIN), ranges: [{ address: start, length: BigInt(length), space: PHYSICAL }] });
+    expect(holesOf(results[0]!.holes)).toEqual([hole(LOW_HOLE.start, LOW_HOLE.end - LOW_HOLE.start, HoleReason.NOT_PRESENT)]);
+    const data = dataOf(results[0]!);
+    expect(data.length).toBe(length);
+    const beforeHole = Number(LOW_HOLE.start - start);
+    const afterHole = Number(LOW_HOLE.end - start);
+    expect(data.subarray(0, beforeHole).equals(physical(guest(), start, beforeHole))).toBe(true);
+    expect(data.subarray(beforeHole, afterHole).every((b) => b === 0)).toBe(true);
+    expect(data.subarray(afterHole).equals(physical(guest(), LOW_HOLE.end, length - afterHole))).toBe(true);
+  });
+
+  it("answers many small ranges in request order, each byte for byte", async () => {
+    const ranges = Array.from({ length: 40 }, (_, i) => ({ address: 0x10000n + BigInt(i * 0x3f1), length: BigInt(1 + ((i * 977) % 0x1800)), space: PHYSICAL }));
+    const { results } = await h.client.unary("batchReadMemory", { vm: h.vmName(MAIN), ranges });
+    expect(results).toHaveLength(ranges.length);
+    results.forEach((result, i) => {
+      const range = ranges[i]!;
+      expect(dataOf(result).equals(physical(guest(), range.address, Number(range.length))), `range ${i}`).toBe(true);
+    });
+  });
+});
+
 describe("BatchReadMemory, virtual", () => {
   const length = 0x4000n - 0x800n - 0x100n;
   /** What the window reads as: page 0 from its second half, page 1 unmapped, page 2, page 3 beyond RAM. */
@@ -224,6 +252,18 @@ describe("DumpMemory", () => {
     const holes = checkDump(guest(), responses, 0x9c000n, 0x8000n, 4096);
     expect(holesOf(holes)).toEqual([hole(0x9f000n, 0x5000n, HoleReason.NOT_PRESENT)]);
     expect(responses.filter((r) => r.data.length > 0).map((r) => r.gpa)).toEqual([0x9c000n, 0x9d000n, 0x9e000n]);
+  });
+
+  it("streams several read-ahead bursts in odd-sized chunks across the low hole byte for byte", async () => {
+    // 3 MiB from 0x40000 in 12 KiB chunks: twelve bursts of 64 pages, chunks that end mid-burst,
+    // the hole in the middle of a burst.
+    const start = 0x40000n;
+    const total = 0x300000n;
+    const { responses, status } = await h.client.dumpMemory({ vm: h.vmName(MAIN), startGpa: start, length: total, chunkSize: 12288 });
+    expect(status.code).toBe(GrpcStatus.OK);
+    const holes = checkDump(guest(), responses, start, total, 12288);
+    expect(holesOf(holes)).toEqual([hole(LOW_HOLE.start, LOW_HOLE.end - LOW_HOLE.start, HoleReason.NOT_PRESENT)]);
+    expect(responses.filter((r) => r.data.length === 12288).length).toBeGreaterThan(200);
   });
 
   it("dumps the whole memory of a small VM byte for byte, reporting exactly the low hole", async () => {

@@ -29,6 +29,7 @@ want qemu-system-x86_64 qemu-system-x86
 want protoc protobuf-compiler
 want grpc_python_plugin protobuf-compiler-grpc
 want /usr/lib/python3/dist-packages/grpc python3-grpcio
+want socat socat
 
 if ((${#need_apt[@]})); then
   if [[ $(id -u) -ne 0 ]]; then

@@ -331,6 +331,8 @@ export type SessionCommandRequest = NonNullable<MessageInitShape<typeof SessionC
 export interface AttachOptions {
   readonly eventDeadlineMs?: number;
   readonly eventFilter?: MessageInitShape<typeof EventFilterSchema>;
+  /** Attach.event_batches: events of a turn may come as one EventBatch. */
+  readonly eventBatches?: boolean;
 }
 
 export class SessionClient {
@@ -359,7 +361,16 @@ export class SessionClient {
       options.eventDeadlineMs === undefined
         ? undefined
         : { seconds: BigInt(Math.floor(options.eventDeadlineMs / 1000)), nanos: (options.eventDeadlineMs % 1000) * 1e6 };
-    this.send({ case: "attach", value: { vm, role, ...(eventDeadline && { eventDeadline }), ...(options.eventFilter && { eventFilter: options.eventFilter }) } });
+    this.send({
+      case: "attach",
+      value: {
+        vm,
+        role,
+        ...(eventDeadline && { eventDeadline }),
+        ...(options.eventFilter && { eventFilter: options.eventFilter }),
+        ...(options.eventBatches && { eventBatches: true }),
+      },
+    });
     try {
       this.attached = await this.next("attached");
     } catch (err) {

@@ -19,6 +19,7 @@ import {
   decodeEvent,
   decodeReply,
   encodeCommand,
+  encodeCommands,
   encodeEventReply,
   isEventMessage,
   isEventReplyError,
@@ -260,11 +261,9 @@ export class KvmiChannel {
     try {
       if (this.closeError !== undefined) this.assertOpen(this.contextOf(spec, vcpu));
       const seqs = new Array<number>(count);
-      const messages = new Array<Uint8Array>(count);
-      for (let i = 0; i < count; i++) {
-        seqs[i] = this.pending.allocateSeq();
-        messages[i] = encodeCommand(this.dialect, spec, seqs[i]!, requests[i] as Record<string, unknown>, vcpu);
-      }
+      for (let i = 0; i < count; i++) seqs[i] = this.pending.allocateSeq();
+      // The whole burst encoded into one buffer: one write, no buffer per command.
+      const burst = encodeCommands(this.dialect, spec, seqs, requests as readonly Record<string, unknown>[], vcpu);
       const all = new Promise<void>((resolve) => {
         const batch = new BatchResults(results, resolve);
         for (let i = 0; i < count; i++) this.pending.add(seqs[i]!, new BatchedCommand(spec, vcpu, deadline, timeoutMs, batch, i));
@@ -273,7 +272,7 @@ export class KvmiChannel {
       if (signal !== undefined) for (const seq of seqs) this.pending.watch(signal, seq);
       try {
         await this.waitForTurn(spec, vcpu).then(
-          () => this.send(concat(this.stillWaited(seqs, messages))),
+          () => this.send(this.stillWaited(spec, vcpu, seqs, requests as readonly Record<string, unknown>[], burst)),
           (err: unknown) => {
             for (const seq of seqs) this.pending.abandon(seq, err as Error);
           },
@@ -343,16 +342,27 @@ export class KvmiChannel {
   }
 
   /**
-   * The messages of `seqs` whose callers still wait; the others were given up before being written
-   * and are forgotten (no reply will come for them).
+   * The burst of `seqs` reduced to the commands whose callers still wait; the others were given up
+   * before being written and are forgotten (no reply will come for them). Usually all still wait
+   * and the burst is written as encoded.
    */
-  private stillWaited(seqs: readonly number[], messages: readonly Uint8Array[]): Uint8Array[] {
-    const kept: Uint8Array[] = [];
+  private stillWaited(
+    spec: CommandSpec,
+    vcpu: number | undefined,
+    seqs: readonly number[],
+    requests: readonly Record<string, unknown>[],
+    burst: Uint8Array,
+  ): Uint8Array {
+    const keptSeqs: number[] = [];
+    const keptRequests: Record<string, unknown>[] = [];
     for (let i = 0; i < seqs.length; i++) {
-      if (this.pending.isWaited(seqs[i]!)) kept.push(messages[i]!);
-      else this.pending.forgetUnsent(seqs[i]!);
+      if (this.pending.isWaited(seqs[i]!)) {
+        keptSeqs.push(seqs[i]!);
+        keptRequests.push(requests[i]!);
+      } else this.pending.forgetUnsent(seqs[i]!);
     }
-    return kept;
+    if (keptSeqs.length === seqs.length) return burst;
+    return encodeCommands(this.dialect, spec, keptSeqs, keptRequests, vcpu);
   }
 
   /** Writes one message, after the writes that wait for `drain` before it. */
@@ -463,20 +473,6 @@ export class KvmiChannel {
       this.socket.pause();
     }
   }
-}
-
-/** One buffer holding `parts` back to back (each still a whole message, kvmi-abi §3.1). */
-function concat(parts: readonly Uint8Array[]): Uint8Array {
-  if (parts.length === 1) return parts[0]!;
-  let size = 0;
-  for (const p of parts) size += p.length;
-  const out = new Uint8Array(size);
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
 }
 
 /** Wraps a hooked socket (after the handshake) in a channel speaking `options.dialect`. */

@@ -75,6 +75,7 @@ export {
   decodeEventReplyData,
   decodeReply,
   encodeCommand,
+  encodeCommands,
   encodeEvent,
   encodeEventReply,
   encodeReply,

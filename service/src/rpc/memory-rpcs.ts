@@ -8,24 +8,16 @@ import { create } from "@bufbuild/protobuf";
 import type { ServerUnaryCall, ServerWritableStream } from "@grpc/grpc-js";
 import { KvmiArgumentError, KvmiRemoteError } from "@kvmi/kvm-bridge";
 import { commandByOp, errno } from "@kvmi/kvm-bridge/wire";
-import {
-  AddressSpace,
-  BatchReadMemoryResponseSchema,
-  DumpMemoryResponseSchema,
-  DumpProgressSchema,
-  HoleReason,
-  MemoryHoleSchema,
-  MemoryRangeResultSchema,
-} from "@kvmi/proto";
+import { AddressSpace, BatchReadMemoryResponseSchema, HoleReason, MemoryHoleSchema, MemoryRangeResultSchema } from "@kvmi/proto";
 import type {
   BatchReadMemoryRequest,
   BatchReadMemoryResponse,
   DumpMemoryRequest,
   DumpMemoryResponse,
-  MemoryHole,
   MemoryRange,
-  MemoryRangeResult,
 } from "@kvmi/proto";
+import { encodeBatchReadResponse, encodeDumpChunk } from "./bulk-encoding.js";
+import type { HoleFields, RangeOutcome } from "./bulk-encoding.js";
 import { checkVcpuIndex } from "../mapping/bridge-error.js";
 import { parseVmName } from "../mapping/resource-names.js";
 import { statusToProto } from "../mapping/status.js";
@@ -49,6 +41,13 @@ const MAX_CHUNK = 2 * 1024 * 1024;
  * few enough that a large batch does not queue thousands of commands at once.
  */
 const PAGE_WINDOW = 64;
+/**
+ * Bursts of {@link PAGE_WINDOW} pages a dump or a batch keeps in flight: while gRPC sends one chunk
+ * the next bursts are already on the KVMI socket, so it never idles (measured in
+ * docs/performance.md; 3 × 64 pages stay below the channel's 256 in-flight slots, leaving room for
+ * the controller's own commands). A dump holds at most this many bursts beside its chunk.
+ */
+const READ_AHEAD_BURSTS = 3;
 const UNMAPPED = (1n << 64n) - 1n;
 /** A dump that finds only holes still reports progress at least every this many windows (16 MiB). */
 const PROGRESS_EVERY_WINDOWS = 64;
@@ -110,13 +109,13 @@ async function readPhysicalPieces(host: VmHost, reads: ReadonlyArray<{ gpa: bigi
   });
 }
 
-function hole(address: bigint, length: number, reason: HoleReason): MemoryHole {
-  return create(MemoryHoleSchema, { address, length: BigInt(length), reason });
+function hole(address: bigint, length: number, reason: HoleReason): HoleFields {
+  return { address, length: BigInt(length), reason };
 }
 
 /** Coalesces adjacent holes of the same reason. */
-function coalesce(holes: MemoryHole[]): MemoryHole[] {
-  const out: MemoryHole[] = [];
+function coalesce(holes: HoleFields[]): HoleFields[] {
+  const out: HoleFields[] = [];
   for (const h of holes.sort((a, b) => (a.address < b.address ? -1 : 1))) {
     const last = out.at(-1);
     if (last !== undefined && last.reason === h.reason && last.address + last.length === h.address) last.length += h.length;
@@ -124,6 +123,9 @@ function coalesce(holes: MemoryHole[]): MemoryHole[] {
   }
   return out;
 }
+
+/** Zeros standing in for an unreadable piece (at most a page) in a range's data. */
+const ZERO_PAGE = new Uint8Array(Number(PAGE));
 
 /** Runs async work with at most `limit` tasks at once, in submission order. */
 function createLimiter(limit: number): <T>(task: () => Promise<T>) => Promise<T> {
@@ -145,18 +147,21 @@ type Limiter = ReturnType<typeof createLimiter>;
 
 /**
  * What one batch may have in flight: virtual pieces one by one ({@link PAGE_WINDOW} at once, each
- * translated first), physical ones in bursts of {@link PAGE_WINDOW}, two bursts at once so that the
- * socket is not idle while a burst's last replies come back.
+ * translated first), physical ones in bursts of {@link PAGE_WINDOW}, {@link READ_AHEAD_BURSTS} bursts
+ * at once so that the socket is not idle while a burst's last replies come back.
  */
 interface BatchLimits {
   readonly pieces: Limiter;
   readonly windows: Limiter;
 }
 
-async function readRange(host: VmHost, range: MemoryRange, index: number, caller: CommandCaller, limits: BatchLimits): Promise<MemoryRangeResult> {
+/**
+ * Reads one range. Its data is the pieces' reply buffers as they came (views, not copies), zeros
+ * for unreadable pieces; the response encoder writes them out (bulk-encoding.ts).
+ */
+async function readRange(host: VmHost, range: MemoryRange, index: number, caller: CommandCaller, limits: BatchLimits): Promise<RangeOutcome> {
   const length = Number(range.length);
-  const data = new Uint8Array(length);
-  const holes: MemoryHole[] = [];
+  const holes: HoleFields[] = [];
   const virtual = range.space === AddressSpace.VIRTUAL;
   const translation = range.translation;
   if (virtual && translation.case === "vcpu") checkVcpuIndex(host.uuid, translation.value, host.record.vcpuCount, `ranges[${index}].vcpu`);
@@ -168,36 +173,40 @@ async function readRange(host: VmHost, range: MemoryRange, index: number, caller
     return walkPageTables((gpa, size) => readPhysical(host, gpa, size, caller), translation.value as bigint, gva);
   };
   const all = pieces(range.address, length);
+  const data = new Array<Uint8Array>(all.length);
   if (!virtual) {
     // Physical pieces need no translation: windows of them go out as one burst each.
-    const windows: Piece[][] = [];
-    for (let i = 0; i < all.length; i += PAGE_WINDOW) windows.push(all.slice(i, i + PAGE_WINDOW));
-    await Promise.all(
-      windows.map((window) =>
+    const bursts: Array<Promise<void>> = [];
+    for (let first = 0; first < all.length; first += PAGE_WINDOW) {
+      const window = all.slice(first, first + PAGE_WINDOW);
+      bursts.push(
         limits.windows(async () => {
           const reads = await readPhysicalPieces(host, window.map((piece) => ({ gpa: piece.address, size: piece.length })), caller);
-          reads.forEach((bytes, i) => {
+          for (let i = 0; i < reads.length; i++) {
             const piece = window[i]!;
+            const bytes = reads[i];
             if (bytes === undefined) holes.push(hole(piece.address, piece.length, HoleReason.NOT_PRESENT));
-            else data.set(bytes, piece.offset);
-          });
+            data[first + i] = bytes ?? ZERO_PAGE.subarray(0, piece.length);
+          }
         }),
-      ),
-    );
+      );
+    }
+    await Promise.all(bursts);
   } else {
     await Promise.all(
-      all.map((piece) =>
+      all.map((piece, i) =>
         limits.pieces(async () => {
+          data[i] = ZERO_PAGE.subarray(0, piece.length);
           const gpa = await translate(piece.address);
           if (gpa === undefined) return void holes.push(hole(piece.address, piece.length, HoleReason.NOT_MAPPED));
           const bytes = await readPhysical(host, gpa, piece.length, caller);
           if (bytes === undefined) return void holes.push(hole(piece.address, piece.length, HoleReason.NOT_PRESENT));
-          data.set(bytes, piece.offset);
+          data[i] = bytes;
         }),
       ),
     );
   }
-  return create(MemoryRangeResultSchema, { result: { case: "data", value: data }, holes: coalesce(holes) });
+  return { data, dataBytes: length, holes: coalesce(holes) };
 }
 
 function checkRanges(request: BatchReadMemoryRequest): void {
@@ -232,21 +241,39 @@ function vmContext(name: string): { vm?: string } {
   }
 }
 
-/** Runs a batch read; shared by the unary RPC and the session stream. */
-export async function batchRead(deps: RpcDeps, request: BatchReadMemoryRequest, caller: CommandCaller): Promise<BatchReadMemoryResponse> {
+/**
+ * Runs a batch read; shared by the unary RPC (which encodes the outcomes straight into the response
+ * bytes) and the session stream (which needs a message: {@link batchReadResponse}).
+ */
+export async function batchRead(deps: RpcDeps, request: BatchReadMemoryRequest, caller: CommandCaller): Promise<RangeOutcome[]> {
   checkRanges(request);
   const host = deps.hosts.require(parseVmName(request.vm, "vm"));
-  const limits: BatchLimits = { pieces: createLimiter(PAGE_WINDOW), windows: createLimiter(2) };
-  const results = await Promise.all(
+  const limits: BatchLimits = { pieces: createLimiter(PAGE_WINDOW), windows: createLimiter(READ_AHEAD_BURSTS) };
+  return Promise.all(
     request.ranges.map((range, i) =>
-      readRange(host, range, i, caller, limits).catch((err: unknown) => {
+      readRange(host, range, i, caller, limits).catch((err: unknown): RangeOutcome => {
         // A transport failure fails the call; anything else fails only its range.
         if (!host.channel.isOpen) throw err;
-        return create(MemoryRangeResultSchema, { result: { case: "error", value: statusToProto(err, { vm: host.uuid }) } });
+        return { error: statusToProto(err, { vm: host.uuid }) };
       }),
     ),
   );
-  return create(BatchReadMemoryResponseSchema, { results });
+}
+
+/** The BatchReadMemoryResponse message of a batch read's outcomes (the session stream's result). */
+export function batchReadResponse(outcomes: readonly RangeOutcome[]): BatchReadMemoryResponse {
+  return create(BatchReadMemoryResponseSchema, {
+    results: outcomes.map((outcome) => {
+      if ("error" in outcome) return create(MemoryRangeResultSchema, { result: { case: "error", value: outcome.error } });
+      const data = new Uint8Array(outcome.dataBytes);
+      let at = 0;
+      for (const piece of outcome.data) {
+        data.set(piece, at);
+        at += piece.length;
+      }
+      return create(MemoryRangeResultSchema, { result: { case: "data", value: data }, holes: outcome.holes.map((h) => create(MemoryHoleSchema, h)) });
+    }),
+  });
 }
 
 /** The unary BatchReadMemory handler. */
@@ -260,7 +287,9 @@ export function batchReadHandler(deps: RpcDeps) {
       for (const range of call.request.ranges) bytes += Number(range.length);
       const lease = quotasOf(deps).acquire("bulkBytes", ownerOf(principalOf(call)), Math.min(bytes, MAX_BATCH_BYTES));
       try {
-        return await batchRead(deps, call.request, { timeoutMs: callTimeoutMs(call, deps.requestTimeoutMs), signal: abortSignalOf(call) });
+        const outcomes = await batchRead(deps, call.request, { timeoutMs: callTimeoutMs(call, deps.requestTimeoutMs), signal: abortSignalOf(call) });
+        // The service definition's serializer writes pre-encoded messages as they are.
+        return encodeBatchReadResponse(outcomes) as unknown as BatchReadMemoryResponse;
       } finally {
         lease.release();
       }
@@ -270,19 +299,19 @@ export function batchReadHandler(deps: RpcDeps) {
 }
 
 /**
- * DumpMemory: reads pages in bursts of {@link PAGE_WINDOW} (the next burst in flight while one is
- * sent), emits contiguous readable runs as chunks, reports holes and progress, and waits for the
- * client to drain before reading on, so a slow client never makes the bridge buffer more than two
- * windows beside the chunk.
+ * DumpMemory: reads pages in bursts of {@link PAGE_WINDOW} ({@link READ_AHEAD_BURSTS} in flight while a
+ * chunk is sent), emits contiguous readable runs as chunks encoded around the reply buffers,
+ * reports holes and progress, and waits for the client to drain before reading on, so a slow client
+ * never makes the bridge buffer more than the bursts read ahead beside the chunk.
  */
 export function dumpMemoryHandler(deps: RpcDeps) {
   return (call: ServerWritableStream<DumpMemoryRequest, DumpMemoryResponse>): void => {
     const signal = abortSignalOf(call);
     let lease: QuotaLease;
     try {
-      // What a dump holds at most: two windows of pages and the chunk being filled.
+      // What a dump holds at most: the bursts read ahead and the chunk being filled.
       const chunkSize = Math.min(call.request.chunkSize === 0 ? DEFAULT_CHUNK : call.request.chunkSize, MAX_CHUNK);
-      lease = quotasOf(deps).acquire("bulkBytes", ownerOf(principalOf(call)), chunkSize + 2 * PAGE_WINDOW * Number(PAGE));
+      lease = quotasOf(deps).acquire("bulkBytes", ownerOf(principalOf(call)), chunkSize + READ_AHEAD_BURSTS * PAGE_WINDOW * Number(PAGE));
     } catch (err) {
       failStream(call, failure(deps, "dumpMemory", err, vmContext(call.request.vm)));
       return;
@@ -330,10 +359,11 @@ async function dump(deps: RpcDeps, call: ServerWritableStream<DumpMemoryRequest,
   const caller = { timeoutMs: deps.requestTimeoutMs, signal };
   const end = request.length === 0n ? await memoryEnd(deps, uuid, () => host.command("KVMI_VM_GET_MAX_GFN", {}, undefined, caller)) : request.startGpa + request.length;
   const total = end > request.startGpa ? end - request.startGpa : 0n;
-  let chunk = new Uint8Array(chunkSize);
+  /** The chunk being filled: the page views in address order, not yet copied anywhere. */
+  let pages: Uint8Array[] = [];
   let chunkStart = request.startGpa;
   let chunkBytes = 0;
-  let holes: MemoryHole[] = [];
+  let holes: HoleFields[] = [];
   let done = 0n;
   const maxHoleBytes = BigInt(deps.dumpMaxHoleBytes ?? DEFAULT_DUMP_MAX_HOLE_BYTES);
   /** Unbacked bytes since the last readable page. */
@@ -348,15 +378,17 @@ async function dump(deps: RpcDeps, call: ServerWritableStream<DumpMemoryRequest,
   const flush = async (): Promise<void> => {
     if (chunkBytes === 0 && holes.length === 0) return;
     windowsSinceFlush = 0;
-    const ok = call.write(
-      create(DumpMemoryResponseSchema, {
-        gpa: chunkBytes === 0 ? holes[0]!.address : chunkStart,
-        data: chunk.subarray(0, chunkBytes),
-        progress: create(DumpProgressSchema, { bytesDone: done, bytesTotal: total }),
-        holes: coalesce(holes),
-      }),
-    );
-    chunk = new Uint8Array(chunkSize);
+    const message = encodeDumpChunk({
+      gpa: chunkBytes === 0 ? holes[0]!.address : chunkStart,
+      data: pages,
+      dataBytes: chunkBytes,
+      bytesDone: done,
+      bytesTotal: total,
+      holes: coalesce(holes),
+    });
+    // The service definition's serializer writes pre-encoded messages as they are.
+    const ok = call.write(message as unknown as DumpMemoryResponse);
+    pages = [];
     chunkBytes = 0;
     holes = [];
     if (!ok) await new Promise<void>((resolve) => call.once("drain", resolve));
@@ -368,14 +400,23 @@ async function dump(deps: RpcDeps, call: ServerWritableStream<DumpMemoryRequest,
     for (let gpa = start; gpa < end && reads.length < PAGE_WINDOW; gpa += PAGE) reads.push({ gpa, size: Number(PAGE) });
     return readPhysicalPieces(host, reads, caller);
   };
-  // The next window is read while this one is sent, so the socket never idles between windows.
-  let ahead = request.startGpa < end ? readWindow(request.startGpa) : undefined;
+  // The next windows are read while this one is sent, so the socket never idles between windows.
+  const ahead: Array<Promise<Array<Uint8Array | undefined>>> = [];
+  let nextRead = request.startGpa;
+  const readAhead = (): void => {
+    while (ahead.length < READ_AHEAD_BURSTS && nextRead < end) {
+      const burst = readWindow(nextRead);
+      // Awaited in turn; a failure then fails the call, an abandoned call drops it.
+      burst.catch(() => undefined);
+      ahead.push(burst);
+      nextRead += step;
+    }
+  };
+  readAhead();
   for (let window = request.startGpa; window < end; window += step) {
     signal.throwIfAborted();
-    const reads = await ahead!;
-    ahead = window + step < end ? readWindow(window + step) : undefined;
-    // Awaited on the next turn; a failure then fails the call, an abandoned call drops it.
-    ahead?.catch(() => undefined);
+    const reads = await ahead.shift()!;
+    readAhead();
     for (let i = 0; i < reads.length; i++) {
       const gpa = window + BigInt(i) * PAGE;
       const bytes = reads[i];
@@ -389,7 +430,7 @@ async function dump(deps: RpcDeps, call: ServerWritableStream<DumpMemoryRequest,
       // A chunk holds contiguous bytes only: a hole or a full chunk starts a new one.
       if (chunkBytes > 0 && (chunkStart + BigInt(chunkBytes) !== gpa || chunkBytes === chunkSize)) await flush();
       if (chunkBytes === 0) chunkStart = gpa;
-      chunk.set(bytes, chunkBytes);
+      pages.push(bytes);
       chunkBytes += bytes.length;
     }
     if (chunkBytes === chunkSize) await flush();

@@ -20,6 +20,7 @@ import type {
   handleUnaryCall,
   MethodDefinition,
 } from "@grpc/grpc-js";
+import { PreEncodedMessage } from "./bulk-encoding.js";
 
 /** One method of a `GenService`: its kind and request/response schemas. */
 type MethodShape = GenServiceMethods[string];
@@ -67,7 +68,8 @@ export type ServiceImplementationFor<Service extends { readonly method: GenServi
  * - `path` is `/<package>.<Service>/<Method>`, e.g. `/kvmi.v1.IntrospectionService/GetVm`.
  * - `requestStream`/`responseStream` follow the method's `methodKind`.
  * - Serialization is protobuf binary (`toBinary`/`fromBinary`) with the
- *   method's own input/output schemas; u64 fields stay `bigint`.
+ *   method's own input/output schemas; u64 fields stay `bigint`. A
+ *   {@link PreEncodedMessage} (the bulk memory responses) is written as it is.
  *
  * Deserializers throw on malformed bytes; grpc-js turns that into an error
  * status for the call, never a crash.
@@ -99,6 +101,8 @@ export function createServiceDefinition<S extends GenServiceMethods>(
 
 function serializer(schema: DescMessage): (value: unknown) => Buffer {
   return (value) => {
+    // Bulk responses the bridge encoded around the KVMI reply buffers (bulk-encoding.ts).
+    if (value instanceof PreEncodedMessage) return value.toBuffer();
     const bytes = toBinary(schema, value as MessageShape<DescMessage>);
     // Wrap, don't copy: grpc-js only reads the buffer.
     return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);

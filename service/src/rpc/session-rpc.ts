@@ -12,6 +12,7 @@ import { KvmiArgumentError } from "@kvmi/kvm-bridge";
 import {
   AttachedSchema,
   CommandResultSchema,
+  EventBatchSchema,
   ReplyRejectedSchema,
   Role,
   SessionInfoSchema,
@@ -22,6 +23,7 @@ import type {
   Attach,
   BatchReadMemoryRequest,
   CommandResult,
+  Event,
   EventReply,
   SessionCommand,
   SessionRequest,
@@ -47,7 +49,7 @@ import { dropUnreadStream, failStream, failure, quotasOf } from "./call-context.
 import type { QuotaLease } from "./quotas.js";
 import { commandErrorContext, runCommand } from "./command-rpcs.js";
 import type { CommandCaller } from "./command-rpcs.js";
-import { batchRead } from "./memory-rpcs.js";
+import { batchRead, batchReadResponse } from "./memory-rpcs.js";
 import { recordOf, vmChangeOf } from "./registry-rpcs.js";
 
 /** Commands one session may have in flight. */
@@ -95,6 +97,15 @@ class SessionStream {
   private readingPaused = false;
   /** Sends the controller's filter summaries (EventFilter.summary_interval). */
   private summaryTimer: NodeJS.Timeout | undefined;
+  /** The client asked for EventBatch messages (Attach.event_batches). */
+  private batchEvents = false;
+  /**
+   * Events received in this turn, written as one message on the next tick (or before any other
+   * response, so the order of the stream stays the order of the bridge).
+   * docs/decisions/0160-event-batches.md
+   */
+  private turnEvents: Event[] = [];
+  private readonly flushTurnEvents = (): void => this.writeTurnEvents();
 
   constructor(
     private readonly deps: RpcDeps,
@@ -126,6 +137,11 @@ class SessionStream {
       lease?.release();
       return false;
     }
+    if (this.turnEvents.length > 0) this.writeTurnEvents();
+    return this.send(message, lease);
+  }
+
+  private send(message: Parameters<typeof create<typeof SessionResponseSchema>>[1], lease?: QuotaLease): boolean {
     const flowing = this.call.write(create(SessionResponseSchema, message));
     if (flowing) {
       lease?.release();
@@ -140,6 +156,22 @@ class SessionStream {
       }
     }
     return this.call.writableLength <= MAX_BUFFERED_RESPONSES;
+  }
+
+  /**
+   * Queues an event for this turn's message: the first of a turn schedules the write. One event
+   * goes out as an Event, several as one EventBatch.
+   */
+  private queueEvent(event: Event): void {
+    if (this.turnEvents.push(event) === 1) process.nextTick(this.flushTurnEvents);
+  }
+
+  private writeTurnEvents(): void {
+    const events = this.turnEvents;
+    if (events.length === 0 || this.ended) return;
+    this.turnEvents = [];
+    if (events.length === 1) this.send({ message: { case: "event", value: events[0]! } });
+    else this.send({ message: { case: "events", value: create(EventBatchSchema, { events }) } });
   }
 
   private onDrain(): void {
@@ -182,11 +214,14 @@ class SessionStream {
           return this.command(message.value);
         case "eventReply":
           return this.eventReply(message.value);
+        case "eventReplies":
+          for (const reply of message.value.replies) this.eventReply(reply);
+          return;
         case "release":
           void this.finish("the client released the session", true, message.value.keepChanges);
           return;
         default:
-          throw new BridgeError("SESSION_STATE", "empty SessionRequest: set attach, command, event_reply or release");
+          throw new BridgeError("SESSION_STATE", "empty SessionRequest: set attach, command, event_reply, event_replies or release");
       }
     } catch (err) {
       this.fail(err);
@@ -225,9 +260,10 @@ class SessionStream {
             if (role === "observer" && this.call.writableLength > 2 * MAX_BUFFERED_RESPONSES) this.dropUnread();
             return false;
           }
-          const message = eventToProto(uuid, event, deadline, new Date(event.receivedAtMs));
-          if (notice !== undefined) message.notification = ruleNoticeToProto(notice);
-          this.write({ message: { case: "event", value: message } });
+          const value = eventToProto(uuid, event, deadline, new Date(event.receivedAtMs));
+          if (notice !== undefined) value.notification = ruleNoticeToProto(notice);
+          if (this.batchEvents) this.queueEvent(value);
+          else this.write({ message: { case: "event", value } });
           return true;
         },
         // Checked per event like a client's reply is per reply: a policy reload applies at once.
@@ -241,6 +277,7 @@ class SessionStream {
     );
     this.host = host;
     this.session = session;
+    this.batchEvents = attach.eventBatches;
     if (filter !== undefined) this.applyFilter(filter);
     this.deps.audit.record({ action: "attach", ...who(this.principal), vm: uuid, role, session: session.id });
     this.stopWatching = this.deps.registry.watch((change) => {
@@ -260,6 +297,7 @@ class SessionStream {
             ...(role === "controller" && session.eventDeadlineMs === undefined && { eventDeadline: durationFromMs(host.defaultEventDeadlineMs) }),
             maxInflightCommands: MAX_INFLIGHT_COMMANDS,
             attachTime: timestampFromDate(new Date()),
+            eventBatches: attach.eventBatches,
           }),
         }),
       },
@@ -373,7 +411,7 @@ class SessionStream {
     }
     // Checked per command, not once at attach: a policy reload applies to running sessions.
     authorizeSessionCommand(this.deps.access, this.principal, request.case, this.host!.uuid);
-    if (request.case === "batchReadMemory") return batchRead(this.deps, request.value as BatchReadMemoryRequest, caller);
+    if (request.case === "batchReadMemory") return batchReadResponse(await batchRead(this.deps, request.value as BatchReadMemoryRequest, caller));
     return runCommand(this.deps, commandMappingByMethod(request.case)!, request.value as never, caller);
   }
 

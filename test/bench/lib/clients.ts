@@ -99,6 +99,7 @@ function responseLabel(r: SessionResponse): string {
   const m = r.message;
   if (m.case === "commandResult") return `session:${m.value.result.case}`;
   if (m.case === "event") return `session:event:${m.value.payload.case}`;
+  if (m.case === "events") return `session:events`;
   return `session:${m.case}`;
 }
 
@@ -125,6 +126,8 @@ export class SessionClient {
     readonly vm: string,
     role: Role = Role.CONTROLLER,
     eventDeadlineMs?: number,
+    /** Attach with `event_batches` and answer a batch with one EventReplyBatch, as the SDK does. */
+    eventBatches = false,
   ) {
     const serialize = (value: SessionRequest): Buffer => {
       const b = BRIDGE.session.requestSerialize(value);
@@ -159,6 +162,10 @@ export class SessionClient {
           this.events++;
           this.answer(m.value);
           return;
+        case "events":
+          this.events += m.value.events.length;
+          this.answerAll(m.value.events);
+          return;
         default:
           return;
       }
@@ -168,7 +175,23 @@ export class SessionClient {
       failed(err);
     });
     const eventDeadline = eventDeadlineMs === undefined ? undefined : durationFromMs(eventDeadlineMs);
-    this.stream.write(create(SessionRequestSchema, { message: { case: "attach", value: { vm, role, ...(eventDeadline && { eventDeadline }) } } }));
+    this.stream.write(create(SessionRequestSchema, { message: { case: "attach", value: { vm, role, eventBatches, ...(eventDeadline && { eventDeadline }) } } }));
+  }
+
+  /** Answers a batch of events with one message (the stale ones left unanswered, as one by one). */
+  private answerAll(events: readonly Event[]): void {
+    const now = Date.now();
+    const replies = [];
+    for (const event of events) {
+      if (event.replyDeadline !== undefined && timestampMs(event.replyDeadline) < now) {
+        this.stale++;
+        continue;
+      }
+      replies.push({ vcpu: event.vcpu, seq: event.seq, action: EventAction.CONTINUE });
+    }
+    if (replies.length === 0) return;
+    this.stream.write(create(SessionRequestSchema, { message: { case: "eventReplies", value: { replies } } }));
+    this.replies += replies.length;
   }
 
   private answer(event: Event): void {

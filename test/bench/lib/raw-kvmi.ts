@@ -43,12 +43,16 @@ function readExactly(socket: Socket, length: number): Promise<Buffer> {
 }
 
 /**
- * Listens on `path` and answers each device manager's handshake (no cookie secret). The kernel
+ * Listens on `at` (a UNIX socket path, or TCP host and port) and answers each device manager's handshake (no cookie secret). The kernel
  * side sends nothing before the tool does, so the caller attaches its reader afterwards. With
  * `forwarded`, each connection starts with a KVMI forwarder's hello (12-byte head, JSON), which is
  * skipped: the node bridge's side of KubeVirt node mode, reduced to the raw tool.
  */
-export async function listenRaw(path: string, onConnection: (c: RawConnection) => void, options: { forwarded?: boolean } = {}): Promise<Server> {
+export async function listenRaw(
+  at: string | { readonly host: string; readonly port: number },
+  onConnection: (c: RawConnection) => void,
+  options: { forwarded?: boolean } = {},
+): Promise<Server> {
   const server = createServer((socket) => {
     socket.on("error", () => undefined);
     void (async () => {
@@ -68,7 +72,8 @@ export async function listenRaw(path: string, onConnection: (c: RawConnection) =
   });
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
-    server.listen(path, () => resolve());
+    if (typeof at === "string") server.listen(at, () => resolve());
+    else server.listen(at.port, at.host, () => resolve());
   });
   return server;
 }
