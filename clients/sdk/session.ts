@@ -13,7 +13,6 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import { durationFromMs, durationMs } from "@bufbuild/protobuf/wkt";
 import { status as GrpcStatus } from "@grpc/grpc-js";
 import type { ClientDuplexStream, StatusObject } from "@grpc/grpc-js";
-import type { MessageInitShape } from "@bufbuild/protobuf";
 import { RegsSchema, Role, SessionRequestSchema } from "@kvmi/proto";
 import type { Attached, Event, EventAction, EventFilterSchema, EventReplySchema, SessionRequest, SessionResponse, SetEventFilterResponse, Vm } from "@kvmi/proto";
 import type { Channel, CallOptions } from "./channel.js";

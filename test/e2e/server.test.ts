@@ -111,7 +111,7 @@ describe("server reflection", () => {
     expect(file.name).toBe("kvmi/v1/introspection_service.proto");
     const methods = file.service.find((s) => s.name === "IntrospectionService")!.method.map((m) => m.name);
     expect(methods.sort()).toEqual(IntrospectionService.methods.map((m) => m.name).sort());
-    expect(methods).toHaveLength(32);
+    expect(methods).toHaveLength(33);
     const session = file.service[0]!.method.find((m) => m.name === "Session")!;
     expect(session).toMatchObject({ inputType: ".kvmi.v1.SessionRequest", outputType: ".kvmi.v1.SessionResponse", clientStreaming: true, serverStreaming: true });
     expect(protos.map((p) => p.name)).toEqual(expect.arrayContaining(["kvmi/v1/session.proto", "kvmi/v1/command.proto", "google/rpc/status.proto"]));

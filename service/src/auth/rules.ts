@@ -77,12 +77,14 @@ export const RPC_RULES: Readonly<Record<string, RpcRule>> = {
 /**
  * The verb of each SessionRequest message besides `command` (whose verb is its command's):
  * attaching needs `observe` or `control` by role; answering events is the controller's
- * (`control`); releasing one's own session needs nothing more than having attached.
+ * (`control`), one by one or in an EventReplyBatch (each reply of the batch passes the same check);
+ * releasing one's own session needs nothing more than having attached.
  */
 export const SESSION_REQUEST_VERBS = {
   attach: "by-role",
   command: "by-command",
   eventReply: "control",
+  eventReplies: "control",
   release: "none",
 } as const satisfies Readonly<Record<string, Verb | "by-role" | "by-command" | "none">>;
 
