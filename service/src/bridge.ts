@@ -37,7 +37,7 @@ import { commandStatusOf, createBridgeMetrics, startMetricsServer } from "./metr
 import type { AutoReplyReason, BridgeMetrics, MetricsServer } from "./metrics/index.js";
 import { startForwardListener } from "./forward/forward-listener.js";
 import type { ForwardListener } from "./forward/forward-listener.js";
-import { callerOfMetadata } from "./rpc/authorization.js";
+import { callerOfMetadata } from "./rpc/principals.js";
 import { createIntrospectionService } from "./rpc/introspection-service.js";
 import { Quotas } from "./rpc/quotas.js";
 import { createGrpcServer } from "./server/index.js";

@@ -2,67 +2,22 @@
 /**
  * Applies the authorization table (auth/rules.ts) to every RPC of the service: each handler is
  * wrapped so that, before it runs, the caller's principal is resolved (certificate, bearer JWT or
- * `local`), remembered for the handler ({@link principalOf}), and checked against the rule of its
+ * `local`), remembered for the handler (principals.ts), and checked against the rule of its
  * method. A method without a rule makes {@link guardImplementation} throw at start-up, so a new
  * RPC cannot be served unchecked. Session messages are checked by session-rpc.ts through
  * {@link authorizeSessionCommand}, with the same table.
  */
-import type { Metadata, ServerDuplexStream, ServerUnaryCall, ServerWritableStream, UntypedServiceImplementation, sendUnaryData } from "@grpc/grpc-js";
+import type { ServerDuplexStream, ServerUnaryCall, ServerWritableStream, UntypedServiceImplementation, sendUnaryData } from "@grpc/grpc-js";
 import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
 import type { AccessControl } from "../auth/access-control.js";
-import { identityKey } from "../auth/access-control.js";
-import type { IdentitySource, Principal } from "../auth/identity.js";
-import type { AccessLogCaller, CallerAuth } from "../log/index.js";
+import type { Principal } from "../auth/identity.js";
 import { COMMAND_VERBS, requestVm, RPC_RULES } from "../auth/rules.js";
 import type { RpcRule } from "../auth/rules.js";
 import type { Verb } from "../mapping/access-error.js";
 import type { ErrorContext } from "../mapping/status.js";
 import type { RpcDeps } from "./call-context.js";
 import { failStream, failure } from "./call-context.js";
-
-const principals = new WeakMap<object, Principal>();
-/**
- * The same principals by the call's request metadata: the one object grpc-js hands both the
- * handler and the interceptors, so that the access log can name the caller ({@link callerOfMetadata}).
- */
-const principalsByMetadata = new WeakMap<Metadata, Principal>();
-
-/**
- * The principal of a call that passed the guard.
- * @throws Error when the call did not pass it (a handler served outside {@link guardImplementation}).
- */
-export function principalOf(call: object): Principal {
-  const principal = principals.get(call);
-  if (principal === undefined) throw new Error("the call has no principal: its handler is not guarded");
-  return principal;
-}
-
-/** The caller of a call whose request metadata is `metadata`, once the guard resolved it (access log). */
-export function callerOfMetadata(metadata: Metadata): AccessLogCaller | undefined {
-  const principal = principalsByMetadata.get(metadata);
-  if (principal === undefined) return undefined;
-  return { identity: principal.identity.name, auth: authOf(principal.identity.source) };
-}
-
-function authOf(source: IdentitySource): CallerAuth {
-  switch (source) {
-    case "spiffe":
-    case "dns":
-    case "cn":
-      return "mtls";
-    case "jwt":
-    case "local":
-    case "anonymous":
-      return source;
-    default:
-      return source satisfies never;
-  }
-}
-
-/** The identity key a controller is bound to (see VmHost.attach). */
-export function ownerOf(principal: Principal): string {
-  return identityKey(principal.identity);
-}
+import { ownerOf, rememberPrincipal } from "./principals.js";
 
 /** The verb ReleaseVm needs: `admin` when a controller of another identity is attached. */
 function releaseVerb(deps: RpcDeps, principal: Principal, vm: string): Verb {
@@ -101,8 +56,7 @@ function withPrincipal(access: AccessControl, call: AnyCall, next: (principal: P
     return fail(err);
   }
   const run = (principal: Principal): void => {
-    principals.set(call, principal);
-    principalsByMetadata.set(call.metadata, principal);
+    rememberPrincipal(call, call.metadata, principal);
     try {
       next(principal);
     } catch (err) {

@@ -13,7 +13,7 @@ import { mapError, toGrpcStatus } from "../mapping/status.js";
 import type { ErrorContext } from "../mapping/status.js";
 import { constants as http2Constants } from "node:http2";
 // authorization.ts imports this module too; both only call each other at request time.
-import { ownerOf, principalOf } from "./authorization.js";
+import { ownerOf, principalOf } from "./principals.js";
 import type { VmHosts } from "../vm/vm-hosts.js";
 import { Quotas, UNLIMITED } from "./quotas.js";
 

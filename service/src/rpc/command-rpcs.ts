@@ -17,7 +17,7 @@ import type { ErrorContext } from "../mapping/status.js";
 import { auditCommand } from "../audit/audit-records.js";
 import type { Principal } from "../auth/identity.js";
 import { MUTATING_COMMANDS } from "../mapping/command-facts.js";
-import { ownerOf, principalOf } from "./authorization.js";
+import { ownerOf, principalOf } from "./principals.js";
 import type { RpcDeps } from "./call-context.js";
 import { abortSignalOf, callTimeoutMs, sessionIdOf, unary } from "./call-context.js";
 

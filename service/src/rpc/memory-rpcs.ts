@@ -22,7 +22,7 @@ import { checkVcpuIndex } from "../mapping/bridge-error.js";
 import { parseVmName } from "../mapping/resource-names.js";
 import { statusToProto } from "../mapping/status.js";
 import type { VmHost } from "../vm/vm-host.js";
-import { ownerOf, principalOf } from "./authorization.js";
+import { ownerOf, principalOf } from "./principals.js";
 import type { RpcDeps } from "./call-context.js";
 import { abortSignalOf, callTimeoutMs, failStream, failure, quotasOf, unary } from "./call-context.js";
 import { QuotaExceededError } from "../mapping/bridge-error.js";

@@ -19,7 +19,7 @@ import { parseVmName, vmName } from "../mapping/resource-names.js";
 import { vmChangeToProto, vmToProto } from "../mapping/vm.js";
 import type { VmChangeKind, VmRecord } from "../mapping/vm.js";
 import { outcome, who } from "../audit/audit-records.js";
-import { ownerOf, principalOf } from "./authorization.js";
+import { ownerOf, principalOf } from "./principals.js";
 import type { RpcDeps } from "./call-context.js";
 import { dropUnreadStream, failStream, failure, quotasOf, unary } from "./call-context.js";
 import type { QuotaLease } from "./quotas.js";
