@@ -15,6 +15,10 @@ const DIALECT_E2E_FILES = [
   "faults-deadlines",
   "faults-device-manager",
   "faults-controller",
+  "faults-bulk",
+  "faults-keepalive",
+  "faults-slow-consumer",
+  "faults-fuzz",
 ];
 
 export default defineConfig({
