@@ -19,6 +19,7 @@ const DIALECT_E2E_FILES = [
   "faults-keepalive",
   "faults-slow-consumer",
   "faults-fuzz",
+  "ledger-crash",
 ];
 
 export default defineConfig({

@@ -168,6 +168,8 @@ export async function startBridgeProcess(kvmiPath: string, extra: readonly strin
     "off",
     "--log-level",
     "info",
+    // The e2e project's dialect (KVMI_E2E_DIALECT), unless the test chose one.
+    ...(extra.some((a) => a.startsWith("--kvmi-dialect")) ? [] : ["--kvmi-dialect", E2E_DIALECT.name]),
     ...extra,
   ]);
   try {
