@@ -19,6 +19,7 @@ const DIALECT_E2E_FILES = [
   "faults-keepalive",
   "faults-slow-consumer",
   "faults-fuzz",
+  "faults-bridge-process",
   "ledger-crash",
 ];
 
