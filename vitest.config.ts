@@ -16,6 +16,12 @@ const DIALECT_E2E_FILES = [
   "faults-device-manager",
   "faults-controller",
   "event-filters",
+  "faults-bulk",
+  "faults-keepalive",
+  "faults-slow-consumer",
+  "faults-fuzz",
+  "faults-bridge-process",
+  "ledger-crash",
 ];
 
 export default defineConfig({

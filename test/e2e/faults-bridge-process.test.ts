@@ -18,9 +18,11 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EventType, Role, State, UnhookReason } from "@kvmi/proto";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { createEmulatedVm } from "@kvmi/kvm-bridge/emulator";
+import { commandByOp } from "@kvmi/kvm-bridge/wire";
+import type { CommandOp } from "@kvmi/kvm-bridge/wire";
 import type { EmulatedVm } from "@kvmi/kvm-bridge/emulator";
 import { randomUUID } from "node:crypto";
-import { CONTINUE, GrpcStatus, IntrospectionClient, settle, streamFailure, waitUntil, withTimeout } from "../support/bridge-harness.js";
+import { CONTINUE, E2E_DIALECT, GrpcStatus, IntrospectionClient, settle, streamFailure, waitUntil, withTimeout } from "../support/bridge-harness.js";
 import {
   captureAtUnhook,
   cleanState,
@@ -36,6 +38,12 @@ import {
   startBridgeProcess,
 } from "../support/fault-tools.js";
 import type { BridgeProcess } from "../support/fault-tools.js";
+
+/** What the bridge asks a VM at hook time, by op (each dialect names them its own way). */
+const HOOK_TIME_OPS: readonly CommandOp[] = ["GET_VERSION", "GET_VM_INFO", "CONTROL_VM_EVENTS"];
+/** The message id of a vCPU event and of a command reply (GET_VERSION's) in the project's dialect. */
+const EVENT_ID = E2E_DIALECT.eventFraming.vcpuEventMessageId;
+const REPLY_ID = commandByOp(E2E_DIALECT, "GET_VERSION")!.id;
 
 const UNHOOK_DEADLINE_MS = 600;
 const SHUTDOWN_GRACE_MS = 1000;
@@ -56,7 +64,7 @@ beforeAll(async () => {
     "--shutdown-grace-ms", String(SHUTDOWN_GRACE_MS),
     "--event-timeout-ms", "5000",
   ]);
-  vm = createEmulatedVm({ kind: "unix", path: kvmiPath }, { name: "child-bridge-vm", vcpus: 2, memoryMiB: 8, workload: false, reconnectMs: 50 });
+  vm = createEmulatedVm({ kind: "unix", path: kvmiPath }, { name: "child-bridge-vm", dialect: E2E_DIALECT, vcpus: 2, memoryMiB: 8, workload: false, reconnectMs: 50 });
   prepareGuest(vm);
   vm.start();
   client = new IntrospectionClient(bridge.target);
@@ -120,7 +128,7 @@ describe("malformed input from the device-manager side", () => {
       const peer = await RawPeer.connect(bridge.kvmiPath);
       peer.write(handshakeBytes(uuid));
       await peer.waitBytes(24);
-      peer.write(frame(1, 2, new Uint8Array(0), MAX_FRAME_BODY + 1));
+      peer.write(frame(REPLY_ID, 2, new Uint8Array(0), MAX_FRAME_BODY + 1));
       expect(await peer.waitClosed(2000)).toBe(true);
       expect(peer.closedByBridge).toBe(true);
       await logged("KVMI channel closed", "8185");
@@ -129,11 +137,11 @@ describe("malformed input from the device-manager side", () => {
 
     // Hooked VMs that then send garbage.
     const cases: Array<[string, (peer: RawPeer) => void, RegExp, boolean]> = [
-      ["oversize header", (p) => p.write(frame(0, 9, new Uint8Array(0), MAX_FRAME_BODY + 1)), /declares 8185 body bytes/, true],
-      ["malformed event", (p) => p.write(frame(0, 9, new Uint8Array(10))), /malformed event/, true],
-      ["reply to nothing", (p) => p.write(frame(1, 0x7777, new Uint8Array(24))), /reply seq 30583/, true],
+      ["oversize header", (p) => p.write(frame(EVENT_ID, 9, new Uint8Array(0), MAX_FRAME_BODY + 1)), /declares 8185 body bytes/, true],
+      ["malformed event", (p) => p.write(frame(EVENT_ID, 9, new Uint8Array(10))), /malformed event/, true],
+      ["reply to nothing", (p) => p.write(frame(REPLY_ID, 0x7777, new Uint8Array(24))), /reply seq 30583/, true],
       ["truncated body, then close", (p) => {
-        p.write(frame(0, 9, new Uint8Array(10), 100));
+        p.write(frame(EVENT_ID, 9, new Uint8Array(10), 100));
         setTimeout(() => p.destroy(), 30);
       }, /device manager disconnected/, false],
     ];
@@ -222,7 +230,7 @@ describe("SIGTERM while a VM is still being hooked", () => {
       const closes = late.logs("KVMI channel closed", { vm: uuid });
       expect(closes.map((l) => l["reason"]), "why the bridge closed the VM's channel").toEqual(["the bridge is shutting down"]);
       expect(late.logs("unhook pending", { vm: uuid }), "a VM host released the VM").toEqual([]);
-      if (!(fake instanceof Error)) expect(fake.commands).toEqual(["KVMI_GET_VERSION", "KVMI_VM_GET_INFO", "KVMI_VM_CONTROL_EVENTS"]);
+      if (!(fake instanceof Error)) expect(fake.commands).toEqual(HOOK_TIME_OPS.map((op) => commandByOp(E2E_DIALECT, op)!.name));
     } finally {
       await late.proc.stop();
       rmSync(localDir, { recursive: true, force: true });

@@ -15,7 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { State } from "@kvmi/proto";
 import { createEmulatedVm } from "@kvmi/kvm-bridge/emulator";
 import type { EmulatedVm } from "@kvmi/kvm-bridge/emulator";
-import { GrpcStatus, IntrospectionClient, Role, settle, waitUntil, withTimeout } from "../support/bridge-harness.js";
+import { E2E_DIALECT, GrpcStatus, IntrospectionClient, Role, settle, waitUntil, withTimeout } from "../support/bridge-harness.js";
 import type { SessionClient } from "../support/bridge-harness.js";
 import { cleanState, guestState, hookPlan, prepareGuest, ramDigest, SPOTS, startBridgeProcess } from "../support/fault-tools.js";
 import type { BridgeProcess } from "../support/fault-tools.js";
@@ -71,7 +71,7 @@ async function firstAttach(client: IntrospectionClient, role: Role): Promise<Ses
 describe("SIGKILL of the bridge with hooks in place", () => {
   it("the restarted bridge undoes the journaled ledger before anyone can attach: RAM byte-identical, pages rwx, no interception, no event", async () => {
     const first = await startBridge();
-    vm = createEmulatedVm({ kind: "unix", path: kvmiPath }, { name: "crash-vm", vcpus: 2, memoryMiB: 8, workload: false, reconnectMs: 50 });
+    vm = createEmulatedVm({ kind: "unix", path: kvmiPath }, { name: "crash-vm", dialect: E2E_DIALECT, vcpus: 2, memoryMiB: 8, workload: false, reconnectMs: 50 });
     prepareGuest(vm);
     vm.start();
     await waitUntil(async () => (await first.client.unary("getVm", { name: vmName() }, { deadlineMs: 1000 })).vm?.state === State.HOOKED, "the VM hooked", {

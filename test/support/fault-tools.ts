@@ -31,15 +31,13 @@ import {
   errno,
   HANDSHAKE_REPLY_BYTES,
   HEADER_BYTES,
-  layouts,
-  v9,
   zeroValue,
 } from "@kvmi/kvm-bridge/wire";
-import type { HandshakeVariant, MsgHdr } from "@kvmi/kvm-bridge/wire";
+import type { Dialect, HandshakeVariant, MsgHdr } from "@kvmi/kvm-bridge/wire";
 import type { EmulatedVm } from "@kvmi/kvm-bridge/emulator";
 import { EventType } from "@kvmi/proto";
 import type { SessionCommandSchema } from "@kvmi/proto";
-import { e2eEventId, waitUntil, withTimeout } from "./bridge-harness.js";
+import { E2E_DIALECT, e2eEventId, waitUntil, withTimeout } from "./bridge-harness.js";
 
 /** The repository root. */
 export const REPO_ROOT = resolve(fileURLToPath(new URL("../..", import.meta.url)));
@@ -170,6 +168,8 @@ export async function startBridgeProcess(kvmiPath: string, extra: readonly strin
     "off",
     "--log-level",
     "info",
+    // The e2e project's dialect (KVMI_E2E_DIALECT), unless the test chose one.
+    ...(extra.some((a) => a.startsWith("--kvmi-dialect")) ? [] : ["--kvmi-dialect", E2E_DIALECT.name]),
     ...extra,
   ]);
   try {
@@ -510,12 +510,20 @@ export interface FakeVm {
 
 /**
  * Plays QEMU and the KVMI kernel just far enough that the bridge hooks a VM: handshake, then the
- * answers to the bridge's hook-time commands (GET_VERSION, VM_GET_INFO, VM_CONTROL_EVENTS). Later
+ * answers to the bridge's hook-time commands (ops GET_VERSION, GET_VM_INFO, CONTROL_VM_EVENTS). Later
  * commands are answered -KVM_EPERM. Resolves after the hook-time commands were answered.
  */
 export async function fakeHook(
   path: string,
-  options: { uuid?: string; vcpus?: number; timeoutMs?: number; /** Answer the bridge's commands only once this settles. */ hold?: Promise<unknown> } = {},
+  options: {
+    uuid?: string;
+    vcpus?: number;
+    timeoutMs?: number;
+    /** Answer the bridge's commands only once this settles. */
+    hold?: Promise<unknown>;
+    /** The dialect the bridge listens with (default: the e2e project's, `KVMI_E2E_DIALECT`). */
+    dialect?: Dialect;
+  } = {},
 ): Promise<FakeVm> {
   const uuid = options.uuid ?? randomUUID();
   const peer = await RawPeer.connect(path);
@@ -524,21 +532,26 @@ export async function fakeHook(
     peer.write(handshakeBytes(uuid));
     await peer.waitBytes(HANDSHAKE_REPLY_BYTES, options.timeoutMs ?? 2000);
     peer.consume(HANDSHAKE_REPLY_BYTES);
-    const framer = createFramer(v9);
+    // The bridge's hook-time commands, answered by op in the dialect the bridge listens with.
+    const dialect = options.dialect ?? E2E_DIALECT;
+    const framer = createFramer(dialect);
+    const ops: string[] = [];
     const answer = async (hdr: MsgHdr): Promise<void> => {
       await options.hold;
-      const spec = commandById(v9, hdr.id);
+      const spec = commandById(dialect, hdr.id);
       if (spec === undefined) return;
       commands.push(spec.name);
-      if (spec.name === "KVMI_GET_VERSION") {
-        const value = { ...zeroValue(layouts.kvmiGetVersionReply), version: 1 };
-        peer.write(encodeReply(v9, spec, hdr.seq, 0, value));
-      } else if (spec.name === "KVMI_VM_GET_INFO") {
-        peer.write(encodeReply(v9, spec, hdr.seq, 0, { ...zeroValue(layouts.kvmiVmGetInfoReply), vcpu_count: options.vcpus ?? 1 }));
-      } else if (spec.name === "KVMI_VM_CONTROL_EVENTS") {
-        peer.write(encodeReply(v9, spec, hdr.seq, 0));
+      ops.push(spec.op);
+      const reply = spec.reply.layout === null ? {} : (zeroValue(spec.reply.layout) as Record<string, unknown>);
+      if (spec.op === "GET_VERSION") {
+        const size = "max_msg_size" in reply ? { max_msg_size: dialect.maxMessageBytes } : {};
+        peer.write(encodeReply(dialect, spec, hdr.seq, 0, { ...reply, ...size, version: dialect.kvmiVersion }));
+      } else if (spec.op === "GET_VM_INFO") {
+        peer.write(encodeReply(dialect, spec, hdr.seq, 0, { ...reply, vcpu_count: options.vcpus ?? 1 }));
+      } else if (spec.op === "CONTROL_VM_EVENTS") {
+        peer.write(encodeReply(dialect, spec, hdr.seq, 0));
       } else {
-        peer.write(encodeReply(v9, spec, hdr.seq, -errno.KVM_EPERM));
+        peer.write(encodeReply(dialect, spec, hdr.seq, -errno.KVM_EPERM));
       }
     };
     const feed = (chunk: Buffer): void => {
@@ -549,7 +562,7 @@ export async function fakeHook(
       }
     };
     peer.stream(feed);
-    await waitUntil(() => commands.includes("KVMI_VM_CONTROL_EVENTS") || peer.isClosed, "the bridge's hook-time commands", {
+    await waitUntil(() => ops.includes("CONTROL_VM_EVENTS") || peer.isClosed, "the bridge's hook-time commands", {
       timeoutMs: options.timeoutMs ?? 2000,
       intervalMs: 2,
     });
@@ -564,8 +577,8 @@ export async function fakeHook(
 // -------------------------------------------------------------------------------------------------
 // fast-check arbitraries for the device-manager side
 
-/** KVMI_MSG_SIZE: the largest body a frame may declare (kvmi-abi §3.1). */
-export const MAX_FRAME_BODY = v9.maxMessageBytes;
+/** KVMI_MSG_SIZE of the dialect under test: the largest body a frame may declare (docs/protocol/). */
+export const MAX_FRAME_BODY = E2E_DIALECT.maxMessageBytes;
 
 /** A handshake that is wrong in some way: random bytes, a bad struct_size, or a truncated valid one. */
 export const arbitraryBadHandshake: fc.Arbitrary<{ readonly kind: string; readonly bytes: Uint8Array }> = fc.oneof(
@@ -603,7 +616,7 @@ export const arbitraryFrame: fc.Arbitrary<{ readonly kind: string; readonly byte
     bytes: frame(id, seq, body),
   })),
   // An event (id 0) with a random body: too short, inconsistent size, unknown event id.
-  fc.tuple(fc.nat(), fc.uint8Array({ maxLength: 700 })).map(([seq, body]) => ({ kind: "event", bytes: frame(v9.eventFraming.vcpuEventMessageId, seq, body) })),
+  fc.tuple(fc.nat(), fc.uint8Array({ maxLength: 700 })).map(([seq, body]) => ({ kind: "event", bytes: frame(E2E_DIALECT.eventFraming.vcpuEventMessageId, seq, body) })),
   // A header that promises more than follows (the connection is closed mid-body).
   fc.tuple(fc.integer({ min: 0, max: 0xffff }), fc.integer({ min: 1, max: MAX_FRAME_BODY })).map(([id, size]) => ({
     kind: `truncated body of ${size}`,

@@ -46,14 +46,37 @@ describe("doctor against scripted kernels (a host with KVMI modelled at the ioct
     expect(report.hints.join("\n")).toMatch(/EPERM/);
   });
 
-  it("recognises v12 but keeps the emulator", async () => {
+  it("recognises v12, names the v12 ioctl numbers it would use, and serves the kernel", async () => {
     const kernel = fakeKernel(KERNELS.v12);
     const report = await runDoctor({ libc: kernel.libc, introspectionParamPath: fakeIntrospectionParam("Y") });
     expect(report.conclusion).toBe("this kernel offers KVMI v12 (codec dialect v12)");
-    expect(report.kvmi).toMatchObject({ dialect: "v12", codecDialect: "v12" });
+    expect(report.kvmi).toMatchObject({ dialect: "v12", codecDialect: "v12", bridgeSupported: true });
+    expect(report.kvmi.ioctls).toEqual([
+      { name: "KVM_INTROSPECTION_HOOK", number: "0x4018AEC8" },
+      { name: "KVM_INTROSPECTION_UNHOOK", number: "0xAEC9" },
+      { name: "KVM_INTROSPECTION_COMMAND", number: "0x4008AECA" },
+      { name: "KVM_INTROSPECTION_EVENT", number: "0x4008AECB" },
+      { name: "KVM_INTROSPECTION_PREUNHOOK", number: "0xAECC" },
+    ]);
     expect(report.exitCode).toBe(DOCTOR_EXIT_KVMI);
+    expect(report.backend).toBe("kernel");
+    expect(report.hints).toEqual([]);
+    expect(formatDoctorReport(report)).toMatch(/KVMI ioctls +v12: HOOK 0x4018AEC8, UNHOOK 0xAEC9, COMMAND 0x4008AECA, EVENT 0x4008AECB, PREUNHOOK 0xAECC/);
+  });
+
+  it("names the v9 numbers on a v9 kernel", async () => {
+    const kernel = fakeKernel(KERNELS.v9);
+    const report = await runDoctor({ libc: kernel.libc, introspectionParamPath: fakeIntrospectionParam("Y") });
+    expect(report.kvmi.ioctls.map((i) => i.number)).toEqual(["0x4018AEC3", "0xAEC4", "0x4008AEC5", "0x4008AEC6", "0xAEC7"]);
+  });
+
+  it("recognises v10/v11, names no ioctls, and keeps the emulator", async () => {
+    const kernel = fakeKernel(KERNELS.v10v11);
+    const report = await runDoctor({ libc: kernel.libc, introspectionParamPath: fakeIntrospectionParam("Y") });
+    expect(report.conclusion).toBe("this kernel offers KVMI v10/v11");
+    expect(report.kvmi).toMatchObject({ dialect: "v10-v11", codecDialect: null, bridgeSupported: false, ioctls: [] });
     expect(report.backend).toBe("emulator");
-    expect(report.hints.join("\n")).toMatch(/only the v9 ioctls/);
+    expect(report.hints.join("\n")).toMatch(/no codec for KVMI v10\/v11/);
   });
 
   it("recognises the libkvmi product dialect of the kvmi-v7-2.11.93 QEMU generation (cap 999)", async () => {
@@ -61,6 +84,8 @@ describe("doctor against scripted kernels (a host with KVMI modelled at the ioct
     const report = await runDoctor({ libc: kernel.libc, introspectionParamPath: fakeIntrospectionParam("Y") });
     expect(report.conclusion).toBe("this kernel offers KVMI kvmi-v7 (cap 999) (codec dialect kvmi-v7)");
     expect(report.kvmi).toMatchObject({ offered: true, dialect: "kvmi-v7-2.11.93", codecDialect: "kvmi-v7", version: 1 });
+    expect(report.kvmi.ioctls.map((i) => i.number)).toEqual(["0x4018AEFF", "0xAEFB", "0x4008AEFD", "0x4008AEFC", "0xAEFE"]);
+    expect(report.backend).toBe("kernel");
     expect(report.exitCode).toBe(DOCTOR_EXIT_KVMI);
     expect(new Set(kernel.calls.map((c) => c.request))).toEqual(new Set([0xae00, 0xae01, 0xae03]));
   });
@@ -70,8 +95,12 @@ describe("doctor against scripted kernels (a host with KVMI modelled at the ioct
     const kernel = fakeKernel(KERNELS.kvmiV7On59);
     const report = await runDoctor({ libc: kernel.libc, introspectionParamPath: fakeIntrospectionParam("Y") });
     expect(report.conclusion).toMatch(/offers KVMI but its dialect is ambiguous/);
-    expect(report.kvmi).toMatchObject({ offered: true, dialect: null, codecDialect: null });
+    expect(report.kvmi).toMatchObject({ offered: true, dialect: null, codecDialect: null, ioctls: [] });
+    expect(report.kvmi.candidates.map((c) => c.dialect).sort()).toEqual(["kvmi-v7", "v9"]);
     expect(report.exitCode).toBe(DOCTOR_EXIT_AMBIGUOUS);
+    const text = formatDoctorReport(report);
+    expect(text).toMatch(/if it were +v9 \(cap 184\): HOOK 0x4018AEC3.* \(not issued\)/);
+    expect(text).toMatch(/if it were +kvmi-v7 \(cap 180\): HOOK 0x4018AEFF.* \(not issued\)/);
   });
 
   it("says plainly that a stock kernel offers no KVMI, and exits 1", async () => {

@@ -12,7 +12,8 @@ import type { KvmSystem, KvmVm, Libc } from "./kvm.js";
 import { errnoName, openKvm } from "./kvm.js";
 import type { IntrospectionMarker } from "./probe.js";
 import { identifyIntrospection, KVM_INTROSPECTION_PARAM_PATH, probedCapNumbers, readIntrospectionMarker } from "./probe.js";
-import type { KvmiIoctlDialectId } from "./table.js";
+import { formatIoctlNumber } from "./ioc.js";
+import type { KvmiIoctlDialectId, KvmiIoctlTable } from "./table.js";
 import { KVM_API_VERSION, KVMI_IOCTL_TABLES } from "./table.js";
 
 /** Options of {@link runDoctor}. */
@@ -55,6 +56,21 @@ export interface DoctorCapability {
   readonly vm: number | null;
 }
 
+/** One KVMI ioctl of a dialect: its kernel name and request number (`0x4018AEC3`). */
+export interface DoctorIoctl {
+  readonly name: string;
+  readonly number: string;
+}
+
+/** A dialect the kernel's answers fit, with the ioctl numbers the bridge would issue for it. */
+export interface DoctorDialect {
+  readonly dialect: KvmiIoctlDialectId;
+  readonly label: string;
+  /** Its KVM_CAP_INTROSPECTION number. */
+  readonly cap: number;
+  readonly ioctls: readonly DoctorIoctl[];
+}
+
 /** The KVMI verdict. */
 export interface DoctorKvmi {
   readonly offered: boolean;
@@ -67,8 +83,15 @@ export interface DoctorKvmi {
    * (`v9`, `v12`, `kvmi-v7`), or null (no KVMI, an ambiguous answer, or a dialect the codec lacks).
    */
   readonly codecDialect: string | null;
-  /** The bridge issues this dialect's ioctls (only v9 today). */
+  /** The bridge issues this dialect's ioctls (every dialect the codec speaks: v9, v12, kvmi-v7). */
   readonly bridgeSupported: boolean;
+  /**
+   * The KVMI ioctls the bridge would issue on this host (the identified dialect's numbers), empty
+   * when it would issue none (no KVMI, ambiguous, or a dialect the codec lacks).
+   */
+  readonly ioctls: readonly DoctorIoctl[];
+  /** Every dialect the answers fit (several: ambiguous, and the bridge refuses to choose). */
+  readonly candidates: readonly DoctorDialect[];
   /** The `kvm.introspection` module parameter. */
   readonly marker: IntrospectionMarker;
   /** Why, in one sentence. */
@@ -113,11 +136,15 @@ export const DOCTOR_EXIT_AMBIGUOUS = 2;
 export const NO_KVMI_CONCLUSION = "this kernel does not offer KVMI; the bridge will serve the built-in emulator";
 
 const HINT_KERNEL =
-  "KVMI needs a host kernel built with the KVM introspection patches (the v9 series, CONFIG_KVM_INTROSPECTION=y); " +
-  "stock distribution kernels do not carry them";
+  "KVMI needs a host kernel built with the KVM introspection patches (KVM-VMI kvmi-v7, or the upstream v9 or v12 " +
+  "series, CONFIG_KVM_INTROSPECTION=y); stock distribution kernels do not carry them";
 const HINT_PARAM =
   "introspection must also be enabled through the kvm module parameter: boot with kvm.introspection=1 " +
   "or reload the module with `modprobe kvm introspection=1`";
+
+function ioctlsOf(table: KvmiIoctlTable): DoctorIoctl[] {
+  return Object.values(table.ioctls).map((spec) => ({ name: spec.name, number: formatIoctlNumber(spec.number) }));
+}
 
 function describe(err: unknown): string {
   if (err instanceof KvmiRemoteError) return `${errnoName(err.errno)} (${err.message})`;
@@ -241,7 +268,8 @@ export async function runDoctor(options: DoctorOptions = {}): Promise<DoctorRepo
   const deviceOk = device.openable && apiVersion === KVM_API_VERSION;
   const dialect = deviceOk ? probe.dialect : null;
   const offered = deviceOk && probe.offered;
-  const bridgeSupported = dialect?.bridgeSupported ?? false;
+  // The same rule as `KvmVm.kvmiIoctls()`: one identified dialect that the codec speaks.
+  const bridgeSupported = dialect !== null && dialect.bridgeSupported && dialect.wire !== null;
 
   const capabilities: DoctorCapability[] = probedCapNumbers().map((cap) => {
     const using = KVMI_IOCTL_TABLES.filter((t) => t.capIntrospection === cap);
@@ -281,7 +309,9 @@ export async function runDoctor(options: DoctorOptions = {}): Promise<DoctorRepo
     if (bridgeSupported) {
       backend = "kernel";
     } else {
-      hints.push(`the bridge issues only the v9 ioctls today; with KVMI ${dialect.label} it will serve the built-in emulator`);
+      hints.push(
+        `the bridge has no codec for KVMI ${dialect.label} (it speaks v9, v12 and kvmi-v7); it will serve the built-in emulator`,
+      );
     }
     if (marker.enabled === false) {
       hints.push(`kvm.introspection is off, so KVM_INTROSPECTION_HOOK will fail with EPERM; ${HINT_PARAM}`);
@@ -314,6 +344,10 @@ export async function runDoctor(options: DoctorOptions = {}): Promise<DoctorRepo
       version: dialect === null ? null : probe.kvmiVersion,
       codecDialect: dialect?.wire?.name ?? null,
       bridgeSupported,
+      ioctls: bridgeSupported && dialect !== null ? ioctlsOf(dialect) : [],
+      candidates: deviceOk
+        ? probe.candidates.map((t) => ({ dialect: t.id, label: t.label, cap: t.capIntrospection, ioctls: ioctlsOf(t) }))
+        : [],
       marker,
       reason: deviceOk ? probe.reason : `KVM itself is not usable: ${device.detail}`,
     },
@@ -323,6 +357,11 @@ export async function runDoctor(options: DoctorOptions = {}): Promise<DoctorRepo
     exitCode,
     notes,
   };
+}
+
+/** `HOOK 0x4018AEC3, UNHOOK 0xAEC4, …` */
+function ioctlList(ioctls: readonly DoctorIoctl[]): string {
+  return ioctls.map((i) => `${i.name.replace("KVM_INTROSPECTION_", "")} ${i.number}`).join(", ");
 }
 
 function answerText(value: number | null): string {
@@ -362,6 +401,13 @@ export function formatDoctorReport(report: DoctorReport): string {
     lines.push(`    cap ${String(c.cap).padEnd(4)} ${`${answerText(c.system)} / ${answerText(c.vm)}`.padEnd(20)} ${who}${mainline}`);
   }
   row("verdict", report.kvmi.reason);
+  if (report.kvmi.ioctls.length > 0) {
+    row("KVMI ioctls", `${report.kvmi.dialectLabel ?? "?"}: ${ioctlList(report.kvmi.ioctls)}`);
+  } else if (report.kvmi.candidates.length > 1) {
+    for (const c of report.kvmi.candidates) {
+      row("if it were", `${c.dialect} (cap ${c.cap}): ${ioctlList(c.ioctls)} (not issued)`);
+    }
+  }
   lines.push("");
   lines.push(`conclusion: ${report.conclusion}`);
   if (report.hints.length > 0) {

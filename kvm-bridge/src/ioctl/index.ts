@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 /**
- * The KVM ioctl layer: `/dev/kvm`, VM fds, the KVMI v9 VM ioctls (kvmi-abi §2.4) and the
- * `kvmi-bridge doctor` checks. All ffi-rs use of kvm-bridge lives below this folder.
+ * The KVM ioctl layer: `/dev/kvm`, VM fds, the KVMI VM ioctls of the dialect the probe finds (v9, v12,
+ * kvmi-v7; docs/protocol/) and the `kvmi-bridge doctor` checks. All ffi-rs use of kvm-bridge lives below this folder.
  */
 
 // Doctor (what the `kvmi-bridge doctor` CLI prints).
@@ -15,7 +15,9 @@ export {
 } from "./doctor.js";
 export type {
   DoctorCapability,
+  DoctorDialect,
   DoctorDevice,
+  DoctorIoctl,
   DoctorKvmi,
   DoctorOptions,
   DoctorReport,

@@ -8,9 +8,11 @@
  *   for it to finish, PREUNHOOK writes to the socket) run with `runInNewThread: true`, off the event
  *   loop. Pure lookups (KVM_GET_API_VERSION, KVM_CHECK_EXTENSION) and `open`/`close` of /dev/kvm
  *   run synchronously.
- * - The KVMI ioctls refuse to run unless {@link identifyIntrospection} found exactly the v9 dialect
- *   on that VM fd: their numbers collide with mainline ioctls (0xAEC7 is KVM_RESET_DIRTY_RINGS) and
- *   so does the v9 capability number (184 is KVM_CAP_LAST_CPU), see `probe.ts`.
+ * - The KVMI ioctls use the numbers of the dialect {@link identifyIntrospection} found on that VM
+ *   fd (v9, v12 or kvmi-v7: each dialect table lists its own, docs/protocol/), and refuse to run
+ *   unless exactly one dialect the codec speaks was found: their numbers collide with mainline
+ *   ioctls (0xAEC7 is KVM_RESET_DIRTY_RINGS) and so do the capability numbers (184 is
+ *   KVM_CAP_LAST_CPU), see `probe.ts`.
  *
  * ffi-rs is loaded lazily, on the first call, so importing this module never loads a native addon.
  *
@@ -21,11 +23,11 @@ import { Buffer } from "node:buffer";
 import { createRequire } from "node:module";
 import { constants as osConstants } from "node:os";
 import { KvmiArgumentError, KvmiRemoteError, KvmiTransportError, KvmiUnsupportedError } from "../errors.js";
-import { _IOC_SIZE, formatIoctlNumber } from "./ioc.js";
+import { _IOC_SIZE } from "./ioc.js";
 import type { IntrospectionProbe } from "./probe.js";
 import { identifyIntrospection, KVM_INTROSPECTION_PARAM_PATH, readIntrospectionMarker } from "./probe.js";
 import type { IoctlSpec, KvmiIoctlName, KvmiIoctlTable } from "./table.js";
-import { KVM_CHECK_EXTENSION, KVM_CREATE_VM, KVM_GET_API_VERSION, KVMI_V9_IOCTLS } from "./table.js";
+import { KVM_CHECK_EXTENSION, KVM_CREATE_VM, KVM_GET_API_VERSION, KVMI_IOCTL_TABLES } from "./table.js";
 
 // ---------------------------------------------------------------------------------------------
 // libc through ffi-rs
@@ -314,7 +316,7 @@ export interface KvmSystem {
   close(): void;
 }
 
-/** A VM fd, with the KVMI v9 VM ioctls (kvmi-abi §2.4). */
+/** A VM fd, with the KVMI VM ioctls of the dialect its kernel offers (docs/protocol/). */
 export interface KvmVm {
   readonly fd: number;
   readonly closed: boolean;
@@ -329,33 +331,39 @@ export interface KvmVm {
    */
   probeIntrospection(): IntrospectionProbe;
   /**
-   * KVM_INTROSPECTION_HOOK (0x4018AEC3): hand a connected socket to the kernel.
+   * The ioctl table of the dialect this VM's kernel offers and the bridge speaks (v9, v12 or
+   * kvmi-v7), or null: then every KVMI ioctl below is refused without reaching the kernel.
+   */
+  kvmiIoctls(): KvmiIoctlTable | null;
+  /**
+   * KVM_INTROSPECTION_HOOK (v9 0x4018AEC3, v12 0x4018AEC8, kvmi-v7 0x4018AEFF): hand a connected
+   * socket to the kernel.
    * @param arg - `kvm_introspection_hook` encoded with `encode(kvmIntrospectionHook, …)` (24 bytes).
-   * @throws KvmiUnsupportedError if this kernel does not offer KVMI v9 (nothing reaches the kernel);
+   * @throws KvmiUnsupportedError if this kernel offers no KVMI dialect the bridge speaks (nothing reaches the kernel);
    *   KvmiArgumentError if `arg` is not 24 bytes; KvmiRemoteError with EPERM (kvm.introspection off),
    *   EINVAL (padding, not a socket), EEXIST (already hooked), EFAULT, ENOMEM.
    */
   introspectionHook(arg: Uint8Array): Promise<void>;
   /**
-   * KVM_INTROSPECTION_UNHOOK (0xAEC4). Blocks in the kernel until the receive thread has exited.
-   * @throws KvmiUnsupportedError (not v9); KvmiRemoteError with EPERM.
+   * KVM_INTROSPECTION_UNHOOK (v9 0xAEC4, v12 0xAEC9, kvmi-v7 0xAEFB). Blocks in the kernel until the receive thread has exited.
+   * @throws KvmiUnsupportedError (no KVMI dialect the bridge speaks); KvmiRemoteError with EPERM.
    */
   introspectionUnhook(): Promise<void>;
   /**
-   * KVM_INTROSPECTION_COMMAND (0x4008AEC5): allow/disallow a command id (-1 = all).
+   * KVM_INTROSPECTION_COMMAND (v9 0x4008AEC5, v12 0x4008AECA, kvmi-v7 0x4008AEFD): allow/disallow a command id (-1 = all).
    * @param arg - `kvm_introspection_feature` encoded with `encode(kvmIntrospectionFeature, …)` (8 bytes).
-   * @throws KvmiUnsupportedError (not v9); KvmiArgumentError; KvmiRemoteError with EPERM, EINVAL, EFAULT (not hooked).
+   * @throws KvmiUnsupportedError (no KVMI dialect the bridge speaks); KvmiArgumentError; KvmiRemoteError with EPERM, EINVAL, EFAULT (not hooked).
    */
   introspectionCommand(arg: Uint8Array): Promise<void>;
   /**
-   * KVM_INTROSPECTION_EVENT (0x4008AEC6): allow/disallow an event id (-1 = all).
+   * KVM_INTROSPECTION_EVENT (v9 0x4008AEC6, v12 0x4008AECB, kvmi-v7 0x4008AEFC): allow/disallow an event id (-1 = all).
    * @param arg - `kvm_introspection_feature` (8 bytes).
-   * @throws KvmiUnsupportedError (not v9); KvmiArgumentError; KvmiRemoteError with EPERM, EINVAL, EFAULT.
+   * @throws KvmiUnsupportedError (no KVMI dialect the bridge speaks); KvmiArgumentError; KvmiRemoteError with EPERM, EINVAL, EFAULT.
    */
   introspectionEvent(arg: Uint8Array): Promise<void>;
   /**
-   * KVM_INTROSPECTION_PREUNHOOK (0xAEC7): ask the kernel to send KVMI_EVENT_UNHOOK.
-   * @throws KvmiUnsupportedError (not v9); KvmiRemoteError with EPERM, EFAULT (not hooked), ENOENT
+   * KVM_INTROSPECTION_PREUNHOOK (v9 0xAEC7, v12 0xAECC, kvmi-v7 0xAEFE): ask the kernel to send KVMI_EVENT_UNHOOK.
+   * @throws KvmiUnsupportedError (no KVMI dialect the bridge speaks); KvmiRemoteError with EPERM, EFAULT (not hooked), ENOENT
    *   (UNHOOK event not enabled by the tool, or the socket write failed).
    */
   introspectionPreunhook(): Promise<void>;
@@ -378,6 +386,9 @@ function checkExtensionOn(libc: Libc, owned: OwnedFd, cap: number): number {
   return r.value;
 }
 
+/** The dialects whose ioctls the bridge issues, for error messages. */
+const SPOKEN = [...new Set(KVMI_IOCTL_TABLES.flatMap((t) => (t.bridgeSupported && t.wire !== null ? [t.wire.name] : [])))].join(", ");
+
 class Vm implements KvmVm {
   private probe: IntrospectionProbe | undefined;
   private readonly owned: OwnedFd;
@@ -386,7 +397,6 @@ class Vm implements KvmVm {
     private readonly libc: Libc,
     fd: number,
     private readonly paramPath: string,
-    private readonly table: KvmiIoctlTable,
   ) {
     this.owned = new OwnedFd(libc, fd, "VM");
   }
@@ -406,6 +416,11 @@ class Vm implements KvmVm {
   probeIntrospection(): IntrospectionProbe {
     this.probe ??= identifyIntrospection(readIntrospectionMarker(this.paramPath), (cap) => this.checkExtension(cap));
     return this.probe;
+  }
+
+  kvmiIoctls(): KvmiIoctlTable | null {
+    const dialect = this.probeIntrospection().dialect;
+    return dialect !== null && dialect.bridgeSupported && dialect.wire !== null ? dialect : null;
   }
 
   introspectionHook(arg: Uint8Array): Promise<void> {
@@ -432,23 +447,25 @@ class Vm implements KvmVm {
     this.owned.close();
   }
 
-  /** Refuses unless this VM's kernel was identified as this table's dialect (v9). */
-  private requireDialect(spec: IoctlSpec): void {
+  /**
+   * The spec of `name` in the dialect this VM's kernel was identified as; refuses (nothing reaches
+   * the kernel) when no dialect, several, or one the bridge has no codec for was found.
+   */
+  private requireSpec(name: KvmiIoctlName): IoctlSpec {
+    const table = this.kvmiIoctls();
+    if (table !== null) return table.ioctls[name];
     const probe = this.probeIntrospection();
-    if (probe.dialect?.id !== this.table.id) {
-      const found = probe.dialect === null ? "" : ` (it offers KVMI ${probe.dialect.label}, which the bridge does not speak)`;
-      throw new KvmiUnsupportedError(
-        `${spec.name} (${formatIoctlNumber(spec.number)}) refused: this kernel does not offer KVMI ` +
-          `${this.table.label}${found}; ${probe.reason}. The ioctl was not issued because its number ` +
-          `means something else on kernels without KVMI ${this.table.label}.`,
-        { command: spec.name },
-      );
-    }
+    const found = probe.dialect === null ? "" : ` (it offers KVMI ${probe.dialect.label}, which the bridge does not speak)`;
+    throw new KvmiUnsupportedError(
+      `${name} refused: this kernel offers no KVMI dialect the bridge speaks (${SPOKEN})${found}; ${probe.reason}. ` +
+        `No KVMI ioctl was issued: each dialect's numbers mean something else on kernels without that dialect.`,
+      { command: name },
+    );
   }
 
   private async kvmiIoctl(name: KvmiIoctlName, arg: Uint8Array | null): Promise<void> {
-    const spec = this.table.ioctls[name];
-    this.owned.check(spec.name);
+    this.owned.check(name);
+    const spec = this.requireSpec(name);
     if (spec.arg !== null) {
       if (!(arg instanceof Uint8Array) || arg.byteLength !== spec.arg.size || arg.byteLength !== _IOC_SIZE(spec.number)) {
         throw new KvmiArgumentError(
@@ -458,7 +475,6 @@ class Vm implements KvmVm {
         );
       }
     }
-    this.requireDialect(spec);
     const r = await this.owned.run(spec.name, (fd) =>
       // SAFETY: `_IOW` requests get `arg`, whose byteLength was checked above to equal both the
       // layout size and `_IOC_SIZE(spec.number)`, so the kernel's copy_from_user stays inside it; the
@@ -515,7 +531,7 @@ class System implements KvmSystem {
       this.libc.ioctlAsync(fd, KVM_CREATE_VM.number, machineType),
     );
     if (r.value === -1) throw remoteError(r.errno, KVM_CREATE_VM.name);
-    return new Vm(this.libc, r.value, this.paramPath, KVMI_V9_IOCTLS);
+    return new Vm(this.libc, r.value, this.paramPath);
   }
 
   close(): void {

@@ -44,6 +44,25 @@ describe("identifyIntrospection", () => {
     expect(probe.candidates.map((t) => t.id).sort()).toEqual(["kvmi-v7", "v9"]);
   });
 
+  it("identifies both kvmi-v7 generations (cap 180 once v8 is ruled out, cap 999)", () => {
+    expect(identifyIntrospection(PRESENT, answers(KERNELS.kvmiV7On58)).dialect?.id).toBe("kvmi-v7");
+    const probe = identifyIntrospection(PRESENT, answers(KERNELS.kvmiV7Cap999));
+    expect(probe.dialect?.id).toBe("kvmi-v7-2.11.93");
+    expect(probe.dialect?.wire?.name).toBe("kvmi-v7");
+  });
+
+  it("identifies v10/v11, a dialect without a codec table", () => {
+    const probe = identifyIntrospection(PRESENT, answers(KERNELS.v10v11));
+    expect(probe.dialect?.id).toBe("v10-v11");
+    expect(probe.dialect?.wire).toBeNull();
+  });
+
+  it("names an unknown dialect when a patched kernel reports no known capability", () => {
+    const probe = identifyIntrospection(PRESENT, answers(KERNELS.unknownDialect));
+    expect(probe.offered).toBe(false);
+    expect(probe.reason).toMatch(/unknown dialect/);
+  });
+
   it("reports a patched kernel with introspection switched off", () => {
     const probe = identifyIntrospection({ ...PRESENT, enabled: false }, answers({}));
     expect(probe.offered).toBe(false);

@@ -74,7 +74,9 @@ describe("ioctl table", () => {
     expect(kvmiIoctlTable("kvmi-v7").ioctls.KVM_INTROSPECTION_HOOK.number).toBe(0x4018aeff);
     const caps = Object.fromEntries(KVMI_IOCTL_TABLES.map((t) => [t.id, t.capIntrospection]));
     expect(caps).toEqual({ v9: 184, v8: 180, "v10-v11": 193, v12: 206, "kvmi-v7-2.11.93": 999, "kvmi-v7": 180 });
-    expect(KVMI_IOCTL_TABLES.filter((t) => t.bridgeSupported).map((t) => t.id)).toEqual(["v9"]);
+    expect(KVMI_IOCTL_TABLES.filter((t) => t.bridgeSupported).map((t) => t.id)).toEqual(["v9", "v12", "kvmi-v7-2.11.93", "kvmi-v7"]);
+    // Exactly the dialects the codec speaks: the bridge never issues numbers it has no wire table for.
+    for (const table of KVMI_IOCTL_TABLES) expect(table.bridgeSupported, table.id).toBe(table.wire !== null);
   });
 
   it("groups dialects by capability number", () => {

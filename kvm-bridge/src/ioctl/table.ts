@@ -4,8 +4,9 @@
  * as data. Request numbers are derived with `_IOC` from the argument layouts in
  * `wire/layouts/ioctl.ts`, never written by hand; the tests compare them with kvmi-abi §2.4.
  *
- * Only the v9 table is issued by `kvm.ts`. The other dialects of kvmi-abi §1.2 are listed so that
- * the doctor can report on them and so that they can be enabled later.
+ * `kvm.ts` issues the numbers of the dialect the probe identified, for every dialect the codec
+ * speaks (v9, v12, kvmi-v7: `bridgeSupported`); v8 and v10/v11 are listed so that the doctor can
+ * name them.
  *
  * Warning (kvmi-abi §2.4): the KVMI ioctl numbers **and** the KVM_CAP_INTROSPECTION numbers were
  * taken from the free space of the mainline tree the series was based on, and mainline has since
@@ -147,7 +148,7 @@ export interface KvmiIoctlTable {
    * from; null for dialects the codec does not speak (v8, v10/v11).
    */
   readonly wire: Dialect | null;
-  /** True only for the dialects `kvm.ts` issues ioctls for (v9). */
+  /** The dialects `kvm.ts` issues ioctls for: those the codec speaks (`wire` set). */
   readonly bridgeSupported: boolean;
   /** False when the numbers come from the sheet's matrix only and were not checked against a header. */
   readonly verified: boolean;
@@ -231,7 +232,7 @@ export const KVMI_V9_IOCTLS: KvmiIoctlTable = Object.freeze({
 export const KVM_CAP_INTROSPECTION = KVMI_V9_IOCTLS.capIntrospection;
 
 /**
- * Every dialect whose ioctl numbers are known, v9 first (kvmi-abi §1.2). Only v9 is
+ * Every dialect whose ioctl numbers are known, v9 first (docs/protocol/). v9, v12 and kvmi-v7 are
  * `bridgeSupported`. Capability numbers are unique except 180 (v8 and the 2023 product QEMU).
  */
 export const KVMI_IOCTL_TABLES: readonly KvmiIoctlTable[] = Object.freeze([
@@ -268,7 +269,7 @@ export const KVMI_IOCTL_TABLES: readonly KvmiIoctlTable[] = Object.freeze([
     newerMainlineCaps: [KVM_CAP_XSAVE2, KVM_CAP_SYS_ATTRIBUTES],
     ioctls: kvmiIoctls(nrsOf(v12.ioctls)),
     wire: v12,
-    bridgeSupported: false,
+    bridgeSupported: true,
     verified: true,
     source: "kvmi-abi §1.2 (KVM-VMI/qemu kvmi-v12 linux-headers)",
   }),
@@ -280,7 +281,7 @@ export const KVMI_IOCTL_TABLES: readonly KvmiIoctlTable[] = Object.freeze([
     newerMainlineCaps: [],
     ioctls: kvmiIoctls(nrsOf(kvmiV7.ioctls)),
     wire: kvmiV7,
-    bridgeSupported: false,
+    bridgeSupported: true,
     verified: false,
     source:
       "kvmi-abi §1.2 matrix only; UNHOOK/PREUNHOOK order unverified (RFC v6 headers have UNHOOK = 0xfe); " +
@@ -294,7 +295,7 @@ export const KVMI_IOCTL_TABLES: readonly KvmiIoctlTable[] = Object.freeze([
     newerMainlineCaps: [],
     ioctls: kvmiIoctls(nrsOf(kvmiV7.ioctls)),
     wire: kvmiV7,
-    bridgeSupported: false,
+    bridgeSupported: true,
     verified: false,
     source:
       "kvmi-abi §1.2, §1.5 matrix only; UNHOOK/PREUNHOOK order unverified; argument structs assumed unchanged",

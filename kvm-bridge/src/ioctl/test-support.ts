@@ -134,4 +134,12 @@ export const KERNELS = {
   v12: { 183: 1, 184: 1, 188: 1, 189: 1, 192: 65536, 195: 1, 200: 1, 203: 1, 206: 1 },
   /** Product dialect with cap 180 on a 5.9 base: fits both v8/kvmi-v7 (180) and v9 (184 = LAST_CPU). */
   kvmiV7On59: { 180: 1, 183: 1, 184: 1 },
+  /** Product dialect with cap 180 on a 5.8 base: 183 (KVM_CAP_ASYNC_PF_INT) rules out v8, 184 is not there yet. */
+  kvmiV7On58: { 180: 1, 183: 1 },
+  /** The kvmi-v7-2.11.93 QEMU generation's kernel (cap 999, an old base without the later caps). */
+  kvmiV7Cap999: { 999: 1 },
+  /** v10/v11 (cap 193): identified, but a dialect the codec does not speak. */
+  v10v11: { 183: 1, 184: 1, 188: 1, 189: 1, 192: 65536, 193: 1 },
+  /** Patched (the sysfs marker exists) but no known capability answers: an unknown dialect. */
+  unknownDialect: {},
 } as const satisfies Record<string, Record<number, number>>;

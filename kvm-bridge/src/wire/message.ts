@@ -283,6 +283,16 @@ export function decodeEvent(dialect: Dialect, body: Uint8Array, messageId?: numb
   }
   let head: { size: number; vcpu: number; event?: number; arch: AnyValue } | undefined;
   const known = eventId === undefined ? undefined : eventById(dialect, eventId);
+  const { vmEventMessageId, vcpuEventMessageId } = dialect.eventFraming;
+  if (known !== undefined && messageId !== undefined && vmEventMessageId !== vcpuEventMessageId) {
+    // Where VM and vCPU events have message ids of their own (v12, docs/protocol/v12.md), the event
+    // id must fit the message id: a short vCPU-event message whose header reads 0 is malformed, not
+    // the VM's UNHOOK.
+    const expected = known.scope === "vm" ? vmEventMessageId : vcpuEventMessageId;
+    if (messageId !== expected) {
+      throw new KvmiProtocolError(`${known.name} arrived in message id ${messageId}; ${known.scope === "vm" ? "VM" : "vCPU"} events use ${expected}`);
+    }
+  }
   const withCommon =
     eventHdr === null ||
     (known !== undefined ? carriesCommon(dialect, known.scope) : messageId === dialect.eventFraming.vcpuEventMessageId);

@@ -13,7 +13,8 @@
  * `introspection` object exist. Command and event allow lists repeat the key once per id, as the
  * introspection object's list properties are set; without a list QEMU allows every id (`-1`).
  */
-import { v9 } from "@kvmi/kvm-bridge/wire";
+import { KNOWN_DIALECTS, v9 } from "@kvmi/kvm-bridge/wire";
+import type { Dialect } from "@kvmi/kvm-bridge/wire";
 import { escapeQemuOptValue } from "./domain-xml.js";
 import type { QemuArgPair } from "./domain-xml.js";
 
@@ -78,29 +79,62 @@ export function introspectionQemuArgs(options: IntrospectionArgsOptions): QemuAr
 /** Result of {@link resolveKvmiIds}. */
 export type ResolvedIds = { readonly ok: true; readonly ids: number[] } | { readonly ok: false; readonly error: string };
 
+/** A command or event spec of a table, reduced to what the allow lists need. */
+interface Named {
+  readonly id: number;
+  readonly name: string;
+  /** `op` of a command, `kind` of an event: how the same message is found in another dialect. */
+  readonly key: string;
+}
+
+function namedOf(dialect: Dialect, kind: "command" | "event"): Named[] {
+  return kind === "command" ? dialect.commands.map((c) => ({ id: c.id, name: c.name, key: c.op })) : dialect.events.map((e) => ({ id: e.id, name: e.name, key: e.kind }));
+}
+
 /**
- * Turns command or event names into v9 ids (kvmi-abi.md §4, §5): kernel names
- * (`KVMI_VM_READ_PHYSICAL`, `KVMI_EVENT_PF`), the same without the prefix in any case
- * (`vm_read_physical`, `pf`) and decimal ids are accepted; duplicates are dropped, order kept.
- * Event lists always get KVMI_EVENT_UNHOOK: without it QEMU cannot warn the bridge before a pause
- * or migration (kvmi-abi.md §2.6) and the bridge could not undo its hooks in time.
+ * Turns command or event names into the wire ids of `dialect` (the one the VM's QEMU speaks: the
+ * ids QEMU passes to KVM_INTROSPECTION_COMMAND/EVENT are that dialect's, docs/protocol/): kernel
+ * names (`KVMI_VM_READ_PHYSICAL`, `KVMI_EVENT_PF`), the same without the prefix in any case
+ * (`vm_read_physical`, `pf`) and decimal ids are accepted. A name of another dialect stands for the
+ * same command or event in this one (v9's `KVMI_VM_READ_PHYSICAL` is kvmi-v7's `KVMI_READ_PHYSICAL`),
+ * so one allow list works whatever the dialect; one the dialect lacks is an error that says so.
+ * Duplicates are dropped, order kept. Event lists always get the UNHOOK event: without it QEMU
+ * cannot warn the bridge before a pause or migration (docs/protocol/README.md, "Unhook") and the
+ * bridge could not undo its hooks in time.
  */
-export function resolveKvmiIds(kind: "command" | "event", items: readonly string[]): ResolvedIds {
-  const table = kind === "command" ? v9.commands : v9.events;
+export function resolveKvmiIds(kind: "command" | "event", items: readonly string[], dialect: Dialect = v9): ResolvedIds {
+  const own = namedOf(dialect, kind);
   const prefix = kind === "command" ? "KVMI_" : "KVMI_EVENT_";
-  const ids: number[] = kind === "event" ? [table.find((e) => e.name === "KVMI_EVENT_UNHOOK")!.id] : [];
+  const unhook = own.find((e) => e.key === "UNHOOK");
+  const ids: number[] = kind === "event" && unhook !== undefined ? [unhook.id] : [];
   const unknown: string[] = [];
+  const missing: string[] = [];
   for (const item of items) {
     const text = item.trim();
     const upper = text.toUpperCase();
-    const spec = /^\d+$/.test(text)
-      ? table.find((e) => e.id === Number(text))
-      : table.find((e) => e.name === upper || e.name === `${prefix}${upper}`);
+    const named = (e: Named): boolean => e.name === upper || e.name === `${prefix}${upper}`;
+    let spec = /^\d+$/.test(text) ? own.find((e) => e.id === Number(text)) : own.find(named);
+    if (spec === undefined && !/^\d+$/.test(text)) {
+      // Another dialect's name for it: the same op or kind in this dialect.
+      const key = KNOWN_DIALECTS.flatMap((d) => namedOf(d, kind)).find(named)?.key;
+      spec = key === undefined ? undefined : own.find((e) => e.key === key);
+      if (key !== undefined && spec === undefined) {
+        missing.push(text);
+        continue;
+      }
+    }
     if (spec === undefined) unknown.push(text);
     else if (!ids.includes(spec.id)) ids.push(spec.id);
   }
-  if (unknown.length > 0) {
-    return { ok: false, error: `unknown KVMI ${kind}${unknown.length > 1 ? "s" : ""} ${unknown.map((u) => JSON.stringify(u)).join(", ")} (v9 ${kind}s: ${table.map((e) => e.name).join(", ")})` };
+  const errors: string[] = [];
+  if (missing.length > 0) {
+    errors.push(`${missing.map((u) => JSON.stringify(u)).join(", ")} ${missing.length > 1 ? "are" : "is"} not in KVMI ${dialect.name}`);
   }
-  return { ok: true, ids };
+  if (unknown.length > 0) {
+    errors.push(
+      `unknown KVMI ${kind}${unknown.length > 1 ? "s" : ""} ${unknown.map((u) => JSON.stringify(u)).join(", ")} ` +
+        `(${dialect.name} ${kind}s: ${own.map((e) => e.name).join(", ")})`,
+    );
+  }
+  return errors.length > 0 ? { ok: false, error: errors.join("; ") } : { ok: true, ids };
 }

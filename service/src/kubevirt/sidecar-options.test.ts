@@ -2,6 +2,7 @@
 // The sidecar's options, its two views of the hook volume, the container name from the VMI, and
 // the QEMU introspection arguments (kvmi-abi.md §2.1).
 import { readFileSync } from "node:fs";
+import { kvmiV7, v12, v9 } from "@kvmi/kvm-bridge/wire";
 import { describe, expect, it } from "vitest";
 import { INTROSPECTION_OWNED_ARGS, introspectionQemuArgs, resolveKvmiIds } from "./introspection-args.js";
 import { HOOKS_DIR, computePaths, containerNameFromVmi, parseSidecarArgs, sidecarPaths } from "./sidecar-options.js";
@@ -27,6 +28,7 @@ describe("parseSidecarArgs", () => {
         nodeBridgeTls: { caFile: undefined, certFile: undefined, keyFile: undefined, serverName: undefined },
         connectDeadlineSeconds: 120,
         warnings: [],
+        dialect: v9,
         commands: undefined,
         events: undefined,
         reconnectSeconds: 1,
@@ -190,5 +192,43 @@ describe("introspection arguments", () => {
     expect(resolveKvmiIds("event", [])).toEqual({ ok: true, ids: [0] });
     expect(resolveKvmiIds("event", ["KVMI_EVENT_SINGLESTEP", "hypercall", "unhook"])).toEqual({ ok: true, ids: [0, 10, 2] });
     expect(resolveKvmiIds("command", ["0", "26"])).toMatchObject({ ok: false, error: expect.stringMatching(/unknown KVMI commands "0", "26"/) });
+  });
+
+  it("resolves against the VM's own dialect, accepting another dialect's name for the same message", () => {
+    // kvmi-v7 (docs/protocol/kvmi-v7.md): READ_PHYSICAL 17, GET_PAGE_ACCESS 20, GET_VERSION 2; UNHOOK 0, CPUID 13, PF 6, CR 1.
+    expect(resolveKvmiIds("command", ["KVMI_VM_READ_PHYSICAL", "get_page_access", "KVMI_GET_VERSION"], kvmiV7)).toEqual({ ok: true, ids: [17, 20, 2] });
+    expect(resolveKvmiIds("event", ["KVMI_EVENT_CPUID", "pf", "KVMI_VCPU_EVENT_CR"], kvmiV7)).toEqual({ ok: true, ids: [0, 13, 6, 1] });
+    // v12 (docs/protocol/v12.md): VM_READ_PHYSICAL 12, VCPU_GET_REGISTERS 7; VM_EVENT_UNHOOK 0, VCPU_EVENT_PF 17.
+    expect(resolveKvmiIds("command", ["vm_read_physical", "KVMI_VCPU_GET_REGISTERS", "7"], v12)).toEqual({ ok: true, ids: [12, 7] });
+    expect(resolveKvmiIds("event", ["pf", "unhook"], v12)).toEqual({ ok: true, ids: [0, 17] });
+  });
+
+  it("says when a message exists in another dialect but not in the VM's", () => {
+    expect(resolveKvmiIds("command", ["KVMI_VM_GET_MAX_GFN", "nonsense"], v12)).toEqual({
+      ok: false,
+      error: expect.stringMatching(/^"KVMI_VM_GET_MAX_GFN" is not in KVMI v12; unknown KVMI command "nonsense" \(v12 commands: KVMI_GET_VERSION, /),
+    });
+    expect(resolveKvmiIds("event", ["cpuid"], v9)).toMatchObject({ ok: false, error: '"cpuid" is not in KVMI v9' });
+  });
+});
+
+describe("the sidecar's --kvmi-dialect", () => {
+  it("defaults to v9, or to kvmi-bridge's --kvmi-dialect after \"--\"", () => {
+    expect(parseSidecarArgs(["--allow-event", "pf"])).toMatchObject({ action: "run", options: { dialect: { name: "v9" }, events: [0, 9] } });
+    const parsed = parseSidecarArgs(["--allow-event", "pf", "--", "--kvmi-dialect", "v12"]);
+    expect(parsed).toMatchObject({ action: "run", options: { dialect: { name: "v12" }, events: [0, 17] } });
+  });
+
+  it("sends the allow lists in the chosen dialect's ids", () => {
+    const parsed = parseSidecarArgs(["--kvmi-dialect", "kvmi-v7", "--allow-command", "read_physical,KVMI_VM_WRITE_PHYSICAL", "--", "--grpc-listen", "0.0.0.0:1"]);
+    expect(parsed).toMatchObject({ action: "run", options: { dialect: { name: "kvmi-v7" }, commands: [17, 18] } });
+  });
+
+  it("refuses an unknown dialect and one that contradicts the bridge's", () => {
+    expect(parseSidecarArgs(["--kvmi-dialect", "v10"])).toMatchObject({ action: "fail", errors: [expect.stringMatching(/must be one of v9, v12, kvmi-v7, got "v10"/)] });
+    expect(parseSidecarArgs(["--kvmi-dialect", "v9", "--", "--kvmi-dialect=v12"])).toMatchObject({
+      action: "fail",
+      errors: [expect.stringMatching(/--kvmi-dialect v9 differs from kvmi-bridge's --kvmi-dialect v12/)],
+    });
   });
 });

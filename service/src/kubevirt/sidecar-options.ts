@@ -20,6 +20,8 @@
  */
 import { join, posix } from "node:path";
 import { parseArgs } from "node:util";
+import { dialectByName, KNOWN_DIALECT_NAMES } from "@kvmi/kvm-bridge/wire";
+import type { Dialect } from "@kvmi/kvm-bridge/wire";
 import { resolveKvmiIds } from "./introspection-args.js";
 
 /** KubeVirt's hook socket directory (`hooks.HookSocketsSharedDirectory`). */
@@ -74,7 +76,12 @@ export interface SidecarOptions {
   readonly connectDeadlineSeconds: number;
   /** Deprecation notes for the log (e.g. --hook-priority, which KubeVirt does not order sidecars by). */
   readonly warnings: readonly string[];
-  /** Allowed KVMI command ids; undefined = all. */
+  /**
+   * The KVMI dialect of the VM's QEMU and kernel: the id space of {@link commands} and
+   * {@link events}, and (pod mode) the in-pod bridge's `--kvmi-dialect`.
+   */
+  readonly dialect: Dialect;
+  /** Allowed KVMI command ids, in {@link dialect}'s numbering; undefined = all. */
   readonly commands: readonly number[] | undefined;
   /** Allowed KVMI event ids (always with UNHOOK); undefined = all. */
   readonly events: readonly number[] | undefined;
@@ -116,9 +123,13 @@ Options:
   --hook-socket NAME             hook server socket file name (default kvmi-bridge.sock)
   --socket-subdir NAME           directory for the KVMI socket and cookie (default kvmi)
   --hook-name NAME               name announced to virt-launcher (default kvmi-bridge)
-  --allow-command LIST           KVMI commands QEMU allows (names or ids, repeatable; default all)
+  --kvmi-dialect NAME            KVMI dialect of the VM's QEMU and kernel: ${KNOWN_DIALECT_NAMES.join(" | ")}
+                                 (default: the --kvmi-dialect given to kvmi-bridge after "--", else v9);
+                                 the allow lists are sent in its ids, and the in-pod bridge speaks it
+  --allow-command LIST           KVMI commands QEMU allows (names or ids, repeatable; default all;
+                                 any dialect's name for a command the VM's dialect has)
   --allow-event LIST             KVMI events QEMU allows (names or ids, repeatable; default all;
-                                 KVMI_EVENT_UNHOOK is always added)
+                                 the UNHOOK event is always added)
   --reconnect-seconds N          QEMU chardev reconnect=N (default 1)
   --handshake-timeout-seconds N  introspection handshake_timeout (default 10)
   --unhook-timeout-seconds N     introspection unhook_timeout (default 60)
@@ -165,6 +176,7 @@ export function parseSidecarArgs(argv: readonly string[], env: NodeJS.ProcessEnv
         "socket-subdir": { type: "string" },
         "hook-name": { type: "string" },
         "hook-priority": { type: "string" },
+        "kvmi-dialect": { type: "string" },
         "allow-command": { type: "string", multiple: true },
         "allow-event": { type: "string", multiple: true },
         "reconnect-seconds": { type: "string" },
@@ -204,9 +216,10 @@ export function parseSidecarArgs(argv: readonly string[], env: NodeJS.ProcessEnv
     if (!Number.isSafeInteger(n) || n < min || n > max) errors.push(`--${flag} must be a whole number in ${min}..${max}, got "${value}"`);
     return n;
   };
+  const dialect = sidecarDialect(values["kvmi-dialect"], bridgeArgs, errors);
   const ids = (kind: "command" | "event", items: string[] | undefined): number[] | undefined => {
     if (items === undefined) return undefined;
-    const resolved = resolveKvmiIds(kind, items.flatMap((item) => item.split(",")).filter((item) => item.trim() !== ""));
+    const resolved = resolveKvmiIds(kind, items.flatMap((item) => item.split(",")).filter((item) => item.trim() !== ""), dialect);
     if (!resolved.ok) errors.push(`--allow-${kind}: ${resolved.error}`);
     return resolved.ok ? resolved.ids : [];
   };
@@ -260,6 +273,7 @@ export function parseSidecarArgs(argv: readonly string[], env: NodeJS.ProcessEnv
     },
     connectDeadlineSeconds: int("connect-deadline-seconds", values["connect-deadline-seconds"], 120, 1, 86_400),
     warnings,
+    dialect,
     commands: ids("command", values["allow-command"]),
     events: ids("event", values["allow-event"]),
     reconnectSeconds: int("reconnect-seconds", values["reconnect-seconds"], 1, 1, 3600),
@@ -269,6 +283,34 @@ export function parseSidecarArgs(argv: readonly string[], env: NodeJS.ProcessEnv
     bridgeArgs,
   };
   return errors.length > 0 ? { action: "fail", errors } : { action: "run", options };
+}
+
+/** The `--kvmi-dialect` value among kvmi-bridge's arguments (`--kvmi-dialect X` or `--kvmi-dialect=X`), if any. */
+function bridgeDialectArg(bridgeArgs: readonly string[]): string | undefined {
+  let found: string | undefined;
+  bridgeArgs.forEach((arg, i) => {
+    if (arg === "--kvmi-dialect") found = bridgeArgs[i + 1];
+    else if (arg.startsWith("--kvmi-dialect=")) found = arg.slice("--kvmi-dialect=".length);
+  });
+  return found;
+}
+
+/**
+ * The VM's dialect: the sidecar's `--kvmi-dialect`, else the bridge's, else v9. Both given and
+ * different is an error: QEMU would get one dialect's ids while the bridge speaks another.
+ */
+function sidecarDialect(own: string | undefined, bridgeArgs: readonly string[], errors: string[]): Dialect {
+  const bridge = bridgeDialectArg(bridgeArgs);
+  if (own !== undefined && bridge !== undefined && own !== bridge) {
+    errors.push(`--kvmi-dialect ${own} differs from kvmi-bridge's --kvmi-dialect ${bridge}; give it once`);
+  }
+  const name = own ?? bridge ?? "v9";
+  try {
+    return dialectByName(name, "--kvmi-dialect");
+  } catch (err) {
+    errors.push((err as Error).message);
+    return dialectByName("v9");
+  }
 }
 
 function parseNodeBridge(text: string | undefined, errors: string[]): NodeBridgeAddress | undefined {

@@ -162,6 +162,8 @@ export async function main(argv: readonly string[], io: SidecarIo = processIo())
     `unix:${paths.kvmiSocket}`,
     "--kvmi-socket-mode",
     "0666",
+    // The bridge speaks the VM's dialect (the sidecar's --kvmi-dialect, or the bridge's own).
+    ...(options.bridgeArgs.some((arg) => arg === "--kvmi-dialect" || arg.startsWith("--kvmi-dialect=")) ? [] : ["--kvmi-dialect", options.dialect.name]),
     ...options.bridgeArgs,
     "--secret-file",
     paths.cookie,
@@ -188,6 +190,7 @@ export async function main(argv: readonly string[], io: SidecarIo = processIo())
       kvmiSocket: paths.kvmiSocket,
       cookie: cookieKept ? "kept from an earlier start" : "new",
       containerName: options.containerName ?? (options.api === "plugin" ? "(not needed)" : "(from the VMI annotation)"),
+      dialect: options.dialect.name,
       commands: options.commands ?? "all",
       events: options.events ?? "all",
     },

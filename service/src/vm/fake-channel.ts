@@ -7,6 +7,7 @@
  */
 import { KvmiRemoteError, KvmiTransportError } from "@kvmi/kvm-bridge";
 import type { KvmiChannel, KvmiEvent, VmRecord, VmRegistry } from "@kvmi/kvm-bridge";
+import type { Dialect } from "@kvmi/kvm-bridge/wire";
 import { v9, V9_COMMANDS, V9_EVENTS } from "@kvmi/kvm-bridge/wire";
 
 /** One command as the fake channel received it. */
@@ -40,12 +41,16 @@ export class FakeChannel {
   readonly replies: SentReply[] = [];
   /** How commands are answered: return the reply, or throw (e.g. a KvmiRemoteError). */
   answer: Answer = () => ({});
-  /** The kernel's dialect: v9, whose requests the service's mapping builds unchanged. */
-  readonly dialect = v9;
   private open = true;
   private sink: ((event: KvmiEvent) => boolean) | undefined;
   private readonly closeListeners: Array<(err: KvmiTransportError) => void> = [];
   private seq = 0;
+
+  /**
+   * @param dialect - the kernel's dialect table (v9 by default, whose requests the service's mapping
+   *   builds unchanged); a test gives another to check that limits and ids come from the VM's own table.
+   */
+  constructor(readonly dialect: Dialect = v9) {}
 
   get isOpen(): boolean {
     return this.open;

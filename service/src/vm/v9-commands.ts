@@ -12,7 +12,7 @@
 import type { CommandOptions, KvmiChannel } from "@kvmi/kvm-bridge";
 import { KvmiNotInDialectError } from "@kvmi/kvm-bridge/wire";
 import { commandById, commandByOp, eventByKind, v9, V9_COMMANDS, withZeroDefaults } from "@kvmi/kvm-bridge/wire";
-import type { CommandOp, Dialect, EventKind, Layout, OpReply, OpRequest, V9CommandName, V9CommandReply, V9CommandRequest } from "@kvmi/kvm-bridge/wire";
+import type { CommandOp, Dialect, EventKind, OpReply, OpRequest, V9CommandName, V9CommandReply, V9CommandRequest } from "@kvmi/kvm-bridge/wire";
 import { eventKindOfApiId } from "../mapping/enums.js";
 
 type AnyValue = Record<string, unknown>;
@@ -60,8 +60,10 @@ export function sendCommandBatch<N extends V9CommandName>(
 }
 
 /**
- * The v9-shaped `request` as the VM's dialect wants it. v9 itself passes through unchanged (the
- * tables agree on every id and field), so the common case costs one comparison.
+ * The v9-shaped `request` as the VM's dialect wants it: ids inside the body renumbered by op or
+ * kind, fields kvmi.v1 does not carry as zero. Read from the dialect's table only, never from its
+ * name. Where the dialect's request layout is the one kvmi.v1's bodies are built for (v9's, which
+ * v12 and kvmi-v7 share for most commands), the body is already complete and is not copied.
  */
 export function toDialectBody(dialect: Dialect, name: V9CommandName, request: AnyValue): AnyValue {
   const op = V9_COMMANDS[name].op;
@@ -75,31 +77,25 @@ export function toDialectBody(dialect: Dialect, name: V9CommandName, request: An
     }
   }
   let body = request;
-  // Event ids are kvmi.v1's (EventType - 1: v9's ids, then the events v9 lacks), so they are
-  // translated on v9 too: kvmi-v7's CPUID there is NOT_IN_DIALECT, not whatever v9 id 12 would be.
-  switch (op) {
-    case "CHECK_EVENT":
-      return finish(dialect, spec.request.layout, { ...body, id: eventIdIn(dialect, body["id"] as number) });
-    case "CONTROL_VM_EVENTS":
-    case "CONTROL_VCPU_EVENTS":
-      return finish(dialect, spec.request.layout, { ...body, event_id: eventIdIn(dialect, body["event_id"] as number) });
-    default:
-      break;
-  }
-  if (dialect === v9) return request;
+  // Ids inside bodies are kvmi.v1's (commands: v9's ids; events: EventType - 1, v9's ids then the
+  // events v9 lacks), so they are translated on every dialect, v9 included: kvmi-v7's CPUID there
+  // is NOT_IN_DIALECT, not whatever v9 id 12 would be.
   switch (op) {
     case "CHECK_COMMAND":
       body = { ...body, id: commandIdIn(dialect, body["id"] as number) };
       break;
+    case "CHECK_EVENT":
+      body = { ...body, id: eventIdIn(dialect, body["id"] as number) };
+      break;
+    case "CONTROL_VM_EVENTS":
+    case "CONTROL_VCPU_EVENTS":
+      body = { ...body, event_id: eventIdIn(dialect, body["event_id"] as number) };
+      break;
     default:
       break;
   }
-  return withZeroDefaults(spec.request.layout, body);
-}
-
-/** v9 bodies pass through as they are; other dialects get the fields kvmi.v1 does not carry as zero. */
-function finish(dialect: Dialect, layout: Layout | null, body: AnyValue): AnyValue {
-  return dialect === v9 ? body : withZeroDefaults(layout, body);
+  const layout = spec.request.layout;
+  return layout === V9_COMMANDS[name].request.layout ? body : withZeroDefaults(layout, body);
 }
 
 /** The dialect's id of the command v9 calls `v9Id`; ids v9 does not know pass through (the kernel answers ENOENT). */

@@ -232,6 +232,15 @@ describe("framing that differs by dialect", () => {
     expect((decoded.arch as { regs: { rip: bigint } }).regs.rip).toBe(0n);
   });
 
+  it("v12: an event id that does not fit its message id is malformed (a short vCPU message is not UNHOOK)", () => {
+    // Message id 1 (vCPU events) whose kvmi_event_hdr reads 0 (VM_EVENT_UNHOOK): 10 bytes, no kvmi_vcpu_event.
+    expect(() => decodeEvent(v12, new Uint8Array(10), 1)).toThrow(/KVMI_VM_EVENT_UNHOOK arrived in message id 1; VM events use 0/);
+    // And a vCPU event (CR, 7) on the VM event message id 0.
+    const onVmId = new Uint8Array(8 + 544 + 24);
+    onVmId[0] = 7;
+    expect(() => decodeEvent(v12, onVmId, 0)).toThrow(/KVMI_VCPU_EVENT_CR arrived in message id 0; vCPU events use 1/);
+  });
+
   it("v12 vCPU events are hdr + kvmi_vcpu_event + payload on id 1", () => {
     const cr = requireEvent(v12, "CR");
     const archField = v12.layouts.event.fields["arch"];
