@@ -2,6 +2,7 @@
 // kvmi-qemu end to end: Debian's kernel under QEMU (TCG), presented to a real bridge through the
 // emulated KVMI kernel side, beside an emulated VM. The guest's own `ps` and console are the ground
 // truth (test/guest/README.md). One guest for the whole file, restored from the suite's snapshot.
+import { readFileSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Profile, linux } from "@kvmi/clients";
 import type { LinuxGuest, Session, SessionItem } from "@kvmi/clients";
@@ -128,6 +129,33 @@ describe("kvmi-qemu: a real Linux VM behind the bridge", () => {
       await session.release();
     }
     expect((await qemu.guestPs()).length).toBeGreaterThan(0); // the guest still answers
+  });
+
+  it("kvmictl sym, read --pid and modules answer from the profile as the kernel itself would", async () => {
+    // The kernel's own /proc/kallsyms (copied out at build time) is the ground truth for addresses.
+    const kallsyms = readFileSync(image.kallsyms, "utf8");
+    const line = new RegExp(`^([0-9a-f]{16}) [Tt] ${TICKER_SYSCALL.kernelFunction}$`, "m").exec(kallsyms)!;
+    const address = BigInt(`0x${line[1]}`);
+    const byName = await kvmictl("--json", "sym", TICKER_SYSCALL.kernelFunction, "--profile", image.profile);
+    expect(byName.code, byName.stderr).toBe(0);
+    expect(BigInt((JSON.parse(byName.stdout) as { address: string }).address)).toBe(address);
+    const byAddress = await kvmictl("--json", "sym", `0x${(address + 3n).toString(16)}`, "--profile", image.profile);
+    expect(JSON.parse(byAddress.stdout)).toMatchObject({ symbol: TICKER_SYSCALL.kernelFunction });
+    expect(BigInt((JSON.parse(byAddress.stdout) as { offset: string | number }).offset)).toBe(3n);
+
+    const marker = vm.snapshot.ps.find((p) => p.comm === "kvmi-marker")!;
+    const read = await kvmictl("--json", "read", "linux-0", `0x${MARKER.gva.toString(16)}`, String(MARKER.text.length), "--pid", String(marker.pid), "--profile", image.profile);
+    expect(read.code, read.stderr).toBe(0);
+    expect(Buffer.from((JSON.parse(read.stdout) as { data: string }).data, "hex").toString()).toBe(MARKER.text);
+    // Another process has nothing mapped there: its own page tables are used, not the current ones.
+    const idle = vm.snapshot.ps.find((p) => p.comm === "kvmi-idle")!;
+    const elsewhere = await kvmictl("read", "linux-0", `0x${MARKER.gva.toString(16)}`, "16", "--pid", String(idle.pid), "--profile", image.profile);
+    expect(elsewhere.code).not.toBe(0);
+
+    // The test initramfs loads no module: the kernel's `modules` list is empty and is walked to its head.
+    const modules = await kvmictl("--json", "modules", "linux-0", "--profile", image.profile);
+    expect(modules.code, modules.stderr).toBe(0);
+    expect(JSON.parse(modules.stdout)).toEqual([]);
   });
 
   it("a write into kvmi-marker's memory is seen by the guest itself", async () => {
