@@ -158,6 +158,40 @@ describe("kvmi-qemu: a real Linux VM behind the bridge", () => {
     expect(JSON.parse(modules.stdout)).toEqual([]);
   });
 
+  it("GET_CPUID answers the leaves QEMU reports as the guest kernel itself read them (boot_cpu_data); others ENOENT", async () => {
+    const commands = bridge.client.vm(backend.uuid);
+    const profile = guest.profile;
+    const size = profile.sizeOf("cpuinfo_x86");
+    const bytes = await commands.readVirtual(0, profile.requireSymbol("boot_cpu_data"), size);
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    const at = (field: string) => profile.offsetOf("cpuinfo_x86", field);
+    const text = (field: string) => {
+      const raw = bytes.subarray(at(field), at(field) + profile.fieldSize("cpuinfo_x86", field));
+      return new TextDecoder().decode(raw.subarray(0, raw.indexOf(0) < 0 ? raw.length : raw.indexOf(0)));
+    };
+    const word = (...values: number[]) => Buffer.from(Uint32Array.from(values).buffer).toString("latin1").replace(/\0+$/, "");
+
+    expect(text("x86_vendor_id")).not.toBe("");
+    expect(text("x86_model_id")).not.toBe("");
+    const leaf0 = await commands.getCpuid(0, 0);
+    expect(leaf0.eax).toBe(view.getInt32(at("cpuid_level"), true));
+    expect(word(leaf0.ebx, leaf0.edx, leaf0.ecx)).toBe(text("x86_vendor_id"));
+    // The kernel's decoding of leaf 1 (arch/x86/lib/cpu.c): family, model with its extension, stepping.
+    const { eax, ebx } = await commands.getCpuid(0, 1);
+    let family = (eax >> 8) & 0xf;
+    if (family === 0xf) family += (eax >> 20) & 0xff;
+    const model = ((eax >> 4) & 0xf) + (family >= 6 ? ((eax >> 16) & 0xf) << 4 : 0);
+    expect([family, model, eax & 0xf]).toEqual([view.getUint8(at("x86")), view.getUint8(at("x86_model")), view.getUint8(at("x86_stepping"))]);
+    expect(((ebx >> 8) & 0xff) * 8).toBe(view.getUint16(at("x86_clflush_size"), true));
+    expect((ebx >>> 24) & 0xff).toBe(0); // vCPU 0's APIC id
+    expect((await commands.getCpuid(1, 1)).ebx >>> 24).toBe(1);
+    expect((await commands.getCpuid(0, 0x80000000)).eax).toBe(view.getUint32(at("extended_cpuid_level"), true));
+    const brand = await Promise.all([0x80000002, 0x80000003, 0x80000004].map((fn) => commands.getCpuid(0, fn)));
+    expect(word(...brand.flatMap((l) => [l.eax, l.ebx, l.ecx, l.edx])).trim()).toBe(text("x86_model_id"));
+    // A leaf QEMU does not describe in full is refused as KVM refuses a leaf it lacks, not guessed.
+    await expect(commands.getCpuid(0, 4)).rejects.toThrow();
+  });
+
   it("a write into kvmi-marker's memory is seen by the guest itself", async () => {
     const session = await bridge.client.attach(backend.uuid, { role: "controller" });
     try {

@@ -17,6 +17,7 @@ import type { Logger } from "../logger.js";
 import { silentLogger } from "../logger.js";
 import { GdbPoint, type GdbClient, type StopReply } from "./gdb-client.js";
 import type { QmpClient } from "./qmp-client.js";
+import { cpuidLeaf, type CpuidTable } from "./qemu-cpuid.js";
 import { kernelAliases, PageWatches } from "./page-watch.js";
 import { kvmRegsOf, kvmSregsOf, modeOf, parseInfoRegisters } from "./qemu-registers.js";
 
@@ -46,6 +47,8 @@ export class QemuGuest implements GuestPort {
   readonly vcpus: QemuVcpuPort[];
   /** Set by the backend once the kernel side exists. */
   exitHandler: VcpuExitHandler | undefined;
+  /** Each vCPU's CPUID leaves as QEMU reports them (qemu-cpuid.ts), set by the backend; none: ENOENT. */
+  cpuidTables: readonly CpuidTable[] = [];
   /** True while the device manager has stopped the VM (KVM_RUN not entered): jobs wait. */
   managerStopped = false;
   private holds = 0;
@@ -338,8 +341,9 @@ export class QemuVcpuPort implements VcpuPort {
     }
   }
 
-  cpuid(): CpuidLeaf | undefined {
-    return undefined;
+  cpuid(fn: number): CpuidLeaf | undefined {
+    const table = this.guest.cpuidTables[this.index];
+    return table && cpuidLeaf(table, fn, this.snapshot?.sregs.cr4 ?? 0n);
   }
 
   xcr0(): bigint {
