@@ -86,7 +86,11 @@ export async function attachQemu(options: QemuBackendOptions): Promise<QemuBacke
   const [uuid, qmpName, ram] = await Promise.all([qmp.uuid(), qmp.name(), qmp.ramRanges()]);
   const name = options.name ?? qmpName ?? "qemu";
   const guest = new QemuGuest(gdb, qmp, ram, { logger: log });
-  guest.cpuidTables = await readCpuidTables(qmp);
+  // A QEMU whose vCPU objects lack these properties still attaches: GET_CPUID then answers ENOENT.
+  guest.cpuidTables = await readCpuidTables(qmp).catch((error: unknown) => {
+    log.warn({ err: (error as Error).message }, "QEMU does not describe its CPU model over QOM: GET_CPUID answers ENOENT");
+    return [];
+  });
   const kernel = new KvmiVm(guest, { dialect, logger: log, features: { singlestep: true, descriptorExits: false, userspaceBreakpoints: false } });
   guest.exitHandler = createKvmiExitHandler(kernel);
   const deviceManager = new DeviceManager({
