@@ -192,6 +192,19 @@ describe("kvmi-qemu: a real Linux VM behind the bridge", () => {
     await expect(commands.getCpuid(0, 4)).rejects.toThrow();
   });
 
+  it("GET_XSAVE carries the x87 and SSE state with Linux's control words; GET_XCR stays refused", async () => {
+    const commands = bridge.client.vm(backend.uuid);
+    for (const vcpu of [0, 1]) {
+      const area = await commands.getXsave(vcpu);
+      const view = new DataView(area.buffer, area.byteOffset, area.byteLength);
+      // Linux runs every task and its own FPU sections with FCW 0x37f and MXCSR 0x1f80 (fpu/init.c).
+      expect(view.getUint16(0, true), `FCW of vCPU ${vcpu}`).toBe(0x37f);
+      expect(view.getUint32(24, true), `MXCSR of vCPU ${vcpu}`).toBe(0x1f80);
+      expect(view.getBigUint64(512, true), "XSTATE_BV: x87 and SSE").toBe(3n);
+    }
+    await expect(commands.getXcr(0, 0)).rejects.toThrow();
+  });
+
   it("a write into kvmi-marker's memory is seen by the guest itself", async () => {
     const session = await bridge.client.attach(backend.uuid, { role: "controller" });
     try {

@@ -28,6 +28,8 @@ export const QEMU_COMMANDS: readonly CommandOp[] = [
   "CONTROL_CLEANUP", "GET_MAX_GFN", "GET_MTRR_TYPE", "CONTROL_SINGLESTEP", "TRANSLATE_GVA",
   // The leaves QEMU's CPU model gives in full (qemu-cpuid.ts); others ENOENT.
   "GET_CPUID",
+  // x87 and SSE state from the stub's registers (qemu-xsave.ts).
+  "GET_XSAVE",
   // Protocol only, no guest involved: kvmi-v7's reply switch, which libkvmi's batches need
   // (kvmi_pause_all_vcpus). Dialects without it simply do not list it.
   "CONTROL_CMD_RESPONSE",
