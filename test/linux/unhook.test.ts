@@ -4,6 +4,7 @@
 // kernel side to the bridge, which tells the tools; a tool that cleans up ends the wait, a tool that
 // ignores the notice gets the bridge's deadline, after which the bridge undoes its guest writes
 // itself. The guest's own console is the ground truth: kvmi-marker prints its text when it changes.
+// Last, the guest powers itself off: QEMU's SHUTDOWN event starts the same flow.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Profile, State, linux } from "@kvmi/clients";
 import { MARKER, TICKER_SYSCALL } from "../guest/build.js";
@@ -75,5 +76,30 @@ describe("the unhook flow on the real guest", () => {
 
     await rehooked();
     expect(new TextDecoder().decode(await guest.readProcessMemory(marker.pid, MARKER.gva, MARKER.text.length))).toBe(MARKER.text);
+  });
+
+  it("the guest powering itself off sends the controller the unhook notice (QMP SHUTDOWN) before QEMU goes", async () => {
+    await rehooked();
+    const session = await bridge.client.attach(vm.backend.uuid, { role: "controller" });
+    const events = session.events({ signal: AbortSignal.timeout(60_000) });
+    vm.qemu.sendConsole("poweroff");
+    let notice: { reason: string } | undefined;
+    try {
+      for await (const item of events) {
+        if (item.kind === "unhook") {
+          notice = item;
+          break;
+        }
+        if (item.kind === "event") await item.continue();
+      }
+    } catch {
+      // The stream ends with the VM: what matters is whether the notice came first.
+    }
+    // "deviceManager" only ever comes from the kernel side's UNHOOK event, not from a lost socket.
+    expect(notice?.reason).toBe("deviceManager");
+    await session.release().catch(() => undefined);
+    // And the guest really went: QEMU exits on its own (no -no-shutdown).
+    const gone = await Promise.race([vm.qemu.exited.then(() => true), new Promise<false>((resolve) => setTimeout(() => resolve(false), 30_000))]);
+    expect(gone).toBe(true);
   });
 });
