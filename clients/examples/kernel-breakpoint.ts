@@ -13,10 +13,12 @@
  * While one vCPU steps over the entry the INT3 is lifted, so a call that another vCPU makes in that
  * window is missed; production tracers pause the other vCPUs or use EPT views for it.
  */
-import { UnavailableError } from "@kvmi/clients";
+import { CancelledError, UnavailableError } from "@kvmi/clients";
 import type { BreakpointEvent, Session, SessionItem } from "@kvmi/clients";
 
 const INT3 = Uint8Array.of(0xcc);
+/** How long the final drain waits for events still on their way. */
+const DRAIN_QUIET_MS = 150;
 
 export class KernelBreakpoint {
   private armed = false;
@@ -82,5 +84,19 @@ export class KernelBreakpoint {
     for (const v of this.vcpus) await session.controlVcpuEvents(v, "breakpoint", false).catch(() => undefined);
     await session.writePhysical(this.gpa, this.original);
     for (const v of this.stepping) await session.controlSingleStep(v, false);
+  }
+}
+
+/** Answers what is already buffered or still arriving, until the stream is quiet (after a disarm). */
+export async function drain(session: Session, handle: (item: SessionItem) => Promise<void>): Promise<void> {
+  if (session.closed) return;
+  try {
+    for (;;) {
+      const next = await session.events({ signal: AbortSignal.timeout(DRAIN_QUIET_MS) }).next();
+      if (next.done) return;
+      await handle(next.value);
+    }
+  } catch (err) {
+    if (!(err instanceof CancelledError)) throw err;
   }
 }

@@ -18,11 +18,9 @@ import { CancelledError } from "@kvmi/clients";
 import type { BreakpointEvent, Session, SessionItem } from "@kvmi/clients";
 import { fail, integerOption, setup, stdout } from "./example-args.js";
 import { openGuest, PROFILE_OPTION, TaskIndex } from "./guest-profile.js";
-import { KernelBreakpoint } from "./kernel-breakpoint.js";
+import { drain, KernelBreakpoint } from "./kernel-breakpoint.js";
 
 const USAGE = "usage: trace.ts --vm <uuid|name> [--target host:port] [--duration ms] [--profile isf.json] [--symbol name] [--comm name] [--follow] [--json]";
-/** How long the final drain waits for events still on their way. */
-const DRAIN_QUIET_MS = 150;
 
 interface Counter {
   readonly pid: number;
@@ -95,20 +93,6 @@ async function loop(session: Session, signal: AbortSignal, handle: (item: Sessio
     }
   } catch (err) {
     if (!(signal.aborted && err instanceof CancelledError)) throw err;
-  }
-}
-
-/** Answers what is already buffered or still arriving, until the stream is quiet. */
-async function drain(session: Session, handle: (item: SessionItem) => Promise<void>): Promise<void> {
-  if (session.closed) return;
-  try {
-    for (;;) {
-      const next = await session.events({ signal: AbortSignal.timeout(DRAIN_QUIET_MS) }).next();
-      if (next.done) return;
-      await handle(next.value);
-    }
-  } catch (err) {
-    if (!(err instanceof CancelledError)) throw err;
   }
 }
 

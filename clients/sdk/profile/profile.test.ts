@@ -5,6 +5,8 @@ import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { BtfKind, parseBtf } from "./btf.js";
 import { parseKallsyms } from "./build-linux.js";
+import type { VmCommands } from "../commands.js";
+import { linux } from "./linux.js";
 import { Profile, stringifyIsf, type IsfDocument } from "./profile.js";
 
 const workload = Profile.parse(readFileSync(new URL("../../profiles/kvmi-sim-workload.json", import.meta.url), "utf8"));
@@ -45,6 +47,21 @@ describe("Profile (ISF)", () => {
     expect(profile.fieldSize("mm_struct", "pgd")).toBe(8);
     expect(profile.symbol("init_mm")).toBe(0xffffffff82b5c940n);
     expect(() => profile.offsetOf("mm_struct", "nope")).toThrow(/no field mm_struct.nope/);
+  });
+
+  it("reads a Volatility 3 symbol file as dwarf2json writes it (format 6.2.0: metadata, bitfields, enums, anonymous structs)", () => {
+    // An excerpt in dwarf2json's shape (fixtures/volatility3-linux-excerpt.json): what users already have.
+    const isf = Profile.parse(readFileSync(new URL("./fixtures/volatility3-linux-excerpt.json", import.meta.url), "utf8"));
+    expect(isf.os).toBe("linux");
+    expect(isf.symbol("init_task")).toBe(0xffffffff8275e040n); // beyond 2^53, still exact
+    expect(isf.symbolize(0xffffffff81045007n)).toEqual({ name: "__x64_sys_getppid", offset: 7n });
+    expect(isf.sizeOf("task_struct")).toBe(9792);
+    expect([isf.offsetOf("task_struct", "pid"), isf.offsetOf("task_struct", "tasks.next"), isf.fieldSize("task_struct", "comm")]).toEqual([2464, 2192, 16]);
+    expect(isf.fieldSize("task_struct", "policy")).toBe(4); // an enum, sized by its own entry
+    expect(isf.fieldSize("task_struct", "in_execve")).toBe(4); // a bitfield, sized by its storage type
+    expect(isf.offsetOf("mm_struct", "pgd")).toBe(80); // through the anonymous struct
+    // It is enough for the Linux helpers: every field they need resolves.
+    expect(() => linux({} as VmCommands, isf)).not.toThrow();
   });
 
   it("refuses what is not ISF", () => {

@@ -17,6 +17,7 @@ import { v9 } from "../wire/dialects/v9.js";
 import type { E820Entry } from "../wire/handshake.js";
 import type { SocketEndpoint } from "./endpoint.js";
 import { connectGdb, type GdbClient } from "./gdb-client.js";
+import { readCpuidTables } from "./qemu-cpuid.js";
 import { QemuGuest } from "./qemu-guest.js";
 import { connectQmp, type QmpClient, type QmpEvent } from "./qmp-client.js";
 
@@ -25,6 +26,10 @@ export const QEMU_COMMANDS: readonly CommandOp[] = [
   "GET_VERSION", "CHECK_COMMAND", "CHECK_EVENT", "GET_VM_INFO", "CONTROL_VM_EVENTS", "READ_PHYSICAL",
   "WRITE_PHYSICAL", "GET_VCPU_INFO", "PAUSE_VCPU", "CONTROL_VCPU_EVENTS", "GET_REGISTERS", "SET_REGISTERS",
   "CONTROL_CLEANUP", "GET_MAX_GFN", "GET_MTRR_TYPE", "CONTROL_SINGLESTEP", "TRANSLATE_GVA",
+  // The leaves QEMU's CPU model gives in full (qemu-cpuid.ts); others ENOENT.
+  "GET_CPUID",
+  // x87 and SSE state from the stub's registers (qemu-xsave.ts).
+  "GET_XSAVE",
   // Protocol only, no guest involved: kvmi-v7's reply switch, which libkvmi's batches need
   // (kvmi_pause_all_vcpus). Dialects without it simply do not list it.
   "CONTROL_CMD_RESPONSE",
@@ -83,6 +88,11 @@ export async function attachQemu(options: QemuBackendOptions): Promise<QemuBacke
   const [uuid, qmpName, ram] = await Promise.all([qmp.uuid(), qmp.name(), qmp.ramRanges()]);
   const name = options.name ?? qmpName ?? "qemu";
   const guest = new QemuGuest(gdb, qmp, ram, { logger: log });
+  // A QEMU whose vCPU objects lack these properties still attaches: GET_CPUID then answers ENOENT.
+  guest.cpuidTables = await readCpuidTables(qmp).catch((error: unknown) => {
+    log.warn({ err: (error as Error).message }, "QEMU does not describe its CPU model over QOM: GET_CPUID answers ENOENT");
+    return [];
+  });
   const kernel = new KvmiVm(guest, { dialect, logger: log, features: { singlestep: true, descriptorExits: false, userspaceBreakpoints: false } });
   guest.exitHandler = createKvmiExitHandler(kernel);
   const deviceManager = new DeviceManager({

@@ -17,6 +17,8 @@ import type { Logger } from "../logger.js";
 import { silentLogger } from "../logger.js";
 import { GdbPoint, type GdbClient, type StopReply } from "./gdb-client.js";
 import type { QmpClient } from "./qmp-client.js";
+import { cpuidLeaf, type CpuidTable } from "./qemu-cpuid.js";
+import { xsaveOf } from "./qemu-xsave.js";
 import { kernelAliases, PageWatches } from "./page-watch.js";
 import { kvmRegsOf, kvmSregsOf, modeOf, parseInfoRegisters } from "./qemu-registers.js";
 
@@ -30,6 +32,8 @@ interface Snapshot {
   regs: KvmRegs;
   sregs: KvmSregs;
   kernelGsBase: bigint;
+  /** The legacy XSAVE region and header from the stub's x87/SSE registers (qemu-xsave.ts). */
+  xsave: Uint8Array | undefined;
 }
 
 /** One tool-written INT3: the byte the guest really has, and where the gdbstub breakpoints sit. */
@@ -46,6 +50,8 @@ export class QemuGuest implements GuestPort {
   readonly vcpus: QemuVcpuPort[];
   /** Set by the backend once the kernel side exists. */
   exitHandler: VcpuExitHandler | undefined;
+  /** Each vCPU's CPUID leaves as QEMU reports them (qemu-cpuid.ts), set by the backend; none: ENOENT. */
+  cpuidTables: readonly CpuidTable[] = [];
   /** True while the device manager has stopped the VM (KVM_RUN not entered): jobs wait. */
   managerStopped = false;
   private holds = 0;
@@ -292,7 +298,7 @@ export class QemuVcpuPort implements VcpuPort {
     await this.guest.withStopped(async () => {
       const [gdbRegs, info] = await Promise.all([this.guest.gdb.readRegisters(this.index), this.guest.qmp.hmp("info registers", this.index)]);
       const sregs = kvmSregsOf(gdbRegs, parseInfoRegisters(info));
-      this.snapshot = { regs: kvmRegsOf(gdbRegs), sregs, kernelGsBase: gdbRegs.get("k_gs_base") ?? 0n };
+      this.snapshot = { regs: kvmRegsOf(gdbRegs), sregs, kernelGsBase: gdbRegs.get("k_gs_base") ?? 0n, xsave: xsaveOf(gdbRegs) };
     });
   }
 
@@ -338,8 +344,9 @@ export class QemuVcpuPort implements VcpuPort {
     }
   }
 
-  cpuid(): CpuidLeaf | undefined {
-    return undefined;
+  cpuid(fn: number): CpuidLeaf | undefined {
+    const table = this.guest.cpuidTables[this.index];
+    return table && cpuidLeaf(table, fn, this.snapshot?.sregs.cr4 ?? 0n);
   }
 
   xcr0(): bigint {
@@ -347,7 +354,7 @@ export class QemuVcpuPort implements VcpuPort {
   }
 
   getXsave(): Uint8Array {
-    return new Uint8Array(4096);
+    return this.state().xsave ?? new Uint8Array(4096);
   }
 
   setXsave(): boolean {
