@@ -49,6 +49,11 @@ const MAX_CHUNK = 2 * 1024 * 1024;
  * few enough that a large batch does not queue thousands of commands at once.
  */
 const PAGE_WINDOW = 64;
+/**
+ * Windows of page reads one batch read keeps going at once; each may wait for the channel's slots
+ * with the caller's AbortSignal (one listener per waiting window).
+ */
+export const BATCH_READ_WINDOWS = 2;
 const UNMAPPED = (1n << 64n) - 1n;
 /** A dump that finds only holes still reports progress at least every this many windows (16 MiB). */
 const PROGRESS_EVERY_WINDOWS = 64;
@@ -236,7 +241,7 @@ function vmContext(name: string): { vm?: string } {
 export async function batchRead(deps: RpcDeps, request: BatchReadMemoryRequest, caller: CommandCaller): Promise<BatchReadMemoryResponse> {
   checkRanges(request);
   const host = deps.hosts.require(parseVmName(request.vm, "vm"));
-  const limits: BatchLimits = { pieces: createLimiter(PAGE_WINDOW), windows: createLimiter(2) };
+  const limits: BatchLimits = { pieces: createLimiter(PAGE_WINDOW), windows: createLimiter(BATCH_READ_WINDOWS) };
   const results = await Promise.all(
     request.ranges.map((range, i) =>
       readRange(host, range, i, caller, limits).catch((err: unknown) => {
