@@ -69,6 +69,8 @@ const LIMITS = {
 let dir: string;
 let bridge: BridgeProcess;
 let sim: NodeChild | undefined;
+/** The neighbour's probe of the running case, stopped after it if the case failed first. */
+let runningProbe: { stop(): Promise<unknown> } | undefined;
 /** The misbehaving client of the running case. */
 let noisy: NodeChild | undefined;
 let vmUuids: string[] = [];
@@ -85,9 +87,14 @@ function client(): IntrospectionClient {
   return c;
 }
 
+/** The bridge's resident set size; 0 once it is gone (a failed case's probe may outlive it). */
 function rssBytes(): number {
-  const status = readFileSync(`/proc/${bridge.proc.child.pid}/status`, "utf8");
-  return Number(/VmRSS:\s+(\d+) kB/.exec(status)![1]) * 1024;
+  try {
+    const kib = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${bridge.proc.child.pid}/status`, "utf8"))?.[1];
+    return kib === undefined ? 0 : Number(kib) * 1024;
+  } catch {
+    return 0;
+  }
 }
 
 /**
@@ -116,14 +123,17 @@ function neighbour(): { stop(): Promise<{ latenciesMs: number[]; peakRss: number
       await new Promise((r) => setTimeout(r, 5));
     }
   })();
-  return {
+  const probeHandle = {
     stop: async () => {
       running = false;
       await loop;
       clearInterval(sampler);
+      runningProbe = undefined;
       return { latenciesMs, peakRss: Math.max(peakRss, rssBytes()), failures };
     },
   };
+  runningProbe = probeHandle;
+  return probeHandle;
 }
 
 function quotaLimitOf(status: StatusObject): string | undefined {
@@ -203,6 +213,8 @@ beforeAll(async () => {
 }, 90_000);
 
 afterEach(async () => {
+  await runningProbe?.stop();
+  runningProbe = undefined;
   await noisy?.stop();
   noisy = undefined;
 });
