@@ -61,8 +61,8 @@ function authOf(source: IdentitySource): CallerAuth {
 
 /**
  * Who a caller is for quotas and for the controller binding (see VmHost.attach): its identity
- * key. Anonymous callers (no certificate or token where none is required, i.e. `--authorization
- * none` off loopback) are told apart by their host: as one identity, any of them could use up
+ * key. Anonymous callers (no certificate or token where none is required off loopback) are told
+ * apart by their host (docs/decisions/0142): as one identity, any of them could use up
  * every anonymous caller's per-identity quota, and drive a controller another host attached with
  * its session id.
  */
