@@ -4,6 +4,7 @@
  * reflection) → metrics endpoint. `main.ts` adds configuration, signals and the embedded
  * emulator; tests start this directly.
  */
+import { setMaxListeners } from "node:events";
 import { createKvmiListener, createVmRegistry } from "@kvmi/kvm-bridge";
 import { dialectByName } from "@kvmi/kvm-bridge/wire";
 import type { Dialect } from "@kvmi/kvm-bridge/wire";
@@ -263,8 +264,10 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
   );
   registry.watch(() => countVms(registry, metrics));
 
-  // Aborted when the gRPC server starts its graceful shutdown, so that endless streams end.
+  // Aborted when the gRPC server starts its graceful shutdown, so that endless streams end. Each
+  // open WatchVms stream listens to it: as many as the watchers quota lets in, and no more.
   const shuttingDown = new AbortController();
+  setMaxListeners(config.maxWatchers + 8, shuttingDown.signal);
   const service = createIntrospectionService({
     hosts,
     registry,

@@ -48,6 +48,11 @@ const PAGE_WINDOW = 64;
  * the controller's own commands). A dump holds at most this many bursts beside its chunk.
  */
 const READ_AHEAD_BURSTS = 3;
+/**
+ * Windows of page reads one batch read keeps going at once ({@link READ_AHEAD_BURSTS}); each may wait
+ * for the channel's slots with the caller's AbortSignal (one listener per waiting window).
+ */
+export const BATCH_READ_WINDOWS = READ_AHEAD_BURSTS;
 const UNMAPPED = (1n << 64n) - 1n;
 /** A dump that finds only holes still reports progress at least every this many windows (16 MiB). */
 const PROGRESS_EVERY_WINDOWS = 64;
@@ -248,7 +253,7 @@ function vmContext(name: string): { vm?: string } {
 export async function batchRead(deps: RpcDeps, request: BatchReadMemoryRequest, caller: CommandCaller): Promise<RangeOutcome[]> {
   checkRanges(request);
   const host = deps.hosts.require(parseVmName(request.vm, "vm"));
-  const limits: BatchLimits = { pieces: createLimiter(PAGE_WINDOW), windows: createLimiter(READ_AHEAD_BURSTS) };
+  const limits: BatchLimits = { pieces: createLimiter(PAGE_WINDOW), windows: createLimiter(BATCH_READ_WINDOWS) };
   return Promise.all(
     request.ranges.map((range, i) =>
       readRange(host, range, i, caller, limits).catch((err: unknown): RangeOutcome => {

@@ -48,9 +48,22 @@ function authOf(source: IdentitySource): CallerAuth {
   }
 }
 
-/** The identity key a controller is bound to (see VmHost.attach). */
+/**
+ * Who a caller is for quotas and for the controller binding (see VmHost.attach): its identity
+ * key. Anonymous callers (no certificate or token where none is required off loopback) are told
+ * apart by their host (docs/decisions/0142): as one identity, any of them could use up
+ * every anonymous caller's per-identity quota, and drive a controller another host attached with
+ * its session id.
+ */
 export function ownerOf(principal: Principal): string {
-  return identityKey(principal.identity);
+  const key = identityKey(principal.identity);
+  return principal.identity.source === "anonymous" ? `${key}@${peerHost(principal.peer)}` : key;
+}
+
+/** The host of a grpc-js server peer (`10.0.0.7:51234`, `::1:51234`): the port is per connection. */
+export function peerHost(peer: string): string {
+  const colon = peer.lastIndexOf(":");
+  return colon > 0 && /^\d+$/.test(peer.slice(colon + 1)) ? peer.slice(0, colon) : peer;
 }
 
 /** Remembers the principal the authorization point resolved for `call` (whose metadata is `metadata`). */

@@ -50,7 +50,7 @@ import { dropUnreadStream, failStream, failure, quotasOf } from "./call-context.
 import type { QuotaLease } from "./quotas.js";
 import { commandErrorContext, runCommand } from "./command-rpcs.js";
 import type { CommandCaller } from "./command-rpcs.js";
-import { batchRead, batchReadResponse } from "./memory-rpcs.js";
+import { BATCH_READ_WINDOWS, batchRead, batchReadResponse } from "./memory-rpcs.js";
 import { recordOf, vmChangeOf } from "./registry-rpcs.js";
 
 /** Commands one session may have in flight. */
@@ -82,7 +82,9 @@ class SessionStream {
   private readonly inflight = new Set<bigint>();
   /**
    * One signal for all of the session's commands (fired when the session ends), rather than an
-   * AbortController per command on the low-latency path; up to MAX_INFLIGHT_COMMANDS listen to it.
+   * AbortController per command on the low-latency path. Its listeners are bounded: one per
+   * command waiting for the channel's slots (a batch read waits with up to BATCH_READ_WINDOWS),
+   * plus one per channel watching the session's commands (session/in-flight.ts).
    */
   private readonly ending = new AbortController();
   private stopWatching: (() => void) | undefined;
@@ -125,7 +127,7 @@ class SessionStream {
       failStream(this.call, failure(this.deps, "session", err));
       return;
     }
-    setMaxListeners(MAX_INFLIGHT_COMMANDS + 8, this.ending.signal);
+    setMaxListeners(MAX_INFLIGHT_COMMANDS * BATCH_READ_WINDOWS + 8, this.ending.signal);
     this.call.on("drain", () => this.onDrain());
     this.call.on("data", (request: SessionRequest) => this.onRequest(request));
     this.call.on("end", () => void this.finish("the client closed its side"));
