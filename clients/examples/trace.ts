@@ -1,42 +1,51 @@
 // SPDX-License-Identifier: Apache-2.0
 /**
- * trace: counts system calls per process with a breakpoint on the kernel's syscall entry, the way
- * DRAKVUF's syscall tracing works (`--symbol` picks another kernel function, e.g. one syscall's
- * `__x64_sys_getppid`; the profile gives its address):
+ * trace: counts system calls per process at the kernel's syscall entry (`--symbol` picks another
+ * kernel function, e.g. one syscall's `__x64_sys_getppid`; the profile gives its address). Two
+ * methods:
  *
- * 1. write INT3 (0xCC) over the first byte of `entry_SYSCALL_64`, keeping the original byte;
- * 2. on each BREAKPOINT there: count it for the running process (its CR3 names the task), then
- *    step over: restore the original byte, single-step the vCPU, reply RETRY;
- * 3. on the SINGLESTEP that follows: put the INT3 back, stop single-stepping, reply CONTINUE;
- * 4. on exit (Ctrl-C, --duration) or on the unhook notice: restore the original byte and release.
- *
- * While one vCPU steps over the entry the INT3 is lifted, so a syscall that another vCPU enters in
- * that window is not counted; production tracers pause the other vCPUs or use EPT views for it.
+ * - `--method ept` (default): the entry's page loses its execute access and event-filter rules
+ *   count each entry in the bridge, per process, answering it at once (trace-rules.ts). The guest
+ *   never waits for this tool, and every vCPU is counted all the time.
+ * - `--method int3`: DRAKVUF's breakpoint technique, where every syscall is an event this tool
+ *   answers (the way to go when a tool must look at each call before the guest goes on):
+ *   1. write INT3 (0xCC) over the first byte of the entry, keeping the original byte;
+ *   2. on each BREAKPOINT there: count it for the running process (its CR3 names the task), then
+ *      step over: restore the original byte, single-step the vCPU, reply RETRY;
+ *   3. on the SINGLESTEP that follows: put the INT3 back, stop single-stepping, reply CONTINUE;
+ *   4. on exit (Ctrl-C, --duration) or on the unhook notice: restore the original byte and release.
+ *   While one vCPU steps over the entry the INT3 is lifted, so a syscall that another vCPU enters
+ *   in that window is not counted; production tracers pause the other vCPUs or use EPT views.
  *
  *   npx tsx clients/examples/trace.ts --target 127.0.0.1:50051 --vm demo-0 --duration 5000
  */
-import { CancelledError, UnavailableError } from "@kvmi/clients";
+import { UnavailableError } from "@kvmi/clients";
 import type { BreakpointEvent, Session, SessionItem } from "@kvmi/clients";
 import { fail, integerOption, setup, stdout } from "./example-args.js";
 import { openGuest, PROFILE_OPTION, TaskIndex } from "./guest-profile.js";
+import { addCount, drain, hex, loop } from "./trace-common.js";
+import type { ProcessCount, TraceOutcome, TraceTarget } from "./trace-common.js";
+import { MAX_PROCESS_RULES, traceWithRules } from "./trace-rules.js";
 
-const USAGE = "usage: trace.ts --vm <uuid|name> [--target host:port] [--duration ms] [--profile isf.json] [--symbol name] [--json]";
+const USAGE =
+  "usage: trace.ts --vm <uuid|name> [--target host:port] [--duration ms] [--profile isf.json] [--symbol name] [--method ept|int3] [--max-rules n] [--json]";
 const INT3 = Uint8Array.of(0xcc);
-/** How long the final drain waits for events still on their way. */
-const DRAIN_QUIET_MS = 150;
-
-interface Counter {
-  readonly pid: number;
-  readonly comm: string;
-  count: number;
-}
 
 async function main(): Promise<void> {
-  const { client, vm, json, values } = await setup<{ duration?: string; profile?: string; symbol?: string }>(USAGE, {
+  const { client, vm, json, values } = await setup<{ duration?: string; profile?: string; symbol?: string; method?: string; "max-rules"?: string }>(USAGE, {
     duration: { type: "string" },
     symbol: { type: "string", default: "entry_SYSCALL_64" },
+    method: { type: "string", default: "ept" },
+    // How many processes get a counting rule; the others are named from notifications.
+    "max-rules": { type: "string" },
     ...PROFILE_OPTION,
   });
+  const method = values.method ?? "ept";
+  const maxRules = integerOption(values, "max-rules", USAGE) ?? MAX_PROCESS_RULES;
+  if ((method !== "ept" && method !== "int3") || maxRules > MAX_PROCESS_RULES) {
+    process.stderr.write(`--method is ept or int3; --max-rules at most ${MAX_PROCESS_RULES}\n${USAGE}\n`);
+    process.exit(2);
+  }
   const stop = new AbortController();
   for (const signal of ["SIGINT", "SIGTERM"] as const) process.once(signal, () => stop.abort());
   const duration = integerOption(values, "duration", USAGE);
@@ -47,24 +56,31 @@ async function main(): Promise<void> {
   const entryGva = guest.profile.requireSymbol(symbol);
   const tasks = new TaskIndex(await guest.processes());
   const session = await client.attach(vm.uuid, { role: "controller" });
-  const vcpus = Array.from({ length: session.vm.vcpuCount }, (_, i) => i);
-  const counts = new Map<number, Counter>();
+  try {
+    // Breakpoints and page access work on guest-physical memory: the kernel image is shared by every address space.
+    const entryGpa = await session.translate(0, entryGva);
+    if (entryGpa === undefined) throw new Error(`${symbol} is not mapped`);
+    const vcpus = Array.from({ length: session.vm.vcpuCount }, (_, i) => i);
+    const target: TraceTarget = { session, guest, tasks, vcpus, symbol, entryGva, entryGpa, signal: stop.signal };
+    report(method === "ept" ? await traceWithRules(target, maxRules) : await traceWithInt3(target), json);
+  } finally {
+    await session.release();
+    client.close();
+  }
+}
+
+/** `--method int3`: a breakpoint at the entry, each hit delivered to this tool and stepped over. */
+async function traceWithInt3(target: TraceTarget): Promise<TraceOutcome> {
+  const { session, guest, tasks, vcpus, symbol, entryGva, entryGpa } = target;
+  const counts = new Map<number, ProcessCount>();
   const stepping = new Set<number>();
   let armed = false;
   let started = 0;
-
-  // The breakpoint goes into guest-physical memory: the kernel image is shared by every address space.
-  const entryGpa = await session.translate(0, entryGva);
-  if (entryGpa === undefined) throw new Error(`${symbol} is not mapped`);
   const original = await session.readPhysical(entryGpa, 1);
 
   const count = async (item: BreakpointEvent): Promise<void> => {
-    const cr3 = item.arch.sregs.cr3;
     // Identify the process by its page tables; fall back to the per-CPU `current_task`.
-    const task = tasks.byPageTable(cr3) ?? (await guest.currentProcess(item.vcpu));
-    const entry = counts.get(task.pid) ?? { pid: task.pid, comm: task.comm, count: 0 };
-    entry.count++;
-    counts.set(task.pid, entry);
+    addCount(counts, tasks.byPageTable(item.arch.sregs.cr3) ?? (await guest.currentProcess(item.vcpu)));
   };
 
   const handle = async (item: SessionItem): Promise<void> => {
@@ -97,70 +113,40 @@ async function main(): Promise<void> {
       });
     }
     started = performance.now();
-    process.stderr.write(`armed: INT3 at ${symbol} (gva 0x${entryGva.toString(16)}, gpa 0x${entryGpa.toString(16)}), original byte 0x${original[0]!.toString(16)}\n`);
-    await loop(session, stop.signal, handle);
+    process.stderr.write(`armed: INT3 at ${symbol} (gva ${hex(entryGva)}, gpa ${hex(entryGpa)}), original byte 0x${original[0]!.toString(16)}\n`);
+    await loop(session, target.signal, handle);
   } finally {
-    await disarm(session, vcpus, stepping, entryGpa, original, () => (armed = false));
+    armed = false;
+    await disarm(session, vcpus, stepping, entryGpa, original);
     // Events the kernel sent before the breakpoint went away still need their reply.
     await drain(session, handle);
     const back = await session.readPhysical(entryGpa, 1);
     process.stderr.write(`disarmed: entry byte is 0x${back[0]!.toString(16)} (${back[0] === original[0] ? "restored" : "NOT restored"})\n`);
-    await session.release();
-    client.close();
   }
-  report(counts, (performance.now() - started) / 1000, json);
-}
-
-/** Handles items until `signal` fires or the unhook notice comes. */
-async function loop(session: Session, signal: AbortSignal, handle: (item: SessionItem) => Promise<void>): Promise<void> {
-  try {
-    for await (const item of session.events({ signal })) {
-      if (item.kind === "unhook") {
-        process.stderr.write(`unhook notice (${item.reason}): cleaning up before ${item.deadline?.toISOString()}\n`);
-        return;
-      }
-      await handle(item);
-      if (signal.aborted) return;
-    }
-  } catch (err) {
-    if (!(signal.aborted && err instanceof CancelledError)) throw err;
-  }
+  return { counts, seconds: (performance.now() - started) / 1000, figures: {} };
 }
 
 /** Stops the events and puts the original byte back. */
-async function disarm(session: Session, vcpus: number[], stepping: Set<number>, entryGpa: bigint, original: Uint8Array, disarmed: () => void): Promise<void> {
+async function disarm(session: Session, vcpus: readonly number[], stepping: Set<number>, entryGpa: bigint, original: Uint8Array): Promise<void> {
   if (session.closed) return;
-  disarmed();
   for (const v of vcpus) await session.controlVcpuEvents(v, "breakpoint", false).catch(() => undefined);
   await session.writePhysical(entryGpa, original);
   for (const v of stepping) await session.controlSingleStep(v, false);
 }
 
-/** Answers what is already buffered or still arriving, until the stream is quiet. */
-async function drain(session: Session, handle: (item: SessionItem) => Promise<void>): Promise<void> {
-  if (session.closed) return;
-  try {
-    for (;;) {
-      const next = await session.events({ signal: AbortSignal.timeout(DRAIN_QUIET_MS) }).next();
-      if (next.done) return;
-      await handle(next.value);
-    }
-  } catch (err) {
-    if (!(err instanceof CancelledError)) throw err;
-  }
-}
-
-function report(counts: Map<number, Counter>, seconds: number, json: boolean): void {
+function report({ counts, seconds, figures }: TraceOutcome, json: boolean): void {
   const rows = [...counts.values()].sort((a, b) => b.count - a.count || a.pid - b.pid);
-  const total = rows.reduce((n, r) => n + r.count, 0);
+  const total = rows.reduce((n, r) => n + r.count, 0) + (figures["unattributed"] ?? 0);
   if (json) {
     const syscalls = Object.fromEntries(rows.map((r) => [r.pid, r.count]));
-    stdout.write(`${JSON.stringify({ syscalls, total, seconds: Number(seconds.toFixed(3)) })}\n`);
+    stdout.write(`${JSON.stringify({ syscalls, total, seconds: Number(seconds.toFixed(3)), ...figures })}\n`);
     return;
   }
   stdout.write(`${"PID".padStart(6)}  ${"COMM".padEnd(16)}  ${"SYSCALLS".padStart(8)}\n`);
   for (const r of rows) stdout.write(`${String(r.pid).padStart(6)}  ${r.comm.padEnd(16)}  ${String(r.count).padStart(8)}\n`);
-  stdout.write(`total: ${total} syscalls in ${seconds.toFixed(2)} s\n`);
+  if ((figures["unattributed"] ?? 0) > 0) stdout.write(`${"?".padStart(6)}  ${"(unknown)".padEnd(16)}  ${String(figures["unattributed"]).padStart(8)}\n`);
+  const where = figures["inBridge"] === undefined ? "" : ` (${figures["inBridge"]} counted in the bridge, ${figures["notified"]} notified)`;
+  stdout.write(`total: ${total} syscalls in ${seconds.toFixed(2)} s${where}\n`);
 }
 
 main().catch(fail);
