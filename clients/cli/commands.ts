@@ -243,9 +243,10 @@ export function itemJson(item: SessionItem): Record<string, unknown> {
       return {
         time: item.time?.toISOString() ?? time,
         kind: "filterSummary",
-        rules: item.rules.map((r) => ({ name: r.name, matched: r.matched, replied: r.replied, notified: r.notified, delivered: r.delivered })),
-        unmatched: item.unmatched,
-        notificationsDropped: item.notificationsDropped,
+        // Counts, not addresses: plain JSON numbers (exact up to 2^53 events), not the hex of other u64s.
+        rules: item.rules.map((r) => ({ name: r.name, matched: Number(r.matched), replied: Number(r.replied), notified: Number(r.notified), delivered: Number(r.delivered) })),
+        unmatched: Number(item.unmatched),
+        notificationsDropped: Number(item.notificationsDropped),
       };
   }
 }

@@ -3,7 +3,9 @@
  * cr3-monitor: a process-switch timeline from CR3 writes. Every scheduler switch loads the next
  * process's page tables into CR3; with CR3 interception on (KVMI_VCPU_CONTROL_CR + the CR event)
  * each write arrives as an event holding the old and the new value, which the task list maps to
- * processes. The tool lets every write through unchanged.
+ * processes. The tool lets every write through unchanged, so it asks the bridge to do that itself:
+ * a `notify` filter rule (docs/event-filters.md) answers each CR3 write at once next to the guest
+ * and sends the event on as a notification, so the vCPU never waits for the network.
  *
  * A VM without the CR event (a stock QEMU behind kvmi-qemu: the gdbstub cannot intercept CR writes,
  * docs/qemu-backend.md) is followed one step earlier instead: an INT3 on the kernel's
@@ -101,6 +103,9 @@ async function main(): Promise<void> {
 /** CR3 write events (KVMI_VCPU_CONTROL_CR): every write, let through unchanged. */
 async function crEvents(session: Session): Promise<SwitchSource> {
   const vcpus = Array.from({ length: session.vm.vcpuCount }, (_, i) => i);
+  // The bridge answers each CR3 write itself (the write goes through with the guest's value) and
+  // sends the event on as a notification: the vCPU never waits for the network.
+  await session.setEventFilter("cr cr=3 -> notify as cr3-switch");
   for (const v of vcpus) {
     try {
       await session.controlCr(v, 3, true);
@@ -116,7 +121,8 @@ async function crEvents(session: Session): Promise<SwitchSource> {
     async handle(item, onSwitch) {
       if (item.kind !== "event") return;
       if (item.type === "cr" && item.cr === 3) await onSwitch(item.vcpu, item.receiveTime ?? new Date(), item.oldValue, item.newValue);
-      await item.continue(); // the write goes through with the guest's value
+      // A notification was answered by the rule; anything else still waits for us (and goes on unchanged).
+      if (item.notification === undefined) await item.continue();
     },
     async stop() {
       if (session.closed) return;

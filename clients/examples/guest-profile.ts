@@ -22,6 +22,9 @@ export async function openGuest(vm: VmCommands, profilePath?: string): Promise<L
   return linux(vm, await Profile.load(profilePath ?? process.env["KVMI_PROFILE"] ?? WORKLOAD_PROFILE));
 }
 
+/** The bits of CR3 that hold the page-table root (PCID and flag bits cleared). */
+export const PAGE_TABLE_ROOT_MASK = 0x000ffffffffff000n;
+
 /** Looks processes up by page-table root (which identifies the running process on a CR3 write or a syscall). */
 export class TaskIndex {
   private readonly byRoot = new Map<bigint, LinuxProcess>();
@@ -33,7 +36,12 @@ export class TaskIndex {
 
   /** The process whose page tables are rooted at `cr3` (PCID and flag bits ignored). */
   byPageTable(cr3: bigint): LinuxProcess | undefined {
-    return this.byRoot.get(cr3 & 0x000ffffffffff000n);
+    return this.byRoot.get(cr3 & PAGE_TABLE_ROOT_MASK);
+  }
+
+  /** Every page-table root with the process it belongs to (one per address space). */
+  roots(): IterableIterator<[bigint, LinuxProcess]> {
+    return this.byRoot.entries();
   }
 
   /** `pid (comm)`, or `? (cr3 0x…)` for an unknown CR3. */

@@ -37,6 +37,8 @@ import { formatFigure, renderTable, Results } from "./lib/report.js";
 import type { Figure } from "./lib/report.js";
 import { MEMORY_VM_MIB, MEMORY_VMS, memoryPhase } from "./memory-phase.js";
 import { relayPart } from "./relay-phase.js";
+import { filterPart } from "./filter-phase.js";
+import type { FilterReport } from "./filter-phase.js";
 import type { MemoryReport } from "./memory-phase.js";
 import {
   BATCH_SIZES,
@@ -73,10 +75,12 @@ const HELP = `npm run bench [-- options]
                        function (the memory test is then profiled too, which slows it down)
   --no-memory          skip the 50-VM memory test
   --memory-seconds S   length of the memory test (default 30, quick 24; the first 12 s are warm-up)
-  --only perf|memory|relay
+  --only perf|memory|relay|filters
                        run only the latency/throughput part, only the memory test, or only the
                        kvmi-relay comparison (a libkvmi tool through relay + bridge vs a local socket)
   --no-relay           skip the kvmi-relay comparison
+  --no-filters         skip the event-filter part (rule-answered events, notifications, the
+                       10-VM mixed workload; --only filters runs only it)
   --emulator WHERE     where the emulated VMs of the latency/throughput part run: "in-bridge"
                        (default; the bridge's process, as embedded mode and npm start run them, so
                        the KVMI peer costs no process wake-up, as the kernel's would not) or
@@ -100,6 +104,7 @@ const { values: flags } = parseArgs({
     profile: { type: "boolean", default: false },
     "no-memory": { type: "boolean", default: false },
     "no-relay": { type: "boolean", default: false },
+    "no-filters": { type: "boolean", default: false },
     "memory-seconds": { type: "string" },
     "bridge-log": { type: "string", default: "info" },
     only: { type: "string" },
@@ -109,8 +114,8 @@ const { values: flags } = parseArgs({
     help: { type: "boolean", short: "h", default: false },
   },
 });
-if (flags.only !== undefined && flags.only !== "perf" && flags.only !== "memory" && flags.only !== "relay") {
-  process.stderr.write(`--only takes perf, memory or relay\n${HELP}`);
+if (flags.only !== undefined && flags.only !== "perf" && flags.only !== "memory" && flags.only !== "relay" && flags.only !== "filters") {
+  process.stderr.write(`--only takes perf, memory, relay or filters\n${HELP}`);
   process.exit(2);
 }
 if (flags["event-batches"] !== "on" && flags["event-batches"] !== "off") {
@@ -177,12 +182,14 @@ async function main(): Promise<void> {
   const closers: Array<() => void> = [];
   let rawServer: Server | undefined;
   let memory: MemoryReport | undefined;
+  let filters: FilterReport | undefined;
   let sizes: Record<string, MessageSizes> = {};
   let cpuMeter: CpuMeter | undefined;
   const t0 = performance.now();
   try {
     if (flags.only === undefined || flags.only === "perf") await perfPart();
     if (!flags["no-relay"] && (flags.only === undefined || flags.only === "relay")) await relayPart(SETTINGS, results);
+    if (!flags["no-filters"] && (flags.only === undefined || flags.only === "filters")) filters = await filterPart(SETTINGS, results);
     if (!flags["no-memory"] && (flags.only === undefined || flags.only === "memory")) {
       progress(`memory: ${MEMORY_VMS} VMs × ${MEMORY_VM_MIB} MiB × 1 vCPU with the workload, ${SETTINGS.memoryMs / 1000} s`);
       memory = await memoryPhase(SETTINGS, dir, profileDir, warnings);
@@ -476,6 +483,7 @@ async function main(): Promise<void> {
       ),
     );
   }
+  if (filters !== undefined) out.push(...filters.lines);
   if (warnings.length > 0) {
     out.push("");
     out.push(`Warnings (${warnings.length}):`);
@@ -530,6 +538,7 @@ async function main(): Promise<void> {
     figures: results.all(),
     cpuPerOperation: cpuMeter?.perOp(),
     memory,
+    filters: filters?.json,
     warnings,
     profiles,
   };

@@ -310,6 +310,49 @@ describe("kvmictl events watch", () => {
     expect(Date.parse(lines.at(-1).deadline)).toBeGreaterThan(Date.parse(lines.at(-1).time));
     await bridge.waitForVm(releaseVm.uuid, (vm) => vm.state === State.HOOKED && vm.generation === 2n);
   });
+
+  it("with --filter, a notify rule answers in the bridge while kvmictl is stopped; the lines name the rule, --summary-interval adds the counters", async () => {
+    const workload = manualVm.guest.workload!;
+    await workload.step(); // the current task is settled before the watch starts
+    const watcher = startNode([
+      KVMICTL_BIN, "--target", bridge.target, "events", "watch", "cli-b", "--controller", "--type", "cr", "--filter", "cr cr=3 -> notify as switch", "--summary-interval", "100",
+    ]);
+    await watcher.waitFor(/watching \S+ as controller \(cr\)/);
+    const before = workload.groundTruth().cr3SwitchCount;
+    // A stopped kvmictl answers nothing: only the rule lets these CR3 writes through (the bridge's
+    // own deadline, 5 s per write, would make the ticks outlast the test).
+    watcher.child.kill("SIGSTOP");
+    try {
+      await workload.runTicks(6);
+    } finally {
+      watcher.child.kill("SIGCONT");
+    }
+    const switches = workload.groundTruth().cr3SwitchCount - before;
+    expect(switches).toBeGreaterThan(0);
+    await watcher.waitFor(new RegExp(`"kind":"filterSummary".*"notified":${switches}\\b`));
+    watcher.child.kill("SIGINT");
+    const result = await watcher.exited;
+    expect(result.code, result.stderr).toBe(0);
+    const lines = result.stdout.trim().split("\n").map((l) => JSON.parse(l));
+    const events = lines.filter((l) => l.kind === "event");
+    expect(events).toHaveLength(switches);
+    for (const e of events) expect(e).toMatchObject({ type: "cr", cr: 3, rule: "switch", answeredWith: "continue" });
+    expect(lines.filter((l) => l.kind === "filterSummary").at(-1)).toMatchObject({
+      rules: [{ name: "switch", matched: switches, replied: 0, notified: switches, delivered: 0 }],
+      unmatched: 0,
+      notificationsDropped: 0,
+    });
+    await bridge.waitForVm(manualVm.uuid, (vm) => !vm.controllerAttached);
+  });
+
+  it("refuses a filter it cannot parse before connecting, naming the rule and the part (exit 2)", async () => {
+    const result = await kvmictl("events", "watch", "cli-b", "--controller", "--type", "cr", "--filter", "cr cr=3 -> notify ; cr bogus=1 -> count");
+    expect(result.code).toBe(2);
+    expect(result.stderr).toContain('--filter: filter rule 2 ("cr bogus=1 -> count"): unknown condition "bogus=1"');
+    const observer = await kvmictl("events", "watch", "cli-b", "--filter", "cr -> count");
+    expect(observer.code).toBe(2);
+    expect(observer.stderr).toContain("--filter needs --controller");
+  });
 });
 
 async function waitUntil(probe: () => Promise<boolean>, timeoutMs = 5000): Promise<void> {

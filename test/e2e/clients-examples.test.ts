@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { guestModel } from "@kvmi/kvm-bridge/emulator";
 import type { EmulatedVm } from "@kvmi/kvm-bridge/emulator";
 import { runNode, startClientsBridge, startNode, tsxArgs } from "../support/clients-harness.js";
-import type { ClientsBridge } from "../support/clients-harness.js";
+import type { ClientsBridge, LiveProcess } from "../support/clients-harness.js";
 
 const { WORKLOAD_TASKS, SYSCALL_ENTRY_GVA } = guestModel;
 
@@ -14,6 +14,7 @@ let bridge: ClientsBridge;
 let psVm: EmulatedVm;
 let traceVm: EmulatedVm;
 let cr3Vm: EmulatedVm;
+let eptVm: EmulatedVm;
 
 const manual = { tickIntervalMs: 0, hypercallEveryTicks: 0 };
 
@@ -23,11 +24,15 @@ beforeAll(async () => {
       { name: "ps-vm", vcpus: 2, workload: manual, seed: 7 },
       { name: "trace-vm", vcpus: 1, workload: manual, seed: 11 },
       { name: "cr3-vm", vcpus: 2, workload: manual, seed: 13 },
+      { name: "trace-ept-vm", vcpus: 2, workload: manual, seed: 17 },
     ],
+    // An event that waits for a stopped tool holds its vCPU for a minute: a test that sees the guest
+    // run on while the tool is stopped knows a filter rule answered.
+    bridgeArgs: ["--event-timeout-ms", "60000"],
   });
-  [psVm, traceVm, cr3Vm] = bridge.vms as [EmulatedVm, EmulatedVm, EmulatedVm];
+  [psVm, traceVm, cr3Vm, eptVm] = bridge.vms as [EmulatedVm, EmulatedVm, EmulatedVm, EmulatedVm];
   // The first tick starts the application processors, so every vCPU can be introspected.
-  await cr3Vm.guest.workload!.step();
+  await Promise.all([cr3Vm.guest.workload!.step(), eptVm.guest.workload!.step()]);
 }, 30_000);
 
 afterAll(async () => {
@@ -35,6 +40,30 @@ afterAll(async () => {
 });
 
 const example = (name: string, ...args: string[]): string[] => [...tsxArgs(`clients/examples/${name}.ts`), "--target", bridge.target, ...args];
+
+/** Runs `ticks` while `tool` is stopped (SIGSTOP): only events a filter rule answers let them finish. */
+async function ticksWhileStopped(tool: LiveProcess, run: () => Promise<void>): Promise<void> {
+  tool.child.kill("SIGSTOP");
+  try {
+    let timer: NodeJS.Timeout | undefined;
+    const waited = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error("the guest waited for the stopped tool: its events were not answered by filter rules")), 20_000);
+    });
+    await Promise.race([run(), waited]).finally(() => clearTimeout(timer));
+  } finally {
+    tool.child.kill("SIGCONT");
+  }
+}
+
+/** The per-pid syscall counts the workload made between two ground-truth snapshots. */
+function syscallsBetween(before: guestModel.WorkloadGroundTruth, after: guestModel.WorkloadGroundTruth): Record<string, number> {
+  const expected: Record<string, number> = {};
+  for (const [pid, n] of after.syscallsByPid) {
+    const delta = n - (before.syscallsByPid.get(pid) ?? 0);
+    if (delta > 0) expected[String(pid)] = delta;
+  }
+  return expected;
+}
 
 describe("ps", () => {
   it("prints exactly the workload's tasks with their pids, parents and page tables", async () => {
@@ -65,11 +94,11 @@ describe("ps", () => {
 });
 
 describe("trace", () => {
-  it("counts exactly the syscalls each process made while the breakpoint was armed, and restores the entry", async () => {
+  it("--method int3 counts exactly the syscalls each process made while the breakpoint was armed, and restores the entry", async () => {
     const workload = traceVm.guest.workload!;
     await workload.runTicks(3); // activity before the trace must not be counted
     const original = (await bridge.client.vm(traceVm.uuid).readVirtual(0, SYSCALL_ENTRY_GVA, 1))[0];
-    const trace = startNode(example("trace", "--vm", "trace-vm", "--json"));
+    const trace = startNode(example("trace", "--vm", "trace-vm", "--method", "int3", "--json"));
     await trace.waitFor(/armed: INT3 at entry_SYSCALL_64/);
     const before = workload.groundTruth();
     await workload.runTicks(40);
@@ -78,14 +107,9 @@ describe("trace", () => {
     const result = await trace.exited;
     expect(result.code, result.stderr).toBe(0);
 
-    const expected: Record<string, number> = {};
-    for (const [pid, n] of after.syscallsByPid) {
-      const delta = n - (before.syscallsByPid.get(pid) ?? 0);
-      if (delta > 0) expected[String(pid)] = delta;
-    }
     const report = JSON.parse(result.stdout) as { syscalls: Record<string, number>; total: number };
     expect(after.syscallCount - before.syscallCount).toBeGreaterThan(10);
-    expect(report.syscalls).toEqual(expected);
+    expect(report.syscalls).toEqual(syscallsBetween(before, after));
     expect(report.total).toBe(after.syscallCount - before.syscallCount);
     // Every traced syscall completed normally: the step-over never re-injected a #BP into the guest.
     const window = after.syscalls.filter((s) => s.seq > (before.syscalls.at(-1)?.seq ?? 0));
@@ -98,6 +122,41 @@ describe("trace", () => {
     // The guest keeps running normally after the trace.
     await workload.runTicks(5);
   });
+
+  it("counts every syscall of every vCPU in the bridge by default: count rules per process, the rest named from notifications, while the tool itself is stopped", async () => {
+    const workload = eptVm.guest.workload!;
+    await workload.runTicks(3); // activity before the trace must not be counted
+    const entryGfn = (await bridge.client.vm(eptVm.uuid).translate(0, SYSCALL_ENTRY_GVA))! >> 12n;
+    // Two processes get a counting rule; the other four are named from `notify` events.
+    const trace = startNode(example("trace", "--vm", "trace-ept-vm", "--max-rules", "2", "--json"));
+    await trace.waitFor(/armed: execute access removed from the page of entry_SYSCALL_64 .*; 2 process\(es\) counted by rules/);
+    expect(eptVm.guest.memory.getPageAccess(entryGfn)).toBe(3); // R|W: every fetch there is a PF event
+    const before = workload.groundTruth();
+    await ticksWhileStopped(trace, () => workload.runTicks(40));
+    const after = workload.groundTruth();
+    trace.child.kill("SIGINT");
+    const result = await trace.exited;
+    expect(result.code, result.stderr).toBe(0);
+
+    const report = JSON.parse(result.stdout) as { syscalls: Record<string, number>; total: number; inBridge: number; notified: number; unattributed: number };
+    const expected = syscallsBetween(before, after);
+    expect(Object.keys(expected).length).toBeGreaterThan(2); // both kinds of rule had work on both vCPUs
+    expect(new Set(after.syscalls.filter((s) => s.seq > (before.syscalls.at(-1)?.seq ?? 0)).map((s) => s.vcpu))).toEqual(new Set([0, 1]));
+    expect(report.syscalls).toEqual(expected);
+    expect(report.total).toBe(after.syscallCount - before.syscallCount);
+    expect(report.inBridge).toBeGreaterThan(0);
+    expect(report.notified).toBeGreaterThan(0);
+    expect(report.inBridge + report.notified).toBe(report.total);
+    expect(report.unattributed).toBe(0);
+    // The kernel went on with each fetch (CONTINUE): every syscall completed, none saw an exception.
+    const window = after.syscalls.filter((s) => s.seq > (before.syscalls.at(-1)?.seq ?? 0));
+    expect(window.every((s) => s.status === "done")).toBe(true);
+    // The page executes freely again, and the guest goes on without events.
+    expect(eptVm.guest.memory.getPageAccess(entryGfn)).toBe(7);
+    const more = workload.groundTruth().syscallCount;
+    await workload.runTicks(5);
+    expect(workload.groundTruth().syscallCount).toBeGreaterThan(more);
+  });
 });
 
 describe("cr3-monitor", () => {
@@ -106,8 +165,11 @@ describe("cr3-monitor", () => {
     const monitor = startNode(example("cr3-monitor", "--vm", cr3Vm.uuid, "--json"));
     await monitor.waitFor(/monitoring CR3 writes on 2 vCPU/);
     const start = workload.groundTruth().cr3Switches.length;
-    await workload.runTicks(12);
+    // The `notify` rule answers each write in the bridge: the guest switches on while the monitor is stopped.
+    await ticksWhileStopped(monitor, () => workload.runTicks(12));
     const switches = workload.groundTruth().cr3Switches.slice(start);
+    // The notifications were sent all the same; the monitor prints them once it runs again.
+    await monitor.waitFor(new RegExp(`^(?:\\{.*\\}\\n){${switches.length}}`));
     monitor.child.kill("SIGINT");
     const result = await monitor.exited;
     expect(result.code, result.stderr).toBe(0);

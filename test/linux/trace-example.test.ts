@@ -31,7 +31,7 @@ interface Hit {
 const traceArgs = (...extra: string[]): string[] => [
   ...tsxArgs("clients/examples/trace.ts"),
   "--target", bridge.target, "--vm", "linux-0", "--profile", vm.image.profile,
-  "--symbol", TICKER_SYSCALL.kernelFunction, "--json", ...extra,
+  "--symbol", TICKER_SYSCALL.kernelFunction, "--method", "int3", "--json", ...extra,
 ];
 
 const hitsOf = (stdout: string): Hit[] =>

@@ -34,7 +34,7 @@ describe("the unhook flow on the real guest", () => {
   it("the trace example gets the operator's notice, restores the syscall's byte and leaves before the deadline", async () => {
     const trace = startNode([
       ...tsxArgs("clients/examples/trace.ts"), "--target", bridge.target, "--vm", "linux-0", "--profile", vm.image.profile,
-      "--symbol", TICKER_SYSCALL.kernelFunction, "--comm", "kvmi-ticker", "--follow", "--json",
+      "--symbol", TICKER_SYSCALL.kernelFunction, "--method", "int3", "--comm", "kvmi-ticker", "--follow", "--json",
     ]);
     await trace.waitFor(/armed: INT3/, 60_000);
     await trace.waitFor(/"comm":"kvmi-ticker"/, 30_000); // it is tracing

@@ -104,6 +104,9 @@ describe("VmHost: event filter actions", () => {
     h.setEventFilter(controller, f);
     const event = channel.emit("KVMI_EVENT_CR", 1, cr(1n, 2n));
     expect(channel.replies).toEqual([{ event: "KVMI_EVENT_CR", vcpu: 1, seq: event.seq, action: CONTINUE, data: { new_val: 2n } }]);
+    // The notification follows once the reply has left (the end of the tick).
+    expect(sink.events).toEqual([]);
+    await settled();
     for (const s of [sink, observer]) {
       expect(s.events).toEqual([{ event, deadline: undefined, notice: { rule: "cr3", action: CONTINUE, replyTimeMs: expect.any(Number) } }]);
     }
@@ -112,13 +115,14 @@ describe("VmHost: event filter actions", () => {
     expect(f.count(0, Counter.NOTIFIED)).toBe(1);
   });
 
-  it("notify to a controller that cannot keep up: still answered, the notification counted as dropped", () => {
+  it("notify to a controller that cannot keep up: still answered, the notification counted as dropped", async () => {
     const h = host();
     const controller = h.attach("controller", new RecordingSink(false));
     const f = filter([{ event: EventType.PAUSE_VCPU, action: { kind: { case: "notify", value: {} } } }]);
     h.setEventFilter(controller, f);
     channel.emit("KVMI_EVENT_PAUSE_VCPU", 0);
     expect(channel.replies).toHaveLength(1);
+    await settled();
     expect(f.notificationsDropped).toBe(1);
     expect(outcomes.map(([, o]) => o)).toEqual(["notified", "notification_dropped"]);
   });
@@ -131,6 +135,7 @@ describe("VmHost: event filter actions", () => {
     h.setEventFilter(controller, f);
     for (let i = 0; i < 7; i++) channel.emit("KVMI_EVENT_PAUSE_VCPU", i % 2);
     expect(channel.replies).toHaveLength(7);
+    await settled();
     expect(sink.events.map((e) => e.event.seq)).toEqual([3, 6]);
     expect([f.count(0, Counter.MATCHED), f.count(0, Counter.REPLIED), f.count(0, Counter.NOTIFIED)]).toEqual([7, 5, 2]);
   });

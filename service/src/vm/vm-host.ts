@@ -131,6 +131,12 @@ export class VmHost {
   private readonly pending = new Map<number, PendingEvent>();
   /** The controller's event filter (docs/event-filters.md); it ends with the controller. */
   private filter: CompiledFilter | undefined;
+  /**
+   * Notifications of rule-answered events, sent after the rule replies have left: the channel
+   * corks its writes until the end of the tick, so encoding a notification right away would hold
+   * the reply (and the vCPU) for the time the notification takes to build and write.
+   */
+  private readonly notices: Array<{ readonly event: KvmiEvent; readonly notice: RuleNotice; readonly controller: Attached; readonly filter: CompiledFilter }> = [];
   private unhook:
     | { readonly cause: UnhookCause; readonly started: bigint; readonly timer: NodeJS.Timeout; readonly done: Promise<void>; finish: () => void }
     | undefined;
@@ -429,14 +435,23 @@ export class VmHost {
     }
     counters[base + Counter.NOTIFIED]!++;
     metrics?.filterEvent?.(v9EventName(event.kind), "notified");
-    const notice: RuleNotice = { rule: rule.name, action, replyTimeMs: Date.now() };
-    for (const observer of this.observers.values()) observer.sink.event(event, undefined, notice);
-    if (!controller.sink.event(event, undefined, notice)) {
-      filter.notificationsDropped++;
-      metrics?.filterEvent?.(v9EventName(event.kind), "notification_dropped");
-    }
+    // Queued behind the channel's end-of-tick flush (nextTick callbacks run in order).
+    if (this.notices.push({ event, notice: { rule: rule.name, action, replyTimeMs: Date.now() }, controller, filter }) === 1) process.nextTick(this.sendNotices);
     return true;
   }
+
+  /** Sends the queued notifications to the observers and the controller that is still attached. */
+  private readonly sendNotices = (): void => {
+    const metrics = this.options.metrics;
+    for (const { event, notice, controller, filter } of this.notices.splice(0)) {
+      for (const observer of this.observers.values()) observer.sink.event(event, undefined, notice);
+      if (this.controller !== controller) continue; // detached since: its session is over
+      if (!controller.sink.event(event, undefined, notice)) {
+        filter.notificationsDropped++;
+        metrics?.filterEvent?.(v9EventName(event.kind), "notification_dropped");
+      }
+    }
+  };
 
   /** A rule's wire action; CONTINUE to a BREAKPOINT whose INT3 the bridge removed is RETRY (see defaultReply). */
   private ruleAction(rule: CompiledRule, event: KvmiEvent): number {

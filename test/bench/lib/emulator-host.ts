@@ -69,7 +69,7 @@ async function addVms(params: { specs: readonly VmSpec[] }): Promise<Array<{ key
   return Promise.all(started);
 }
 
-function requireVm(key: string): EmulatedVm {
+export function requireVm(key: string): EmulatedVm {
   const vm = vms.get(key);
   if (vm === undefined) throw new Error(`no VM ${key}`);
   return vm;
