@@ -12,6 +12,8 @@ import type { BridgeClient, EchoClient, EchoStream, MessageSizes, SessionClient 
 import { echoRequest } from "./lib/echo-protocol.js";
 import type { EventLoopResult } from "./lib/emulator-host.js";
 import type { ChildHandle } from "./lib/ipc.js";
+import { LoopMeter, medianStats } from "./lib/loop-meter.js";
+import type { LoopStats } from "./lib/loop-meter.js";
 import type { PipelinedReader } from "./lib/raw-kvmi.js";
 import type { Results } from "./lib/report.js";
 
@@ -70,22 +72,42 @@ const mbPerSecond = (bytes: number, ms: number): number => bytes / 1e6 / (ms / 1
 /** CPU time per operation of every process, accumulated over the measured runs. */
 export class CpuMeter {
   private readonly totals = new Map<string, { unit: string; ops: number; us: Record<string, number> }>();
+  private readonly loops = new Map<string, Record<string, LoopStats[]>>();
+  private readonly clientLoop = new LoopMeter();
 
+  /**
+   * @param loopChildren the children whose event loop {@link track} can watch (they serve
+   *   `loopStart`/`loopStop`, test/bench/lib/ipc.ts); the client's own loop is watched with them.
+   */
   constructor(
     private readonly results: Results,
     private readonly children: Readonly<Record<string, ChildHandle>>,
+    private readonly loopChildren: readonly string[] = [],
   ) {}
 
-  /** Runs `body`, charging the CPU every process used to `ops(result)` operations of `id`. */
-  async track<T>(id: string, unit: string, body: () => Promise<T>, ops: (result: T) => number): Promise<T> {
+  /**
+   * Runs `body`, charging the CPU every process used to `ops(result)` operations of `id`; with
+   * `loop`, also records each process's event-loop utilization and delay over the window.
+   */
+  async track<T>(id: string, unit: string, body: () => Promise<T>, ops: (result: T) => number, options: { loop?: boolean } = {}): Promise<T> {
     if (!this.results.recording) return body();
     const names = Object.keys(this.children);
+    const loopNames = options.loop === true ? this.loopChildren : [];
     const sample = (): Promise<NodeJS.CpuUsage[]> => Promise.all(names.map((n) => this.children[n]!.call<NodeJS.CpuUsage>("cpu")));
+    await Promise.all(loopNames.map((n) => this.children[n]!.call("loopStart")));
+    if (options.loop === true) this.clientLoop.start();
     const before = await sample();
     const client0 = process.cpuUsage();
     const result = await body();
     const client = process.cpuUsage(client0);
     const after = await sample();
+    if (options.loop === true) {
+      const windows = this.loops.get(id) ?? {};
+      this.loops.set(id, windows);
+      (windows["client"] ??= []).push(this.clientLoop.stop());
+      const stats = await Promise.all(loopNames.map((n) => this.children[n]!.call<LoopStats>("loopStop")));
+      loopNames.forEach((n, i) => (windows[n] ??= []).push(stats[i]!));
+    }
     let entry = this.totals.get(id);
     if (entry === undefined) this.totals.set(id, (entry = { unit, ops: 0, us: {} }));
     entry.ops += ops(result);
@@ -102,6 +124,13 @@ export class CpuMeter {
     for (const [id, t] of this.totals) {
       out[id] = { unit: t.unit, ops: t.ops, usPerOp: Object.fromEntries(Object.entries(t.us).map(([n, us]) => [n, us / Math.max(1, t.ops)])) };
     }
+    return out;
+  }
+
+  /** Event-loop figures of the measurements tracked with `loop`, per process (median of the runs). */
+  loopStats(): Record<string, Record<string, LoopStats>> {
+    const out: Record<string, Record<string, LoopStats>> = {};
+    for (const [id, windows] of this.loops) out[id] = Object.fromEntries(Object.entries(windows).map(([n, w]) => [n, medianStats(w)]));
     return out;
   }
 }
@@ -199,9 +228,10 @@ export async function eventsPhase(c: Context): Promise<void> {
         return r;
       },
       (r) => r.completed,
+      { loop: true },
     );
   const echoLanes = (id: string, lanes: number, durationMs: number) =>
-    cpu.track(id, "message", () => laneLoop(lanes, durationMs, () => c.echoStream.roundTrip(echoEvent)), (r) => r.samples.length);
+    cpu.track(id, "message", () => laneLoop(lanes, durationMs, () => c.echoStream.roundTrip(echoEvent)), (r) => r.samples.length, { loop: true });
 
   R.latency("bridge.event.1", "bridge event round trip, 1 vCPU (guest-timed)", (await guestEvents("bridge.event.1", "bridge", 1, ms)).samples);
   R.latency("echo.bidi.event.1", "bare bidi echo (event sizes), 1 in flight", (await echoLanes("echo.bidi.event.1", 1, ms)).samples);

@@ -29,6 +29,7 @@ import type { MessageSizes } from "./lib/clients.js";
 import { drainBridge, profiled, progress, waitFor } from "./lib/child-helpers.js";
 import { bestOf, compare } from "./lib/compare.js";
 import { ChildHandle } from "./lib/ipc.js";
+import type { LoopStats } from "./lib/loop-meter.js";
 import { formatProfile, summarizeProfile } from "./lib/profile.js";
 import type { ProfileSummary } from "./lib/profile.js";
 import { answerEvents, listenRaw, PipelinedReader } from "./lib/raw-kvmi.js";
@@ -292,7 +293,9 @@ async function main(): Promise<void> {
       ...(emulatorChild ? { emulator: emulatorChild } : {}),
       ...(socatPeer ? { socat: socatPeer.cpu as ChildHandle } : {}),
     };
-    cpuMeter = new CpuMeter(results, processes);
+    // Event loops watched on the event phases: the bridge's (with the emulator in it by default),
+    // the emulator's own with --emulator process, and the echo's (the client's is always watched).
+    cpuMeter = new CpuMeter(results, processes, ["bridge", ...(emulatorChild ? ["emulator"] : []), "echo"]);
     const ctx: Context = { settings: SETTINGS, results, cpu: cpuMeter, warnings, bridge, echo, echoStream, emulator, controller, vm, raw, rawForwarded, rawReader, sizes };
     // Run 0 warms up; with --profile, one more run after the measured ones is profiled phase by
     // phase (not recorded: the profiler slows the processes down).
@@ -483,6 +486,46 @@ async function main(): Promise<void> {
       ),
     );
   }
+  if (cpuMeter !== undefined) {
+    // Where an event's CPU goes: with the emulator in the bridge's process, the raw tool's loop on
+    // the same emulator measures the emulator's share, so the difference is the bridge's own.
+    const perOp = cpuMeter.perOp();
+    const lines: string[] = [];
+    for (const [b, r, what] of [
+      ["bridge.event.1", "raw.event.1", "1 vCPU"],
+      [`bridge.event.${PERF_VCPUS}`, `raw.event.${PERF_VCPUS}`, `${PERF_VCPUS} vCPUs`],
+      ["bridge.event.rate", "raw.event.rate", `${PERF_VCPUS} vCPUs sustained`],
+    ] as const) {
+      const bridged = perOp[b]?.usPerOp;
+      const raw = perOp[r]?.usPerOp;
+      if (bridged === undefined || raw === undefined) continue;
+      const own = SETTINGS.emulator === "process" ? bridged["bridge"]! : bridged["bridge"]! - raw["bridge"]!;
+      const emulatorUs = SETTINGS.emulator === "process" ? bridged["emulator"]! : raw["bridge"]!;
+      lines.push(`  ${what}: bridge ${own.toFixed(0)} µs, emulator ${emulatorUs.toFixed(0)} µs, controller ${bridged["client"]!.toFixed(0)} µs (raw tool ${raw["client"]!.toFixed(0)} µs)`);
+    }
+    if (lines.length > 0) {
+      out.push("");
+      out.push(`CPU per bridged event by side (the emulator's share ${SETTINGS.emulator === "process" ? "from its own process" : "taken from the raw event loop on the same emulator"}):`);
+      out.push(...lines);
+    }
+  }
+  const loops = cpuMeter?.loopStats() ?? {};
+  if (Object.keys(loops).length > 0) {
+    const loopNames = ["bridge", ...(SETTINGS.emulator === "process" ? ["emulator"] : []), "echo", "client"];
+    const cell = (s: LoopStats | undefined): string =>
+      s === undefined ? "" : `${(100 * s.utilization).toFixed(0)}% · ${s.delayP50Us.toFixed(0)}/${s.delayP99Us.toFixed(0)}/${s.delayMaxUs.toFixed(0)} µs`;
+    out.push("");
+    out.push(
+      "Event loops on the event phases (median of the runs): utilization (share of the window not waiting for I/O) · " +
+        "delay of a 1 ms timer p50/p99/max (libuv timers have 1 ms granularity, so up to ≈ 1000 µs is the timer, not the load):",
+    );
+    out.push(
+      renderTable(
+        ["measurement", ...loopNames.map((n) => (n === "bridge" && SETTINGS.emulator !== "process" ? "bridge+emulator" : n))],
+        Object.entries(loops).map(([id, byProcess]) => [id, ...loopNames.map((n) => cell(byProcess[n]))]),
+      ),
+    );
+  }
   if (filters !== undefined) out.push(...filters.lines);
   if (warnings.length > 0) {
     out.push("");
@@ -537,6 +580,7 @@ async function main(): Promise<void> {
     ceiling: ceiling === undefined ? undefined : { id: "raw.read.pipelined", medianMBs: ceiling.median },
     figures: results.all(),
     cpuPerOperation: cpuMeter?.perOp(),
+    eventLoops: loops,
     memory,
     filters: filters?.json,
     warnings,

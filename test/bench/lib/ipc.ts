@@ -10,6 +10,7 @@ import type { ChildProcess } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { Session } from "node:inspector/promises";
 import { fileURLToPath } from "node:url";
+import { LoopMeter } from "./loop-meter.js";
 
 interface CallMessage {
   readonly kind: "call";
@@ -73,9 +74,13 @@ export function serve(own: Handlers): void {
  */
 function profilerHandlers(): Handlers {
   let session: Session | undefined;
+  const loop = new LoopMeter();
   return {
     /** CPU time this process has used (µs), for CPU-per-operation figures. */
     cpu: () => process.cpuUsage(),
+    /** Event-loop utilization and delay over a window (loop-meter.ts). */
+    loopStart: () => loop.start(),
+    loopStop: () => loop.stop(),
     profileStart: async (params: { intervalUs?: number }) => {
       session ??= new Session();
       session.connect();
