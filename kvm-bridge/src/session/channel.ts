@@ -386,8 +386,10 @@ export class KvmiChannel {
   private send(message: Uint8Array): void {
     if (message.length === 0) return;
     this.corkUntilNextTick();
-    // A destroyed socket never drains; its 'close' (due now) fails the pending replies.
-    if (!this.socket.write(message) && !this.socket.destroyed) {
+    // A destroyed socket never drains; its 'close' (due now) fails the pending replies. Writers
+    // released by the same drain may each write before the first sets up the next wait: one
+    // wait for the next drain serves them all (one listener pair, not one per writer).
+    if (!this.socket.write(message) && !this.socket.destroyed && this.drained === undefined) {
       this.drained = new Promise<void>((resolve) => {
         const done = (): void => {
           this.socket.off("drain", done);
