@@ -5,7 +5,7 @@
 // the guest only executes when the test says so.
 import { spawn } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { main as kvmictlMain } from "@kvmi/clients/cli";
+import { runKvmictl } from "../support/clients-harness.js";
 import { guestModel } from "@kvmi/kvm-bridge/emulator";
 import type { EmulatedVm } from "@kvmi/kvm-bridge/emulator";
 import { KVMICTL_BIN, REPO_ROOT, runNode, startClientsBridge } from "../support/clients-harness.js";
@@ -33,16 +33,7 @@ afterAll(async () => {
 });
 
 async function kvmictl(...args: string[]): Promise<RunResult> {
-  let stdout = "";
-  let stderr = "";
-  const code = await kvmictlMain(["--target", bridge.target, ...args], {
-    stdout: (t) => (stdout += t),
-    stderr: (t) => (stderr += t),
-    stderrIsTTY: false,
-    signal: new AbortController().signal,
-    env: {},
-  });
-  return { code, stdout, stderr };
+  return runKvmictl(["--target", bridge.target, ...args]);
 }
 
 /** Runs `command` while ticking the guest until it ends (a vCPU must run for steps, traps and hits). */

@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { main as kvmictlMain } from "@kvmi/clients/cli";
+import { runKvmictl } from "../support/clients-harness.js";
 import type { EmulatedVm } from "@kvmi/kvm-bridge/emulator";
 import { createThrowAwayPki, runNode, startClientsBridge, tsxArgs } from "../support/clients-harness.js";
 import type { ClientsBridge, RunResult, ThrowAwayPki } from "../support/clients-harness.js";
@@ -45,16 +45,7 @@ afterAll(async () => {
 
 /** Runs kvmictl's main() in-process against the test bridge (a later --target wins). */
 async function kvmictl(...args: string[]): Promise<RunResult> {
-  let stdout = "";
-  let stderr = "";
-  const code = await kvmictlMain(["--target", bridge.target, ...args], {
-    stdout: (t) => (stdout += t),
-    stderr: (t) => (stderr += t),
-    stderrIsTTY: false,
-    signal: new AbortController().signal,
-    env: {},
-  });
-  return { code, stdout, stderr };
+  return runKvmictl(["--target", bridge.target, ...args]);
 }
 
 /** Every violation of the JSON convention (clients/README.md "JSON output") in `value`. */

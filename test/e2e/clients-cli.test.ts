@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { MemoryHoleError, State } from "@kvmi/clients";
 import { main as kvmictlMain } from "@kvmi/clients/cli";
+import { runKvmictl } from "../support/clients-harness.js";
 import { guestModel } from "@kvmi/kvm-bridge/emulator";
 import type { EmulatedVm } from "@kvmi/kvm-bridge/emulator";
 import { KVMICTL_BIN, runNode, startClientsBridge, startNode } from "../support/clients-harness.js";
@@ -44,16 +45,7 @@ const spawnCli = (...args: string[]) => runNode([KVMICTL_BIN, "--target", bridge
 /** Runs kvmictl's main() in-process; `signal` plays Ctrl-C. */
 async function kvmictl(...args: Array<string | AbortSignal>): Promise<RunResult> {
   const signal = args.find((a): a is AbortSignal => typeof a !== "string") ?? new AbortController().signal;
-  let stdout = "";
-  let stderr = "";
-  const code = await kvmictlMain(["--target", bridge.target, ...args.filter((a): a is string => typeof a === "string")], {
-    stdout: (t) => (stdout += t),
-    stderr: (t) => (stderr += t),
-    stderrIsTTY: false,
-    signal,
-    env: {},
-  });
-  return { code, stdout, stderr };
+  return runKvmictl(["--target", bridge.target, ...args.filter((a): a is string => typeof a === "string")], signal);
 }
 const hex = (v: bigint) => `0x${v.toString(16)}`;
 

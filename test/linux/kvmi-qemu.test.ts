@@ -6,7 +6,7 @@ import { readFileSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Profile, linux } from "@kvmi/clients";
 import type { LinuxGuest, Session, SessionItem } from "@kvmi/clients";
-import { main as kvmictlMain } from "@kvmi/clients/cli";
+import { runKvmictl } from "../support/clients-harness.js";
 import type { QemuBackend, QemuProcess } from "@kvmi/kvm-bridge/qemu";
 import { MARKER, TICKER_SYSCALL, type GuestImage } from "../guest/build.js";
 import { startClientsBridge, type ClientsBridge } from "../support/clients-harness.js";
@@ -32,16 +32,7 @@ afterAll(async () => {
 });
 
 async function kvmictl(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  let stdout = "";
-  let stderr = "";
-  const code = await kvmictlMain(["--target", bridge.target, ...args], {
-    stdout: (t) => (stdout += t),
-    stderr: (t) => (stderr += t),
-    stderrIsTTY: false,
-    signal: new AbortController().signal,
-    env: {},
-  });
-  return { code, stdout, stderr };
+  return runKvmictl(["--target", bridge.target, ...args]);
 }
 
 /** The next event matching `match`; every other event is continued. */

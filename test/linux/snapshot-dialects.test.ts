@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Profile, State, linux } from "@kvmi/clients";
 import type { Session, SessionItem } from "@kvmi/clients";
-import { main as kvmictlMain } from "@kvmi/clients/cli";
+import { runKvmictl } from "../support/clients-harness.js";
 import { ensureGuestImage, MARKER, WORKLOAD_PROCESSES, type GuestImage } from "../guest/build.js";
 import { REPO_ROOT, startClientsBridge, startNode, type ClientsBridge } from "../support/clients-harness.js";
 import { ensureGuestSnapshot, startLinuxVm, type GuestSnapshot } from "./linux-harness.js";
@@ -35,16 +35,7 @@ afterAll(async () => {
 });
 
 async function kvmictl(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  let stdout = "";
-  let stderr = "";
-  const code = await kvmictlMain(["--target", bridge.target, ...args], {
-    stdout: (t) => (stdout += t),
-    stderr: (t) => (stderr += t),
-    stderrIsTTY: false,
-    signal: new AbortController().signal,
-    env: {},
-  });
-  return { code, stdout, stderr };
+  return runKvmictl(["--target", bridge.target, ...args]);
 }
 
 async function psThroughBridge(vm: string): Promise<Map<number, string>> {

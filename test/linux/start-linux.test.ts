@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, describe, expect, it } from "vitest";
-import { main as kvmictlMain } from "@kvmi/clients/cli";
+import { runKvmictl } from "../support/clients-harness.js";
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), "kvmi-start-linux-"));
@@ -22,10 +22,7 @@ afterAll(() => {
 });
 
 async function kvmictl(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  let stdout = "";
-  let stderr = "";
-  const code = await kvmictlMain(args, { stdout: (t) => (stdout += t), stderr: (t) => (stderr += t), stderrIsTTY: false, signal: new AbortController().signal, env: {} });
-  return { code, stdout, stderr };
+  return runKvmictl(args);
 }
 
 /** Resolves with the first match of `pattern` in what `read()` returns, once it appears. */

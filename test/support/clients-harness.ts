@@ -14,6 +14,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { connect, State } from "@kvmi/clients";
+import { main as kvmictlMain } from "@kvmi/clients/cli";
 import type { BridgeClient, TlsOptions } from "@kvmi/clients";
 import { silentLogger } from "@kvmi/kvm-bridge";
 import { createEmulatedVm } from "@kvmi/kvm-bridge/emulator";
@@ -125,6 +126,23 @@ export interface RunResult {
   readonly code: number | null;
   readonly stdout: string;
   readonly stderr: string;
+}
+
+/**
+ * Runs kvmictl in this process (its `main()`, not a child process) and collects what it prints.
+ * @param args - the command line after `kvmictl`, e.g. `["--target", bridge.target, "vms", "list"]`.
+ */
+export async function runKvmictl(args: readonly string[], signal: AbortSignal = new AbortController().signal): Promise<RunResult & { readonly code: number }> {
+  let stdout = "";
+  let stderr = "";
+  const code = await kvmictlMain([...args], {
+    stdout: (t) => (stdout += t),
+    stderr: (t) => (stderr += t),
+    stderrIsTTY: false,
+    signal,
+    env: {},
+  });
+  return { code, stdout, stderr };
 }
 
 /** `node` arguments that run a TypeScript file (the examples) through tsx. */
