@@ -118,7 +118,7 @@ export class FakeChannel {
 }
 
 /** A registry holding one VM record, recording the state changes the host makes. */
-export function fakeRegistry(uuid: string): VmRegistry & { readonly states: string[] } {
+export function fakeRegistry(uuid: string): VmRegistry & { readonly states: string[]; readonly updates: number } {
   let record: VmRecord = {
     uuid,
     name: "unit",
@@ -135,8 +135,12 @@ export function fakeRegistry(uuid: string): VmRegistry & { readonly states: stri
     peer: "unit",
   } as VmRecord;
   const states: string[] = [];
+  let updates = 0;
   return {
     states,
+    get updates() {
+      return updates;
+    },
     admit: () => Promise.reject(new Error("not used")),
     get: (id) => (id === uuid ? record : undefined),
     channel: () => undefined,
@@ -146,6 +150,7 @@ export function fakeRegistry(uuid: string): VmRegistry & { readonly states: stri
     list: () => [record],
     update: (id, patch) => {
       if (id !== uuid) return undefined;
+      updates++;
       record = { ...record, ...patch };
       if (patch.state !== undefined) states.push(patch.state);
       return record;

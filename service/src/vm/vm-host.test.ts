@@ -111,6 +111,25 @@ describe("VmHost: sessions", () => {
     expect(h.sessions.map((s) => s.role)).toEqual(["controller", "observer", "observer"]);
   });
 
+  it("reports the sessions of one turn in at most two registry changes: the first at once, the rest at the turn's end", async () => {
+    const h = host();
+    h.attach("controller", new RecordingSink());
+    expect(registry.updates).toBe(1);
+    const observers = Array.from({ length: 50 }, () => h.attach("observer", new RecordingSink()));
+    expect(registry.updates).toBe(1);
+    await settled();
+    expect(registry.updates).toBe(2);
+    await settled();
+    for (const observer of observers.slice(1)) await h.detach(observer, "client gone");
+    expect(registry.updates).toBe(3);
+    await settled();
+    expect(registry.updates).toBe(4);
+    expect(h.sessions.map((s) => s.role)).toEqual(["controller", "observer"]);
+    await settled();
+    await settled();
+    expect(registry.updates).toBe(4);
+  });
+
   it("ends every session when the channel closes, and refuses new ones", () => {
     const h = host();
     const sinks = [new RecordingSink(), new RecordingSink()];

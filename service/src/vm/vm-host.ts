@@ -142,6 +142,7 @@ export class VmHost {
     | undefined;
   /** Set once the unhook's grace is over and the bridge undoes hooks and closes the socket. */
   private releasing = false;
+  private sessionsTurn: "quiet" | "reported" | "changed-again" = "quiet";
   private readonly log: Logger;
 
   constructor(
@@ -219,8 +220,28 @@ export class VmHost {
    * (vm.proto). Only while hooked: during an unhook the state changes say more.
    */
   private sessionsChanged(): void {
+    if (this.sessionsTurn !== "quiet") {
+      this.sessionsTurn = "changed-again";
+      return;
+    }
+    this.sessionsTurn = "reported";
+    setImmediate(this.endSessionsTurn);
     if (this.channel.isOpen && this.unhook === undefined && this.registry.get(this.uuid)?.state === "hooked") this.registry.update(this.uuid, {});
   }
+
+  /**
+   * At most two session changes per VM and turn: the first at once (a lone attach is reported
+   * before the attaching session subscribes, so it never hears of itself), the rest as one at the
+   * end of the turn, which reads the final counts. Every watcher and session of the VM receives
+   * each change, so a client attaching hundreds of observers at once would otherwise cost
+   * observers × receivers messages (a neighbour's calls waited seconds behind them).
+   */
+  private readonly endSessionsTurn = (): void => {
+    const again = this.sessionsTurn === "changed-again";
+    this.sessionsTurn = "quiet";
+    if (again) this.sessionsChanged();
+  };
+
 
   /**
    * Detaches a session (Release, stream end, client gone). For the controller: during an unhook the
