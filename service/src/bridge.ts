@@ -341,7 +341,7 @@ export async function startBridge(options: StartBridgeOptions): Promise<Bridge> 
       forwardListener = await startForwardListener({
         addresses: config.forwardListen.map((text) => parseKvmiListen(text, options.cwd ?? process.cwd())).map((r) => (r.ok ? r.value : raise(r.error))),
         ...(config.tlsCert !== undefined &&
-          config.tlsKey !== undefined && { tls: { certFile: config.tlsCert, keyFile: config.tlsKey, ...(config.tlsClientCa !== undefined && { clientCaFile: config.tlsClientCa }) } }),
+          config.tlsKey !== undefined && { tls: { certFile: config.tlsCert, keyFile: config.tlsKey, ...((config.forwardClientCa ?? config.tlsClientCa) !== undefined && { clientCaFile: config.forwardClientCa ?? config.tlsClientCa }) } }),
         allowInsecure: config.allowInsecure,
         socketMode: config.kvmiSocketMode,
         // Forwarded VMs speak the bridge's default dialect (--kvmi-dialect).

@@ -61,6 +61,8 @@ describe.skipIf(status.kind === "opted-out").each(["tls-off", "tls-on"] as const
         "tls.key": f(pki.serverKey),
         "ca.crt": f(pki.caCert),
         "client-ca.crt": f(pki.caCert),
+        // A CA of its own in production; the same one is enough to start the pod here.
+        "forward-client-ca.crt": f(pki.caCert),
         "probe.crt": f(pki.probeCert),
         "probe.key": f(pki.probeKey),
       };

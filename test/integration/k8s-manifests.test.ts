@@ -283,7 +283,7 @@ describe.each(OVERLAYS)("overlay %s", (overlay) => {
     for (const e of bridge.env ?? []) if (e.value !== undefined) env[e.name] = e.value;
     if (overlay === "tls-on") {
       pki = createPki();
-      Object.assign(env, { KVMI_BRIDGE_TLS_CERT: pki.serverCert, KVMI_BRIDGE_TLS_KEY: pki.serverKey, KVMI_BRIDGE_TLS_CLIENT_CA: pki.caCert });
+      Object.assign(env, { KVMI_BRIDGE_TLS_CERT: pki.serverCert, KVMI_BRIDGE_TLS_KEY: pki.serverKey, KVMI_BRIDGE_TLS_CLIENT_CA: pki.caCert, KVMI_BRIDGE_FORWARD_CLIENT_CA: pki.caCert });
     }
     try {
       const check = spawnSync("node", [join(REPO, "service/bin/kvmi-bridge.mjs"), "policy", "check", policyFile], { encoding: "utf8", env });

@@ -335,6 +335,22 @@ describe("TLS rule", () => {
     expect("warnings" in warned && warned.warnings).toEqual(["--allow-insecure: has no effect because TLS is configured"]);
   });
 
+  it("keeps the forwarders' CA apart from the clients' CA: --forward-client-ca, and a warning when TCP forwarders share --tls-client-ca", () => {
+    const tls = ["--tls-cert", pki.server.cert, "--tls-key", pki.server.key, "--tls-client-ca", pki.ca.cert];
+    const shared = load({ argv: [...tls, "--forward-listen", "tcp:127.0.0.1:7000"] });
+    expect("warnings" in shared && shared.warnings).toEqual([
+      "--forward-listen: forwarders on tcp:127.0.0.1:7000 are checked against --tls-client-ca, so any gRPC client certificate can connect as a VM; give --forward-client-ca",
+    ]);
+    const apart = load({ argv: [...tls, "--forward-listen", "tcp:127.0.0.1:7000", "--forward-client-ca", pki.rogueClient.cert] });
+    expect("warnings" in apart && apart.warnings).toEqual([]);
+    expect(ok({ argv: [...tls, "--forward-listen", "unix:/run/kvmi-bridge/forward.sock"] }).forwardClientCa).toBeUndefined();
+    expect(envName("forwardClientCa")).toBe("KVMI_BRIDGE_FORWARD_CLIENT_CA");
+    expect(errors({ argv: ["--forward-client-ca", pki.ca.cert] })).toEqual([
+      "--forward-client-ca: forwarder certificates need TLS; give --tls-cert and --tls-key too",
+    ]);
+    expect(errors({ argv: [...tls, "--forward-client-ca", pki.server.key] })).toEqual([`--forward-client-ca: "${pki.server.key}" holds no PEM certificate`]);
+  });
+
   it("checks that TLS files come in pairs, parse, match and are in date", () => {
     expect(errors({ argv: ["--tls-cert", pki.server.cert] })).toEqual(["--tls-cert: needs --tls-key as well"]);
     expect(errors({ argv: ["--tls-client-ca", pki.ca.cert] })).toEqual([

@@ -346,6 +346,24 @@ function crossCheck(
     }
   }
 
+  if (good("forwardClientCa", "tlsCert") && c.forwardClientCa !== undefined) {
+    if (c.tlsCert === undefined) errors.push(`${name("forwardClientCa")}: forwarder certificates need TLS; give --tls-cert and --tls-key too`);
+    try {
+      new X509Certificate(readFileSync(c.forwardClientCa));
+    } catch {
+      errors.push(`${name("forwardClientCa")}: "${c.forwardClientCa}" holds no PEM certificate`);
+    }
+  }
+  if (good("forwardListen", "forwardClientCa", "tlsClientCa") && c.forwardClientCa === undefined && c.tlsClientCa !== undefined) {
+    const tcp = (c.forwardListen ?? []).filter((item) => {
+      const address = parseKvmiListen(item, "/");
+      return address.ok && address.value.kind === "tcp";
+    });
+    if (tcp.length > 0) {
+      warnings.push(`${name("forwardListen")}: forwarders on ${tcp.join(", ")} are checked against --tls-client-ca, so any gRPC client certificate can connect as a VM; give --forward-client-ca`);
+    }
+  }
+
   // Plaintext only where nobody else can listen in (guest memory travels over this socket).
   if (good("grpcListen", "tlsCert", "tlsKey", "allowInsecure") && c.grpcListen !== undefined) {
     const address = parseGrpcListen(c.grpcListen, "/");

@@ -170,7 +170,7 @@ export const OPTIONS = {
   forwardListen: option<readonly string[]>({
     shape: "list",
     valueName: "<unix:path|tcp:host:port>",
-    description: "Where KVMI forwarders in VM pods connect (KubeVirt node mode); TCP uses --tls-cert/--tls-key/--tls-client-ca. Default: none.",
+    description: "Where KVMI forwarders in VM pods connect (KubeVirt node mode); TCP uses --tls-cert/--tls-key and --forward-client-ca. Default: none.",
     defaultValue: [],
     defaultHelp: "none",
     parse: (raw, ctx) => ((Array.isArray(raw) && raw.length === 0) || raw === "" ? ok([]) : kvmiListen(raw, ctx)),
@@ -201,6 +201,15 @@ export const OPTIONS = {
     valueName: "<file>",
     description: "PEM CA bundle; when set, every client must present a certificate it signed (mTLS).",
     defaultValue: undefined,
+    parse: readableFile,
+  }),
+  forwardClientCa: option<string | undefined>({
+    shape: "scalar",
+    valueName: "<file>",
+    description:
+      "PEM CA bundle of the forwarders' certificates on a TCP --forward-listen; kept apart from --tls-client-ca so that a gRPC client's certificate cannot connect as a VM.",
+    defaultValue: undefined,
+    defaultHelp: "--tls-client-ca",
     parse: readableFile,
   }),
   allowInsecure: option<boolean>({

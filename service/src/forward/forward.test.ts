@@ -168,4 +168,25 @@ describe("VMs behind in-pod forwarders, one node bridge", () => {
     expect(await rogue.announce({ uuid: rogueSim.vms[0]!.uuid, name: "r", deadlineSeconds: 5 }, 0)).toBe(false);
     expect(bridge.registry.get(rogueSim.vms[0]!.uuid)).toBeUndefined();
   }, 30_000);
+
+  it("TCP with --forward-client-ca: forwarders need that CA, and a gRPC client's certificate no longer passes", async () => {
+    const pki = createTestPki();
+    cleanups.push(() => pki.dispose());
+    // The rogue client's certificate is self-signed: as its own CA it stands for a forwarder CA
+    // apart from the gRPC clients' CA.
+    const bridge = await nodeBridge("fwd-ca", [
+      "--forward-listen", "tcp:127.0.0.1:0",
+      "--tls-cert", pki.server.cert, "--tls-key", pki.server.key, "--tls-client-ca", pki.ca.cert,
+      "--forward-client-ca", pki.rogueClient.cert,
+    ]);
+    const port = Number(bridge.forwardAddresses[0]!.split(":").at(-1));
+    const tls = { ca: readFileSync(pki.ca.cert), serverName: "localhost" };
+    const forwarderCert = await forwarder("vm-f", { kind: "tcp", host: "127.0.0.1", port, tls: { ...tls, cert: readFileSync(pki.rogueClient.cert), key: readFileSync(pki.rogueClient.key) } }, "cookie-f");
+    const clientCert = await forwarder("vm-c", { kind: "tcp", host: "127.0.0.1", port, tls: { ...tls, cert: readFileSync(pki.client.cert), key: readFileSync(pki.client.key) } }, "cookie-c");
+    const sim = qemu(forwarderCert.listenPath, "cookie-f");
+    const clientSim = qemu(clientCert.listenPath, "cookie-c");
+    await vi.waitFor(() => expect(hooked(bridge).map((r) => [r.uuid, r.origin?.name])).toEqual([[sim.vms[0]!.uuid, "vm-f"]]), { timeout: 10_000, interval: 50 });
+    expect(await clientCert.announce({ uuid: clientSim.vms[0]!.uuid, name: "c", deadlineSeconds: 5 }, 0)).toBe(false);
+    expect(bridge.registry.get(clientSim.vms[0]!.uuid)).toBeUndefined();
+  }, 30_000);
 });
