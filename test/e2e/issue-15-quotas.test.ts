@@ -227,7 +227,7 @@ afterAll(async () => {
 });
 
 describe("a client that misbehaves does not starve its neighbour", () => {
-  it("2000 Session and 2000 WatchVms streams that never read: refused past the limits, silent watchers dropped as changes pile up, the neighbour answered, RSS bounded; all released when the client vanishes", async () => {
+  it("2000 Session and 2000 WatchVms streams that never read: refused past the limits, the neighbour answered, RSS bounded; all released when the client vanishes", async () => {
     const baseline = rssBytes();
     const fromLine = bridge.proc.lines().length;
     const started = performance.now();
@@ -236,21 +236,16 @@ describe("a client that misbehaves does not starve its neighbour", () => {
     await child.line((l) => l["opened"] !== undefined, "the misbehaving client's streams open", 120_000);
     const served = (method: string, ...codes: string[]): number =>
       bridge.proc.lines().filter((l) => l["method"] === `/kvmi.v1.IntrospectionService/${method}` && codes.includes(String(l["grpcCode"]))).length;
-    // Everything past the limits is refused at once. Watchers that were accepted are then dropped
-    // as they fall behind the changes the sessions' own attaches make (status, then reset).
+    // Everything past the limits is refused at once. The accepted sessions' attaches reach the
+    // accepted watchers as a few changes (the bridge reports the attaches of a turn as one), so
+    // nothing piles up for them; a watcher that falls behind a burst of changes is dropped
+    // (watch.test.ts).
     await waitUntil(() => served("Session", "RESOURCE_EXHAUSTED") >= STREAMS - 256 && served("WatchVms", "RESOURCE_EXHAUSTED", "CANCELLED") >= STREAMS - 128, "the refusals", {
       timeoutMs: 120_000,
       intervalMs: 100,
     });
     await waitUntil(() => endsOf(child, "session").length >= 0.8 * (STREAMS - 256) && endsOf(child, "watcher").length >= 0.8 * (STREAMS - 128), "the refusals to reach the client", {
       timeoutMs: 60_000,
-      intervalMs: 100,
-    });
-    // The sessions' own attaches were changes for every accepted watcher: the silent ones fell
-    // behind, were dropped (their status names the backlog, or the stream was reset when they
-    // would not even take that) instead of buffering changes without end.
-    await waitUntil(() => endsOf(child, "watcher").some((e) => e.code === GrpcStatus.CANCELLED || e.limit === "watcherBacklog"), "a silent watcher dropped", {
-      timeoutMs: 30_000,
       intervalMs: 100,
     });
     const ends = [...endsOf(child, "session"), ...endsOf(child, "watcher")];

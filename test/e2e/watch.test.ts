@@ -6,10 +6,13 @@
  * VM (ReleaseVm), and the guest resets: UNHOOK_PENDING (with the deadline), UNHOOKED, and REHOOKED
  * with the generation one higher each time.
  */
+import { create } from "@bufbuild/protobuf";
+import { Metadata } from "@grpc/grpc-js";
+import type { ClientReadableStream, StatusObject } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { State, UnhookReason, VmChangeType } from "@kvmi/proto";
+import { State, UnhookReason, VmChangeType, WatchVmsRequestSchema } from "@kvmi/proto";
 import type { VmChange, WatchVmsResponse } from "@kvmi/proto";
-import { GrpcStatus, Role, settle, startHarness, streamFailure, StreamQueue } from "../support/bridge-harness.js";
+import { GrpcStatus, Role, settle, startHarness, streamFailure, StreamQueue, waitUntil, withTimeout } from "../support/bridge-harness.js";
 import type { Harness } from "../support/bridge-harness.js";
 
 const A = 0;
@@ -122,4 +125,32 @@ describe("WatchVms", () => {
     expect(failure.code).toBe(GrpcStatus.INVALID_ARGUMENT);
     expect(failure.details.fieldViolations).toEqual([expect.objectContaining({ field: "name" })]);
   });
+
+  it("drops a watcher that falls too many changes behind (RESOURCE_EXHAUSTED), and other watchers keep theirs", async () => {
+    // Its own HTTP/2 connection, never read: once the flow-control window is full the bridge's
+    // writes back up, and a burst of changes in one turn leaves them queued at once.
+    const silentClient = h.connect(undefined, { "grpc.use_local_subchannel_pool": 1 });
+    const silent = silentClient.raw["watchVms"]!(create(WatchVmsRequestSchema, {}), new Metadata()) as ClientReadableStream<WatchVmsResponse>;
+    silent.pause();
+    silent.on("error", () => undefined);
+    const silentStatus = new Promise<StatusObject>((resolve) => silent.on("status", resolve));
+    const reader = h.client.watchVms(h.vmName(B));
+    await reader.queue.take((r) => r.change?.type === VmChangeType.EXISTING, "B's EXISTING");
+    const dropped = async (): Promise<number> =>
+      (await h.metrics()).value("kvmi_bridge_grpc_requests_total", { method: "/kvmi.v1.IntrospectionService/WatchVms", code: "RESOURCE_EXHAUSTED" });
+    const droppedBefore = await dropped();
+    // 2000 state changes of A in one turn (what a session attach reports), ≈ 200 KB for the
+    // silent watcher: far past its window and the bridge's backlog limit (64 changes).
+    const a = h.vms[A]!.uuid;
+    for (let i = 0; i < 2000; i++) h.bridge.registry.update(a, {});
+    await waitUntil(async () => ((await dropped()) > droppedBefore ? true : undefined), "the silent watcher dropped", { timeoutMs: 10_000, intervalMs: 50 });
+    // The status cannot reach a client that reads nothing; the bridge then resets the stream.
+    const status = await withTimeout(silentStatus, 15_000, "the silent watcher's end");
+    expect([GrpcStatus.RESOURCE_EXHAUSTED, GrpcStatus.CANCELLED]).toContain(status.code);
+    // The watcher of B saw none of A's changes and still gets B's.
+    const observer = await h.attach(B, Role.OBSERVER);
+    expect(await nextChange(reader.queue, B)).toMatchObject({ type: VmChangeType.STATE_CHANGED, vm: { observerCount: 1 } });
+    observer.release();
+    reader.cancel();
+  }, 60_000);
 });
