@@ -6,9 +6,8 @@
  * VM (ReleaseVm), and the guest resets: UNHOOK_PENDING (with the deadline), UNHOOKED, and REHOOKED
  * with the generation one higher each time.
  */
-import { create } from "@bufbuild/protobuf";
-import { Metadata } from "@grpc/grpc-js";
-import type { ClientReadableStream, StatusObject } from "@grpc/grpc-js";
+import http2 from "node:http2";
+import { create, toBinary } from "@bufbuild/protobuf";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { State, UnhookReason, VmChangeType, WatchVmsRequestSchema } from "@kvmi/proto";
 import type { VmChange, WatchVmsResponse } from "@kvmi/proto";
@@ -126,31 +125,69 @@ describe("WatchVms", () => {
     expect(failure.details.fieldViolations).toEqual([expect.objectContaining({ field: "name" })]);
   });
 
-  it("drops a watcher that falls too many changes behind (RESOURCE_EXHAUSTED), and other watchers keep theirs", async () => {
-    // Its own HTTP/2 connection, never read: once the flow-control window is full the bridge's
-    // writes back up, and a burst of changes in one turn leaves them queued at once.
-    const silentClient = h.connect(undefined, { "grpc.use_local_subchannel_pool": 1 });
-    const silent = silentClient.raw["watchVms"]!(create(WatchVmsRequestSchema, {}), new Metadata()) as ClientReadableStream<WatchVmsResponse>;
-    silent.pause();
-    silent.on("error", () => undefined);
-    const silentStatus = new Promise<StatusObject>((resolve) => silent.on("status", resolve));
-    const reader = h.client.watchVms(h.vmName(B));
-    await reader.queue.take((r) => r.change?.type === VmChangeType.EXISTING, "B's EXISTING");
-    const dropped = async (): Promise<number> =>
-      (await h.metrics()).value("kvmi_bridge_grpc_requests_total", { method: "/kvmi.v1.IntrospectionService/WatchVms", code: "RESOURCE_EXHAUSTED" });
-    const droppedBefore = await dropped();
-    // 2000 state changes of A in one turn (what a session attach reports), ≈ 200 KB for the
-    // silent watcher: far past its window and the bridge's backlog limit (64 changes).
+  it("drops a watcher that stays behind or falls too far behind; watchers that read ride out a burst", async () => {
+    const readerOfB = h.client.watchVms(h.vmName(B));
+    await readerOfB.queue.take((r) => r.change?.type === VmChangeType.EXISTING, "B's EXISTING");
+    const reader = h.client.watchVms();
+    await reader.queue.take((r) => r.change?.type === VmChangeType.EXISTING, "an EXISTING");
     const a = h.vms[A]!.uuid;
-    for (let i = 0; i < 2000; i++) h.bridge.registry.update(a, {});
-    await waitUntil(async () => ((await dropped()) > droppedBefore ? true : undefined), "the silent watcher dropped", { timeoutMs: 10_000, intervalMs: 50 });
-    // The status cannot reach a client that reads nothing; the bridge then resets the stream.
-    const status = await withTimeout(silentStatus, 15_000, "the silent watcher's end");
-    expect([GrpcStatus.RESOURCE_EXHAUSTED, GrpcStatus.CANCELLED]).toContain(status.code);
-    // The watcher of B saw none of A's changes and still gets B's.
-    const observer = await h.attach(B, Role.OBSERVER);
-    expect(await nextChange(reader.queue, B)).toMatchObject({ type: VmChangeType.STATE_CHANGED, vm: { observerCount: 1 } });
-    observer.release();
+    // State changes of A in one turn, as many VMs changing at once would send them.
+    const burst = (n: number): number => {
+      for (let i = 0; i < n; i++) h.bridge.registry.update(a, {});
+      return performance.now();
+    };
+    let seen = 0;
+    const readerSaw = (n: number): Promise<unknown> =>
+      waitUntil(() => ((seen += reader.queue.drain().filter((r) => r.change?.vm?.uuid === a).length) >= n ? true : undefined), `${n} changes of A`, { intervalMs: 20 });
+
+    // A watcher that takes nothing at all (its flow-control window is 0): everything backs up.
+    // The bridge drops it with RESOURCE_EXHAUSTED, which cannot reach it behind the unsent
+    // changes, and resets its stream 5 s later (UNREAD_STATUS_GRACE_MS).
+    const silent = silentWatcher();
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    // 300 at once: the reader takes them all; the silent watcher is left 300 behind, within the
+    // memory bound, so it could still catch up.
+    burst(300);
+    await readerSaw(300);
+    // Still behind 2 s later, at the next change: not reading, dropped then (not at the burst).
+    await new Promise((resolve) => setTimeout(resolve, 2_100));
+    const nextChangeAt = burst(1);
+    await readerSaw(301);
+    const resetAt = await withTimeout(silent.reset, 15_000, "the silent watcher's stream reset");
+    expect(resetAt.code).toBe(http2.constants.NGHTTP2_CANCEL);
+    expect(resetAt.at - nextChangeAt).toBeGreaterThan(4_000);
+
+    // 2000 at once: past the memory bound (1024 changes behind), dropped within the burst (no
+    // change follows it). The reader of B saw none of A's changes and still gets B's.
     reader.cancel();
+    const silent2 = silentWatcher();
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    burst(2000);
+    expect((await withTimeout(silent2.reset, 15_000, "the second silent watcher's stream reset")).code).toBe(http2.constants.NGHTTP2_CANCEL);
+    const observer = await h.attach(B, Role.OBSERVER);
+    expect(await nextChange(readerOfB.queue, B)).toMatchObject({ type: VmChangeType.STATE_CHANGED, vm: { observerCount: 1 } });
+    observer.release();
+    readerOfB.cancel();
   }, 60_000);
 });
+
+/**
+ * WatchVms from a plain HTTP/2 client whose flow-control window is 0: it takes no message at all
+ * (a grpc-js client that is not read still takes a little and frees its window now and then).
+ * `reset` resolves with the RST_STREAM code the bridge ends the stream with, and when.
+ */
+function silentWatcher(): { reset: Promise<{ code: number; at: number }> } {
+  const session = http2.connect(`http://${h.bridge.grpcTarget}`, { settings: { initialWindowSize: 0 } });
+  session.on("error", () => undefined);
+  const body = toBinary(WatchVmsRequestSchema, create(WatchVmsRequestSchema, {}));
+  const frame = Buffer.alloc(5 + body.length);
+  frame.writeUInt32BE(body.length, 1);
+  frame.set(body, 5);
+  const stream = session.request({ ":method": "POST", ":path": "/kvmi.v1.IntrospectionService/WatchVms", "content-type": "application/grpc", te: "trailers" });
+  stream.on("error", () => undefined);
+  stream.end(frame);
+  const reset = new Promise<{ code: number; at: number }>((resolve) => stream.on("close", () => resolve({ code: stream.rstCode ?? -1, at: performance.now() }))).finally(() =>
+    session.close(),
+  );
+  return { reset };
+}

@@ -157,8 +157,16 @@ export function registryHandlers(deps: RpcDeps) {
   };
 }
 
-/** Changes a watcher may fall behind (after its initial listing) before it is dropped. */
+/**
+ * Changes a watcher may stay behind (after its initial listing) for {@link WATCHER_BEHIND_GRACE_MS}
+ * before it is dropped. A burst of changes in one turn (many VMs hooking or unhooking at once)
+ * leaves even a reading watcher that far behind for a moment, since grpc-js sends one message per
+ * write callback; a watcher still behind after the grace is not reading.
+ */
 const MAX_WATCHER_BACKLOG = 64;
+const WATCHER_BEHIND_GRACE_MS = 2_000;
+/** Changes a watcher may fall behind at all: the memory bound, whatever the grace. */
+const MAX_WATCHER_BURST = 1024;
 
 /**
  * The messages of a registry change, built once however many watchers and sessions receive it:
@@ -184,8 +192,8 @@ function watchMessageOf(deps: RpcDeps, change: RegistryChange): WatchVmsResponse
 /**
  * WatchVms: one EXISTING change per known VM, then every change until the client cancels. The
  * stream is server-side only and bounded by the client's flow control; when the client stops
- * reading, grpc-js buffers, so a watcher that falls {@link MAX_WATCHER_BACKLOG} changes behind is
- * dropped with RESOURCE_EXHAUSTED (and its stream reset if it never takes that status) rather
+ * reading, grpc-js buffers, so a watcher that stays {@link MAX_WATCHER_BACKLOG} changes behind (or
+ * falls {@link MAX_WATCHER_BURST} behind) is dropped with RESOURCE_EXHAUSTED (and its stream reset if it never takes that status) rather
  * than allowed to grow memory. Each watcher counts against the watchers quota of its identity.
  */
 export function watchVmsHandler(deps: RpcDeps) {
@@ -202,10 +210,14 @@ export function watchVmsHandler(deps: RpcDeps) {
     const principal = principalOf(call);
     let listed = false;
     let dropped = false;
+    let behindSince: number | undefined;
     const write = (message: WatchVmsResponse): void => {
       if (dropped) return;
       // grpc-js counts messages here: those it holds because the client has not taken them.
-      if (listed && call.writableLength > MAX_WATCHER_BACKLOG) {
+      const backlog = listed ? call.writableLength : 0;
+      if (backlog <= MAX_WATCHER_BACKLOG) behindSince = undefined;
+      else behindSince ??= performance.now();
+      if (backlog > MAX_WATCHER_BURST || (behindSince !== undefined && performance.now() - behindSince >= WATCHER_BEHIND_GRACE_MS)) {
         dropped = true;
         stop();
         dropUnreadStream(
@@ -213,7 +225,7 @@ export function watchVmsHandler(deps: RpcDeps) {
           failure(
             deps,
             "watchVms",
-            new QuotaExceededError("watcher", "watcherBacklog", `the watcher fell ${MAX_WATCHER_BACKLOG} changes behind; watch again and read faster`),
+            new QuotaExceededError("watcher", "watcherBacklog", `the watcher stayed ${backlog} changes behind; watch again and read faster`),
           ),
         );
         return;
