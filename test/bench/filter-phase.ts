@@ -30,7 +30,7 @@ import { guestModel } from "@kvmi/kvm-bridge/emulator";
 import { v9Ids } from "@kvmi/kvm-bridge/wire";
 import { WireTool } from "../support/wire-tool.js";
 import type { BridgeStarted } from "./bridge-child.js";
-import { progress, waitFor } from "./lib/child-helpers.js";
+import { profiled, progress, waitFor } from "./lib/child-helpers.js";
 import { compare } from "./lib/compare.js";
 import type { EventLoopResult, VmSpec } from "./lib/emulator-host.js";
 import type { SyscallLoopResult } from "./lib/filter-guest.js";
@@ -55,6 +55,11 @@ export interface FilterSettings {
   readonly windowMs: number;
   readonly sustainedMs: number;
   readonly bridgeLog: string;
+  /**
+   * With `--profile`: after the measured runs, one more (unrecorded) run of the `reply` and
+   * `notify` event loops with the V8 profiler in the bridge and the emulator, profiles written here.
+   */
+  readonly profileDir?: string | undefined;
 }
 
 /** The part's own report: table lines for the output, and what goes into the JSON results. */
@@ -216,6 +221,15 @@ export async function filterPart(settings: FilterSettings, results: Results): Pr
       await syscalls("filter.plain", plain);
     }
     results.recording = false;
+    if (settings.profileDir !== undefined) {
+      progress("filters: profiled run");
+      const children = { bridge: bridgeChild, emulator };
+      await controller.session.setEventFilter("cr cr=3 -> reply as cr3");
+      await profiled(settings.profileDir, "filter-reply", children, () => guestEvents("filter.reply.event", "", "f-bridge"));
+      await controller.session.setEventFilter("cr cr=3 -> notify as cr3");
+      await profiled(settings.profileDir, "filter-notify", children, () => guestEvents("filter.notify.stall", "", "f-bridge"));
+      await controller.session.setEventFilter("");
+    }
 
     // The count tools' counters must hold every syscall their guests made, warm-up included.
     let matched = 0;
