@@ -12,7 +12,8 @@
  *   raising events back to back finds the bridge reading its socket, not building and writing one
  *   gRPC message per event (the message, its HTTP/2 write and the controller's wake-up are paid
  *   once per batch);
- * - `flushAt` items go out at once.
+ * - `flushAt` items go out at once, and a scheduled flush sends at most that many per turn (the
+ *   rest in the next one), so a KVMI event read meanwhile waits for one batch, not for all of them.
  * The queue holds at most `capacity` items; one more is refused and the caller counts the drop: a
  * controller that stops reading cannot make the bridge's memory grow.
  */
@@ -36,7 +37,7 @@ export class NoticeQueue<T> {
   private timer: NodeJS.Timeout | undefined;
   /** performance.now() of the last push; -Infinity before the first. */
   private lastPushMs = -Infinity;
-  private readonly flushNow = (): void => this.flush();
+  private readonly flushNow = (): void => this.flushBatch();
 
   constructor(
     private readonly deliver: (items: readonly T[]) => void,
@@ -76,6 +77,18 @@ export class NoticeQueue<T> {
     if (this.items.length === 0) return;
     const items = this.items;
     this.items = [];
+    this.deliver(items);
+  }
+
+  /**
+   * A scheduled flush: at most `flushAt` items; the rest follow in the next turn, so that events
+   * read meanwhile are answered between two batches rather than after all of them.
+   */
+  private flushBatch(): void {
+    this.cancelScheduled();
+    if (this.items.length <= this.options.flushAt) return this.flush();
+    const items = this.items.splice(0, this.options.flushAt);
+    this.immediate = setImmediate(this.flushNow);
     this.deliver(items);
   }
 
