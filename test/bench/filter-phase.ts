@@ -259,6 +259,7 @@ function report(results: Results, cpu: CpuMeter, warnings: string[], check: { ma
     compare(results, { metric: `Event answered by a \`notify\` rule, guest-side stall (one per ${PACED_GAP_MS} ms) / raw KVMI event hop (one per ${PACED_GAP_MS} ms)`, bridge: "filter.notify.paced", baseline: "filter.raw.paced", target: LAT }),
     compare(results, { metric: `\`notify\` / \`reply\` rule, guest-side stall (one per ${PACED_GAP_MS} ms each)`, bridge: "filter.notify.paced", baseline: "filter.reply.paced", target: undefined }),
     compare(results, { metric: "Event answered by a `notify` rule, back to back, guest-side stall / raw KVMI event hop", bridge: "filter.notify.stall", baseline: "filter.raw.event", target: LAT }),
+    compare(results, { metric: "`notify` / `reply` rule, back to back, guest-side stall", bridge: "filter.notify.stall", baseline: "filter.reply.event", target: undefined }),
     compare(results, { metric: "Event delivered to the controller (no rule), guest-side / raw KVMI event hop", bridge: "filter.deliver.event", baseline: "filter.raw.event", target: undefined }),
     compare(results, { metric: `\`notify\`: guest's write → notification in the controller's loop (one per ${PACED_GAP_MS} ms) / raw KVMI event hop (one per ${PACED_GAP_MS} ms)`, bridge: "filter.notify.latency", baseline: "filter.raw.paced", target: undefined }),
     compare(results, {

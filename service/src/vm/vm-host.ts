@@ -65,7 +65,7 @@ export interface RuleNotice {
  * `notifications_dropped`); a notification with none in the millisecond before it leaves at once
  * (after the current I/O); while they keep coming they are collected for 5 ms, or until 64 wait.
  * 5 ms: in the filters benchmark 2 ms batches (≈ 5 notifications) still left back-to-back events
- * 1.2–2.7× the raw hop, 5 ms batches (≈ 20) brought them to 0.8–1.0×.
+ * 1.2–2.7× the raw hop, 5 ms batches (≈ 20) brought them to 0.85–1.34× (docs/performance.md).
  */
 export const NOTICE_QUEUE = { capacity: 1024, flushAt: 64, lingerMs: 5, quietMs: 1 } as const;
 
