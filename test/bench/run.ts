@@ -190,7 +190,7 @@ async function main(): Promise<void> {
   try {
     if (flags.only === undefined || flags.only === "perf") await perfPart();
     if (!flags["no-relay"] && (flags.only === undefined || flags.only === "relay")) await relayPart(SETTINGS, results);
-    if (!flags["no-filters"] && (flags.only === undefined || flags.only === "filters")) filters = await filterPart(SETTINGS, results);
+    if (!flags["no-filters"] && (flags.only === undefined || flags.only === "filters")) filters = await filterPart({ ...SETTINGS, profileDir }, results);
     if (!flags["no-memory"] && (flags.only === undefined || flags.only === "memory")) {
       progress(`memory: ${MEMORY_VMS} VMs × ${MEMORY_VM_MIB} MiB × 1 vCPU with the workload, ${SETTINGS.memoryMs / 1000} s`);
       memory = await memoryPhase(SETTINGS, dir, profileDir, warnings);

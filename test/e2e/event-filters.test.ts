@@ -28,6 +28,8 @@ import type { Harness, SessionClient } from "../support/bridge-harness.js";
 type Filter = MessageInitShape<typeof EventFilterSchema>;
 
 const MSR_LSTAR = 0xc0000082;
+/** PWT: toggling it makes every CR3 write a change, so each raises an event. */
+const PWT = 1n << 3n;
 const DEADLINE_MS = 300;
 const MAIN = 0;
 
@@ -155,6 +157,37 @@ describe("rules and the bridge's guarantees", () => {
     expect(await settle(write, "MOV CR3", 5000)).toEqual({ status: "done", value: old + 0x5000n });
     expect(Date.now() - started).toBeGreaterThanOrEqual(DEADLINE_MS - 20);
   });
+
+  it("notify to a controller that stops reading: the guest never waits, notifications past the session's buffer are dropped and counted, the rest arrive in order", async () => {
+    const ctl = await h.attach(MAIN, Role.CONTROLLER, {
+      eventBatches: true,
+      eventFilter: { rules: [{ name: "cr3", event: EventType.CR, action: { kind: { case: "notify", value: {} } } }] },
+    });
+    await interceptCr3(ctl, 0);
+    ctl.stream.pause();
+    // More than the session may hold for its client (MAX_BUFFERED_EVENTS, session-rpc.ts) plus
+    // what the HTTP/2 windows and grpc-js take.
+    const writes = 2500;
+    let cr3 = vcpu(0).state.sregs.cr3;
+    for (let i = 0; i < writes; i++) {
+      cr3 ^= PWT;
+      expect(await settle(vcpu(0).writeCr(3, cr3), "MOV CR3 while the controller does not read")).toEqual({ status: "done", value: cr3 });
+    }
+    ctl.stream.resume();
+    const replaced = await setFilter(ctl, {});
+    const dropped = Number(replaced.previous!.notificationsDropped);
+    expect(replaced.previous!.rules).toEqual([expect.objectContaining({ name: "cr3", matched: BigInt(writes), notified: BigInt(writes) })]);
+    const seqs: number[] = [];
+    for (const r of ctl.queue.drain()) {
+      if (r.message.case === "event") seqs.push(r.message.value.seq);
+      if (r.message.case === "events") seqs.push(...r.message.value.events.map((e) => e.seq));
+    }
+    expect(dropped).toBeGreaterThan(0);
+    expect(seqs.length + dropped).toBe(writes);
+    // Bounded: what the bridge held for the client, plus the windows (far less than the writes).
+    expect(seqs.length).toBeLessThan(1500);
+    expect(seqs).toEqual([...seqs].sort((a, b) => a - b));
+  }, 60_000);
 
   it("an operator's unhook with rules in place: rules answer during the grace, then the bridge undoes the hooks and the VM hooks again", async () => {
     const generation = Number((await h.waitHooked(MAIN)).generation);

@@ -12,7 +12,7 @@ import { setMaxListeners } from "node:events";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { KvmiArgumentError, KvmiRemoteError, KvmiTimeoutError, KvmiTransportError } from "../errors.js";
-import { encodeReply, v9, V9_COMMANDS } from "../wire/index.js";
+import { encodeReply, eventByKind, v9, V9_COMMANDS } from "../wire/index.js";
 import type { MsgHdr } from "../wire/index.js";
 import { createKvmiChannel } from "./channel.js";
 import type { KvmiChannel, KvmiChannelOptions } from "./channel.js";
@@ -37,7 +37,7 @@ let channel: KvmiChannel;
 let kernel: Kernel;
 
 /** A channel over a fresh UNIX socket pair, with the test playing the kernel at the other end. */
-async function open(options: Partial<KvmiChannelOptions> = {}): Promise<{ channel: KvmiChannel; kernel: Kernel }> {
+async function open(options: Partial<KvmiChannelOptions> = {}): Promise<{ channel: KvmiChannel; kernel: Kernel; socket: Socket }> {
   const path = join(dir, `kvmi-${servers.length}.sock`);
   let server!: Server;
   const accepted = new Promise<Socket>((resolve) => {
@@ -63,6 +63,7 @@ async function open(options: Partial<KvmiChannelOptions> = {}): Promise<{ channe
   channels.push(opened);
   return {
     channel: opened,
+    socket: tool,
     kernel: {
       received,
       reply: (seq) => void peer.write(encodeReply(v9, GET_MAX_GFN, seq, 0, { gfn: 0x1234n })),
@@ -284,5 +285,20 @@ describe("KvmiChannel.commandBatch", () => {
     await expect(call).rejects.toThrow("cancelled");
     kernel.wrongId(hdr.seq);
     await vi.waitFor(() => expect(channel.isOpen).toBe(false), { timeout: 5_000, interval: 5 });
+  });
+});
+
+describe("KvmiChannel.replyEvent", () => {
+  it("writes the reply in the caller's turn, ahead of anything the caller schedules after it", async () => {
+    const opened = await open();
+    const write = vi.spyOn(opened.socket, "write");
+    const spec = eventByKind(v9, "CR")!;
+    const replied = opened.channel.replyEvent({ seq: 41, vcpu: 0, spec }, 0, { new_val: 0x2000n });
+    // Written before replyEvent returns, not in a later microtask (nextTick callbacks run before
+    // microtasks): what the caller queues next (a notification's encoding) finds the reply written.
+    expect(write).toHaveBeenCalledTimes(1);
+    await replied;
+    const hdr = await opened.kernel.next();
+    expect(hdr.seq).toBe(41);
   });
 });

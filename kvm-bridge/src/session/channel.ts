@@ -289,11 +289,18 @@ export class KvmiChannel {
 
   /**
    * Answers an event (kvmi-abi §3.4). Writes are ordered with commands on the same socket.
+   *
+   * Unless writes wait for `drain`, the reply is written before this returns, in the caller's turn:
+   * a reply given while the event is being handled (an event filter's rule) then leaves at the end
+   * of that tick, ahead of anything the caller schedules afterwards (the notification of a `notify`
+   * rule). Behind a `drain` it waits its turn like any write.
    * @throws KvmiTransportError when the socket is gone (the kernel then continues the vCPU itself).
    */
   async replyEvent(event: Pick<KvmiEvent, "seq" | "vcpu" | "spec">, action: number, replyData?: Record<string, unknown>): Promise<void> {
     if (this.closeError !== undefined) this.assertOpen(this.contextOf(event.spec, event.vcpu));
-    await this.write(encodeEventReply(this.dialect, event.spec, event.seq, event.vcpu, action, replyData), event.spec, event.vcpu);
+    const message = encodeEventReply(this.dialect, event.spec, event.seq, event.vcpu, action, replyData);
+    if (this.drained === undefined) return this.send(message);
+    await this.write(message, event.spec, event.vcpu);
   }
 
   /** Closes the socket (both directions) and fails everything pending with KvmiTransportError. */

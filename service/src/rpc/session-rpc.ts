@@ -60,6 +60,13 @@ export const MAX_INFLIGHT_COMMANDS = 64;
  * that lets more pile up (VM changes keep coming) is dropped with RESOURCE_EXHAUSTED.
  */
 const MAX_BUFFERED_RESPONSES = 256;
+/**
+ * Events (delivered ones and notifications) the session's written messages may hold before
+ * HTTP/2 has taken them: batches put many events in one message, so messages alone do not bound
+ * the memory a client that stops reading makes the bridge keep. Past it, events are refused as
+ * past {@link MAX_BUFFERED_RESPONSES} (the bridge answers, a notification is dropped and counted).
+ */
+export const MAX_BUFFERED_EVENTS = 1024;
 const MIN_EVENT_DEADLINE_MS = 10;
 const MAX_EVENT_DEADLINE_MS = 60_000;
 
@@ -108,6 +115,8 @@ class SessionStream {
    * docs/decisions/0160-event-batches.md
    */
   private turnEvents: Event[] = [];
+  /** Events in messages written to the stream that HTTP/2 has not taken yet ({@link MAX_BUFFERED_EVENTS}). */
+  private unsentEvents = 0;
   private readonly flushTurnEvents = (): void => this.writeTurnEvents();
 
   constructor(
@@ -135,17 +144,23 @@ class SessionStream {
     this.call.on("error", () => void this.finish("the stream failed"));
   }
 
-  private write(message: Parameters<typeof create<typeof SessionResponseSchema>>[1], lease?: QuotaLease): boolean {
+  private write(message: Parameters<typeof create<typeof SessionResponseSchema>>[1], lease?: QuotaLease, events = 0): boolean {
     if (this.ended) {
       lease?.release();
       return false;
     }
     if (this.turnEvents.length > 0) this.writeTurnEvents();
-    return this.send(message, lease);
+    return this.send(message, lease, events);
   }
 
-  private send(message: Parameters<typeof create<typeof SessionResponseSchema>>[1], lease?: QuotaLease): boolean {
-    const flowing = this.call.write(create(SessionResponseSchema, message));
+  /** Writes `message`; `events` is how many events it carries (counted until HTTP/2 takes them). */
+  private send(message: Parameters<typeof create<typeof SessionResponseSchema>>[1], lease?: QuotaLease, events = 0): boolean {
+    let flowing: boolean;
+    if (events === 0) flowing = this.call.write(create(SessionResponseSchema, message));
+    else {
+      this.unsentEvents += events;
+      flowing = this.call.write(create(SessionResponseSchema, message), () => (this.unsentEvents -= events));
+    }
     if (flowing) {
       lease?.release();
     } else {
@@ -173,8 +188,8 @@ class SessionStream {
     const events = this.turnEvents;
     if (events.length === 0 || this.ended) return;
     this.turnEvents = [];
-    if (events.length === 1) this.send({ message: { case: "event", value: events[0]! } });
-    else this.send({ message: { case: "events", value: create(EventBatchSchema, { events }) } });
+    if (events.length === 1) this.send({ message: { case: "event", value: events[0]! } }, undefined, 1);
+    else this.send({ message: { case: "events", value: create(EventBatchSchema, { events }) } }, undefined, events.length);
   }
 
   private onDrain(): void {
@@ -257,7 +272,7 @@ class SessionStream {
         // A client too far behind gets no more events: the controller's are answered by the bridge
         // ("slow_consumer"), an observer's copies are dropped. Memory stays bounded either way.
         event: (event, deadline, notice) => {
-          if (this.call.writableLength > MAX_BUFFERED_RESPONSES) {
+          if (this.call.writableLength > MAX_BUFFERED_RESPONSES || this.unsentEvents + this.turnEvents.length >= MAX_BUFFERED_EVENTS) {
             // An observer that stopped reading long ago is dropped; the controller's events are
             // answered by the bridge (slow_consumer) and it keeps its session.
             if (role === "observer" && this.call.writableLength > 2 * MAX_BUFFERED_RESPONSES) this.dropUnread();
@@ -266,7 +281,7 @@ class SessionStream {
           const value = eventToProto(uuid, event, deadline, new Date(event.receivedAtMs));
           if (notice !== undefined) value.notification = ruleNoticeToProto(notice);
           if (this.batchEvents) this.queueEvent(value);
-          else this.write({ message: { case: "event", value } });
+          else this.write({ message: { case: "event", value } }, undefined, 1);
           return true;
         },
         // Checked per event like a client's reply is per reply: a policy reload applies at once.

@@ -17,7 +17,7 @@ import { compileEventFilter } from "../mapping/event-filter.js";
 import { Counter } from "./event-rules.js";
 import type { CompiledFilter } from "./event-rules.js";
 import { FakeChannel, fakeRegistry } from "./fake-channel.js";
-import { VmHost } from "./vm-host.js";
+import { NOTICE_QUEUE, VmHost } from "./vm-host.js";
 import type { FilterOutcome, RuleNotice, SessionSink, VmHostMetrics } from "./vm-host.js";
 
 const UUID = "5f0e3c52-2222-4b8e-9a57-0b7c1f7e2a10";
@@ -180,6 +180,81 @@ describe("VmHost: event filter actions", () => {
     await h.replyEvent(controller, 0, delivered.seq, { action: CONTINUE, replyData: { new_val: 1n } });
     expect(channel.replies).toHaveLength(1);
     expect([f.count(0, Counter.DELIVERED), f.unmatched]).toEqual([1, 1]);
+  });
+});
+
+describe("VmHost: notifications leave after the replies, together and in order", () => {
+  const notify = (name: string) => ({ name, event: EventType.PAUSE_VCPU, action: { kind: { case: "notify" as const, value: {} } } });
+
+  it("events of one turn are all answered before any notification is built; the notifications go out in one flush, in order", async () => {
+    const h = host();
+    const calls: string[] = [];
+    const sink = new RecordingSink();
+    const event = sink.event.bind(sink);
+    sink.event = (e, deadline, notice) => (calls.push(`notify ${e.seq}`), event(e, deadline, notice));
+    const replyEvent = channel.replyEvent.bind(channel);
+    channel.replyEvent = (e, action, data) => (calls.push(`reply ${e.seq}`), replyEvent(e, action, data));
+    const controller = h.attach("controller", sink);
+    h.setEventFilter(controller, filter([notify("p")]));
+    const seqs = [0, 1, 0, 1].map((vcpu) => channel.emit("KVMI_EVENT_PAUSE_VCPU", vcpu).seq);
+    expect(calls).toEqual(seqs.map((seq) => `reply ${seq}`));
+    await vi.waitFor(() => expect(sink.events).toHaveLength(4));
+    expect(calls).toEqual([...seqs.map((seq) => `reply ${seq}`), ...seqs.map((seq) => `notify ${seq}`)]);
+  });
+
+  it("a delivered event first sends the notifications queued before it: each vCPU's events reach the sessions in order", async () => {
+    const h = host();
+    const sink = new RecordingSink();
+    const observer = new RecordingSink();
+    const controller = h.attach("controller", sink);
+    h.attach("observer", observer);
+    h.setEventFilter(controller, filter([notify("p"), { event: EventType.CR, action: { kind: { case: "deliver", value: {} } } }]));
+    const first = channel.emit("KVMI_EVENT_PAUSE_VCPU", 0);
+    const second = channel.emit("KVMI_EVENT_PAUSE_VCPU", 1);
+    const delivered = channel.emit("KVMI_EVENT_CR", 0, cr(1n, 2n));
+    for (const s of [sink, observer]) expect(s.events.map((e) => [e.event.seq, e.notice?.rule])).toEqual([[first.seq, "p"], [second.seq, "p"], [delivered.seq, undefined]]);
+    await settled();
+    expect(sink.events).toHaveLength(3);
+  });
+
+  it("replacing the filter sends the old rules' notifications first", () => {
+    const h = host();
+    const sink = new RecordingSink();
+    const controller = h.attach("controller", sink);
+    h.setEventFilter(controller, filter([notify("old")]));
+    channel.emit("KVMI_EVENT_PAUSE_VCPU", 0);
+    h.setEventFilter(controller, filter([notify("new")]));
+    expect(sink.events.map((e) => e.notice?.rule)).toEqual(["old"]);
+  });
+
+  it("a controller whose notifications cannot leave costs bounded memory: past the queue's capacity they are dropped and counted, every event answered", async () => {
+    const h = host();
+    const sink = new RecordingSink();
+    const controller = h.attach("controller", sink);
+    const f = filter([notify("p")]);
+    h.setEventFilter(controller, f);
+    // All in one turn: nothing can leave until it ends.
+    const extra = 100;
+    for (let i = 0; i < NOTICE_QUEUE.capacity + extra; i++) channel.emit("KVMI_EVENT_PAUSE_VCPU", i % 2);
+    expect(channel.replies).toHaveLength(NOTICE_QUEUE.capacity + extra);
+    expect(f.notificationsDropped).toBe(extra);
+    expect(outcomes.filter(([, o]) => o === "notification_dropped")).toHaveLength(extra);
+    await vi.waitFor(() => expect(sink.events).toHaveLength(NOTICE_QUEUE.capacity));
+    // The first ones are kept, in order; the notified counter counts every one the rule notified.
+    expect(sink.events.map((e) => e.event.seq)).toEqual(Array.from({ length: NOTICE_QUEUE.capacity }, (_, i) => i + 1));
+    expect(f.count(0, Counter.NOTIFIED)).toBe(NOTICE_QUEUE.capacity + extra);
+  });
+
+  it("the VM's socket closing forgets the queued notifications", async () => {
+    const h = host();
+    const sink = new RecordingSink();
+    const observer = new RecordingSink();
+    h.setEventFilter(h.attach("controller", sink), filter([notify("p")]));
+    h.attach("observer", observer);
+    channel.emit("KVMI_EVENT_PAUSE_VCPU", 0);
+    channel.close("gone");
+    await settled();
+    expect([sink.events, observer.events]).toEqual([[], []]);
   });
 });
 

@@ -19,6 +19,7 @@ import { BridgeError } from "../mapping/bridge-error.js";
 import { COMMAND_FACTS_BY_OP, MUTATING_COMMANDS } from "../mapping/command-facts.js";
 import type { AutoReplyReason } from "../metrics/index.js";
 import { HookLedger } from "./hook-ledger.js";
+import { NoticeQueue } from "./notice-queue.js";
 import { Counter, COUNTER_SLOTS, RuleActionKind } from "./event-rules.js";
 import type { CompiledFilter, CompiledRule } from "./event-rules.js";
 import { sendCommand, sendCommandBatch, sendOp } from "./v9-commands.js";
@@ -56,6 +57,23 @@ export interface RuleNotice {
   readonly action: number;
   /** Wall-clock time the reply was written. */
   readonly replyTimeMs: number;
+}
+
+/**
+ * Notifications of rule-answered events waiting to be sent, per VM (notice-queue.ts,
+ * docs/decisions/0175): at most 1024 (one more is dropped and counted as
+ * `notifications_dropped`); a notification with none in the millisecond before it leaves at once
+ * (after the current I/O); while they keep coming they are collected for 5 ms, or until 64 wait.
+ * 5 ms: in the filters benchmark 2 ms batches (≈ 5 notifications) still left back-to-back events
+ * 1.2–2.7× the raw hop, 5 ms batches (≈ 20) brought them to 0.85–1.34× (docs/performance.md).
+ */
+export const NOTICE_QUEUE = { capacity: 1024, flushAt: 64, lingerMs: 5, quietMs: 1 } as const;
+
+interface QueuedNotice {
+  readonly event: KvmiEvent;
+  readonly notice: RuleNotice;
+  readonly controller: Attached;
+  readonly filter: CompiledFilter;
 }
 
 /** Why the bridge is closing a VM's KVMI socket. */
@@ -132,11 +150,11 @@ export class VmHost {
   /** The controller's event filter (docs/event-filters.md); it ends with the controller. */
   private filter: CompiledFilter | undefined;
   /**
-   * Notifications of rule-answered events, sent after the rule replies have left: the channel
-   * corks its writes until the end of the tick, so encoding a notification right away would hold
-   * the reply (and the vCPU) for the time the notification takes to build and write.
+   * Notifications of rule-answered events. The rule's reply is written in the turn that decoded
+   * the event; the notifications leave later and together (docs/decisions/0175), so a vCPU never
+   * waits while the bridge encodes and writes one, and several share one message.
    */
-  private readonly notices: Array<{ readonly event: KvmiEvent; readonly notice: RuleNotice; readonly controller: Attached; readonly filter: CompiledFilter }> = [];
+  private readonly notices = new NoticeQueue<QueuedNotice>((notices) => this.sendNotices(notices), NOTICE_QUEUE);
   private unhook:
     | { readonly cause: UnhookCause; readonly started: bigint; readonly timer: NodeJS.Timeout; readonly done: Promise<void>; finish: () => void }
     | undefined;
@@ -402,6 +420,8 @@ export class VmHost {
     if (controller !== undefined && !this.releasing && this.filter !== undefined && this.applyFilter(this.filter, controller, event)) return true;
     const deadlineMs = this.deadlineFor(event);
     const deadline = new Date(Date.now() + deadlineMs);
+    // Queued notifications first: every session sees a vCPU's events in the order they came.
+    if (this.notices.length > 0) this.notices.flush();
     for (const observer of this.observers.values()) observer.sink.event(event, undefined);
     // During an announced unhook the controller is still in charge (it may be removing its own
     // breakpoints); only once the bridge releases does it answer by itself.
@@ -456,15 +476,19 @@ export class VmHost {
     }
     counters[base + Counter.NOTIFIED]!++;
     metrics?.filterEvent?.(v9EventName(event.kind), "notified");
-    // Queued behind the channel's end-of-tick flush (nextTick callbacks run in order).
-    if (this.notices.push({ event, notice: { rule: rule.name, action, replyTimeMs: Date.now() }, controller, filter }) === 1) process.nextTick(this.sendNotices);
+    if (!this.notices.push({ event, notice: { rule: rule.name, action, replyTimeMs: Date.now() }, controller, filter })) {
+      // The queue is full (the controller's stream has not taken the earlier ones): the event is
+      // answered, its notification is lost and counted.
+      filter.notificationsDropped++;
+      metrics?.filterEvent?.(v9EventName(event.kind), "notification_dropped");
+    }
     return true;
   }
 
-  /** Sends the queued notifications to the observers and the controller that is still attached. */
-  private readonly sendNotices = (): void => {
+  /** Sends queued notifications, in order, to the observers and the controller that is still attached. */
+  private sendNotices(notices: readonly QueuedNotice[]): void {
     const metrics = this.options.metrics;
-    for (const { event, notice, controller, filter } of this.notices.splice(0)) {
+    for (const { event, notice, controller, filter } of notices) {
       for (const observer of this.observers.values()) observer.sink.event(event, undefined, notice);
       if (this.controller !== controller) continue; // detached since: its session is over
       if (!controller.sink.event(event, undefined, notice)) {
@@ -472,7 +496,7 @@ export class VmHost {
         metrics?.filterEvent?.(v9EventName(event.kind), "notification_dropped");
       }
     }
-  };
+  }
 
   /** A rule's wire action; CONTINUE to a BREAKPOINT whose INT3 the bridge removed is RETRY (see defaultReply). */
   private ruleAction(rule: CompiledRule, event: KvmiEvent): number {
@@ -490,6 +514,8 @@ export class VmHost {
     if (this.controller?.id !== session.id) {
       throw new BridgeError("NOT_CONTROLLER", "only the controller may set an event filter: attach with role CONTROLLER", { vm: this.uuid });
     }
+    // The old rules' notifications reach the stream before the reply that replaces them.
+    this.notices.flush();
     const previous = this.filter;
     this.filter = filter;
     this.log.info({ session: session.id, rules: filter?.rules.length ?? 0 }, "event filter set");
@@ -612,6 +638,7 @@ export class VmHost {
     this.unhook = { cause, started, timer, done, finish };
     this.registry.update(this.uuid, { state: "unhook-pending", unhookDeadline: deadline });
     this.log.info({ reason: UNHOOK_CAUSES[cause], deadline: deadline.toISOString() }, "unhook pending");
+    this.notices.flush(); // the notifications of events before the unhook come before its notice
     for (const session of this.sessions) (session as Attached).sink.unhook(deadline, cause);
     if (this.controller === undefined) finish();
   }
@@ -639,6 +666,7 @@ export class VmHost {
   }
 
   private onClosed(err: KvmiTransportError): void {
+    this.notices.clear();
     for (const pending of this.pending.values()) clearTimeout(pending.timer);
     this.pending.clear();
     if (this.unhook !== undefined) clearTimeout(this.unhook.timer);
