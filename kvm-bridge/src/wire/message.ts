@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 /**
  * Whole KVMI messages for both ends of the socket (kvmi-abi §3): commands and their replies,
- * events and event replies. Every encoder allocates exactly one buffer holding the header and the
- * body, because the kernel requires each message in one `send()` (kvmi-abi §3.1) and a single
- * allocation is what keeps the hot path cheap.
+ * events and event replies. Every encoder returns one buffer holding the header and the body,
+ * because the kernel requires each message in one `send()` (kvmi-abi §3.1); small messages are
+ * cut from shared zero-filled slabs (slab.ts), so a message costs no allocation of its own.
  */
 import { KvmiArgumentError, KvmiProtocolError } from "../errors.js";
 import { bodyBytes, decodeBody, encodeBodyInto } from "./body.js";
@@ -13,6 +13,7 @@ import { eventById } from "./dialect.js";
 import type { BodySchema, CommandSpec, Dialect, EventSpec } from "./dialect.js";
 import type { Layout, LayoutValue } from "./layout.js";
 import { kvmiMsgHdr } from "./layouts/common.js";
+import { allocateZeroed } from "./slab.js";
 
 /** Size of `kvmi_msg_hdr`, the same in every dialect (kvmi-abi §3.1, §1.4). */
 export const HEADER_BYTES = kvmiMsgHdr.size;
@@ -34,14 +35,19 @@ export function readMsgHdr(buf: Uint8Array, offset = 0): MsgHdr {
   return decodeFrom(kvmiMsgHdr, viewOf(buf), offset) as MsgHdr;
 }
 
-function allocate(dialect: Dialect, id: number, seq: number, bodySize: number): { out: Uint8Array; view: DataView } {
+/**
+ * A zeroed buffer for one message with its `kvmi_msg_hdr` written: `view` and `start` (where the
+ * body begins in `view`) are for the body's encoders. Small messages share zero-filled slabs
+ * (slab.ts), so bytes an encoder skips (padding) are zero.
+ */
+function allocate(dialect: Dialect, id: number, seq: number, bodySize: number): { out: Uint8Array; view: DataView; start: number } {
   if (bodySize > dialect.maxMessageBytes) {
     throw new KvmiArgumentError("size", `message body of ${bodySize} bytes exceeds ${dialect.maxMessageBytes}`);
   }
-  const out = new Uint8Array(dialect.layouts.msgHdr.size + bodySize);
-  const view = viewOf(out);
-  encodeInto(dialect.layouts.msgHdr, { id, size: bodySize, seq }, view, 0);
-  return { out, view };
+  const hdr = dialect.layouts.msgHdr;
+  const { bytes, view, at } = allocateZeroed(hdr.size + bodySize);
+  encodeInto(hdr, { id, size: bodySize, seq }, view, at);
+  return { out: bytes, view, start: at + hdr.size };
 }
 
 function writeVcpuHdr(dialect: Dialect, view: DataView, offset: number, vcpu: number): void {
@@ -66,8 +72,8 @@ export function encodeCommand(
   vcpu?: number,
 ): Uint8Array {
   const value = commandValue(spec, body, vcpu);
-  const { out, view } = allocate(dialect, spec.id, seq, commandBodyBytes(dialect, spec, value));
-  encodeCommandBody(dialect, spec, value, vcpu, view, dialect.layouts.msgHdr.size);
+  const { out, view, start } = allocate(dialect, spec.id, seq, commandBodyBytes(dialect, spec, value));
+  encodeCommandBody(dialect, spec, value, vcpu, view, start);
   return out;
 }
 
@@ -92,9 +98,8 @@ export function encodeCommands(
   });
   let total = 0;
   for (const size of sizes) total += hdr.size + size;
-  const out = new Uint8Array(total);
-  const view = viewOf(out);
-  let at = 0;
+  const { bytes: out, view, at: first } = allocateZeroed(total);
+  let at = first;
   for (let i = 0; i < values.length; i++) {
     encodeInto(hdr, { id: spec.id, size: sizes[i]!, seq: seqs[i]! }, view, at);
     encodeCommandBody(dialect, spec, values[i]!, vcpu, view, at + hdr.size);
@@ -169,8 +174,7 @@ export function encodeReply(
   const errBytes = dialect.layouts.errorCode.size;
   const withData = err === 0 && (spec.reply.layout !== null || spec.reply.tail !== undefined);
   if (withData && value === undefined) throw new KvmiArgumentError("reply", "a successful reply needs its data");
-  const { out, view } = allocate(dialect, spec.id, seq, errBytes + (withData ? bodyBytes(spec.reply, value!) : 0));
-  const start = dialect.layouts.msgHdr.size;
+  const { out, view, start } = allocate(dialect, spec.id, seq, errBytes + (withData ? bodyBytes(spec.reply, value!) : 0));
   encodeInto(dialect.layouts.errorCode, { err } as LayoutValue<Layout>, view, start);
   if (withData) encodeBodyInto(spec.reply, value!, view, start + errBytes);
   return out;
@@ -230,8 +234,7 @@ export function encodeEvent(
   const hdrBytes = eventHdr?.size ?? 0;
   const commonBytes = withCommon ? common.size : 0;
   const payloadSize = spec.payload?.size ?? 0;
-  const { out, view } = allocate(dialect, eventMessageId(dialect, spec.scope), seq, hdrBytes + commonBytes + payloadSize);
-  const start = dialect.layouts.msgHdr.size;
+  const { out, view, start } = allocate(dialect, eventMessageId(dialect, spec.scope), seq, hdrBytes + commonBytes + payloadSize);
   if (eventHdr !== null) encodeInto(eventHdr, { event: spec.id } as LayoutValue<Layout>, view, start);
   // `event` is ignored by a common part that has no such field (v12).
   if (withCommon) {
@@ -326,8 +329,7 @@ export function encodeEventReply(
 ): Uint8Array {
   const { vcpuHdr, eventReply } = dialect.layouts;
   const dataSize = spec.replyData?.size ?? 0;
-  const { out, view } = allocate(dialect, dialect.eventFraming.replyMessageId, seq, vcpuHdr.size + eventReply.size + dataSize);
-  const start = dialect.layouts.msgHdr.size;
+  const { out, view, start } = allocate(dialect, dialect.eventFraming.replyMessageId, seq, vcpuHdr.size + eventReply.size + dataSize);
   writeVcpuHdr(dialect, view, start, vcpu);
   encodeInto(eventReply, { action, event: spec.id } as LayoutValue<Layout>, view, start + vcpuHdr.size);
   if (spec.replyData !== null) {
