@@ -13,7 +13,8 @@ import { eventById } from "./dialect.js";
 import type { BodySchema, CommandSpec, Dialect, EventSpec } from "./dialect.js";
 import type { Layout, LayoutValue } from "./layout.js";
 import { kvmiMsgHdr } from "./layouts/common.js";
-import { allocateZeroed } from "./slab.js";
+import { allocateZeroed, FRESH_PIECES } from "./slab.js";
+import type { MessageAllocator } from "./slab.js";
 
 /** Size of `kvmi_msg_hdr`, the same in every dialect (kvmi-abi §3.1, §1.4). */
 export const HEADER_BYTES = kvmiMsgHdr.size;
@@ -40,12 +41,18 @@ export function readMsgHdr(buf: Uint8Array, offset = 0): MsgHdr {
  * body begins in `view`) are for the body's encoders. Small messages share zero-filled slabs
  * (slab.ts), so bytes an encoder skips (padding) are zero.
  */
-function allocate(dialect: Dialect, id: number, seq: number, bodySize: number): { out: Uint8Array; view: DataView; start: number } {
+function allocate(
+  dialect: Dialect,
+  id: number,
+  seq: number,
+  bodySize: number,
+  into: MessageAllocator = FRESH_PIECES,
+): { out: Uint8Array; view: DataView; start: number } {
   if (bodySize > dialect.maxMessageBytes) {
     throw new KvmiArgumentError("size", `message body of ${bodySize} bytes exceeds ${dialect.maxMessageBytes}`);
   }
   const hdr = dialect.layouts.msgHdr;
-  const { bytes, view, at } = allocateZeroed(hdr.size + bodySize);
+  const { bytes, view, at } = into.allocate(hdr.size + bodySize);
   encodeInto(hdr, { id, size: bodySize, seq }, view, at);
   return { out: bytes, view, start: at + hdr.size };
 }
@@ -162,7 +169,8 @@ export function decodeCommand(dialect: Dialect, spec: CommandSpec, body: Uint8Ar
 
 /**
  * Encodes a reply: `kvmi_msg_hdr{id, seq}`, `kvmi_error_code`, and the reply data only when
- * `err == 0` (kvmi-abi §3.2). `err` is the wire value: 0 or a negative KVM errno.
+ * `err == 0` (kvmi-abi §3.2). `err` is the wire value: 0 or a negative KVM errno. `into` is where
+ * the buffer comes from (the emulated kernel's Outbox, slab.ts); a fresh piece by default.
  */
 export function encodeReply(
   dialect: Dialect,
@@ -170,11 +178,12 @@ export function encodeReply(
   seq: number,
   err: number,
   value?: AnyValue,
+  into?: MessageAllocator,
 ): Uint8Array {
   const errBytes = dialect.layouts.errorCode.size;
   const withData = err === 0 && (spec.reply.layout !== null || spec.reply.tail !== undefined);
   if (withData && value === undefined) throw new KvmiArgumentError("reply", "a successful reply needs its data");
-  const { out, view, start } = allocate(dialect, spec.id, seq, errBytes + (withData ? bodyBytes(spec.reply, value!) : 0));
+  const { out, view, start } = allocate(dialect, spec.id, seq, errBytes + (withData ? bodyBytes(spec.reply, value!) : 0), into);
   encodeInto(dialect.layouts.errorCode, { err } as LayoutValue<Layout>, view, start);
   if (withData) encodeBodyInto(spec.reply, value!, view, start + errBytes);
   return out;

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 import { describe, expect, it } from "vitest";
 import { commandByOp, decodeCommand, decodeEventReply, encodeCommand, encodeEventReply, encodeReply, eventByKind, HEADER_BYTES, readMsgHdr, v9 } from "./index.js";
-import { allocateZeroed, MAX_SLAB_PIECE_BYTES, SLAB_BYTES } from "./slab.js";
+import { allocateZeroed, MAX_SLAB_PIECE_BYTES, Outbox, SLAB_BYTES } from "./slab.js";
 
 describe("message slabs", () => {
   it("hands out zeroed, 8-byte aligned pieces that never overlap, across slab boundaries", () => {
@@ -44,5 +44,66 @@ describe("message slabs", () => {
       expect(decoded.vcpuHdrPadding).toBe(false);
       expect(decoded.replyPadding).toBe(false);
     }
+  });
+});
+
+describe("Outbox (the emulated kernel's writes)", () => {
+  /** An outbox whose writes are recorded; `done` callbacks are kept to be called by the test. */
+  function recorded() {
+    const writes: Array<{ bytes: Uint8Array; copy: number[]; done: () => void }> = [];
+    const outbox = new Outbox((bytes, done) => writes.push({ bytes, copy: [...bytes], done }));
+    /** Allocates, fills (with `fill`, padding left out) and commits a message of `size` bytes. */
+    const put = (size: number, fill: number, padding = 0): Uint8Array => {
+      const piece = outbox.allocate(size);
+      expect(piece.bytes.every((b) => b === 0)).toBe(true);
+      piece.bytes.fill(fill, 0, size - padding);
+      outbox.commit(piece.bytes);
+      return piece.bytes;
+    };
+    return { outbox, writes, put };
+  }
+
+  it("writes what was committed since the last flush in one write, in order, foreign messages included", () => {
+    const { outbox, writes, put } = recorded();
+    put(24, 1);
+    outbox.append(new Uint8Array([9, 9, 9]));
+    put(4108, 2);
+    expect(writes).toHaveLength(0);
+    outbox.flush();
+    outbox.flush();
+    expect(writes).toHaveLength(1);
+    expect(writes[0]!.copy).toEqual([...new Array(24).fill(1), 9, 9, 9, ...new Array(4108).fill(2)]);
+  });
+
+  it("zeroes and hands out again a piece whose encoder threw before commit", () => {
+    const { outbox, writes, put } = recorded();
+    const failed = outbox.allocate(64);
+    failed.bytes.fill(0xff, 0, 40);
+    // The next message gets the same bytes, zeroed: its padding (the last 8 bytes) stays zero.
+    const next = put(48, 5, 8);
+    expect(next.byteOffset).toBe(failed.bytes.byteOffset);
+    outbox.flush();
+    expect(writes[0]!.copy).toEqual([...new Array(40).fill(5), ...new Array(8).fill(0)]);
+  });
+
+  it("reuses a slab only after its writes completed, zeroed", () => {
+    const { writes, put } = recorded();
+    const first = put(4108, 0xff);
+    // Fill the first slab with 0xff messages and move on to the next: the first is written.
+    while (writes.length === 0) put(4108, 0xff);
+    const second = put(4108, 0xff);
+    expect(second.buffer).not.toBe(first.buffer);
+    // Its write has not completed: the next slab is again a new one.
+    while (writes.length === 1) put(4108, 0xff, 8);
+    const third = put(4108, 0xee, 8);
+    expect(third.buffer).not.toBe(first.buffer);
+    // Once the first slab's write completes, it comes back zeroed when the current one is full
+    // (put checks that every piece it gets is zero).
+    writes[0]!.done();
+    let last = third;
+    while (writes.length === 2) last = put(4108, 0xdd, 8);
+    expect(last.buffer).toBe(first.buffer);
+    expect(last.byteOffset).toBe(first.byteOffset);
+    expect(new Uint8Array(first.buffer, last.byteLength).every((b) => b === 0)).toBe(true);
   });
 });
