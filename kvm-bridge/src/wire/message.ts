@@ -197,11 +197,32 @@ export type DecodedReply = { readonly err: 0; readonly value: AnyValue } | { rea
  * @throws KvmiProtocolError when the body is shorter than `kvmi_error_code` or than the reply data.
  */
 export function decodeReply(dialect: Dialect, spec: Pick<CommandSpec, "reply">, body: Uint8Array): DecodedReply {
+  const reply = spec.reply;
+  const errBytes = dialect.layouts.errorCode.size;
+  // A reply whose data is only bytes (READ_PHYSICAL's page, one per page of a bulk read) needs no
+  // DataView and no decoder objects: its error code is read in place, its data is a view.
+  if (reply.layout === null && reply.tail?.element === "bytes" && reply.tail.countField === undefined && body.length >= errBytes) {
+    const err = readS32(body, errOffset(dialect));
+    if (err !== 0) return { err };
+    const count = body.length - errBytes;
+    return { err: 0, value: { [reply.tail.name]: count === 0 ? new Uint8Array(0) : new Uint8Array(body.buffer, body.byteOffset + errBytes, count) } };
+  }
   const view = viewOf(body);
   const { err } = decodeFrom(dialect.layouts.errorCode, view) as { err: number };
   if (err !== 0) return { err };
-  const errBytes = dialect.layouts.errorCode.size;
-  return { err: 0, value: decodeBody(spec.reply, view, errBytes, body.length - errBytes).value };
+  return { err: 0, value: decodeBody(reply, view, errBytes, body.length - errBytes).value };
+}
+
+/** Where `kvmi_error_code.err` (an s32) sits, from the dialect's table. */
+function errOffset(dialect: Dialect): number {
+  const field = dialect.layouts.errorCode.fields["err"];
+  if (field?.kind !== "scalar" || field.type !== "s32") throw new KvmiProtocolError(`${dialect.layouts.errorCode.name}.err must be an s32`);
+  return field.offset;
+}
+
+/** A little-endian s32 at `at` (`|` keeps JavaScript's result signed 32-bit). */
+function readS32(bytes: Uint8Array, at: number): number {
+  return bytes[at]! | (bytes[at + 1]! << 8) | (bytes[at + 2]! << 16) | (bytes[at + 3]! << 24);
 }
 
 // ---------------------------------------------------------------------------------------------
