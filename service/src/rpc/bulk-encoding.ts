@@ -8,8 +8,9 @@
  * protobuf-es message first would copy every page into a chunk, then protobuf-es would copy the
  * chunk again into its writer's buffers and concatenate them (a third copy with grpc-js's own). Here
  * a response is a list of parts (the few bytes of protobuf framing, then the page views as they came)
- * that the service definition's serializer writes into one buffer: one copy per page, as a bare
- * server stream of the same bytes pays.
+ * that are written straight into grpc-js's framed message ({@link PreEncodedMessage.copy},
+ * docs/decisions/0170-bulk-reads-without-fresh-memory.md): one copy per page, as a bare server
+ * stream of the same bytes pays.
  *
  * The byte layout is what protobuf-es writes for the same message (fields in number order, proto3
  * zero scalars left out, oneof members always written): bulk-encoding.test.ts compares the two.
@@ -26,8 +27,8 @@ import type { HoleReason, Status } from "@kvmi/proto";
  * else of it but `byteLength`. So the service definition's serializer hands this object over as it
  * is, and {@link copy} writes the parts straight into grpc-js's buffer: the pages are copied once,
  * where joining them into a buffer of our own first cost a second copy and a fresh multi-MiB
- * allocation per response (docs/decisions/0170-bulk-parts-copied-once.md). test/e2e/memory.test.ts
- * runs it through a real grpc-js server.
+ * allocation per response (docs/decisions/0170-bulk-reads-without-fresh-memory.md).
+ * test/e2e/memory.test.ts runs it through a real grpc-js server.
  */
 export class PreEncodedMessage {
   constructor(
