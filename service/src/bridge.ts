@@ -119,6 +119,7 @@ function hostMetrics(metrics: BridgeMetrics): VmHostMetrics {
   return {
     // The status label vocabulary of the metrics module (ok, remote_error, timeout, session_lost, …).
     command: (name, error, seconds) => metrics.observeCommand(name, commandStatusOf(error), seconds),
+    commandBurst: (name, ok, errors, seconds) => metrics.observeCommandBurst(name, ok, errors.map(commandStatusOf), seconds),
     event: (name) => metrics.eventsTotal.inc({ event: eventLabel(name) }),
     eventRoundTrip: (name, seconds) => metrics.eventRoundTripSeconds.observe({ event: eventLabel(name) }, seconds),
     autoReply: (name, reason) => metrics.eventAutoRepliesTotal.inc({ event: eventLabel(name), reason: reason as AutoReplyReason }),

@@ -10,14 +10,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { create } from "@bufbuild/protobuf";
-import { DumpMemoryRequestSchema, EventType, GetVcpuInfoRequestSchema } from "@kvmi/proto";
+import { AddressSpace, BatchReadMemoryRequestSchema, DumpMemoryRequestSchema, EventType, GetVcpuInfoRequestSchema } from "@kvmi/proto";
 import type { BridgeStarted } from "./bridge-child.js";
 import { BRIDGE, BridgeClient, SessionClient } from "./lib/clients.js";
 import type { EventLoopResult } from "./lib/emulator-host.js";
 import { ChildHandle } from "./lib/ipc.js";
 import { CR3, MiB } from "./perf-phases.js";
 
-const OPERATIONS = ["unary", "session", "event", "dump"] as const;
+const OPERATIONS = ["unary", "session", "event", "dump", "batch"] as const;
 type Operation = (typeof OPERATIONS)[number];
 
 const { values: flags, positionals } = parseArgs({
@@ -51,6 +51,11 @@ try {
   await controller.commandOk({ case: "controlCr", value: { name: vcpu, cr: CR3, enable: true } });
   const vcpuInfo = create(GetVcpuInfoRequestSchema, { name: vcpu });
   const dumpRequest = create(DumpMemoryRequestSchema, { vm, startGpa: 16n * BigInt(MiB), length: 16n * BigInt(MiB), chunkSize: 256 * 1024 });
+  // The bench's bulk phase reads 16 MiB in sequential 2 MiB BatchReadMemory calls; one call here.
+  const batchRequest = create(BatchReadMemoryRequestSchema, {
+    vm,
+    ranges: [{ address: 16n * BigInt(MiB), length: 2n * BigInt(MiB), space: AddressSpace.PHYSICAL }],
+  });
 
   /** One step of each operation; returns how many units it did (operations, events, MiB). */
   const steps: Record<Operation, { unit: string; step: () => Promise<number> }> = {
@@ -63,6 +68,15 @@ try {
     dump: {
       unit: "MiB",
       step: async () => (await bridge.dump(dumpRequest)) / MiB,
+    },
+    batch: {
+      unit: "MiB",
+      step: async () => {
+        const response = await bridge.unary(BRIDGE.batchReadMemory, batchRequest);
+        const result = response.results[0]?.result;
+        if (result?.case !== "data" || result.value.length !== 2 * MiB) throw new Error("BatchReadMemory: unexpected result");
+        return 2;
+      },
     },
   };
 

@@ -114,9 +114,14 @@ class StreamFramer implements Framer {
         this.append(source.subarray(at, end));
         return;
       }
-      const { bytes, id, size, seq } = this.hdr;
-      const view = new DataView(source.buffer, source.byteOffset + at, bytes);
-      const hdr: MsgHdr = { id: view.getUint16(id, true), size: view.getUint16(size, true), seq: view.getUint32(seq, true) };
+      const { bytes, id, seq } = this.hdr;
+      // Read in place (little-endian, kvmi-abi §3.1): a DataView per message showed in bulk profiles.
+      const s = at + seq;
+      const hdr: MsgHdr = {
+        id: source[at + id]! | (source[at + id + 1]! << 8),
+        size: total - bytes,
+        seq: (source[s]! | (source[s + 1]! << 8) | (source[s + 2]! << 16) | (source[s + 3]! << 24)) >>> 0,
+      };
       const bodyStart = at + bytes;
       const body = copyBodies
         ? source.slice(bodyStart, bodyStart + hdr.size)

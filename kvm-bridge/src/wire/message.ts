@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 /**
  * Whole KVMI messages for both ends of the socket (kvmi-abi §3): commands and their replies,
- * events and event replies. Every encoder allocates exactly one buffer holding the header and the
- * body, because the kernel requires each message in one `send()` (kvmi-abi §3.1) and a single
- * allocation is what keeps the hot path cheap.
+ * events and event replies. Every encoder returns one buffer holding the header and the body,
+ * because the kernel requires each message in one `send()` (kvmi-abi §3.1); small messages are
+ * cut from shared zero-filled slabs (slab.ts), so a message costs no allocation of its own.
  */
 import { KvmiArgumentError, KvmiProtocolError } from "../errors.js";
 import { bodyBytes, decodeBody, encodeBodyInto } from "./body.js";
@@ -13,6 +13,8 @@ import { eventById } from "./dialect.js";
 import type { BodySchema, CommandSpec, Dialect, EventSpec } from "./dialect.js";
 import type { Layout, LayoutValue } from "./layout.js";
 import { kvmiMsgHdr } from "./layouts/common.js";
+import { allocateZeroed, FRESH_PIECES } from "./slab.js";
+import type { MessageAllocator } from "./slab.js";
 
 /** Size of `kvmi_msg_hdr`, the same in every dialect (kvmi-abi §3.1, §1.4). */
 export const HEADER_BYTES = kvmiMsgHdr.size;
@@ -34,14 +36,25 @@ export function readMsgHdr(buf: Uint8Array, offset = 0): MsgHdr {
   return decodeFrom(kvmiMsgHdr, viewOf(buf), offset) as MsgHdr;
 }
 
-function allocate(dialect: Dialect, id: number, seq: number, bodySize: number): { out: Uint8Array; view: DataView } {
+/**
+ * A zeroed buffer for one message with its `kvmi_msg_hdr` written: `view` and `start` (where the
+ * body begins in `view`) are for the body's encoders. Small messages share zero-filled slabs
+ * (slab.ts), so bytes an encoder skips (padding) are zero.
+ */
+function allocate(
+  dialect: Dialect,
+  id: number,
+  seq: number,
+  bodySize: number,
+  into: MessageAllocator = FRESH_PIECES,
+): { out: Uint8Array; view: DataView; start: number } {
   if (bodySize > dialect.maxMessageBytes) {
     throw new KvmiArgumentError("size", `message body of ${bodySize} bytes exceeds ${dialect.maxMessageBytes}`);
   }
-  const out = new Uint8Array(dialect.layouts.msgHdr.size + bodySize);
-  const view = viewOf(out);
-  encodeInto(dialect.layouts.msgHdr, { id, size: bodySize, seq }, view, 0);
-  return { out, view };
+  const hdr = dialect.layouts.msgHdr;
+  const { bytes, view, at } = into.allocate(hdr.size + bodySize);
+  encodeInto(hdr, { id, size: bodySize, seq }, view, at);
+  return { out: bytes, view, start: at + hdr.size };
 }
 
 function writeVcpuHdr(dialect: Dialect, view: DataView, offset: number, vcpu: number): void {
@@ -66,8 +79,8 @@ export function encodeCommand(
   vcpu?: number,
 ): Uint8Array {
   const value = commandValue(spec, body, vcpu);
-  const { out, view } = allocate(dialect, spec.id, seq, commandBodyBytes(dialect, spec, value));
-  encodeCommandBody(dialect, spec, value, vcpu, view, dialect.layouts.msgHdr.size);
+  const { out, view, start } = allocate(dialect, spec.id, seq, commandBodyBytes(dialect, spec, value));
+  encodeCommandBody(dialect, spec, value, vcpu, view, start);
   return out;
 }
 
@@ -92,9 +105,8 @@ export function encodeCommands(
   });
   let total = 0;
   for (const size of sizes) total += hdr.size + size;
-  const out = new Uint8Array(total);
-  const view = viewOf(out);
-  let at = 0;
+  const { bytes: out, view, at: first } = allocateZeroed(total);
+  let at = first;
   for (let i = 0; i < values.length; i++) {
     encodeInto(hdr, { id: spec.id, size: sizes[i]!, seq: seqs[i]! }, view, at);
     encodeCommandBody(dialect, spec, values[i]!, vcpu, view, at + hdr.size);
@@ -157,7 +169,8 @@ export function decodeCommand(dialect: Dialect, spec: CommandSpec, body: Uint8Ar
 
 /**
  * Encodes a reply: `kvmi_msg_hdr{id, seq}`, `kvmi_error_code`, and the reply data only when
- * `err == 0` (kvmi-abi §3.2). `err` is the wire value: 0 or a negative KVM errno.
+ * `err == 0` (kvmi-abi §3.2). `err` is the wire value: 0 or a negative KVM errno. `into` is where
+ * the buffer comes from (the emulated kernel's Outbox, slab.ts); a fresh piece by default.
  */
 export function encodeReply(
   dialect: Dialect,
@@ -165,12 +178,12 @@ export function encodeReply(
   seq: number,
   err: number,
   value?: AnyValue,
+  into?: MessageAllocator,
 ): Uint8Array {
   const errBytes = dialect.layouts.errorCode.size;
   const withData = err === 0 && (spec.reply.layout !== null || spec.reply.tail !== undefined);
   if (withData && value === undefined) throw new KvmiArgumentError("reply", "a successful reply needs its data");
-  const { out, view } = allocate(dialect, spec.id, seq, errBytes + (withData ? bodyBytes(spec.reply, value!) : 0));
-  const start = dialect.layouts.msgHdr.size;
+  const { out, view, start } = allocate(dialect, spec.id, seq, errBytes + (withData ? bodyBytes(spec.reply, value!) : 0), into);
   encodeInto(dialect.layouts.errorCode, { err } as LayoutValue<Layout>, view, start);
   if (withData) encodeBodyInto(spec.reply, value!, view, start + errBytes);
   return out;
@@ -184,11 +197,32 @@ export type DecodedReply = { readonly err: 0; readonly value: AnyValue } | { rea
  * @throws KvmiProtocolError when the body is shorter than `kvmi_error_code` or than the reply data.
  */
 export function decodeReply(dialect: Dialect, spec: Pick<CommandSpec, "reply">, body: Uint8Array): DecodedReply {
+  const reply = spec.reply;
+  const errBytes = dialect.layouts.errorCode.size;
+  // A reply whose data is only bytes (READ_PHYSICAL's page, one per page of a bulk read) needs no
+  // DataView and no decoder objects: its error code is read in place, its data is a view.
+  if (reply.layout === null && reply.tail?.element === "bytes" && reply.tail.countField === undefined && body.length >= errBytes) {
+    const err = readS32(body, errOffset(dialect));
+    if (err !== 0) return { err };
+    const count = body.length - errBytes;
+    return { err: 0, value: { [reply.tail.name]: count === 0 ? new Uint8Array(0) : new Uint8Array(body.buffer, body.byteOffset + errBytes, count) } };
+  }
   const view = viewOf(body);
   const { err } = decodeFrom(dialect.layouts.errorCode, view) as { err: number };
   if (err !== 0) return { err };
-  const errBytes = dialect.layouts.errorCode.size;
-  return { err: 0, value: decodeBody(spec.reply, view, errBytes, body.length - errBytes).value };
+  return { err: 0, value: decodeBody(reply, view, errBytes, body.length - errBytes).value };
+}
+
+/** Where `kvmi_error_code.err` (an s32) sits, from the dialect's table. */
+function errOffset(dialect: Dialect): number {
+  const field = dialect.layouts.errorCode.fields["err"];
+  if (field?.kind !== "scalar" || field.type !== "s32") throw new KvmiProtocolError(`${dialect.layouts.errorCode.name}.err must be an s32`);
+  return field.offset;
+}
+
+/** A little-endian s32 at `at` (`|` keeps JavaScript's result signed 32-bit). */
+function readS32(bytes: Uint8Array, at: number): number {
+  return bytes[at]! | (bytes[at + 1]! << 8) | (bytes[at + 2]! << 16) | (bytes[at + 3]! << 24);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -230,8 +264,7 @@ export function encodeEvent(
   const hdrBytes = eventHdr?.size ?? 0;
   const commonBytes = withCommon ? common.size : 0;
   const payloadSize = spec.payload?.size ?? 0;
-  const { out, view } = allocate(dialect, eventMessageId(dialect, spec.scope), seq, hdrBytes + commonBytes + payloadSize);
-  const start = dialect.layouts.msgHdr.size;
+  const { out, view, start } = allocate(dialect, eventMessageId(dialect, spec.scope), seq, hdrBytes + commonBytes + payloadSize);
   if (eventHdr !== null) encodeInto(eventHdr, { event: spec.id } as LayoutValue<Layout>, view, start);
   // `event` is ignored by a common part that has no such field (v12).
   if (withCommon) {
@@ -326,8 +359,7 @@ export function encodeEventReply(
 ): Uint8Array {
   const { vcpuHdr, eventReply } = dialect.layouts;
   const dataSize = spec.replyData?.size ?? 0;
-  const { out, view } = allocate(dialect, dialect.eventFraming.replyMessageId, seq, vcpuHdr.size + eventReply.size + dataSize);
-  const start = dialect.layouts.msgHdr.size;
+  const { out, view, start } = allocate(dialect, dialect.eventFraming.replyMessageId, seq, vcpuHdr.size + eventReply.size + dataSize);
   writeVcpuHdr(dialect, view, start, vcpu);
   encodeInto(eventReply, { action, event: spec.id } as LayoutValue<Layout>, view, start + vcpuHdr.size);
   if (spec.replyData !== null) {

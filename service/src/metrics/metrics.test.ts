@@ -85,3 +85,16 @@ describe("commandStatusOf", () => {
     expect(commandStatusOf({ code: "ENOENT" })).toBe("error");
   });
 });
+
+describe("observeCommandBurst", () => {
+  it("counts every command of a burst by status and observes the burst's duration once", async () => {
+    const m = createBridgeMetrics({ defaultMetrics: false });
+    m.observeCommandBurst("KVMI_VM_READ_PHYSICAL", 62, ["remote_error", "remote_error", "timeout"], 0.003);
+    const text = await m.registry.metrics();
+    expect(text).toContain('kvmi_bridge_commands_total{command="KVMI_VM_READ_PHYSICAL",status="ok"} 62');
+    expect(text).toContain('kvmi_bridge_commands_total{command="KVMI_VM_READ_PHYSICAL",status="remote_error"} 2');
+    expect(text).toContain('kvmi_bridge_commands_total{command="KVMI_VM_READ_PHYSICAL",status="timeout"} 1');
+    expect(text).toContain('kvmi_bridge_command_duration_seconds_count{command="KVMI_VM_READ_PHYSICAL"} 1');
+    expect(text).toContain('kvmi_bridge_command_duration_seconds_sum{command="KVMI_VM_READ_PHYSICAL"} 0.003');
+  });
+});

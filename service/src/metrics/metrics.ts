@@ -97,6 +97,13 @@ export interface BridgeMetrics {
 
   /** Records one finished KVMI command (`command` = kernel name, e.g. `KVMI_VCPU_GET_REGISTERS`). */
   observeCommand(command: string, status: CommandStatus, seconds: number): void;
+  /**
+   * Records a burst of commands sent in one write (the page reads of DumpMemory and
+   * BatchReadMemory): each command counts in `kvmi_bridge_commands_total`, by its status (`ok` of
+   * them succeeded, one entry of `failed` per other), and the burst is one duration observation,
+   * from its write to its last reply (a label hash per page read showed in bulk profiles).
+   */
+  observeCommandBurst(command: string, ok: number, failed: readonly CommandStatus[], seconds: number): void;
   /** Records one answered event (`event` as in {@link EventName}). */
   observeEventReply(event: EventName, seconds: number): void;
   /** Records one reply the bridge made on the controller's behalf. */
@@ -128,7 +135,7 @@ export function createBridgeMetrics(options: BridgeMetricsOptions = {}): BridgeM
   });
   const commandDurationSeconds = new Histogram({
     name: "kvmi_bridge_command_duration_seconds",
-    help: "Round trip of one KVMI command on the socket, from write to matching reply.",
+    help: "Round trip of one KVMI command on the socket, from write to matching reply (a burst of page reads: one observation, from its write to its last reply).",
     labelNames: ["command"] as const,
     buckets: [...COMMAND_DURATION_BUCKETS],
     registers,
@@ -197,6 +204,11 @@ export function createBridgeMetrics(options: BridgeMetricsOptions = {}): BridgeM
     }),
     observeCommand(command, status, seconds) {
       commandsTotal.inc({ command, status });
+      commandDurationSeconds.observe({ command }, seconds);
+    },
+    observeCommandBurst(command, ok, failed, seconds) {
+      if (ok > 0) commandsTotal.inc({ command, status: "ok" }, ok);
+      for (const status of failed) commandsTotal.inc({ command, status });
       commandDurationSeconds.observe({ command }, seconds);
     },
     observeEventReply(event, seconds) {

@@ -103,12 +103,28 @@ describe("bulk response encoding", () => {
     const definition = createServiceDefinition(IntrospectionService);
     const encoded = encodeDumpChunk({ gpa: 0x2000n, data: pagesOf(1, 4096), dataBytes: 4096, bytesDone: 4096n, bytesTotal: 8192n, holes: [] });
     expect(encoded).toBeInstanceOf(PreEncodedMessage);
-    const wire = definition.dumpMemory.responseSerialize(encoded as never);
-    const back = definition.dumpMemory.responseDeserialize(wire);
+    // What grpc-js does with a serialized message (serializeMessage): allocate the framed buffer,
+    // write the 5-byte gRPC prefix, and copy the message in after it.
+    const serialized = definition.dumpMemory.responseSerialize(encoded as never);
+    const framed = Buffer.alloc(serialized.byteLength + 5, 0xee);
+    framed.writeUInt8(0, 0);
+    framed.writeUInt32BE(serialized.byteLength, 1);
+    serialized.copy(framed, 5);
+    expect(framed.subarray(5).equals(encoded.toBuffer())).toBe(true);
+    const back = definition.dumpMemory.responseDeserialize(framed.subarray(5));
     expect(back.gpa).toBe(0x2000n);
     expect(back.data.length).toBe(4096);
     expect(back.progress?.bytesTotal).toBe(8192n);
     const plain = definition.dumpMemory.responseSerialize(create(DumpMemoryResponseSchema, { gpa: 5n }));
     expect(definition.dumpMemory.responseDeserialize(plain).gpa).toBe(5n);
+  });
+
+  it("copies its parts into a target at an offset, and refuses a target too small", () => {
+    const encoded = encodeDumpChunk({ gpa: 0x3000n, data: pagesOf(3, 4096), dataBytes: 3 * 4096, bytesDone: 0n, bytesTotal: 0n, holes: [] });
+    const target = new Uint8Array(encoded.byteLength + 9).fill(0xee);
+    expect(encoded.copy(target, 7)).toBe(encoded.byteLength);
+    expect(Buffer.from(target.subarray(7, 7 + encoded.byteLength)).equals(encoded.toBuffer())).toBe(true);
+    expect([...target.subarray(0, 7), ...target.subarray(7 + encoded.byteLength)]).toEqual(new Array(9).fill(0xee));
+    expect(() => encoded.copy(new Uint8Array(encoded.byteLength + 3), 4)).toThrow(RangeError);
   });
 });

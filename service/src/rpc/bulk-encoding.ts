@@ -8,8 +8,9 @@
  * protobuf-es message first would copy every page into a chunk, then protobuf-es would copy the
  * chunk again into its writer's buffers and concatenate them (a third copy with grpc-js's own). Here
  * a response is a list of parts (the few bytes of protobuf framing, then the page views as they came)
- * that the service definition's serializer writes into one buffer: one copy per page, as a bare
- * server stream of the same bytes pays.
+ * that are written straight into grpc-js's framed message ({@link PreEncodedMessage.copy},
+ * docs/decisions/0170-bulk-reads-without-fresh-memory.md): one copy per page, as a bare server
+ * stream of the same bytes pays.
  *
  * The byte layout is what protobuf-es writes for the same message (fields in number order, proto3
  * zero scalars left out, oneof members always written): bulk-encoding.test.ts compares the two.
@@ -18,25 +19,40 @@ import { toBinary } from "@bufbuild/protobuf";
 import { StatusSchema } from "@kvmi/proto";
 import type { HoleReason, Status } from "@kvmi/proto";
 
-/** A response message the bridge encoded itself: `parts` back to back are its protobuf bytes. */
+/**
+ * A response message the bridge encoded itself: `parts` back to back are its protobuf bytes.
+ *
+ * grpc-js frames a serialized message by allocating the framed buffer and calling
+ * `serialized.copy(framed, 5)` (`serializeMessage` in its server-interceptors.js); it reads nothing
+ * else of it but `byteLength`. So the service definition's serializer hands this object over as it
+ * is, and {@link copy} writes the parts straight into grpc-js's buffer: the pages are copied once,
+ * where joining them into a buffer of our own first cost a second copy and a fresh multi-MiB
+ * allocation per response (docs/decisions/0170-bulk-reads-without-fresh-memory.md).
+ * test/e2e/memory.test.ts runs it through a real grpc-js server.
+ */
 export class PreEncodedMessage {
   constructor(
     readonly parts: readonly Uint8Array[],
     readonly byteLength: number,
   ) {}
 
-  /** The message in one buffer (the serializer's output; grpc-js frames it). */
-  toBuffer(): Buffer {
-    if (this.parts.length === 1) {
-      const only = this.parts[0]!;
-      return Buffer.from(only.buffer, only.byteOffset, only.byteLength);
+  /** Writes the message's bytes into `target` from `targetStart` (Buffer#copy's contract); returns the bytes written. */
+  copy(target: Uint8Array, targetStart = 0): number {
+    if (targetStart + this.byteLength > target.byteLength) {
+      throw new RangeError(`a ${this.byteLength}-byte message does not fit ${target.byteLength - targetStart} bytes`);
     }
-    const out = Buffer.allocUnsafe(this.byteLength);
-    let at = 0;
+    let at = targetStart;
     for (const part of this.parts) {
-      out.set(part, at);
+      target.set(part, at);
       at += part.byteLength;
     }
+    return this.byteLength;
+  }
+
+  /** The message in one buffer of its own. */
+  toBuffer(): Buffer {
+    const out = Buffer.allocUnsafe(this.byteLength);
+    this.copy(out);
     return out;
   }
 }

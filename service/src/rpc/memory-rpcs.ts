@@ -31,6 +31,7 @@ import type { CommandCaller } from "./command-rpcs.js";
 import { walkPageTables } from "../vm/page-walk.js";
 
 const PAGE = 4096n;
+const PAGE_BYTES = 4096;
 const MAX_RANGES = 1024;
 /** Default cap of a batch, so the response fits gRPC's 4 MiB default message size. */
 export const MAX_BATCH_BYTES = 3 * 1024 * 1024;
@@ -366,10 +367,11 @@ async function dump(deps: RpcDeps, call: ServerWritableStream<DumpMemoryRequest,
   const total = end > request.startGpa ? end - request.startGpa : 0n;
   /** The chunk being filled: the page views in address order, not yet copied anywhere. */
   let pages: Uint8Array[] = [];
-  let chunkStart = request.startGpa;
+  // Pages are counted from start_gpa in numbers: BigInt arithmetic per page showed in profiles.
+  let chunkStartPage = 0;
   let chunkBytes = 0;
   let holes: HoleFields[] = [];
-  let done = 0n;
+  let pagesDone = 0;
   const maxHoleBytes = BigInt(deps.dumpMaxHoleBytes ?? DEFAULT_DUMP_MAX_HOLE_BYTES);
   /** Unbacked bytes since the last readable page. */
   let holeRun = 0n;
@@ -384,10 +386,10 @@ async function dump(deps: RpcDeps, call: ServerWritableStream<DumpMemoryRequest,
     if (chunkBytes === 0 && holes.length === 0) return;
     windowsSinceFlush = 0;
     const message = encodeDumpChunk({
-      gpa: chunkBytes === 0 ? holes[0]!.address : chunkStart,
+      gpa: chunkBytes === 0 ? holes[0]!.address : request.startGpa + BigInt(chunkStartPage) * PAGE,
       data: pages,
       dataBytes: chunkBytes,
-      bytesDone: done,
+      bytesDone: BigInt(pagesDone) * PAGE,
       bytesTotal: total,
       holes: coalesce(holes),
     });
@@ -422,19 +424,20 @@ async function dump(deps: RpcDeps, call: ServerWritableStream<DumpMemoryRequest,
     signal.throwIfAborted();
     const reads = await ahead.shift()!;
     readAhead();
+    const firstPage = pagesDone;
     for (let i = 0; i < reads.length; i++) {
-      const gpa = window + BigInt(i) * PAGE;
+      const page = firstPage + i;
       const bytes = reads[i];
-      done += PAGE;
+      pagesDone++;
       if (bytes === undefined) {
-        addHole(gpa);
+        addHole(window + BigInt(i) * PAGE);
         holeRun += PAGE;
         continue;
       }
       holeRun = 0n;
       // A chunk holds contiguous bytes only: a hole or a full chunk starts a new one.
-      if (chunkBytes > 0 && (chunkStart + BigInt(chunkBytes) !== gpa || chunkBytes === chunkSize)) await flush();
-      if (chunkBytes === 0) chunkStart = gpa;
+      if (chunkBytes > 0 && (chunkStartPage + chunkBytes / PAGE_BYTES !== page || chunkBytes === chunkSize)) await flush();
+      if (chunkBytes === 0) chunkStartPage = page;
       pages.push(bytes);
       chunkBytes += bytes.length;
     }

@@ -101,8 +101,9 @@ export function createServiceDefinition<S extends GenServiceMethods>(
 
 function serializer(schema: DescMessage): (value: unknown) => Buffer {
   return (value) => {
-    // Bulk responses the bridge encoded around the KVMI reply buffers (bulk-encoding.ts).
-    if (value instanceof PreEncodedMessage) return value.toBuffer();
+    // Bulk responses the bridge encoded around the KVMI reply buffers go to grpc-js as they are:
+    // it only reads `byteLength` and calls `copy(framed, 5)`, which writes the parts (bulk-encoding.ts).
+    if (value instanceof PreEncodedMessage) return value as unknown as Buffer;
     const bytes = toBinary(schema, value as MessageShape<DescMessage>);
     // Wrap, don't copy: grpc-js only reads the buffer.
     return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);

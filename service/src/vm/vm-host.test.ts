@@ -6,6 +6,7 @@
  * closed channel ending every session.
  */
 import { silentLogger } from "@kvmi/kvm-bridge";
+import { KvmiRemoteError } from "@kvmi/kvm-bridge";
 import type { KvmiEvent, KvmiTransportError } from "@kvmi/kvm-bridge";
 import { V9_COMMANDS, v9Ids } from "@kvmi/kvm-bridge/wire";
 import type { V9CommandName } from "@kvmi/kvm-bridge/wire";
@@ -90,6 +91,33 @@ describe("VmHost: who may run a command", () => {
 
   it("refuses a mutating command in a batch", async () => {
     await expect(host().commandBatch("KVMI_VM_WRITE_PHYSICAL", [], undefined, {})).rejects.toThrow(/send it with command/);
+  });
+
+  it("reports a burst that fails midway per command: each page its own outcome, counted once per burst", async () => {
+    // The third and fourth pages fail in the kernel (EINVAL), the others are read.
+    channel.answer = ({ request }) => {
+      const gpa = request["gpa"] as bigint;
+      if (gpa === 0x3000n || gpa === 0x4000n) throw new KvmiRemoteError(22, { command: "KVMI_VM_READ_PHYSICAL" });
+      return { data: new Uint8Array(4096).fill(Number(gpa >> 12n)) };
+    };
+    const bursts: Array<{ ok: number; errors: readonly unknown[] }> = [];
+    const commands = vi.fn();
+    const bytes: number[] = [];
+    const metrics = { command: commands, commandBurst: (_: string, ok: number, errors: readonly unknown[]) => void bursts.push({ ok, errors }), bytesRead: (n: number) => void bytes.push(n) };
+    const h = host({ metrics: metrics as never });
+    const reads = [1n, 2n, 3n, 4n, 5n].map((page) => ({ gpa: page << 12n, size: 4096 }));
+    const results = await h.commandBatch("KVMI_VM_READ_PHYSICAL", reads, undefined, {});
+    expect(results.map((r) => (r instanceof Error ? (r as KvmiRemoteError).errno : (r as { data: Uint8Array }).data[0]))).toEqual([1, 2, 22, 22, 5]);
+    expect(bursts).toHaveLength(1);
+    expect(bursts[0]!.ok).toBe(3);
+    expect(bursts[0]!.errors).toHaveLength(2);
+    expect(commands).not.toHaveBeenCalled();
+    expect(bytes).toEqual([3 * 4096]);
+    // Metrics without commandBurst get one observation per command, as before.
+    const perCommand = vi.fn();
+    await host({ metrics: { command: perCommand, bytesRead: () => undefined } as never }).commandBatch("KVMI_VM_READ_PHYSICAL", reads, undefined, {});
+    expect(perCommand).toHaveBeenCalledTimes(5);
+    expect(perCommand.mock.calls.filter(([, error]) => error instanceof KvmiRemoteError)).toHaveLength(2);
   });
 
   it("keeps the UNHOOK event enabled: disabling it succeeds without reaching the kernel", async () => {

@@ -37,6 +37,12 @@ export type { AutoReplyReason };
 export interface VmHostMetrics {
   /** One command sent on the socket; `error` is what it failed with, undefined when it succeeded. */
   command(name: string, error: unknown, seconds: number): void;
+  /**
+   * A burst of commands written at once (commandBatch): `ok` of them succeeded, `errors` are what
+   * the others failed with; `seconds` is the burst's duration. Without it, each command is reported
+   * through {@link command} with that duration.
+   */
+  commandBurst?(name: string, ok: number, errors: readonly unknown[], seconds: number): void;
   event(name: string): void;
   eventRoundTrip(name: string, seconds: number): void;
   autoReply(name: string, reason: AutoReplyReason): void;
@@ -359,8 +365,7 @@ export class VmHost {
 
   /**
    * Runs one read-only command per request in one burst (KvmiChannel.commandBatch): per request its
-   * reply or its error. Metrics count every command; each is observed with the burst's duration,
-   * the longest any of them waited.
+   * reply or its error. Metrics count every command and observe the burst's duration once.
    * @throws Error for a mutating command (those go one by one through the hook ledger).
    */
   async commandBatch<N extends V9CommandName>(
@@ -376,10 +381,17 @@ export class VmHost {
     if (metrics !== undefined) {
       const elapsed = seconds(started);
       let bytes = 0;
+      let ok = 0;
+      const errors: Error[] = [];
       for (const r of results) {
-        metrics.command(name, r instanceof Error ? r : undefined, elapsed);
-        if (!(r instanceof Error) && name === "KVMI_VM_READ_PHYSICAL") bytes += (r as { data: Uint8Array }).data.length;
+        if (r instanceof Error) errors.push(r);
+        else {
+          ok++;
+          if (name === "KVMI_VM_READ_PHYSICAL") bytes += (r as { data: Uint8Array }).data.length;
+        }
       }
+      if (metrics.commandBurst !== undefined) metrics.commandBurst(name, ok, errors, elapsed);
+      else for (const r of results) metrics.command(name, r instanceof Error ? r : undefined, elapsed);
       if (bytes > 0) metrics.bytesRead(bytes);
     }
     return results;

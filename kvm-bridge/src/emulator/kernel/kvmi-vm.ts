@@ -20,6 +20,7 @@ import { v9 } from "../../wire/dialects/v9.js";
 import type { DecodedCommand, MsgHdr } from "../../wire/message.js";
 import { decodeCommand, decodeEventReply, encodeEvent, encodeReply } from "../../wire/message.js";
 import type { EventKind } from "../../wire/ops.js";
+import { Outbox } from "../../wire/slab.js";
 import { describeForeignDialect } from "./foreign-dialect.js";
 import { AllowMasks, validateFeature } from "./allow-masks.js";
 import type { CommandResult, KernelContext } from "./command-context.js";
@@ -60,6 +61,10 @@ const FOREIGN_DIALECT_PROBE_MESSAGES = 2;
 /** State that exists only between HOOK and UNHOOK. */
 interface Hooked {
   readonly socket: Socket;
+  /** What the kernel writes to the socket: the messages of one tick leave in one write. */
+  readonly outbox: Outbox;
+  /** True while a flush of the outbox is scheduled for the end of this tick. */
+  flushQueued: boolean;
   readonly masks: AllowMasks;
   readonly vcpus: VcpuIntrospection[];
   readonly vmEvents: Set<number>;
@@ -86,7 +91,6 @@ export class KvmiVm implements KernelContext {
   private hooked: Hooked | undefined;
   /** vCPUs that still hold leftovers of a failed HOOK (EEXIST until each has run once). */
   private leftovers = new Set<number>();
-  private corked = false;
   /** Frames the receive thread took off the socket, by message id, over every hook (see {@link receivedFrames}). */
   private readonly received = new Map<number, number>();
 
@@ -148,6 +152,10 @@ export class KvmiVm implements KernelContext {
     const receiveDone = new Promise<void>((resolve) => (finishReceive = resolve));
     const hooked: Hooked = {
       socket,
+      outbox: new Outbox((bytes, done) => {
+        if (!socket.destroyed) socket.write(bytes, done);
+      }),
+      flushQueued: false,
       masks: new AllowMasks(this.dialect),
       vcpus: [],
       vmEvents: new Set(),
@@ -306,26 +314,30 @@ export class KvmiVm implements KernelContext {
     if (!hooked.alive) return;
     hooked.alive = false;
     this.log.info({ reason }, "closing the KVMI socket");
-    if (this.corked) hooked.socket.uncork();
+    // Flush what this tick wrote (e.g. the reply before a close) before tearing down.
+    hooked.outbox.flush();
     hooked.socket.destroy();
   }
 
   send(message: Uint8Array): boolean {
     const hooked = this.hooked;
     if (hooked === undefined || !hooked.alive || hooked.socket.destroyed) return false;
-    // Replies produced in one tick (a burst of page reads) leave in one syscall; each message is
-    // still whole inside the write, as the kernel's single kernel_sendmsg per message is.
-    if (!this.corked) {
-      this.corked = true;
-      const socket = hooked.socket;
-      socket.cork();
-      process.nextTick(() => {
-        this.corked = false;
-        socket.uncork();
-      });
-    }
-    hooked.socket.write(message);
+    hooked.outbox.commit(message);
+    this.flushAtTickEnd(hooked);
     return true;
+  }
+
+  /**
+   * Messages produced in one tick (the replies to a burst of page reads) leave in one write; each
+   * is still whole inside it, as the kernel's single kernel_sendmsg per message is.
+   */
+  private flushAtTickEnd(hooked: Hooked): void {
+    if (hooked.flushQueued) return;
+    hooked.flushQueued = true;
+    process.nextTick(() => {
+      hooked.flushQueued = false;
+      hooked.outbox.flush();
+    });
   }
 
   /**
@@ -336,7 +348,8 @@ export class KvmiVm implements KernelContext {
   private reply(hooked: Hooked, answer: boolean, spec: Pick<CommandSpec, "id" | "reply">, seq: number, result: CommandResult): void {
     const value = "value" in result ? result.value : undefined;
     if (answer) {
-      this.send(encodeReply(this.dialect, spec, seq, -result.err, value));
+      // Encoded in place in the outbox: no buffer of its own per reply (a page read's is 4 KiB).
+      this.send(encodeReply(this.dialect, spec, seq, -result.err, value, hooked.outbox));
       return;
     }
     if (result.err !== 0) {
