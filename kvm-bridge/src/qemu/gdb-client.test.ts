@@ -118,6 +118,20 @@ describe("GdbClient against QEMU 7.2's recorded answers", () => {
     gdb.close();
   });
 
+  it("never lets one vCPU's thread selection fall between another's Hg and its g, p or P", async () => {
+    const stub = await fakeStub();
+    stubs.push(stub);
+    const gdb = await connectGdb({ kind: "unix", path: stub.path });
+    const from = stub.received.length;
+    await Promise.all([gdb.readRegisters(0), gdb.readRegisters(1), gdb.writeRegister(0, "rax", 1n), gdb.readRegisters(1)]);
+    const sent = stub.received.slice(from);
+    // Each Hg is followed by its own sequence up to the next Hg: one g (plus its p's), or one P.
+    const sequences = sent.join(" ").split(/(?=Hg)/).map((s) => s.trim().split(" "));
+    expect(sequences.map((s) => s[0])).toEqual(["Hgp01.01", "Hgp01.02", "Hgp01.01", "Hgp01.02"]);
+    expect(sequences.map((s) => s[1]![0])).toEqual(["g", "g", "P", "g"]);
+    gdb.close();
+  });
+
   it("reads memory with m and writes with M", async () => {
     const stub = await fakeStub();
     stubs.push(stub);

@@ -57,6 +57,8 @@ export class GdbClient {
   private readonly stopListeners = new Set<(stop: StopReply) => void>();
   private readonly closeListeners = new Set<(error?: Error) => void>();
   private queue: Promise<unknown> = Promise.resolve();
+  /** The end of the last `Hg` sequence: see {@link withThread}. */
+  private threadSequence: Promise<unknown> = Promise.resolve();
   private ackMode = true;
   private closedError: Error | undefined;
   /** `running` after resume() until the next stop reply. */
@@ -203,9 +205,27 @@ export class GdbClient {
     if (reply !== "OK") throw new KvmiProtocolError(`gdbstub answered "${reply}" to "${payload.slice(0, 24)}"`);
   }
 
+  /**
+   * Selects vCPU `vcpu`'s thread (`Hg`) and runs `work` with no other selection in between: `Hg`
+   * applies to every later `g`, `p` and `P`, so two vCPUs' register reads that interleaved would
+   * read one vCPU's registers for the other (a breakpoint event once carried the RIP of the vCPU
+   * idling next to the one that hit it).
+   */
+  private withThread<T>(vcpu: number, work: () => Promise<T>): Promise<T> {
+    const run = this.threadSequence.then(async () => {
+      await this.expectOk(`Hg${this.thread(vcpu)}`);
+      return work();
+    });
+    this.threadSequence = run.catch(() => undefined);
+    return run;
+  }
+
   /** Every register of one vCPU by name (`g`, then `p` for those the `g` packet leaves out). */
-  async readRegisters(vcpu: number): Promise<Map<string, bigint>> {
-    await this.expectOk(`Hg${this.thread(vcpu)}`);
+  readRegisters(vcpu: number): Promise<Map<string, bigint>> {
+    return this.withThread(vcpu, () => this.readSelectedRegisters());
+  }
+
+  private async readSelectedRegisters(): Promise<Map<string, bigint>> {
     const hex = await this.request("g");
     if (hex.startsWith("E")) throw new KvmiProtocolError(`gdbstub refused g: ${hex}`);
     const values = new Map<string, bigint>();
@@ -229,8 +249,7 @@ export class GdbClient {
   async writeRegister(vcpu: number, name: string, value: bigint): Promise<void> {
     const register = this.registers.find((r) => r.name === name);
     if (!register) throw new KvmiProtocolError(`the gdbstub has no register "${name}"`);
-    await this.expectOk(`Hg${this.thread(vcpu)}`);
-    await this.expectOk(`P${register.regnum.toString(16)}=${bigintToHexLe(value, register.bitsize / 8)}`);
+    await this.withThread(vcpu, () => this.expectOk(`P${register.regnum.toString(16)}=${bigintToHexLe(value, register.bitsize / 8)}`));
   }
 
   /** Reads memory (physical with PhyMemMode) in `m` packets of up to MAX_MEMORY_CHUNK bytes. */
