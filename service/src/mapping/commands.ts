@@ -228,7 +228,7 @@ export const COMMAND_MAPPINGS = {
     requestSchema: GetVersionRequestSchema,
     responseSchema: GetVersionResponseSchema,
     toWire: (r) => ({ vm: vmOf(r), body: {} }),
-    // v12 reports max_msg_size; for v9 and kvmi-v7, which do not, vm/v9-commands.ts fills in the
+    // v12 reports max_msg_size; for v9 and kvmi-v7, which do not, vm/dialect-translation.ts fills in the
     // dialect table's KVMI_MSG_SIZE.
     fromWire: (w) => ({
       version: w.version,
@@ -567,7 +567,7 @@ export const COMMAND_MAPPINGS = {
         }
         return { gpa: e.gpa, access: e.access, visible: flag(e.visible) };
       });
-      // kvmi-v7's EPT view (v9-commands.ts refuses a non-zero view on dialects without one).
+      // kvmi-v7's EPT view (dialect-translation.ts refuses a non-zero view on dialects without one).
       if (r.view > 0xffff) throw new KvmiArgumentError("view", `view ${r.view} is not an EPT view index (0..65535)`);
       return { vm, body: { entries, ...(r.view !== 0 && { view: r.view }) } };
     },

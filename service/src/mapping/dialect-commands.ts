@@ -2,7 +2,7 @@
 /**
  * kvmi.v1 RPCs of commands v9 does not have (docs/protocol/kvmi-v7.md; docs/decisions/0110): the
  * same shape as the v9 table in commands.ts, keyed by the dialect-neutral op instead of a v9 name,
- * and sent by op (`vm/v9-commands.ts` sendOp). A VM whose dialect lacks the op fails with
+ * and sent by op (`vm/dialect-translation.ts` sendOp). A VM whose dialect lacks the op fails with
  * FAILED_PRECONDITION, reason NOT_IN_DIALECT, before anything reaches its socket.
  *
  * Today: GET_PAGE_ACCESS (kvmi-v7 id 20), the read-back of SetPageAccess.

@@ -22,7 +22,7 @@ const U16_MAX = 0xffff;
 
 /**
  * An event as kvmi.v1 names it: its dialect-neutral kind and its kvmi.v1 id (`EventType - 1`, which
- * is the v9 id for v9's events). Bodies the mapping builds carry this id; `vm/v9-commands.ts` turns
+ * is the v9 id for v9's events). Bodies the mapping builds carry this id; `vm/dialect-translation.ts` turns
  * it into the VM's dialect by kind.
  */
 export interface ApiEvent {

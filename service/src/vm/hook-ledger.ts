@@ -18,7 +18,7 @@ import type { KvmiChannel } from "@kvmi/kvm-bridge";
 import { eventKindOfApiId } from "../mapping/enums.js";
 import type { V9CommandName, V9CommandReply as CommandReply, V9CommandRequest as CommandRequest } from "@kvmi/kvm-bridge/wire";
 import { COMMAND_FACTS } from "../mapping/command-facts.js";
-import { sendCommand } from "./v9-commands.js";
+import { sendCommand } from "./dialect-translation.js";
 import type { JournalRecord, LedgerJournalWriter } from "./ledger-journal.js";
 
 const PAGE_BYTES = 4096;

@@ -22,7 +22,7 @@ import { HookLedger } from "./hook-ledger.js";
 import { NoticeQueue } from "./notice-queue.js";
 import { Counter, COUNTER_SLOTS, RuleActionKind } from "./event-rules.js";
 import type { CompiledFilter, CompiledRule } from "./event-rules.js";
-import { sendCommand, sendCommandBatch, sendOp } from "./v9-commands.js";
+import { sendCommand, sendCommandBatch, sendOp } from "./dialect-translation.js";
 import { hasEventMapping, v9EventName } from "../mapping/events.js";
 import type { UndoReport } from "./hook-ledger.js";
 import type { LedgerJournal, LedgerJournals } from "./ledger-journal.js";

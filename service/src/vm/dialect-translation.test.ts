@@ -5,7 +5,7 @@
  */
 import { encodeCommand, KvmiNotInDialectError, kvmiV7, v12, v9, V9_COMMANDS } from "@kvmi/kvm-bridge/wire";
 import { describe, expect, it } from "vitest";
-import { toDialectBody } from "./v9-commands.js";
+import { toDialectBody } from "./dialect-translation.js";
 
 /** kvmi.v1's id of event kind PF (`EventType - 1`: v9's id). */
 const API_PF = 9;
