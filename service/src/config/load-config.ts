@@ -332,26 +332,19 @@ function crossCheck(
     if (c.tlsCert !== undefined && c.tlsKey === undefined) errors.push(`${name("tlsCert")}: needs --tls-key as well`);
     if (c.tlsKey !== undefined && c.tlsCert === undefined) errors.push(`${name("tlsKey")}: needs --tls-cert as well`);
   }
-  if (good("tlsClientCa", "tlsCert") && c.tlsClientCa !== undefined && c.tlsCert === undefined) {
-    errors.push(`${name("tlsClientCa")}: client certificates need TLS; give --tls-cert and --tls-key too`);
-  }
   if (good("tlsCert", "tlsKey") && c.tlsCert !== undefined && c.tlsKey !== undefined) {
     checkKeyPair(c.tlsCert, c.tlsKey, name("tlsCert"), name("tlsKey"), now, errors, warnings);
   }
-  if (good("tlsClientCa") && c.tlsClientCa !== undefined) {
+  // A CA bundle of peer certificates (clients', forwarders') needs a server certificate and PEM.
+  for (const [key, whose] of [["tlsClientCa", "client"], ["forwardClientCa", "forwarder"]] as const) {
+    const file = c[key];
+    if (file === undefined) continue;
+    if (good(key, "tlsCert") && c.tlsCert === undefined) errors.push(`${name(key)}: ${whose} certificates need TLS; give --tls-cert and --tls-key too`);
+    if (!good(key)) continue;
     try {
-      new X509Certificate(readFileSync(c.tlsClientCa));
+      new X509Certificate(readFileSync(file));
     } catch {
-      errors.push(`${name("tlsClientCa")}: "${c.tlsClientCa}" holds no PEM certificate`);
-    }
-  }
-
-  if (good("forwardClientCa", "tlsCert") && c.forwardClientCa !== undefined) {
-    if (c.tlsCert === undefined) errors.push(`${name("forwardClientCa")}: forwarder certificates need TLS; give --tls-cert and --tls-key too`);
-    try {
-      new X509Certificate(readFileSync(c.forwardClientCa));
-    } catch {
-      errors.push(`${name("forwardClientCa")}: "${c.forwardClientCa}" holds no PEM certificate`);
+      errors.push(`${name(key)}: "${file}" holds no PEM certificate`);
     }
   }
   if (good("forwardListen", "forwardClientCa", "tlsClientCa") && c.forwardClientCa === undefined && c.tlsClientCa !== undefined) {
