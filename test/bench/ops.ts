@@ -5,9 +5,10 @@
  * noisy 2-core machine move by ±20% between runs; CPU per operation moves far less, so this is the
  * probe for before/after comparisons of a change (test/bench/README.md, "A/B").
  */
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { Session as InspectorSession } from "node:inspector/promises";
 import { parseArgs } from "node:util";
 import { create } from "@bufbuild/protobuf";
 import { AddressSpace, BatchReadMemoryRequestSchema, DumpMemoryRequestSchema, EventType, GetVcpuInfoRequestSchema } from "@kvmi/proto";
@@ -23,7 +24,13 @@ type Operation = (typeof OPERATIONS)[number];
 const { values: flags, positionals } = parseArgs({
   args: process.argv.slice(2),
   allowPositionals: true,
-  options: { seconds: { type: "string", default: "3" }, rounds: { type: "string", default: "3" } },
+  options: {
+    seconds: { type: "string", default: "3" },
+    rounds: { type: "string", default: "3" },
+    // V8 profiles of each operation's last round: DIR/<op>.cpuprofile (the bridge child) and
+    // DIR/<op>-client.cpuprofile (this process).
+    profile: { type: "string" },
+  },
 });
 const chosen = (positionals.length > 0 ? positionals : [...OPERATIONS]) as Operation[];
 for (const op of chosen) {
@@ -34,11 +41,28 @@ for (const op of chosen) {
 }
 const SECONDS = Number(flags.seconds);
 const ROUNDS = Number(flags.rounds);
+const PROFILE_DIR = flags.profile;
+if (PROFILE_DIR !== undefined) mkdirSync(PROFILE_DIR, { recursive: true });
+
+async function startClientProfile(): Promise<InspectorSession> {
+  const session = new InspectorSession();
+  session.connect();
+  await session.post("Profiler.enable");
+  await session.post("Profiler.setSamplingInterval", { interval: 250 });
+  await session.post("Profiler.start");
+  return session;
+}
+
+async function stopClientProfile(session: InspectorSession, file: string): Promise<void> {
+  const { profile } = await session.post("Profiler.stop");
+  session.disconnect();
+  writeFileSync(file, JSON.stringify(profile));
+}
 
 const dir = mkdtempSync(join(tmpdir(), "kvmi-bench-ops-"));
 const bridgeChild = await ChildHandle.start("bridge", new URL("./bridge-child.ts", import.meta.url), { quiet: true });
 try {
-  const started = await bridgeChild.call<BridgeStarted>("start", { kvmiSocket: join(dir, "kvmi.sock"), logLevel: "info", metrics: false });
+  const started = await bridgeChild.call<BridgeStarted>("start", { kvmiSocket: join(dir, "kvmi.sock"), logLevel: process.env["OPS_LOG"] ?? "info", metrics: false });
   const [spec] = await bridgeChild.call<Array<{ uuid: string }>>("addVms", {
     specs: [{ key: "ops", endpoint: { kind: "unix", path: started.kvmiSocket }, vcpus: 1, memoryMiB: 64, workload: false }],
   });
@@ -85,6 +109,9 @@ try {
     const { unit, step } = steps[op];
     // Round 0 warms up (JIT, connection) and is not printed.
     for (let round = 0; round <= ROUNDS; round++) {
+      const profiling = PROFILE_DIR !== undefined && round === ROUNDS;
+      const clientProfiler = profiling ? await startClientProfile() : undefined;
+      if (profiling) await bridgeChild.call("profileStart", { intervalUs: 250 });
       const t0 = performance.now();
       const client0 = process.cpuUsage();
       const bridge0 = await bridgeChild.call<NodeJS.CpuUsage>("cpu");
@@ -93,6 +120,8 @@ try {
       const wallUs = (performance.now() - t0) * 1000;
       const client = process.cpuUsage(client0);
       const bridge1 = await bridgeChild.call<NodeJS.CpuUsage>("cpu");
+      if (profiling) await bridgeChild.call("profileStop", { file: join(PROFILE_DIR, `${op}.cpuprofile`) });
+      if (clientProfiler !== undefined) await stopClientProfile(clientProfiler, join(PROFILE_DIR!, `${op}-client.cpuprofile`));
       if (round === 0) continue;
       const per = (us: number): string => (us / units).toFixed(units >= 100 ? 0 : 1);
       const bridgeUser = bridge1.user - bridge0.user;

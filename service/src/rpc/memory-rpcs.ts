@@ -24,7 +24,7 @@ import { statusToProto } from "../mapping/status.js";
 import type { VmHost } from "../vm/vm-host.js";
 import { ownerOf, principalOf } from "./principals.js";
 import type { RpcDeps } from "./call-context.js";
-import { abortSignalOf, callTimeoutMs, failStream, failure, quotasOf, unary } from "./call-context.js";
+import { abortSignalOf, callTimeoutMs, failStream, failure, markSettled, quotasOf, unary } from "./call-context.js";
 import { QuotaExceededError } from "../mapping/bridge-error.js";
 import type { QuotaLease } from "./quotas.js";
 import type { CommandCaller } from "./command-rpcs.js";
@@ -325,6 +325,7 @@ export function dumpMemoryHandler(deps: RpcDeps) {
     dump(deps, call, signal).then(
       () => {
         lease.release();
+        markSettled(call);
         call.end();
       },
       (err: unknown) => {
