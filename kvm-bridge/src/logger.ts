@@ -14,8 +14,11 @@ export interface Logger {
   readonly info: LogFn;
   readonly warn: LogFn;
   readonly error: LogFn;
-  /** A logger that adds `bindings` to every line. */
-  child(bindings: Record<string, unknown>): Logger;
+  /**
+   * A logger that adds `bindings` to every line; `options.redact` replaces the parent's redaction
+   * paths (an empty list: none, for lines whose fields are known to hold no secret).
+   */
+  child(bindings: Record<string, unknown>, options?: { readonly redact?: string[] }): Logger;
 }
 
 const noop: LogFn = () => undefined;

@@ -124,7 +124,10 @@ export function createGrpcServer(options: GrpcServerOptions): BridgeGrpcServer {
     ...options.channelOptions,
     interceptors: [
       createAccessLogInterceptor({
-        logger: logger.child({ component: "grpc-access" }),
+        // Access lines carry only method, status, duration, peer, identity and message counts
+        // (access-log.ts), none of them secret: without the redaction paths a line costs ≈ 3 µs
+        // instead of ≈ 8 µs, on every unary call (issue 16).
+        logger: logger.child({ component: "grpc-access" }, { redact: [] }),
         ...(options.metrics ? { metrics: options.metrics } : {}),
         ...(options.accessLogSkipMethods ? { skipMethods: options.accessLogSkipMethods } : {}),
         ...(options.accessLogCallerOf ? { callerOf: options.accessLogCallerOf } : {}),
