@@ -11,14 +11,14 @@ import { join } from "node:path";
 import { Session as InspectorSession } from "node:inspector/promises";
 import { parseArgs } from "node:util";
 import { create } from "@bufbuild/protobuf";
-import { AddressSpace, BatchReadMemoryRequestSchema, DumpMemoryRequestSchema, EventType, GetVcpuInfoRequestSchema } from "@kvmi/proto";
+import { AddressSpace, BatchReadMemoryRequestSchema, DumpMemoryRequestSchema, EventType, GetVcpuInfoRequestSchema, Role } from "@kvmi/proto";
 import type { BridgeStarted } from "./bridge-child.js";
 import { BRIDGE, BridgeClient, SessionClient } from "./lib/clients.js";
 import type { EventLoopResult } from "./lib/emulator-host.js";
 import { ChildHandle } from "./lib/ipc.js";
 import { CR3, MiB } from "./perf-phases.js";
 
-const OPERATIONS = ["unary", "session", "event", "dump", "batch"] as const;
+const OPERATIONS = ["unary", "session", "event", "event4", "dump", "batch"] as const;
 type Operation = (typeof OPERATIONS)[number];
 
 const { values: flags, positionals } = parseArgs({
@@ -30,6 +30,8 @@ const { values: flags, positionals } = parseArgs({
     // V8 profiles of each operation's last round: DIR/<op>.cpuprofile (the bridge child) and
     // DIR/<op>-client.cpuprofile (this process).
     profile: { type: "string" },
+    // "off": the bridge without a logger, to see what logging costs (as `npm run bench -- --bridge-log off`).
+    "bridge-log": { type: "string", default: "info" },
   },
 });
 const chosen = (positionals.length > 0 ? positionals : [...OPERATIONS]) as Operation[];
@@ -62,17 +64,22 @@ async function stopClientProfile(session: InspectorSession, file: string): Promi
 const dir = mkdtempSync(join(tmpdir(), "kvmi-bench-ops-"));
 const bridgeChild = await ChildHandle.start("bridge", new URL("./bridge-child.ts", import.meta.url), { quiet: true });
 try {
-  const started = await bridgeChild.call<BridgeStarted>("start", { kvmiSocket: join(dir, "kvmi.sock"), logLevel: process.env["OPS_LOG"] ?? "info", metrics: false });
+  const started = await bridgeChild.call<BridgeStarted>("start", { kvmiSocket: join(dir, "kvmi.sock"), logLevel: flags["bridge-log"], metrics: false });
   const [spec] = await bridgeChild.call<Array<{ uuid: string }>>("addVms", {
-    specs: [{ key: "ops", endpoint: { kind: "unix", path: started.kvmiSocket }, vcpus: 1, memoryMiB: 64, workload: false }],
+    specs: [{ key: "ops", endpoint: { kind: "unix", path: started.kvmiSocket }, vcpus: 4, memoryMiB: 64, workload: false }],
   });
   const vm = `vms/${spec!.uuid}`;
   const bridge = new BridgeClient(started.grpcTarget);
-  const controller = new SessionClient(bridge, vm);
+  // Events in batches, answered with one EventReplyBatch, as the SDK and the bench do.
+  const controller = new SessionClient(bridge, vm, Role.CONTROLLER, undefined, true);
   await controller.attached;
   const vcpu = `${vm}/vcpus/0`;
-  await controller.commandOk({ case: "controlVcpuEvents", value: { name: vcpu, event: EventType.CR, enable: true } });
-  await controller.commandOk({ case: "controlCr", value: { name: vcpu, cr: CR3, enable: true } });
+  // CR3 events on every vCPU: `event` drives vCPU 0, `event4` all four at once.
+  for (let index = 0; index < 4; index++) {
+    const name = `${vm}/vcpus/${index}`;
+    await controller.commandOk({ case: "controlVcpuEvents", value: { name, event: EventType.CR, enable: true } });
+    await controller.commandOk({ case: "controlCr", value: { name, cr: CR3, enable: true } });
+  }
   const vcpuInfo = create(GetVcpuInfoRequestSchema, { name: vcpu });
   const dumpRequest = create(DumpMemoryRequestSchema, { vm, startGpa: 16n * BigInt(MiB), length: 16n * BigInt(MiB), chunkSize: 256 * 1024 });
   // The bench's bulk phase reads 16 MiB in sequential 2 MiB BatchReadMemory calls; one call here.
@@ -88,6 +95,10 @@ try {
     event: {
       unit: "event",
       step: async () => (await bridgeChild.call<EventLoopResult>("eventLoop", { key: "ops", vcpus: 1, durationMs: 500, maxSamples: 1 })).completed,
+    },
+    event4: {
+      unit: "event",
+      step: async () => (await bridgeChild.call<EventLoopResult>("eventLoop", { key: "ops", vcpus: 4, durationMs: 500, maxSamples: 1 })).completed,
     },
     dump: {
       unit: "MiB",
