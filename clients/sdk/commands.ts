@@ -165,6 +165,12 @@ export interface ExceptionInput {
 
 /** Bytes per BatchReadMemory range the helpers use: under the bridge's 3 MiB batch limit and gRPC's 4 MiB message size. */
 const READ_CHUNK_BYTES = 2 * 1024 * 1024;
+/**
+ * BatchReadMemory calls a long read keeps in flight. A unary response leaves the bridge only once
+ * all of its pages are read, so with one call at a time the bridge's reading and the network's
+ * sending take turns; with two, one call's pages are read while the other's response travels.
+ */
+const READ_CALLS_IN_FLIGHT = 2;
 const UNMAPPED_GPA = (1n << 64n) - 1n;
 
 /**
@@ -427,14 +433,29 @@ export class CommandSurface implements VmCommands {
   private async readRange(via: TranslationTarget | undefined, address: bigint, length: number, options?: CallOptions): Promise<Uint8Array> {
     checkLength(length);
     const data = new Uint8Array(length);
-    const holes: MemoryHoleInfo[] = [];
-    for (let offset = 0; offset < length; offset += READ_CHUNK_BYTES) {
-      const size = Math.min(READ_CHUNK_BYTES, length - offset);
-      const [result] = await this.batchReadMemory([{ address: address + BigInt(offset), length: size, ...(via !== undefined && { via }) }], options);
-      if (!result!.ok) throw result!.error;
-      data.set(result!.data, offset);
-      holes.push(...result!.holes);
-    }
+    // Holes per chunk, so that they come out in address order whichever call finishes first.
+    const holesByChunk: (readonly MemoryHoleInfo[])[] = [];
+    let next = 0;
+    let failed = false;
+    const readChunks = async (): Promise<void> => {
+      while (next < length && !failed) {
+        const offset = next;
+        next += READ_CHUNK_BYTES;
+        const size = Math.min(READ_CHUNK_BYTES, length - offset);
+        const [result] = await this.batchReadMemory([{ address: address + BigInt(offset), length: size, ...(via !== undefined && { via }) }], options).catch((err: unknown) => {
+          failed = true;
+          throw err;
+        });
+        if (!result!.ok) {
+          failed = true;
+          throw result!.error;
+        }
+        data.set(result!.data, offset);
+        holesByChunk[offset / READ_CHUNK_BYTES] = result!.holes;
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(READ_CALLS_IN_FLIGHT, Math.ceil(length / READ_CHUNK_BYTES)) }, readChunks));
+    const holes = holesByChunk.flat();
     if (holes.length > 0) {
       const space = via === undefined ? "guest physical" : "guest virtual";
       throw new MemoryHoleError(`${space} range ${hex(address)}+${hex(length)} is not fully readable (${describeHoles(holes)})`, holes, data);
