@@ -3,7 +3,7 @@
 // whichever call finishes first, and the first failure stops the read.
 import { describe, expect, it } from "vitest";
 import { CommandSurface } from "./commands.js";
-import type { CallOptions, MemoryRangeInput, MemoryRangeResultInfo } from "./commands.js";
+import type { MemoryRangeInput, MemoryRangeResultInfo } from "./commands.js";
 import { MemoryHoleError } from "./errors.js";
 
 const MiB = 1024 * 1024;
@@ -19,7 +19,7 @@ class FakeReads extends CommandSurface {
     super("00000000-0000-4000-8000-000000000001", undefined as never, undefined as never);
   }
 
-  override async batchReadMemory(ranges: readonly MemoryRangeInput[], _options?: CallOptions): Promise<MemoryRangeResultInfo[]> {
+  override async batchReadMemory(ranges: readonly MemoryRangeInput[]): Promise<MemoryRangeResultInfo[]> {
     const call = this.calls.push(ranges[0]!.address) - 1;
     this.maxInFlight = Math.max(this.maxInFlight, ++this.inFlight);
     try {
@@ -32,8 +32,9 @@ class FakeReads extends CommandSurface {
 
 /** Bytes whose value is their guest-physical page number's low byte. */
 function pages(range: MemoryRangeInput): Uint8Array {
-  const data = new Uint8Array(range.length);
-  for (let offset = 0; offset < range.length; offset += 4096) data.fill(Number(((range.address + BigInt(offset)) >> 12n) & 0xffn), offset, offset + 4096);
+  const length = Number(range.length);
+  const data = new Uint8Array(length);
+  for (let offset = 0; offset < length; offset += 4096) data.fill(Number(((range.address + BigInt(offset)) >> 12n) & 0xffn), offset, offset + 4096);
   return data;
 }
 
@@ -59,7 +60,7 @@ describe("readPhysical over several calls", () => {
     const vm = new FakeReads(async (range, call) => {
       await later(call === 0 ? 20 : 1);
       const hole = { address: range.address + 4096n, length: 4096n, reason: "notPresent" as const };
-      return { ok: true, data: new Uint8Array(range.length), holes: [hole] } as MemoryRangeResultInfo;
+      return { ok: true, data: new Uint8Array(Number(range.length)), holes: [hole] } as MemoryRangeResultInfo;
     });
     const err = await vm.readPhysical(0n, 3 * CHUNK).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(MemoryHoleError);
