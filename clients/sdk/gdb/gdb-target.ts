@@ -6,6 +6,9 @@
  * bytes in guest physical memory with BREAKPOINT events enabled; resuming from one puts the
  * original byte back, single-steps the vCPU with KVMI single-step while the others stay stopped,
  * then writes the INT3 again (decision record 0060). Detach undoes everything the gateway did.
+ * This file is the execution control (events, stops, resumes, detach); what is known about each
+ * stopped vCPU is in held-vcpus.ts, keeping stops alive past the bridge's deadline in keep-alive.ts,
+ * and the stop/resume vocabulary shared with the RSP session in stop-report.ts.
  *
  * @see ../../../docs/decisions/0060-gdb-breakpoints-through-kvmi.md
  */
@@ -16,22 +19,14 @@ import type { KvmiBridgeError } from "../errors.js";
 import type { SessionItem, VcpuEvent } from "../events.js";
 import type { Session } from "../session.js";
 import { BreakpointMemory } from "./breakpoint-memory.js";
+import { HeldVcpus } from "./held-vcpus.js";
+import { KeepAlive } from "./keep-alive.js";
+import { GDB_SIGINT, GDB_SIGTRAP } from "./stop-report.js";
+import type { ResumeAction, StopReport } from "./stop-report.js";
 import type { RegisterSource } from "./x86-registers.js";
 
-/** Signal numbers gdb expects in stop replies (gdb's own numbering, equal to Linux's for these). */
-export const GDB_SIGINT = 2;
-export const GDB_SIGTRAP = 5;
-
-/** Why the target stopped. `thread` is a vCPU index. */
-export interface StopReport {
-  readonly thread: number;
-  readonly signal: number;
-  /** The vCPU executed one of the gateway's INT3s; RIP is already at the breakpoint. */
-  readonly swbreak?: boolean;
-}
-
-/** What to do with a vCPU on resume. */
-export type ResumeAction = "continue" | "step";
+export { GDB_SIGINT, GDB_SIGTRAP } from "./stop-report.js";
+export type { ResumeAction, StopReport } from "./stop-report.js";
 
 /** Options of {@link GdbTarget.attach}. */
 export interface GdbTargetOptions {
@@ -45,14 +40,8 @@ export interface GdbTargetOptions {
 export class GdbTarget {
   /** Guest memory as gdb reads and writes it, with the gateway's breakpoints. */
   readonly memory: BreakpointMemory;
-  private readonly held = new Map<number, VcpuEvent>();
-  /** When each held event was taken (for the keep-alive). */
-  private readonly heldAt = new Map<number, number>();
-  /** vCPUs whose BREAKPOINT event the keep-alive swapped for a PAUSE_VCPU one: the INT3's GPA. */
-  private readonly rearmedAtBreakpoint = new Map<number, bigint>();
+  private readonly held: HeldVcpus;
   private readonly absent = new Set<number>();
-  private readonly regsOverride = new Map<number, X86Regs>();
-  private readonly xsave = new Map<number, Uint8Array | undefined>();
   private readonly singlestepOn = new Set<number>();
   private readonly stepping = new Set<number>();
   private readonly pausesInFlight = new Map<number, number>();
@@ -66,9 +55,7 @@ export class GdbTarget {
   private detaching = false;
   private endError: Error | undefined;
   private readonly pump: Promise<void>;
-  private readonly keepAliveTimer: NodeJS.Timeout;
-  private rearming: Promise<void> | undefined;
-  private busy = 0;
+  private readonly keepAlive: KeepAlive;
 
   private constructor(
     private readonly session: Session,
@@ -76,10 +63,21 @@ export class GdbTarget {
     private readonly log: (line: string) => void,
   ) {
     this.memory = new BreakpointMemory(session, vcpuCount, log);
+    this.held = new HeldVcpus(session);
+    // Before the pump starts: a session that ends at once stops the keep-alive's timer.
+    this.keepAlive = new KeepAlive(
+      {
+        holds: this.held,
+        canSwap: () => !this.running && !this.ended,
+        pauseVcpu: (v) => this.pauseVcpuCounted(v),
+        nextEvent: (v, accept) => this.nextEvent(v, accept),
+        forgetEventWaiter: (v) => this.eventWaiters.delete(v),
+        answerNeutral: (event) => this.answerNeutral(event),
+        log,
+      },
+      session.eventDeadlineMs ?? 60_000,
+    );
     this.pump = this.runPump();
-    const deadlineMs = session.eventDeadlineMs ?? 60_000;
-    this.keepAliveTimer = setInterval(() => this.keepAlive(deadlineMs), Math.max(5, Math.min(1000, deadlineMs / 4)));
-    this.keepAliveTimer.unref();
   }
 
   /** Attaches as controller and stops every vCPU; resolves when they are all stopped. */
@@ -123,7 +121,7 @@ export class GdbTarget {
   }
 
   private end(err: Error): void {
-    clearInterval(this.keepAliveTimer);
+    this.keepAlive.stop();
     this.endError ??= err;
     this.stopWaiter?.reject(err);
     this.stopWaiter = undefined;
@@ -149,7 +147,7 @@ export class GdbTarget {
       return;
     }
     if (this.stopping?.has(v)) {
-      this.hold(v, event);
+      this.held.hold(v, event);
       const report = this.stopReason(event);
       if (report !== undefined && report.signal === GDB_SIGTRAP) this.pendingStops.push(report);
       this.stopping.delete(v);
@@ -158,21 +156,16 @@ export class GdbTarget {
     }
     if (!this.running || this.held.has(v)) {
       // A vCPU that was not started when the target stopped: keep it stopped too.
-      if (!this.running && !this.held.has(v)) this.hold(v, event);
+      if (!this.running && !this.held.has(v)) this.held.hold(v, event);
       else await this.answerNeutral(event);
       return;
     }
     const report = this.stopReason(event);
     if (report === undefined) return this.answerNeutral(event);
-    this.hold(v, event);
+    this.held.hold(v, event);
     this.running = false;
     // Not awaited: the pump must go on reading to see the other vCPUs' PAUSE_VCPU events.
     void this.stopAll(report);
-  }
-
-  private hold(v: number, event: VcpuEvent): void {
-    this.held.set(v, event);
-    this.heldAt.set(v, performance.now());
   }
 
   /** The stop an event means while running, or `undefined` for an event gdb need not see. */
@@ -252,14 +245,9 @@ export class GdbTarget {
 
   /** Answers vCPU `v`'s held event: it runs again. */
   private async release(v: number): Promise<void> {
-    const event = this.held.get(v);
-    if (event === undefined) return;
-    this.held.delete(v);
-    this.heldAt.delete(v);
-    this.rearmedAtBreakpoint.delete(v);
-    this.xsave.delete(v);
-    const registers = this.regsOverride.get(v);
-    this.regsOverride.delete(v);
+    const taken = this.held.take(v);
+    if (taken === undefined) return;
+    const { event, registers } = taken;
     // A held INT3 (ours, or one gdb removed meanwhile) is executed again, never re-injected into the guest.
     if (event.type === "breakpoint") await event.retry(registers === undefined ? {} : { registers });
     else await this.answerNeutral(event, registers);
@@ -312,8 +300,7 @@ export class GdbTarget {
 
   /** The GPA of the gateway's INT3 that vCPU `v` is stopped on, if any. */
   private breakpointUnder(v: number): bigint | undefined {
-    const event = this.held.get(v);
-    const gpa = event?.type === "breakpoint" ? event.gpa : this.rearmedAtBreakpoint.get(v);
+    const gpa = this.held.int3Gpa(v);
     return gpa !== undefined && this.memory.isBreakpoint(gpa) ? gpa : undefined;
   }
 
@@ -334,7 +321,7 @@ export class GdbTarget {
     const event = await stepped;
     await this.memory.rearm(gpa);
     await this.setSinglestep(v, false);
-    this.hold(v, event);
+    this.held.hold(v, event);
     return action === "step" ? { thread: v, signal: GDB_SIGTRAP } : undefined;
   }
 
@@ -352,26 +339,8 @@ export class GdbTarget {
     }
   }
 
-  /**
-   * The bridge answers an event itself once the controller's deadline passes (at most 60 s), which
-   * would let a vCPU gdb believes stopped run on. Before that, each held event is swapped for a
-   * fresh one at the same place: PAUSE_VCPU is requested first, so the reply re-enters the guest
-   * only to stop at once, before any guest instruction (kvmi-abi §3.5: pause requests are served
-   * before entry); an INT3 is answered with RETRY, never re-injected.
-   */
-  private keepAlive(deadlineMs: number): void {
-    if (this.running || this.busy > 0 || this.rearming !== undefined || this.ended) return;
-    const now = performance.now();
-    const due = [...this.heldAt].filter(([, at]) => now - at >= deadlineMs / 2).map(([v]) => v);
-    if (due.length === 0) return;
-    this.rearming = (async () => {
-      for (const v of due) await this.rearm(v).catch((err: Error) => this.log(`keep-alive of vCPU ${v}: ${err.message}`));
-    })().finally(() => (this.rearming = undefined));
-  }
-
-  private async rearm(v: number): Promise<void> {
-    const event = this.held.get(v);
-    if (event === undefined) return;
+  /** PAUSE_VCPU for the keep-alive, counted in flight like the others until its event arrives. */
+  private async pauseVcpuCounted(v: number): Promise<void> {
     this.pausesInFlight.set(v, (this.pausesInFlight.get(v) ?? 0) + 1);
     try {
       await this.session.pauseVcpu(v);
@@ -379,56 +348,24 @@ export class GdbTarget {
       this.pausesInFlight.set(v, Math.max(0, (this.pausesInFlight.get(v) ?? 0) - 1));
       throw err;
     }
-    const paused = this.nextEvent(v, (e) => e.type === "pauseVcpu");
-    const atBreakpoint = event.type === "breakpoint" ? event.gpa : this.rearmedAtBreakpoint.get(v);
-    this.held.delete(v);
-    if (event.type === "breakpoint") await event.retry();
-    else await this.answerNeutral(event);
-    const next = await withTimeout(paused, REARM_TIMEOUT_MS);
-    if (next === undefined) {
-      // The vCPU did not stop again (the VM is going away): it runs; the next stop pauses it with the others.
-      this.eventWaiters.delete(v);
-      this.log(`vCPU ${v} did not stop again within ${REARM_TIMEOUT_MS} ms`);
-      return;
-    }
-    this.hold(v, next);
-    if (atBreakpoint !== undefined) this.rearmedAtBreakpoint.set(v, atBreakpoint);
   }
 
   /** Runs a gdb request once no keep-alive swap is in progress, and keeps the next one from starting meanwhile. */
-  async exclusive<T>(work: () => Promise<T>): Promise<T> {
-    while (this.rearming !== undefined) await this.rearming;
-    this.busy++;
-    try {
-      return await work();
-    } finally {
-      this.busy--;
-    }
+  exclusive<T>(work: () => Promise<T>): Promise<T> {
+    return this.keepAlive.exclusive(work);
   }
 
   // -------------------------------------------------------------------------------------------
   // Registers
 
   /** What `g`/`p` read for vCPU `v`: the held event's state (with gdb's pending writes), else GET_REGISTERS. */
-  async registers(v: number): Promise<RegisterSource> {
-    const event = this.held.get(v);
-    if (!this.xsave.has(v)) this.xsave.set(v, await this.session.getXsave(v).catch(() => undefined));
-    const xsave = this.xsave.get(v);
-    if (event !== undefined) {
-      return { regs: this.regsOverride.get(v) ?? event.arch.regs, sregs: event.arch.sregs, kernelGsBase: event.arch.msrs.shadowGs, xsave };
-    }
-    try {
-      const r = await this.session.getRegisters(v, { msrs: [MSR_KERNEL_GS_BASE] });
-      return { regs: r.regs, sregs: r.sregs, kernelGsBase: r.msrs.get(MSR_KERNEL_GS_BASE) ?? 0n, xsave };
-    } catch {
-      return { regs: ZERO_REGS, sregs: undefined, kernelGsBase: 0n, xsave: undefined };
-    }
+  registers(v: number): Promise<RegisterSource> {
+    return this.held.registers(v);
   }
 
   /** Sets the general purpose registers of stopped vCPU `v`; they reach the vCPU with the reply that resumes it. */
   setRegisters(v: number, regs: X86Regs): void {
-    if (!this.held.has(v)) throw new Error(`vCPU ${v} is not stopped in an event; its registers cannot be set`);
-    this.regsOverride.set(v, regs);
+    this.held.setRegisters(v, regs);
   }
 
   // -------------------------------------------------------------------------------------------
@@ -442,8 +379,8 @@ export class GdbTarget {
   async detach(): Promise<void> {
     if (this.detaching) return this.pump.then(() => undefined);
     this.detaching = true;
-    clearInterval(this.keepAliveTimer);
-    while (this.rearming !== undefined) await this.rearming;
+    this.keepAlive.stop();
+    await this.keepAlive.settled();
     this.running = false;
     let clean = true;
     const attempt = async (what: string, run: () => Promise<unknown>): Promise<void> => {
@@ -456,23 +393,8 @@ export class GdbTarget {
     };
     await this.memory.removeAll(attempt);
     for (const v of [...this.singlestepOn]) await attempt(`stop single-stepping vCPU ${v}`, () => this.setSinglestep(v, false));
-    for (const v of [...this.held.keys()]) await attempt(`resume vCPU ${v}`, () => this.release(v));
+    for (const v of this.held.vcpus()) await attempt(`resume vCPU ${v}`, () => this.release(v));
     this.eventWaiters.clear();
     if (!this.session.closed) await this.session.release({ keepChanges: clean }).catch(() => undefined);
   }
 }
-
-const MSR_KERNEL_GS_BASE = 0xc0000102;
-/** How long a keep-alive waits for the fresh PAUSE_VCPU event. */
-const REARM_TIMEOUT_MS = 10_000;
-
-/** `promise`'s value, or `undefined` after `ms`. */
-function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T | undefined> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), ms)));
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-const ZERO_REGS: X86Regs = {
-  rax: 0n, rbx: 0n, rcx: 0n, rdx: 0n, rsi: 0n, rdi: 0n, rsp: 0n, rbp: 0n, r8: 0n, r9: 0n, r10: 0n, r11: 0n,
-  r12: 0n, r13: 0n, r14: 0n, r15: 0n, rip: 0n, rflags: 0n,
-};

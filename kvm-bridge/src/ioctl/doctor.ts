@@ -3,18 +3,25 @@
  * `kvmi-bridge doctor`: what this host offers, in a structured report and as text. It only opens
  * /dev/kvm, asks KVM_GET_API_VERSION and KVM_CHECK_EXTENSION (on the system fd and on a scratch VM),
  * and reads one sysfs file; it never issues a KVMI ioctl (see `probe.ts` for why those are unsafe to
- * try). The verdict uses the same rules as the ioctl guard in `kvm.ts`, on the VM fd.
+ * try). The verdict uses the same rules as the ioctl guard in `kvm.ts`, on the VM fd. This file runs
+ * the checks; the report's shape is in doctor-report.ts and its text rendering in
+ * format-doctor-report.ts (both re-exported here, where the doctor's users import them).
  */
 import { statSync } from "node:fs";
 import { release } from "node:os";
 import { KvmiError, KvmiRemoteError } from "../errors.js";
 import type { KvmSystem, KvmVm, Libc } from "./kvm.js";
 import { errnoName, openKvm } from "./kvm.js";
-import type { IntrospectionMarker } from "./probe.js";
 import { identifyIntrospection, KVM_INTROSPECTION_PARAM_PATH, probedCapNumbers, readIntrospectionMarker } from "./probe.js";
 import { formatIoctlNumber } from "./ioc.js";
-import type { KvmiIoctlDialectId, KvmiIoctlTable } from "./table.js";
+import type { KvmiIoctlTable } from "./table.js";
 import { KVM_API_VERSION, KVMI_IOCTL_TABLES } from "./table.js";
+import { DOCTOR_EXIT_AMBIGUOUS, DOCTOR_EXIT_KVMI, DOCTOR_EXIT_NO_KVMI, NO_KVMI_CONCLUSION } from "./doctor-report.js";
+import type { DoctorCapability, DoctorDevice, DoctorIoctl, DoctorReport } from "./doctor-report.js";
+
+export { DOCTOR_EXIT_AMBIGUOUS, DOCTOR_EXIT_KVMI, DOCTOR_EXIT_NO_KVMI, NO_KVMI_CONCLUSION } from "./doctor-report.js";
+export type { DoctorCapability, DoctorDevice, DoctorDialect, DoctorIoctl, DoctorKvmi, DoctorReport } from "./doctor-report.js";
+export { formatDoctorReport } from "./format-doctor-report.js";
 
 /** Options of {@link runDoctor}. */
 export interface DoctorOptions {
@@ -25,115 +32,6 @@ export interface DoctorOptions {
   /** @internal */
   readonly libc?: Libc;
 }
-
-/** The /dev/kvm check. */
-export interface DoctorDevice {
-  readonly path: string;
-  /** The device node exists. */
-  readonly present: boolean;
-  /** It could be opened read-write. */
-  readonly openable: boolean;
-  /** Host errno of the failed stat/open, else null. */
-  readonly errno: number | null;
-  /** `ENOENT`, `EACCES`, …, else null. */
-  readonly errnoName: string | null;
-  /** One sentence for humans. */
-  readonly detail: string;
-}
-
-/** One CHECK_EXTENSION number asked about. */
-export interface DoctorCapability {
-  readonly cap: number;
-  /** `introspection`: some dialect's KVM_CAP_INTROSPECTION; `newer-mainline`: a dialect-age check (probe.ts). */
-  readonly role: "introspection" | "newer-mainline";
-  /** Dialect labels using this number as KVM_CAP_INTROSPECTION, or checked against it. */
-  readonly dialects: readonly string[];
-  /** The mainline capability with this number, if known. */
-  readonly mainlineName: string | null;
-  /** Answer on the /dev/kvm fd (null: not asked or failed). */
-  readonly system: number | null;
-  /** Answer on the scratch VM fd (null: no VM or failed). */
-  readonly vm: number | null;
-}
-
-/** One KVMI ioctl of a dialect: its kernel name and request number (`0x4018AEC3`). */
-export interface DoctorIoctl {
-  readonly name: string;
-  readonly number: string;
-}
-
-/** A dialect the kernel's answers fit, with the ioctl numbers the bridge would issue for it. */
-export interface DoctorDialect {
-  readonly dialect: KvmiIoctlDialectId;
-  readonly label: string;
-  /** Its KVM_CAP_INTROSPECTION number. */
-  readonly cap: number;
-  readonly ioctls: readonly DoctorIoctl[];
-}
-
-/** The KVMI verdict. */
-export interface DoctorKvmi {
-  readonly offered: boolean;
-  readonly dialect: KvmiIoctlDialectId | null;
-  readonly dialectLabel: string | null;
-  /** KVMI version (the CHECK_EXTENSION answer) of the identified dialect. */
-  readonly version: number | null;
-  /**
-   * The codec dialect of `@kvmi/kvm-bridge/codec` that speaks this kernel's wire protocol
-   * (`v9`, `v12`, `kvmi-v7`), or null (no KVMI, an ambiguous answer, or a dialect the codec lacks).
-   */
-  readonly codecDialect: string | null;
-  /** The bridge issues this dialect's ioctls (every dialect the codec speaks: v9, v12, kvmi-v7). */
-  readonly bridgeSupported: boolean;
-  /**
-   * The KVMI ioctls the bridge would issue on this host (the identified dialect's numbers), empty
-   * when it would issue none (no KVMI, ambiguous, or a dialect the codec lacks).
-   */
-  readonly ioctls: readonly DoctorIoctl[];
-  /** Every dialect the answers fit (several: ambiguous, and the bridge refuses to choose). */
-  readonly candidates: readonly DoctorDialect[];
-  /** The `kvm.introspection` module parameter. */
-  readonly marker: IntrospectionMarker;
-  /** Why, in one sentence. */
-  readonly reason: string;
-}
-
-/** Everything `kvmi-bridge doctor` found. */
-export interface DoctorReport {
-  /** `uname -r`. */
-  readonly kernelRelease: string;
-  readonly device: DoctorDevice;
-  /** KVM_GET_API_VERSION (null when /dev/kvm could not be opened). */
-  readonly apiVersion: { readonly value: number | null; readonly expected: number; readonly ok: boolean };
-  /** Whether the scratch VM used for VM-fd checks could be created. */
-  readonly scratchVm: { readonly created: boolean; readonly error: string | null };
-  readonly capabilities: readonly DoctorCapability[];
-  readonly kvmi: DoctorKvmi;
-  /** What the bridge will talk to. */
-  readonly backend: "kernel" | "emulator";
-  /** `this kernel offers KVMI vN` or `this kernel does not offer KVMI; the bridge will serve the built-in emulator`. */
-  readonly conclusion: string;
-  /** What to do about it, most important first. */
-  readonly hints: readonly string[];
-  /**
-   * The process exit code of `kvmi-bridge doctor`: {@link DOCTOR_EXIT_KVMI} when the kernel offers
-   * KVMI in one identified dialect, {@link DOCTOR_EXIT_NO_KVMI} when it does not (or KVM itself is
-   * unusable), {@link DOCTOR_EXIT_AMBIGUOUS} when it offers KVMI but the dialect cannot be told.
-   */
-  readonly exitCode: number;
-  /** Informative remarks (number collisions seen on this kernel). */
-  readonly notes: readonly string[];
-}
-
-/** `doctor` exit code: KVMI offered in one identified dialect. */
-export const DOCTOR_EXIT_KVMI = 0;
-/** `doctor` exit code: no KVMI on this host (or no usable KVM at all). */
-export const DOCTOR_EXIT_NO_KVMI = 1;
-/** `doctor` exit code: KVMI offered, but its dialect cannot be told from the capabilities. */
-export const DOCTOR_EXIT_AMBIGUOUS = 2;
-
-/** The conclusion when KVMI is not usable. */
-export const NO_KVMI_CONCLUSION = "this kernel does not offer KVMI; the bridge will serve the built-in emulator";
 
 const HINT_KERNEL =
   "KVMI needs a host kernel built with the KVM introspection patches (KVM-VMI kvmi-v7, or the upstream v9 or v12 " +
@@ -357,66 +255,4 @@ export async function runDoctor(options: DoctorOptions = {}): Promise<DoctorRepo
     exitCode,
     notes,
   };
-}
-
-/** `HOOK 0x4018AEC3, UNHOOK 0xAEC4, …` */
-function ioctlList(ioctls: readonly DoctorIoctl[]): string {
-  return ioctls.map((i) => `${i.name.replace("KVM_INTROSPECTION_", "")} ${i.number}`).join(", ");
-}
-
-function answerText(value: number | null): string {
-  return value === null ? "-" : String(value);
-}
-
-/** Renders a {@link DoctorReport} for a terminal: one finding per line, conclusion and hints last. */
-export function formatDoctorReport(report: DoctorReport): string {
-  const lines: string[] = [];
-  const row = (label: string, value: string): void => {
-    lines.push(`  ${label.padEnd(20)} ${value}`);
-  };
-  lines.push("kvmi-bridge doctor");
-  row("kernel", report.kernelRelease);
-  row(
-    report.device.path,
-    report.device.openable ? `ok (${report.device.detail})` : `FAIL: ${report.device.detail}`,
-  );
-  row(
-    "KVM API version",
-    report.apiVersion.value === null
-      ? "unknown"
-      : `${report.apiVersion.value} (${report.apiVersion.ok ? "ok" : `expected ${report.apiVersion.expected}`})`,
-  );
-  const marker = report.kvmi.marker;
-  row(
-    "kvm.introspection",
-    marker.present
-      ? `present (${marker.enabled === null ? "value unreadable" : marker.enabled ? "Y" : "N"}) at ${marker.path}`
-      : `absent (no ${marker.path})`,
-  );
-  row("scratch VM", report.scratchVm.created ? "created and closed" : `not created (${report.scratchVm.error})`);
-  lines.push("  KVM_CHECK_EXTENSION (system fd / VM fd):");
-  for (const c of report.capabilities) {
-    const who = c.role === "introspection" ? `KVM_CAP_INTROSPECTION of ${c.dialects.join(", ")}` : `age check for ${c.dialects.join(", ")}`;
-    const mainline = c.mainlineName === null ? "" : `  [mainline ${c.mainlineName}]`;
-    lines.push(`    cap ${String(c.cap).padEnd(4)} ${`${answerText(c.system)} / ${answerText(c.vm)}`.padEnd(20)} ${who}${mainline}`);
-  }
-  row("verdict", report.kvmi.reason);
-  if (report.kvmi.ioctls.length > 0) {
-    row("KVMI ioctls", `${report.kvmi.dialectLabel ?? "?"}: ${ioctlList(report.kvmi.ioctls)}`);
-  } else if (report.kvmi.candidates.length > 1) {
-    for (const c of report.kvmi.candidates) {
-      row("if it were", `${c.dialect} (cap ${c.cap}): ${ioctlList(c.ioctls)} (not issued)`);
-    }
-  }
-  lines.push("");
-  lines.push(`conclusion: ${report.conclusion}`);
-  if (report.hints.length > 0) {
-    lines.push("what to do:");
-    for (const hint of report.hints) lines.push(`  - ${hint}`);
-  }
-  if (report.notes.length > 0) {
-    lines.push("notes:");
-    for (const note of report.notes) lines.push(`  - ${note}`);
-  }
-  return lines.join("\n");
 }
