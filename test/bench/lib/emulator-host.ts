@@ -81,24 +81,45 @@ export function requireVm(key: string): EmulatedVm {
  */
 async function eventLoop(params: { key: string; vcpus: number; durationMs: number; maxSamples: number }): Promise<EventLoopResult> {
   const vm = requireVm(params.key);
-  const samples = new Float64Array(params.maxSamples);
+  return cr3WriteLoops(vm.guest.vcpus.slice(0, params.vcpus), params.durationMs, params.maxSamples);
+}
+
+/** A vCPU of an emulated guest, as the loops below drive it. */
+type GuestVcpu = EmulatedVm["guest"]["vcpus"][number];
+
+/** What {@link cr3WriteLoops} can do around each write. */
+export interface Cr3LoopOptions {
+  /** Called just before each write (e.g. to stamp a register the event carries). */
+  readonly beforeWrite?: (vcpu: GuestVcpu) => void;
+  /** Pause between writes, ms (0: back to back). */
+  readonly gapMs?: number;
+}
+
+/**
+ * Each vCPU writes CR3 in a loop (toggling PWT) until `durationMs` passed, all at once; every
+ * write is one event round trip through whatever tool is attached, timed in the guest.
+ */
+export async function cr3WriteLoops(vcpus: readonly GuestVcpu[], durationMs: number, maxSamples: number, options: Cr3LoopOptions = {}): Promise<EventLoopResult> {
+  const samples = new Float64Array(maxSamples);
   let n = 0;
   let completed = 0;
   let failures = 0;
   const start = performance.now();
-  const end = start + params.durationMs;
-  const lanes = vm.guest.vcpus.slice(0, params.vcpus).map(async (vcpu) => {
+  const end = start + durationMs;
+  const lanes = vcpus.map(async (vcpu) => {
     const base = vcpu.state.sregs.cr3;
     let flip = false;
     while (performance.now() < end) {
       flip = !flip;
       const target = flip ? base ^ X86_CR3_PWT : base;
+      options.beforeWrite?.(vcpu);
       const t0 = performance.now();
       const out = await vcpu.writeCr(3, target);
       const dt = performance.now() - t0;
       if (out.status !== "done" || out.value !== target) failures++;
       if (n < samples.length) samples[n++] = dt * 1000;
       completed++;
+      if ((options.gapMs ?? 0) > 0) await new Promise((resolve) => setTimeout(resolve, options.gapMs));
     }
   });
   await Promise.all(lanes);

@@ -14,34 +14,15 @@
  *   intercepting the entry sees every process.
  */
 import { guestModel } from "@kvmi/kvm-bridge/emulator";
-import { requireVm } from "./emulator-host.js";
+import { cr3WriteLoops, requireVm } from "./emulator-host.js";
 import type { EventLoopResult } from "./emulator-host.js";
 
-const X86_CR3_PWT = 1n << 3n;
-
-async function stampedCrLoop(params: { key: string; durationMs: number; maxSamples: number; gapMs: number }): Promise<EventLoopResult> {
+function stampedCrLoop(params: { key: string; durationMs: number; maxSamples: number; gapMs: number }): Promise<EventLoopResult> {
   const vcpu = requireVm(params.key).guest.vcpus[0]!;
-  const samples = new Float64Array(params.maxSamples);
-  let n = 0;
-  let completed = 0;
-  let failures = 0;
-  const base = vcpu.state.sregs.cr3;
-  let flip = false;
-  const start = performance.now();
-  const end = start + params.durationMs;
-  while (performance.now() < end) {
-    flip = !flip;
-    const target = flip ? base ^ X86_CR3_PWT : base;
-    vcpu.state.regs.r15 = process.hrtime.bigint();
-    const t0 = performance.now();
-    const out = await vcpu.writeCr(3, target);
-    const dt = performance.now() - t0;
-    if (out.status !== "done" || out.value !== target) failures++;
-    if (n < samples.length) samples[n++] = dt * 1000;
-    completed++;
-    if (params.gapMs > 0) await new Promise((resolve) => setTimeout(resolve, params.gapMs));
-  }
-  return { samples: samples.slice(0, n), completed, failures, elapsedMs: performance.now() - start };
+  return cr3WriteLoops([vcpu], params.durationMs, params.maxSamples, {
+    beforeWrite: (v) => (v.state.regs.r15 = process.hrtime.bigint()),
+    gapMs: params.gapMs,
+  });
 }
 
 /** Per VM: syscalls completed, and those that did not complete normally. */
