@@ -23,6 +23,9 @@ want dockerd docker.io
 want gcc gcc
 want gdb gdb
 want /usr/include/stdio.h libc6-dev
+# The well-known types (google/protobuf/*.proto) the Python example's protoc imports: only a
+# Recommends of protobuf-compiler, which --no-install-recommends leaves out.
+want /usr/include/google/protobuf/descriptor.proto libprotobuf-dev
 want /usr/share/doc/linux-image-amd64 linux-image-amd64
 want openssl openssl
 want qemu-system-x86_64 qemu-system-x86
