@@ -5,16 +5,14 @@
  * `eventTimeouts`). Every error is collected and returned at once; the result is deep-frozen.
  *
  * This is the only module that looks at the environment, and even it does not read
- * `process.env`: the composition root passes `env` in.
+ * `process.env`: the composition root passes `env` in. The flag and file layers are read in
+ * config-sources.ts, the rules across options are in cross-check.ts.
  */
-import { X509Certificate, createPrivateKey } from "node:crypto";
-import { readFileSync } from "node:fs";
-import { dirname, extname, resolve } from "node:path";
-import { parse as parseYaml } from "yaml";
-import { isLoopback, isWildcardHost, parseGrpcListen, parseHostPort, parseKvmiListen } from "./address.js";
-import type { ListenAddress } from "./address.js";
-import { checkAuthOptions } from "./auth-options.js";
-import { ENV_PREFIX, OPTION_KEYS, OPTIONS, envName, flagName } from "./options.js";
+import { resolve } from "node:path";
+import { parseArgv, readConfigFile, suggest } from "./config-sources.js";
+import type { Layer, RawValue } from "./config-sources.js";
+import { crossCheck } from "./cross-check.js";
+import { ENV_PREFIX, OPTION_KEYS, OPTIONS, envName } from "./options.js";
 import type { BridgeConfig, DefaultContext, OptionSpec, ValueContext } from "./options.js";
 import { renderHelp } from "./render.js";
 
@@ -56,18 +54,6 @@ export class ConfigError extends Error {
   }
 }
 
-type Layer = "flag" | "env" | "file";
-
-/** One raw value from one layer. */
-interface RawValue {
-  readonly layer: Layer;
-  readonly value: unknown;
-  /** How the user spelled it, for error messages. */
-  readonly label: string;
-  readonly ctx: ValueContext;
-}
-
-const META_FLAGS = new Set(["help", "print-config", "config"]);
 const CONFIG_ENV = `${ENV_PREFIX}CONFIG`;
 /**
  * Variables Kubernetes injects for a Service named `kvmi-bridge` (service links:
@@ -77,7 +63,6 @@ const CONFIG_ENV = `${ENV_PREFIX}CONFIG`;
  */
 const K8S_SERVICE_LINK = /^KVMI_BRIDGE_(SERVICE_HOST|SERVICE_PORT(_.*)?|PORT(_\d+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)?)$/;
 
-const byFlag = new Map(OPTION_KEYS.map((key) => [flagName(key), key]));
 const byEnv = new Map(OPTION_KEYS.map((key) => [envName(key), key]));
 
 /**
@@ -183,299 +168,6 @@ export function loadConfigOrThrow(input: LoadConfigInput): BridgeConfig {
 
 function defaultOf(spec: OptionSpec<unknown>, ctx: DefaultContext): unknown {
   return typeof spec.defaultValue === "function" ? (spec.defaultValue as (c: DefaultContext) => unknown)(ctx) : spec.defaultValue;
-}
-
-interface ParsedArgv {
-  readonly help: boolean;
-  readonly printConfig: boolean;
-  readonly configPath: string | undefined;
-  readonly values: ReadonlyArray<readonly [keyof BridgeConfig, RawValue]>;
-}
-
-function parseArgv(argv: readonly string[], ctx: ValueContext, errors: string[]): ParsedArgv {
-  let help = false;
-  let printConfig = false;
-  let configPath: string | undefined;
-  const scalars = new Map<keyof BridgeConfig, RawValue>();
-  const repeated = new Map<keyof BridgeConfig, { label: string; items: string[] }>();
-  for (let i = 0; i < argv.length; i++) {
-    const token = argv[i]!;
-    if (token === "-h") {
-      help = true;
-      continue;
-    }
-    if (token === "--") {
-      for (const rest of argv.slice(i + 1)) errors.push(`unexpected argument "${rest}"`);
-      break;
-    }
-    if (!token.startsWith("--")) {
-      errors.push(`unexpected argument "${token}" (options start with --; see --help)`);
-      continue;
-    }
-    const eq = token.indexOf("=");
-    const name = token.slice(2, eq < 0 ? undefined : eq);
-    const inline = eq < 0 ? undefined : token.slice(eq + 1);
-    const label = `--${name}`;
-    const takeValue = (): string | undefined => {
-      if (inline !== undefined) return inline;
-      const next = argv[i + 1];
-      if (next === undefined || next.startsWith("--")) {
-        errors.push(`${label}: needs a value`);
-        return undefined;
-      }
-      i++;
-      return next;
-    };
-
-    if (META_FLAGS.has(name)) {
-      if (name === "config") {
-        const value = takeValue();
-        if (value !== undefined) {
-          if (configPath !== undefined) errors.push(`--config: given more than once`);
-          configPath = resolve(ctx.baseDir, value);
-        }
-      } else if (inline !== undefined) {
-        errors.push(`${label}: takes no value`);
-      } else if (name === "help") help = true;
-      else printConfig = true;
-      continue;
-    }
-
-    const negated = name.startsWith("no-") ? byFlag.get(name.slice(3)) : undefined;
-    if (negated !== undefined && OPTIONS[negated].shape === "bool") {
-      if (inline !== undefined) errors.push(`${label}: takes no value`);
-      else setScalar(negated, { layer: "flag", value: false, label, ctx });
-      continue;
-    }
-    const key = byFlag.get(name);
-    if (key === undefined) {
-      errors.push(`${label}: unknown option${suggest(label, [...[...byFlag.keys()].map((f) => `--${f}`), "--config", "--print-config", "--help"])}`);
-      continue;
-    }
-    const shape = OPTIONS[key].shape;
-    if (shape === "bool") {
-      setScalar(key, { layer: "flag", value: inline ?? true, label, ctx });
-    } else if (shape === "list" || shape === "map") {
-      const value = takeValue();
-      if (value === undefined) continue;
-      const entry = repeated.get(key) ?? { label, items: [] };
-      entry.items.push(value);
-      repeated.set(key, entry);
-    } else {
-      const value = takeValue();
-      if (value !== undefined) setScalar(key, { layer: "flag", value, label, ctx });
-    }
-  }
-  function setScalar(key: keyof BridgeConfig, raw: RawValue): void {
-    if (scalars.has(key)) errors.push(`${raw.label}: given more than once (as ${scalars.get(key)!.label})`);
-    scalars.set(key, raw);
-  }
-  const values: Array<readonly [keyof BridgeConfig, RawValue]> = [...scalars];
-  for (const [key, { label, items }] of repeated) values.push([key, { layer: "flag", value: items, label, ctx }]);
-  return { help, printConfig, configPath, values };
-}
-
-function readConfigFile(path: string, source: string, errors: string[]): Array<readonly [keyof BridgeConfig, RawValue]> {
-  let text: string;
-  try {
-    text = readFileSync(path, "utf8");
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    errors.push(`${source}: cannot read "${path}" (${code === "ENOENT" ? "no such file" : (code ?? String(error))})`);
-    return [];
-  }
-  const ext = extname(path).toLowerCase();
-  let document: unknown;
-  try {
-    if (ext === ".json") document = JSON.parse(text);
-    else if (ext === ".yaml" || ext === ".yml") document = parseYaml(text);
-    else {
-      errors.push(`${source}: "${path}" must end in .yaml, .yml or .json`);
-      return [];
-    }
-  } catch (error) {
-    errors.push(`${source}: "${path}" is not valid ${ext === ".json" ? "JSON" : "YAML"}: ${(error as Error).message.split("\n")[0]}`);
-    return [];
-  }
-  if (document === null || document === undefined) return []; // An empty file configures nothing.
-  if (typeof document !== "object" || Array.isArray(document)) {
-    errors.push(`${source}: "${path}" must hold a mapping of option names to values`);
-    return [];
-  }
-  const ctx: ValueContext = { baseDir: dirname(path) };
-  const out: Array<readonly [keyof BridgeConfig, RawValue]> = [];
-  for (const [name, value] of Object.entries(document)) {
-    const label = `${name} in ${path}`;
-    if (!Object.hasOwn(OPTIONS, name)) {
-      errors.push(`${label}: unknown option${suggest(name, OPTION_KEYS)}`);
-      continue;
-    }
-    if (value === null) continue; // null means "not set here", so a printed config can be fed back.
-    out.push([name as keyof BridgeConfig, { layer: "file", value, label, ctx }]);
-  }
-  return out;
-}
-
-function crossCheck(
-  c: Partial<BridgeConfig>,
-  failed: ReadonlySet<string>,
-  origin: Readonly<Record<string, string>>,
-  now: Date,
-  errors: string[],
-  warnings: string[],
-): void {
-  const good = (...keys: Array<keyof BridgeConfig>): boolean => keys.every((key) => !failed.has(key));
-  const name = (key: keyof BridgeConfig): string => origin[key] ?? key;
-
-  // TLS material comes as a pair; a client CA needs a server certificate.
-  if (good("tlsCert", "tlsKey")) {
-    if (c.tlsCert !== undefined && c.tlsKey === undefined) errors.push(`${name("tlsCert")}: needs --tls-key as well`);
-    if (c.tlsKey !== undefined && c.tlsCert === undefined) errors.push(`${name("tlsKey")}: needs --tls-cert as well`);
-  }
-  if (good("tlsCert", "tlsKey") && c.tlsCert !== undefined && c.tlsKey !== undefined) {
-    checkKeyPair(c.tlsCert, c.tlsKey, name("tlsCert"), name("tlsKey"), now, errors, warnings);
-  }
-  // A CA bundle of peer certificates (clients', forwarders') needs a server certificate and PEM.
-  for (const [key, whose] of [["tlsClientCa", "client"], ["forwardClientCa", "forwarder"]] as const) {
-    const file = c[key];
-    if (file === undefined) continue;
-    if (good(key, "tlsCert") && c.tlsCert === undefined) errors.push(`${name(key)}: ${whose} certificates need TLS; give --tls-cert and --tls-key too`);
-    if (!good(key)) continue;
-    try {
-      new X509Certificate(readFileSync(file));
-    } catch {
-      errors.push(`${name(key)}: "${file}" holds no PEM certificate`);
-    }
-  }
-  if (good("forwardListen", "forwardClientCa", "tlsClientCa") && c.forwardClientCa === undefined && c.tlsClientCa !== undefined) {
-    const tcp = (c.forwardListen ?? []).filter((item) => {
-      const address = parseKvmiListen(item, "/");
-      return address.ok && address.value.kind === "tcp";
-    });
-    if (tcp.length > 0) {
-      warnings.push(`${name("forwardListen")}: forwarders on ${tcp.join(", ")} are checked against --tls-client-ca, so any gRPC client certificate can connect as a VM; give --forward-client-ca`);
-    }
-  }
-
-  // Plaintext only where nobody else can listen in (guest memory travels over this socket).
-  if (good("grpcListen", "tlsCert", "tlsKey", "allowInsecure") && c.grpcListen !== undefined) {
-    const address = parseGrpcListen(c.grpcListen, "/");
-    const tls = c.tlsCert !== undefined && c.tlsKey !== undefined;
-    if (address.ok && !tls && !isLoopback(address.value) && c.allowInsecure !== true) {
-      errors.push(
-        `${name("grpcListen")}: ${c.grpcListen} is not a loopback address, and plaintext gRPC there would expose guest ` +
-          `memory to the network. Give --tls-cert and --tls-key (plus --tls-client-ca for mTLS), listen on ` +
-          `127.0.0.1:PORT or unix:PATH, or pass --allow-insecure if another layer protects the network`,
-      );
-    }
-    if (tls && c.allowInsecure === true) warnings.push(`${name("allowInsecure")}: has no effect because TLS is configured`);
-  }
-
-  // A policy is required off loopback unless authorization is explicitly off (docs/authorization.md).
-  if (good("authorization", "policyFile", "jwtJwksFile", "jwtIssuer", "jwtAudience", "grpcListen")) {
-    const address = c.grpcListen === undefined ? undefined : parseGrpcListen(c.grpcListen, "/");
-    checkAuthOptions(c, address?.ok === true ? isLoopback(address.value) : undefined, name, errors);
-  }
-
-  // One secret source.
-  if (good("secret", "secretFile") && c.secret !== undefined && c.secretFile !== undefined) {
-    errors.push(`${name("secretFile")}: give either a secret file or an inline secret (${name("secret")}), not both`);
-  }
-  if (good("secretFile") && c.secretFile !== undefined) {
-    try {
-      if (readFileSync(c.secretFile).length === 0) errors.push(`${name("secretFile")}: "${c.secretFile}" is empty`);
-    } catch (error) {
-      errors.push(`${name("secretFile")}: cannot read "${c.secretFile}" (${(error as NodeJS.ErrnoException).code})`);
-    }
-  }
-
-  if (good("embedded", "embeddedVms", "maxVms") && c.embedded && c.embeddedVms! > c.maxVms!) {
-    errors.push(`${name("embeddedVms")}: ${c.embeddedVms} emulated VMs exceed maxVms ${c.maxVms}`);
-  }
-
-  // Two listeners on one endpoint fail at bind time with EADDRINUSE; say which ones now.
-  if (good("grpcListen", "metricsListen", "kvmiListen")) {
-    const endpoints: Array<{ label: string; address: ListenAddress }> = [];
-    const grpc = parseGrpcListen(c.grpcListen!, "/");
-    if (grpc.ok) endpoints.push({ label: name("grpcListen"), address: grpc.value });
-    if (c.metricsListen !== "off") {
-      const metrics = parseHostPort(c.metricsListen!);
-      if (metrics.ok) endpoints.push({ label: name("metricsListen"), address: metrics.value });
-    }
-    for (const item of c.kvmiListen!) {
-      const kvmi = parseKvmiListen(item, "/");
-      if (!kvmi.ok) continue;
-      endpoints.push({ label: name("kvmiListen"), address: kvmi.value });
-      if (kvmi.value.kind === "tcp" && !isLoopback(kvmi.value)) {
-        warnings.push(`${name("kvmiListen")}: ${item} accepts KVMI from the network; only the cookie secret authenticates QEMU`);
-      }
-    }
-    for (let i = 0; i < endpoints.length; i++) {
-      for (let j = i + 1; j < endpoints.length; j++) {
-        if (sameEndpoint(endpoints[i]!.address, endpoints[j]!.address)) {
-          errors.push(`${endpoints[j]!.label}: uses the same address as ${endpoints[i]!.label}`);
-        }
-      }
-    }
-  }
-}
-
-function sameEndpoint(a: ListenAddress, b: ListenAddress): boolean {
-  if (a.kind === "unix") return b.kind === "unix" && a.path === b.path;
-  if (b.kind === "unix") return false;
-  if (a.port === 0 || a.port !== b.port) return false;
-  return a.host === b.host || isWildcardHost(a.host) || isWildcardHost(b.host);
-}
-
-function checkKeyPair(certPath: string, keyPath: string, certLabel: string, keyLabel: string, now: Date, errors: string[], warnings: string[]): void {
-  let cert: X509Certificate | undefined;
-  try {
-    cert = new X509Certificate(readFileSync(certPath));
-  } catch {
-    errors.push(`${certLabel}: "${certPath}" holds no PEM certificate`);
-  }
-  let key: ReturnType<typeof createPrivateKey> | undefined;
-  try {
-    key = createPrivateKey(readFileSync(keyPath));
-  } catch (error) {
-    const encrypted = /passphrase/i.test((error as Error).message);
-    errors.push(`${keyLabel}: "${keyPath}" ${encrypted ? "is encrypted; give an unencrypted PEM key" : "holds no PEM private key"}`);
-  }
-  if (cert === undefined) return;
-  if (key !== undefined && !cert.checkPrivateKey(key)) {
-    errors.push(`${keyLabel}: "${keyPath}" does not belong to the certificate in "${certPath}"`);
-  }
-  if (new Date(cert.validTo).getTime() < now.getTime()) {
-    errors.push(`${certLabel}: the certificate in "${certPath}" expired on ${new Date(cert.validTo).toISOString()}`);
-  } else if (new Date(cert.validFrom).getTime() > now.getTime()) {
-    warnings.push(`${certLabel}: the certificate in "${certPath}" is not valid before ${new Date(cert.validFrom).toISOString()}`);
-  }
-}
-
-/** ` (did you mean X?)` for the closest candidate within a small edit distance, or "". */
-function suggest(input: string, candidates: Iterable<string>): string {
-  let best: string | undefined;
-  let bestDistance = Infinity;
-  for (const candidate of candidates) {
-    const distance = editDistance(input.toLowerCase(), candidate.toLowerCase());
-    if (distance < bestDistance) {
-      best = candidate;
-      bestDistance = distance;
-    }
-  }
-  return best !== undefined && bestDistance <= Math.max(2, Math.floor(input.length / 4)) ? ` (did you mean ${best}?)` : "";
-}
-
-function editDistance(a: string, b: string): number {
-  let previous = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    const current = [i];
-    for (let j = 1; j <= b.length; j++) {
-      current[j] = Math.min(previous[j]! + 1, current[j - 1]! + 1, previous[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
-    }
-    previous = current;
-  }
-  return previous[b.length]!;
 }
 
 function deepFreeze<T>(value: T): T {
