@@ -2,8 +2,9 @@
 /**
  * The real KVM ioctls, through ffi-rs (conventions §4: all ffi-rs use lives in `src/ioctl/`).
  *
- * - libc's `open`, `close` and `ioctl` are called with `errno: true`; a `-1` return becomes a
- *   {@link KvmiRemoteError} carrying the host errno.
+ * - libc comes from `libc.ts` (the ffi-rs binding, errno read with every call); a `-1` return
+ *   becomes a {@link KvmiRemoteError} carrying the host errno. Each fd is an {@link OwnedFd}
+ *   (`owned-fd.ts`): its close waits for the ioctls in flight.
  * - Calls that can block (KVM_CREATE_VM, all KVMI ioctls: HOOK starts a kernel thread, UNHOOK waits
  *   for it to finish, PREUNHOOK writes to the socket) run with `runInNewThread: true`, off the event
  *   loop. Pure lookups (KVM_GET_API_VERSION, KVM_CHECK_EXTENSION) and `open`/`close` of /dev/kvm
@@ -14,260 +15,28 @@
  *   ioctls (0xAEC7 is KVM_RESET_DIRTY_RINGS) and so do the capability numbers (184 is
  *   KVM_CAP_LAST_CPU), see `probe.ts`.
  *
- * ffi-rs is loaded lazily, on the first call, so importing this module never loads a native addon.
+ * ffi-rs is loaded lazily (`libc.ts`), on the first call, so importing this module never loads a native addon.
  *
  * @see Documentation/virt/kvm/api.rst §4.1 (KVM_GET_API_VERSION), §4.2 (KVM_CREATE_VM),
  *      §4.4 (KVM_CHECK_EXTENSION); kvmi-abi §2.2, §2.4 (KVMI ioctls).
  */
-import { Buffer } from "node:buffer";
-import { createRequire } from "node:module";
-import { constants as osConstants } from "node:os";
-import { KvmiArgumentError, KvmiRemoteError, KvmiTransportError, KvmiUnsupportedError } from "../errors.js";
+import { KvmiArgumentError, KvmiUnsupportedError } from "../errors.js";
 import { _IOC_SIZE } from "./ioc.js";
+import type { Libc } from "./libc.js";
+import { ffiLibc, remoteError } from "./libc.js";
+import { OwnedFd } from "./owned-fd.js";
 import type { IntrospectionProbe } from "./probe.js";
 import { identifyIntrospection, KVM_INTROSPECTION_PARAM_PATH, readIntrospectionMarker } from "./probe.js";
 import type { IoctlSpec, KvmiIoctlName, KvmiIoctlTable } from "./table.js";
 import { KVM_CHECK_EXTENSION, KVM_CREATE_VM, KVM_GET_API_VERSION, KVMI_IOCTL_TABLES } from "./table.js";
 
-// ---------------------------------------------------------------------------------------------
-// libc through ffi-rs
-// ---------------------------------------------------------------------------------------------
-
-/** A libc call's return value and the `errno` read right after it, on the same thread. */
-export interface SyscallResult {
-  readonly value: number;
-  /** Meaningful only when `value === -1`. */
-  readonly errno: number;
-}
-
-/**
- * The three libc entry points the bridge needs. The default implementation is ffi-rs over
- * `libc.so.6`; tests may wrap it to record what reaches the kernel.
- * @internal
- */
-export interface Libc {
-  /** `int open(const char *path, int flags)`. */
-  open(path: string, flags: number): SyscallResult;
-  /** `int close(int fd)`. */
-  close(fd: number): SyscallResult;
-  /** `int ioctl(int fd, unsigned long request, unsigned long arg)` on the calling thread. */
-  ioctl(fd: number, request: number, arg: number): SyscallResult;
-  /**
-   * `ioctl` on a worker thread. `arg` is an integer passed by value, or a buffer whose address is
-   * passed (zero-copy). The buffer must stay untouched until the promise settles.
-   */
-  ioctlAsync(fd: number, request: number, arg: number | Uint8Array): Promise<SyscallResult>;
-}
+// The libc binding and errno helpers moved to libc.ts; their import path here stays (index.ts, doctor.ts, tests).
+export { errnoName, ffiLibc } from "./libc.js";
+export type { Libc, SyscallResult } from "./libc.js";
 
 /** `O_RDWR` and `O_CLOEXEC` from `include/uapi/asm-generic/fcntl.h` (x86_64 uses the generic values). */
 const O_RDWR = 0o2;
 const O_CLOEXEC = 0o2000000;
-
-const LIBC_KEY = "kvmi-bridge:libc";
-const LIBC_PATH = "libc.so.6";
-
-type Ffi = typeof import("ffi-rs");
-
-let defaultLibc: Libc | undefined;
-
-function withCause<E extends Error>(error: E, cause: unknown): E {
-  Object.defineProperty(error, "cause", { value: cause, configurable: true, writable: true });
-  return error;
-}
-
-function toResult(raw: unknown): SyscallResult {
-  const r = raw as { value?: unknown; errnoCode?: unknown } | null;
-  if (r === null || typeof r !== "object" || typeof r.value !== "number" || typeof r.errnoCode !== "number") {
-    throw new KvmiUnsupportedError(`ffi-rs returned an unexpected result shape: ${String(raw)}`);
-  }
-  return { value: r.value, errno: r.errnoCode };
-}
-
-function createFfiLibc(): Libc {
-  let ffi: Ffi;
-  try {
-    const require = createRequire(import.meta.url);
-    ffi = require("ffi-rs") as Ffi;
-    ffi.open({ library: LIBC_KEY, path: LIBC_PATH });
-  } catch (cause) {
-    throw withCause(
-      new KvmiUnsupportedError(
-        `the native ioctl binding is unavailable (ffi-rs could not load ${LIBC_PATH}): ${String(cause)}`,
-      ),
-      cause,
-    );
-  }
-  const { DataType } = ffi;
-  return {
-    open(path, flags) {
-      // SAFETY: `path` is copied by ffi-rs into a NUL-terminated C string it owns for the duration of
-      // the call; open(2) reads it and keeps no reference. No buffer is shared with the kernel.
-      const raw: unknown = ffi.load({
-        library: LIBC_KEY,
-        funcName: "open",
-        retType: DataType.I32,
-        paramsType: [DataType.String, DataType.I32],
-        paramsValue: [path, flags],
-        errno: true,
-      });
-      return toResult(raw);
-    },
-    close(fd) {
-      // SAFETY: integer argument only; the caller owns `fd` and never uses it again after this call.
-      const raw: unknown = ffi.load({
-        library: LIBC_KEY,
-        funcName: "close",
-        retType: DataType.I32,
-        paramsType: [DataType.I32],
-        paramsValue: [fd],
-        errno: true,
-      });
-      return toResult(raw);
-    },
-    ioctl(fd, request, arg) {
-      // SAFETY: `arg` is passed by value as an unsigned long (capability number, machine type or 0);
-      // callers only use this for `_IO` requests, whose size field is 0, so the kernel dereferences
-      // no user memory.
-      const raw: unknown = ffi.load({
-        library: LIBC_KEY,
-        funcName: "ioctl",
-        retType: DataType.I32,
-        paramsType: [DataType.I32, DataType.U64, DataType.U64],
-        paramsValue: [fd, request, arg],
-        errno: true,
-      });
-      return toResult(raw);
-    },
-    async ioctlAsync(fd, request, arg) {
-      if (typeof arg === "number") {
-        // SAFETY: as `ioctl` above: by-value argument for an `_IO` request; nothing is dereferenced.
-        // Runs on an ffi-rs worker thread; errno is read on that same thread.
-        const raw: unknown = await ffi.load({
-          library: LIBC_KEY,
-          funcName: "ioctl",
-          retType: DataType.I32,
-          paramsType: [DataType.I32, DataType.U64, DataType.U64],
-          paramsValue: [fd, request, arg],
-          errno: true,
-          runInNewThread: true,
-        });
-        return toResult(raw);
-      }
-      // A Buffer view over the caller's bytes (no copy): ffi-rs passes the view's data pointer.
-      const view = Buffer.isBuffer(arg) ? arg : Buffer.from(arg.buffer, arg.byteOffset, arg.byteLength);
-      // SAFETY: the kernel reads exactly `_IOC_SIZE(request)` bytes from the pointer; every caller
-      // checks `view.byteLength === _IOC_SIZE(request)` first. The bytes are owned by the caller's
-      // ArrayBuffer, which V8 never moves; `view` stays referenced by this frame until the worker
-      // thread returns, so it cannot be collected mid-call. The kernel keeps no reference after return.
-      const raw: unknown = await ffi.load({
-        library: LIBC_KEY,
-        funcName: "ioctl",
-        retType: DataType.I32,
-        paramsType: [DataType.I32, DataType.U64, DataType.U8Array],
-        paramsValue: [fd, request, view],
-        errno: true,
-        runInNewThread: true,
-      });
-      void view.byteLength; // keep `view` alive until the call has returned
-      return toResult(raw);
-    },
-  };
-}
-
-/**
- * The ffi-rs libc binding, created (and ffi-rs loaded) on first use.
- * @throws KvmiUnsupportedError when ffi-rs or libc.so.6 cannot be loaded.
- * @internal
- */
-export function ffiLibc(): Libc {
-  defaultLibc ??= createFfiLibc();
-  return defaultLibc;
-}
-
-// ---------------------------------------------------------------------------------------------
-// errno helpers
-// ---------------------------------------------------------------------------------------------
-
-const ERRNO_NAMES = new Map<number, string>(
-  Object.entries(osConstants.errno).map(([name, value]) => [value, name] as const),
-);
-
-/** The symbolic name of a host errno (`ENOENT`), or `errno N`. */
-export function errnoName(errno: number): string {
-  return ERRNO_NAMES.get(errno) ?? `errno ${errno}`;
-}
-
-function remoteError(errno: number, command: string): KvmiRemoteError {
-  return new KvmiRemoteError(errno, { command });
-}
-
-// ---------------------------------------------------------------------------------------------
-// fd ownership
-// ---------------------------------------------------------------------------------------------
-
-/**
- * Owns one fd. Closing while an async ioctl is in flight defers the close(2) until that call has
- * returned, so a worker thread can never issue an ioctl on a recycled fd number.
- */
-class OwnedFd {
-  private inflight = 0;
-  private state: "open" | "closing" | "closed" = "open";
-
-  constructor(
-    private readonly libc: Libc,
-    readonly fd: number,
-    private readonly what: string,
-  ) {}
-
-  get closed(): boolean {
-    return this.state !== "open";
-  }
-
-  check(command: string): number {
-    if (this.state !== "open") {
-      throw new KvmiTransportError(`${command} on a closed ${this.what} fd`, { command });
-    }
-    return this.fd;
-  }
-
-  async run<T>(command: string, fn: (fd: number) => Promise<T>): Promise<T> {
-    const fd = this.check(command);
-    this.inflight++;
-    let outcome: { readonly ok: true; readonly value: T } | { readonly ok: false; readonly error: unknown };
-    try {
-      outcome = { ok: true, value: await fn(fd) };
-    } catch (error) {
-      outcome = { ok: false, error };
-    }
-    this.inflight--;
-    if (this.inflight === 0 && this.state === "closing") {
-      try {
-        this.release();
-      } catch (closeError) {
-        // The ioctl's own failure is the more useful error; a deferred close failure only surfaces alone.
-        if (outcome.ok) throw closeError;
-      }
-    }
-    if (!outcome.ok) throw outcome.error;
-    return outcome.value;
-  }
-
-  close(): void {
-    if (this.state !== "open") return;
-    this.state = "closing";
-    if (this.inflight === 0) this.release();
-  }
-
-  private release(): void {
-    this.state = "closed";
-    // SAFETY: we own `fd` and mark it closed before the call, so it is closed exactly once. On
-    // Linux the fd is released even when close(2) reports EINTR, so it is never retried.
-    const r = this.libc.close(this.fd);
-    if (r.value === -1 && r.errno !== osConstants.errno.EINTR) {
-      throw remoteError(r.errno, `close(${this.what} fd)`);
-    }
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Public objects
