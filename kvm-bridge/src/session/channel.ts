@@ -7,14 +7,15 @@
  * Backpressure, both ways (conventions §4, undici `client-h1.js`): when `write()` returns false,
  * later commands wait for `drain`; when the event sink says it is full, the socket stops being read
  * until the sink calls {@link KvmiChannel.resumeEvents}. In-flight commands are bounded.
+ *
+ * This file keeps the command path (seqs, slots, bursts) and the receive path (replies matched by
+ * seq, events to the sink, event replies); the socket's write order, the in-flight table and the
+ * channel's end are in its base class (channel-core.ts), the public shapes in channel-types.ts.
  */
 import type { Socket } from "node:net";
-import { KvmiArgumentError, KvmiProtocolError, KvmiRemoteError, KvmiTimeoutError, KvmiTransportError } from "../errors.js";
-import type { KvmiErrorContext } from "../errors.js";
-import type { Logger } from "../logger.js";
-import { silentLogger } from "../logger.js";
+import { KvmiArgumentError, KvmiProtocolError, KvmiRemoteError } from "../errors.js";
 import { requireCommand } from "../wire/dialect.js";
-import type { CommandSpec, Dialect, EventSpec } from "../wire/dialect.js";
+import type { CommandSpec } from "../wire/dialect.js";
 import {
   decodeEvent,
   decodeReply,
@@ -26,84 +27,21 @@ import {
   readReplyError,
 } from "../wire/message.js";
 import type { MsgHdr } from "../wire/message.js";
-import type { CommandOp, EventKind, OpReply, OpRequest } from "../wire/ops.js";
+import type { CommandOp } from "../wire/ops.js";
+import { KvmiChannelCore } from "./channel-core.js";
+import type { CommandOptions, CommandReply, CommandRequest, EventSink, KvmiChannelOptions, KvmiEvent } from "./channel-types.js";
 import { createFramer } from "./framer.js";
-import { BatchedCommand, BatchResults, InFlightSlots, PendingCommands } from "./in-flight.js";
+import { BatchedCommand, BatchResults } from "./in-flight.js";
 
-/** The request body of `op` (dialect-neutral; integers as number or bigint). */
-export type CommandRequest<O extends CommandOp> = OpRequest<O>;
-/** The decoded reply data of `op` (dialect-neutral). */
-export type CommandReply<O extends CommandOp> = OpReply<O>;
-
-/** An event as the channel delivers it (kvmi-abi §3.3), the same shape in every dialect. */
-export interface KvmiEvent {
-  readonly seq: number;
-  readonly vcpu: number;
-  /** The dialect-neutral kind (`spec.kind`). */
-  readonly kind: EventKind;
-  /** The event's entry in the channel's dialect table (wire id, kernel name, layouts). */
-  readonly spec: EventSpec;
-  readonly arch: Record<string, unknown>;
-  readonly payload: Record<string, unknown> | undefined;
-  /** `process.hrtime.bigint()` when the event was decoded, for latency metrics. */
-  readonly receivedAt: bigint;
-  /** Wall-clock `Date.now()` at the same moment, for clients (`Event.receive_time`). */
-  readonly receivedAtMs: number;
-}
-
-/**
- * Receives events. Returns false when it cannot take more: the channel then stops reading the
- * socket until {@link KvmiChannel.resumeEvents}.
- */
-export type EventSink = (event: KvmiEvent) => boolean;
-
-/** Per-command options. */
-export interface CommandOptions {
-  /** Fails with KvmiTimeoutError when no reply arrived in time; the entry is removed. */
-  readonly timeoutMs?: number;
-  readonly signal?: AbortSignal;
-}
-
-/** Options of {@link createKvmiChannel}. */
-export interface KvmiChannelOptions {
-  /** The dialect the kernel on the other end speaks: every id, layout and limit comes from it. */
-  readonly dialect: Dialect;
-  readonly logger?: Logger;
-  /** VM UUID, for error context. */
-  readonly vm?: string;
-  /** Commands in flight at once; further ones wait their turn. Default 256. */
-  readonly maxInFlight?: number;
-  /** Default command deadline when none is given. Default 30 s. */
-  readonly defaultTimeoutMs?: number;
-}
+export type { CommandOptions, CommandReply, CommandRequest, EventSink, KvmiChannelOptions, KvmiEvent } from "./channel-types.js";
 
 /** The tool side of a hooked VM's socket. */
-export class KvmiChannel {
-  readonly dialect: Dialect;
-  private readonly log: Logger;
-  private readonly pending = new PendingCommands<CommandSpec>(
-    (entry) => this.timeoutError(entry.spec, entry.vcpu, entry.timeoutMs),
-    (count) => this.slots.release(count),
-  );
-  private readonly slots: InFlightSlots;
-  private drained: Promise<void> | undefined;
-  private corked = false;
+export class KvmiChannel extends KvmiChannelCore {
   private sink: EventSink = () => true;
   private eventsPaused = false;
-  private closeError: KvmiTransportError | undefined;
-  private readonly closeListeners: Array<(err: KvmiTransportError) => void> = [];
-  private readonly defaultTimeoutMs: number;
-  private readonly vm: string | undefined;
 
-  constructor(
-    private readonly socket: Socket,
-    options: KvmiChannelOptions,
-  ) {
-    this.dialect = options.dialect;
-    this.log = options.logger ?? silentLogger;
-    this.slots = new InFlightSlots(options.maxInFlight ?? 256);
-    this.defaultTimeoutMs = options.defaultTimeoutMs ?? 30_000;
-    this.vm = options.vm;
+  constructor(socket: Socket, options: KvmiChannelOptions) {
+    super(socket, options);
     const framer = createFramer(this.dialect);
     const onFrame = (hdr: MsgHdr, body: Uint8Array): void => this.onMessage(hdr, body);
     socket.on("data", (chunk: Buffer) => {
@@ -118,24 +56,6 @@ export class KvmiChannel {
     socket.resume();
   }
 
-  /** True until the socket closed or {@link close} was called. */
-  get isOpen(): boolean {
-    return this.closeError === undefined;
-  }
-
-  /** Commands whose callers wait for a reply. */
-  get pendingCommands(): number {
-    return this.pending.size;
-  }
-
-  /**
-   * Commands whose callers gave up (deadline, abort) and whose replies have not come yet: each
-   * still holds its in-flight slot until the kernel answers (docs/decisions/0140).
-   */
-  get unansweredGivenUpCommands(): number {
-    return this.pending.givenUpCount;
-  }
-
   /** Installs the event consumer (one per channel). */
   setEventSink(sink: EventSink): void {
     this.sink = sink;
@@ -146,12 +66,6 @@ export class KvmiChannel {
     if (!this.eventsPaused || !this.isOpen) return;
     this.eventsPaused = false;
     this.socket.resume();
-  }
-
-  /** Registers a listener for the channel's end; called at once if already closed. */
-  onClose(listener: (err: KvmiTransportError) => void): void {
-    if (this.closeError !== undefined) listener(this.closeError);
-    else this.closeListeners.push(listener);
   }
 
   /**
@@ -303,23 +217,6 @@ export class KvmiChannel {
     await this.write(message, event.spec, event.vcpu);
   }
 
-  /** Closes the socket (both directions) and fails everything pending with KvmiTransportError. */
-  close(reason: string, cause?: unknown): void {
-    if (this.closeError !== undefined) return;
-    const err = new KvmiTransportError(reason, { ...(this.vm && { vm: this.vm }) }, { cause });
-    this.closeError = err;
-    // Flush what this tick corked (e.g. the last event reply of an unhook) before tearing down.
-    if (this.corked) this.socket.uncork();
-    this.socket.destroy();
-    this.pending.failAll(
-      (entry) => new KvmiTransportError(`${reason} while ${entry.spec.name} was in flight`, this.contextOf(entry.spec, entry.vcpu), { cause }),
-    );
-    // Every waiter proceeds, finds the channel closed and gives its slots back.
-    this.slots.close();
-    for (const listener of this.closeListeners.splice(0)) listener(err);
-    this.log.info({ reason }, "KVMI channel closed");
-  }
-
   // ---------------------------------------------------------------------------------------------
 
   /**
@@ -333,20 +230,6 @@ export class KvmiChannel {
     }
   }
 
-  /** Error context of a command or event reply, built only when an error needs it. */
-  private contextOf(spec: { readonly name: string }, vcpu: number | undefined): KvmiErrorContext {
-    return { command: spec.name, ...(this.vm && { vm: this.vm }), ...(vcpu !== undefined && { vcpu }) };
-  }
-
-  private assertOpen(context: KvmiErrorContext): void {
-    if (this.closeError !== undefined) {
-      throw new KvmiTransportError(`KVMI session closed: ${this.closeError.message}`, context, { cause: this.closeError });
-    }
-  }
-
-  private timeoutError(spec: CommandSpec, vcpu: number | undefined, timeoutMs: number): KvmiTimeoutError {
-    return new KvmiTimeoutError(`${spec.name} got no reply within ${timeoutMs} ms`, this.contextOf(spec, vcpu));
-  }
 
   /**
    * The burst of `seqs` reduced to the commands whose callers still wait; the others were given up
@@ -370,59 +253,6 @@ export class KvmiChannel {
     }
     if (keptSeqs.length === seqs.length) return burst;
     return encodeCommands(this.dialect, spec, keptSeqs, keptRequests, vcpu);
-  }
-
-  /** Writes one message, after the writes that wait for `drain` before it. */
-  private async write(message: Uint8Array, spec: { readonly name: string }, vcpu: number | undefined): Promise<void> {
-    await this.waitForTurn(spec, vcpu);
-    this.send(message);
-  }
-
-  /**
-   * Waits until the writes that wait for `drain` before this one are out.
-   * @throws KvmiTransportError when the channel closed while waiting.
-   */
-  private async waitForTurn(spec: { readonly name: string }, vcpu: number | undefined): Promise<void> {
-    while (this.drained !== undefined) await this.drained;
-    // The socket may have closed while this write waited: a 'close' that already fired would never
-    // resolve a new drain promise, and every later write would wait behind it forever.
-    if (this.closeError !== undefined) this.assertOpen(this.contextOf(spec, vcpu));
-  }
-
-  /** Writes `message` now (its turn has come: {@link waitForTurn}); nothing for an empty one. */
-  private send(message: Uint8Array): void {
-    if (message.length === 0) return;
-    this.corkUntilNextTick();
-    // A destroyed socket never drains; its 'close' (due now) fails the pending replies. Writers
-    // released by the same drain may each write before the first sets up the next wait: one
-    // wait for the next drain serves them all (one listener pair, not one per writer).
-    if (!this.socket.write(message) && !this.socket.destroyed && this.drained === undefined) {
-      this.drained = new Promise<void>((resolve) => {
-        const done = (): void => {
-          this.socket.off("drain", done);
-          this.socket.off("close", done);
-          this.drained = undefined;
-          resolve();
-        };
-        this.socket.once("drain", done);
-        this.socket.once("close", done);
-      });
-    }
-  }
-
-  /**
-   * Messages written in the same tick leave in one syscall: a batch read queues dozens of page
-   * reads at once. Each message still lies whole inside the write, which is all the kernel needs
-   * (it reads a header, then its body, kvmi-abi §3.1).
-   */
-  private corkUntilNextTick(): void {
-    if (this.corked) return;
-    this.corked = true;
-    this.socket.cork();
-    process.nextTick(() => {
-      this.corked = false;
-      this.socket.uncork();
-    });
   }
 
   private onMessage(hdr: MsgHdr, body: Uint8Array): void {

@@ -1,0 +1,56 @@
+// SPDX-License-Identifier: Apache-2.0
+/**
+ * The public shapes of the channel (kvmi-abi §3): its options, per-command options, the request and
+ * reply types of an op, and the event it delivers to its sink. Separate from channel.ts so that
+ * channel-core.ts and channel.ts share them without importing each other; channel.ts re-exports them.
+ */
+import type { Logger } from "../logger.js";
+import type { Dialect, EventSpec } from "../wire/dialect.js";
+import type { CommandOp, EventKind, OpReply, OpRequest } from "../wire/ops.js";
+
+/** The request body of `op` (dialect-neutral; integers as number or bigint). */
+export type CommandRequest<O extends CommandOp> = OpRequest<O>;
+/** The decoded reply data of `op` (dialect-neutral). */
+export type CommandReply<O extends CommandOp> = OpReply<O>;
+
+/** An event as the channel delivers it (kvmi-abi §3.3), the same shape in every dialect. */
+export interface KvmiEvent {
+  readonly seq: number;
+  readonly vcpu: number;
+  /** The dialect-neutral kind (`spec.kind`). */
+  readonly kind: EventKind;
+  /** The event's entry in the channel's dialect table (wire id, kernel name, layouts). */
+  readonly spec: EventSpec;
+  readonly arch: Record<string, unknown>;
+  readonly payload: Record<string, unknown> | undefined;
+  /** `process.hrtime.bigint()` when the event was decoded, for latency metrics. */
+  readonly receivedAt: bigint;
+  /** Wall-clock `Date.now()` at the same moment, for clients (`Event.receive_time`). */
+  readonly receivedAtMs: number;
+}
+
+/**
+ * Receives events. Returns false when it cannot take more: the channel then stops reading the
+ * socket until {@link KvmiChannel.resumeEvents}.
+ */
+export type EventSink = (event: KvmiEvent) => boolean;
+
+/** Per-command options. */
+export interface CommandOptions {
+  /** Fails with KvmiTimeoutError when no reply arrived in time; the entry is removed. */
+  readonly timeoutMs?: number;
+  readonly signal?: AbortSignal;
+}
+
+/** Options of {@link createKvmiChannel}. */
+export interface KvmiChannelOptions {
+  /** The dialect the kernel on the other end speaks: every id, layout and limit comes from it. */
+  readonly dialect: Dialect;
+  readonly logger?: Logger;
+  /** VM UUID, for error context. */
+  readonly vm?: string;
+  /** Commands in flight at once; further ones wait their turn. Default 256. */
+  readonly maxInFlight?: number;
+  /** Default command deadline when none is given. Default 30 s. */
+  readonly defaultTimeoutMs?: number;
+}
