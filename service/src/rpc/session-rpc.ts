@@ -2,35 +2,31 @@
 /**
  * The Session stream (session.proto): attach as controller or observer, run commands tagged with
  * client ids, receive events, the unhook notice and VM changes, answer events. A round trip here
- * costs one stream message each way, not a new HTTP/2 stream.
+ * costs one stream message each way, not a new HTTP/2 stream. Writing responses and backpressure
+ * are the base class's, in session-output.ts.
  */
 import { setMaxListeners } from "node:events";
 import { create } from "@bufbuild/protobuf";
 import { durationFromMs, timestampFromDate } from "@bufbuild/protobuf/wkt";
-import type { ServerDuplexStream } from "@grpc/grpc-js";
 import { KvmiArgumentError } from "@kvmi/kvm-bridge";
 import {
   AttachedSchema,
   CommandResultSchema,
-  EventBatchSchema,
   ReplyRejectedSchema,
   Role,
   SessionInfoSchema,
-  SessionResponseSchema,
   UnhookReason,
 } from "@kvmi/proto";
 import type {
   Attach,
   BatchReadMemoryRequest,
   CommandResult,
-  Event,
   EventReply,
   SessionCommand,
   SessionRequest,
-  SessionResponse,
   SetEventFilterRequest,
 } from "@kvmi/proto";
-import { BridgeError, QuotaExceededError } from "../mapping/bridge-error.js";
+import { BridgeError } from "../mapping/bridge-error.js";
 import { commandMappingByMethod } from "../mapping/commands.js";
 import { eventReplyToWire, eventToProto, unhookNotice } from "../mapping/events.js";
 import { compileEventFilter, filterSummaryToProto, ruleNoticeToProto } from "../mapping/event-filter.js";
@@ -46,27 +42,18 @@ import type { Principal } from "../auth/identity.js";
 import { authorizeSessionCommand } from "./authorization.js";
 import { ownerOf, principalOf } from "./principals.js";
 import type { RpcDeps } from "./call-context.js";
-import { dropUnreadStream, failStream, failure, quotasOf } from "./call-context.js";
+import { failStream, failure, quotasOf } from "./call-context.js";
 import type { QuotaLease } from "./quotas.js";
 import { commandErrorContext, runCommand } from "./command-rpcs.js";
 import type { CommandCaller } from "./command-rpcs.js";
 import { BATCH_READ_WINDOWS, batchRead, batchReadResponse } from "./memory-rpcs.js";
 import { recordOf, vmChangeOf } from "./registry-rpcs.js";
+import type { Call } from "./session-output.js";
+import { MAX_BUFFERED_EVENTS, MAX_BUFFERED_RESPONSES, SessionOutput } from "./session-output.js";
 
 /** Commands one session may have in flight. */
 export const MAX_INFLIGHT_COMMANDS = 64;
-/**
- * Responses grpc-js may hold for a client before the bridge stops sending it events; a session
- * that lets more pile up (VM changes keep coming) is dropped with RESOURCE_EXHAUSTED.
- */
-const MAX_BUFFERED_RESPONSES = 256;
-/**
- * Events (delivered ones and notifications) the session's written messages may hold before
- * HTTP/2 has taken them: batches put many events in one message, so messages alone do not bound
- * the memory a client that stops reading makes the bridge keep. Past it, events are refused as
- * past {@link MAX_BUFFERED_RESPONSES} (the bridge answers, a notification is dropped and counted).
- */
-export const MAX_BUFFERED_EVENTS = 1024;
+export { MAX_BUFFERED_EVENTS } from "./session-output.js";
 const MIN_EVENT_DEADLINE_MS = 10;
 const MAX_EVENT_DEADLINE_MS = 60_000;
 
@@ -76,14 +63,12 @@ const UNHOOK_REASONS: Readonly<Record<UnhookCause, UnhookReason>> = {
   "bridge-shutdown": UnhookReason.BRIDGE_SHUTDOWN,
 };
 
-type Call = ServerDuplexStream<SessionRequest, SessionResponse>;
-
 /** The Session handler. */
 export function sessionHandler(deps: RpcDeps): (call: Call) => void {
   return (call) => new SessionStream(deps, call).start();
 }
 
-class SessionStream {
+class SessionStream extends SessionOutput {
   private host: VmHost | undefined;
   private session: Session | undefined;
   private readonly inflight = new Set<bigint>();
@@ -95,34 +80,18 @@ class SessionStream {
    */
   private readonly ending = new AbortController();
   private stopWatching: (() => void) | undefined;
-  private ended = false;
   /** Who opened the stream (set by the authorization guard before start()). */
   private readonly principal: Principal;
   private readonly identity: string;
   /** This stream's place in the sessions quota. */
   private sessionLease: QuotaLease | undefined;
-  /** Quota held by results written while the stream was backed up: given back on `drain`. */
-  private heldUntilDrain: QuotaLease[] = [];
-  /** True while requests are not read because responses are backed up. */
-  private readingPaused = false;
   /** Sends the controller's filter summaries (EventFilter.summary_interval). */
   private summaryTimer: NodeJS.Timeout | undefined;
   /** The client asked for EventBatch messages (Attach.event_batches). */
   private batchEvents = false;
-  /**
-   * Events received in this turn, written as one message on the next tick (or before any other
-   * response, so the order of the stream stays the order of the bridge).
-   * docs/decisions/0160-event-batches.md
-   */
-  private turnEvents: Event[] = [];
-  /** Events in messages written to the stream that HTTP/2 has not taken yet ({@link MAX_BUFFERED_EVENTS}). */
-  private unsentEvents = 0;
-  private readonly flushTurnEvents = (): void => this.writeTurnEvents();
 
-  constructor(
-    private readonly deps: RpcDeps,
-    private readonly call: Call,
-  ) {
+  constructor(deps: RpcDeps, call: Call) {
+    super(deps, call);
     this.principal = principalOf(call);
     // Quotas count per identity: the one the controller binding uses.
     this.identity = ownerOf(this.principal);
@@ -142,84 +111,6 @@ class SessionStream {
     this.call.on("end", () => void this.finish("the client closed its side"));
     this.call.on("cancelled", () => void this.finish("the client cancelled"));
     this.call.on("error", () => void this.finish("the stream failed"));
-  }
-
-  private write(message: Parameters<typeof create<typeof SessionResponseSchema>>[1], lease?: QuotaLease, events = 0): boolean {
-    if (this.ended) {
-      lease?.release();
-      return false;
-    }
-    if (this.turnEvents.length > 0) this.writeTurnEvents();
-    return this.send(message, lease, events);
-  }
-
-  /** Writes `message`; `events` is how many events it carries (counted until HTTP/2 takes them). */
-  private send(message: Parameters<typeof create<typeof SessionResponseSchema>>[1], lease?: QuotaLease, events = 0): boolean {
-    let flowing: boolean;
-    if (events === 0) flowing = this.call.write(create(SessionResponseSchema, message));
-    else {
-      this.unsentEvents += events;
-      flowing = this.call.write(create(SessionResponseSchema, message), () => (this.unsentEvents -= events));
-    }
-    if (flowing) {
-      lease?.release();
-    } else {
-      // Backed up: what was just written still sits in memory, so its quota stays held, and no
-      // further request is read (each would add a result or a refusal) until the client drains
-      // (issue 18; conventions §4 backpressure).
-      if (lease !== undefined) this.heldUntilDrain.push(lease);
-      if (!this.readingPaused) {
-        this.readingPaused = true;
-        this.call.pause();
-      }
-    }
-    return this.call.writableLength <= MAX_BUFFERED_RESPONSES;
-  }
-
-  /**
-   * Queues an event for this turn's message: the first of a turn schedules the write. One event
-   * goes out as an Event, several as one EventBatch.
-   */
-  private queueEvent(event: Event): void {
-    if (this.turnEvents.push(event) === 1) process.nextTick(this.flushTurnEvents);
-  }
-
-  private writeTurnEvents(): void {
-    const events = this.turnEvents;
-    if (events.length === 0 || this.ended) return;
-    this.turnEvents = [];
-    if (events.length === 1) this.send({ message: { case: "event", value: events[0]! } }, undefined, 1);
-    else this.send({ message: { case: "events", value: create(EventBatchSchema, { events }) } }, undefined, events.length);
-  }
-
-  private onDrain(): void {
-    for (const lease of this.heldUntilDrain.splice(0)) lease.release();
-    if (this.readingPaused && !this.ended) {
-      this.readingPaused = false;
-      this.call.resume();
-    }
-  }
-
-  /**
-   * Drops a session whose client does not read while messages keep coming for it (VM changes,
-   * observer events): memory stays bounded by {@link MAX_BUFFERED_RESPONSES} per receiver.
-   */
-  private dropUnread(): void {
-    if (this.ended) return;
-    const err = new QuotaExceededError(
-      "session",
-      "sessionSendBuffer",
-      `the client did not read its session while ${this.call.writableLength} messages waited for it; read the stream and attach again`,
-    );
-    void this.finish("the client does not read", false);
-    dropUnreadStream(this.call, failure(this.deps, "session", err));
-  }
-
-  private fail(err: unknown): void {
-    if (this.ended) return;
-    const status = failure(this.deps, "session", err);
-    void this.finish("ended with an error", false);
-    failStream(this.call, status);
   }
 
   private onRequest(request: SessionRequest): void {
@@ -480,7 +371,7 @@ class SessionStream {
    * Ends the session: aborts its commands, detaches (the host applies the policy, or keeps the
    * controller's changes when it released with `keep_changes`), ends the stream.
    */
-  private async finish(reason: string, endStream = true, keepChanges = false): Promise<void> {
+  protected async finish(reason: string, endStream = true, keepChanges = false): Promise<void> {
     if (this.ended) return;
     this.ended = true;
     this.sessionLease?.release();

@@ -5,9 +5,10 @@
  * "thread" that reads the tool's messages and dispatches them, the close-on-malformed rules, the
  * reply switch of kvmi-v7 (CONTROL_CMD_RESPONSE) and the release on tool disconnect
  * (docs/protocol/README.md). Command semantics live in `vm-commands.ts` and `vcpu-commands.ts`,
- * keyed by op; nothing here depends on which dialect the table is.
+ * keyed by op; nothing here depends on which dialect the table is. The state between HOOK and
+ * UNHOOK and the helpers that touch only it are in `hooked-state.ts`; the ioctl argument types in
+ * `ioctl-args.ts`.
  */
-import type { Socket } from "node:net";
 import { KvmiProtocolError, KvmiRemoteError } from "../../errors.js";
 import type { Logger } from "../../logger.js";
 import { silentLogger } from "../../logger.js";
@@ -15,72 +16,29 @@ import { createFramer } from "../../session/framer.js";
 import { zeroValue } from "../../wire/codec.js";
 import type { CommandSpec, Dialect } from "../../wire/dialect.js";
 import { commandById, eventByKind, requireEvent } from "../../wire/dialect.js";
-import { KVM_EAGAIN, KVM_EFAULT, KVM_EINVAL, KVM_ENOENT, KVM_ENOSYS, KVM_EOPNOTSUPP, KVM_EPERM } from "../../wire/dialects/errno.js";
+import { KVM_EFAULT, KVM_EINVAL, KVM_ENOENT, KVM_ENOSYS, KVM_EOPNOTSUPP, KVM_EPERM } from "../../wire/dialects/errno.js";
 import { v9 } from "../../wire/dialects/v9.js";
 import type { DecodedCommand, MsgHdr } from "../../wire/message.js";
 import { decodeCommand, decodeEventReply, encodeEvent, encodeReply } from "../../wire/message.js";
 import type { EventKind } from "../../wire/ops.js";
-import { Outbox } from "../../wire/slab.js";
 import { describeForeignDialect } from "./foreign-dialect.js";
-import { AllowMasks, validateFeature } from "./allow-masks.js";
+import type { AllowMasks } from "./allow-masks.js";
+import { validateFeature } from "./allow-masks.js";
 import type { CommandResult, KernelContext } from "./command-context.js";
 import type { GuestPort, HostFeatures } from "./guest-port.js";
 import { DEFAULT_HOST_FEATURES, isPromise } from "./guest-port.js";
+import type { Hooked } from "./hooked-state.js";
+import { checkVcpuTarget, controlReplies, createHooked, fixedRequestBytes, flushAtTickEnd } from "./hooked-state.js";
+import type { FeatureArgs, HookArgs, KvmiVmOptions } from "./ioctl-args.js";
 import { VCPU_COMMAND_HANDLERS } from "./vcpu-commands.js";
 import { VcpuIntrospection } from "./vcpu-introspection.js";
 import { VM_COMMAND_HANDLERS } from "./vm-commands.js";
 
-/** Options of the emulated kernel. */
-export interface KvmiVmOptions {
-  /** The dialect this kernel speaks (default v9). */
-  readonly dialect?: Dialect;
-  readonly features?: Partial<HostFeatures>;
-  /** The `kvm.introspection` module parameter: when false every ioctl fails with EPERM. */
-  readonly introspectionEnabled?: boolean;
-  readonly logger?: Logger;
-}
-
-/** `struct kvm_introspection_hook` as the HOOK ioctl receives it (kvmi-abi §2.4). */
-export interface HookArgs {
-  /** The connected socket QEMU hands over; null models an fd that is not a socket (EINVAL). */
-  readonly fd: Socket | null;
-  readonly padding: number;
-  readonly uuid: Uint8Array;
-}
-
-/** `struct kvm_introspection_feature` (kvmi-abi §2.4). */
-export interface FeatureArgs {
-  readonly allow: number;
-  readonly id: number;
-}
+export type { FeatureArgs, HookArgs, KvmiVmOptions } from "./ioctl-args.js";
 
 const EEXIST = 17;
 /** How many of a connection's first messages are compared with the other dialects. */
 const FOREIGN_DIALECT_PROBE_MESSAGES = 2;
-
-/** State that exists only between HOOK and UNHOOK. */
-interface Hooked {
-  readonly socket: Socket;
-  /** What the kernel writes to the socket: the messages of one tick leave in one write. */
-  readonly outbox: Outbox;
-  /** True while a flush of the outbox is scheduled for the end of this tick. */
-  flushQueued: boolean;
-  readonly masks: AllowMasks;
-  readonly vcpus: VcpuIntrospection[];
-  readonly vmEvents: Set<number>;
-  eventSeq: number;
-  cleanup: boolean;
-  /** False once the socket was shut down (tool gone, malformed input, unhook). */
-  alive: boolean;
-  /** Resolves when the receive "thread" has finished. */
-  readonly receiveDone: Promise<void>;
-  /** Set while a command's asynchronous answer holds the receive thread; later messages queue behind it. */
-  busy: Promise<void> | undefined;
-  /** kvmi-v7 CONTROL_CMD_RESPONSE: false while the tool turned command replies off. */
-  repliesOn: boolean;
-  /** Messages received so far; the first ones tell whether the tool speaks this dialect. */
-  messages: number;
-}
 
 /** The emulated KVMI state of one VM. */
 export class KvmiVm implements KernelContext {
@@ -150,23 +108,7 @@ export class KvmiVm implements KernelContext {
     const socket = args.fd;
     let finishReceive!: () => void;
     const receiveDone = new Promise<void>((resolve) => (finishReceive = resolve));
-    const hooked: Hooked = {
-      socket,
-      outbox: new Outbox((bytes, done) => {
-        if (!socket.destroyed) socket.write(bytes, done);
-      }),
-      flushQueued: false,
-      masks: new AllowMasks(this.dialect),
-      vcpus: [],
-      vmEvents: new Set(),
-      eventSeq: 0,
-      cleanup: false,
-      alive: true,
-      receiveDone,
-      busy: undefined,
-      repliesOn: true,
-      messages: 0,
-    };
+    const hooked = createHooked(socket, this.dialect, receiveDone);
     this.hooked = hooked;
     hooked.vcpus.push(...this.guest.vcpus.map((port) => new VcpuIntrospection(this.vcpuContext(), port)));
     this.startReceiving(hooked, finishReceive);
@@ -323,21 +265,8 @@ export class KvmiVm implements KernelContext {
     const hooked = this.hooked;
     if (hooked === undefined || !hooked.alive || hooked.socket.destroyed) return false;
     hooked.outbox.commit(message);
-    this.flushAtTickEnd(hooked);
+    flushAtTickEnd(hooked);
     return true;
-  }
-
-  /**
-   * Messages produced in one tick (the replies to a burst of page reads) leave in one write; each
-   * is still whole inside it, as the kernel's single kernel_sendmsg per message is.
-   */
-  private flushAtTickEnd(hooked: Hooked): void {
-    if (hooked.flushQueued) return;
-    hooked.flushQueued = true;
-    process.nextTick(() => {
-      hooked.flushQueued = false;
-      hooked.outbox.flush();
-    });
   }
 
   /**
@@ -388,12 +317,12 @@ export class KvmiVm implements KernelContext {
       fatal = (err as Error).message;
       decoded = decodeCommand(this.dialect, { ...spec, request: { layout: spec.request.layout } }, body);
     }
-    if (spec.closesOnShortTail && body.length < this.fixedRequestBytes(spec)) {
+    if (spec.closesOnShortTail && body.length < fixedRequestBytes(this.dialect, spec)) {
       fatal ??= `${spec.name}: ${body.length}-byte message is shorter than its fixed part`;
     }
     if (spec.op === this.dialect.replyControlOp) {
       if (fatal !== undefined) return this.shutdown(hooked, fatal);
-      const result = this.controlReplies(hooked, decoded);
+      const result = controlReplies(hooked, decoded);
       // With `now = 1` the new state already decides this command's own reply.
       if (result.err === 0 && decoded.value["now"] === 1) answer = hooked.repliesOn;
       return this.reply(hooked, answer, spec, hdr.seq, result);
@@ -417,7 +346,7 @@ export class KvmiVm implements KernelContext {
       return;
     }
     // A pause is a receive-thread command: it is never answered EAGAIN.
-    const vcpu = this.checkVcpuTarget(hooked, decoded.vcpu!, decoded.vcpuHdrPadding, spec.dispatch === "vcpu-job");
+    const vcpu = checkVcpuTarget(hooked, decoded.vcpu!, decoded.vcpuHdrPadding, spec.dispatch === "vcpu-job");
     if (typeof vcpu === "number") return this.reply(hooked, answer, spec, hdr.seq, { err: vcpu });
     // The vCPU handler checks the length once the dispatch checks passed.
     if (fatal !== undefined) return this.shutdown(hooked, fatal);
@@ -437,15 +366,6 @@ export class KvmiVm implements KernelContext {
     });
   }
 
-  /** CONTROL_CMD_RESPONSE `{enable, now}`: EINVAL for padding or values above 1. */
-  private controlReplies(hooked: Hooked, { value, nonZeroPadding }: DecodedCommand): CommandResult {
-    const enable = value["enable"] as number;
-    const now = value["now"] as number;
-    if (nonZeroPadding !== undefined || enable > 1 || now > 1) return { err: KVM_EINVAL };
-    hooked.repliesOn = enable === 1;
-    return { err: 0, value: {} };
-  }
-
   /**
    * One clear line when the first messages look like another dialect's (a libkvmi tool against a
    * v9 kernel sends kvmi-v7's GET_VERSION, which v9 reads as CHECK_COMMAND): without it the tool
@@ -456,23 +376,9 @@ export class KvmiVm implements KernelContext {
     if (hint !== undefined) this.log.warn({ msgId: hdr.id, size: body.length, dialect: this.dialect.name }, hint);
   }
 
-  /** Dispatch-time checks of a vCPU-scoped message (kvmi-abi §2.9); returns an errno or the vCPU. */
-  private checkVcpuTarget(hooked: Hooked, index: number, padding: boolean, needsReady = true): VcpuIntrospection | number {
-    if (padding) return KVM_EINVAL;
-    const vcpu = hooked.vcpus[index];
-    if (vcpu === undefined) return KVM_EINVAL;
-    if (needsReady && !vcpu.port.initialized && !vcpu.isWaitingForReply) return KVM_EAGAIN;
-    return vcpu;
-  }
-
-  /** `kvmi_vcpu_hdr` (vCPU scope) plus the fixed part of the request body. */
-  private fixedRequestBytes(spec: CommandSpec): number {
-    return (spec.scope === "vcpu" ? this.dialect.layouts.vcpuHdr.size : 0) + (spec.request.layout?.size ?? 0);
-  }
-
   private dispatchEventReply(hooked: Hooked, hdr: MsgHdr, body: Uint8Array): void {
     const reply = decodeEventReply(this.dialect, body);
-    const vcpu = this.checkVcpuTarget(hooked, reply.vcpu, reply.vcpuHdrPadding);
+    const vcpu = checkVcpuTarget(hooked, reply.vcpu, reply.vcpuHdrPadding);
     if (typeof vcpu === "number") {
       // Rejected at dispatch: an ordinary error reply with id 0 and size 8 (kvmi-abi §3.1).
       return this.reply(hooked, hooked.repliesOn, { id: hdr.id, reply: { layout: null } }, hdr.seq, { err: vcpu });
