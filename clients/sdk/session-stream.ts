@@ -23,6 +23,7 @@ import type { CommandName, Transport, X86Regs } from "./commands.js";
 import { abortError, createError, DeadlineExceededError, fromStatus, PermissionDeniedError, SessionClosedError, StatusCode, toSdkError } from "./errors.js";
 import type { KvmiBridgeError } from "./errors.js";
 import { toFilterSummary, toUnhookNotice, toVcpuEvent } from "./events.js";
+import type { EventReplier } from "./events.js";
 import { parseEventFilter } from "./filter-syntax.js";
 import { ItemQueue } from "./item-queue.js";
 import { vmName } from "./names.js";
@@ -286,8 +287,11 @@ export class SessionStream implements Transport<CommandName> {
     }
   }
 
+  /** How an event's `continue()`/`reply()` reaches this stream: one function for every event. */
+  private readonly replier: EventReplier = (e, action, extras) => this.reply(e, action, extras);
+
   private onEvent(message: Event): void {
-    const event = toVcpuEvent(this.uuid, message, (e, action, extras) => this.reply(e, action, extras));
+    const event = toVcpuEvent(this.uuid, message, this.replier);
     if (event !== undefined) this.items.push(event);
   }
 
