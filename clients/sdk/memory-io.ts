@@ -37,20 +37,20 @@ export async function readMemory(
   let next = 0;
   let failed = false;
   const readChunks = async (): Promise<void> => {
-    while (next < length && !failed) {
-      const offset = next;
-      next += READ_CHUNK_BYTES;
-      const size = Math.min(READ_CHUNK_BYTES, length - offset);
-      const [result] = await commands.batchReadMemory([{ address: address + BigInt(offset), length: size, ...(via !== undefined && { via }) }], options).catch((err: unknown) => {
-        failed = true;
-        throw err;
-      });
-      if (!result!.ok) {
-        failed = true;
-        throw result!.error;
+    try {
+      while (next < length && !failed) {
+        const offset = next;
+        next += READ_CHUNK_BYTES;
+        const size = Math.min(READ_CHUNK_BYTES, length - offset);
+        const [result] = await commands.batchReadMemory([{ address: address + BigInt(offset), length: size, ...(via !== undefined && { via }) }], options);
+        if (!result!.ok) throw result!.error;
+        data.set(result!.data, offset);
+        holesByChunk[offset / READ_CHUNK_BYTES] = result!.holes;
       }
-      data.set(result!.data, offset);
-      holesByChunk[offset / READ_CHUNK_BYTES] = result!.holes;
+    } catch (err) {
+      // The other call in flight finishes, and no one starts another.
+      failed = true;
+      throw err;
     }
   };
   await Promise.all(Array.from({ length: Math.min(READ_CALLS_IN_FLIGHT, Math.ceil(length / READ_CHUNK_BYTES)) }, readChunks));
