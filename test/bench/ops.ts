@@ -5,17 +5,16 @@
  * noisy 2-core machine move by ±20% between runs; CPU per operation moves far less, so this is the
  * probe for before/after comparisons of a change (test/bench/README.md, "A/B").
  */
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Session as InspectorSession } from "node:inspector/promises";
 import { parseArgs } from "node:util";
 import { create } from "@bufbuild/protobuf";
 import { AddressSpace, BatchReadMemoryRequestSchema, DumpMemoryRequestSchema, EventType, GetVcpuInfoRequestSchema, Role } from "@kvmi/proto";
 import type { BridgeStarted } from "./bridge-child.js";
 import { BRIDGE, BridgeClient, SessionClient } from "./lib/clients.js";
 import type { EventLoopResult } from "./lib/emulator-host.js";
-import { ChildHandle } from "./lib/ipc.js";
+import { ChildHandle, startProfile, stopProfile } from "./lib/ipc.js";
 import { CR3, MiB } from "./perf-phases.js";
 
 const OPERATIONS = ["unary", "session", "event", "event4", "dump", "batch"] as const;
@@ -45,21 +44,6 @@ const SECONDS = Number(flags.seconds);
 const ROUNDS = Number(flags.rounds);
 const PROFILE_DIR = flags.profile;
 if (PROFILE_DIR !== undefined) mkdirSync(PROFILE_DIR, { recursive: true });
-
-async function startClientProfile(): Promise<InspectorSession> {
-  const session = new InspectorSession();
-  session.connect();
-  await session.post("Profiler.enable");
-  await session.post("Profiler.setSamplingInterval", { interval: 250 });
-  await session.post("Profiler.start");
-  return session;
-}
-
-async function stopClientProfile(session: InspectorSession, file: string): Promise<void> {
-  const { profile } = await session.post("Profiler.stop");
-  session.disconnect();
-  writeFileSync(file, JSON.stringify(profile));
-}
 
 const dir = mkdtempSync(join(tmpdir(), "kvmi-bench-ops-"));
 const bridgeChild = await ChildHandle.start("bridge", new URL("./bridge-child.ts", import.meta.url), { quiet: true });
@@ -121,7 +105,7 @@ try {
     // Round 0 warms up (JIT, connection) and is not printed.
     for (let round = 0; round <= ROUNDS; round++) {
       const profiling = PROFILE_DIR !== undefined && round === ROUNDS;
-      const clientProfiler = profiling ? await startClientProfile() : undefined;
+      const clientProfiler = profiling ? await startProfile() : undefined;
       if (profiling) await bridgeChild.call("profileStart", { intervalUs: 250 });
       const t0 = performance.now();
       const client0 = process.cpuUsage();
@@ -132,7 +116,7 @@ try {
       const client = process.cpuUsage(client0);
       const bridge1 = await bridgeChild.call<NodeJS.CpuUsage>("cpu");
       if (profiling) await bridgeChild.call("profileStop", { file: join(PROFILE_DIR, `${op}.cpuprofile`) });
-      if (clientProfiler !== undefined) await stopClientProfile(clientProfiler, join(PROFILE_DIR!, `${op}-client.cpuprofile`));
+      if (clientProfiler !== undefined) await stopProfile(clientProfiler, join(PROFILE_DIR!, `${op}-client.cpuprofile`));
       if (round === 0) continue;
       const per = (us: number): string => (us / units).toFixed(units >= 100 ? 0 : 1);
       const bridgeUser = bridge1.user - bridge0.user;

@@ -82,21 +82,34 @@ function profilerHandlers(): Handlers {
     loopStart: () => loop.start(),
     loopStop: () => loop.stop(),
     profileStart: async (params: { intervalUs?: number }) => {
-      session ??= new Session();
-      session.connect();
-      await session.post("Profiler.enable");
-      await session.post("Profiler.setSamplingInterval", { interval: params.intervalUs ?? 250 });
-      await session.post("Profiler.start");
+      if (session !== undefined) throw new Error("profileStart while profiling");
+      session = await startProfile(params.intervalUs);
     },
     profileStop: async (params: { file: string }) => {
       if (session === undefined) throw new Error("profileStop without profileStart");
-      const { profile } = await session.post("Profiler.stop");
-      await session.post("Profiler.disable");
-      session.disconnect();
+      const running = session;
       session = undefined;
-      writeFileSync(params.file, JSON.stringify(profile));
+      await stopProfile(running, params.file);
     },
   };
+}
+
+/** Starts the V8 sampling profiler of this thread (in-process inspector), every `intervalUs` µs. */
+export async function startProfile(intervalUs = 250): Promise<Session> {
+  const session = new Session();
+  session.connect();
+  await session.post("Profiler.enable");
+  await session.post("Profiler.setSamplingInterval", { interval: intervalUs });
+  await session.post("Profiler.start");
+  return session;
+}
+
+/** Stops a {@link startProfile} and writes its `.cpuprofile` to `file`. */
+export async function stopProfile(session: Session, file: string): Promise<void> {
+  const { profile } = await session.post("Profiler.stop");
+  await session.post("Profiler.disable");
+  session.disconnect();
+  writeFileSync(file, JSON.stringify(profile));
 }
 
 /** Options of {@link ChildHandle.start}. */
