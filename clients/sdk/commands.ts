@@ -6,7 +6,7 @@
  * builds requests and reads responses, the transport carries them.
  *
  * The public types are in `command-types.ts`, the retry/transport path in `dispatch.ts`, the memory
- * helpers of any length in `memory-io.ts`; this file keeps the import path of all of them.
+ * helpers of any length in `memory-io.ts`.
  *
  * Values the wire holds as u64 (addresses, registers, MSR values, GFNs, TSC) are `bigint`.
  *
@@ -35,32 +35,12 @@ import type {
 import { dispatch } from "./dispatch.js";
 import type { Transport } from "./dispatch.js";
 import { createError, fromStatus, StatusCode } from "./errors.js";
-import { holesOf, PAGE_SIZE } from "./memory.js";
+import { holesOf } from "./memory.js";
 import { readMemory, translateVia, writePhysicalPages, writeVirtualPages } from "./memory-io.js";
 import { eventTypeOf, vcpuName, vmName } from "./names.js";
 import type { EventName, VcpuEventName } from "./names.js";
 import type { RetryPolicy } from "./retry.js";
 import type { ResponseOf, ServiceMethods, UnaryMethodName } from "./rpc-methods.js";
-
-// The types and the dispatch path live in their own files; this import path stays for index.ts and the SDK's modules.
-export { PAGE_ACCESS } from "./command-types.js";
-export type {
-  CpuidLeaf,
-  ExceptionInput,
-  GetRegistersOptions,
-  MemoryRangeInput,
-  MemoryRangeResultInfo,
-  MtrrTypeInfo,
-  PageAccessInput,
-  PauseVcpuOptions,
-  RegistersSnapshot,
-  TranslationTarget,
-  VersionInfo,
-  VmCommands,
-  X86Regs,
-} from "./command-types.js";
-export { dispatch, IDEMPOTENT_METHODS } from "./dispatch.js";
-export type { CommandName, SessionOnlyCommand, Transport } from "./dispatch.js";
 
 const UNMAPPED_GPA = (1n << 64n) - 1n;
 
@@ -253,4 +233,3 @@ function toWireRange(range: MemoryRangeInput): MemoryRange {
   });
 }
 
-export { PAGE_SIZE };

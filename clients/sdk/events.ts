@@ -10,7 +10,7 @@ import { create } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { CpuMode, EventAction, EventArchSchema, EventMsrsSchema, RegsSchema, SregsSchema, UnhookReason } from "@kvmi/proto";
 import type { DescriptorType, Event, EventFilterSummary, EventMsrs, EventType, Regs, Sregs, UnhookNotice as UnhookNoticeMessage, VmChange } from "@kvmi/proto";
-import type { X86Regs } from "./commands.js";
+import type { X86Regs } from "./command-types.js";
 import { FailedPreconditionError, StatusCode } from "./errors.js";
 import type { KvmiBridgeError } from "./errors.js";
 

@@ -35,7 +35,8 @@ export type {
 export type { BearerToken, CallOptions, TlsOptions } from "./channel.js";
 export type { AttachOptions, EventFilterInput, EventsOptions, ReleaseOptions, Session, SessionRole, SetEventFilterOptions } from "./session.js";
 export { parseEventFilter } from "./filter-syntax.js";
-export { PAGE_ACCESS, PAGE_SIZE } from "./commands.js";
+export { PAGE_ACCESS } from "./command-types.js";
+export { PAGE_SIZE } from "./memory.js";
 // Guest profiles (ISF JSON) and OS-aware helpers (docs/profiles.md).
 export { Profile, ProfileError, stringifyIsf } from "./profile/profile.js";
 export type { FieldLayout, IsfDocument, IsfTypeRef } from "./profile/profile.js";
@@ -57,7 +58,7 @@ export type {
   VersionInfo,
   VmCommands,
   X86Regs,
-} from "./commands.js";
+} from "./command-types.js";
 export type {
   BreakpointEvent,
   ContinueWithValueOptions,

@@ -3,7 +3,7 @@
 // whichever call finishes first, and the first failure stops the read.
 import { describe, expect, it } from "vitest";
 import { CommandSurface } from "./commands.js";
-import type { MemoryRangeInput, MemoryRangeResultInfo } from "./commands.js";
+import type { MemoryRangeInput, MemoryRangeResultInfo } from "./command-types.js";
 import { MemoryHoleError } from "./errors.js";
 
 const MiB = 1024 * 1024;

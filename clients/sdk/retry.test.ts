@@ -3,7 +3,7 @@
 // never undercuts RetryInfo.
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { IDEMPOTENT_METHODS } from "./commands.js";
+import { IDEMPOTENT_METHODS } from "./dispatch.js";
 import { CancelledError, createError, InvalidArgumentError, StatusCode, UnavailableError } from "./errors.js";
 import type { KvmiBridgeError } from "./errors.js";
 import { DEFAULT_RETRY_POLICY, isRetryable, retryDelayMs, withRetry } from "./retry.js";

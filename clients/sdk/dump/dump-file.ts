@@ -16,7 +16,7 @@
 import { open, readFile, rename, rm, writeFile } from "node:fs/promises";
 import type { FileHandle } from "node:fs/promises";
 import type { VmHandle } from "../client.js";
-import type { X86Regs } from "../commands.js";
+import type { X86Regs } from "../command-types.js";
 import {
   ELF64_EHDR_BYTES, elfHeader, LIME_HEADER_BYTES, limeHeader, programHeader, prstatusNotes, PT_LOAD, PT_NOTE,
 } from "./dump-formats.js";

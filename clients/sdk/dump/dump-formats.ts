@@ -7,7 +7,7 @@
  *
  * @see ../../README.md ("Memory dumps")
  */
-import type { X86Regs } from "../commands.js";
+import type { X86Regs } from "../command-types.js";
 import type { Sregs } from "@kvmi/proto";
 
 export const ELF64_EHDR_BYTES = 64;

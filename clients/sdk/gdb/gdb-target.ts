@@ -13,7 +13,7 @@
  * @see ../../../docs/decisions/0060-gdb-breakpoints-through-kvmi.md
  */
 import type { BridgeClient } from "../client.js";
-import type { X86Regs } from "../commands.js";
+import type { X86Regs } from "../command-types.js";
 import { UnavailableError } from "../errors.js";
 import type { KvmiBridgeError } from "../errors.js";
 import type { SessionItem, VcpuEvent } from "../events.js";

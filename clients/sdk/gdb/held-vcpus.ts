@@ -8,7 +8,7 @@
  * Separate from `GdbTarget` so that its execution control deals in "held or not" while this
  * per-stop bookkeeping, and the register view built from it, sit in one place.
  */
-import type { X86Regs } from "../commands.js";
+import type { X86Regs } from "../command-types.js";
 import type { VcpuEvent } from "../events.js";
 import type { Session } from "../session.js";
 import type { RegisterSource } from "./x86-registers.js";

@@ -7,7 +7,7 @@
  * @see ../../README.md ("GDB gateway")
  */
 import type { Socket } from "node:net";
-import type { X86Regs } from "../commands.js";
+import type { X86Regs } from "../command-types.js";
 import { encodePacket, escapeBinary, fromHex, MAX_PACKET_BYTES, RspReader, toHex, unescapeBinary } from "./rsp-packet.js";
 import type { GdbTarget, ResumeAction, StopReport } from "./gdb-target.js";
 import type { RegisterSource } from "./x86-registers.js";

@@ -5,7 +5,7 @@
 import { create } from "@bufbuild/protobuf";
 import { SregsSchema } from "@kvmi/proto";
 import { describe, expect, it } from "vitest";
-import type { X86Regs } from "../commands.js";
+import type { X86Regs } from "../command-types.js";
 import { stopReply, xferChunk } from "./rsp-session.js";
 import { fromHex, toHex } from "./rsp-packet.js";
 import {

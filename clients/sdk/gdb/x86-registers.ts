@@ -11,7 +11,7 @@
  * reply (kvmi-abi §3.5). Segment, control and FPU registers are read-only.
  */
 import type { Sregs } from "@kvmi/proto";
-import type { X86Regs } from "../commands.js";
+import type { X86Regs } from "../command-types.js";
 import { fromLittleEndian, littleEndian } from "./rsp-packet.js";
 
 /** What one vCPU's registers are read from. */

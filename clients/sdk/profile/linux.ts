@@ -9,7 +9,7 @@
  * (`real_parent->pid`, `mm->pgd`), the profile says which fields exist (docs/profiles.md).
  */
 import type { CallOptions } from "../channel.js";
-import type { TranslationTarget, VmCommands } from "../commands.js";
+import type { TranslationTarget, VmCommands } from "../command-types.js";
 import { Profile, ProfileError } from "./profile.js";
 
 /** `PF_KTHREAD` in `task_struct.flags` (include/linux/sched.h). */

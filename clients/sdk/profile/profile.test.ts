@@ -5,7 +5,7 @@ import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { BtfKind, parseBtf } from "./btf.js";
 import { parseKallsyms } from "./build-linux.js";
-import type { VmCommands } from "../commands.js";
+import type { VmCommands } from "../command-types.js";
 import { linux } from "./linux.js";
 import { Profile, stringifyIsf, type IsfDocument } from "./profile.js";
 
