@@ -31,7 +31,7 @@ export default defineConfig({
       {
         test: {
           name: "unit",
-          include: ["{kvm-bridge,service,clients}/**/src/**/*.test.ts", "clients/{sdk,cli,examples,relay}/**/*.test.ts", "proto/*.test.ts"],
+          include: ["{kvm-bridge,service,clients}/**/src/**/*.test.ts", "clients/{sdk,cli,examples,relay}/**/*.test.ts", "proto/*.test.ts", "proto/binary/*.test.ts"],
           // Tests that do real /dev/kvm I/O are the `system` project's (conventions §7 item 8).
           exclude: ["**/node_modules/**", "**/*.system.test.ts"],
         },

@@ -8,9 +8,9 @@
  * @see https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md
  * @internal
  */
-import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
 import { IntrospectionService } from "@kvmi/proto";
+import { binaryCodec } from "@kvmi/proto/binary";
 
 /** The methods of `kvmi.v1.IntrospectionService`, keyed by local name (`getVm`). */
 export type ServiceMethods = (typeof IntrospectionService)["method"];
@@ -35,16 +35,17 @@ export interface RpcMethod<Req, Res> {
   readonly deserialize: (bytes: Buffer) => Res;
 }
 
+// Both directions through @kvmi/proto/binary: protobuf-es's bytes and messages from code generated
+// from the schema, ≈ 3× faster to encode and ≈ 6× faster to decode an Event (decision 0180).
 function serializer(schema: DescMessage): (value: unknown) => Buffer {
-  return (value) => {
-    const bytes = toBinary(schema, value as MessageShape<DescMessage>);
-    return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  };
+  const codec = binaryCodec(schema);
+  return (value) => codec.encode(value as MessageShape<DescMessage>, Buffer.allocUnsafe) as Buffer;
 }
 
 function deserializer(schema: DescMessage): (bytes: Buffer) => unknown {
+  const codec = binaryCodec(schema);
   // A plain Uint8Array view, so that bytes fields come out as Uint8Array rather than Buffer.
-  return (bytes) => fromBinary(schema, new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength));
+  return (bytes) => codec.decode(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength));
 }
 
 const METHODS: Record<string, RpcMethod<unknown, unknown>> = {};

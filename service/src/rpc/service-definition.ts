@@ -10,9 +10,10 @@
  *
  * @see https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md (path = "/" service "/" method)
  */
-import { fromBinary, toBinary } from "@bufbuild/protobuf";
+import { fromBinary } from "@bufbuild/protobuf";
 import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
 import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
+import { binaryCodec } from "@kvmi/proto/binary";
 import type {
   handleBidiStreamingCall,
   handleClientStreamingCall,
@@ -67,8 +68,11 @@ export type ServiceImplementationFor<Service extends { readonly method: GenServi
  *
  * - `path` is `/<package>.<Service>/<Method>`, e.g. `/kvmi.v1.IntrospectionService/GetVm`.
  * - `requestStream`/`responseStream` follow the method's `methodKind`.
- * - Serialization is protobuf binary (`toBinary`/`fromBinary`) with the
- *   method's own input/output schemas; u64 fields stay `bigint`. A
+ * - Serialization is protobuf binary with the method's own input/output
+ *   schemas; u64 fields stay `bigint`. Messages are encoded, and responses
+ *   decoded, by `@kvmi/proto/binary` (the bytes and messages of protobuf-es,
+ *   from generated code); requests, which come from clients the bridge does
+ *   not trust, are decoded by protobuf-es itself (decision 0180). A
  *   {@link PreEncodedMessage} (the bulk memory responses) is written as it is.
  *
  * Deserializers throw on malformed bytes; grpc-js turns that into an error
@@ -88,7 +92,7 @@ export function createServiceDefinition<S extends GenServiceMethods>(
       requestStream: kind === "client_streaming" || kind === "bidi_streaming",
       responseStream: kind === "server_streaming" || kind === "bidi_streaming",
       requestSerialize: serializer(method.input),
-      requestDeserialize: deserializer(method.input),
+      requestDeserialize: untrustedDeserializer(method.input),
       responseSerialize: serializer(method.output),
       responseDeserialize: deserializer(method.output),
       originalName: method.name,
@@ -100,16 +104,23 @@ export function createServiceDefinition<S extends GenServiceMethods>(
 }
 
 function serializer(schema: DescMessage): (value: unknown) => Buffer {
+  const codec = binaryCodec(schema);
   return (value) => {
     // Bulk responses the bridge encoded around the KVMI reply buffers go to grpc-js as they are:
     // it only reads `byteLength` and calls `copy(framed, 5)`, which writes the parts (bulk-encoding.ts).
     if (value instanceof PreEncodedMessage) return value as unknown as Buffer;
-    const bytes = toBinary(schema, value as MessageShape<DescMessage>);
-    // Wrap, don't copy: grpc-js only reads the buffer.
-    return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    // Written straight into a Buffer of the exact size, which grpc-js takes as it is.
+    return codec.encode(value as MessageShape<DescMessage>, Buffer.allocUnsafe) as Buffer;
   };
 }
 
+/** Responses, on the client side: from the bridge the client connected to. */
 function deserializer(schema: DescMessage): (bytes: Buffer) => unknown {
+  const codec = binaryCodec(schema);
+  return (bytes) => codec.decode(bytes);
+}
+
+/** Requests, on the bridge's side: anyone who reaches the port sends them. */
+function untrustedDeserializer(schema: DescMessage): (bytes: Buffer) => unknown {
   return (bytes) => fromBinary(schema, bytes);
 }
