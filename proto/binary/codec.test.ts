@@ -5,6 +5,7 @@
  * `toBinary` and decode to the messages of `fromBinary` without falling back; damaged bytes and
  * values protobuf-es converts or rejects give protobuf-es's own result or error.
  */
+import { execFileSync } from "node:child_process";
 import { create, createFileRegistry, fromBinary, ScalarType, toBinary } from "@bufbuild/protobuf";
 import type { DescMessage, Message } from "@bufbuild/protobuf";
 import { FieldDescriptorProto_Label, FieldDescriptorProto_Type, FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
@@ -130,6 +131,29 @@ describe("generated codec", () => {
     const foreign = { ...create(api.EventArchSchema), regs: create(api.SregsSchema) } as never;
     expect(() => toBinary(api.EventArchSchema, foreign)).toThrow(/cannot use/);
     expect(() => binaryCodec(api.EventArchSchema).encode(foreign)).toThrow(/cannot use/);
+  });
+
+  it("writes strings as TextEncoder does, lone surrogates and astral code points included", () => {
+    const codec = binaryCodec(api.EventSchema);
+    for (const name of ["vms/é/vcpus/0", "\ud800", "a\udc00b", "😀x", "\ud83d", "€".repeat(70), "x".repeat(300)]) {
+      const message = create(api.EventSchema, { name });
+      const before = fallbackCount();
+      expect(Buffer.from(codec.encode(message)).equals(Buffer.from(toBinary(api.EventSchema, message)))).toBe(true);
+      expect(fallbackCount()).toBe(before);
+    }
+  });
+
+  it("serves protobuf-es where code cannot be generated from strings", () => {
+    const script = `
+      import { create, toBinary } from "@bufbuild/protobuf";
+      import { EventSchema } from "@kvmi/proto";
+      import { binaryCodec } from "@kvmi/proto/binary";
+      const codec = binaryCodec(EventSchema);
+      const message = create(EventSchema, { name: "vms/a/vcpus/1", vcpu: 1, arch: { regs: { rip: 5n } } });
+      const bytes = toBinary(EventSchema, message);
+      console.log(JSON.stringify({ generated: codec.generated, same: Buffer.from(codec.encode(message)).equals(Buffer.from(bytes)), rip: String(codec.decode(bytes).arch.regs.rip) }));`;
+    const out = execFileSync(process.execPath, ["--disallow-code-generation-from-strings", "--import", "tsx", "--input-type=module", "-e", script], { cwd: import.meta.dirname, encoding: "utf8" });
+    expect(JSON.parse(out)).toEqual({ generated: false, same: true, rip: "5" });
   });
 
   it("writes into the buffer the caller allocates, of the exact size", () => {

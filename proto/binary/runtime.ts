@@ -74,6 +74,8 @@ export function writeUtf8(b: Uint8Array, p: number, s: string, bytes: number): n
     for (let i = 0; i < bytes; i++) b[p + i] = s.charCodeAt(i);
     return p + bytes;
   }
-  encoder.encodeInto(s, b.subarray(p, p + bytes));
+  // The buffer may come from Buffer.allocUnsafe: every byte must be written, so a length that
+  // disagreed with TextEncoder would leave old memory in the message. Never, as tested; checked.
+  if (encoder.encodeInto(s, b.subarray(p, p + bytes)).written !== bytes) throw FALLBACK;
   return p + bytes;
 }
