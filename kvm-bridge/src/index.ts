@@ -25,6 +25,7 @@ export type { Logger } from "./logger.js";
 // The per-VM channel.
 export { createKvmiChannel } from "./session/channel.js";
 export type {
+  CancelSignal,
   CommandOptions,
   CommandReply,
   CommandRequest,

@@ -143,6 +143,15 @@ describe("generated codec", () => {
     }
   });
 
+  it("encodes messages with more 64-bit values than its scratch first holds", () => {
+    const codec = binaryCodec(ALL_SCALARS);
+    const many = Array.from({ length: 3000 }, (_, i) => (BigInt(i) << 40n) | BigInt(i));
+    const message = create(ALL_SCALARS, { fuint64List: many, fint64List: many.map((v) => -v), children: [{ fsint64List: many }] } as never);
+    const before = fallbackCount();
+    expect(Buffer.from(codec.encode(message as never)).equals(Buffer.from(toBinary(ALL_SCALARS, message)))).toBe(true);
+    expect(fallbackCount()).toBe(before);
+  });
+
   it("serves protobuf-es where code cannot be generated from strings", () => {
     const script = `
       import { create, toBinary } from "@bufbuild/protobuf";

@@ -145,7 +145,7 @@ function encoderOf(desc: DescMessage, index: Map<string, number>): string {
   return `
 function s${i}(m) {
   if (m.$typeName !== ${JSON.stringify(desc.typeName)} || m.$unknown !== undefined) throw F;
-  let n = 0, v, e, x, y, i;
+  let n = 0, v, e, x, y, i, lo, hi;
   ${sizeBody.join("\n  ")}
   return n;
 }
@@ -259,7 +259,12 @@ const { FALLBACK: F, scratch: D, U64_MAX, I64_MIN, I64_MAX, varint32Size: vs32, 
 const D8 = new Uint8Array(D.buffer);
 const ascii = new TextDecoder();
 const Z = [];
-let zi = 0;
+let zi = 0, H = new Uint32Array(256), hn = 0, hr = 0;
+function grow(halves) {
+  const more = new Uint32Array(halves.length * 2);
+  more.set(halves);
+  return more;
+}
 ${READERS}
 ${messages.map((m) => encoderOf(m, index)).join("\n")}
 ${messages.map((m) => decoderOf(m, index)).join("\n")}
@@ -267,6 +272,8 @@ return {
   encode(m, allocate) {
     Z.length = 0;
     zi = 0;
+    hn = 0;
+    hr = 0;
     const n = s0(m);
     const b = allocate(n);
     if (w0(m, b, 0) !== n) throw F;

@@ -90,8 +90,14 @@ export function check(t: ScalarType, v: string): string {
 }
 
 /**
+ * The 64-bit varints' halves, split once in the size pass and kept on `H` for the write pass (the
+ * split is a BigInt store and two loads; `H` grows when a message has more than it holds).
+ */
+const keepHalves = `lo = D.getUint32(0, true); hi = D.getUint32(4, true); if (hn + 2 > H.length) H = grow(H); H[hn++] = lo; H[hn++] = hi; n += vs64(lo, hi);`;
+
+/**
  * Statements that add the encoded size of checked value `v` (without tag) to `n`. Strings push
- * their UTF-8 length on `Z` for the write pass.
+ * their UTF-8 length on `Z`, 64-bit varints their halves on `H`, for the write pass.
  */
 export function size(t: ScalarType, v: string): string {
   switch (t) {
@@ -102,11 +108,11 @@ export function size(t: ScalarType, v: string): string {
     case ScalarType.SINT32:
       return `n += vs32(((${v} << 1) ^ (${v} >> 31)) >>> 0);`;
     case ScalarType.UINT64:
-      return `D.setBigUint64(0, ${v}, true); n += vs64(D.getUint32(0, true), D.getUint32(4, true));`;
+      return `D.setBigUint64(0, ${v}, true); ${keepHalves}`;
     case ScalarType.INT64:
-      return `D.setBigInt64(0, ${v}, true); n += vs64(D.getUint32(0, true), D.getUint32(4, true));`;
+      return `D.setBigInt64(0, ${v}, true); ${keepHalves}`;
     case ScalarType.SINT64:
-      return `D.setBigUint64(0, BigInt.asUintN(64, (${v} << 1n) ^ (${v} >> 63n)), true); n += vs64(D.getUint32(0, true), D.getUint32(4, true));`;
+      return `D.setBigUint64(0, BigInt.asUintN(64, (${v} << 1n) ^ (${v} >> 63n)), true); ${keepHalves}`;
     case ScalarType.BOOL:
       return `n += 1;`;
     case ScalarType.FIXED32:
@@ -136,11 +142,9 @@ export function write(t: ScalarType, v: string): string {
     case ScalarType.SINT32:
       return `p = wv32(b, p, ((${v} << 1) ^ (${v} >> 31)) >>> 0);`;
     case ScalarType.UINT64:
-      return `D.setBigUint64(0, ${v}, true); p = wv64(b, p, D.getUint32(0, true), D.getUint32(4, true));`;
     case ScalarType.INT64:
-      return `D.setBigInt64(0, ${v}, true); p = wv64(b, p, D.getUint32(0, true), D.getUint32(4, true));`;
     case ScalarType.SINT64:
-      return `D.setBigUint64(0, BigInt.asUintN(64, (${v} << 1n) ^ (${v} >> 63n)), true); p = wv64(b, p, D.getUint32(0, true), D.getUint32(4, true));`;
+      return `p = wv64(b, p, H[hr++], H[hr++]);`;
     case ScalarType.BOOL:
       return `b[p++] = ${v} ? 1 : 0;`;
     case ScalarType.FIXED32:

@@ -277,6 +277,36 @@ describe("KvmiChannel.commandBatch", () => {
     expect(small.channel.isOpen).toBe(true);
   });
 
+  it("takes any CancelSignal, not only an AbortSignal: in flight and waiting for a slot both fail with its reason", async () => {
+    const small = await open({ maxInFlight: 1 });
+    // The members CancelSignal names and nothing else, as the service's per-call signal has.
+    const listeners: Array<() => void> = [];
+    const signal = {
+      aborted: false,
+      reason: undefined as unknown,
+      throwIfAborted(): void {
+        if (this.aborted) throw this.reason;
+      },
+      addEventListener: (_type: "abort", listener: () => void): void => void listeners.push(listener),
+      removeEventListener: (_type: "abort", listener: () => void): void => void listeners.splice(listeners.indexOf(listener) >>> 0, 1),
+    };
+    const inFlight = small.channel.command("GET_MAX_GFN", {}, undefined, { timeoutMs: 5_000, signal }).catch((e: unknown) => e);
+    const waiting = small.channel.command("GET_MAX_GFN", {}, undefined, { timeoutMs: 5_000, signal }).catch((e: unknown) => e);
+    const hdr = await small.kernel.next();
+    const reason = new Error("client cancelled");
+    signal.aborted = true;
+    signal.reason = reason;
+    for (const listener of listeners.splice(0)) listener();
+    expect(await inFlight).toBe(reason);
+    expect(await waiting).toBe(reason);
+    // The waiting one never reached the kernel; the one it has is answered and dropped quietly.
+    expect(small.kernel.received).toHaveLength(1);
+    small.kernel.reply(hdr.seq);
+    await vi.waitFor(() => expect(small.channel.unansweredGivenUpCommands).toBe(0), { timeout: 5_000, interval: 5 });
+    expect(small.channel.isOpen).toBe(true);
+    await expect(small.channel.command("GET_MAX_GFN", {}, undefined, { timeoutMs: 5_000, signal })).rejects.toBe(reason);
+  });
+
   it("a reply whose seq was given up but whose id differs is still a protocol error", async () => {
     const controller = new AbortController();
     const call = channel.command("GET_MAX_GFN", {}, undefined, { timeoutMs: 5_000, signal: controller.signal });

@@ -33,7 +33,7 @@ import type { CommandOptions, CommandReply, CommandRequest, EventSink, KvmiChann
 import { createFramer } from "./framer.js";
 import { BatchedCommand, BatchResults } from "./in-flight.js";
 
-export type { CommandOptions, CommandReply, CommandRequest, EventSink, KvmiChannelOptions, KvmiEvent } from "./channel-types.js";
+export type { CancelSignal, CommandOptions, CommandReply, CommandRequest, EventSink, KvmiChannelOptions, KvmiEvent } from "./channel-types.js";
 
 /** The tool side of a hooked VM's socket. */
 export class KvmiChannel extends KvmiChannelCore {

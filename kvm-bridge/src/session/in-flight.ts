@@ -3,6 +3,7 @@
  * The KVMI channel's bookkeeping for commands in flight: how many may be outstanding at once, and
  * one timer for all of their deadlines.
  */
+import type { CancelSignal } from "./channel-types.js";
 
 /**
  * A bounded number of slots, granted strictly in arrival order. A batch takes all its slots at once
@@ -37,7 +38,7 @@ export class InFlightSlots {
    * aborts first (rejected with its reason: nothing taken), or when {@link close} is called (true).
    * Give granted slots back with {@link release} in every case.
    */
-  acquire(n: number, deadline = Number.POSITIVE_INFINITY, signal?: AbortSignal): Promise<boolean> | undefined {
+  acquire(n: number, deadline = Number.POSITIVE_INFINITY, signal?: CancelSignal): Promise<boolean> | undefined {
     if (!this.open || (this.waiters.length === 0 && this.used + n <= this.limit)) {
       this.used += n;
       return undefined;
@@ -175,7 +176,7 @@ export class PendingCommands<Spec> {
   private lastSeq = 1;
   private readonly deadlines = new DeadlineTimer((now) => this.expireDue(now));
   /** Commands to fail when a signal aborts; weak, so that a finished call's signal is not kept. */
-  private readonly bySignal = new WeakMap<AbortSignal, Set<number>>();
+  private readonly bySignal = new WeakMap<CancelSignal, Set<number>>();
 
   /**
    * @param timeoutError the error a command past its deadline fails with.
@@ -255,7 +256,7 @@ export class PendingCommands<Spec> {
    * listener per signal, however many commands it covers: a session's signal covers every command
    * of the session, and a listener added and removed per command showed in profiles.
    */
-  watch(signal: AbortSignal, seq: number): void {
+  watch(signal: CancelSignal, seq: number): void {
     if (signal.aborted) return this.abandon(seq, signal.reason as Error);
     let seqs = this.bySignal.get(signal);
     if (seqs === undefined) {
@@ -274,7 +275,7 @@ export class PendingCommands<Spec> {
     seqs.add(seq);
   }
 
-  unwatch(signal: AbortSignal, seq: number): void {
+  unwatch(signal: CancelSignal, seq: number): void {
     this.bySignal.get(signal)?.delete(seq);
   }
 

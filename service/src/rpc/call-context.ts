@@ -1,12 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 /**
  * What every RPC handler needs from a grpc-js call, in one place: the command deadline (the
- * client's gRPC deadline, else the configured default), an AbortSignal that fires when the client
+ * client's gRPC deadline, else the configured default), a cancel signal that fires when the client
  * cancels, the controller's session id from metadata, and the one wrapper that maps errors to a
  * status. The access log and request counters come from the server's interceptor.
  */
 import type { Metadata, ServerUnaryCall, sendUnaryData, StatusObject } from "@grpc/grpc-js";
-import type { Logger, VmRegistry } from "@kvmi/kvm-bridge";
+import type { CancelSignal, Logger, VmRegistry } from "@kvmi/kvm-bridge";
 import type { AuditTrail } from "../audit/audit-log.js";
 import type { AccessControl } from "../auth/access-control.js";
 import { mapError, toGrpcStatus } from "../mapping/status.js";
@@ -106,13 +106,47 @@ export function markSettled(call: object): void {
   settledCalls.add(call);
 }
 
-/** An AbortSignal that fires when the client cancels the call before its handler settled. */
-export function abortSignalOf(call: ServerSurfaceCall): AbortSignal {
-  const controller = new AbortController();
+/**
+ * A call's {@link CancelSignal}: what the KVMI channel and the memory readers need of an
+ * AbortSignal, without Node's EventTarget machinery (reading `AbortController.signal` and adding
+ * one listener cost ≈ 8 µs per unary call on the development VM; this, a fraction of a µs).
+ * Listeners run once, in the order added, when the client cancels.
+ */
+class CallCancellation implements CancelSignal {
+  aborted = false;
+  reason: unknown = undefined;
+  private listeners: (() => void)[] = [];
+
+  throwIfAborted(): void {
+    if (this.aborted) throw this.reason;
+  }
+
+  addEventListener(_type: "abort", listener: () => void): void {
+    if (!this.aborted) this.listeners.push(listener);
+  }
+
+  removeEventListener(_type: "abort", listener: () => void): void {
+    const at = this.listeners.indexOf(listener);
+    if (at >= 0) this.listeners.splice(at, 1);
+  }
+
+  abort(reason: Error): void {
+    if (this.aborted) return;
+    this.aborted = true;
+    this.reason = reason;
+    const listeners = this.listeners;
+    this.listeners = [];
+    for (const listener of listeners) listener();
+  }
+}
+
+/** A signal that fires when the client cancels the call before its handler settled. */
+export function cancellationOf(call: ServerSurfaceCall): CancelSignal {
+  const cancellation = new CallCancellation();
   call.once("cancelled", () => {
-    if (!settledCalls.has(call)) controller.abort(new Error("the client cancelled the call"));
+    if (!settledCalls.has(call)) cancellation.abort(new Error("the client cancelled the call"));
   });
-  return controller.signal;
+  return cancellation;
 }
 
 /** The `kvmi-session-id` metadata value, if any. */

@@ -11,6 +11,7 @@ import { COMMAND_MAPPINGS, responseFromWire } from "../mapping/commands.js";
 import type { AnyCommandMapping, CommandMapping } from "../mapping/commands.js";
 import { DIALECT_COMMAND_MAPPINGS, dialectResponseFromWire } from "../mapping/dialect-commands.js";
 import type { AnyDialectCommandMapping, DialectCommandMapping } from "../mapping/dialect-commands.js";
+import type { CancelSignal } from "@kvmi/kvm-bridge";
 import type { CommandOp } from "@kvmi/kvm-bridge/wire";
 import { parseVcpuName, parseVmName } from "../mapping/resource-names.js";
 import type { ErrorContext } from "../mapping/status.js";
@@ -19,7 +20,7 @@ import type { Principal } from "../auth/identity.js";
 import { MUTATING_COMMANDS } from "../mapping/command-facts.js";
 import { ownerOf, principalOf } from "./principals.js";
 import type { RpcDeps } from "./call-context.js";
-import { abortSignalOf, callTimeoutMs, sessionIdOf, unary } from "./call-context.js";
+import { cancellationOf, callTimeoutMs, sessionIdOf, unary } from "./call-context.js";
 
 /** Who runs a command and with which limits. */
 export interface CommandCaller {
@@ -28,7 +29,7 @@ export interface CommandCaller {
   readonly principal?: Principal;
   readonly owner?: string | undefined;
   readonly timeoutMs: number;
-  readonly signal?: AbortSignal;
+  readonly signal?: CancelSignal;
 }
 
 /** Runs one mapped command for a client; shared by the unary RPCs and the session stream. */
@@ -100,7 +101,7 @@ export function commandHandlers(deps: RpcDeps): Record<string, ReturnType<typeof
         principal,
         owner: ownerOf(principal),
         timeoutMs: callTimeoutMs(call, deps.requestTimeoutMs),
-        signal: abortSignalOf(call),
+        signal: cancellationOf(call),
       });
     },
       (request) => commandErrorContext(mapping, request),
@@ -111,7 +112,7 @@ export function commandHandlers(deps: RpcDeps): Record<string, ReturnType<typeof
       deps,
       mapping.method,
       (call: ServerUnaryCall<unknown, unknown>) =>
-        runDialectCommand(deps, mapping, call.request, { timeoutMs: callTimeoutMs(call, deps.requestTimeoutMs), signal: abortSignalOf(call) }),
+        runDialectCommand(deps, mapping, call.request, { timeoutMs: callTimeoutMs(call, deps.requestTimeoutMs), signal: cancellationOf(call) }),
       (request) => commandErrorContext(mapping, request),
     );
   }

@@ -6,6 +6,7 @@
  */
 import type { ServerWritableStream } from "@grpc/grpc-js";
 import { KvmiArgumentError } from "@kvmi/kvm-bridge";
+import type { CancelSignal } from "@kvmi/kvm-bridge";
 import { commandByOp } from "@kvmi/kvm-bridge/wire";
 import { HoleReason } from "@kvmi/proto";
 import type { DumpMemoryRequest, DumpMemoryResponse } from "@kvmi/proto";
@@ -15,7 +16,7 @@ import { QuotaExceededError } from "../mapping/bridge-error.js";
 import { parseVmName } from "../mapping/resource-names.js";
 import { ownerOf, principalOf } from "./principals.js";
 import type { RpcDeps } from "./call-context.js";
-import { abortSignalOf, failStream, failure, markSettled, quotasOf } from "./call-context.js";
+import { cancellationOf, failStream, failure, markSettled, quotasOf } from "./call-context.js";
 import type { QuotaLease } from "./quotas.js";
 import { PAGE, PAGE_WINDOW, READ_AHEAD_BURSTS, coalesce, hole, readPhysicalPieces, vmContext } from "./memory-reads.js";
 
@@ -35,7 +36,7 @@ export const DEFAULT_DUMP_MAX_HOLE_BYTES = 4 * 1024 * 1024 * 1024;
  */
 export function dumpMemoryHandler(deps: RpcDeps) {
   return (call: ServerWritableStream<DumpMemoryRequest, DumpMemoryResponse>): void => {
-    const signal = abortSignalOf(call);
+    const signal = cancellationOf(call);
     let lease: QuotaLease;
     try {
       // What a dump holds at most: the bursts read ahead and the chunk being filled.
@@ -76,7 +77,7 @@ async function memoryEnd(deps: RpcDeps, uuid: string, getMaxGfn: () => Promise<{
   return (await getMaxGfn()).gfn * PAGE;
 }
 
-async function dump(deps: RpcDeps, call: ServerWritableStream<DumpMemoryRequest, DumpMemoryResponse>, signal: AbortSignal): Promise<void> {
+async function dump(deps: RpcDeps, call: ServerWritableStream<DumpMemoryRequest, DumpMemoryResponse>, signal: CancelSignal): Promise<void> {
   const request = call.request;
   const chunkSize = request.chunkSize === 0 ? DEFAULT_CHUNK : request.chunkSize;
   if (chunkSize % 4096 !== 0 || chunkSize > MAX_CHUNK) {

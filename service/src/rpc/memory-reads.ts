@@ -34,7 +34,7 @@ function isNotBacked(err: unknown): boolean {
 
 /**
  * Reads one page piece; undefined for a page guest memory does not back (KVM_ENOENT). The caller's
- * AbortSignal is checked here rather than handed to every page command: a batch has thousands.
+ * cancel signal is checked here rather than handed to every page command: a batch has thousands.
  */
 export async function readPhysical(host: VmHost, gpa: bigint, size: number, caller: CommandCaller): Promise<Uint8Array | undefined> {
   caller.signal?.throwIfAborted();

@@ -18,7 +18,7 @@ import { statusToProto } from "../mapping/status.js";
 import type { VmHost } from "../vm/vm-host.js";
 import { ownerOf, principalOf } from "./principals.js";
 import type { RpcDeps } from "./call-context.js";
-import { abortSignalOf, callTimeoutMs, quotasOf, unary } from "./call-context.js";
+import { cancellationOf, callTimeoutMs, quotasOf, unary } from "./call-context.js";
 import type { CommandCaller } from "./command-rpcs.js";
 import { walkPageTables } from "../vm/page-walk.js";
 import { PAGE, PAGE_WINDOW, READ_AHEAD_BURSTS, coalesce, hole, readPhysical, readPhysicalPieces, vmContext } from "./memory-reads.js";
@@ -30,7 +30,7 @@ const MAX_RANGES = 1024;
 export const MAX_BATCH_BYTES = 3 * 1024 * 1024;
 /**
  * Windows of page reads one batch read keeps going at once ({@link READ_AHEAD_BURSTS}); each may wait
- * for the channel's slots with the caller's AbortSignal (one listener per waiting window).
+ * for the channel's slots with the caller's cancel signal (one listener per waiting window).
  */
 export const BATCH_READ_WINDOWS = READ_AHEAD_BURSTS;
 const UNMAPPED = (1n << 64n) - 1n;
@@ -210,7 +210,7 @@ export function batchReadHandler(deps: RpcDeps) {
       for (const range of call.request.ranges) bytes += Number(range.length);
       const lease = quotasOf(deps).acquire("bulkBytes", ownerOf(principalOf(call)), Math.min(bytes, MAX_BATCH_BYTES));
       try {
-        const outcomes = await batchRead(deps, call.request, { timeoutMs: callTimeoutMs(call, deps.requestTimeoutMs), signal: abortSignalOf(call) });
+        const outcomes = await batchRead(deps, call.request, { timeoutMs: callTimeoutMs(call, deps.requestTimeoutMs), signal: cancellationOf(call) });
         // The service definition's serializer writes pre-encoded messages as they are.
         return encodeBatchReadResponse(outcomes) as unknown as BatchReadMemoryResponse;
       } finally {

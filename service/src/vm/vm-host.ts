@@ -11,7 +11,7 @@
  * the three together. Callers import the host's types from here.
  */
 import { randomUUID } from "node:crypto";
-import type { KvmiChannel, KvmiEvent, Logger, VmRecord, VmRegistry } from "@kvmi/kvm-bridge";
+import type { CancelSignal, KvmiChannel, KvmiEvent, Logger, VmRecord, VmRegistry } from "@kvmi/kvm-bridge";
 import type { CommandOp, OpReply, OpRequest, V9CommandName, V9CommandReply as CommandReply, V9CommandRequest as CommandRequest } from "@kvmi/kvm-bridge/wire";
 import { permissionDenied } from "../mapping/access-error.js";
 import { BridgeError } from "../mapping/bridge-error.js";
@@ -181,7 +181,7 @@ export class VmHost {
     name: N,
     request: CommandRequest<N>,
     vcpu: number | undefined,
-    caller: { readonly sessionId?: string | undefined; readonly owner?: string | undefined; readonly timeoutMs?: number; readonly signal?: AbortSignal },
+    caller: { readonly sessionId?: string | undefined; readonly owner?: string | undefined; readonly timeoutMs?: number; readonly signal?: CancelSignal },
   ): Promise<CommandReply<N>> {
     const mutating = MUTATING_COMMANDS.has(name);
     if (mutating && this.state.controller !== undefined && caller.sessionId === this.state.controller.id && (caller.owner ?? DEFAULT_OWNER) !== this.state.controller.owner) {
@@ -226,7 +226,7 @@ export class VmHost {
     op: O,
     request: OpRequest<O>,
     vcpu: number | undefined,
-    caller: { readonly timeoutMs?: number; readonly signal?: AbortSignal },
+    caller: { readonly timeoutMs?: number; readonly signal?: CancelSignal },
   ): Promise<OpReply<O>> {
     const facts = COMMAND_FACTS_BY_OP.get(op);
     if (facts === undefined || facts.mutating) throw new Error(`${op} is not a read-only command of kvmi.v1`);
@@ -250,7 +250,7 @@ export class VmHost {
     name: N,
     requests: readonly CommandRequest<N>[],
     vcpu: number | undefined,
-    caller: { readonly timeoutMs?: number; readonly signal?: AbortSignal },
+    caller: { readonly timeoutMs?: number; readonly signal?: CancelSignal },
   ): Promise<Array<CommandReply<N> | Error>> {
     if (MUTATING_COMMANDS.has(name)) throw new Error(`${name} changes guest state: send it with command()`);
     const started = process.hrtime.bigint();
