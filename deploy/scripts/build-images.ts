@@ -3,7 +3,7 @@
  * Builds the kvmi-bridge image (`npm run image`, `npm run image:local`).
  *
  * 1. Stages a pruned build context in a temporary directory: the package manifests, the lock
- *    file, `proto/` (index and generated code), `kvm-bridge/` and `service/` (bin and src without
+ *    file, `proto/` (index, generated code, binary codec), `kvm-bridge/` and `service/` (bin and src without
  *    tests or test data) and `deploy/image/`. Nothing else of the repository (node_modules, .git,
  *    tests) reaches the builder.
  * 2. With `--deps host`, installs the production dependencies into the staged context on this
@@ -90,7 +90,7 @@ function imageId(ref: string): string | undefined {
   return r.status === 0 ? r.stdout.trim() : undefined;
 }
 
-const SOURCE_DIRS = ["kvm-bridge/bin", "kvm-bridge/src", "service/bin", "service/src", "proto/gen"];
+const SOURCE_DIRS = ["kvm-bridge/bin", "kvm-bridge/src", "service/bin", "service/src", "proto/gen", "proto/binary"];
 const SINGLE_FILES = [
   "package.json",
   "package-lock.json",
