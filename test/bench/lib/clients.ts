@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 /**
  * The measuring client's connections: the bridge (`kvmi.v1.IntrospectionService` with the
- * protobuf-es messages a real tool uses) and the bare echo (raw bytes). Both are plain grpc-js
+ * protobuf-es messages a real tool uses, encoded and decoded by `@kvmi/proto/binary` as the SDK
+ * does) and the bare echo (raw bytes). Both are plain grpc-js
  * `Client`s with the same channel options over TCP loopback.
  */
 import { create } from "@bufbuild/protobuf";
