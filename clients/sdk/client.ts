@@ -35,7 +35,7 @@ export interface ConnectOptions {
   readonly timeoutMs?: number;
   /** Retries of idempotent methods (reads and idempotent changes) on UNAVAILABLE; `{ maxAttempts: 1 }` turns them off. */
   readonly retry?: Partial<RetryPolicy>;
-  /** Extra grpc-js channel options. */
+  /** Extra grpc-js channel options; they override the SDK's own (a 4 MiB HTTP/2 receive window, `grpc-node.flow_control_window`). */
   readonly grpcOptions?: ClientOptions;
   /**
    * A bearer JWT (or a function returning the current one) sent as `authorization: Bearer …`,
