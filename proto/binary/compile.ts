@@ -276,7 +276,10 @@ return {
     hr = 0;
     const n = s0(m);
     const b = allocate(n);
-    if (w0(m, b, 0) !== n) throw F;
+    const written = w0(m, b, 0);
+    // A rare huge message (a million 64-bit values) does not keep its scratch for good.
+    if (H.length > 65536) H = new Uint32Array(256);
+    if (written !== n) throw F;
     return b;
   },
   decode(bytes) {
