@@ -222,10 +222,13 @@ describe("generated codec", () => {
 
   it("encodes messages with more 64-bit values than its scratch first holds", () => {
     const codec = binaryCodec(ALL_SCALARS);
-    const many = Array.from({ length: 3000 }, (_, i) => (BigInt(i) << 40n) | BigInt(i));
+    const many = Array.from({ length: 20_000 }, (_, i) => (BigInt(i) << 40n) | BigInt(i));
     const message = create(ALL_SCALARS, { fuint64List: many, fint64List: many.map((v) => -v), children: [{ fsint64List: many }] } as never);
     const before = fallbackCount();
     expect(Buffer.from(codec.encode(message as never)).equals(Buffer.from(toBinary(ALL_SCALARS, message)))).toBe(true);
+    // The scratch shrank back after that one; the next message grows it again as needed.
+    const next = create(ALL_SCALARS, { fuint64List: many.slice(0, 500), fint64One: -5n } as never);
+    expect(Buffer.from(codec.encode(next as never)).equals(Buffer.from(toBinary(ALL_SCALARS, next)))).toBe(true);
     expect(fallbackCount()).toBe(before);
   });
 
