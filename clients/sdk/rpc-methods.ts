@@ -11,7 +11,6 @@
 import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
 import { IntrospectionService } from "@kvmi/proto";
 import { binaryCodec } from "@kvmi/proto/binary";
-import type { BinaryCodec } from "@kvmi/proto/binary";
 
 /** The methods of `kvmi.v1.IntrospectionService`, keyed by local name (`getVm`). */
 export type ServiceMethods = (typeof IntrospectionService)["method"];
@@ -38,16 +37,15 @@ export interface RpcMethod<Req, Res> {
 
 // Both directions through @kvmi/proto/binary: protobuf-es's bytes and messages from code generated
 // from the schema, ≈ 3× faster to encode and ≈ 6× faster to decode an Event (decision 0180).
-// Generated on a method's first call (all of them up front cost ≈ 60 ms of a CLI's start-up).
 function serializer(schema: DescMessage): (value: unknown) => Buffer {
-  let codec: BinaryCodec<DescMessage> | undefined;
-  return (value) => (codec ??= binaryCodec(schema)).encode(value as MessageShape<DescMessage>, Buffer.allocUnsafe) as Buffer;
+  const codec = binaryCodec(schema);
+  return (value) => codec.encode(value as MessageShape<DescMessage>, Buffer.allocUnsafe) as Buffer;
 }
 
 function deserializer(schema: DescMessage): (bytes: Buffer) => unknown {
-  let codec: BinaryCodec<DescMessage> | undefined;
+  const codec = binaryCodec(schema);
   // A plain Uint8Array view, so that bytes fields come out as Uint8Array rather than Buffer.
-  return (bytes) => (codec ??= binaryCodec(schema)).decode(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength));
+  return (bytes) => codec.decode(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength));
 }
 
 const METHODS: Record<string, RpcMethod<unknown, unknown>> = {};

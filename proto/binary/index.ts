@@ -34,44 +34,59 @@ export function fallbackCount(): number {
 
 const cache = new WeakMap<DescMessage, BinaryCodec<DescMessage>>();
 
-/** The codec of one message type, generated on first use. */
+/**
+ * The codec of one message type. Its code is generated on first use, not here: the service
+ * definition and the SDK ask for the codec of every method at start-up (≈ 60 ms for all of them)
+ * and a process calls few.
+ */
 export function binaryCodec<Desc extends DescMessage>(schema: Desc): BinaryCodec<Desc> {
   let codec = cache.get(schema);
   if (codec === undefined) {
-    codec = makeCodec(schema, generateCodec(schema));
+    codec = new SchemaCodec(schema);
     cache.set(schema, codec);
   }
   return codec as unknown as BinaryCodec<Desc>;
 }
 
-function makeCodec(schema: DescMessage, generated: GeneratedCodec | undefined): BinaryCodec<DescMessage> {
-  if (generated === undefined) {
-    return {
-      generated: false,
-      encode: (message, allocate) => copyInto(toBinary(schema, message), allocate),
-      decode: (bytes) => fromBinary(schema, bytes),
-    };
+class SchemaCodec implements BinaryCodec<DescMessage> {
+  /** Undefined until first use; null where protobuf-es serves the type throughout. */
+  private code: GeneratedCodec | null | undefined;
+
+  constructor(private readonly schema: DescMessage) {}
+
+  get generated(): boolean {
+    return this.generatedCode() !== null;
   }
-  return {
-    generated: true,
-    encode(message, allocate = newBytes) {
+
+  encode(message: MessageShape<DescMessage>, allocate?: (size: number) => Uint8Array): Uint8Array {
+    const code = this.generatedCode();
+    if (code !== null) {
       try {
-        return generated.encode(message, allocate);
+        return code.encode(message, allocate ?? newBytes);
       } catch {
         // FALLBACK, or an error protobuf-es reports in its own words: it decides either way.
         fallbacks++;
-        return copyInto(toBinary(schema, message), allocate);
       }
-    },
-    decode(bytes) {
+    }
+    return copyInto(toBinary(this.schema, message), allocate);
+  }
+
+  decode(bytes: Uint8Array): MessageShape<DescMessage> {
+    const code = this.generatedCode();
+    if (code !== null) {
       try {
-        return generated.decode(bytes) as MessageShape<DescMessage>;
+        return code.decode(bytes) as MessageShape<DescMessage>;
       } catch {
         fallbacks++;
-        return fromBinary(schema, bytes);
       }
-    },
-  };
+    }
+    return fromBinary(this.schema, bytes);
+  }
+
+  private generatedCode(): GeneratedCodec | null {
+    if (this.code === undefined) this.code = generateCodec(this.schema) ?? null;
+    return this.code;
+  }
 }
 
 function copyInto(bytes: Uint8Array, allocate: ((size: number) => Uint8Array) | undefined): Uint8Array {

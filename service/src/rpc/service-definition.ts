@@ -14,7 +14,6 @@ import { fromBinary } from "@bufbuild/protobuf";
 import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
 import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
 import { binaryCodec } from "@kvmi/proto/binary";
-import type { BinaryCodec } from "@kvmi/proto/binary";
 import type {
   handleBidiStreamingCall,
   handleClientStreamingCall,
@@ -104,24 +103,21 @@ export function createServiceDefinition<S extends GenServiceMethods>(
   return definition as ServiceDefinitionFor<S>;
 }
 
-// Codecs are generated on a method's first call, not here: generating all of them up front cost
-// ≈ 60 ms of start-up for methods a process may never call.
 function serializer(schema: DescMessage): (value: unknown) => Buffer {
-  let codec: BinaryCodec<DescMessage> | undefined;
+  const codec = binaryCodec(schema);
   return (value) => {
     // Bulk responses the bridge encoded around the KVMI reply buffers go to grpc-js as they are:
     // it only reads `byteLength` and calls `copy(framed, 5)`, which writes the parts (bulk-encoding.ts).
     if (value instanceof PreEncodedMessage) return value as unknown as Buffer;
     // Written straight into a Buffer of the exact size, which grpc-js takes as it is.
-    codec ??= binaryCodec(schema);
     return codec.encode(value as MessageShape<DescMessage>, Buffer.allocUnsafe) as Buffer;
   };
 }
 
 /** Responses, on the client side: from the bridge the client connected to. */
 function deserializer(schema: DescMessage): (bytes: Buffer) => unknown {
-  let codec: BinaryCodec<DescMessage> | undefined;
-  return (bytes) => (codec ??= binaryCodec(schema)).decode(bytes);
+  const codec = binaryCodec(schema);
+  return (bytes) => codec.decode(bytes);
 }
 
 /** Requests, on the bridge's side: anyone who reaches the port sends them. */
