@@ -62,14 +62,9 @@ function reachable(root: DescMessage): DescMessage[] | undefined {
 
 /** The varint bytes of a field's tag, as a source list of byte writes. */
 function tagWrites(no: number, wireType: number): string {
-  const bytes: number[] = [];
-  let t = ((no << 3) | wireType) >>> 0;
-  while (t > 0x7f) {
-    bytes.push((t & 0x7f) | 0x80);
-    t >>>= 7;
-  }
-  bytes.push(t);
-  return bytes.map((x) => `b[p++] = ${x};`).join(" ");
+  const bytes = new Uint8Array(5);
+  const length = runtime.writeVarint32(bytes, 0, tagValue(no, wireType));
+  return Array.from(bytes.subarray(0, length), (x) => `b[p++] = ${x};`).join(" ");
 }
 
 function tagSize(no: number): number {
@@ -94,18 +89,19 @@ function encoderOf(desc: DescMessage, index: Map<string, number>): string {
   const writeBody: string[] = [];
   for (const f of [...desc.fields].sort((a, b) => a.number - b.number)) {
     const no = f.number;
+    // A singular field: its value in `e` when present (a oneof's case chosen, or set).
+    const singular = (present: string, sized: string, written: string): void => {
+      const take = f.oneof ? `v = m${key(f.oneof.localName)}; if (v.case === ${JSON.stringify(f.localName)}) { e = v.value;` : `e = m${key(f.localName)}; if (${present}) {`;
+      sizeBody.push(`${take} ${sized} }`);
+      writeBody.push(`${take} ${written} }`);
+    };
     if (f.fieldKind === "message") {
       const j = index.get(f.message.typeName)!;
-      const sized = `y = Z.length; Z.push(0); x = s${j}(e); Z[y] = x; n += ${tagSize(no)} + vs32(x) + x;`;
-      const written = `${tagWrites(no, WIRE_LENGTH)} p = wv32(b, p, Z[zi++]); p = w${j}(e, b, p);`;
-      if (f.oneof) {
-        const o = key(f.oneof.localName);
-        sizeBody.push(`v = m${o}; if (v.case === ${JSON.stringify(f.localName)}) { e = v.value; ${sized} }`);
-        writeBody.push(`v = m${o}; if (v.case === ${JSON.stringify(f.localName)}) { e = v.value; ${written} }`);
-      } else {
-        sizeBody.push(`e = m${key(f.localName)}; if (e !== undefined) { ${sized} }`);
-        writeBody.push(`e = m${key(f.localName)}; if (e !== undefined) { ${written} }`);
-      }
+      singular(
+        "e !== undefined",
+        `y = Z.length; Z.push(0); x = s${j}(e); Z[y] = x; n += ${tagSize(no)} + vs32(x) + x;`,
+        `${tagWrites(no, WIRE_LENGTH)} p = wv32(b, p, Z[zi++]); p = w${j}(e, b, p);`,
+      );
       continue;
     }
     if (f.fieldKind === "list") {
@@ -129,17 +125,8 @@ function encoderOf(desc: DescMessage, index: Map<string, number>): string {
       continue;
     }
     const t = scalarOf(f);
-    const sized = `${check(t, "e")} n += ${tagSize(no)}; ${size(t, "e")}`;
-    const written = `${tagWrites(no, wireTypeOf(t))} ${write(t, "e")}`;
-    if (f.oneof) {
-      const o = key(f.oneof.localName);
-      sizeBody.push(`v = m${o}; if (v.case === ${JSON.stringify(f.localName)}) { e = v.value; ${sized} }`);
-      writeBody.push(`v = m${o}; if (v.case === ${JSON.stringify(f.localName)}) { e = v.value; ${written} }`);
-    } else {
-      const present = f.presence === FeatureSet_FieldPresence.IMPLICIT ? notZero(t, "e", f.fieldKind === "enum" ? f.enum.values[0]!.number : undefined) : "e !== undefined";
-      sizeBody.push(`e = m${key(f.localName)}; if (${present}) { ${sized} }`);
-      writeBody.push(`e = m${key(f.localName)}; if (${present}) { ${written} }`);
-    }
+    const present = f.presence === FeatureSet_FieldPresence.IMPLICIT ? notZero(t, "e", f.fieldKind === "enum" ? f.enum.values[0]!.number : undefined) : "e !== undefined";
+    singular(present, `${check(t, "e")} n += ${tagSize(no)}; ${size(t, "e")}`, `${tagWrites(no, wireTypeOf(t))} ${write(t, "e")}`);
   }
   const i = index.get(desc.typeName)!;
   return `
