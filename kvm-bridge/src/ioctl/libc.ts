@@ -76,60 +76,34 @@ function createFfiLibc(): Libc {
     );
   }
   const { DataType } = ffi;
+  type ParamType = (typeof DataType)[keyof typeof DataType];
+  // Every binding is a libc function returning int, with errno read on the thread that ran it;
+  // only the name and the parameters differ (each call site says why its arguments are safe).
+  const call = (funcName: string, paramsType: ParamType[], paramsValue: unknown[]): SyscallResult =>
+    toResult(ffi.load({ library: LIBC_KEY, funcName, retType: DataType.I32, paramsType, paramsValue, errno: true }));
+  const callOnWorker = async (funcName: string, paramsType: ParamType[], paramsValue: unknown[]): Promise<SyscallResult> =>
+    toResult(await ffi.load({ library: LIBC_KEY, funcName, retType: DataType.I32, paramsType, paramsValue, errno: true, runInNewThread: true }));
   return {
     open(path, flags) {
       // SAFETY: `path` is copied by ffi-rs into a NUL-terminated C string it owns for the duration of
       // the call; open(2) reads it and keeps no reference. No buffer is shared with the kernel.
-      const raw: unknown = ffi.load({
-        library: LIBC_KEY,
-        funcName: "open",
-        retType: DataType.I32,
-        paramsType: [DataType.String, DataType.I32],
-        paramsValue: [path, flags],
-        errno: true,
-      });
-      return toResult(raw);
+      return call("open", [DataType.String, DataType.I32], [path, flags]);
     },
     close(fd) {
       // SAFETY: integer argument only; the caller owns `fd` and never uses it again after this call.
-      const raw: unknown = ffi.load({
-        library: LIBC_KEY,
-        funcName: "close",
-        retType: DataType.I32,
-        paramsType: [DataType.I32],
-        paramsValue: [fd],
-        errno: true,
-      });
-      return toResult(raw);
+      return call("close", [DataType.I32], [fd]);
     },
     ioctl(fd, request, arg) {
       // SAFETY: `arg` is passed by value as an unsigned long (capability number, machine type or 0);
       // callers only use this for `_IO` requests, whose size field is 0, so the kernel dereferences
       // no user memory.
-      const raw: unknown = ffi.load({
-        library: LIBC_KEY,
-        funcName: "ioctl",
-        retType: DataType.I32,
-        paramsType: [DataType.I32, DataType.U64, DataType.U64],
-        paramsValue: [fd, request, arg],
-        errno: true,
-      });
-      return toResult(raw);
+      return call("ioctl", [DataType.I32, DataType.U64, DataType.U64], [fd, request, arg]);
     },
     async ioctlAsync(fd, request, arg) {
       if (typeof arg === "number") {
         // SAFETY: as `ioctl` above: by-value argument for an `_IO` request; nothing is dereferenced.
         // Runs on an ffi-rs worker thread; errno is read on that same thread.
-        const raw: unknown = await ffi.load({
-          library: LIBC_KEY,
-          funcName: "ioctl",
-          retType: DataType.I32,
-          paramsType: [DataType.I32, DataType.U64, DataType.U64],
-          paramsValue: [fd, request, arg],
-          errno: true,
-          runInNewThread: true,
-        });
-        return toResult(raw);
+        return callOnWorker("ioctl", [DataType.I32, DataType.U64, DataType.U64], [fd, request, arg]);
       }
       // A Buffer view over the caller's bytes (no copy): ffi-rs passes the view's data pointer.
       const view = Buffer.isBuffer(arg) ? arg : Buffer.from(arg.buffer, arg.byteOffset, arg.byteLength);
@@ -137,17 +111,9 @@ function createFfiLibc(): Libc {
       // checks `view.byteLength === _IOC_SIZE(request)` first. The bytes are owned by the caller's
       // ArrayBuffer, which V8 never moves; `view` stays referenced by this frame until the worker
       // thread returns, so it cannot be collected mid-call. The kernel keeps no reference after return.
-      const raw: unknown = await ffi.load({
-        library: LIBC_KEY,
-        funcName: "ioctl",
-        retType: DataType.I32,
-        paramsType: [DataType.I32, DataType.U64, DataType.U8Array],
-        paramsValue: [fd, request, view],
-        errno: true,
-        runInNewThread: true,
-      });
+      const result = await callOnWorker("ioctl", [DataType.I32, DataType.U64, DataType.U8Array], [fd, request, view]);
       void view.byteLength; // keep `view` alive until the call has returned
-      return toResult(raw);
+      return result;
     },
   };
 }
