@@ -12,7 +12,7 @@
  * and filters to it; the state they share (sessions, `releasing`) is a VmHostState.
  */
 import { KvmiProtocolError } from "@kvmi/kvm-bridge";
-import type { KvmiChannel, KvmiEvent, Logger, VmRegistry } from "@kvmi/kvm-bridge";
+import type { KvmiEvent } from "@kvmi/kvm-bridge";
 import { withZeroDefaults } from "@kvmi/kvm-bridge/wire";
 import { BridgeError } from "../mapping/bridge-error.js";
 import { hasEventMapping, v9EventName } from "../mapping/events.js";
@@ -20,9 +20,8 @@ import type { AutoReplyReason } from "../metrics/index.js";
 import { sendCommand } from "./dialect-translation.js";
 import { Counter, COUNTER_SLOTS, RuleActionKind } from "./event-rules.js";
 import type { CompiledFilter, CompiledRule } from "./event-rules.js";
-import type { HookLedger } from "./hook-ledger.js";
 import { NoticeQueue } from "./notice-queue.js";
-import type { Attached, RuleNotice, Session, VmHostOptions, VmHostState } from "./vm-host-types.js";
+import type { Attached, RuleNotice, Session, VmParts } from "./vm-host-types.js";
 
 /**
  * Notifications of rule-answered events waiting to be sent, per VM (notice-queue.ts,
@@ -59,20 +58,11 @@ export class VmEvents {
   private readonly notices = new NoticeQueue<QueuedNotice>((notices) => this.sendNotices(notices), NOTICE_QUEUE);
 
   /** @param onUnhook called when the kernel announces an unhook (KVMI_EVENT_UNHOOK). */
-  constructor(
-    private readonly state: VmHostState,
-    private readonly uuid: string,
-    private readonly registry: VmRegistry,
-    private readonly channel: KvmiChannel,
-    private readonly ledger: HookLedger,
-    private readonly options: VmHostOptions,
-    private readonly log: Logger,
-    private readonly onUnhook: () => void,
-  ) {}
+  constructor(private readonly vm: VmParts, private readonly onUnhook: () => void) {}
 
   /** The channel's event sink: takes every event the kernel sends. */
   onEvent(event: KvmiEvent): boolean {
-    this.options.metrics?.event(v9EventName(event.kind));
+    this.vm.options.metrics?.event(v9EventName(event.kind));
     if (event.kind === "UNHOOK") {
       this.onUnhook();
       return true;
@@ -83,8 +73,8 @@ export class VmEvents {
       // then answer the wrong one) or answer a vCPU the kernel does not have. A kernel never does
       // this (a vCPU blocks on its one event until the reply): the peer
       // is not a KVMI kernel we can trust, so its connection ends here.
-      this.log.warn({ vcpu: event.vcpu, seq: event.seq, event: event.spec.name, reason: violation }, "closing the VM's connection: invalid event");
-      this.channel.close(`protocol error: ${violation}`, new KvmiProtocolError(violation, { vm: this.uuid, vcpu: event.vcpu }));
+      this.vm.log.warn({ vcpu: event.vcpu, seq: event.seq, event: event.spec.name, reason: violation }, "closing the VM's connection: invalid event");
+      this.vm.channel.close(`protocol error: ${violation}`, new KvmiProtocolError(violation, { vm: this.vm.uuid, vcpu: event.vcpu }));
       return true;
     }
     // An event kind kvmi.v1 has no message for (none today; a table may list one before the API
@@ -94,7 +84,7 @@ export class VmEvents {
       void this.autoReply(event.vcpu, "not_in_api");
       return true;
     }
-    const state = this.state;
+    const state = this.vm.state;
     const controller = state.controller;
     const releasing = state.releasing;
     // Rules decide only while the controller is in charge (not once the bridge releases the VM).
@@ -118,7 +108,7 @@ export class VmEvents {
   }
 
   private deadlineFor(event: KvmiEvent): number {
-    return this.state.controller?.eventDeadlineMs ?? this.options.eventDeadlines?.[v9EventName(event.kind)] ?? this.options.eventDeadlineMs;
+    return this.vm.state.controller?.eventDeadlineMs ?? this.vm.options.eventDeadlines?.[v9EventName(event.kind)] ?? this.vm.options.eventDeadlineMs;
   }
 
   /**
@@ -130,7 +120,7 @@ export class VmEvents {
    */
   private applyFilter(filter: CompiledFilter, controller: Attached, event: KvmiEvent): boolean {
     const index = filter.match(event);
-    const metrics = this.options.metrics;
+    const metrics = this.vm.options.metrics;
     if (index < 0) {
       filter.unmatched++;
       metrics?.filterEvent?.(v9EventName(event.kind), "unmatched");
@@ -172,10 +162,10 @@ export class VmEvents {
 
   /** Sends queued notifications, in order, to the observers and the controller that is still attached. */
   private sendNotices(notices: readonly QueuedNotice[]): void {
-    const metrics = this.options.metrics;
+    const metrics = this.vm.options.metrics;
     for (const { event, notice, controller, filter } of notices) {
-      for (const observer of this.state.observers.values()) observer.sink.event(event, undefined, notice);
-      if (this.state.controller !== controller) continue; // detached since: its session is over
+      for (const observer of this.vm.state.observers.values()) observer.sink.event(event, undefined, notice);
+      if (this.vm.state.controller !== controller) continue; // detached since: its session is over
       if (!controller.sink.event(event, undefined, notice)) {
         filter.notificationsDropped++;
         metrics?.filterEvent?.(v9EventName(event.kind), "notification_dropped");
@@ -191,20 +181,20 @@ export class VmEvents {
   /** A rule's wire action; CONTINUE to a BREAKPOINT whose INT3 the bridge removed is RETRY (see defaultReply). */
   private ruleAction(rule: CompiledRule, event: KvmiEvent): number {
     const reply = rule.reply;
-    if (reply.isContinue && event.kind === "BREAKPOINT" && this.ledger.wasRestored(event.payload?.["gpa"] as bigint)) return reply.retryAction;
+    if (reply.isContinue && event.kind === "BREAKPOINT" && this.vm.ledger.wasRestored(event.payload?.["gpa"] as bigint)) return reply.retryAction;
     return reply.action;
   }
 
   /** See VmHost.setEventFilter. */
   setEventFilter(session: Session, filter: CompiledFilter | undefined): CompiledFilter | undefined {
-    if (this.state.controller?.id !== session.id) {
-      throw new BridgeError("NOT_CONTROLLER", "only the controller may set an event filter: attach with role CONTROLLER", { vm: this.uuid });
+    if (this.vm.state.controller?.id !== session.id) {
+      throw new BridgeError("NOT_CONTROLLER", "only the controller may set an event filter: attach with role CONTROLLER", { vm: this.vm.uuid });
     }
     // The old rules' notifications reach the stream before the reply that replaces them.
     this.notices.flush();
     const previous = this.filter;
     this.filter = filter;
-    this.log.info({ session: session.id, rules: filter?.rules.length ?? 0 }, "event filter set");
+    this.vm.log.info({ session: session.id, rules: filter?.rules.length ?? 0 }, "event filter set");
     return previous;
   }
 
@@ -220,7 +210,7 @@ export class VmEvents {
 
   /** Why an event cannot be accepted, or undefined when it can. */
   private eventViolation(event: KvmiEvent): string | undefined {
-    const vcpuCount = this.registry.get(this.uuid)?.vcpuCount ?? 0;
+    const vcpuCount = this.vm.registry.get(this.vm.uuid)?.vcpuCount ?? 0;
     if (!Number.isInteger(event.vcpu) || event.vcpu < 0 || event.vcpu >= vcpuCount) {
       return `${event.spec.name} seq ${event.seq} names vCPU ${event.vcpu}, but the VM has ${vcpuCount}`;
     }
@@ -241,14 +231,14 @@ export class VmEvents {
     seq: number,
     reply: { readonly action: number; readonly replyData: Record<string, unknown> | undefined; readonly registers?: Record<string, unknown> | undefined },
   ): Promise<void> {
-    if (this.state.controller?.id !== session.id) {
-      throw new BridgeError("NOT_CONTROLLER", "only the controller may answer events", { vm: this.uuid, vcpu });
+    if (this.vm.state.controller?.id !== session.id) {
+      throw new BridgeError("NOT_CONTROLLER", "only the controller may answer events", { vm: this.vm.uuid, vcpu });
     }
     this.pendingEvent(vcpu, seq);
     const pending = this.pending.get(vcpu)!;
     // Register changes ride on the reply: the kernel applies them when it processes it (kvmi-abi §3.4).
     if (reply.registers !== undefined) {
-      await sendCommand(this.channel, "KVMI_VCPU_SET_REGISTERS", reply.registers as never, vcpu);
+      await sendCommand(this.vm.channel, "KVMI_VCPU_SET_REGISTERS", reply.registers as never, vcpu);
     }
     await this.send(vcpu, pending, reply.action, reply.replyData);
   }
@@ -257,7 +247,7 @@ export class VmEvents {
   pendingEvent(vcpu: number, seq: number): KvmiEvent {
     const pending = this.pending.get(vcpu);
     if (pending === undefined || pending.event.seq !== seq) {
-      throw new BridgeError("EVENT_NOT_PENDING", `no event seq ${seq} is waiting on vCPU ${vcpu} (already answered or timed out)`, { vm: this.uuid, vcpu });
+      throw new BridgeError("EVENT_NOT_PENDING", `no event seq ${seq} is waiting on vCPU ${vcpu} (already answered or timed out)`, { vm: this.vm.uuid, vcpu });
     }
     return pending.event;
   }
@@ -280,7 +270,7 @@ export class VmEvents {
     // CR/MSR: the value the guest wrote; send() zero-fills other reply data (kvmi-v7's PF reply).
     if (event.spec.replyData !== null) return { action: 0, data: { new_val: payload?.["new_value"] ?? 0n } };
     // A breakpoint whose INT3 the bridge just removed must be re-executed, not re-injected.
-    if (event.kind === "BREAKPOINT" && this.ledger.wasRestored(payload?.["gpa"] as bigint)) {
+    if (event.kind === "BREAKPOINT" && this.vm.ledger.wasRestored(payload?.["gpa"] as bigint)) {
       return { action: 1, data: undefined };
     }
     return { action: 0, data: undefined };
@@ -290,8 +280,8 @@ export class VmEvents {
     const pending = this.pending.get(vcpu);
     if (pending === undefined) return;
     const { action, data } = this.defaultReply(pending.event);
-    this.options.metrics?.autoReply(v9EventName(pending.event.kind), reason);
-    if (reason !== "no_controller") this.log.debug({ vcpu, seq: pending.event.seq, reason }, "bridge answered the event");
+    this.vm.options.metrics?.autoReply(v9EventName(pending.event.kind), reason);
+    if (reason !== "no_controller") this.vm.log.debug({ vcpu, seq: pending.event.seq, reason }, "bridge answered the event");
     await this.send(vcpu, pending, action, data).catch(() => undefined);
   }
 
@@ -301,9 +291,9 @@ export class VmEvents {
     clearTimeout(pending.timer);
     // Fields of the dialect's reply data that kvmi.v1 does not carry (kvmi-v7's PF reply) are zero.
     const replyData = data === undefined ? undefined : withZeroDefaults(pending.event.spec.replyData, data);
-    await this.channel.replyEvent(pending.event, action, replyData);
+    await this.vm.channel.replyEvent(pending.event, action, replyData);
     const elapsed = Number(process.hrtime.bigint() - pending.event.receivedAt) / 1e9;
-    this.options.metrics?.eventRoundTrip(v9EventName(pending.event.kind), elapsed);
+    this.vm.options.metrics?.eventRoundTrip(v9EventName(pending.event.kind), elapsed);
   }
 }
 

@@ -7,8 +7,9 @@
  * Apart from vm-host.ts so that those modules never import vm-host.ts, which imports them.
  * Callers keep importing the public ones from vm-host.ts, which re-exports them.
  */
-import type { KvmiEvent, Logger } from "@kvmi/kvm-bridge";
+import type { KvmiChannel, KvmiEvent, Logger, VmRegistry } from "@kvmi/kvm-bridge";
 import type { AutoReplyReason } from "../metrics/index.js";
+import type { HookLedger } from "./hook-ledger.js";
 import type { LedgerJournals } from "./ledger-journal.js";
 
 /** The owner of sessions attached without one: the identity of loopback plaintext callers. */
@@ -118,6 +119,20 @@ export interface VmHostState {
    * then on the bridge answers every event itself, and this is the metric label of those replies.
    */
   releasing: Extract<AutoReplyReason, "unhook" | "shutdown"> | undefined;
+}
+
+/**
+ * @internal What VmHost gives VmEvents and VmUnhook of one VM: the shared state and the objects it
+ * owns for the VM, as one object instead of the same seven constructor parameters each.
+ */
+export interface VmParts {
+  readonly state: VmHostState;
+  readonly uuid: string;
+  readonly registry: VmRegistry;
+  readonly channel: KvmiChannel;
+  readonly ledger: HookLedger;
+  readonly options: VmHostOptions;
+  readonly log: Logger;
 }
 
 /** @internal The sessions attached now, controller first. */

@@ -23,7 +23,7 @@ import { HookLedger } from "./hook-ledger.js";
 import type { LedgerJournal } from "./ledger-journal.js";
 import { VmEvents } from "./vm-events.js";
 import { attachedSessions, DEFAULT_OWNER } from "./vm-host-types.js";
-import type { Attached, Session, SessionSink, UnhookCause, VmHostOptions, VmHostState } from "./vm-host-types.js";
+import type { Attached, Session, SessionSink, UnhookCause, VmHostOptions, VmHostState, VmParts } from "./vm-host-types.js";
 import { VmUnhook } from "./vm-unhook.js";
 
 export { NOTICE_QUEUE } from "./vm-events.js";
@@ -53,8 +53,9 @@ export class VmHost {
     this.journal = options.journals?.open(record.uuid, record.startTime);
     this.ledger = new HookLedger(this.journal);
     this.log = options.logger.child({ vm: record.uuid });
-    const events = new VmEvents(this.state, this.uuid, registry, channel, this.ledger, options, this.log, () => this.unhook.start("device-manager"));
-    const unhook = new VmUnhook(this.state, this.uuid, registry, channel, this.ledger, events, options, this.log);
+    const parts: VmParts = { state: this.state, uuid: this.uuid, registry, channel, ledger: this.ledger, options, log: this.log };
+    const events = new VmEvents(parts, () => this.unhook.start("device-manager"));
+    const unhook = new VmUnhook(parts, events);
     this.events = events;
     this.unhook = unhook;
     channel.setEventSink((event) => events.onEvent(event));

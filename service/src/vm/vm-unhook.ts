@@ -10,11 +10,11 @@
  * ReleaseVm, bridge shutdown) and read by the rest of the host only through `announced` and
  * VmHostState.releasing.
  */
-import type { KvmiChannel, KvmiTransportError, Logger, VmRegistry } from "@kvmi/kvm-bridge";
-import type { HookLedger, UndoReport } from "./hook-ledger.js";
+import type { KvmiTransportError } from "@kvmi/kvm-bridge";
+import type { UndoReport } from "./hook-ledger.js";
 import type { VmEvents } from "./vm-events.js";
 import { attachedSessions } from "./vm-host-types.js";
-import type { UnhookCause, VmHostOptions, VmHostState } from "./vm-host-types.js";
+import type { UnhookCause, VmParts } from "./vm-host-types.js";
 
 const UNHOOK_CAUSES: Readonly<Record<UnhookCause, string>> = {
   "device-manager": "the device manager is unhooking the VM (pause, suspend, migrate or shutdown)",
@@ -28,16 +28,7 @@ export class VmUnhook {
     | { readonly started: bigint; readonly timer: NodeJS.Timeout; readonly done: Promise<void>; readonly finish: () => void }
     | undefined;
 
-  constructor(
-    private readonly state: VmHostState,
-    private readonly uuid: string,
-    private readonly registry: VmRegistry,
-    private readonly channel: KvmiChannel,
-    private readonly ledger: HookLedger,
-    private readonly events: VmEvents,
-    private readonly options: VmHostOptions,
-    private readonly log: Logger,
-  ) {}
+  constructor(private readonly vm: VmParts, private readonly events: VmEvents) {}
 
   /** True once an unhook is announced: no session may attach any more. */
   get announced(): boolean {
@@ -51,8 +42,8 @@ export class VmUnhook {
   }
 
   /** Announces the unhook to every session and starts its grace; nothing when one is under way or the socket is closed. */
-  start(cause: UnhookCause, graceMs = this.options.unhookDeadlineMs): void {
-    if (this.unhook !== undefined || !this.channel.isOpen) return;
+  start(cause: UnhookCause, graceMs = this.vm.options.unhookDeadlineMs): void {
+    if (this.unhook !== undefined || !this.vm.channel.isOpen) return;
     const deadline = new Date(Date.now() + graceMs);
     let finish!: () => void;
     const finished = new Promise<void>((resolve) => (finish = resolve));
@@ -60,11 +51,11 @@ export class VmUnhook {
     const started = process.hrtime.bigint();
     const done = finished.then(() => this.complete(cause, started));
     this.unhook = { started, timer, done, finish };
-    this.registry.update(this.uuid, { state: "unhook-pending", unhookDeadline: deadline });
-    this.log.info({ reason: UNHOOK_CAUSES[cause], deadline: deadline.toISOString() }, "unhook pending");
+    this.vm.registry.update(this.vm.uuid, { state: "unhook-pending", unhookDeadline: deadline });
+    this.vm.log.info({ reason: UNHOOK_CAUSES[cause], deadline: deadline.toISOString() }, "unhook pending");
     this.events.flushNotices(); // the notifications of events before the unhook come before its notice
-    for (const session of attachedSessions(this.state)) session.sink.unhook(deadline, cause);
-    if (this.state.controller === undefined) finish();
+    for (const session of attachedSessions(this.vm.state)) session.sink.unhook(deadline, cause);
+    if (this.vm.state.controller === undefined) finish();
   }
 
   /** Ends the grace at once (the controller left during it): the bridge releases the VM now. */
@@ -75,20 +66,20 @@ export class VmUnhook {
   private async complete(cause: UnhookCause, started: bigint): Promise<void> {
     // The metric label of the bridge's own replies while it releases the VM.
     const reason = cause === "bridge-shutdown" ? "shutdown" : "unhook";
-    this.state.releasing = reason;
+    this.vm.state.releasing = reason;
     clearTimeout(this.unhook?.timer);
-    if (this.channel.isOpen) this.registry.update(this.uuid, { state: "releasing" });
-    if (this.channel.isOpen) await this.undoLedger();
+    if (this.vm.channel.isOpen) this.vm.registry.update(this.vm.uuid, { state: "releasing" });
+    if (this.vm.channel.isOpen) await this.undoLedger();
     await this.events.answerAll(reason);
-    this.channel.close("introspection released");
-    this.options.metrics?.unhookToClose(Number(process.hrtime.bigint() - started) / 1e9);
+    this.vm.channel.close("introspection released");
+    this.vm.options.metrics?.unhookToClose(Number(process.hrtime.bigint() - started) / 1e9);
   }
 
   /** Undoes the controller's hooks that are still in the ledger (unhook, or the controller gone under the `release` policy). */
   async undoLedger(): Promise<UndoReport | undefined> {
-    if (this.ledger.isEmpty) return undefined;
-    const report = await this.ledger.undo(this.channel, this.options.undoTimeoutMs ?? 2000);
-    this.log.info({ ...report }, "undid the controller's hooks");
+    if (this.vm.ledger.isEmpty) return undefined;
+    const report = await this.vm.ledger.undo(this.vm.channel, this.vm.options.undoTimeoutMs ?? 2000);
+    this.vm.log.info({ ...report }, "undid the controller's hooks");
     return report;
   }
 
@@ -97,9 +88,9 @@ export class VmUnhook {
     this.events.closed();
     if (this.unhook !== undefined) clearTimeout(this.unhook.timer);
     this.unhook?.finish();
-    const sessions = attachedSessions(this.state);
-    this.state.controller = undefined;
-    this.state.observers.clear();
+    const sessions = attachedSessions(this.vm.state);
+    this.vm.state.controller = undefined;
+    this.vm.state.observers.clear();
     for (const session of sessions) session.sink.end(err);
   }
 }
