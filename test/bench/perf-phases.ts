@@ -310,6 +310,24 @@ export async function bulkPhase(c: Context): Promise<void> {
     });
   }
 
+  // BatchReadMemory is a unary call: grpc-js receives a multi-MiB unary response at roughly half
+  // the rate of the same bytes on a server stream (the client's GC and buffering, measured in
+  // docs/performance.md), so the bare unary echo of the same sizes, as many in flight, shows how
+  // much of BatchReadMemory's gap is that transport and how much is the bridge.
+  for (const size of BATCH_SIZES) {
+    await bulk(c, `echo.unaryBulk.${size}`, `bare unary echo 16 MiB in ${sizeLabel(size)} responses, ${BATCH_CALLS_IN_FLIGHT} in flight`, async () => {
+      let next = 0;
+      const lane = async (): Promise<void> => {
+        for (let off = next; off < BULK_BYTES; off = next) {
+          next += size;
+          const response = await echo.unary(echoRequest(8, size));
+          if (response.length !== size) warnings.push(`echo unary ${sizeLabel(size)}: ${response.length} bytes`);
+        }
+      };
+      await Promise.all(Array.from({ length: BATCH_CALLS_IN_FLIGHT }, lane));
+    });
+  }
+
   for (const size of new Set<number>([...BATCH_SIZES, ...DUMP_CHUNKS])) {
     await bulk(c, `echo.stream.${size}`, `bare server stream 16 MiB in ${sizeLabel(size)} messages`, async () => {
       const bytes = await echo.stream(echoRequest(8, size, BULK_BYTES));
