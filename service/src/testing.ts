@@ -12,3 +12,6 @@ export type { TestKeyPair, TestPki } from "./server/testdata/test-pki.js";
 // their raw gRPC clients (`makeGenericClientConstructor`).
 export { createServiceDefinition } from "./rpc/service-definition.js";
 export type { HandlerFor, ServiceDefinitionFor, ServiceImplementationFor } from "./rpc/service-definition.js";
+
+// What one DumpMemory holds at most (its bulk quota lease), for tests of a client that stops reading.
+export { dumpLeaseBytes } from "./rpc/dump-memory.js";

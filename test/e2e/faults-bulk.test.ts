@@ -5,12 +5,14 @@
  * the KVMI socket, and a device manager that drops mid-dump ends the stream with UNAVAILABLE at once
  * instead of leaving the client waiting.
  */
+import http2 from "node:http2";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { Metadata } from "@grpc/grpc-js";
 import type { ClientReadableStream, ServiceError } from "@grpc/grpc-js";
-import { create } from "@bufbuild/protobuf";
+import { create, toBinary } from "@bufbuild/protobuf";
 import { DumpMemoryRequestSchema } from "@kvmi/proto";
 import type { DumpMemoryResponse } from "@kvmi/proto";
+import { dumpLeaseBytes } from "@kvmi/service/testing";
 import { GrpcStatus, startHarness, waitUntil, withTimeout } from "../support/bridge-harness.js";
 import type { Harness } from "../support/bridge-harness.js";
 
@@ -53,7 +55,8 @@ describe("faults mid-dump", () => {
     expect(responses.reduce((n, r) => n + r.data.length, 0)).toBe(1 << 20);
   });
 
-  it("a client that stops reading stops the dump's page reads: the bridge holds a bounded amount, then finishes", async () => {
+  /** Counts the page reads the VM is asked for while `body` runs. */
+  async function countingPageReads(body: (pagesRequested: () => number) => Promise<void>): Promise<number> {
     const target = host();
     let pagesRequested = 0;
     const original = target.commandBatch.bind(target);
@@ -62,40 +65,96 @@ describe("faults mid-dump", () => {
       return original(name, requests, vcpu, caller);
     });
     try {
+      await body(() => pagesRequested);
+      return pagesRequested;
+    } finally {
+      spy.mockRestore();
+    }
+  }
+
+  /** Waits until the page-read count stays the same over two 300 ms looks. */
+  async function readsStopped(pagesRequested: () => number): Promise<void> {
+    let seen = -1;
+    await waitUntil(
+      async () => {
+        const now = pagesRequested();
+        await new Promise((resolve) => setTimeout(resolve, 300));
+        const stable = now === pagesRequested() && now === seen;
+        seen = now;
+        return stable;
+      },
+      "the page reads to stop while the client does not read",
+      { timeoutMs: 10_000 },
+    );
+  }
+
+  it("a client that stops reading stops the dump's page reads: the bridge holds a bounded amount, then finishes", async () => {
+    let received = 0;
+    const pages = await countingPageReads(async (pagesRequested) => {
       const stream = startDump();
-      let received = 0;
       const ended = new Promise<ServiceError | undefined>((resolve) => {
         stream.on("error", (err: ServiceError) => resolve(err));
         stream.on("end", () => resolve(undefined));
       });
+      let paused = false;
       stream.on("data", (response: DumpMemoryResponse) => {
         received += response.data.length;
-        if (received === 1 << 20) stream.pause();
+        if (!paused && received >= 1 << 20) {
+          paused = true;
+          stream.pause();
+        }
       });
       await waitUntil(() => received >= 1 << 20, "the first MiB to arrive");
-      // The reads stop while nobody reads: the count stays the same over 300 ms.
-      let seen = -1;
-      await waitUntil(
-        async () => {
-          const now = pagesRequested;
-          await new Promise((resolve) => setTimeout(resolve, 300));
-          const stable = now === pagesRequested && now === seen;
-          seen = now;
-          return stable;
-        },
-        "the page reads to stop while the client does not read",
-        { timeoutMs: 10_000 },
-      );
-      // What is read but not taken by the client: the bursts read ahead, the chunk, what grpc-js and
-      // HTTP/2 buffer on both sides. A bound far below the dump's 48 MiB.
-      const heldBytes = pagesRequested * 4096 - received;
-      expect(heldBytes).toBeLessThan(8 << 20);
+      await readsStopped(pagesRequested);
+      // What is read but not taken by the client: the bursts read ahead, the chunks the dump holds,
+      // what grpc-js and HTTP/2 buffer on both sides. A bound far below the dump's 48 MiB.
+      expect(pagesRequested() * 4096 - received).toBeLessThan(8 << 20);
       stream.resume();
       expect(await withTimeout(ended, 20_000, "the resumed dump to end")).toBeUndefined();
-      expect(received).toBe(48 << 20);
-      expect(pagesRequested).toBe((48 << 20) / 4096);
+    });
+    expect(received).toBe(48 << 20);
+    expect(pages).toBe((48 << 20) / 4096);
+  });
+
+  it("with 2 MiB chunks and a client that takes nothing past HTTP/2's first window, the bridge holds no more than the dump's lease", async () => {
+    // A bare HTTP/2 client: no grpc-js buffering on the client side (its readable stream queues 16
+    // messages, 32 MiB of 2 MiB chunks), so what the client has not taken sits in the bridge. The
+    // bridge's side of grpc-js would itself queue 16 chunks before asking the dump to wait.
+    const chunkSize = 2 << 20;
+    const request = create(DumpMemoryRequestSchema, { vm: h.vmName(0), startGpa: 1n << 20n, length: 48n << 20n, chunkSize });
+    const body = toBinary(DumpMemoryRequestSchema, request);
+    const frame = Buffer.alloc(5 + body.length);
+    frame.writeUInt32BE(body.length, 1);
+    frame.set(body, 5);
+    const session = http2.connect(`http://${h.bridge.grpcTarget}`);
+    try {
+      let taken = 0;
+      const pages = await countingPageReads(async (pagesRequested) => {
+        const stream = session.request({
+          ":method": "POST",
+          ":path": "/kvmi.v1.IntrospectionService/DumpMemory",
+          "content-type": "application/grpc",
+          te: "trailers",
+        });
+        let grpcStatus: string | undefined;
+        stream.on("trailers", (trailers) => (grpcStatus = String(trailers["grpc-status"])));
+        const ended = new Promise<void>((resolve) => stream.on("close", resolve));
+        stream.end(frame);
+        // Take the first bytes, then stop: HTTP/2 lets the bridge send one window (64 KiB) more.
+        await new Promise<void>((resolve) => stream.once("data", (chunk: Buffer) => ((taken += chunk.length), stream.pause(), resolve())));
+        await readsStopped(pagesRequested);
+        const held = pagesRequested() * 4096 - taken;
+        expect(held).toBeLessThanOrEqual(dumpLeaseBytes(chunkSize) + (1 << 20));
+        stream.on("data", (chunk: Buffer) => (taken += chunk.length));
+        stream.resume();
+        await withTimeout(ended, 20_000, "the resumed dump to end");
+        expect(grpcStatus).toBe("0");
+      });
+      expect(pages).toBe((48 << 20) / 4096);
+      // The 48 MiB of data and each response's few bytes of framing.
+      expect(taken).toBeGreaterThan(48 << 20);
     } finally {
-      spy.mockRestore();
+      session.close();
     }
   });
 

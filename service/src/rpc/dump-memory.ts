@@ -27,21 +27,32 @@ const MAX_CHUNK = 2 * 1024 * 1024;
 const PROGRESS_EVERY_WINDOWS = 64;
 /** Default of `--dump-max-hole-bytes`: unbacked bytes in a row after which a dump stops. */
 export const DEFAULT_DUMP_MAX_HOLE_BYTES = 4 * 1024 * 1024 * 1024;
+/**
+ * Chunks handed to grpc-js and not yet written to the socket, at most: one being sent and one
+ * waiting, so HTTP/2 never idles between chunks. grpc-js's own backpressure (`write()` returning
+ * false) comes only after 16 queued messages, 32 MiB of 2 MiB chunks per dump, far more than the
+ * bulk quota's lease; the dump waits on each chunk's write callback instead.
+ */
+export const DUMP_CHUNKS_QUEUED = 2;
+
+/** What one dump holds at most (its bulk quota lease): queued chunks, the chunk being filled, the bursts read ahead. */
+export function dumpLeaseBytes(chunkSize: number): number {
+  return (DUMP_CHUNKS_QUEUED + 1) * chunkSize + READ_AHEAD_BURSTS * PAGE_WINDOW * Number(PAGE);
+}
 
 /**
  * DumpMemory: reads pages in bursts of {@link PAGE_WINDOW} ({@link READ_AHEAD_BURSTS} in flight while a
  * chunk is sent), emits contiguous readable runs as chunks encoded around the reply buffers,
- * reports holes and progress, and waits for the client to drain before reading on, so a slow client
- * never makes the bridge buffer more than the bursts read ahead beside the chunk.
+ * reports holes and progress, and stops reading while {@link DUMP_CHUNKS_QUEUED} chunks wait for the
+ * socket, so a slow client never makes the bridge hold more than {@link dumpLeaseBytes}.
  */
 export function dumpMemoryHandler(deps: RpcDeps) {
   return (call: ServerWritableStream<DumpMemoryRequest, DumpMemoryResponse>): void => {
     const signal = cancellationOf(call);
     let lease: QuotaLease;
     try {
-      // What a dump holds at most: the bursts read ahead and the chunk being filled.
       const chunkSize = Math.min(call.request.chunkSize === 0 ? DEFAULT_CHUNK : call.request.chunkSize, MAX_CHUNK);
-      lease = quotasOf(deps).acquire("bulkBytes", ownerOf(principalOf(call)), chunkSize + READ_AHEAD_BURSTS * PAGE_WINDOW * Number(PAGE));
+      lease = quotasOf(deps).acquire("bulkBytes", ownerOf(principalOf(call)), dumpLeaseBytes(chunkSize));
     } catch (err) {
       failStream(call, failure(deps, "dumpMemory", err, vmContext(call.request.vm)));
       return;
@@ -101,6 +112,7 @@ async function dump(deps: RpcDeps, call: ServerWritableStream<DumpMemoryRequest,
   /** Unbacked bytes since the last readable page. */
   let holeRun = 0n;
   let windowsSinceFlush = 0;
+  const sending = new SendQueue(call, signal);
   /** Adds one unbacked page, merged into the last hole when adjacent (so holes stay few). */
   const addHole = (gpa: bigint): void => {
     const last = holes.at(-1);
@@ -118,12 +130,11 @@ async function dump(deps: RpcDeps, call: ServerWritableStream<DumpMemoryRequest,
       bytesTotal: total,
       holes: coalesce(holes),
     });
-    // The service definition's serializer writes pre-encoded messages as they are.
-    const ok = call.write(message as unknown as DumpMemoryResponse);
     pages = [];
     chunkBytes = 0;
     holes = [];
-    if (!ok) await new Promise<void>((resolve) => call.once("drain", resolve));
+    // The service definition's serializer writes pre-encoded messages as they are.
+    await sending.write(message as unknown as DumpMemoryResponse);
   };
   const step = PAGE * BigInt(PAGE_WINDOW);
   /** Reads the (up to) {@link PAGE_WINDOW} pages from `start`, in order. */
@@ -180,4 +191,61 @@ async function dump(deps: RpcDeps, call: ServerWritableStream<DumpMemoryRequest,
     }
   }
   await flush();
+  await sending.drained();
+}
+
+/**
+ * The chunks of one dump between the dump loop and the socket: at most {@link DUMP_CHUNKS_QUEUED}
+ * written and not yet sent (grpc-js calls a message's write callback once HTTP/2 has written it
+ * out). A client that stops reading therefore stops the dump here, with a bounded amount held. A
+ * wait ends when the call is cancelled (grpc-js then calls no more write callbacks) or fails.
+ */
+class SendQueue {
+  private unsent = 0;
+  private wake: (() => void) | undefined;
+  private failure: Error | undefined;
+  private readonly onWritten = (err?: Error | null): void => {
+    this.unsent--;
+    if (err) this.failure ??= err;
+    this.wakeUp();
+  };
+  private readonly wakeUp = (): void => {
+    const wake = this.wake;
+    this.wake = undefined;
+    wake?.();
+  };
+
+  constructor(
+    private readonly call: ServerWritableStream<DumpMemoryRequest, DumpMemoryResponse>,
+    private readonly signal: CancelSignal,
+  ) {
+    signal.addEventListener("abort", this.wakeUp, { once: true });
+    call.once("close", this.wakeUp);
+  }
+
+  /** Writes one message once fewer than {@link DUMP_CHUNKS_QUEUED} are unsent. */
+  async write(message: DumpMemoryResponse): Promise<void> {
+    await this.until(DUMP_CHUNKS_QUEUED - 1);
+    this.unsent++;
+    this.call.write(message, this.onWritten);
+  }
+
+  /** Waits until every written message is out, so the dump's lease covers them until then. */
+  drained(): Promise<void> {
+    return this.until(0);
+  }
+
+  private async until(unsent: number): Promise<void> {
+    while (this.unsent > unsent) {
+      this.check();
+      await new Promise<void>((resolve) => (this.wake = resolve));
+    }
+    this.check();
+  }
+
+  private check(): void {
+    this.signal.throwIfAborted();
+    if (this.failure !== undefined) throw this.failure;
+    if (this.call.destroyed) throw new Error("the dump's stream closed before its chunks were sent");
+  }
 }
