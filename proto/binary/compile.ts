@@ -26,7 +26,7 @@ import { ScalarType } from "@bufbuild/protobuf";
 import type { DescField, DescMessage } from "@bufbuild/protobuf";
 import { Edition, FeatureSet_FieldPresence } from "@bufbuild/protobuf/wkt";
 import * as runtime from "./runtime.js";
-import { check, notZero, read, size, wireTypeOf, WIRE_LENGTH, write, zeroValue } from "./scalars.js";
+import { SCALARS, WIRE_LENGTH } from "./scalars.js";
 
 /** The generated pair for one root message type. */
 export interface GeneratedCodec {
@@ -111,22 +111,22 @@ function encoderOf(desc: DescMessage, index: Map<string, number>): string {
         sizeBody.push(`v = ${items}; for (i = 0; i < v.length; i++) { e = v[i]; y = Z.length; Z.push(0); x = s${j}(e); Z[y] = x; n += ${tagSize(no)} + vs32(x) + x; }`);
         writeBody.push(`v = ${items}; for (i = 0; i < v.length; i++) { e = v[i]; ${tagWrites(no, WIRE_LENGTH)} p = wv32(b, p, Z[zi++]); p = w${j}(e, b, p); }`);
       } else if (f.packed) {
-        const t = scalarOf(f);
+        const code = SCALARS[scalarOf(f)];
         // The payload's length is only known after sizing every item: keep n aside meanwhile.
         sizeBody.push(
-          `v = ${items}; if (v.length > 0) { y = n; n = 0; for (i = 0; i < v.length; i++) { e = v[i]; ${check(t, "e")} ${size(t, "e")} } Z.push(n); n = y + ${tagSize(no)} + vs32(Z[Z.length - 1]) + Z[Z.length - 1]; }`,
+          `v = ${items}; if (v.length > 0) { y = n; n = 0; for (i = 0; i < v.length; i++) { e = v[i]; ${code.check("e")} ${code.size("e")} } Z.push(n); n = y + ${tagSize(no)} + vs32(Z[Z.length - 1]) + Z[Z.length - 1]; }`,
         );
-        writeBody.push(`v = ${items}; if (v.length > 0) { ${tagWrites(no, WIRE_LENGTH)} p = wv32(b, p, Z[zi++]); for (i = 0; i < v.length; i++) { e = v[i]; ${write(t, "e")} } }`);
+        writeBody.push(`v = ${items}; if (v.length > 0) { ${tagWrites(no, WIRE_LENGTH)} p = wv32(b, p, Z[zi++]); for (i = 0; i < v.length; i++) { e = v[i]; ${code.write("e")} } }`);
       } else {
-        const t = scalarOf(f);
-        sizeBody.push(`v = ${items}; for (i = 0; i < v.length; i++) { e = v[i]; ${check(t, "e")} n += ${tagSize(no)}; ${size(t, "e")} }`);
-        writeBody.push(`v = ${items}; for (i = 0; i < v.length; i++) { e = v[i]; ${tagWrites(no, wireTypeOf(t))} ${write(t, "e")} }`);
+        const code = SCALARS[scalarOf(f)];
+        sizeBody.push(`v = ${items}; for (i = 0; i < v.length; i++) { e = v[i]; ${code.check("e")} n += ${tagSize(no)}; ${code.size("e")} }`);
+        writeBody.push(`v = ${items}; for (i = 0; i < v.length; i++) { e = v[i]; ${tagWrites(no, code.wireType)} ${code.write("e")} }`);
       }
       continue;
     }
-    const t = scalarOf(f);
-    const present = f.presence === FeatureSet_FieldPresence.IMPLICIT ? notZero(t, "e", f.fieldKind === "enum" ? f.enum.values[0]!.number : undefined) : "e !== undefined";
-    singular(present, `${check(t, "e")} n += ${tagSize(no)}; ${size(t, "e")}`, `${tagWrites(no, wireTypeOf(t))} ${write(t, "e")}`);
+    const code = SCALARS[scalarOf(f)];
+    const present = f.presence === FeatureSet_FieldPresence.IMPLICIT ? (f.fieldKind === "enum" ? `e !== ${f.enum.values[0]!.number}` : code.notZero("e")) : "e !== undefined";
+    singular(present, `${code.check("e")} n += ${tagSize(no)}; ${code.size("e")}`, `${tagWrites(no, code.wireType)} ${code.write("e")}`);
   }
   const i = index.get(desc.typeName)!;
   return `
@@ -152,7 +152,7 @@ function decoderOf(desc: DescMessage, index: Map<string, number>): string {
     else if (member.fieldKind === "enum" && member.presence === FeatureSet_FieldPresence.IMPLICIT) {
       init.push(`${JSON.stringify(member.localName)}: ${member.enum.values[0]!.number}`);
     } else if (member.fieldKind === "scalar" && member.presence === FeatureSet_FieldPresence.IMPLICIT) {
-      init.push(`${JSON.stringify(member.localName)}: ${zeroValue(member.scalar)}`);
+      init.push(`${JSON.stringify(member.localName)}: ${SCALARS[member.scalar].zero}`);
     }
   }
   const cases: string[] = [];
@@ -170,18 +170,18 @@ function decoderOf(desc: DescMessage, index: Map<string, number>): string {
       } else cases.push(`case ${tagValue(no, WIRE_LENGTH)}: ${bounded} if (m[${name}] !== undefined) throw F; m[${name}] = d${j}(e); break;`);
       continue;
     }
-    const t = scalarOf(f);
-    const wt = wireTypeOf(t);
+    const code = SCALARS[scalarOf(f)];
+    const wt = code.wireType;
     if (f.fieldKind === "list") {
-      cases.push(`case ${tagValue(no, wt)}: m[${name}].push(${read(t)}); break;`);
+      cases.push(`case ${tagValue(no, wt)}: m[${name}].push(${code.read}); break;`);
       // Packed and unpacked are both accepted for packable types (protobuf encoding spec).
       if (wt !== WIRE_LENGTH) {
-        cases.push(`case ${tagValue(no, WIRE_LENGTH)}: { x = rv32(); const stop = pos + x; if (stop > end) throw F; v = m[${name}]; while (pos < stop) v.push(${read(t)}); if (pos !== stop) throw F; break; }`);
+        cases.push(`case ${tagValue(no, WIRE_LENGTH)}: { x = rv32(); const stop = pos + x; if (stop > end) throw F; v = m[${name}]; while (pos < stop) v.push(${code.read}); if (pos !== stop) throw F; break; }`);
       }
     } else if (f.oneof) {
-      cases.push(`case ${tagValue(no, wt)}: m[${JSON.stringify(f.oneof.localName)}] = { case: ${name}, value: ${read(t)} }; break;`);
+      cases.push(`case ${tagValue(no, wt)}: m[${JSON.stringify(f.oneof.localName)}] = { case: ${name}, value: ${code.read} }; break;`);
     } else {
-      cases.push(`case ${tagValue(no, wt)}: m[${name}] = ${read(t)}; break;`);
+      cases.push(`case ${tagValue(no, wt)}: m[${name}] = ${code.read}; break;`);
     }
   }
   const i = index.get(desc.typeName)!;
