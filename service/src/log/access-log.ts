@@ -16,6 +16,7 @@ import type { Metadata, Responder, ServerInterceptor, ServerInterceptingCallInte
 type PartialStatus = Parameters<NonNullable<Responder["sendStatus"]>>[0];
 import type { Logger } from "@kvmi/kvm-bridge";
 import type { BridgeMetrics } from "../metrics/index.js";
+import { endCall, trackCallEnd } from "../server/call-end.js";
 
 /** What one access-log line says. */
 export interface AccessLogEntry {
@@ -149,6 +150,7 @@ class AccessLoggedCall implements Responder, ServerListener {
 
   onReceiveMetadata(metadata: Metadata, next: (metadata: Metadata) => void): void {
     this.metadata = metadata;
+    trackCallEnd(metadata);
     next(metadata);
   }
 
@@ -177,6 +179,7 @@ class AccessLoggedCall implements Responder, ServerListener {
   private finish(code: GrpcStatus): void {
     if (this.done) return;
     this.done = true;
+    endCall(this.metadata);
     this.options.metrics?.grpcRequestsTotal.inc({ method: this.method, code: grpcCodeName(code) });
     if (this.skip) return;
     const caller = this.metadata === undefined ? undefined : this.options.callerOf?.(this.metadata);

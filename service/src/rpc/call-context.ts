@@ -14,6 +14,7 @@ import type { ErrorContext } from "../mapping/status.js";
 import { constants as http2Constants } from "node:http2";
 // authorization.ts imports this module too; both only call each other at request time.
 import { ownerOf, principalOf } from "./principals.js";
+import { atCallEnd } from "../server/call-end.js";
 import type { VmHosts } from "../vm/vm-hosts.js";
 import { Quotas, UNLIMITED } from "./quotas.js";
 
@@ -194,7 +195,8 @@ export function unary<Req, Res>(
     const done = lease;
     handler(call).then(
       (response) => {
-        done.release();
+        // The call stays in flight until its response is written out (call-end.ts).
+        atCallEnd(call.metadata, done.release);
         markSettled(call);
         callback(null, response);
       },

@@ -17,6 +17,7 @@ import { parseVmName } from "../mapping/resource-names.js";
 import { statusToProto } from "../mapping/status.js";
 import type { VmHost } from "../vm/vm-host.js";
 import { ownerOf, principalOf } from "./principals.js";
+import { atCallEnd } from "../server/call-end.js";
 import type { RpcDeps } from "./call-context.js";
 import { cancellationOf, callTimeoutMs, quotasOf, unary } from "./call-context.js";
 import type { CommandCaller } from "./command-rpcs.js";
@@ -205,16 +206,20 @@ export function batchReadHandler(deps: RpcDeps) {
     deps,
     "batchReadMemory",
     async (call: ServerUnaryCall<BatchReadMemoryRequest, BatchReadMemoryResponse>) => {
-      // The whole response is held at once: its bytes count against the bulk-bytes quota.
+      // The whole response is held at once, until it is written out (call-end.ts): its bytes count
+      // against the bulk-bytes quota until then.
       let bytes = 0;
       for (const range of call.request.ranges) bytes += Number(range.length);
       const lease = quotasOf(deps).acquire("bulkBytes", ownerOf(principalOf(call)), Math.min(bytes, MAX_BATCH_BYTES));
       try {
         const outcomes = await batchRead(deps, call.request, { timeoutMs: callTimeoutMs(call, deps.requestTimeoutMs), signal: cancellationOf(call) });
         // The service definition's serializer writes pre-encoded messages as they are.
-        return encodeBatchReadResponse(outcomes) as unknown as BatchReadMemoryResponse;
-      } finally {
+        const response = encodeBatchReadResponse(outcomes) as unknown as BatchReadMemoryResponse;
+        atCallEnd(call.metadata, lease.release);
+        return response;
+      } catch (err) {
         lease.release();
+        throw err;
       }
     },
     (request) => vmContext(request.vm),
