@@ -7,10 +7,27 @@ import { Server, ServerCredentials } from "@grpc/grpc-js";
 import type { sendUnaryData, ServerDuplexStream, ServerUnaryCall, ServerWritableStream } from "@grpc/grpc-js";
 import { ECHO_SERVER_OPTIONS, ECHO_SERVICE } from "./lib/echo-protocol.js";
 import { serve } from "./lib/ipc.js";
+import { pseudoRandomBytes } from "./lib/pseudo-random.js";
 
 const responses = new Map<number, Buffer>();
-/** A cached zero-filled answer of `size` bytes (the server only reads the size it is asked for). */
+/**
+ * Bulk answers are slices of 16 MiB of written memory, taken in turn, as the bridge's bulk reads
+ * take distinct pages of the guest RAM the bench filled (lib/pseudo-random.ts: a buffer never
+ * written is one shared zero page, always in cache).
+ */
+const BULK_MIN_BYTES = 64 * 1024;
+const SOURCE_BYTES = 16 * 1024 * 1024;
+const source = Buffer.from(pseudoRandomBytes(SOURCE_BYTES, 1).buffer);
+let nextOffset = 0;
+/** An answer of `size` bytes (the server only reads the size it is asked for). */
 function response(size: number): Buffer {
+  if (size >= BULK_MIN_BYTES && size <= SOURCE_BYTES) {
+    if (nextOffset + size > SOURCE_BYTES) nextOffset = 0;
+    const b = source.subarray(nextOffset, nextOffset + size);
+    nextOffset += size;
+    return b;
+  }
+  // Small answers (the latency baselines): one cached buffer per size, as before.
   let b = responses.get(size);
   if (b === undefined) {
     b = Buffer.alloc(size);

@@ -227,6 +227,8 @@ async function main(): Promise<void> {
       specs: [perfVm("bridge", started.kvmiSocket), perfVm("raw", rawPath), { ...perfVm("raw-bulk", rawPath), vcpus: 1 }, { ...perfVm("raw-fwd", forwarderPath), vcpus: 1 }],
     });
     const vm = `vms/${vms.find((v) => v.key === "bridge")!.uuid}`;
+    // The bulk region holds written memory, the same bytes in both VMs the bulk reads come from.
+    for (const key of ["bridge", "raw-bulk"]) await emulator.call("fillRam", { key, gpa: MEM_BASE, bytes: BULK_BYTES, seed: 1 });
     const raw = { tool: new WireTool((await rawToolConnected).socket) };
     raw.tool.socket.resume();
     const rawForwarded = { tool: new WireTool((await rawForwardedConnected).socket) };

@@ -8,6 +8,7 @@
  */
 import { createEmulatedVm } from "@kvmi/kvm-bridge/emulator";
 import type { EmulatedVm, KvmiEndpoint } from "@kvmi/kvm-bridge/emulator";
+import { pseudoRandomBytes } from "./pseudo-random.js";
 
 /** One VM to start. */
 export interface VmSpec {
@@ -67,6 +68,12 @@ async function addVms(params: { specs: readonly VmSpec[] }): Promise<Array<{ key
     return hooked.then(() => ({ key: spec.key, uuid: vm.uuid }));
   });
   return Promise.all(started);
+}
+
+/** Writes `bytes` pseudo-random bytes into VM `key`'s RAM from `gpa` (the bulk phase's region). */
+async function fillRam(params: { key: string; gpa: number; bytes: number; seed: number }): Promise<void> {
+  const result = requireVm(params.key).guest.memory.write(BigInt(params.gpa), pseudoRandomBytes(params.bytes, params.seed));
+  if (!result.ok) throw new Error(`${params.key}: RAM at ${params.gpa} + ${params.bytes} is not all backed`);
 }
 
 export function requireVm(key: string): EmulatedVm {
@@ -150,4 +157,4 @@ export async function stopVms(): Promise<void> {
 }
 
 /** The IPC handlers of a process that hosts emulated VMs. */
-export const emulatorHandlers = { addVms, eventLoop, stats } as const;
+export const emulatorHandlers = { addVms, eventLoop, fillRam, stats } as const;
