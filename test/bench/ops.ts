@@ -53,6 +53,8 @@ try {
     specs: [{ key: "ops", endpoint: { kind: "unix", path: started.kvmiSocket }, vcpus: 4, memoryMiB: 64, workload: false }],
   });
   const vm = `vms/${spec!.uuid}`;
+  // What `dump` and `batch` read: written memory, as in `npm run bench` (lib/pseudo-random.ts).
+  await bridgeChild.call("fillRam", { key: "ops", gpa: 16 * MiB, bytes: 16 * MiB, seed: 1 });
   const bridge = new BridgeClient(started.grpcTarget);
   // Events in batches, answered with one EventReplyBatch, as the SDK and the bench do.
   const controller = new SessionClient(bridge, vm, Role.CONTROLLER, undefined, true);
