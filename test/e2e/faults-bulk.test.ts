@@ -9,11 +9,11 @@ import http2 from "node:http2";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { Metadata } from "@grpc/grpc-js";
 import type { ClientReadableStream, ServiceError } from "@grpc/grpc-js";
-import { create, toBinary } from "@bufbuild/protobuf";
+import { create } from "@bufbuild/protobuf";
 import { DumpMemoryRequestSchema } from "@kvmi/proto";
 import type { DumpMemoryResponse } from "@kvmi/proto";
 import { dumpLeaseBytes } from "@kvmi/service/testing";
-import { GrpcStatus, startHarness, waitUntil, withTimeout } from "../support/bridge-harness.js";
+import { GrpcStatus, startBareCall, startHarness, waitUntil, withTimeout } from "../support/bridge-harness.js";
 import type { Harness } from "../support/bridge-harness.js";
 
 let h: Harness;
@@ -121,25 +121,14 @@ describe("faults mid-dump", () => {
     // messages, 32 MiB of 2 MiB chunks), so what the client has not taken sits in the bridge. The
     // bridge's side of grpc-js would itself queue 16 chunks before asking the dump to wait.
     const chunkSize = 2 << 20;
-    const request = create(DumpMemoryRequestSchema, { vm: h.vmName(0), startGpa: 1n << 20n, length: 48n << 20n, chunkSize });
-    const body = toBinary(DumpMemoryRequestSchema, request);
-    const frame = Buffer.alloc(5 + body.length);
-    frame.writeUInt32BE(body.length, 1);
-    frame.set(body, 5);
     const session = http2.connect(`http://${h.bridge.grpcTarget}`);
     try {
       let taken = 0;
       const pages = await countingPageReads(async (pagesRequested) => {
-        const stream = session.request({
-          ":method": "POST",
-          ":path": "/kvmi.v1.IntrospectionService/DumpMemory",
-          "content-type": "application/grpc",
-          te: "trailers",
-        });
+        const stream = startBareCall(session, "DumpMemory", DumpMemoryRequestSchema, { vm: h.vmName(0), startGpa: 1n << 20n, length: 48n << 20n, chunkSize });
         let grpcStatus: string | undefined;
         stream.on("trailers", (trailers) => (grpcStatus = String(trailers["grpc-status"])));
         const ended = new Promise<void>((resolve) => stream.on("close", resolve));
-        stream.end(frame);
         // Take the first bytes, then stop: HTTP/2 lets the bridge send one window (64 KiB) more.
         await new Promise<void>((resolve) => stream.once("data", (chunk: Buffer) => ((taken += chunk.length), stream.pause(), resolve())));
         await readsStopped(pagesRequested);

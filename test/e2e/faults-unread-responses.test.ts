@@ -7,9 +7,8 @@
  */
 import http2 from "node:http2";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { create, toBinary } from "@bufbuild/protobuf";
 import { AddressSpace, BatchReadMemoryRequestSchema } from "@kvmi/proto";
-import { GrpcStatus, startHarness, waitUntil } from "../support/bridge-harness.js";
+import { GrpcStatus, startBareCall, startHarness, waitUntil } from "../support/bridge-harness.js";
 import type { Harness } from "../support/bridge-harness.js";
 
 const MIB = 1 << 20;
@@ -26,16 +25,6 @@ afterAll(async () => {
   await h?.stop();
 });
 
-/** A gRPC frame of a BatchReadMemory of `READ` bytes of guest RAM. */
-function batchReadFrame(): Buffer {
-  const request = create(BatchReadMemoryRequestSchema, { vm: h.vmName(0), ranges: [{ address: BigInt(MIB), length: BigInt(READ), space: AddressSpace.PHYSICAL }] });
-  const body = toBinary(BatchReadMemoryRequestSchema, request);
-  const frame = Buffer.alloc(5 + body.length);
-  frame.writeUInt32BE(body.length, 1);
-  frame.set(body, 5);
-  return frame;
-}
-
 describe("a client that never reads its bulk responses", () => {
   it("holds at most its bulk quota in the bridge, one call after another, and gets it back when it goes", async () => {
     // A bare HTTP/2 client that reads nothing: HTTP/2 lets the bridge send it 64 KiB per stream.
@@ -43,16 +32,13 @@ describe("a client that never reads its bulk responses", () => {
     const statuses: Array<number | undefined> = [];
     try {
       for (let i = 0; i < 12; i++) {
-        const stream = session.request({
-          ":method": "POST",
-          ":path": "/kvmi.v1.IntrospectionService/BatchReadMemory",
-          "content-type": "application/grpc",
-          te: "trailers",
+        const stream = startBareCall(session, "BatchReadMemory", BatchReadMemoryRequestSchema, {
+          vm: h.vmName(0),
+          ranges: [{ address: BigInt(MIB), length: BigInt(READ), space: AddressSpace.PHYSICAL }],
         });
         stream.pause();
         // One call after another: each has finished reading guest memory before the next starts.
         const headers = new Promise<http2.IncomingHttpHeaders>((resolve) => stream.once("response", resolve));
-        stream.end(batchReadFrame());
         const status = (await headers)["grpc-status"];
         // A response on its way has no status yet; a refused call is trailers-only.
         statuses.push(status === undefined ? undefined : Number(status));

@@ -7,11 +7,10 @@
  * with the generation one higher each time.
  */
 import http2 from "node:http2";
-import { create, toBinary } from "@bufbuild/protobuf";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { State, UnhookReason, VmChangeType, WatchVmsRequestSchema } from "@kvmi/proto";
 import type { VmChange, WatchVmsResponse } from "@kvmi/proto";
-import { GrpcStatus, Role, settle, startHarness, streamFailure, StreamQueue, waitUntil, withTimeout } from "../support/bridge-harness.js";
+import { GrpcStatus, Role, settle, startBareCall, startHarness, streamFailure, StreamQueue, waitUntil, withTimeout } from "../support/bridge-harness.js";
 import type { Harness } from "../support/bridge-harness.js";
 
 const A = 0;
@@ -179,13 +178,8 @@ describe("WatchVms", () => {
 function silentWatcher(): { reset: Promise<{ code: number; at: number }> } {
   const session = http2.connect(`http://${h.bridge.grpcTarget}`, { settings: { initialWindowSize: 0 } });
   session.on("error", () => undefined);
-  const body = toBinary(WatchVmsRequestSchema, create(WatchVmsRequestSchema, {}));
-  const frame = Buffer.alloc(5 + body.length);
-  frame.writeUInt32BE(body.length, 1);
-  frame.set(body, 5);
-  const stream = session.request({ ":method": "POST", ":path": "/kvmi.v1.IntrospectionService/WatchVms", "content-type": "application/grpc", te: "trailers" });
+  const stream = startBareCall(session, "WatchVms", WatchVmsRequestSchema, {});
   stream.on("error", () => undefined);
-  stream.end(frame);
   const reset = new Promise<{ code: number; at: number }>((resolve) => stream.on("close", () => resolve({ code: stream.rstCode ?? -1, at: performance.now() }))).finally(() =>
     session.close(),
   );

@@ -3,8 +3,9 @@
  * The tests' clients of the bridge: unary calls, Session and WatchVms streams built from the
  * protobuf-es service descriptor over plain grpc-js, and a Prometheus metrics scrape.
  */
-import { create } from "@bufbuild/protobuf";
-import type { MessageInitShape, MessageShape } from "@bufbuild/protobuf";
+import type http2 from "node:http2";
+import { create, toBinary } from "@bufbuild/protobuf";
+import type { DescMessage, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
 import { credentials, makeGenericClientConstructor, Metadata, status as GrpcStatus } from "@grpc/grpc-js";
 import type { ChannelCredentials, ChannelOptions, Client, ClientDuplexStream, ClientReadableStream, StatusObject } from "@grpc/grpc-js";
 import { DumpMemoryRequestSchema, EventAction, IntrospectionService, Role, SessionRequestSchema, WatchVmsRequestSchema } from "@kvmi/proto";
@@ -290,3 +291,26 @@ export async function scrapeMetrics(url: string): Promise<MetricsScrape> {
   return new MetricsScrape(await response.text());
 }
 
+// -------------------------------------------------------------------------------------------------
+// A bare HTTP/2 client's call
+
+/**
+ * Starts a call of `method` (e.g. "DumpMemory") on a plain HTTP/2 session: writes the request's
+ * gRPC frame and half-closes. No grpc-js on the client side (its readable stream queues 16
+ * messages and frees its window as it likes), so a test decides exactly what the client takes.
+ */
+export function startBareCall<Desc extends DescMessage>(
+  session: http2.ClientHttp2Session,
+  method: string,
+  schema: Desc,
+  request: MessageInitShape<Desc>,
+): http2.ClientHttp2Stream {
+  const body = toBinary(schema, create(schema, request));
+  // gRPC's length-prefixed message: no compression flag, 4-byte big-endian length, the bytes.
+  const frame = Buffer.alloc(5 + body.length);
+  frame.writeUInt32BE(body.length, 1);
+  frame.set(body, 5);
+  const stream = session.request({ ":method": "POST", ":path": `/${IntrospectionService.typeName}/${method}`, "content-type": "application/grpc", te: "trailers" });
+  stream.end(frame);
+  return stream;
+}
